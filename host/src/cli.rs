@@ -1,0 +1,318 @@
+//! Command-line definitions (clap) and their translation into library
+//! options. No work happens here: `main` dispatches, the library pulls.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::git::{Auth, Mode, SyncSpec};
+use crate::policy::{Backoff, Builtin};
+use crate::pull::PullOptions;
+use crate::redact::Secret;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success: cloned, updated or unchanged
+  1  the pull failed (gave up after retries, or the failure is not retryable)
+  2  usage or configuration error (bad flag, missing token variable, DIR is not a repository)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gitpulse",
+    version,
+    about = "Keep git checkouts up to date: robust pulls with classified failures and retries.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Clone URL into DIR, or bring an existing checkout up to date.
+    ///
+    /// Every failed attempt is classified (dns, connect, timeout, tls,
+    /// server-error, rate-limited, auth, not-found, ref-not-found, protocol,
+    /// corrupt-repo, lock-held, disk-full, diverged, cancelled, other).
+    /// Transient failures are retried with capped exponential backoff and
+    /// full jitter; auth, not-found, ref-not-found and diverged never are.
+    /// A pull killed at any moment is finished cleanly by the next one.
+    #[command(after_help = EXIT_CODES, after_long_help = PULL_EXAMPLES)]
+    Pull(PullArgs),
+}
+
+const PULL_EXAMPLES: &str = "\
+Examples:
+  gitpulse pull https://github.com/org/repo.git ./repo
+  gitpulse pull https://git.example.com/team/app.git /srv/app --branch release --mode reset
+  GITPULSE_TOKEN=... gitpulse pull https://git.example.com/private.git ./p --token-env GITPULSE_TOKEN
+  gitpulse pull ssh://git@git.example.com/app.git ./app --ssh-key ~/.ssh/deploy --known-hosts ./known_hosts
+  gitpulse pull https://example.com/big.git ./big --depth 1 --timeout 5m --deadline 20m --json
+
+Exit codes:
+  0  success: cloned, updated or unchanged
+  1  the pull failed (gave up after retries, or the failure is not retryable)
+  2  usage or configuration error (bad flag, missing token variable, DIR is not a repository)";
+
+/// How the checkout follows the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Fast-forward only; a checkout with local commits fails as `diverged`.
+    Ff,
+    /// Make the checkout equal to the remote, discarding local commits,
+    /// changes and untracked files (ignored files are kept).
+    Reset,
+    /// Bare mirror of every remote ref, no worktree.
+    Mirror,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Remote repository: https://, http://, ssh://, git:// or file:// (credentials in the URL are never printed)
+    pub url: String,
+    /// Checkout directory; created by a clone when absent
+    pub dir: PathBuf,
+
+    /// Branch to follow [default: the branch DIR has checked out, else the remote's HEAD]
+    #[arg(long, short)]
+    pub branch: Option<String>,
+    /// Shallow history: fetch only the last N commits
+    #[arg(long, value_name = "N")]
+    pub depth: Option<NonZeroU32>,
+    /// Also update submodules (off by default)
+    #[arg(long)]
+    pub submodules: bool,
+    #[arg(long, value_enum, default_value = "ff")]
+    pub mode: ModeArg,
+
+    /// Time limit of one attempt (e.g. 250ms, 10s, 2m); a stalled server fails as `timeout`
+    #[arg(long, value_name = "D", default_value = "2m", value_parser = duration)]
+    pub timeout: Duration,
+    /// Time limit of the whole pull, waits included [default: none]
+    #[arg(long, value_name = "D", value_parser = duration)]
+    pub deadline: Option<Duration>,
+    /// Attempts before giving up (1 = no retries)
+    #[arg(long, value_name = "N", default_value = "5", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// Ceiling of the first retry delay; doubles with each attempt
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = duration)]
+    pub backoff_base: Duration,
+    /// Longest delay between attempts
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = duration)]
+    pub backoff_max: Duration,
+    /// How long to wait when another gitpulse is updating DIR before failing as `lock-held`
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = duration)]
+    pub lock_wait: Duration,
+    /// Seed for the retry jitter, for reproducible runs
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Read an HTTPS token from this environment variable
+    #[arg(long, value_name = "VAR", conflicts_with = "token_file")]
+    pub token_env: Option<String>,
+    /// Read an HTTPS token from this file (surrounding whitespace is ignored)
+    #[arg(long, value_name = "F")]
+    pub token_file: Option<PathBuf>,
+    /// SSH private key (without one, ssh-agent is used for SSH remotes)
+    #[arg(long, value_name = "F")]
+    pub ssh_key: Option<PathBuf>,
+    /// Check the SSH host key against this known_hosts file [default: ~/.ssh/known_hosts]
+    #[arg(long, value_name = "F", requires = "ssh_key")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Print exactly one JSON object on stdout: url, dir, outcome, old, new, commits, attempts, duration_ms, reason
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 10s, 2m)"))
+}
+
+/// A problem with the command line that no retry can fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("--token-env {0}: the environment variable is not set or empty")]
+    TokenEnvMissing(String),
+    #[error("--token-file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--token-file {0}: the file is empty")]
+    TokenFileEmpty(PathBuf),
+    #[error("--ssh-key {path}: {source}")]
+    SshKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--known-hosts {path}: {source}")]
+    KnownHosts {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--backoff-base ({base}) is larger than --backoff-max ({max})")]
+    Backoff { base: String, max: String },
+    #[error("URL `{0}`: {1}")]
+    Url(String, String),
+    #[error("--timeout must be greater than zero")]
+    ZeroTimeout,
+}
+
+impl PullArgs {
+    /// The validated options and the built-in policy they configure.
+    pub fn options(&self) -> Result<(PullOptions, Builtin), UsageError> {
+        check_url(&self.url)?;
+        if self.timeout.is_zero() {
+            return Err(UsageError::ZeroTimeout);
+        }
+        if self.backoff_base > self.backoff_max {
+            return Err(UsageError::Backoff {
+                base: humantime::format_duration(self.backoff_base).to_string(),
+                max: humantime::format_duration(self.backoff_max).to_string(),
+            });
+        }
+        let auth = self.auth()?;
+        let options = PullOptions {
+            sync: SyncSpec {
+                url: self.url.clone(),
+                dir: self.dir.clone(),
+                branch: self.branch.clone(),
+                depth: self.depth.map(NonZeroU32::get),
+                submodules: self.submodules,
+                mode: match self.mode {
+                    ModeArg::Ff => Mode::FastForward,
+                    ModeArg::Reset => Mode::Reset,
+                    ModeArg::Mirror => Mode::Mirror,
+                },
+                auth,
+                lock_wait: self.lock_wait,
+            },
+            timeout: self.timeout,
+            deadline: self.deadline,
+            max_attempts: self.max_attempts,
+            max_delay: self.backoff_max,
+        };
+        let backoff = Backoff {
+            base: self.backoff_base,
+            max: self.backoff_max,
+        };
+        Ok((options, Builtin::new(backoff, self.max_attempts, self.seed)))
+    }
+
+    fn auth(&self) -> Result<Auth, UsageError> {
+        if let Some(var) = &self.token_env {
+            let value = std::env::var(var).unwrap_or_default();
+            if value.trim().is_empty() {
+                return Err(UsageError::TokenEnvMissing(var.clone()));
+            }
+            return Ok(Auth::Token(Secret::new(value.trim())));
+        }
+        if let Some(path) = &self.token_file {
+            let value = std::fs::read_to_string(path).map_err(|source| UsageError::TokenFile {
+                path: path.clone(),
+                source,
+            })?;
+            if value.trim().is_empty() {
+                return Err(UsageError::TokenFileEmpty(path.clone()));
+            }
+            return Ok(Auth::Token(Secret::new(value.trim())));
+        }
+        if let Some(key) = &self.ssh_key {
+            std::fs::metadata(key).map_err(|source| UsageError::SshKey {
+                path: key.clone(),
+                source,
+            })?;
+            if let Some(kh) = &self.known_hosts {
+                std::fs::metadata(kh).map_err(|source| UsageError::KnownHosts {
+                    path: kh.clone(),
+                    source,
+                })?;
+            }
+            return Ok(Auth::SshKey {
+                key: key.clone(),
+                known_hosts: self.known_hosts.clone(),
+            });
+        }
+        Ok(Auth::None)
+    }
+}
+
+fn check_url(url: &str) -> Result<(), UsageError> {
+    let shown = crate::redact::url(url);
+    let scp_like = !url.contains("://") && url.contains(':') && url.contains('@');
+    if scp_like {
+        return Ok(());
+    }
+    let parsed = url::Url::parse(url).map_err(|e| UsageError::Url(shown.clone(), e.to_string()))?;
+    match parsed.scheme() {
+        "http" | "https" | "ssh" | "git" | "file" => Ok(()),
+        other => Err(UsageError::Url(
+            shown,
+            format!("unsupported scheme `{other}` (use https, http, ssh, git or file)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("gitpulse").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        let cli = parse(&[
+            "pull",
+            "https://h/r",
+            "d",
+            "--timeout",
+            "250ms",
+            "--deadline",
+            "2m",
+            "--backoff-base",
+            "10s",
+        ])
+        .unwrap();
+        let Command::Pull(args) = cli.command;
+        assert_eq!(args.timeout, Duration::from_millis(250));
+        assert_eq!(args.deadline, Some(Duration::from_secs(120)));
+        assert_eq!(args.backoff_base, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_bad_duration_is_a_usage_error_that_shows_examples() {
+        let err = parse(&["pull", "https://h/r", "d", "--timeout", "soon"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("250ms"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_token_variable_is_named_and_secret_free() {
+        let cli = parse(&[
+            "pull",
+            "https://u:pw@h/r",
+            "d",
+            "--token-env",
+            "GITPULSE_TEST_SURELY_UNSET",
+        ])
+        .unwrap();
+        let Command::Pull(args) = cli.command;
+        let err = args.options().unwrap_err().to_string();
+        assert!(err.contains("GITPULSE_TEST_SURELY_UNSET"), "{err}");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_showing_credentials() {
+        let cli = parse(&["pull", "ftp://u:hunter2@h/r", "d"]).unwrap();
+        let Command::Pull(args) = cli.command;
+        let err = args.options().unwrap_err().to_string();
+        assert!(err.contains("unsupported scheme"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,467 @@
+//! gitpulse's own smart-HTTP(S) transport for libgit2.
+//!
+//! libgit2's built-in HTTP transport reports a failed request only as a
+//! message (`unexpected http status code: 503`) and hides the response
+//! headers, so a policy could never honour `Retry-After`. This transport
+//! (registered once per process for `http://` and `https://`) speaks the
+//! stateless smart protocol through `ureq` and records exactly how a request
+//! failed — status, `Retry-After`, timeout, reset, TLS — in the
+//! [`HttpSession`] of the attempt, where the classifier reads it.
+//!
+//! The session is handed over through a thread-local because libgit2 creates
+//! transports from a global registry; `sync` runs an attempt on one thread
+//! and installs the session for exactly that call ([`with_session`]).
+//!
+//! It does not own credentials policy (the caller gives them) and never logs
+//! them: requests are built from a URL whose userinfo was stripped.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+
+use super::{AttemptControl, FailureClass, GitFailure};
+use crate::redact::Secret;
+
+const USER_AGENT: &str = concat!("git/2.0 (gitpulse/", env!("CARGO_PKG_VERSION"), ")");
+
+/// Basic-auth credentials for one remote.
+#[derive(Debug, Clone)]
+pub(crate) struct Credentials {
+    pub user: String,
+    pub password: Secret,
+}
+
+/// Everything the transport needs for the requests of one attempt, and the
+/// record of how the last one failed.
+pub(crate) struct HttpSession {
+    credentials: Option<Credentials>,
+    control: AttemptControl,
+    agent: ureq::Agent,
+    state: Mutex<SessionState>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// Set once the server asked for credentials, so later requests of the
+    /// attempt send them at once instead of earning another 401.
+    send_auth: bool,
+    failure: Option<GitFailure>,
+}
+
+impl HttpSession {
+    pub(crate) fn new(credentials: Option<Credentials>, control: AttemptControl) -> Arc<Self> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .user_agent(USER_AGENT)
+            .max_redirects(5)
+            .build()
+            .into();
+        Arc::new(HttpSession {
+            credentials,
+            control,
+            agent,
+            state: Mutex::new(SessionState::default()),
+        })
+    }
+
+    /// How the last request of this attempt failed, if the transport saw it.
+    pub(crate) fn failure(&self) -> Option<GitFailure> {
+        self.lock().failure.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        // A panic while holding the lock cannot leave the state inconsistent
+        // (two plain fields), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, failure: GitFailure) -> io::Error {
+        let err = io::Error::other(failure.message.clone());
+        self.lock().failure = Some(failure);
+        err
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<HttpSession>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `session` serving every HTTP request libgit2 makes on this
+/// thread.
+pub(crate) fn with_session<T>(session: Arc<HttpSession>, f: impl FnOnce() -> T) -> T {
+    register();
+    struct Reset(Option<Arc<HttpSession>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let previous = CURRENT.with(|c| c.borrow_mut().replace(session));
+    let _reset = Reset(previous);
+    f()
+}
+
+fn register() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        for scheme in ["http", "https"] {
+            // SAFETY: registration happens once, before any transport of this
+            // process is created, and the factory is 'static and thread-safe.
+            let result = unsafe {
+                git2::transport::register(scheme, |remote| {
+                    let session = CURRENT.with(|c| c.borrow().clone());
+                    Transport::smart(remote, true, HttpTransport { session })
+                })
+            };
+            if let Err(err) = result {
+                // Only possible if something else registered the scheme first;
+                // libgit2's own transport then serves it.
+                eprintln!("gitpulse: could not register the {scheme} transport: {err}");
+            }
+        }
+    });
+}
+
+struct HttpTransport {
+    session: Option<Arc<HttpSession>>,
+}
+
+impl SmartSubtransport for HttpTransport {
+    fn action(
+        &self,
+        url: &str,
+        action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+        let session = match &self.session {
+            Some(s) => s.clone(),
+            None => HttpSession::new(
+                None,
+                AttemptControl::new(Duration::from_secs(120), None, Arc::new(Default::default())),
+            ),
+        };
+        let (service, suffix, post) = match action {
+            Service::UploadPackLs => ("upload-pack", "/info/refs?service=git-upload-pack", false),
+            Service::UploadPack => ("upload-pack", "/git-upload-pack", true),
+            Service::ReceivePackLs | Service::ReceivePack => {
+                return Err(git2::Error::from_str("gitpulse never pushes"));
+            }
+        };
+        let (clean_url, url_credentials) = split_userinfo(url);
+        let credentials = session.credentials.clone().or(url_credentials);
+        Ok(Box::new(HttpStream {
+            session,
+            credentials,
+            url: format!("{}{}", clean_url.trim_end_matches('/'), suffix),
+            service,
+            post,
+            request: Vec::new(),
+            response: None,
+        }))
+    }
+
+    fn close(&self) -> Result<(), git2::Error> {
+        Ok(())
+    }
+}
+
+/// `url` without userinfo, and the userinfo as credentials.
+fn split_userinfo(url: &str) -> (String, Option<Credentials>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_string(), None);
+    };
+    let user = percent_decode(parsed.username());
+    let password = parsed.password().map(percent_decode);
+    if user.is_empty() && password.is_none() {
+        return (url.to_string(), None);
+    }
+    // Cannot fail for http(s) URLs, which always have a host.
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    let credentials = match password {
+        Some(password) => Credentials {
+            user,
+            password: Secret::new(password),
+        },
+        // `https://TOKEN@host/…`: the lone userinfo is the token.
+        None => Credentials {
+            user: "x-access-token".into(),
+            password: Secret::new(user),
+        },
+    };
+    (parsed.to_string(), Some(credentials))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+struct HttpStream {
+    session: Arc<HttpSession>,
+    credentials: Option<Credentials>,
+    url: String,
+    service: &'static str,
+    post: bool,
+    request: Vec<u8>,
+    response: Option<ureq::BodyReader<'static>>,
+}
+
+impl HttpStream {
+    fn send(&mut self) -> io::Result<ureq::BodyReader<'static>> {
+        let session = self.session.clone();
+        let mut with_auth = session.lock().send_auth;
+        loop {
+            if let Some(class) = session.control.interrupted() {
+                return Err(session.record(interrupted(class)));
+            }
+            let auth = match (&self.credentials, with_auth) {
+                (Some(c), true) => Some(basic_auth(c)),
+                _ => None,
+            };
+            let result = if self.post {
+                let mut req = session
+                    .agent
+                    .post(&self.url)
+                    .header(
+                        "Content-Type",
+                        format!("application/x-git-{}-request", self.service),
+                    )
+                    .header(
+                        "Accept",
+                        format!("application/x-git-{}-result", self.service),
+                    );
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.config()
+                    .timeout_global(Some(session.control.remaining()))
+                    .build()
+                    .send(&self.request[..])
+            } else {
+                let mut req = session.agent.get(&self.url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.config()
+                    .timeout_global(Some(session.control.remaining()))
+                    .build()
+                    .call()
+            };
+            let response = match result {
+                Ok(r) => r,
+                Err(err) => return Err(session.record(request_failure(err, &session.control))),
+            };
+            let status = response.status().as_u16();
+            if status == 401 && !with_auth && self.credentials.is_some() {
+                with_auth = true;
+                session.lock().send_auth = true;
+                continue;
+            }
+            if status != 200 {
+                return Err(session.record(status_failure(status, response.headers())));
+            }
+            let expected = if self.post {
+                format!("application/x-git-{}-result", self.service)
+            } else {
+                format!("application/x-git-{}-advertisement", self.service)
+            };
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if !content_type.starts_with(&expected) {
+                return Err(session.record(GitFailure {
+                    class: FailureClass::Protocol,
+                    http_status: Some(status),
+                    retry_after: None,
+                    message: format!(
+                        "not a git smart-HTTP server: expected content-type {expected}, got `{content_type}`"
+                    ),
+                }));
+            }
+            return Ok(response.into_body().into_reader());
+        }
+    }
+}
+
+fn basic_auth(c: &Credentials) -> String {
+    let raw = format!("{}:{}", c.user, c.password.expose());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn interrupted(class: FailureClass) -> GitFailure {
+    GitFailure {
+        class,
+        http_status: None,
+        retry_after: None,
+        message: match class {
+            FailureClass::Timeout => "attempt timed out".into(),
+            _ => "cancelled".into(),
+        },
+    }
+}
+
+fn status_failure(status: u16, headers: &ureq::http::HeaderMap) -> GitFailure {
+    let class = match status {
+        401 | 403 | 407 => FailureClass::Auth,
+        404 | 410 => FailureClass::NotFound,
+        429 => FailureClass::RateLimited,
+        500..=599 => FailureClass::ServerError,
+        _ => FailureClass::Protocol,
+    };
+    let retry_after = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let message = match status {
+        401 | 403 => format!("HTTP {status}: credentials missing or refused"),
+        404 => "HTTP 404: repository not found".to_string(),
+        _ => format!("HTTP {status}"),
+    };
+    GitFailure {
+        class,
+        http_status: Some(status),
+        retry_after,
+        message,
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn request_failure(err: ureq::Error, control: &AttemptControl) -> GitFailure {
+    let (class, message) = match &err {
+        ureq::Error::Timeout(_) => (
+            control.interrupted().unwrap_or(FailureClass::Timeout),
+            "attempt timed out waiting for the server".to_string(),
+        ),
+        ureq::Error::HostNotFound => (
+            FailureClass::Dns,
+            "failed to resolve the host name".to_string(),
+        ),
+        ureq::Error::ConnectionFailed => (FailureClass::Connect, "failed to connect".to_string()),
+        ureq::Error::Tls(m) => (FailureClass::Tls, format!("TLS error: {m}")),
+        ureq::Error::Rustls(e) => (FailureClass::Tls, format!("TLS error: {e}")),
+        ureq::Error::Pem(e) => (FailureClass::Tls, format!("TLS certificate error: {e}")),
+        ureq::Error::Io(e) => (io_class(e, control), format!("network error: {e}")),
+        ureq::Error::Protocol(e) => (FailureClass::Protocol, format!("HTTP protocol error: {e}")),
+        other => (FailureClass::Other, other.to_string()),
+    };
+    GitFailure {
+        class,
+        http_status: None,
+        retry_after: None,
+        message,
+    }
+}
+
+fn io_class(e: &io::Error, control: &AttemptControl) -> FailureClass {
+    use io::ErrorKind::*;
+    match e.kind() {
+        TimedOut | WouldBlock => control.interrupted().unwrap_or(FailureClass::Timeout),
+        ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
+        | AddrNotAvailable | HostUnreachable | NetworkUnreachable => FailureClass::Connect,
+        UnexpectedEof => FailureClass::Protocol,
+        _ => FailureClass::Other,
+    }
+}
+
+impl Read for HttpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.response.is_none() {
+            let reader = self.send()?;
+            self.response = Some(reader);
+        }
+        if let Some(class) = self.session.control.interrupted() {
+            return Err(self.session.record(interrupted(class)));
+        }
+        let Some(reader) = self.response.as_mut() else {
+            return Ok(0);
+        };
+        match reader.read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let failure = request_failure(ureq::Error::from(e), &self.session.control);
+                let failure = GitFailure {
+                    message: format!("while receiving: {}", failure.message),
+                    ..failure
+                };
+                Err(self.session.record(failure))
+            }
+        }
+    }
+}
+
+impl Write for HttpStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // Stateless RPC: the whole request is sent on the first read.
+        self.request.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_becomes_credentials_and_leaves_the_url() {
+        let (url, creds) = split_userinfo("https://bob:s%40cret@example.com/r.git");
+        assert_eq!(url, "https://example.com/r.git");
+        let creds = creds.unwrap();
+        assert_eq!(creds.user, "bob");
+        assert_eq!(creds.password.expose(), "s@cret");
+
+        let (_, creds) = split_userinfo("https://tok123@example.com/r.git");
+        let creds = creds.unwrap();
+        assert_eq!(creds.user, "x-access-token");
+        assert_eq!(creds.password.expose(), "tok123");
+
+        assert!(split_userinfo("https://example.com/r").1.is_none());
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn statuses_map_to_classes() {
+        let h = ureq::http::HeaderMap::new();
+        assert_eq!(status_failure(401, &h).class, FailureClass::Auth);
+        assert_eq!(status_failure(404, &h).class, FailureClass::NotFound);
+        assert_eq!(status_failure(429, &h).class, FailureClass::RateLimited);
+        assert_eq!(status_failure(503, &h).class, FailureClass::ServerError);
+        assert_eq!(status_failure(503, &h).http_status, Some(503));
+    }
+}

@@ -1,0 +1,170 @@
+//! The intent journal: how a killed update is finished by the next one.
+//!
+//! Before gitpulse changes a repository it writes `gitpulse-intent` into the
+//! git directory: `busy` while fetching, then `checkout <sha> <ref>` just
+//! before it moves the worktree and the branch. The file is removed when the
+//! change is complete. Finding it at the start of an attempt therefore means
+//! an earlier gitpulse died mid-change (we hold the repository lock, so it is
+//! not running), which makes two things safe that otherwise are not:
+//!
+//! - removing git's `*.lock` files, which can only be that process's;
+//! - rolling the interrupted checkout forward to the recorded commit, so the
+//!   worktree, index and branch agree again.
+//!
+//! Lock files found *without* a journal belong to someone else (a `git`
+//! run by a person): they are reported as `lock-held`, never deleted.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use git2::{Oid, Repository};
+
+const FILE: &str = "gitpulse-intent";
+
+/// What an unfinished change was doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Intent {
+    /// Fetching; the worktree was not touched yet.
+    Busy,
+    /// Moving the worktree and `branch` to `target`.
+    Checkout { target: Oid, branch: String },
+}
+
+impl Intent {
+    fn encode(&self) -> String {
+        match self {
+            Intent::Busy => "busy\n".to_string(),
+            Intent::Checkout { target, branch } => format!("checkout {target} {branch}\n"),
+        }
+    }
+
+    fn decode(text: &str) -> Option<Intent> {
+        let mut words = text.split_whitespace();
+        match words.next()? {
+            "busy" => Some(Intent::Busy),
+            "checkout" => Some(Intent::Checkout {
+                target: Oid::from_str(words.next()?).ok()?,
+                branch: words.next()?.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Records `intent`, replacing any previous one atomically.
+pub(crate) fn begin(repo: &Repository, intent: &Intent) -> io::Result<()> {
+    let path = repo.path().join(FILE);
+    let tmp = repo.path().join(format!("{FILE}.tmp"));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(intent.encode().as_bytes())?;
+    drop(file);
+    fs::rename(tmp, path)
+}
+
+/// The change is complete.
+pub(crate) fn finish(repo: &Repository) -> io::Result<()> {
+    match fs::remove_file(repo.path().join(FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The unfinished intent left by a dead process, if any. An unreadable
+/// journal still proves a change was interrupted, so it reads as `Busy`.
+pub(crate) fn pending(git_dir: &Path) -> Option<Intent> {
+    let text = fs::read_to_string(git_dir.join(FILE)).ok()?;
+    Some(Intent::decode(&text).unwrap_or(Intent::Busy))
+}
+
+/// git's lock files in `git_dir`: the well-known ones and any under refs/.
+pub(crate) fn lock_files(git_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = [
+        "index.lock",
+        "HEAD.lock",
+        "config.lock",
+        "packed-refs.lock",
+        "shallow.lock",
+        "FETCH_HEAD.lock",
+        "ORIG_HEAD.lock",
+    ]
+    .iter()
+    .map(|name| git_dir.join(name))
+    .filter(|p| p.exists())
+    .collect();
+    collect_ref_locks(&git_dir.join("refs"), &mut found);
+    found
+}
+
+fn collect_ref_locks(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_ref_locks(&path, found);
+        } else if path.extension().is_some_and(|e| e == "lock") {
+            found.push(path);
+        }
+    }
+}
+
+/// Removes what a dead gitpulse left in `git_dir`: lock files and libgit2's
+/// temporary pack files. Only call with the repository lock held and a
+/// pending intent.
+pub(crate) fn remove_leftovers(git_dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for lock in lock_files(git_dir) {
+        fs::remove_file(lock)?;
+        removed += 1;
+    }
+    if let Ok(entries) = fs::read_dir(git_dir.join("objects/pack")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("pack_git2_") || name.starts_with("tmp_") {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intents_round_trip() {
+        let oid = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        for intent in [
+            Intent::Busy,
+            Intent::Checkout {
+                target: oid,
+                branch: "refs/heads/main".into(),
+            },
+        ] {
+            assert_eq!(Intent::decode(&intent.encode()), Some(intent));
+        }
+        assert_eq!(Intent::decode("garbage"), None);
+    }
+
+    #[test]
+    fn a_journal_survives_and_finish_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        assert_eq!(pending(repo.path()), None);
+        begin(&repo, &Intent::Busy).unwrap();
+        assert_eq!(pending(repo.path()), Some(Intent::Busy));
+        fs::write(repo.path().join("index.lock"), "").unwrap();
+        fs::create_dir_all(repo.path().join("refs/remotes/origin")).unwrap();
+        fs::write(repo.path().join("refs/remotes/origin/main.lock"), "").unwrap();
+        assert_eq!(lock_files(repo.path()).len(), 2);
+        assert_eq!(remove_leftovers(repo.path()).unwrap(), 2);
+        assert!(lock_files(repo.path()).is_empty());
+        finish(&repo).unwrap();
+        assert_eq!(pending(repo.path()), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! One attempt at bringing a checkout up to date, through libgit2.
+//!
+//! This module owns everything that touches a repository: clone, fetch and
+//! update ([`sync`]), the HTTP(S) transport, credentials, the per-attempt
+//! time limit and cancellation, the repository lock, crash recovery, and the
+//! classification of every failure into a [`FailureClass`]. It knows nothing
+//! of retries or policies: it makes exactly one attempt and reports how it
+//! ended. The pull loop above decides whether to try again.
+//!
+//! Guarantees: repository hooks never run (libgit2 has no hook support);
+//! submodules are touched only when asked; credentials are sent only to the
+//! URL they were given for and never appear in a [`GitFailure`].
+
+mod classify;
+mod http;
+mod journal;
+mod lock;
+mod ssh;
+mod sync;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use gitpulse_policy_core::FailureClass;
+pub use sync::sync;
+
+use crate::redact::Secret;
+
+/// How the checkout follows the remote branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fast-forward only; a checkout with commits the remote lacks fails
+    /// with [`FailureClass::Diverged`].
+    FastForward,
+    /// Make the checkout equal to the remote: local commits, changes and
+    /// untracked files are discarded (ignored files are kept).
+    Reset,
+    /// A bare mirror of every remote ref; no worktree.
+    Mirror,
+}
+
+/// Credentials for the remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Anonymous, or whatever userinfo the URL carries.
+    None,
+    /// An HTTPS token, sent as basic auth (user from the URL, else
+    /// `x-access-token`).
+    Token(Secret),
+    /// An SSH private key; the host key is checked against `known_hosts`
+    /// when given, else against the user's `~/.ssh/known_hosts`.
+    SshKey {
+        key: PathBuf,
+        known_hosts: Option<PathBuf>,
+    },
+}
+
+/// What to pull and where.
+#[derive(Debug, Clone)]
+pub struct SyncSpec {
+    pub url: String,
+    pub dir: PathBuf,
+    /// `None`: the branch DIR already has checked out, else the remote's HEAD.
+    pub branch: Option<String>,
+    pub depth: Option<u32>,
+    pub submodules: bool,
+    pub mode: Mode,
+    pub auth: Auth,
+    /// How long to wait for another process's lock on DIR.
+    pub lock_wait: Duration,
+}
+
+/// The time limit and cancellation of one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptControl {
+    end: Instant,
+    /// True when `end` is the pull's overall deadline rather than the
+    /// attempt's own timeout: running out then means "cancelled".
+    end_is_deadline: bool,
+    cancel: Arc<AtomicBool>,
+}
+
+impl AttemptControl {
+    pub fn new(timeout: Duration, deadline: Option<Instant>, cancel: Arc<AtomicBool>) -> Self {
+        let own_end = Instant::now() + timeout;
+        match deadline {
+            Some(d) if d < own_end => AttemptControl {
+                end: d,
+                end_is_deadline: true,
+                cancel,
+            },
+            _ => AttemptControl {
+                end: own_end,
+                end_is_deadline: false,
+                cancel,
+            },
+        }
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    /// Why the attempt must stop now, if it must.
+    pub fn interrupted(&self) -> Option<FailureClass> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Some(FailureClass::Cancelled)
+        } else if Instant::now() >= self.end {
+            Some(if self.end_is_deadline {
+                FailureClass::Cancelled
+            } else {
+                FailureClass::Timeout
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// How a successful attempt changed the checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Cloned,
+    Updated,
+    Unchanged,
+}
+
+/// A successful attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    pub change: Change,
+    /// Full SHA of the checkout's commit before, when there was one.
+    pub old: Option<String>,
+    pub new: String,
+    /// Commits reachable from `new` that were not reachable from `old`.
+    pub commits: u64,
+    /// Things the user should know that did not stop the pull (a repaired
+    /// repository, a recovered interrupted update).
+    pub notices: Vec<String>,
+}
+
+/// A failed attempt, classified. The message is redacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {message}")]
+pub struct GitFailure {
+    pub class: FailureClass,
+    pub http_status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub message: String,
+}
+
+/// Bad input that no retry can fix: the pull must not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0} exists and is not a git repository; refusing to touch it")]
+    NotARepository(PathBuf),
+    #[error("{0} is a bare repository but --mode is not mirror")]
+    UnexpectedBare(PathBuf),
+    #[error("{0} has a worktree but --mode mirror expects a bare repository")]
+    UnexpectedWorktree(PathBuf),
+    #[error("cannot read the SSH key {path}: {source}")]
+    SshKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Transfer progress, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    pub received_objects: usize,
+    pub total_objects: usize,
+    pub indexed_deltas: usize,
+    pub total_deltas: usize,
+    pub received_bytes: usize,
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Failed(#[from] GitFailure),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}

@@ -1,0 +1,664 @@
+//! One attempt: lock, recover, look at the remote, fetch what is missing,
+//! move the checkout, all or nothing.
+//!
+//! A clone is built in a scratch directory beside DIR and renamed into place
+//! only when complete, so a killed clone leaves no DIR at all. An update
+//! records its intent in the [`journal`](super::journal) before it touches
+//! the worktree, so the next attempt can finish it. A repository that turns
+//! out to be damaged is re-cloned beside the old one and swapped in; the
+//! damaged copy is kept, not deleted.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use git2::build::CheckoutBuilder;
+use git2::{
+    AutotagOption, Cred, CredentialType, Direction, FetchOptions, Oid, RemoteCallbacks, Repository,
+    RepositoryOpenFlags,
+};
+
+use super::classify::classify;
+use super::http::{self, Credentials, HttpSession};
+use super::journal::{self, Intent};
+use super::lock::{io_failure, RepoLock};
+use super::{
+    AttemptControl, AttemptError, Auth, Change, FailureClass, GitFailure, Mode, SpecError,
+    SyncSpec, Synced, Transfer,
+};
+use crate::redact::{self, Secret};
+
+/// Makes one attempt at bringing `spec.dir` up to date with `spec.url`.
+///
+/// Blocks the calling thread for at most the attempt's time limit (plus the
+/// time to write what was already downloaded). `on_transfer` sees download
+/// progress. A [`SpecError`] means the pull must not be retried.
+pub fn sync(
+    spec: &SyncSpec,
+    control: &AttemptControl,
+    on_transfer: &mut dyn FnMut(Transfer),
+) -> Result<Synced, AttemptError> {
+    set_libgit2_timeouts(control);
+    let lock = RepoLock::acquire(&spec.dir, spec.lock_wait, control)?;
+    lock.sweep_leftovers()
+        .map_err(|e| io_failure(&spec.dir, e))?;
+
+    let secrets: Vec<&Secret> = match &spec.auth {
+        Auth::Token(t) => vec![t],
+        _ => vec![],
+    };
+    let credentials = match &spec.auth {
+        Auth::Token(token) => Some(Credentials {
+            user: url_user(&spec.url).unwrap_or_else(|| "x-access-token".into()),
+            password: token.clone(),
+        }),
+        _ => None,
+    };
+    let session = HttpSession::new(credentials, control.clone());
+    let attempt = Attempt {
+        spec,
+        control,
+        lock: &lock,
+    };
+    let result = http::with_session(session.clone(), || attempt.run(on_transfer));
+    result.map_err(|fail| match fail {
+        Fail::Git(err) => classify(&err, session.failure(), control, &secrets).into(),
+        Fail::Failure(f) => GitFailure {
+            message: redact::text(&f.message, &secrets),
+            ..f
+        }
+        .into(),
+        Fail::Spec(e) => e.into(),
+    })
+}
+
+fn set_libgit2_timeouts(control: &AttemptControl) {
+    let millis = control.remaining().as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: plain integer settings; the CLI makes one attempt at a time.
+    unsafe {
+        let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis);
+    }
+}
+
+fn url_user(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let user = parsed.username();
+    (!user.is_empty() && parsed.password().is_some()).then(|| user.to_string())
+}
+
+/// Why the attempt stopped, before classification.
+enum Fail {
+    Git(git2::Error),
+    Failure(GitFailure),
+    Spec(SpecError),
+}
+
+impl From<git2::Error> for Fail {
+    fn from(e: git2::Error) -> Self {
+        Fail::Git(e)
+    }
+}
+
+fn io_fail(path: &Path) -> impl FnOnce(std::io::Error) -> Fail + '_ {
+    move |e| Fail::Failure(io_failure(path, e))
+}
+
+fn failure(class: FailureClass, message: String) -> Fail {
+    Fail::Failure(GitFailure {
+        class,
+        http_status: None,
+        retry_after: None,
+        message,
+    })
+}
+
+/// What DIR holds before the attempt.
+enum Found {
+    Nothing,
+    Repo(Repository),
+    /// A repository libgit2 cannot open or read: re-clone it.
+    Damaged(String),
+}
+
+struct Attempt<'a> {
+    spec: &'a SyncSpec,
+    control: &'a AttemptControl,
+    lock: &'a RepoLock,
+}
+
+impl Attempt<'_> {
+    fn run(&self, on_transfer: &mut dyn FnMut(Transfer)) -> Result<Synced, Fail> {
+        match self.inspect()? {
+            Found::Nothing => {
+                let synced = self.clone_beside(on_transfer)?;
+                self.swap_in(None)?;
+                Ok(synced)
+            }
+            Found::Damaged(reason) => self.repair(&reason, on_transfer),
+            Found::Repo(repo) => match self.update(&repo, on_transfer) {
+                Err(Fail::Git(err)) if is_local_damage(&err) => {
+                    drop(repo);
+                    self.repair(err.message(), on_transfer)
+                }
+                other => other,
+            },
+        }
+    }
+
+    fn inspect(&self) -> Result<Found, Fail> {
+        let dir = &self.spec.dir;
+        let is_empty_dir = fs::read_dir(dir)
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(false);
+        if !dir.exists() || is_empty_dir {
+            return Ok(Found::Nothing);
+        }
+        let bare_expected = self.spec.mode == Mode::Mirror;
+        let looks_like_git = if bare_expected {
+            dir.join("HEAD").exists() && dir.join("objects").is_dir()
+        } else {
+            dir.join(".git").exists()
+        };
+        let opened = Repository::open_ext(
+            dir,
+            RepositoryOpenFlags::NO_SEARCH,
+            std::iter::empty::<&std::ffi::OsStr>(),
+        );
+        match opened {
+            Ok(repo) => {
+                if repo.is_bare() && !bare_expected {
+                    return Err(Fail::Spec(SpecError::UnexpectedBare(dir.clone())));
+                }
+                if !repo.is_bare() && bare_expected {
+                    return Err(Fail::Spec(SpecError::UnexpectedWorktree(dir.clone())));
+                }
+                Ok(Found::Repo(repo))
+            }
+            Err(err) if looks_like_git => Ok(Found::Damaged(err.message().to_string())),
+            Err(_) => Err(Fail::Spec(SpecError::NotARepository(dir.clone()))),
+        }
+    }
+
+    /// Re-clones beside the damaged repository, swaps the fresh one in and
+    /// keeps the damaged one for inspection.
+    fn repair(&self, reason: &str, on_transfer: &mut dyn FnMut(Transfer)) -> Result<Synced, Fail> {
+        let mut synced = self.clone_beside(on_transfer)?;
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = self.lock.scratch_path(&format!("damaged-{stamp}"));
+        self.swap_in(Some(&aside))?;
+        synced.notices.push(format!(
+            "{} was damaged ({}); re-cloned it and kept the damaged copy at {}",
+            self.spec.dir.display(),
+            reason.trim(),
+            aside.display()
+        ));
+        Ok(synced)
+    }
+
+    /// Clones into the scratch directory. Nothing is visible at DIR yet.
+    fn clone_beside(&self, on_transfer: &mut dyn FnMut(Transfer)) -> Result<Synced, Fail> {
+        let scratch = self.lock.scratch_path("clone");
+        if scratch.exists() {
+            fs::remove_dir_all(&scratch).map_err(io_fail(&scratch))?;
+        }
+        let repo = if self.spec.mode == Mode::Mirror {
+            Repository::init_bare(&scratch)?
+        } else {
+            Repository::init(&scratch)?
+        };
+        // The stored URL never carries credentials; gitpulse passes them per pull.
+        let (clean_url, _) = strip_userinfo(&self.spec.url);
+        if self.spec.mode == Mode::Mirror {
+            repo.remote_with_fetch("origin", &clean_url, "+refs/*:refs/*")?;
+            repo.config()?.set_bool("remote.origin.mirror", true)?;
+        } else {
+            repo.remote("origin", &clean_url)?;
+        }
+        let mut synced = self.update(&repo, on_transfer)?;
+        synced.change = Change::Cloned;
+        synced.old = None;
+        Ok(synced)
+    }
+
+    /// Moves the finished clone to DIR; `aside` receives what was there.
+    fn swap_in(&self, aside: Option<&Path>) -> Result<(), Fail> {
+        let dir = &self.spec.dir;
+        let scratch = self.lock.scratch_path("clone");
+        match aside {
+            Some(aside) => fs::rename(dir, aside).map_err(io_fail(dir))?,
+            None if dir.exists() => fs::remove_dir(dir).map_err(io_fail(dir))?,
+            None => {}
+        }
+        fs::rename(&scratch, dir).map_err(io_fail(dir))
+    }
+
+    fn update(
+        &self,
+        repo: &Repository,
+        on_transfer: &mut dyn FnMut(Transfer),
+    ) -> Result<Synced, Fail> {
+        let mut notices = Vec::new();
+        if let Some(notice) = recover(repo)? {
+            notices.push(notice);
+        }
+        let old = head_commit(repo)?;
+        let current_branch = repo
+            .find_reference("HEAD")
+            .ok()
+            .and_then(|h| h.symbolic_target().ok().flatten().map(String::from))
+            .and_then(|t| t.strip_prefix("refs/heads/").map(String::from));
+
+        let mut remote = repo.remote_anonymous(&self.spec.url)?;
+        let mut connection =
+            remote.connect_auth(Direction::Fetch, Some(self.callbacks(None)), None)?;
+        let advertised: BTreeMap<String, Oid> = connection
+            .list()?
+            .iter()
+            .filter(|h| h.name() != "HEAD" && !h.name().ends_with("^{}"))
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect();
+        let remote_head = connection
+            .default_branch()
+            .ok()
+            .and_then(|b| b.as_str().ok().map(String::from));
+
+        if self.spec.mode == Mode::Mirror {
+            return self.update_mirror(
+                repo,
+                connection.remote(),
+                advertised,
+                remote_head,
+                old,
+                notices,
+                on_transfer,
+            );
+        }
+
+        let branch = match (&self.spec.branch, &current_branch, &remote_head) {
+            (Some(b), _, _) => b.clone(),
+            (None, Some(b), _) if old.is_some() => b.clone(),
+            (None, _, Some(head)) => head.trim_start_matches("refs/heads/").to_string(),
+            (None, _, None) => {
+                return Err(failure(
+                    FailureClass::RefNotFound,
+                    "the remote has no default branch (empty repository?); pass --branch".into(),
+                ))
+            }
+        };
+        let remote_ref = format!("refs/heads/{branch}");
+        let Some(&tip) = advertised.get(&remote_ref) else {
+            let branches: Vec<&str> = advertised
+                .keys()
+                .filter_map(|r| r.strip_prefix("refs/heads/"))
+                .take(10)
+                .collect();
+            return Err(failure(
+                FailureClass::RefNotFound,
+                format!(
+                    "branch `{branch}` not found on the remote (it has: {})",
+                    if branches.is_empty() {
+                        "no branches".into()
+                    } else {
+                        branches.join(", ")
+                    }
+                ),
+            ));
+        };
+        let local_ref = format!("refs/heads/{branch}");
+        let tracking_ref = format!("refs/remotes/origin/{branch}");
+        let on_branch = current_branch.as_deref() == Some(branch.as_str());
+
+        if on_branch && old == Some(tip) {
+            drop(connection);
+            set_ref_if_changed(repo, &tracking_ref, tip)?;
+            return Ok(Synced {
+                change: Change::Unchanged,
+                old: old.map(|o| o.to_string()),
+                new: tip.to_string(),
+                commits: 0,
+                notices,
+            });
+        }
+
+        if repo.find_commit(tip).is_err() {
+            journal::begin(repo, &Intent::Busy).map_err(io_fail(repo.path()))?;
+            let refspec = format!("+{remote_ref}:{tracking_ref}");
+            let mut options = self.fetch_options(on_transfer);
+            connection
+                .remote()
+                .download(&[refspec.as_str()], Some(&mut options))?;
+            connection.remote().disconnect()?;
+        }
+        drop(connection);
+        set_ref_if_changed(repo, &tracking_ref, tip)?;
+
+        let local = repo.refname_to_id(&local_ref).ok();
+        let fresh = old.is_none();
+        if self.spec.mode == Mode::FastForward && !fresh {
+            if let Some(local) = local {
+                if local != tip && !repo.graph_descendant_of(tip, local)? {
+                    journal::finish(repo).map_err(io_fail(repo.path()))?;
+                    let (ahead, behind) = repo.graph_ahead_behind(local, tip).unwrap_or((0, 0));
+                    return Err(failure(
+                        FailureClass::Diverged,
+                        format!(
+                            "local branch `{branch}` has {ahead} commit(s) the remote does not (remote is {behind} ahead); \
+                             fast-forward impossible — use --mode reset to discard local commits"
+                        ),
+                    ));
+                }
+            }
+        }
+
+        journal::begin(
+            repo,
+            &Intent::Checkout {
+                target: tip,
+                branch: local_ref.clone(),
+            },
+        )
+        .map_err(io_fail(repo.path()))?;
+        let mut checkout = CheckoutBuilder::new();
+        if fresh || self.spec.mode == Mode::Reset {
+            checkout
+                .force()
+                .remove_untracked(self.spec.mode == Mode::Reset);
+        } else {
+            checkout.safe();
+        }
+        let commit = repo.find_commit(tip)?;
+        if let Err(err) = repo.checkout_tree(commit.as_object(), Some(&mut checkout)) {
+            // A refused safe checkout writes nothing: nothing to finish.
+            journal::finish(repo).map_err(io_fail(repo.path()))?;
+            if err.code() == git2::ErrorCode::Conflict || err.class() == git2::ErrorClass::Checkout
+            {
+                return Err(failure(
+                    FailureClass::Diverged,
+                    format!(
+                        "local changes in the worktree would be overwritten ({}); commit or discard them, or use --mode reset",
+                        err.message()
+                    ),
+                ));
+            }
+            return Err(err.into());
+        }
+        move_branch(repo, &local_ref, tip)?;
+        journal::finish(repo).map_err(io_fail(repo.path()))?;
+
+        if self.spec.submodules {
+            self.update_submodules(repo, 0)?;
+        }
+        Ok(Synced {
+            change: Change::Updated,
+            old: old.map(|o| o.to_string()),
+            new: tip.to_string(),
+            commits: count_new(repo, tip, old),
+            notices,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_mirror(
+        &self,
+        repo: &Repository,
+        remote: &mut git2::Remote<'_>,
+        advertised: BTreeMap<String, Oid>,
+        remote_head: Option<String>,
+        old: Option<Oid>,
+        notices: Vec<String>,
+        on_transfer: &mut dyn FnMut(Transfer),
+    ) -> Result<Synced, Fail> {
+        let local: BTreeMap<String, Oid> = repo
+            .references()?
+            .flatten()
+            .filter_map(|r| Some((r.name().ok()?.to_string(), r.target()?)))
+            .filter(|(name, _)| name.starts_with("refs/"))
+            .collect();
+        let head_target = remote_head.clone();
+        let new_head = head_target
+            .as_ref()
+            .and_then(|h| advertised.get(h).copied())
+            .or(old);
+        let head_matches = head_target.as_deref()
+            == repo
+                .find_reference("HEAD")
+                .ok()
+                .and_then(|h| h.symbolic_target().ok().flatten().map(String::from))
+                .as_deref();
+        if local == advertised && head_matches {
+            remote.disconnect()?;
+            let new = new_head.ok_or_else(|| {
+                failure(FailureClass::RefNotFound, "the remote has no refs".into())
+            })?;
+            return Ok(Synced {
+                change: Change::Unchanged,
+                old: old.map(|o| o.to_string()),
+                new: new.to_string(),
+                commits: 0,
+                notices,
+            });
+        }
+        journal::begin(repo, &Intent::Busy).map_err(io_fail(repo.path()))?;
+        if advertised
+            .values()
+            .any(|oid| repo.find_object(*oid, None).is_err())
+        {
+            let mut options = self.fetch_options(on_transfer);
+            remote.download(&["+refs/*:refs/*"], Some(&mut options))?;
+        }
+        remote.disconnect()?;
+        for (name, oid) in &advertised {
+            if local.get(name) != Some(oid) {
+                repo.reference(name, *oid, true, "gitpulse: mirror")?;
+            }
+        }
+        for name in local.keys().filter(|n| !advertised.contains_key(*n)) {
+            if let Ok(mut r) = repo.find_reference(name) {
+                r.delete()?;
+            }
+        }
+        if let Some(head) = &head_target {
+            repo.set_head(head)?;
+        }
+        journal::finish(repo).map_err(io_fail(repo.path()))?;
+        let new = new_head
+            .ok_or_else(|| failure(FailureClass::RefNotFound, "the remote has no refs".into()))?;
+        Ok(Synced {
+            change: Change::Updated,
+            old: old.map(|o| o.to_string()),
+            new: new.to_string(),
+            commits: count_new(repo, new, old),
+            notices,
+        })
+    }
+
+    fn update_submodules(&self, repo: &Repository, level: usize) -> Result<(), Fail> {
+        const MAX_NESTING: usize = 8;
+        if level >= MAX_NESTING {
+            return Ok(());
+        }
+        let mut ignore = |_: Transfer| {};
+        for mut sub in repo.submodules()? {
+            let mut options = git2::SubmoduleUpdateOptions::new();
+            options.fetch(self.fetch_options(&mut ignore));
+            sub.update(true, Some(&mut options))?;
+            let sub_repo = sub.open()?;
+            self.update_submodules(&sub_repo, level + 1)?;
+        }
+        Ok(())
+    }
+
+    fn fetch_options<'cb>(
+        &'cb self,
+        on_transfer: &'cb mut dyn FnMut(Transfer),
+    ) -> FetchOptions<'cb> {
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(self.callbacks(Some(on_transfer)))
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        if let Some(depth) = self.spec.depth {
+            options.depth(depth.min(i32::MAX as u32) as i32);
+        }
+        options
+    }
+
+    fn callbacks<'cb>(
+        &'cb self,
+        on_transfer: Option<&'cb mut dyn FnMut(Transfer)>,
+    ) -> RemoteCallbacks<'cb> {
+        let control = self.control;
+        let mut callbacks = RemoteCallbacks::new();
+        if let Some(on_transfer) = on_transfer {
+            callbacks.transfer_progress(move |p| {
+                on_transfer(Transfer {
+                    received_objects: p.received_objects(),
+                    total_objects: p.total_objects(),
+                    indexed_deltas: p.indexed_deltas(),
+                    total_deltas: p.total_deltas(),
+                    received_bytes: p.received_bytes(),
+                });
+                control.interrupted().is_none()
+            });
+        }
+        callbacks.sideband_progress(move |_| control.interrupted().is_none());
+        let auth = self.spec.auth.clone();
+        let mut tries = 0;
+        callbacks.credentials(move |_url, username, allowed| {
+            tries += 1;
+            if tries > 3 {
+                return Err(git2::Error::new(
+                    git2::ErrorCode::Auth,
+                    git2::ErrorClass::Ssh,
+                    "authentication failed: credentials refused",
+                ));
+            }
+            let user = username.unwrap_or("git");
+            if allowed.contains(CredentialType::USERNAME) {
+                return Cred::username(user);
+            }
+            match &auth {
+                Auth::SshKey { key, .. } if allowed.contains(CredentialType::SSH_KEY) => {
+                    Cred::ssh_key(user, None, key, None)
+                }
+                _ if allowed.contains(CredentialType::SSH_KEY) => Cred::ssh_key_from_agent(user),
+                _ => Err(git2::Error::new(
+                    git2::ErrorCode::Auth,
+                    git2::ErrorClass::Net,
+                    "the remote asks for credentials; pass --token-env, --token-file or --ssh-key",
+                )),
+            }
+        });
+        if let Auth::SshKey {
+            known_hosts: Some(known_hosts),
+            ..
+        } = &self.spec.auth
+        {
+            let known_hosts = known_hosts.clone();
+            let port = url::Url::parse(&self.spec.url).ok().and_then(|u| u.port());
+            callbacks.certificate_check(move |cert, host| {
+                super::ssh::check_host_key(&known_hosts, cert, host, port)
+            });
+        }
+        callbacks
+    }
+}
+
+/// Finishes or cleans up after a gitpulse that died in this repository.
+fn recover(repo: &Repository) -> Result<Option<String>, Fail> {
+    let git_dir = repo.path().to_path_buf();
+    let Some(intent) = journal::pending(&git_dir) else {
+        let locks = journal::lock_files(&git_dir);
+        if let Some(lock) = locks.first() {
+            return Err(failure(
+                FailureClass::LockHeld,
+                format!(
+                    "another git process is working in this repository ({} exists); \
+                     if no git command is running, remove that file",
+                    lock.display()
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    journal::remove_leftovers(&git_dir).map_err(io_fail(&git_dir))?;
+    let notice = match intent {
+        Intent::Busy => "recovered from an interrupted fetch".to_string(),
+        Intent::Checkout { target, branch } => {
+            let commit = repo.find_commit(target)?;
+            repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))?;
+            move_branch(repo, &branch, target)?;
+            format!("finished an interrupted update to {target}")
+        }
+    };
+    journal::finish(repo).map_err(io_fail(&git_dir))?;
+    Ok(Some(notice))
+}
+
+/// The commit HEAD points at; `None` for a new repository. A HEAD naming a
+/// missing object means the repository is damaged.
+fn head_commit(repo: &Repository) -> Result<Option<Oid>, Fail> {
+    let head = match repo.head() {
+        Ok(head) => head,
+        Err(e) if e.code() == git2::ErrorCode::UnbornBranch => return Ok(None),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let commit = head.peel_to_commit()?;
+    // Reading the tree catches a damaged object store before we build on it.
+    commit.tree()?;
+    Ok(Some(commit.id()))
+}
+
+fn set_ref_if_changed(repo: &Repository, name: &str, target: Oid) -> Result<(), Fail> {
+    if repo.refname_to_id(name).ok() != Some(target) {
+        repo.reference(name, target, true, "gitpulse: fetch")?;
+    }
+    Ok(())
+}
+
+fn move_branch(repo: &Repository, branch_ref: &str, target: Oid) -> Result<(), Fail> {
+    repo.reference(branch_ref, target, true, "gitpulse: update")?;
+    repo.set_head(branch_ref)?;
+    Ok(())
+}
+
+fn count_new(repo: &Repository, new: Oid, old: Option<Oid>) -> u64 {
+    let Ok(mut walk) = repo.revwalk() else {
+        return 0;
+    };
+    if walk.push(new).is_err() {
+        return 0;
+    }
+    if let Some(old) = old {
+        let _ = walk.hide(old);
+    }
+    walk.count() as u64
+}
+
+fn is_local_damage(err: &git2::Error) -> bool {
+    use git2::ErrorClass::*;
+    matches!(err.class(), Odb | Object | Zlib | Index | Repository)
+        && err.code() != git2::ErrorCode::Locked
+}
+
+/// The URL to store as `origin`: HTTP(S) userinfo is a credential and is
+/// dropped; an SSH user name is not and stays.
+fn strip_userinfo(url: &str) -> (String, bool) {
+    match url::Url::parse(url) {
+        Ok(mut parsed)
+            if matches!(parsed.scheme(), "http" | "https")
+                && (!parsed.username().is_empty() || parsed.password().is_some()) =>
+        {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            (parsed.to_string(), true)
+        }
+        _ => (url.to_string(), false),
+    }
+}

@@ -1,0 +1,79 @@
+//! The `gitpulse` binary: parse, dispatch, print, exit. The work is in the
+//! library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use gitpulse::cli::{Cli, Command, PullArgs};
+use gitpulse::{pull, report};
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Pull(args) => run_pull(&args),
+    }
+}
+
+fn run_pull(args: &PullArgs) -> ExitCode {
+    let (options, mut policy) = match args.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cancel = match cancel_on_signals() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let mut terminal = report::Terminal::new(!args.json && std::io::stderr().is_terminal());
+    let result = match pull::pull(&options, &mut policy, &mut terminal, cancel) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&result) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: cannot encode the result: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        }
+    } else if result.outcome.is_success() {
+        println!("{}", report::summary(&result));
+    } else {
+        eprintln!("error: {}", report::summary(&result));
+    }
+    if result.outcome.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// The first SIGINT/SIGTERM cancels the pull cleanly; a second one exits at
+/// once (the next pull recovers, as after any crash).
+fn cancel_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let cancel = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, cancel.clone())
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, cancel.clone())
+            .context("installing signal handlers")?;
+    }
+    Ok(cancel)
+}

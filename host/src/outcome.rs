@@ -1,0 +1,65 @@
+//! The result of a whole pull, as users and machines read it.
+//!
+//! [`PullReport`] is what `gitpulse pull --json` prints, field for field:
+//! `{"url","dir","outcome","old","new","commits","attempts","duration_ms"}`
+//! plus `reason` (why a failed pull stopped, else null). The URL in it is
+//! already redacted; nothing here holds a secret.
+
+use serde::{Serialize, Serializer};
+
+use crate::git::FailureClass;
+
+/// How the pull ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Cloned,
+    Updated,
+    Unchanged,
+    Failed,
+}
+
+impl Outcome {
+    pub fn is_success(self) -> bool {
+        self != Outcome::Failed
+    }
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub n: u32,
+    #[serde(serialize_with = "class_name")]
+    pub class: FailureClass,
+    pub http_status: Option<u16>,
+    /// Redacted message tail.
+    pub message: String,
+    /// The wait before the next attempt; null when the pull gave up.
+    pub delay_ms: Option<u64>,
+}
+
+fn class_name<S: Serializer>(class: &FailureClass, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(class.as_str())
+}
+
+/// The whole pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullReport {
+    /// The remote URL with userinfo replaced by `***`.
+    pub url: String,
+    pub dir: String,
+    pub outcome: Outcome,
+    /// Full SHA before the pull, or null (fresh clone, failed before reading).
+    pub old: Option<String>,
+    /// Full SHA after the pull, or null when it failed.
+    pub new: Option<String>,
+    pub commits: u64,
+    pub attempts: Vec<AttemptRecord>,
+    pub duration_ms: u64,
+    /// Why a failed pull stopped (e.g. "not retryable", "attempts exhausted").
+    pub reason: Option<String>,
+    /// Things worth knowing that did not stop the pull.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
+}

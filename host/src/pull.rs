@@ -1,0 +1,165 @@
+//! The pull job: attempts, decisions, waits, until success or a stop.
+//!
+//! Owns the loop around [`git::sync`]: it builds each attempt's time limit
+//! from the per-attempt timeout and the overall deadline, asks the
+//! [`RetryPolicy`] what to do after a failure, clamps the answer, waits
+//! (cancellably) and tells an [`Observer`] what happens. It does not know how
+//! git failures are classified nor how a policy decides; it only connects
+//! the two.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::git::{self, AttemptControl, AttemptError, Change, SpecError, SyncSpec, Transfer};
+use crate::outcome::{AttemptRecord, Outcome, PullReport};
+use crate::policy::{clamp, AttemptContext, Decision, Limits, RetryPolicy};
+use crate::redact;
+
+/// Everything `gitpulse pull` was asked to do.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub sync: SyncSpec,
+    /// Limit of one attempt.
+    pub timeout: Duration,
+    /// Limit of the whole pull, waits included.
+    pub deadline: Option<Duration>,
+    pub max_attempts: u32,
+    pub max_delay: Duration,
+}
+
+/// What a pull tells its caller while it runs. Every method has a no-op
+/// default.
+pub trait Observer {
+    fn attempt_started(&mut self, _n: u32) {}
+    fn transfer(&mut self, _progress: Transfer) {}
+    fn attempt_failed(&mut self, _record: &AttemptRecord, _decision: &Decision) {}
+    fn notice(&mut self, _text: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Runs the pull to its end. Blocks the calling thread.
+///
+/// Setting `cancel` stops the current attempt at its next check and the
+/// pull with class `cancelled`; the checkout stays consistent. A
+/// [`SpecError`] (DIR is not a repository, wrong kind of repository) ends the
+/// pull before any attempt is recorded: it is a usage problem, not a failure
+/// to retry.
+pub fn pull(
+    options: &PullOptions,
+    policy: &mut dyn RetryPolicy,
+    observer: &mut dyn Observer,
+    cancel: Arc<AtomicBool>,
+) -> Result<PullReport, SpecError> {
+    let started = Instant::now();
+    let deadline = options.deadline.map(|d| started + d);
+    let mut attempts = Vec::new();
+    let mut previous_delay = None;
+    let mut next_timeout = None;
+    let mut report = PullReport {
+        url: redact::url(&options.sync.url),
+        dir: options.sync.dir.display().to_string(),
+        outcome: Outcome::Failed,
+        old: None,
+        new: None,
+        commits: 0,
+        attempts: Vec::new(),
+        duration_ms: 0,
+        reason: None,
+        notices: Vec::new(),
+    };
+
+    for n in 1.. {
+        observer.attempt_started(n);
+        let timeout = next_timeout.take().unwrap_or(options.timeout);
+        let control = AttemptControl::new(timeout, deadline, cancel.clone());
+        let result = git::sync(&options.sync, &control, &mut |t| observer.transfer(t));
+        let failure = match result {
+            Ok(synced) => {
+                for notice in &synced.notices {
+                    observer.notice(notice);
+                }
+                report.outcome = match synced.change {
+                    Change::Cloned => Outcome::Cloned,
+                    Change::Updated => Outcome::Updated,
+                    Change::Unchanged => Outcome::Unchanged,
+                };
+                report.old = synced.old;
+                report.new = Some(synced.new);
+                report.commits = synced.commits;
+                report.notices = synced.notices;
+                break;
+            }
+            Err(AttemptError::Spec(e)) => return Err(e),
+            Err(AttemptError::Failed(f)) => f,
+        };
+
+        let ctx = AttemptContext {
+            attempt: n,
+            class: failure.class,
+            http_status: failure.http_status,
+            retry_after: failure.retry_after,
+            elapsed: started.elapsed(),
+            remaining: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            previous_delay,
+        };
+        let limits = Limits {
+            max_attempts: options.max_attempts,
+            max_delay: options.max_delay,
+            remaining: ctx.remaining,
+        };
+        let decision = if cancel.load(Ordering::Relaxed) {
+            Decision::Stop(crate::policy::StopReason::Policy("cancelled".into()))
+        } else {
+            clamp(policy.decide(&ctx), &ctx, &limits)
+        };
+        let record = AttemptRecord {
+            n,
+            class: failure.class,
+            http_status: failure.http_status,
+            message: failure.message,
+            delay_ms: match &decision {
+                Decision::RetryAfter { delay, .. } => Some(delay.as_millis() as u64),
+                Decision::Stop(_) => None,
+            },
+        };
+        observer.attempt_failed(&record, &decision);
+        attempts.push(record);
+        match decision {
+            Decision::Stop(reason) => {
+                report.reason = Some(reason.to_string());
+                break;
+            }
+            Decision::RetryAfter { delay, timeout } => {
+                if !sleep(delay, &cancel) {
+                    report.reason = Some("cancelled".into());
+                    break;
+                }
+                previous_delay = Some(delay);
+                next_timeout = timeout;
+            }
+        }
+    }
+    report.attempts = attempts;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Waits `delay`; false if cancelled first.
+fn sleep(delay: Duration, cancel: &AtomicBool) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}

@@ -1,0 +1,202 @@
+//! What a person sees while `gitpulse pull` runs: a progress bar for the
+//! transfer (only on a terminal), one line per failed attempt with its class
+//! and the wait before the next, and a one-line summary at the end.
+//!
+//! Everything goes to stderr except the summary (stdout), so `--json` keeps
+//! stdout to exactly one JSON object. Messages arrive already redacted.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::git::Transfer;
+use crate::outcome::{AttemptRecord, Outcome, PullReport};
+use crate::policy::Decision;
+use crate::pull::Observer;
+
+/// Draws progress and attempt lines on stderr.
+pub struct Terminal {
+    bar: Option<ProgressBar>,
+    show_progress: bool,
+}
+
+impl Terminal {
+    /// `show_progress`: draw a progress bar (indicatif hides it anyway when
+    /// stderr is not a terminal).
+    pub fn new(show_progress: bool) -> Self {
+        Terminal {
+            bar: None,
+            show_progress,
+        }
+    }
+
+    fn finish_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Terminal {
+    fn attempt_started(&mut self, _n: u32) {
+        self.finish_bar();
+    }
+
+    fn transfer(&mut self, p: Transfer) {
+        if !self.show_progress || p.total_objects == 0 {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(
+                Some(p.total_objects as u64),
+                ProgressDrawTarget::stderr_with_hz(10),
+            );
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>10} [{bar:30}] {pos}/{len} objects, {prefix} ({elapsed})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        if p.received_objects < p.total_objects {
+            bar.set_message("receiving");
+            bar.set_position(p.received_objects as u64);
+        } else {
+            bar.set_message("indexing");
+            bar.set_length(p.total_deltas.max(1) as u64);
+            bar.set_position(p.indexed_deltas as u64);
+        }
+        bar.set_prefix(bytes(p.received_bytes));
+    }
+
+    fn attempt_failed(&mut self, record: &AttemptRecord, decision: &Decision) {
+        self.finish_bar();
+        eprintln!("{}", attempt_line(record, decision));
+    }
+
+    fn notice(&mut self, text: &str) {
+        self.finish_bar();
+        eprintln!("note: {text}");
+    }
+}
+
+/// `attempt 2 failed: server-error (HTTP 503): HTTP 503 — retrying in 1.2s`
+pub fn attempt_line(record: &AttemptRecord, decision: &Decision) -> String {
+    let status = record
+        .http_status
+        .map(|s| format!(" (HTTP {s})"))
+        .unwrap_or_default();
+    let next = match decision {
+        Decision::RetryAfter { delay, .. } => format!("retrying in {}", short(*delay)),
+        Decision::Stop(reason) => format!("giving up: {reason}"),
+    };
+    format!(
+        "attempt {} failed: {}{status}: {} — {next}",
+        record.n, record.class, record.message
+    )
+}
+
+/// The final line for a person.
+pub fn summary(report: &PullReport) -> String {
+    let sha = |s: &Option<String>| {
+        s.as_deref()
+            .map(|s| &s[..s.len().min(10)])
+            .unwrap_or("?")
+            .to_string()
+    };
+    let took = short(Duration::from_millis(report.duration_ms));
+    let tries = match report.attempts.len() {
+        0 => String::new(),
+        n => format!(
+            ", after {n} failed attempt{}",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    match report.outcome {
+        Outcome::Cloned => format!(
+            "cloned {} into {} at {} ({} commit{}) in {took}{tries}",
+            report.url,
+            report.dir,
+            sha(&report.new),
+            report.commits,
+            if report.commits == 1 { "" } else { "s" }
+        ),
+        Outcome::Updated => format!(
+            "updated {}: {} → {} ({} new commit{}) in {took}{tries}",
+            report.dir,
+            sha(&report.old),
+            sha(&report.new),
+            report.commits,
+            if report.commits == 1 { "" } else { "s" }
+        ),
+        Outcome::Unchanged => format!(
+            "unchanged {} at {} in {took}{tries}",
+            report.dir,
+            sha(&report.new)
+        ),
+        Outcome::Failed => {
+            let last = report
+                .attempts
+                .last()
+                .map(|a| format!("{}: {}", a.class, a.message))
+                .unwrap_or_default();
+            format!(
+                "pull of {} into {} failed ({}) after {} attempt{} in {took}: {last}",
+                report.url,
+                report.dir,
+                report.reason.as_deref().unwrap_or("stopped"),
+                report.attempts.len(),
+                if report.attempts.len() == 1 { "" } else { "s" }
+            )
+        }
+    }
+}
+
+fn short(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+fn bytes(n: usize) -> String {
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", n / 1024.0 / 1024.0)
+    } else {
+        format!("{:.0} KiB", n / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::FailureClass;
+    use crate::policy::StopReason;
+
+    #[test]
+    fn attempt_lines_name_class_status_and_wait() {
+        let record = AttemptRecord {
+            n: 2,
+            class: FailureClass::ServerError,
+            http_status: Some(503),
+            message: "HTTP 503".into(),
+            delay_ms: Some(1200),
+        };
+        let retry = Decision::RetryAfter {
+            delay: Duration::from_millis(1200),
+            timeout: None,
+        };
+        assert_eq!(
+            attempt_line(&record, &retry),
+            "attempt 2 failed: server-error (HTTP 503): HTTP 503 — retrying in 1.2s"
+        );
+        let stop = Decision::Stop(StopReason::AttemptsExhausted);
+        assert!(attempt_line(&record, &stop).ends_with("giving up: attempts exhausted"));
+    }
+}

@@ -1,0 +1,104 @@
+//! Running the real `gitpulse` binary from end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub use gitpulse_testkit::*;
+
+/// The binary under test.
+pub fn gitpulse() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitpulse"));
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+    cmd
+}
+
+/// What one `gitpulse pull --json` run produced.
+pub struct Run {
+    pub code: i32,
+    pub json: serde_json::Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn outcome(&self) -> &str {
+        self.json["outcome"].as_str().unwrap_or("<none>")
+    }
+
+    /// The failure classes of the attempts, in order.
+    pub fn classes(&self) -> Vec<String> {
+        self.json["attempts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["class"].as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn new_sha(&self) -> Option<&str> {
+        self.json["new"].as_str()
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `gitpulse pull URL DIR --json` with fast retry settings plus `extra`.
+pub fn pull(url: &str, dir: &Path, extra: &[&str]) -> Run {
+    let mut cmd = gitpulse();
+    cmd.args(["pull", url])
+        .arg(dir)
+        .args([
+            "--json",
+            "--backoff-base",
+            "50ms",
+            "--backoff-max",
+            "200ms",
+            "--timeout",
+            "20s",
+            "--seed",
+            "7",
+        ])
+        .args(extra);
+    finish(cmd.output().expect("gitpulse runs"))
+}
+
+pub fn finish(out: Output) -> Run {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stdout,
+        stderr,
+    }
+}
+
+/// The commit a checkout's HEAD points at, and whether its worktree is clean.
+pub fn checkout_state(dir: &Path) -> (String, bool) {
+    let head = git_ok(dir, &["rev-parse", "HEAD"]);
+    let status = git_ok(dir, &["status", "--porcelain"]);
+    (head, status.is_empty())
+}
+
+/// `git fsck --full` passes.
+pub fn fsck_ok(dir: &Path) -> bool {
+    git(dir, &["fsck", "--full", "--no-progress"])
+        .status
+        .success()
+}
+
+pub const SHORT: Duration = Duration::from_millis(300);

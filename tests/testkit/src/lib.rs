@@ -1,0 +1,31 @@
+//! Real local git servers, a fault-injecting proxy and repository fixtures
+//! for gitpulse's end-to-end tests, benchmarks and quickstart.
+//!
+//! Everything binds 127.0.0.1 only, runs on background threads or child
+//! processes owned by a value, and stops when that value is dropped.
+//!
+//! - [`Upstream`]: a bare repository plus a scratch clone to commit from.
+//! - [`GitHttpServer`]: smart HTTP through the real `git http-backend` CGI.
+//! - [`FaultProxy`]: sits in front of a server and, request by request,
+//!   answers 5xx, 429 with Retry-After, 401, 404, resets the connection,
+//!   stalls, or truncates the pack.
+//! - [`GitDaemon`]: the real `git daemon` for `git://`.
+
+mod daemon;
+mod fixture;
+mod http;
+mod proxy;
+
+pub use daemon::GitDaemon;
+pub use fixture::{git, git_ok, Upstream};
+pub use http::GitHttpServer;
+pub use proxy::{Fault, FaultProxy};
+
+/// A loopback port that was free a moment ago (for servers that cannot be
+/// handed a listening socket, like `git daemon`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -1,0 +1,183 @@
+//! A fault-injecting HTTP proxy: every connection carries one request; the
+//! proxy either forwards it to the real server or applies the next queued
+//! [`Fault`] that fits it.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::http::{read_request, respond, Listener, Request};
+
+/// What the proxy does to one request instead of forwarding it cleanly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status (503, 500, 401, 404 …) and a short body.
+    Status(u16),
+    /// Answer 429 with `Retry-After: SECS`.
+    RateLimited { retry_after_secs: u64 },
+    /// Reset the TCP connection (RST) without answering.
+    Reset,
+    /// Hold the connection open and silent this long, then close it.
+    Stall(Duration),
+    /// Forward a pack request but cut the response body after this many
+    /// bytes. Applies only to `POST …/git-upload-pack`.
+    TruncatePack { keep_bytes: usize },
+}
+
+impl Fault {
+    fn fits(&self, req: &Request) -> bool {
+        match self {
+            Fault::TruncatePack { .. } => {
+                req.method == "POST" && req.target.ends_with("git-upload-pack")
+            }
+            _ => true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Plan {
+    queue: VecDeque<Fault>,
+    always: Option<Fault>,
+}
+
+/// A proxy in front of one server.
+pub struct FaultProxy {
+    listener: Listener,
+    plan: Arc<Mutex<Plan>>,
+    requests: Arc<AtomicUsize>,
+    faults_applied: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    /// Proxies to the HTTP server at `upstream`.
+    pub fn start(upstream: SocketAddr) -> FaultProxy {
+        let plan = Arc::new(Mutex::new(Plan::default()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let faults_applied = Arc::new(AtomicUsize::new(0));
+        let (p, r, f) = (plan.clone(), requests.clone(), faults_applied.clone());
+        let listener = Listener::spawn(move |mut client| {
+            let Ok(Some(req)) = read_request(&mut client) else {
+                return;
+            };
+            r.fetch_add(1, Ordering::SeqCst);
+            let fault = {
+                let mut plan = p.lock().unwrap_or_else(|e| e.into_inner());
+                match plan.queue.iter().position(|fault| fault.fits(&req)) {
+                    Some(i) => plan.queue.remove(i),
+                    None => plan.always.clone().filter(|fault| fault.fits(&req)),
+                }
+            };
+            if fault.is_some() {
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+            handle(client, req, fault, upstream);
+        });
+        FaultProxy {
+            listener,
+            plan,
+            requests,
+            faults_applied,
+        }
+    }
+
+    /// Queues `fault` for the next request it fits.
+    pub fn push(&self, fault: Fault) {
+        self.push_times(fault, 1);
+    }
+
+    /// Queues `fault` for the next `n` requests it fits.
+    pub fn push_times(&self, fault: Fault, n: usize) {
+        let mut plan = self.plan.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..n {
+            plan.queue.push_back(fault.clone());
+        }
+    }
+
+    /// Applies `fault` to every request once the queue is empty (`None`
+    /// forwards cleanly again).
+    pub fn set_always(&self, fault: Option<Fault>) {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner()).always = fault;
+    }
+
+    /// `http://127.0.0.1:PORT/NAME.git` through the proxy.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}.git", self.listener.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.addr
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Faults applied so far.
+    pub fn faults_applied(&self) -> usize {
+        self.faults_applied.load(Ordering::SeqCst)
+    }
+}
+
+fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: SocketAddr) {
+    match fault {
+        Some(Fault::Status(status)) => respond(&mut client, status, &[], "injected fault\n"),
+        Some(Fault::RateLimited { retry_after_secs }) => respond(
+            &mut client,
+            429,
+            &[("Retry-After", retry_after_secs.to_string())],
+            "slow down\n",
+        ),
+        Some(Fault::Reset) => {
+            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+            drop(client);
+        }
+        Some(Fault::Stall(d)) => {
+            let until = Instant::now() + d;
+            while Instant::now() < until {
+                thread::sleep(Duration::from_millis(20));
+            }
+            drop(client);
+        }
+        Some(Fault::TruncatePack { keep_bytes }) => {
+            let _ = forward(&mut client, &req, upstream, Some(keep_bytes));
+        }
+        None => {
+            let _ = forward(&mut client, &req, upstream, None);
+        }
+    }
+}
+
+/// Sends `req` upstream and relays the answer, cutting the body after
+/// `limit` bytes when given.
+fn forward(
+    client: &mut TcpStream,
+    req: &Request,
+    upstream: SocketAddr,
+    limit: Option<usize>,
+) -> io::Result<()> {
+    let mut server = TcpStream::connect(upstream)?;
+    server.set_read_timeout(Some(Duration::from_secs(60)))?;
+    server.write_all(&req.raw)?;
+    let Some(limit) = limit else {
+        io::copy(&mut server, client)?;
+        return client.flush();
+    };
+    // Relay the head untouched, then only `limit` body bytes.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if server.read(&mut byte)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    client.write_all(&head)?;
+    io::copy(&mut (&mut server).take(limit as u64), client)?;
+    client.flush()
+}
