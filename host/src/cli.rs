@@ -23,7 +23,8 @@ Exit codes:
     name = "gitpulse",
     version,
     about = "Keep git checkouts up to date: robust pulls with classified failures and retries.",
-    after_help = EXIT_CODES
+    after_help = EXIT_CODES,
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]

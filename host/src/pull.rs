@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::git::{self, AttemptControl, AttemptError, Change, SpecError, SyncSpec, Transfer};
 use crate::outcome::{AttemptRecord, Outcome, PullReport};
-use crate::policy::{clamp, AttemptContext, Decision, Limits, RetryPolicy};
+use crate::policy::{clamp, AttemptContext, Decision, Limits, RetryPolicy, StopReason};
 use crate::redact;
 
 /// Everything `gitpulse pull` was asked to do.
@@ -113,7 +113,9 @@ pub fn pull(
             remaining: ctx.remaining,
         };
         let decision = if cancel.load(Ordering::Relaxed) {
-            Decision::Stop(crate::policy::StopReason::Policy("cancelled".into()))
+            Decision::Stop(StopReason::Cancelled)
+        } else if ctx.remaining.is_some_and(|r| r.is_zero()) {
+            Decision::Stop(StopReason::Deadline)
         } else {
             clamp(policy.decide(&ctx), &ctx, &limits)
         };

@@ -106,6 +106,7 @@ fn class_of(err: &git2::Error, message: &str) -> (FailureClass, Option<u16>) {
         (ErrorClass::Indexer | ErrorClass::FetchHead, _) => FailureClass::Protocol,
         _ if has("early eof")
             || has("unexpected eof")
+            || has("could not read from remote")
             || has("invalid packet")
             || has("pack")
             || has("protocol")

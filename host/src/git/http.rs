@@ -256,7 +256,16 @@ impl HttpStream {
             };
             let response = match result {
                 Ok(r) => r,
-                Err(err) => return Err(session.record(request_failure(err, &session.control))),
+                Err(err) => {
+                    let mut failure = request_failure(err, &session.control);
+                    if self.url.starts_with("https://") && failure.class == FailureClass::Protocol {
+                        // The connection ended or spoke garbage before any
+                        // HTTP answer: the TLS handshake did not happen.
+                        failure.class = FailureClass::Tls;
+                        failure.message = format!("TLS handshake failed ({})", failure.message);
+                    }
+                    return Err(session.record(failure));
+                }
             };
             let status = response.status().as_u16();
             if status == 401 && !with_auth && self.credentials.is_some() {
@@ -362,6 +371,10 @@ fn request_failure(err: ureq::Error, control: &AttemptControl) -> GitFailure {
         ureq::Error::Tls(m) => (FailureClass::Tls, format!("TLS error: {m}")),
         ureq::Error::Rustls(e) => (FailureClass::Tls, format!("TLS error: {e}")),
         ureq::Error::Pem(e) => (FailureClass::Tls, format!("TLS certificate error: {e}")),
+        ureq::Error::Io(e) if is_dns_failure(e) => (
+            FailureClass::Dns,
+            format!("failed to resolve the host name: {e}"),
+        ),
         ureq::Error::Io(e) => (io_class(e, control), format!("network error: {e}")),
         ureq::Error::Protocol(e) => (FailureClass::Protocol, format!("HTTP protocol error: {e}")),
         other => (FailureClass::Other, other.to_string()),
@@ -374,13 +387,22 @@ fn request_failure(err: ureq::Error, control: &AttemptControl) -> GitFailure {
     }
 }
 
+/// std's resolver reports through `io::Error` with getaddrinfo's text.
+fn is_dns_failure(e: &io::Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("lookup address")
+        || text.contains("name or service not known")
+        || text.contains("name resolution")
+        || text.contains("no address associated")
+}
+
 fn io_class(e: &io::Error, control: &AttemptControl) -> FailureClass {
     use io::ErrorKind::*;
     match e.kind() {
         TimedOut | WouldBlock => control.interrupted().unwrap_or(FailureClass::Timeout),
         ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
         | AddrNotAvailable | HostUnreachable | NetworkUnreachable => FailureClass::Connect,
-        UnexpectedEof => FailureClass::Protocol,
+        UnexpectedEof | InvalidData => FailureClass::Protocol,
         _ => FailureClass::Other,
     }
 }

@@ -247,6 +247,8 @@ pub enum StopReason {
     Budget,
     /// A policy's own reason, in its own words.
     Policy(String),
+    /// The user interrupted the pull (a signal). Only the host says this.
+    Cancelled,
 }
 
 impl fmt::Display for StopReason {
@@ -257,6 +259,7 @@ impl fmt::Display for StopReason {
             StopReason::Deadline => f.write_str("deadline reached"),
             StopReason::Budget => f.write_str("retry budget spent"),
             StopReason::Policy(text) => write!(f, "policy: {text}"),
+            StopReason::Cancelled => f.write_str("cancelled"),
         }
     }
 }
