@@ -36,3 +36,260 @@ fn clones_then_updates_then_reports_unchanged_over_smart_http() {
     assert_eq!(run.json["attempts"], serde_json::json!([]));
     assert!(fsck_ok(&dir));
 }
+
+#[test]
+fn git_daemon_and_file_remotes_clone_and_update() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let daemon = GitDaemon::start(root.path());
+    for (i, url) in [daemon.url("app"), up.file_url()].into_iter().enumerate() {
+        let dir = root.path().join(format!("c{i}"));
+        let run = pull(&url, &dir, &[]);
+        assert_eq!((run.code, run.outcome()), (0, "cloned"), "{url}: {run:?}");
+        up.commit(&format!("more {i}"));
+        let run = pull(&url, &dir, &[]);
+        assert_eq!((run.code, run.outcome()), (0, "updated"), "{url}: {run:?}");
+        assert_eq!(checkout_state(&dir), (up.head(), true));
+        assert!(fsck_ok(&dir));
+    }
+}
+
+#[test]
+fn follows_the_requested_branch() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let release = up.commit_on("release", "release only");
+    let dir = root.path().join("c");
+    let run = pull(&up.file_url(), &dir, &["--branch", "release"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.new_sha(), Some(release.as_str()));
+    assert_eq!(git_ok(&dir, &["symbolic-ref", "HEAD"]), "refs/heads/release");
+    // Without --branch, an existing checkout keeps following its branch.
+    let next = up.commit_on("release", "release 2");
+    up.commit_on("main", "main moves too");
+    let run = pull(&up.file_url(), &dir, &[]);
+    assert_eq!(run.new_sha(), Some(next.as_str()), "{run:?}");
+}
+
+#[test]
+fn a_shallow_clone_has_only_the_requested_depth() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    for i in 0..5 {
+        up.commit(&format!("c{i}"));
+    }
+    let server = GitHttpServer::start(root.path());
+    let dir = root.path().join("c");
+    let run = pull(&server.url("app"), &dir, &["--depth", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
+    assert_eq!(git_ok(&dir, &["rev-parse", "--is-shallow-repository"]), "true");
+    assert!(fsck_ok(&dir));
+    up.commit("after shallow");
+    let run = pull(&server.url("app"), &dir, &["--depth", "1"]);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    assert_eq!(checkout_state(&dir), (up.head(), true));
+}
+
+#[test]
+fn ff_mode_refuses_local_commits_and_reset_mode_discards_them() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let dir = root.path().join("c");
+    assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
+    std::fs::write(dir.join("local.txt"), "mine").unwrap();
+    git_ok(&dir, &["add", "local.txt"]);
+    git_ok(&dir, &["commit", "-qm", "local work"]);
+    let local = git_ok(&dir, &["rev-parse", "HEAD"]);
+    up.commit("upstream work");
+
+    let run = pull(&up.file_url(), &dir, &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.classes(), ["diverged"], "{run:?}");
+    assert_eq!(run.json["reason"], "not retryable");
+    assert_eq!(git_ok(&dir, &["rev-parse", "HEAD"]), local, "ff never moves a diverged checkout");
+
+    std::fs::write(dir.join("README"), "scribbled").unwrap();
+    std::fs::write(dir.join("untracked.txt"), "stray").unwrap();
+    let run = pull(&up.file_url(), &dir, &["--mode", "reset"]);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    assert_eq!(checkout_state(&dir), (up.head(), true));
+    assert!(!dir.join("untracked.txt").exists());
+    assert!(!dir.join("local.txt").exists());
+}
+
+#[test]
+fn ff_mode_refuses_to_overwrite_uncommitted_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let dir = root.path().join("c");
+    assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
+    let before = git_ok(&dir, &["rev-parse", "HEAD"]);
+    std::fs::write(dir.join("README"), "my edit\n").unwrap();
+    up.commit("touches README");
+    let run = pull(&up.file_url(), &dir, &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.classes(), ["diverged"], "{run:?}");
+    assert_eq!(std::fs::read_to_string(dir.join("README")).unwrap(), "my edit\n");
+    assert_eq!(git_ok(&dir, &["rev-parse", "HEAD"]), before);
+}
+
+#[test]
+fn a_force_push_is_diverged_in_ff_mode_and_followed_in_reset_mode() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let dir = root.path().join("c");
+    assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
+    let rewritten = up.rewrite_history("rewritten");
+    assert_eq!(pull(&up.file_url(), &dir, &[]).classes(), ["diverged"]);
+    let run = pull(&up.file_url(), &dir, &["--mode", "reset"]);
+    assert_eq!(run.new_sha(), Some(rewritten.as_str()), "{run:?}");
+    assert_eq!(checkout_state(&dir), (rewritten, true));
+}
+
+#[test]
+fn mirror_mode_keeps_a_bare_copy_of_every_ref() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    up.commit_on("feature", "feature work");
+    git_ok(&up.bare, &["tag", "v1", "main"]);
+    let server = GitHttpServer::start(root.path());
+    let dir = root.path().join("mirror.git");
+    let run = pull(&server.url("app"), &dir, &["--mode", "mirror"]);
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    assert_eq!(git_ok(&dir, &["rev-parse", "--is-bare-repository"]), "true");
+    let refs = |d: &std::path::Path| git_ok(d, &["for-each-ref", "--format=%(refname) %(objectname)"]);
+    assert_eq!(refs(&dir), refs(&up.bare));
+
+    git_ok(&up.bare, &["branch", "-D", "feature"]);
+    up.commit("more");
+    let run = pull(&server.url("app"), &dir, &["--mode", "mirror"]);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    assert_eq!(refs(&dir), refs(&up.bare), "deleted branches are pruned");
+    assert_eq!(pull(&server.url("app"), &dir, &["--mode", "mirror"]).outcome(), "unchanged");
+    assert!(fsck_ok(&dir));
+}
+
+#[test]
+fn tokens_authenticate_and_never_show() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let token = "tok_9f8e7d6c5b4a";
+    let server = GitHttpServer::start_with_basic_auth(root.path(), "x-access-token", token);
+    let dir = root.path().join("c");
+
+    let run = pull(&server.url("app"), &dir, &[]);
+    assert_eq!(run.classes(), ["auth"], "{run:?}");
+    assert_eq!(run.json["reason"], "not retryable");
+
+    let mut cmd = gitpulse();
+    cmd.args(["pull", &server.url("app")]).arg(&dir).args(["--json", "--token-env", "GP_TEST_TOKEN"]);
+    cmd.env("GP_TEST_TOKEN", token);
+    let run = finish(cmd.output().unwrap());
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    assert_eq!(run.new_sha(), Some(up.head().as_str()));
+    assert!(!git_ok(&dir, &["config", "--list"]).contains(token), "the token is not stored");
+
+    let token_file = root.path().join("token");
+    std::fs::write(&token_file, "wrong-token-value\n").unwrap();
+    let run = pull(&server.url("app"), &root.path().join("d"), &["--token-file", token_file.to_str().unwrap()]);
+    assert_eq!(run.classes(), ["auth"], "{run:?}");
+    assert!(!run.stdout.contains("wrong-token-value") && !run.stderr.contains("wrong-token-value"));
+
+    // Credentials inside the URL work and are redacted everywhere.
+    let url = server.url("app").replace("http://", &format!("http://x-access-token:{token}@"));
+    let run = pull(&url, &root.path().join("e"), &[]);
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    assert!(run.json["url"].as_str().unwrap().starts_with("http://***@127.0.0.1"), "{run:?}");
+    let mut human = gitpulse();
+    human.args(["pull", &url]).arg(root.path().join("e"));
+    let out = human.output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains(token), "{all}");
+    assert!(!git_ok(&root.path().join("e"), &["config", "--list"]).contains(token));
+}
+
+#[test]
+fn usage_errors_exit_2_and_touch_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+
+    let run = pull(&up.file_url(), &root.path().join("a"), &["--token-env", "GP_SURELY_UNSET_VAR"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("GP_SURELY_UNSET_VAR"), "{run:?}");
+    assert!(!root.path().join("a").exists());
+
+    let run = pull(&up.file_url(), &root.path().join("a"), &["--timeout", "forever"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--timeout"), "{run:?}");
+
+    let precious = root.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    let run = pull(&up.file_url(), &precious, &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("not a git repository"), "{run:?}");
+    assert_eq!(std::fs::read_to_string(precious.join("notes.txt")).unwrap(), "keep me");
+    assert_eq!(std::fs::read_dir(&precious).unwrap().count(), 1);
+
+    let run = pull(&up.file_url(), &root.path().join("a"), &["--backoff-base", "2m", "--backoff-max", "1s"]);
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[test]
+fn help_documents_exit_codes_and_durations() {
+    let out = gitpulse().args(["pull", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in ["Exit codes", "0  success", "1  the pull failed", "2  usage", "250ms", "--token-env", "--mode"] {
+        assert!(help.contains(needle), "missing {needle:?} in:\n{help}");
+    }
+}
+
+#[test]
+fn human_output_summarises_and_lists_failed_attempts() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let server = GitHttpServer::start(root.path());
+    let proxy = FaultProxy::start(server.addr());
+    proxy.push(Fault::Status(502));
+    let dir = root.path().join("c");
+    let out = gitpulse()
+        .args(["pull", &proxy.url("app")])
+        .arg(&dir)
+        .args(["--backoff-base", "10ms"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("attempt 1 failed: server-error (HTTP 502)"), "{stderr}");
+    assert!(stderr.contains("retrying in"), "{stderr}");
+    assert!(stdout.starts_with("cloned "), "{stdout}");
+    up.commit("two");
+    let out = gitpulse().args(["pull", &proxy.url("app")]).arg(&dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(1 new commit)"), "{stdout}");
+}
+
+#[test]
+fn submodules_are_left_alone_unless_asked() {
+    let root = tempfile::tempdir().unwrap();
+    let lib = Upstream::new(root.path(), "lib");
+    let app = Upstream::new(root.path(), "app");
+    let work = app.bare.parent().unwrap().join("app.work");
+    let out = git(&work, &["-c", "protocol.file.allow=always", "submodule", "add", "-q", &lib.file_url(), "vendor/lib"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    git_ok(&work, &["commit", "-qm", "add submodule"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+
+    let plain = root.path().join("plain");
+    assert_eq!(pull(&app.file_url(), &plain, &[]).code, 0);
+    assert!(!plain.join("vendor/lib/README").exists());
+
+    let full = root.path().join("full");
+    let run = pull(&app.file_url(), &full, &["--submodules"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(full.join("vendor/lib/README").exists());
+}

@@ -335,13 +335,18 @@ impl Attempt<'_> {
             connection.remote().disconnect()?;
         }
         drop(connection);
+        let previous_tracking = repo.refname_to_id(&tracking_ref).ok();
         set_ref_if_changed(repo, &tracking_ref, tip)?;
 
         let local = repo.refname_to_id(&local_ref).ok();
         let fresh = old.is_none();
         if self.spec.mode == Mode::FastForward && !fresh {
             if let Some(local) = local {
-                if local != tip && !repo.graph_descendant_of(tip, local)? {
+                // A shallow history may not reach back to `local`; then the
+                // branch still sitting where the last fetch left it proves
+                // there are no local commits to lose.
+                let untouched_shallow = repo.is_shallow() && previous_tracking == Some(local);
+                if local != tip && !untouched_shallow && !repo.graph_descendant_of(tip, local)? {
                     journal::finish(repo).map_err(io_fail(repo.path()))?;
                     let (ahead, behind) = repo.graph_ahead_behind(local, tip).unwrap_or((0, 0));
                     return Err(failure(
