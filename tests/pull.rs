@@ -63,7 +63,10 @@ fn follows_the_requested_branch() {
     let run = pull(&up.file_url(), &dir, &["--branch", "release"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.new_sha(), Some(release.as_str()));
-    assert_eq!(git_ok(&dir, &["symbolic-ref", "HEAD"]), "refs/heads/release");
+    assert_eq!(
+        git_ok(&dir, &["symbolic-ref", "HEAD"]),
+        "refs/heads/release"
+    );
     // Without --branch, an existing checkout keeps following its branch.
     let next = up.commit_on("release", "release 2");
     up.commit_on("main", "main moves too");
@@ -83,7 +86,10 @@ fn a_shallow_clone_has_only_the_requested_depth() {
     let run = pull(&server.url("app"), &dir, &["--depth", "1"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
-    assert_eq!(git_ok(&dir, &["rev-parse", "--is-shallow-repository"]), "true");
+    assert_eq!(
+        git_ok(&dir, &["rev-parse", "--is-shallow-repository"]),
+        "true"
+    );
     assert!(fsck_ok(&dir));
     up.commit("after shallow");
     let run = pull(&server.url("app"), &dir, &["--depth", "1"]);
@@ -107,7 +113,11 @@ fn ff_mode_refuses_local_commits_and_reset_mode_discards_them() {
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.classes(), ["diverged"], "{run:?}");
     assert_eq!(run.json["reason"], "not retryable");
-    assert_eq!(git_ok(&dir, &["rev-parse", "HEAD"]), local, "ff never moves a diverged checkout");
+    assert_eq!(
+        git_ok(&dir, &["rev-parse", "HEAD"]),
+        local,
+        "ff never moves a diverged checkout"
+    );
 
     std::fs::write(dir.join("README"), "scribbled").unwrap();
     std::fs::write(dir.join("untracked.txt"), "stray").unwrap();
@@ -130,7 +140,10 @@ fn ff_mode_refuses_to_overwrite_uncommitted_changes() {
     let run = pull(&up.file_url(), &dir, &[]);
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.classes(), ["diverged"], "{run:?}");
-    assert_eq!(std::fs::read_to_string(dir.join("README")).unwrap(), "my edit\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("README")).unwrap(),
+        "my edit\n"
+    );
     assert_eq!(git_ok(&dir, &["rev-parse", "HEAD"]), before);
 }
 
@@ -158,7 +171,8 @@ fn mirror_mode_keeps_a_bare_copy_of_every_ref() {
     let run = pull(&server.url("app"), &dir, &["--mode", "mirror"]);
     assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
     assert_eq!(git_ok(&dir, &["rev-parse", "--is-bare-repository"]), "true");
-    let refs = |d: &std::path::Path| git_ok(d, &["for-each-ref", "--format=%(refname) %(objectname)"]);
+    let refs =
+        |d: &std::path::Path| git_ok(d, &["for-each-ref", "--format=%(refname) %(objectname)"]);
     assert_eq!(refs(&dir), refs(&up.bare));
 
     git_ok(&up.bare, &["branch", "-D", "feature"]);
@@ -166,7 +180,10 @@ fn mirror_mode_keeps_a_bare_copy_of_every_ref() {
     let run = pull(&server.url("app"), &dir, &["--mode", "mirror"]);
     assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
     assert_eq!(refs(&dir), refs(&up.bare), "deleted branches are pruned");
-    assert_eq!(pull(&server.url("app"), &dir, &["--mode", "mirror"]).outcome(), "unchanged");
+    assert_eq!(
+        pull(&server.url("app"), &dir, &["--mode", "mirror"]).outcome(),
+        "unchanged"
+    );
     assert!(fsck_ok(&dir));
 }
 
@@ -183,28 +200,51 @@ fn tokens_authenticate_and_never_show() {
     assert_eq!(run.json["reason"], "not retryable");
 
     let mut cmd = gitpulse();
-    cmd.args(["pull", &server.url("app")]).arg(&dir).args(["--json", "--token-env", "GP_TEST_TOKEN"]);
+    cmd.args(["pull", &server.url("app")]).arg(&dir).args([
+        "--json",
+        "--token-env",
+        "GP_TEST_TOKEN",
+    ]);
     cmd.env("GP_TEST_TOKEN", token);
     let run = finish(cmd.output().unwrap());
     assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
     assert_eq!(run.new_sha(), Some(up.head().as_str()));
-    assert!(!git_ok(&dir, &["config", "--list"]).contains(token), "the token is not stored");
+    assert!(
+        !git_ok(&dir, &["config", "--list"]).contains(token),
+        "the token is not stored"
+    );
 
     let token_file = root.path().join("token");
     std::fs::write(&token_file, "wrong-token-value\n").unwrap();
-    let run = pull(&server.url("app"), &root.path().join("d"), &["--token-file", token_file.to_str().unwrap()]);
+    let run = pull(
+        &server.url("app"),
+        &root.path().join("d"),
+        &["--token-file", token_file.to_str().unwrap()],
+    );
     assert_eq!(run.classes(), ["auth"], "{run:?}");
     assert!(!run.stdout.contains("wrong-token-value") && !run.stderr.contains("wrong-token-value"));
 
     // Credentials inside the URL work and are redacted everywhere.
-    let url = server.url("app").replace("http://", &format!("http://x-access-token:{token}@"));
+    let url = server
+        .url("app")
+        .replace("http://", &format!("http://x-access-token:{token}@"));
     let run = pull(&url, &root.path().join("e"), &[]);
     assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
-    assert!(run.json["url"].as_str().unwrap().starts_with("http://***@127.0.0.1"), "{run:?}");
+    assert!(
+        run.json["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://***@127.0.0.1"),
+        "{run:?}"
+    );
     let mut human = gitpulse();
     human.args(["pull", &url]).arg(root.path().join("e"));
     let out = human.output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{all}");
     assert!(!all.contains(token), "{all}");
     assert!(!git_ok(&root.path().join("e"), &["config", "--list"]).contains(token));
@@ -215,12 +255,20 @@ fn usage_errors_exit_2_and_touch_nothing() {
     let root = tempfile::tempdir().unwrap();
     let up = Upstream::new(root.path(), "app");
 
-    let run = pull(&up.file_url(), &root.path().join("a"), &["--token-env", "GP_SURELY_UNSET_VAR"]);
+    let run = pull(
+        &up.file_url(),
+        &root.path().join("a"),
+        &["--token-env", "GP_SURELY_UNSET_VAR"],
+    );
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("GP_SURELY_UNSET_VAR"), "{run:?}");
     assert!(!root.path().join("a").exists());
 
-    let run = pull(&up.file_url(), &root.path().join("a"), &["--timeout", "forever"]);
+    let run = pull(
+        &up.file_url(),
+        &root.path().join("a"),
+        &["--timeout", "forever"],
+    );
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("--timeout"), "{run:?}");
 
@@ -230,10 +278,17 @@ fn usage_errors_exit_2_and_touch_nothing() {
     let run = pull(&up.file_url(), &precious, &[]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("not a git repository"), "{run:?}");
-    assert_eq!(std::fs::read_to_string(precious.join("notes.txt")).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(precious.join("notes.txt")).unwrap(),
+        "keep me"
+    );
     assert_eq!(std::fs::read_dir(&precious).unwrap().count(), 1);
 
-    let run = pull(&up.file_url(), &root.path().join("a"), &["--backoff-base", "2m", "--backoff-max", "1s"]);
+    let run = pull(
+        &up.file_url(),
+        &root.path().join("a"),
+        &["--backoff-base", "2m", "--backoff-max", "1s"],
+    );
     assert_eq!(run.code, 2, "{run:?}");
 }
 
@@ -242,7 +297,15 @@ fn help_documents_exit_codes_and_durations() {
     let out = gitpulse().args(["pull", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for needle in ["Exit codes", "0  success", "1  the pull failed", "2  usage", "250ms", "--token-env", "--mode"] {
+    for needle in [
+        "Exit codes",
+        "0  success",
+        "1  the pull failed",
+        "2  usage",
+        "250ms",
+        "--token-env",
+        "--mode",
+    ] {
         assert!(help.contains(needle), "missing {needle:?} in:\n{help}");
     }
 }
@@ -264,11 +327,18 @@ fn human_output_summarises_and_lists_failed_attempts() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("attempt 1 failed: server-error (HTTP 502)"), "{stderr}");
+    assert!(
+        stderr.contains("attempt 1 failed: server-error (HTTP 502)"),
+        "{stderr}"
+    );
     assert!(stderr.contains("retrying in"), "{stderr}");
     assert!(stdout.starts_with("cloned "), "{stdout}");
     up.commit("two");
-    let out = gitpulse().args(["pull", &proxy.url("app")]).arg(&dir).output().unwrap();
+    let out = gitpulse()
+        .args(["pull", &proxy.url("app")])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("(1 new commit)"), "{stdout}");
 }
@@ -279,8 +349,23 @@ fn submodules_are_left_alone_unless_asked() {
     let lib = Upstream::new(root.path(), "lib");
     let app = Upstream::new(root.path(), "app");
     let work = app.bare.parent().unwrap().join("app.work");
-    let out = git(&work, &["-c", "protocol.file.allow=always", "submodule", "add", "-q", &lib.file_url(), "vendor/lib"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = git(
+        &work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            &lib.file_url(),
+            "vendor/lib",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     git_ok(&work, &["commit", "-qm", "add submodule"]);
     git_ok(&work, &["push", "-q", "origin", "main"]);
 

@@ -70,6 +70,13 @@ pub fn sync(
         }
         .into(),
         Fail::Spec(e) => e.into(),
+        Fail::Damaged(reason) => GitFailure {
+            class: FailureClass::CorruptRepo,
+            http_status: None,
+            retry_after: None,
+            message: redact::text(&reason, &secrets),
+        }
+        .into(),
     })
 }
 
@@ -91,6 +98,8 @@ fn url_user(url: &str) -> Option<String> {
 /// Why the attempt stopped, before classification.
 enum Fail {
     Git(git2::Error),
+    /// The local repository cannot be read: re-clone it.
+    Damaged(String),
     Failure(GitFailure),
     Spec(SpecError),
 }
@@ -141,6 +150,10 @@ impl Attempt<'_> {
                 Err(Fail::Git(err)) if is_local_damage(&err) => {
                     drop(repo);
                     self.repair(err.message(), on_transfer)
+                }
+                Err(Fail::Damaged(reason)) => {
+                    drop(repo);
+                    self.repair(&reason, on_transfer)
                 }
                 other => other,
             },
@@ -614,9 +627,10 @@ fn head_commit(repo: &Repository) -> Result<Option<Oid>, Fail> {
         Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let commit = head.peel_to_commit()?;
+    let damaged = |e: git2::Error| Fail::Damaged(e.message().to_string());
+    let commit = head.peel_to_commit().map_err(damaged)?;
     // Reading the tree catches a damaged object store before we build on it.
-    commit.tree()?;
+    commit.tree().map_err(damaged)?;
     Ok(Some(commit.id()))
 }
 

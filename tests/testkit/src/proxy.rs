@@ -26,6 +26,9 @@ pub enum Fault {
     /// Forward a pack request but cut the response body after this many
     /// bytes. Applies only to `POST …/git-upload-pack`.
     TruncatePack { keep_bytes: usize },
+    /// Forward, but relay the answer `chunk` bytes at a time with a `pause`
+    /// between chunks (a slow link, to catch a transfer in the middle).
+    Slow { chunk: usize, pause: Duration },
 }
 
 impl Fault {
@@ -147,6 +150,9 @@ fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: S
         Some(Fault::TruncatePack { keep_bytes }) => {
             let _ = forward(&mut client, &req, upstream, Some(keep_bytes));
         }
+        Some(Fault::Slow { chunk, pause }) => {
+            let _ = forward_slowly(&mut client, &req, upstream, chunk.max(1), pause);
+        }
         None => {
             let _ = forward(&mut client, &req, upstream, None);
         }
@@ -180,4 +186,25 @@ fn forward(
     client.write_all(&head)?;
     io::copy(&mut (&mut server).take(limit as u64), client)?;
     client.flush()
+}
+
+fn forward_slowly(
+    client: &mut TcpStream,
+    req: &Request,
+    upstream: SocketAddr,
+    chunk: usize,
+    pause: Duration,
+) -> io::Result<()> {
+    let mut server = TcpStream::connect(upstream)?;
+    server.set_read_timeout(Some(Duration::from_secs(60)))?;
+    server.write_all(&req.raw)?;
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = server.read(&mut buf)?;
+        if n == 0 {
+            return client.flush();
+        }
+        client.write_all(&buf[..n])?;
+        thread::sleep(pause);
+    }
 }
