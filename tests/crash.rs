@@ -193,3 +193,32 @@ fn two_pulls_of_one_dir_never_overlap() {
     );
     assert_consistent(&dir, &up);
 }
+
+#[test]
+fn ctrl_c_cancels_a_stalled_pull_promptly() {
+    let root = tempfile::tempdir().unwrap();
+    let _up = Upstream::new(root.path(), "app");
+    let server = GitHttpServer::start(root.path());
+    let proxy = FaultProxy::start(server.addr());
+    proxy.set_always(Some(Fault::Stall(Duration::from_secs(30))));
+    let dir = root.path().join("checkout");
+    let child = spawn_pull(&proxy.url("app"), &dir, &["--timeout", "60s"]);
+    wait_until("the request to stall", Duration::from_secs(10), || {
+        proxy.requests() >= 1
+    });
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = finish(child.wait_with_output().unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.json["reason"], "cancelled", "{run:?}");
+    assert!(!dir.exists());
+}

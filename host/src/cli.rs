@@ -12,11 +12,18 @@ use crate::policy::{Backoff, Builtin};
 use crate::pull::PullOptions;
 use crate::redact::Secret;
 
-const EXIT_CODES: &str = "\
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   0  success: cloned, updated or unchanged
   1  the pull failed (gave up after retries, or the failure is not retryable)
-  2  usage or configuration error (bad flag, missing token variable, DIR is not a repository)";
+  2  usage or configuration error (bad flag, missing token variable, DIR is not a repository)
+Ctrl-C or SIGTERM cancels cleanly (exit 1, class `cancelled`); a second one exits at once (130).
+Either way the next pull finds the checkout consistent."
+    };
+}
+const EXIT_CODES: &str = exit_codes!();
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,18 +52,13 @@ pub enum Command {
     Pull(PullArgs),
 }
 
-const PULL_EXAMPLES: &str = "\
+const PULL_EXAMPLES: &str = concat!("\
 Examples:
   gitpulse pull https://github.com/org/repo.git ./repo
   gitpulse pull https://git.example.com/team/app.git /srv/app --branch release --mode reset
   GITPULSE_TOKEN=... gitpulse pull https://git.example.com/private.git ./p --token-env GITPULSE_TOKEN
   gitpulse pull ssh://git@git.example.com/app.git ./app --ssh-key ~/.ssh/deploy --known-hosts ./known_hosts
-  gitpulse pull https://example.com/big.git ./big --depth 1 --timeout 5m --deadline 20m --json
-
-Exit codes:
-  0  success: cloned, updated or unchanged
-  1  the pull failed (gave up after retries, or the failure is not retryable)
-  2  usage or configuration error (bad flag, missing token variable, DIR is not a repository)";
+  gitpulse pull https://example.com/big.git ./big --depth 1 --timeout 5m --deadline 20m --json\n\n", exit_codes!());
 
 /// How the checkout follows the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

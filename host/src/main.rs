@@ -3,8 +3,10 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -36,6 +38,7 @@ fn run_pull(args: &PullArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    force_exit_if_cancel_stalls(cancel.clone(), args);
     let mut terminal = report::Terminal::new(!args.json && std::io::stderr().is_terminal());
     let result = match pull::pull(&options, &mut policy, &mut terminal, cancel) {
         Ok(r) => r,
@@ -62,6 +65,35 @@ fn run_pull(args: &PullArgs) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// A cancelled transfer stops at libgit2's next progress callback, but a
+/// socket read stalled on a silent server only returns at the attempt's
+/// timeout. Do not make the user wait for that: exit after a short grace
+/// period. Safe because every pull recovers from an interrupted one.
+fn force_exit_if_cancel_stalls(cancel: Arc<AtomicBool>, args: &PullArgs) {
+    const GRACE: Duration = Duration::from_secs(3);
+    let json = args.json.then(|| {
+        serde_json::json!({
+            "url": gitpulse::redact::url(&args.url),
+            "dir": args.dir.display().to_string(),
+            "outcome": "failed", "old": null, "new": null, "commits": 0,
+            "attempts": [], "duration_ms": null, "reason": "cancelled",
+        })
+    });
+    thread::spawn(move || {
+        while !cancel.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(GRACE);
+        match json {
+            Some(obj) => println!("{obj}"),
+            None => {
+                eprintln!("error: cancelled; the next pull will finish or undo this one cleanly")
+            }
+        }
+        std::process::exit(EXIT_FAILED.into());
+    });
 }
 
 /// The first SIGINT/SIGTERM cancels the pull cleanly; a second one exits at

@@ -359,7 +359,8 @@ mod tests {
             assert!(d <= Duration::from_secs(8));
             seen.insert(d.as_millis() / 1000);
         }
-        assert_eq!(seen.len(), 9, "delays should cover 0..=8 s: {seen:?}");
+        // Every whole second below the 8 s ceiling is hit.
+        assert_eq!(seen.len(), 8, "delays should cover 0..8 s: {seen:?}");
     }
 
     #[test]
