@@ -1,0 +1,242 @@
+//! gitpulse against `git` itself, in one run, through the same local
+//! smart-HTTP server (`git http-backend`):
+//!
+//! - a no-op pull of an unchanged repository vs `git fetch` + `git merge --ff-only`;
+//! - a clone of a generated repository (default ~20k commits / ~100 MB) vs `git clone`.
+//!
+//! Prints a table: median wall time, peak RSS, and the gitpulse/git ratio.
+//! Sizes: `GITPULSE_BENCH_COMMITS` (20000), `GITPULSE_BENCH_BLOB_KB` (5),
+//! `GITPULSE_BENCH_NOOP_RUNS` (30), `GITPULSE_BENCH_CLONE_RUNS` (3).
+//! The generated repository is cached under the target directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gitpulse_testkit::{git_ok, GitHttpServer, Upstream};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Wall time and peak RSS (KiB) of one command, children included.
+fn measure(cmd: &mut Command) -> (Duration, u64) {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+    let start = Instant::now();
+    let child = cmd.spawn().expect("spawn");
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let took = start.elapsed();
+    assert_eq!(rc, pid, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
+    (took, usage.ru_maxrss as u64)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// A bare repository of `commits` commits, each rewriting one of 100 files
+/// with `blob_kb` KiB of incompressible data, written by `git fast-import`.
+fn big_fixture(root: &Path, commits: usize, blob_kb: usize) -> PathBuf {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-big-{commits}-{blob_kb}.git"));
+    let link = root.join("big.git");
+    if !cache.join("gitpulse-fixture-complete").exists() {
+        let _ = std::fs::remove_dir_all(&cache);
+        eprintln!("generating {commits} commits × {blob_kb} KiB (cached for next time) …");
+        git_ok(
+            root,
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                cache.to_str().unwrap(),
+            ],
+        );
+        let mut child = Command::new("git")
+            .args(["fast-import", "--quiet"])
+            .current_dir(&cache)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("git fast-import");
+        let mut input = std::io::BufWriter::new(child.stdin.take().unwrap());
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut blob = vec![0u8; blob_kb * 1024];
+        for n in 1..=commits {
+            for chunk in blob.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            let msg = format!("commit {n}\n");
+            write!(input, "commit refs/heads/main\nmark :{n}\ncommitter Bench <bench@example.com> {} +0000\ndata {}\n{msg}", 1_700_000_000 + n, msg.len()).unwrap();
+            if n > 1 {
+                writeln!(input, "from :{}", n - 1).unwrap();
+            }
+            let file = n % 100;
+            write!(
+                input,
+                "M 100644 inline d{}/f{}.bin\ndata {}\n",
+                file / 10,
+                file,
+                blob.len()
+            )
+            .unwrap();
+            input.write_all(&blob).unwrap();
+            input.write_all(b"\n\n").unwrap();
+        }
+        drop(input);
+        assert!(child.wait().unwrap().success(), "fast-import failed");
+        std::fs::write(cache.join("gitpulse-fixture-complete"), "").unwrap();
+    }
+    std::os::unix::fs::symlink(&cache, &link).unwrap();
+    cache
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() {
+                dir_size(&e.path())
+            } else {
+                m.len()
+            };
+        }
+    }
+    total
+}
+
+struct Row {
+    name: &'static str,
+    ours: (Duration, u64),
+    git: (Duration, u64),
+    target: f64,
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --bench absent: skip the heavy work.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let gitpulse = env!("CARGO_BIN_EXE_gitpulse");
+    let commits = env_or("GITPULSE_BENCH_COMMITS", 20_000);
+    let blob_kb = env_or("GITPULSE_BENCH_BLOB_KB", 5);
+    let noop_runs = env_or("GITPULSE_BENCH_NOOP_RUNS", 30);
+    let clone_runs = env_or("GITPULSE_BENCH_CLONE_RUNS", 3);
+
+    let root = tempfile::tempdir().unwrap();
+    let mut small = Upstream::new(root.path(), "small");
+    for i in 0..50 {
+        small.commit(&format!("c{i}"));
+    }
+    let big = big_fixture(root.path(), commits, blob_kb);
+    let server = GitHttpServer::start(root.path());
+    let mut rows = Vec::new();
+
+    // No-op pull of an unchanged repository.
+    let url = server.url("small");
+    let ours_dir = root.path().join("noop-gitpulse");
+    let git_dir = root.path().join("noop-git");
+    measure(Command::new(gitpulse).args(["pull", &url]).arg(&ours_dir));
+    measure(
+        Command::new("git")
+            .args(["clone", "-q", &url])
+            .arg(&git_dir),
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours_rss, mut git_rss) = (0, 0);
+    for _ in 0..noop_runs {
+        let (t, rss) = measure(Command::new(gitpulse).args(["pull", &url]).arg(&ours_dir));
+        ours.push(t);
+        ours_rss = ours_rss.max(rss);
+        let (t1, r1) = measure(
+            Command::new("git")
+                .arg("-C")
+                .arg(&git_dir)
+                .args(["fetch", "-q", "origin"]),
+        );
+        let (t2, r2) = measure(Command::new("git").arg("-C").arg(&git_dir).args([
+            "merge",
+            "-q",
+            "--ff-only",
+            "origin/main",
+        ]));
+        theirs.push(t1 + t2);
+        git_rss = git_rss.max(r1).max(r2);
+    }
+    rows.push(Row {
+        name: "no-op pull (unchanged)",
+        ours: (median(ours), ours_rss),
+        git: (median(theirs), git_rss),
+        target: 0.8,
+    });
+
+    // Clone of the big repository.
+    let url = server.url("big");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours_rss, mut git_rss) = (0, 0);
+    for i in 0..clone_runs {
+        let a = root.path().join(format!("clone-gitpulse-{i}"));
+        let (t, rss) = measure(Command::new(gitpulse).args(["pull", &url]).arg(&a));
+        ours.push(t);
+        ours_rss = ours_rss.max(rss);
+        assert_eq!(
+            git_ok(&a, &["rev-list", "--count", "HEAD"]),
+            commits.to_string()
+        );
+        std::fs::remove_dir_all(&a).unwrap();
+        let b = root.path().join(format!("clone-git-{i}"));
+        let (t, rss) = measure(Command::new("git").args(["clone", "-q", &url]).arg(&b));
+        theirs.push(t);
+        git_rss = git_rss.max(rss);
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+    let name = "clone (generated repo)";
+    rows.push(Row {
+        name,
+        ours: (median(ours), ours_rss),
+        git: (median(theirs), git_rss),
+        target: 1.3,
+    });
+
+    println!();
+    println!("repository for the clone: {commits} commits, {:.0} MB on disk; server: git http-backend on 127.0.0.1", dir_size(&big) as f64 / 1e6);
+    println!("no-op: median of {noop_runs} runs; clone: median of {clone_runs} runs; RSS: peak, children included");
+    println!();
+    println!("| benchmark | gitpulse | git | ratio (time) | target | gitpulse RSS | git RSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let ratio = r.ours.0.as_secs_f64() / r.git.0.as_secs_f64();
+        println!(
+            "| {} | {:.1} ms | {:.1} ms | {:.2} {} | ≤ {} | {:.1} MB | {:.1} MB |",
+            r.name,
+            r.ours.0.as_secs_f64() * 1e3,
+            r.git.0.as_secs_f64() * 1e3,
+            ratio,
+            if ratio <= r.target { "✓" } else { "✗" },
+            r.target,
+            r.ours.1 as f64 / 1024.0,
+            r.git.1 as f64 / 1024.0,
+        );
+    }
+}
