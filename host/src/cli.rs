@@ -50,6 +50,131 @@ pub enum Command {
     /// A pull killed at any moment is finished cleanly by the next one.
     #[command(after_help = EXIT_CODES, after_long_help = PULL_EXAMPLES)]
     Pull(PullArgs),
+    /// Write, check and try policy plugins (WebAssembly components).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `gitpulse plugin …`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin crate that builds as is (it vendors the SDK and the WIT contract).
+    #[command(after_help = "Then: cd NAME && cargo build --release --target wasm32-wasip2")]
+    New(NewArgs),
+    /// Load a plugin, print its roles, contract version and size, and run it on a smoke trace.
+    ///
+    /// Exit codes: 0 the plugin loads and never faulted; 1 it faulted on the
+    /// smoke trace; 2 it cannot be loaded (not a component, wrong contract
+    /// version, no role).
+    Check(CheckArgs),
+    /// Replay failures through a plugin with a fixed seed and print the timeline of
+    /// decisions and delays, with a plot of the delay curve. No real waiting.
+    #[command(
+        after_help = "Trace file: one JSON object per line, e.g.\n  {\"class\":\"rate-limited\",\"http_status\":429,\"retry_after_ms\":5000}\n  {\"class\":\"server-error\",\"http_status\":503}"
+    )]
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Retry,
+    Backoff,
+    Notify,
+    Full,
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// Crate name: lowercase letters, digits and dashes
+    pub name: String,
+    /// Directory to create the crate in
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Which roles the plugin implements
+    #[arg(long, value_enum, default_value = "retry")]
+    pub role: RoleArg,
+}
+
+/// How a plugin is loaded and sandboxed.
+#[derive(Debug, Args, Clone)]
+pub struct PluginOptions {
+    /// A setting for the plugin's config-get, KEY=VALUE (repeatable)
+    #[arg(long = "plugin-config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// CPU budget of one plugin call
+    #[arg(long, value_name = "D", default_value = "10ms", value_parser = duration)]
+    pub plugin_cpu: Duration,
+    /// Memory cap of a plugin instance, in MiB
+    #[arg(long, value_name = "MIB", default_value = "16", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub plugin_memory: u32,
+    /// Consecutive faults before a plugin is quarantined (the built-in policy takes over)
+    #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
+    pub plugin_quarantine: u32,
+    /// Compiled-plugin cache [default: $GITPULSE_CACHE_DIR, else ~/.cache/gitpulse/plugins]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile the plugin every time
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl PluginOptions {
+    pub fn sandbox(&self) -> crate::policy::wasm::Sandbox {
+        crate::policy::wasm::Sandbox {
+            cpu: self.plugin_cpu,
+            memory: (self.plugin_memory as usize) << 20,
+            quarantine_after: self.plugin_quarantine,
+        }
+    }
+
+    pub fn cache(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(crate::policy::wasm::default_cache_dir)
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The plugin component (.wasm)
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub plugin: PluginOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The plugin component (.wasm)
+    pub file: PathBuf,
+    /// Failures to replay, one JSON object per line
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "classes",
+        conflicts_with = "classes"
+    )]
+    pub trace: Option<PathBuf>,
+    /// Failures to replay, as a comma-separated list of classes
+    #[arg(long, value_name = "LIST")]
+    pub classes: Option<String>,
+    /// Seed of the random source the plugin (and the built-in) draw from
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub seed: u64,
+    #[arg(long, value_name = "N", default_value = "8", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = duration)]
+    pub backoff_base: Duration,
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = duration)]
+    pub backoff_max: Duration,
+    /// Print the timeline as JSON lines instead of a table
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub plugin: PluginOptions,
 }
 
 const PULL_EXAMPLES: &str = concat!("\
@@ -129,6 +254,12 @@ pub struct PullArgs {
     /// Print exactly one JSON object on stdout: url, dir, outcome, old, new, commits, attempts, duration_ms, reason
     #[arg(long)]
     pub json: bool,
+
+    /// A policy plugin (.wasm component) deciding retries and delays; the built-in policy covers what it lacks
+    #[arg(long, value_name = "FILE.wasm")]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub plugin: PluginOptions,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use gitpulse::cli::{Cli, Command, PullArgs};
+use gitpulse::cli::{
+    CheckArgs, Cli, Command, NewArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs,
+};
+use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, RepoInfo, Told, WasmPolicy};
+use gitpulse::policy::{tools, Backoff, Builtin, RetryPolicy};
 use gitpulse::{pull, report};
 
 const EXIT_FAILED: u8 = 1;
@@ -20,15 +24,72 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Pull(args) => run_pull(&args),
+        Command::Plugin(PluginCommand::New(args)) => plugin_new(&args),
+        Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
+        Command::Plugin(PluginCommand::Simulate(args)) => plugin_simulate(&args),
     }
 }
 
+fn usage(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
 fn run_pull(args: &PullArgs) -> ExitCode {
-    let (options, mut policy) = match args.options() {
+    let (options, builtin) = match args.options() {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+        Err(e) => return usage(e),
+    };
+    let mut policy: Box<dyn RetryPolicy> = match &args.policy {
+        None => Box::new(builtin),
+        Some(file) => {
+            let settings = match tools::parse_settings(&args.plugin.config) {
+                Ok(s) => s,
+                Err(e) => return usage(e),
+            };
+            let name = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let kv = match wasm::default_state_dir() {
+                Some(dir) => {
+                    match KvStore::persisted(dir.join("plugins").join(format!("{name}.json"))) {
+                        Ok(kv) => kv,
+                        Err(e) => return usage(format!("plugin state: {e}")),
+                    }
+                }
+                None => KvStore::in_memory(),
+            };
+            let env = PluginEnv::new(settings, args.seed).with_kv(kv);
+            let plugin = match Plugin::load(
+                file,
+                args.plugin.cache().as_deref(),
+                args.plugin.sandbox(),
+                env,
+            ) {
+                Ok(p) => p,
+                Err(e) => return usage(e),
+            };
+            let repo = RepoInfo {
+                name: options
+                    .sync
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                url: gitpulse::redact::url(&args.url),
+                remote_host: url::Url::parse(&args.url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(String::from))
+                    .unwrap_or_default(),
+                branch: args.branch.clone().unwrap_or_default(),
+                labels: vec![],
+            };
+            let told = Told {
+                max_attempts: args.max_attempts,
+                max_delay: args.backoff_max,
+            };
+            Box::new(WasmPolicy::new(plugin, builtin, repo, told))
         }
     };
     let cancel = match cancel_on_signals() {
@@ -40,12 +101,9 @@ fn run_pull(args: &PullArgs) -> ExitCode {
     };
     force_exit_if_cancel_stalls(cancel.clone(), args);
     let mut terminal = report::Terminal::new(!args.json && std::io::stderr().is_terminal());
-    let result = match pull::pull(&options, &mut policy, &mut terminal, cancel) {
+    let result = match pull::pull(&options, policy.as_mut(), &mut terminal, cancel) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return usage(e),
     };
     if args.json {
         match serde_json::to_string(&result) {
@@ -65,6 +123,145 @@ fn run_pull(args: &PullArgs) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+fn plugin_new(args: &NewArgs) -> ExitCode {
+    let role = match args.role {
+        RoleArg::Retry => tools::Role::Retry,
+        RoleArg::Backoff => tools::Role::Backoff,
+        RoleArg::Notify => tools::Role::Notify,
+        RoleArg::Full => tools::Role::Full,
+    };
+    match tools::scaffold(&args.name, &args.dir, role) {
+        Ok(path) => {
+            println!("created {}", path.display());
+            println!("next:");
+            println!("  cd {}", path.display());
+            println!("  cargo test                                        # unit tests, natively");
+            println!("  cargo build --release --target wasm32-wasip2      # the component");
+            println!(
+                "  gitpulse plugin check target/wasm32-wasip2/release/{}.wasm",
+                args.name.replace('-', "_")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage(e),
+    }
+}
+
+fn load(
+    file: &std::path::Path,
+    opts: &PluginOptions,
+    seed: Option<u64>,
+) -> Result<Plugin, ExitCode> {
+    let settings = tools::parse_settings(&opts.config).map_err(usage)?;
+    Plugin::load(
+        file,
+        opts.cache().as_deref(),
+        opts.sandbox(),
+        PluginEnv::new(settings, seed),
+    )
+    .map_err(usage)
+}
+
+fn plugin_check(args: &CheckArgs) -> ExitCode {
+    let started = std::time::Instant::now();
+    let mut plugin = match load(&args.file, &args.plugin, Some(1)) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let load_time = started.elapsed();
+    println!("plugin     {}", plugin.path.display());
+    println!("roles      {}", plugin.roles);
+    println!(
+        "contract   gitpulse:policy@{} (this host accepts {})",
+        plugin.contract,
+        wasm::ACCEPTED
+    );
+    println!("size       {:.1} KiB", plugin.size as f64 / 1024.0);
+    println!(
+        "load       {:.1} ms ({})",
+        load_time.as_secs_f64() * 1e3,
+        if plugin.cached {
+            "compile cache hit"
+        } else {
+            "compiled"
+        }
+    );
+    let told = Told {
+        max_attempts: 5,
+        max_delay: Duration::from_secs(60),
+    };
+    let smoke = tools::smoke(&mut plugin, told);
+    println!("\nsmoke trace: {} calls", smoke.calls);
+    for line in &smoke.lines {
+        println!("  {line}");
+    }
+    for line in plugin.env().take_logs() {
+        println!("  log {:?}: {}", line.level, line.message);
+    }
+    if smoke.faults.is_empty() {
+        println!("\nok: no faults");
+        ExitCode::SUCCESS
+    } else {
+        println!("\n{} fault(s):", smoke.faults.len());
+        for f in smoke.faults.iter().take(20) {
+            println!("  {f}");
+        }
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
+    let trace = match (&args.trace, &args.classes) {
+        (Some(path), _) => match std::fs::read_to_string(path) {
+            Ok(text) => tools::parse_trace(&path.display().to_string(), &text),
+            Err(e) => return usage(format!("{}: {e}", path.display())),
+        },
+        (None, Some(list)) => tools::classes_trace(list),
+        (None, None) => return usage("give --trace FILE or --classes LIST"),
+    };
+    let trace = match trace {
+        Ok(t) => t,
+        Err(e) => return usage(e),
+    };
+    if args.backoff_base > args.backoff_max {
+        return usage("--backoff-base is larger than --backoff-max");
+    }
+    let mut plugin = match load(&args.file, &args.plugin, Some(args.seed)) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let backoff = Backoff {
+        base: args.backoff_base,
+        max: args.backoff_max,
+    };
+    let mut builtin = Builtin::new(backoff, args.max_attempts, Some(args.seed));
+    let told = Told {
+        max_attempts: args.max_attempts,
+        max_delay: args.backoff_max,
+    };
+    let steps = tools::simulate(&mut plugin, &mut builtin, &trace, told);
+    if args.json {
+        for step in &steps {
+            match serde_json::to_string(step) {
+                Ok(line) => println!("{line}"),
+                Err(e) => return usage(e),
+            }
+        }
+    } else {
+        println!(
+            "{} ({}), seed {}\n",
+            plugin.path.display(),
+            plugin.roles,
+            args.seed
+        );
+        print!("{}", tools::render_timeline(&steps));
+    }
+    for line in plugin.env().take_logs() {
+        eprintln!("plugin log {:?}: {}", line.level, line.message);
+    }
+    ExitCode::SUCCESS
 }
 
 /// A cancelled transfer stops at libgit2's next progress callback, but a

@@ -117,7 +117,12 @@ pub fn pull(
         } else if ctx.remaining.is_some_and(|r| r.is_zero()) {
             Decision::Stop(StopReason::Deadline)
         } else {
-            clamp(policy.decide(&ctx), &ctx, &limits)
+            policy.note_failure_message(&failure.message);
+            let decision = clamp(policy.decide(&ctx), &ctx, &limits);
+            for notice in policy.take_notices() {
+                observer.notice(&notice);
+            }
+            decision
         };
         let record = AttemptRecord {
             n,

@@ -2,20 +2,30 @@
 //!
 //! A [`RetryPolicy`] says whether and when to try again; the host then
 //! [`clamp`]s the answer to the user's limits (maximum attempts, maximum
-//! delay, overall deadline) whatever the policy said. Today the only policy
-//! is [`Builtin`], the standard policy linked natively from
-//! `gitpulse-policy-core`; WebAssembly policies will implement the same
-//! trait. This module never touches git: it sees failure classes, not errors.
+//! delay, overall deadline) whatever the policy said. [`Builtin`] is the
+//! standard policy linked natively from `gitpulse-policy-core`;
+//! [`wasm::WasmPolicy`] runs a plugin component behind the same trait. This
+//! module never touches git: it sees failure classes, not errors.
 
 use std::time::Duration;
 
 pub use gitpulse_policy_core::{AttemptContext, Backoff, Decision, StopReason};
+
+pub mod tools;
+pub mod wasm;
 
 /// Something that decides after each failed attempt.
 pub trait RetryPolicy {
     /// A short name for logs.
     fn name(&self) -> &str;
     fn decide(&mut self, ctx: &AttemptContext) -> Decision;
+    /// Things a person should know (a plugin fault, a quarantine), drained
+    /// after each decision.
+    fn take_notices(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The (redacted) message of the failure about to be decided on.
+    fn note_failure_message(&mut self, _message: &str) {}
 }
 
 /// The standard policy: transient classes retried with capped exponential

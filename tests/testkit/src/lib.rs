@@ -10,10 +10,12 @@
 //!   answers 5xx, 429 with Retry-After, 401, 404, resets the connection,
 //!   stalls, or truncates the pack.
 //! - [`GitDaemon`]: the real `git daemon` for `git://`.
+//! - [`plugins::build`]: the workspace's plugin crates as components.
 
 mod daemon;
 mod fixture;
 mod http;
+pub mod plugins;
 mod proxy;
 
 pub use daemon::GitDaemon;

@@ -1,0 +1,142 @@
+//! The generated `gitpulse:policy` bindings and the conversions between
+//! them and gitpulse's own types. Nothing generated leaves this file except
+//! through the conversion functions.
+
+use std::time::Duration;
+
+use gitpulse_policy_core::{AttemptContext, Decision, FailureClass, StopReason};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "full-policy",
+});
+
+pub(crate) use exports::gitpulse::policy::{backoff, notify, retry};
+pub(crate) use gitpulse::policy::host::Level;
+pub(crate) use gitpulse::policy::types as wit;
+
+/// What the host tells a plugin about the repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoInfo {
+    pub name: String,
+    /// Already redacted.
+    pub url: String,
+    pub remote_host: String,
+    pub branch: String,
+    pub labels: Vec<(String, String)>,
+}
+
+/// The host's limits, as the plugin is told them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    pub max_attempts: u32,
+    pub max_delay: Duration,
+}
+
+pub(crate) fn class_to_wit(class: FailureClass) -> wit::FailureClass {
+    use wit::FailureClass as W;
+    match class {
+        FailureClass::Dns => W::Dns,
+        FailureClass::Connect => W::Connect,
+        FailureClass::Timeout => W::Timeout,
+        FailureClass::Tls => W::Tls,
+        FailureClass::ServerError => W::ServerError,
+        FailureClass::RateLimited => W::RateLimited,
+        FailureClass::Auth => W::Auth,
+        FailureClass::NotFound => W::NotFound,
+        FailureClass::RefNotFound => W::RefNotFound,
+        FailureClass::Protocol => W::Protocol,
+        FailureClass::CorruptRepo => W::CorruptRepo,
+        FailureClass::LockHeld => W::LockHeld,
+        FailureClass::DiskFull => W::DiskFull,
+        FailureClass::Diverged => W::Diverged,
+        FailureClass::Cancelled => W::Cancelled,
+        FailureClass::Other => W::Other,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+pub(crate) fn context_to_wit(
+    ctx: &AttemptContext,
+    message: &str,
+    repo: &RepoInfo,
+    told: &Told,
+) -> wit::AttemptContext {
+    wit::AttemptContext {
+        attempt: ctx.attempt,
+        failure: wit::FailureDetail {
+            class: class_to_wit(ctx.class),
+            http_status: ctx.http_status,
+            retry_after_ms: ctx.retry_after.map(millis),
+            git_code: None,
+            message: message.to_string(),
+        },
+        elapsed_ms: millis(ctx.elapsed),
+        remaining_ms: ctx.remaining.map(millis),
+        previous_delay_ms: ctx.previous_delay.map(millis),
+        max_attempts: told.max_attempts,
+        max_delay_ms: millis(told.max_delay),
+        repo: wit::Repo {
+            name: repo.name.clone(),
+            url: repo.url.clone(),
+            remote_host: repo.remote_host.clone(),
+            branch: repo.branch.clone(),
+            labels: repo.labels.clone(),
+        },
+        // Per-host budgets arrive with the daemon; a single pull has the
+        // whole of its attempts.
+        budget: wit::Budget {
+            remaining: told.max_attempts.saturating_sub(ctx.attempt),
+            capacity: told.max_attempts,
+        },
+    }
+}
+
+/// The longest policy text accepted in a stop reason.
+pub(crate) const MAX_REASON: usize = 512;
+/// The longest per-attempt timeout a plugin may ask for.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A plugin's decision as the host's, or why it is unacceptable.
+pub(crate) fn decision_from_wit(d: wit::Decision, told: &Told) -> Result<Decision, String> {
+    match d {
+        wit::Decision::Retry(r) => {
+            let delay = Duration::from_millis(r.delay_ms);
+            if delay > told.max_delay {
+                return Err(format!(
+                    "asked to wait {}, beyond the cap of {}",
+                    humantime::format_duration(delay),
+                    humantime::format_duration(told.max_delay)
+                ));
+            }
+            let timeout = r.timeout_ms.map(Duration::from_millis);
+            if let Some(t) = timeout {
+                if t.is_zero() || t > MAX_TIMEOUT {
+                    return Err(format!(
+                        "asked for an attempt timeout of {} ms",
+                        r.timeout_ms.unwrap_or(0)
+                    ));
+                }
+            }
+            Ok(Decision::RetryAfter { delay, timeout })
+        }
+        wit::Decision::Stop(reason) => Ok(Decision::Stop(match reason {
+            wit::StopReason::NotRetryable => StopReason::NotRetryable,
+            wit::StopReason::AttemptsExhausted => StopReason::AttemptsExhausted,
+            wit::StopReason::Deadline => StopReason::Deadline,
+            wit::StopReason::Budget => StopReason::Budget,
+            wit::StopReason::Policy(text) => {
+                if text.len() > MAX_REASON {
+                    return Err(format!(
+                        "returned a {}-byte stop reason (limit {MAX_REASON})",
+                        text.len()
+                    ));
+                }
+                StopReason::Policy(text)
+            }
+        })),
+    }
+}

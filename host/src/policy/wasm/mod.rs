@@ -1,0 +1,793 @@
+//! The WebAssembly plugin host: load, version-check, sandbox, call, fall
+//! back.
+//!
+//! One [`wasmtime::Engine`] per process and one [`Linker`] built once; each
+//! [`Plugin`] keeps an `InstancePre` and one live instance that is reused
+//! from call to call (instantiating costs ~100 µs, a call well under one)
+//! and thrown away after any fault. Every call runs under an epoch deadline
+//! (the CPU budget) and a memory cap. Compiled components are cached on disk
+//! ([`cache`]) so the second load of a plugin skips compilation.
+//!
+//! [`WasmPolicy`] puts a plugin behind the host's [`RetryPolicy`] trait:
+//! faults (trap, timeout, memory, invalid output) make that call use the
+//! built-in policy, are reported, and after `quarantine_after` consecutive
+//! faults the plugin is not called again until it is reloaded.
+//!
+//! This module never touches git; it speaks in failure classes and
+//! decisions.
+
+mod bindings;
+mod cache;
+mod state;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Instance, InstancePre, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
+
+pub use bindings::{RepoInfo, Told};
+pub use state::{KvStore, LogLine};
+
+use super::{AttemptContext, Builtin, Decision, RetryPolicy};
+use bindings::{backoff, notify, retry, wit, Level};
+use state::PluginState;
+
+/// The contract versions this host accepts.
+pub const ACCEPTED: &str = "0.1.x";
+const PACKAGE: &str = "gitpulse:policy";
+/// Granularity of the CPU budget.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Why a file cannot be used as a plugin. Nothing was loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm(PathBuf),
+    #[error("{0}: a core WebAssembly module, not a component; build the plugin for wasm32-wasip2 (or wrap it with `wasm-tools component new`)")]
+    NotAComponent(PathBuf),
+    #[error("{path}: invalid component: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: built for {PACKAGE}@{found}; this gitpulse accepts {PACKAGE}@{ACCEPTED}")]
+    WrongVersion { path: PathBuf, found: String },
+    #[error("{path}: exports none of {PACKAGE}/retry, /backoff or /notify (it exports: {exports}); build it from one of the worlds in wit/")]
+    NoRole { path: PathBuf, exports: String },
+    #[error("{path}: needs imports this host does not provide: {reason}")]
+    Imports { path: PathBuf, reason: String },
+}
+
+/// Which roles a plugin exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub retry: bool,
+    pub backoff: bool,
+    pub notify: bool,
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.retry, "retry"),
+            (self.backoff, "backoff"),
+            (self.notify, "notify"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+/// The sandbox of every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sandbox {
+    /// CPU time per call.
+    pub cpu: Duration,
+    /// Linear memory per instance.
+    pub memory: usize,
+    /// Consecutive faults before the plugin is quarantined.
+    pub quarantine_after: u32,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            cpu: Duration::from_millis(10),
+            memory: 16 << 20,
+            quarantine_after: 3,
+        }
+    }
+}
+
+/// How a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// It ran past its CPU budget (an endless loop, or just slow).
+    Timeout(Duration),
+    /// It tried to use more memory than the cap.
+    Memory(usize),
+    /// It trapped (a panic, `unreachable`, an out-of-bounds access …).
+    Trap(String),
+    /// It answered something the host refuses.
+    InvalidOutput(String),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Timeout(cpu) => write!(
+                f,
+                "exceeded its CPU budget of {}",
+                humantime::format_duration(*cpu)
+            ),
+            Fault::Memory(cap) => write!(f, "exceeded its memory cap of {} MiB", cap >> 20),
+            Fault::Trap(msg) => write!(f, "trapped: {msg}"),
+            Fault::InvalidOutput(msg) => write!(f, "invalid output: {msg}"),
+        }
+    }
+}
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        // Only fails for contradictory settings, which these are not.
+        let engine = Engine::new(&config).unwrap_or_else(|e| panic!("wasmtime engine: {e}"));
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("gitpulse-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .ok();
+        engine
+    })
+}
+
+fn linker() -> Result<&'static Linker<PluginState>, String> {
+    static LINKER: OnceLock<Result<Linker<PluginState>, String>> = OnceLock::new();
+    LINKER
+        .get_or_init(|| {
+            let mut linker = Linker::new(engine());
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+            bindings::FullPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(|e| e.to_string())?;
+            Ok(linker)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// What a plugin instance shares with the host across calls.
+#[derive(Clone)]
+pub struct PluginEnv {
+    pub settings: Arc<BTreeMap<String, String>>,
+    pub kv: Arc<Mutex<KvStore>>,
+    pub rng: Arc<Mutex<fastrand::Rng>>,
+    pub logs: Arc<Mutex<Vec<LogLine>>>,
+}
+
+impl PluginEnv {
+    /// Settings, a seeded (or OS-seeded) random source, an in-memory store.
+    pub fn new(settings: BTreeMap<String, String>, seed: Option<u64>) -> Self {
+        PluginEnv {
+            settings: Arc::new(settings),
+            kv: Arc::new(Mutex::new(KvStore::in_memory())),
+            rng: Arc::new(Mutex::new(
+                seed.map(fastrand::Rng::with_seed).unwrap_or_default(),
+            )),
+            logs: Arc::default(),
+        }
+    }
+
+    pub fn with_kv(mut self, kv: KvStore) -> Self {
+        self.kv = Arc::new(Mutex::new(kv));
+        self
+    }
+
+    /// The log lines written since the last call.
+    pub fn take_logs(&self) -> Vec<LogLine> {
+        std::mem::take(&mut *self.logs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+struct Live {
+    store: Store<PluginState>,
+    retry: Option<retry::Guest>,
+    backoff: Option<backoff::Guest>,
+    notify: Option<notify::Guest>,
+}
+
+/// A loaded, checked plugin.
+pub struct Plugin {
+    pub name: String,
+    pub path: PathBuf,
+    pub roles: Roles,
+    /// The contract version the plugin was built against, e.g. `0.1.0`.
+    pub contract: String,
+    pub size: u64,
+    /// Whether this load came from the compile cache.
+    pub cached: bool,
+    sandbox: Sandbox,
+    env: PluginEnv,
+    pre: InstancePre<PluginState>,
+    retry_idx: Option<retry::GuestIndices>,
+    backoff_idx: Option<backoff::GuestIndices>,
+    notify_idx: Option<notify::GuestIndices>,
+    live: Option<Live>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .field("contract", &self.contract)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// Loads and checks `path`. `cache_dir` holds compiled components.
+    pub fn load(
+        path: &Path,
+        cache_dir: Option<&Path>,
+        sandbox: Sandbox,
+        env: PluginEnv,
+    ) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
+            return Err(LoadError::NotWasm(path.into()));
+        }
+        // Bytes 4..8: version and layer; layer 0 is a core module.
+        if bytes[6..8] == [0, 0] {
+            return Err(LoadError::NotAComponent(path.into()));
+        }
+        let (component, cached) =
+            cache::load(engine(), &bytes, cache_dir).map_err(|e| LoadError::Invalid {
+                path: path.into(),
+                reason: format!("{e:#}"),
+            })?;
+
+        let ty = component.component_type();
+        let mut roles = Roles::default();
+        let mut versions = Vec::new();
+        let mut exports = Vec::new();
+        for (name, _) in ty.exports(engine()) {
+            exports.push(name.to_string());
+            if let Some((iface, version)) = split_contract_name(name) {
+                versions.push(version.to_string());
+                match iface {
+                    "retry" => roles.retry = true,
+                    "backoff" => roles.backoff = true,
+                    "notify" => roles.notify = true,
+                    _ => {}
+                }
+            }
+        }
+        for (name, _) in ty.imports(engine()) {
+            if let Some((_, version)) = split_contract_name(name) {
+                versions.push(version.to_string());
+            }
+        }
+        if let Some(bad) = versions.iter().find(|v| !v.starts_with("0.1.")) {
+            return Err(LoadError::WrongVersion {
+                path: path.into(),
+                found: bad.clone(),
+            });
+        }
+        if roles == Roles::default() {
+            return Err(LoadError::NoRole {
+                path: path.into(),
+                exports: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
+            });
+        }
+        let linker = linker().map_err(|reason| LoadError::Imports {
+            path: path.into(),
+            reason,
+        })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports {
+                path: path.into(),
+                reason: format!("{e:#}"),
+            })?;
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        };
+        let retry_idx = roles
+            .retry
+            .then(|| retry::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(invalid)?;
+        let backoff_idx = roles
+            .backoff
+            .then(|| backoff::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(invalid)?;
+        let notify_idx = roles
+            .notify
+            .then(|| notify::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(invalid)?;
+        let contract = versions.first().cloned().unwrap_or_else(|| "0.1.0".into());
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        Ok(Plugin {
+            name,
+            path: path.into(),
+            roles,
+            contract,
+            size: bytes.len() as u64,
+            cached,
+            sandbox,
+            env,
+            pre,
+            retry_idx,
+            backoff_idx,
+            notify_idx,
+            live: None,
+        })
+    }
+
+    pub fn env(&self) -> &PluginEnv {
+        &self.env
+    }
+
+    fn live(&mut self) -> Result<&mut Live, Fault> {
+        if self.live.is_none() {
+            let limits = StoreLimitsBuilder::new()
+                .memory_size(self.sandbox.memory)
+                .trap_on_grow_failure(true)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .build();
+            let env = &self.env;
+            let data = PluginState::new(
+                env.settings.clone(),
+                env.kv.clone(),
+                env.rng.clone(),
+                env.logs.clone(),
+                limits,
+            );
+            let mut store = Store::new(engine(), data);
+            store.limiter(|s| &mut s.limits);
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(self.ticks());
+            let instance: Instance = self
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| self.fault(e))?;
+            let retry = self
+                .retry_idx
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()
+                .map_err(|e| self.fault(e))?;
+            let backoff = self
+                .backoff_idx
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()
+                .map_err(|e| self.fault(e))?;
+            let notify = self
+                .notify_idx
+                .as_ref()
+                .map(|i| i.load(&mut store, &instance))
+                .transpose()
+                .map_err(|e| self.fault(e))?;
+            self.live = Some(Live {
+                store,
+                retry,
+                backoff,
+                notify,
+            });
+        }
+        let ticks = self.ticks();
+        match self.live.as_mut() {
+            Some(live) => {
+                live.store.set_epoch_deadline(ticks);
+                Ok(live)
+            }
+            None => Err(Fault::Trap("no instance".into())),
+        }
+    }
+
+    fn ticks(&self) -> u64 {
+        // +1: the current tick may be about to end.
+        (self.sandbox.cpu.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
+    }
+
+    fn fault(&self, e: wasmtime::Error) -> Fault {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Fault::Timeout(self.sandbox.cpu),
+            _ => {
+                let text = format!("{e:#}");
+                if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
+                    Fault::Memory(self.sandbox.memory)
+                } else {
+                    Fault::Trap(text.lines().next().unwrap_or("").to_string())
+                }
+            }
+        }
+    }
+
+    /// Runs `call` on the live instance; a fault discards the instance.
+    fn with_live<T>(
+        &mut self,
+        call: impl FnOnce(&mut Live) -> wasmtime::Result<T>,
+    ) -> Result<T, Fault> {
+        let result = call(self.live()?);
+        result.map_err(|e| {
+            self.live = None;
+            self.fault(e)
+        })
+    }
+
+    /// The plugin's `retry.decide`, validated against `told`.
+    pub fn decide(&mut self, ctx: &wit::AttemptContext, told: &Told) -> Result<Decision, Fault> {
+        let raw = self.with_live(|live| match &live.retry {
+            Some(g) => g.call_decide(&mut live.store, ctx),
+            None => Err(wasmtime::Error::msg("the plugin has no retry role")),
+        })?;
+        bindings::decision_from_wit(raw, told).map_err(Fault::InvalidOutput)
+    }
+
+    /// The plugin's `backoff.delay-ms`, validated against `told`.
+    pub fn delay(&mut self, ctx: &wit::AttemptContext, told: &Told) -> Result<Duration, Fault> {
+        let ms = self.with_live(|live| match &live.backoff {
+            Some(g) => g.call_delay_ms(&mut live.store, ctx),
+            None => Err(wasmtime::Error::msg("the plugin has no backoff role")),
+        })?;
+        let delay = Duration::from_millis(ms);
+        if delay > told.max_delay {
+            return Err(Fault::InvalidOutput(format!(
+                "asked to wait {}, beyond the cap of {}",
+                humantime::format_duration(delay),
+                humantime::format_duration(told.max_delay)
+            )));
+        }
+        Ok(delay)
+    }
+
+    /// The plugin's `notify.choose`.
+    pub fn choose(
+        &mut self,
+        event: &wit::Event,
+        channel: &wit::Channel,
+    ) -> Result<wit::NotifyChoice, Fault> {
+        let choice = self.with_live(|live| match &live.notify {
+            Some(g) => g.call_choose(&mut live.store, event, channel),
+            None => Err(wasmtime::Error::msg("the plugin has no notify role")),
+        })?;
+        let size = match &choice {
+            wit::NotifyChoice::Suppress(reason) => reason.len(),
+            wit::NotifyChoice::Send(m) => {
+                m.template
+                    .as_ref()
+                    .map(|t| t.subject.len() + t.body.len())
+                    .unwrap_or(0)
+                    + m.vars.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            }
+        };
+        if size > 256 * 1024 {
+            return Err(Fault::InvalidOutput(format!(
+                "returned {size} bytes of template and variables (limit 256 KiB)"
+            )));
+        }
+        Ok(choice)
+    }
+}
+
+/// `gitpulse:policy/retry@0.1.0` → `("retry", "0.1.0")`.
+fn split_contract_name(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix(PACKAGE)?.strip_prefix('/')?;
+    rest.split_once('@')
+}
+
+/// Where compiled plugins are cached: `GITPULSE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/gitpulse/plugins`, else `~/.cache/gitpulse/plugins`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("GITPULSE_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("gitpulse").join("plugins"))
+}
+
+/// A plugin behind the host's retry-policy trait, with the built-in policy
+/// standing in for roles it lacks and for calls that fault.
+pub struct WasmPolicy {
+    plugin: Plugin,
+    builtin: Builtin,
+    repo: RepoInfo,
+    told: Told,
+    consecutive_faults: u32,
+    quarantined: bool,
+    /// Faults so far (the count reported in logs and metrics).
+    pub faults: u64,
+    notices: Vec<String>,
+    last_message: String,
+}
+
+impl WasmPolicy {
+    pub fn new(plugin: Plugin, builtin: Builtin, repo: RepoInfo, told: Told) -> Self {
+        WasmPolicy {
+            plugin,
+            builtin,
+            repo,
+            told,
+            consecutive_faults: 0,
+            quarantined: false,
+            faults: 0,
+            notices: Vec::new(),
+            last_message: String::new(),
+        }
+    }
+
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined
+    }
+
+    /// The message of the failure being decided about (passed to the plugin).
+    pub fn set_failure_message(&mut self, message: &str) {
+        self.last_message = message.to_string();
+    }
+
+    fn record_fault(&mut self, role: &str, fault: &Fault) {
+        self.faults += 1;
+        self.consecutive_faults += 1;
+        self.notices.push(format!(
+            "plugin {} ({role}) {fault}; the built-in policy decided instead",
+            self.plugin.name
+        ));
+        if self.consecutive_faults >= self.plugin.sandbox.quarantine_after && !self.quarantined {
+            self.quarantined = true;
+            self.notices.push(format!(
+                "plugin {} quarantined after {} consecutive faults; the built-in policy decides until it is reloaded",
+                self.plugin.name, self.consecutive_faults
+            ));
+        }
+    }
+
+    fn drain_plugin_logs(&mut self) {
+        for line in self.plugin.env.take_logs() {
+            if matches!(line.level, Level::Warn | Level::Error) {
+                self.notices
+                    .push(format!("plugin {}: {}", self.plugin.name, line.message));
+            }
+        }
+    }
+}
+
+impl RetryPolicy for WasmPolicy {
+    fn name(&self) -> &str {
+        &self.plugin.name
+    }
+
+    fn decide(&mut self, ctx: &AttemptContext) -> Decision {
+        let fallback = self.builtin.decide(ctx);
+        if self.quarantined {
+            return fallback;
+        }
+        let wit_ctx = bindings::context_to_wit(ctx, &self.last_message, &self.repo, &self.told);
+        let told = self.told;
+        let decision = if self.plugin.roles.retry {
+            match self.plugin.decide(&wit_ctx, &told) {
+                Ok(d) => {
+                    self.consecutive_faults = 0;
+                    d
+                }
+                Err(fault) => {
+                    self.record_fault("retry", &fault);
+                    fallback
+                }
+            }
+        } else if let (true, Decision::RetryAfter { timeout, .. }) =
+            (self.plugin.roles.backoff, &fallback)
+        {
+            match self.plugin.delay(&wit_ctx, &told) {
+                Ok(delay) => {
+                    self.consecutive_faults = 0;
+                    Decision::RetryAfter {
+                        delay,
+                        timeout: *timeout,
+                    }
+                }
+                Err(fault) => {
+                    self.record_fault("backoff", &fault);
+                    fallback
+                }
+            }
+        } else {
+            fallback
+        };
+        self.drain_plugin_logs();
+        decision
+    }
+
+    fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn note_failure_message(&mut self, message: &str) {
+        self.set_failure_message(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_split_into_interface_and_version() {
+        assert_eq!(
+            split_contract_name("gitpulse:policy/retry@0.1.0"),
+            Some(("retry", "0.1.0"))
+        );
+        assert_eq!(
+            split_contract_name("gitpulse:policy/host@0.2.3"),
+            Some(("host", "0.2.3"))
+        );
+        assert_eq!(split_contract_name("wasi:cli/stdout@0.2.0"), None);
+    }
+
+    #[test]
+    fn files_that_are_not_components_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.wasm");
+        std::fs::write(&text, "hello").unwrap();
+        let core = dir.path().join("core.wasm");
+        std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+        let env = || PluginEnv::new(BTreeMap::new(), Some(1));
+        let err = Plugin::load(&text, None, Sandbox::default(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a WebAssembly file"), "{err}");
+        let err = Plugin::load(&core, None, Sandbox::default(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("core WebAssembly module"), "{err}");
+        let err = Plugin::load(
+            &dir.path().join("absent.wasm"),
+            None,
+            Sandbox::default(),
+            env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("absent.wasm"), "{err}");
+    }
+}
+
+/// The contract's attempt context for the author tools.
+pub(crate) fn context_for_tools(
+    ctx: &AttemptContext,
+    message: &str,
+    repo: &RepoInfo,
+    told: &Told,
+) -> wit::AttemptContext {
+    bindings::context_to_wit(ctx, message, repo, told)
+}
+
+/// One event of each kind on each channel, for smoke checks.
+pub(crate) fn smoke_events(repo: &RepoInfo) -> Vec<(wit::Event, wit::Channel)> {
+    use wit::{ChannelKind, EventKind};
+    let repo = wit::Repo {
+        name: repo.name.clone(),
+        url: repo.url.clone(),
+        remote_host: repo.remote_host.clone(),
+        branch: repo.branch.clone(),
+        labels: repo.labels.clone(),
+    };
+    let kinds = [
+        EventKind::Changed,
+        EventKind::Failed,
+        EventKind::Recovered,
+        EventKind::Retrying,
+        EventKind::PluginFault,
+        EventKind::ConfigRejected,
+    ];
+    let mut out = Vec::new();
+    for kind in kinds {
+        for channel in [ChannelKind::Email, ChannelKind::Webhook, ChannelKind::Log] {
+            out.push((
+                wit::Event {
+                    kind,
+                    repo: repo.clone(),
+                    old: Some("1111111111111111111111111111111111111111".into()),
+                    new: Some("2222222222222222222222222222222222222222".into()),
+                    commits: vec![wit::Commit {
+                        sha: "2222222222222222222222222222222222222222".into(),
+                        author: "Ada".into(),
+                        subject: "Fix the thing".into(),
+                    }],
+                    failure: None,
+                    attempts: 0,
+                    at_ms: 1_700_000_000_000,
+                },
+                wit::Channel {
+                    name: "smoke".into(),
+                    kind: channel,
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// `failed on email`, for smoke output.
+pub(crate) fn describe_event(event: &wit::Event, channel: &wit::Channel) -> String {
+    use wit::{ChannelKind, EventKind};
+    let kind = match event.kind {
+        EventKind::Changed => "changed",
+        EventKind::Failed => "failed",
+        EventKind::Recovered => "recovered",
+        EventKind::Retrying => "retrying",
+        EventKind::PluginFault => "plugin-fault",
+        EventKind::ConfigRejected => "config-rejected",
+    };
+    let channel = match channel.kind {
+        ChannelKind::Email => "email",
+        ChannelKind::Webhook => "webhook",
+        ChannelKind::Log => "log",
+    };
+    format!("{kind} on {channel}")
+}
+
+/// A notify choice in a few words.
+pub(crate) fn describe_choice(choice: &wit::NotifyChoice) -> String {
+    match choice {
+        wit::NotifyChoice::Suppress(reason) => format!("suppress ({reason})"),
+        wit::NotifyChoice::Send(m) => match &m.template {
+            Some(t) => format!(
+                "send own template \"{}\" (+{} vars)",
+                t.subject.chars().take(40).collect::<String>(),
+                m.vars.len()
+            ),
+            None => format!("send default template (+{} vars)", m.vars.len()),
+        },
+    }
+}
+
+/// Where plugins' key-value stores are kept: `GITPULSE_STATE_DIR`, else
+/// `$XDG_STATE_HOME/gitpulse`, else `~/.local/state/gitpulse`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("GITPULSE_STATE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("gitpulse"))
+}

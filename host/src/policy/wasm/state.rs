@@ -1,0 +1,212 @@
+//! What a plugin instance can reach: its settings, a clock, a seeded random
+//! source, its key-value store and the log — and a WASI context with
+//! nothing in it (no files, environment, arguments or network), because
+//! Rust's `wasm32-wasip2` standard library imports WASI even when a plugin
+//! never uses it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{gitpulse::policy::host, gitpulse::policy::types, Level};
+
+/// Most keys a plugin may store, and the largest key and value.
+const MAX_KEYS: usize = 1000;
+const MAX_KEY_BYTES: usize = 256;
+const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// A plugin's persisted key-value store.
+#[derive(Debug, Default)]
+pub struct KvStore {
+    map: BTreeMap<String, String>,
+    /// Where the map is saved after each change; `None` keeps it in memory.
+    file: Option<PathBuf>,
+}
+
+impl KvStore {
+    pub fn in_memory() -> Self {
+        KvStore::default()
+    }
+
+    /// Loads `file` (missing is empty) and saves every change back to it.
+    pub fn persisted(file: PathBuf) -> std::io::Result<Self> {
+        let map = match std::fs::read_to_string(&file) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", file.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(KvStore {
+            map,
+            file: Some(file),
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.map.get(key).cloned()
+    }
+
+    fn set(&mut self, key: String, value: String) -> Result<(), String> {
+        if key.len() > MAX_KEY_BYTES || value.len() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "kv-set `{}`: key or value too large",
+                truncate(&key, 40)
+            ));
+        }
+        if !self.map.contains_key(&key) && self.map.len() >= MAX_KEYS {
+            return Err(format!("kv-set: the store is full ({MAX_KEYS} keys)"));
+        }
+        self.map.insert(key, value);
+        self.save()
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), String> {
+        if self.map.remove(key).is_some() {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&self.map)?)?;
+            std::fs::rename(tmp, file)
+        };
+        write().map_err(|e| format!("saving the key-value store {}: {e}", file.display()))
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// One plugin log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: Level,
+    pub message: String,
+}
+
+/// The store data of one plugin instance.
+pub(crate) struct PluginState {
+    pub settings: Arc<BTreeMap<String, String>>,
+    pub kv: Arc<Mutex<KvStore>>,
+    pub rng: Arc<Mutex<fastrand::Rng>>,
+    pub logs: Arc<Mutex<Vec<LogLine>>>,
+    pub limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl PluginState {
+    pub fn new(
+        settings: Arc<BTreeMap<String, String>>,
+        kv: Arc<Mutex<KvStore>>,
+        rng: Arc<Mutex<fastrand::Rng>>,
+        logs: Arc<Mutex<Vec<LogLine>>>,
+        limits: StoreLimits,
+    ) -> Self {
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        PluginState {
+            settings,
+            kv,
+            rng,
+            logs,
+            limits,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn log_line(&self, level: Level, message: String) {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        // A chatty plugin cannot grow the host's memory without bound.
+        if logs.len() < 10_000 {
+            logs.push(LogLine {
+                level,
+                message: truncate(&message, 2000).to_string(),
+            });
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log_line(level, message);
+    }
+
+    fn config_get(&mut self, key: String) -> Option<String> {
+        self.settings.get(&key).cloned()
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).u64(..)
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<String> {
+        self.kv.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+    }
+
+    fn kv_set(&mut self, key: String, value: String) {
+        let result = self
+            .kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(key, value);
+        if let Err(problem) = result {
+            self.log_line(Level::Warn, problem);
+        }
+    }
+
+    fn kv_delete(&mut self, key: String) {
+        let result = self
+            .kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .delete(&key);
+        if let Err(problem) = result {
+            self.log_line(Level::Warn, problem);
+        }
+    }
+}

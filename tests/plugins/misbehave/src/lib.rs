@@ -1,0 +1,80 @@
+//! A plugin that misbehaves on purpose, as its `mode` setting says:
+//! `loop` (never returns), `bomb` (allocates without end), `trap` (panics),
+//! `years` (asks to wait ten years), `huge-reason` (a 1 MB stop reason),
+//! `huge-template` (a 1 MB template), `log` (logs a warning and behaves),
+//! anything else behaves like the standard policy.
+
+use gitpulse_plugin_sdk::types::*;
+use gitpulse_plugin_sdk::{backoff, export, helpers, host, notify, retry};
+
+pub struct Misbehave;
+
+fn mode() -> String {
+    host::config_get("mode").unwrap_or_default()
+}
+
+fn misbehave() {
+    match mode().as_str() {
+        "loop" => {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(3));
+            }
+        }
+        "bomb" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "trap" => panic!("misbehave: trap on purpose"),
+        "log" => host::log(host::Level::Warn, "misbehave: a warning from the plugin"),
+        _ => {}
+    }
+}
+
+impl retry::Guest for Misbehave {
+    fn decide(ctx: AttemptContext) -> Decision {
+        misbehave();
+        match mode().as_str() {
+            "years" => Decision::Retry(RetryAfter {
+                delay_ms: 10 * 365 * 86_400_000,
+                timeout_ms: None,
+            }),
+            "huge-reason" => Decision::Stop(StopReason::Policy("x".repeat(1 << 20))),
+            _ => helpers::standard_decide(&ctx, 1000, ctx.max_delay_ms),
+        }
+    }
+}
+
+impl backoff::Guest for Misbehave {
+    fn delay_ms(ctx: AttemptContext) -> u64 {
+        misbehave();
+        match mode().as_str() {
+            "years" => 10 * 365 * 86_400_000,
+            _ => helpers::full_jitter(helpers::ceiling_ms(1000, ctx.max_delay_ms, ctx.attempt)),
+        }
+    }
+}
+
+impl notify::Guest for Misbehave {
+    fn choose(_event: Event, _channel: Channel) -> NotifyChoice {
+        misbehave();
+        match mode().as_str() {
+            "huge-template" => NotifyChoice::Send(Message {
+                template: Some(Template {
+                    subject: "s".into(),
+                    body: "b".repeat(1 << 20),
+                }),
+                vars: vec![],
+            }),
+            _ => NotifyChoice::Send(Message {
+                template: None,
+                vars: vec![],
+            }),
+        }
+    }
+}
+
+export!(Misbehave);

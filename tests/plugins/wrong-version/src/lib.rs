@@ -1,0 +1,16 @@
+//! A retry plugin built against a future, incompatible contract (0.2.0).
+
+wit_bindgen::generate!({ path: "wit", world: "retry-policy" });
+
+use exports::gitpulse::policy::retry::Guest;
+use gitpulse::policy::types::{AttemptContext, Decision, StopReason};
+
+struct Future;
+
+impl Guest for Future {
+    fn decide(_ctx: AttemptContext) -> Decision {
+        Decision::Stop(StopReason::NotRetryable)
+    }
+}
+
+export!(Future);
