@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gitpulse::policy::wasm::{Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
@@ -23,7 +23,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn path(p: &PathBuf) -> &str {
+fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

@@ -30,6 +30,8 @@ fn measure(cmd: &mut Command) -> (Duration, u64) {
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null");
     let start = Instant::now();
+    // Reaped below by wait4, which also reports its resource usage.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn");
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.

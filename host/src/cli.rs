@@ -413,7 +413,9 @@ mod tests {
             "10s",
         ])
         .unwrap();
-        let Command::Pull(args) = cli.command;
+        let Command::Pull(args) = cli.command else {
+            panic!("not pull")
+        };
         assert_eq!(args.timeout, Duration::from_millis(250));
         assert_eq!(args.deadline, Some(Duration::from_secs(120)));
         assert_eq!(args.backoff_base, Duration::from_secs(10));
@@ -436,7 +438,9 @@ mod tests {
             "GITPULSE_TEST_SURELY_UNSET",
         ])
         .unwrap();
-        let Command::Pull(args) = cli.command;
+        let Command::Pull(args) = cli.command else {
+            panic!("not pull")
+        };
         let err = args.options().unwrap_err().to_string();
         assert!(err.contains("GITPULSE_TEST_SURELY_UNSET"), "{err}");
     }
@@ -444,7 +448,9 @@ mod tests {
     #[test]
     fn bad_urls_are_refused_without_showing_credentials() {
         let cli = parse(&["pull", "ftp://u:hunter2@h/r", "d"]).unwrap();
-        let Command::Pull(args) = cli.command;
+        let Command::Pull(args) = cli.command else {
+            panic!("not pull")
+        };
         let err = args.options().unwrap_err().to_string();
         assert!(err.contains("unsupported scheme"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");

@@ -12,7 +12,8 @@
 //! - [`git`] makes one attempt and classifies its failure; it knows nothing
 //!   of retries.
 //! - [`policy`] decides from a failure class and clamps to the user's limits;
-//!   it never touches git.
+//!   it never touches git. [`policy::wasm`] hosts WebAssembly policy plugins
+//!   behind the same trait; [`policy::tools`] serves plugin authors.
 //! - [`pull`] runs attempts until success or a stop, reporting to an
 //!   [`pull::Observer`].
 //! - [`redact`] keeps credentials out of every message.
@@ -22,7 +23,9 @@
 //! use clap::Parser;
 //! use gitpulse::{cli::{Cli, Command}, pull};
 //!
-//! let Command::Pull(args) = Cli::parse_from(["gitpulse", "pull", "https://example.com/r.git", "r"]).command;
+//! let Command::Pull(args) = Cli::parse_from(["gitpulse", "pull", "https://example.com/r.git", "r"]).command else {
+//!     unreachable!()
+//! };
 //! let (options, mut policy) = args.options().unwrap();
 //! let report = pull::pull(&options, &mut policy, &mut pull::Quiet, Arc::default()).unwrap();
 //! println!("{:?}", report.outcome);

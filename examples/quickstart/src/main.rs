@@ -80,7 +80,9 @@ fn run(url: &str, dir: &std::path::Path) -> anyhow::Result<PullReport> {
         "500ms",
     ]
     .map(String::from);
-    let Command::Pull(args) = <Cli as clap::Parser>::parse_from(args).command;
+    let Command::Pull(args) = <Cli as clap::Parser>::parse_from(args).command else {
+        anyhow::bail!("not a pull command");
+    };
     let (options, mut policy) = args.options()?;
     let mut terminal = report::Terminal::new(true);
     let result = pull::pull(&options, &mut policy, &mut terminal, Arc::default())?;

@@ -645,51 +645,6 @@ impl RetryPolicy for WasmPolicy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn contract_names_split_into_interface_and_version() {
-        assert_eq!(
-            split_contract_name("gitpulse:policy/retry@0.1.0"),
-            Some(("retry", "0.1.0"))
-        );
-        assert_eq!(
-            split_contract_name("gitpulse:policy/host@0.2.3"),
-            Some(("host", "0.2.3"))
-        );
-        assert_eq!(split_contract_name("wasi:cli/stdout@0.2.0"), None);
-    }
-
-    #[test]
-    fn files_that_are_not_components_are_refused_clearly() {
-        let dir = tempfile::tempdir().unwrap();
-        let text = dir.path().join("notes.wasm");
-        std::fs::write(&text, "hello").unwrap();
-        let core = dir.path().join("core.wasm");
-        std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-        let env = || PluginEnv::new(BTreeMap::new(), Some(1));
-        let err = Plugin::load(&text, None, Sandbox::default(), env())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a WebAssembly file"), "{err}");
-        let err = Plugin::load(&core, None, Sandbox::default(), env())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("core WebAssembly module"), "{err}");
-        let err = Plugin::load(
-            &dir.path().join("absent.wasm"),
-            None,
-            Sandbox::default(),
-            env(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("absent.wasm"), "{err}");
-    }
-}
-
 /// The contract's attempt context for the author tools.
 pub(crate) fn context_for_tools(
     ctx: &AttemptContext,
@@ -790,4 +745,49 @@ pub fn default_state_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
     Some(base.join("gitpulse"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_split_into_interface_and_version() {
+        assert_eq!(
+            split_contract_name("gitpulse:policy/retry@0.1.0"),
+            Some(("retry", "0.1.0"))
+        );
+        assert_eq!(
+            split_contract_name("gitpulse:policy/host@0.2.3"),
+            Some(("host", "0.2.3"))
+        );
+        assert_eq!(split_contract_name("wasi:cli/stdout@0.2.0"), None);
+    }
+
+    #[test]
+    fn files_that_are_not_components_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.wasm");
+        std::fs::write(&text, "hello").unwrap();
+        let core = dir.path().join("core.wasm");
+        std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+        let env = || PluginEnv::new(BTreeMap::new(), Some(1));
+        let err = Plugin::load(&text, None, Sandbox::default(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a WebAssembly file"), "{err}");
+        let err = Plugin::load(&core, None, Sandbox::default(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("core WebAssembly module"), "{err}");
+        let err = Plugin::load(
+            &dir.path().join("absent.wasm"),
+            None,
+            Sandbox::default(),
+            env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("absent.wasm"), "{err}");
+    }
 }

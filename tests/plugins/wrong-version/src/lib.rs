@@ -5,6 +5,8 @@ wit_bindgen::generate!({ path: "wit", world: "retry-policy" });
 use exports::gitpulse::policy::retry::Guest;
 use gitpulse::policy::types::{AttemptContext, Decision, StopReason};
 
+// Only exported in WebAssembly: natively the crate just has to compile.
+#[allow(dead_code)]
 struct Future;
 
 impl Guest for Future {
@@ -13,4 +15,5 @@ impl Guest for Future {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 export!(Future);

@@ -2,6 +2,8 @@
 
 wit_bindgen::generate!({ path: "wit", world: "tool" });
 
+// Only exported in WebAssembly: natively the crate just has to compile.
+#[allow(dead_code)]
 struct Tool;
 
 impl exports::acme::other::run::Guest for Tool {
@@ -10,4 +12,5 @@ impl exports::acme::other::run::Guest for Tool {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
 export!(Tool);
