@@ -6,32 +6,21 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-struct Setup {
-    root: tempfile::TempDir,
-    up: Upstream,
-    _server: GitHttpServer,
-    proxy: FaultProxy,
+fn setup() -> Served {
+    Served::new("app")
 }
 
-fn setup() -> Setup {
-    let root = tempfile::tempdir().unwrap();
-    let up = Upstream::new(root.path(), "app");
-    let server = GitHttpServer::start(root.path());
-    let proxy = FaultProxy::start(server.addr());
-    Setup {
-        root,
-        up,
-        _server: server,
-        proxy,
-    }
+trait Checkout {
+    fn checkout(&self) -> std::path::PathBuf;
+    fn pull(&self, extra: &[&str]) -> Run;
 }
 
-impl Setup {
-    fn dir(&self) -> std::path::PathBuf {
-        self.root.path().join("checkout")
+impl Checkout for Served {
+    fn checkout(&self) -> std::path::PathBuf {
+        self.dir("checkout")
     }
     fn pull(&self, extra: &[&str]) -> Run {
-        pull(&self.proxy.url("app"), &self.dir(), extra)
+        pull(&self.url(), &self.checkout(), extra)
     }
 }
 
@@ -45,7 +34,7 @@ fn server_errors_are_retried_until_the_server_recovers() {
     assert_eq!(run.classes(), ["server-error", "server-error"], "{run:?}");
     assert_eq!(run.json["attempts"][0]["http_status"], 503);
     assert!(run.json["attempts"][1]["delay_ms"].as_u64().is_some());
-    assert_eq!(checkout_state(&s.dir()), (s.up.head(), true));
+    assert_eq!(checkout_state(&s.checkout()), (s.up.head(), true));
 }
 
 #[test]
@@ -59,7 +48,10 @@ fn a_server_that_stays_down_exhausts_the_attempts() {
     assert_eq!(run.json["reason"], "attempts exhausted");
     assert!(run.json["attempts"][2]["delay_ms"].is_null());
     assert!(run.json["new"].is_null());
-    assert!(!s.dir().exists(), "a failed clone leaves nothing behind");
+    assert!(
+        !s.checkout().exists(),
+        "a failed clone leaves nothing behind"
+    );
     assert_eq!(s.proxy.requests(), 3);
 }
 
@@ -128,8 +120,8 @@ fn a_truncated_pack_is_a_protocol_failure_and_leaves_no_damage() {
     let run = s.pull(&[]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.classes(), ["protocol"], "{run:?}");
-    assert!(fsck_ok(&s.dir()));
-    assert_eq!(checkout_state(&s.dir()), (s.up.head(), true));
+    assert!(fsck_ok(&s.checkout()));
+    assert_eq!(checkout_state(&s.checkout()), (s.up.head(), true));
 }
 
 #[test]
@@ -172,7 +164,7 @@ fn an_unresolvable_host_is_dns() {
 fn https_to_a_plain_http_server_is_tls() {
     let s = setup();
     let url = s.proxy.url("app").replace("http://", "https://");
-    let run = pull(&url, &s.dir(), &["--max-attempts", "1"]);
+    let run = pull(&url, &s.checkout(), &["--max-attempts", "1"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.classes(), ["tls"], "{run:?}");
 }
@@ -221,7 +213,7 @@ fn a_damaged_upstream_is_corrupt_repo() {
 fn a_git_lock_held_by_someone_else_is_lock_held_and_left_alone() {
     let s = setup();
     assert_eq!(s.pull(&[]).code, 0);
-    let lock = s.dir().join(".git/index.lock");
+    let lock = s.checkout().join(".git/index.lock");
     std::fs::write(&lock, "").unwrap();
     let run = s.pull(&["--max-attempts", "2"]);
     assert_eq!(run.code, 1, "{run:?}");

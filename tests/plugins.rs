@@ -183,10 +183,12 @@ fn misbehaving_plugins_are_bounded_and_named() {
 #[test]
 fn a_faulting_plugin_falls_back_to_the_builtin_and_is_quarantined() {
     let wasm = plugins::build("misbehave-policy");
-    let root = tempfile::tempdir().unwrap();
-    let up = Upstream::new(root.path(), "app");
-    let server = GitHttpServer::start(root.path());
-    let proxy = FaultProxy::start(server.addr());
+    let Served {
+        root,
+        up,
+        proxy,
+        server: _server,
+    } = Served::new("app");
     proxy.push_times(Fault::Status(503), 4);
     let dir = root.path().join("c");
     let run = pull(
@@ -225,10 +227,12 @@ fn a_faulting_plugin_falls_back_to_the_builtin_and_is_quarantined() {
 #[test]
 fn pull_with_the_retry_after_policy_backs_off_harder_on_429() {
     let wasm = plugins::build("retry-after-policy");
-    let root = tempfile::tempdir().unwrap();
-    let _up = Upstream::new(root.path(), "app");
-    let server = GitHttpServer::start(root.path());
-    let proxy = FaultProxy::start(server.addr());
+    let Served {
+        root,
+        proxy,
+        server: _server,
+        up: _up,
+    } = Served::new("app");
     proxy.push(Fault::Status(429));
     proxy.push(Fault::RateLimited {
         retry_after_secs: 1,
@@ -260,10 +264,12 @@ fn pull_with_the_retry_after_policy_backs_off_harder_on_429() {
 #[test]
 fn pull_with_the_business_hours_policy_stops_outside_the_window() {
     let wasm = plugins::build("business-hours-policy");
-    let root = tempfile::tempdir().unwrap();
-    let _up = Upstream::new(root.path(), "app");
-    let server = GitHttpServer::start(root.path());
-    let proxy = FaultProxy::start(server.addr());
+    let Served {
+        root,
+        proxy,
+        server: _server,
+        up: _up,
+    } = Served::new("app");
     proxy.push(Fault::Status(503));
     let dir = root.path().join("closed");
     let run = pull(

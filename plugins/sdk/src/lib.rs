@@ -32,6 +32,21 @@
 
 #[doc(hidden)]
 pub mod bindings {
+    /// Bindings for one world of the contract; only one is generated, so
+    /// the component declares exactly the roles the plugin implements.
+    macro_rules! world {
+        ($world:literal) => {
+            wit_bindgen::generate!({
+                path: "../../wit",
+                world: $world,
+                pub_export_macro: true,
+                export_macro_name: "export_policy",
+                default_bindings_module: "gitpulse_plugin_sdk::bindings",
+                additional_derives: [PartialEq],
+            });
+        };
+    }
+
     #[cfg(any(
         feature = "full",
         all(feature = "retry", feature = "backoff"),
@@ -39,53 +54,25 @@ pub mod bindings {
         all(feature = "backoff", feature = "notify"),
         not(any(feature = "retry", feature = "backoff", feature = "notify"))
     ))]
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "full-policy",
-        pub_export_macro: true,
-        export_macro_name: "export_policy",
-        default_bindings_module: "gitpulse_plugin_sdk::bindings",
-        additional_derives: [PartialEq],
-    });
+    world!("full-policy");
 
     #[cfg(all(
         feature = "retry",
         not(any(feature = "full", feature = "backoff", feature = "notify"))
     ))]
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "retry-policy",
-        pub_export_macro: true,
-        export_macro_name: "export_policy",
-        default_bindings_module: "gitpulse_plugin_sdk::bindings",
-        additional_derives: [PartialEq],
-    });
+    world!("retry-policy");
 
     #[cfg(all(
         feature = "backoff",
         not(any(feature = "full", feature = "retry", feature = "notify"))
     ))]
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "backoff-policy",
-        pub_export_macro: true,
-        export_macro_name: "export_policy",
-        default_bindings_module: "gitpulse_plugin_sdk::bindings",
-        additional_derives: [PartialEq],
-    });
+    world!("backoff-policy");
 
     #[cfg(all(
         feature = "notify",
         not(any(feature = "full", feature = "retry", feature = "backoff"))
     ))]
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "notify-policy",
-        pub_export_macro: true,
-        export_macro_name: "export_policy",
-        default_bindings_module: "gitpulse_plugin_sdk::bindings",
-        additional_derives: [PartialEq],
-    });
+    world!("notify-policy");
 }
 
 /// The contract's shared types: failure classes, contexts, decisions, events.

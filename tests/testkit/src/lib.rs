@@ -31,3 +31,38 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// The usual scene of an end-to-end test: a scratch directory holding one
+/// upstream repository, served over smart HTTP behind a fault proxy.
+pub struct Served {
+    pub root: tempfile::TempDir,
+    pub up: Upstream,
+    pub server: GitHttpServer,
+    pub proxy: FaultProxy,
+}
+
+impl Served {
+    /// Upstream `name` at `root/name.git`, reachable at `proxy.url(name)`.
+    pub fn new(name: &str) -> Served {
+        let root = tempfile::tempdir().expect("a scratch directory");
+        let up = Upstream::new(root.path(), name);
+        let server = GitHttpServer::start(root.path());
+        let proxy = FaultProxy::start(server.addr());
+        Served {
+            root,
+            up,
+            server,
+            proxy,
+        }
+    }
+
+    /// The URL of the upstream through the proxy.
+    pub fn url(&self) -> String {
+        self.proxy.url(&self.up.name)
+    }
+
+    /// A path for a checkout inside the scratch directory.
+    pub fn dir(&self, name: &str) -> std::path::PathBuf {
+        self.root.path().join(name)
+    }
+}
