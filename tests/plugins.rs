@@ -27,6 +27,14 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `gitpulse pull --json` through `served`'s proxy into `dir`, with the
+/// plugin `wasm` (uncached) and `extra` flags.
+fn pull_with_plugin(served: &Served, dir: &str, wasm: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["--policy", path(wasm), "--no-cache"];
+    args.extend_from_slice(extra);
+    pull(&served.url(), &served.dir(dir), &args)
+}
+
 #[test]
 fn the_standard_component_decides_exactly_like_the_native_builtin() {
     let wasm = plugins::build("gitpulse-standard-policy");
@@ -183,34 +191,18 @@ fn misbehaving_plugins_are_bounded_and_named() {
 #[test]
 fn a_faulting_plugin_falls_back_to_the_builtin_and_is_quarantined() {
     let wasm = plugins::build("misbehave-policy");
-    let Served {
-        root,
-        up,
-        proxy,
-        server: _server,
-    } = Served::new("app");
-    proxy.push_times(Fault::Status(503), 4);
-    let dir = root.path().join("c");
-    let run = pull(
-        &proxy.url("app"),
-        &dir,
-        &[
-            "--policy",
-            path(&wasm),
-            "--no-cache",
-            "--plugin-config",
-            "mode=loop",
-            "--max-attempts",
-            "6",
-        ],
+    let served = Served::new("app");
+    served.proxy.push_times(Fault::Status(503), 4);
+    let run = pull_with_plugin(
+        &served,
+        "c",
+        &wasm,
+        &["--plugin-config", "mode=loop", "--max-attempts", "6"],
     );
     assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
     assert_eq!(run.classes(), ["server-error"; 4]);
-    assert!(
-        run.stderr
-            .contains("exceeded its CPU budget of 10ms; the built-in policy decided instead"),
-        "{run:?}"
-    );
+    let fallback = "exceeded its CPU budget of 10ms; the built-in policy decided instead";
+    assert!(run.stderr.contains(fallback), "{run:?}");
     assert!(
         run.stderr
             .contains("quarantined after 3 consecutive faults"),
@@ -221,35 +213,22 @@ fn a_faulting_plugin_falls_back_to_the_builtin_and_is_quarantined() {
         3,
         "not called once quarantined: {run:?}"
     );
-    assert_eq!(checkout_state(&dir), (up.head(), true));
+    assert_eq!(checkout_state(&served.dir("c")), (served.up.head(), true));
 }
 
 #[test]
 fn pull_with_the_retry_after_policy_backs_off_harder_on_429() {
     let wasm = plugins::build("retry-after-policy");
-    let Served {
-        root,
-        proxy,
-        server: _server,
-        up: _up,
-    } = Served::new("app");
-    proxy.push(Fault::Status(429));
-    proxy.push(Fault::RateLimited {
+    let served = Served::new("app");
+    served.proxy.push(Fault::Status(429));
+    served.proxy.push(Fault::RateLimited {
         retry_after_secs: 1,
     });
-    let dir = root.path().join("c");
-    let run = pull(
-        &proxy.url("app"),
-        &dir,
-        &[
-            "--policy",
-            path(&wasm),
-            "--no-cache",
-            "--plugin-config",
-            "base_ms=400",
-            "--backoff-max",
-            "5s",
-        ],
+    let run = pull_with_plugin(
+        &served,
+        "c",
+        &wasm,
+        &["--plugin-config", "base_ms=400", "--backoff-max", "5s"],
     );
     assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
     assert_eq!(run.classes(), ["rate-limited", "rate-limited"]);
@@ -264,32 +243,16 @@ fn pull_with_the_retry_after_policy_backs_off_harder_on_429() {
 #[test]
 fn pull_with_the_business_hours_policy_stops_outside_the_window() {
     let wasm = plugins::build("business-hours-policy");
-    let Served {
-        root,
-        proxy,
-        server: _server,
-        up: _up,
-    } = Served::new("app");
-    proxy.push(Fault::Status(503));
-    let dir = root.path().join("closed");
-    let run = pull(
-        &proxy.url("app"),
-        &dir,
-        &[
-            "--policy",
-            path(&wasm),
-            "--no-cache",
-            "--plugin-config",
-            "days=none",
-        ],
-    );
+    let served = Served::new("app");
+    served.proxy.push(Fault::Status(503));
+    let run = pull_with_plugin(&served, "closed", &wasm, &["--plugin-config", "days=none"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(
         run.json["reason"], "policy: outside business hours",
         "{run:?}"
     );
 
-    proxy.push(Fault::Status(503));
+    served.proxy.push(Fault::Status(503));
     let always = [
         "--plugin-config",
         "days=mon,tue,wed,thu,fri,sat,sun",
@@ -298,9 +261,7 @@ fn pull_with_the_business_hours_policy_stops_outside_the_window() {
         "--plugin-config",
         "end=23:59",
     ];
-    let mut args = vec!["--policy", path(&wasm), "--no-cache"];
-    args.extend(always);
-    let run = pull(&proxy.url("app"), &root.path().join("open"), &args);
+    let run = pull_with_plugin(&served, "open", &wasm, &always);
     assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
     assert_eq!(run.classes(), ["server-error"]);
 }
