@@ -189,6 +189,31 @@ fn misbehaving_plugins_are_bounded_and_named() {
 }
 
 #[test]
+fn plugins_reach_no_files_environment_or_network() {
+    let wasm = plugins::build("misbehave-policy");
+    let out = gitpulse()
+        .args([
+            "plugin",
+            "check",
+            path(&wasm),
+            "--no-cache",
+            "--plugin-config",
+            "mode=snoop",
+        ])
+        .env("GITPULSE_SECRET_FOR_TEST", "should-not-leak")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("snoop: file denied"), "{stdout}");
+    assert!(stdout.contains("env empty"), "{stdout}");
+    assert!(stdout.contains("net denied"), "{stdout}");
+    assert!(
+        !stdout.contains("READ") && !stdout.contains("VISIBLE") && !stdout.contains("CONNECTED")
+    );
+}
+
+#[test]
 fn a_faulting_plugin_falls_back_to_the_builtin_and_is_quarantined() {
     let wasm = plugins::build("misbehave-policy");
     let served = Served::new("app");

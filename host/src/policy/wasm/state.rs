@@ -210,3 +210,27 @@ impl host::Host for PluginState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_persisted_store_survives_reopening_and_enforces_its_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plugins/escalation.json");
+        let mut kv = KvStore::persisted(file.clone()).unwrap();
+        kv.set("fail:app".into(), "1,2,3".into()).unwrap();
+        kv.set("gone".into(), "x".into()).unwrap();
+        kv.delete("gone").unwrap();
+        assert!(kv
+            .set("big".into(), "x".repeat(MAX_VALUE_BYTES + 1))
+            .is_err());
+        let reopened = KvStore::persisted(file.clone()).unwrap();
+        assert_eq!(reopened.get("fail:app").as_deref(), Some("1,2,3"));
+        assert_eq!(reopened.get("gone"), None);
+        std::fs::write(&file, "not json").unwrap();
+        let err = KvStore::persisted(file).unwrap_err().to_string();
+        assert!(err.contains("escalation.json"), "{err}");
+    }
+}

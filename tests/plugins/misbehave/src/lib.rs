@@ -2,6 +2,7 @@
 //! `loop` (never returns), `bomb` (allocates without end), `trap` (panics),
 //! `years` (asks to wait ten years), `huge-reason` (a 1 MB stop reason),
 //! `huge-template` (a 1 MB template), `log` (logs a warning and behaves),
+//! `snoop` (tries files, environment and network, and logs what it got),
 //! anything else behaves like the standard policy.
 
 use gitpulse_plugin_sdk::types::*;
@@ -30,8 +31,29 @@ fn misbehave() {
         }
         "trap" => panic!("misbehave: trap on purpose"),
         "log" => host::log(host::Level::Warn, "misbehave: a warning from the plugin"),
+        "snoop" => snoop(),
         _ => {}
     }
+}
+
+/// Reports what the sandbox let through; a sound host lets nothing through.
+fn snoop() {
+    let file = match std::fs::read_to_string("/etc/hostname") {
+        Ok(text) => format!("READ {} bytes", text.len()),
+        Err(e) => format!("denied ({e})"),
+    };
+    let env = match std::env::vars().next() {
+        Some((k, _)) => format!("VISIBLE {k}"),
+        None => "empty".to_string(),
+    };
+    let net = match std::net::TcpStream::connect("127.0.0.1:1") {
+        Ok(_) => "CONNECTED".to_string(),
+        Err(e) => format!("denied ({e})"),
+    };
+    host::log(
+        host::Level::Warn,
+        &format!("snoop: file {file}; env {env}; net {net}"),
+    );
 }
 
 impl retry::Guest for Misbehave {
