@@ -197,8 +197,19 @@ fn plugin_check(args: &CheckArgs) -> ExitCode {
     for line in &smoke.lines {
         println!("  {line}");
     }
+    let mut logs: Vec<(String, usize)> = Vec::new();
     for line in plugin.env().take_logs() {
-        println!("  log {:?}: {}", line.level, line.message);
+        let text = format!("log {}: {}", line.level_name(), line.message);
+        match logs.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, n)) => *n += 1,
+            None => logs.push((text, 1)),
+        }
+    }
+    for (text, n) in logs {
+        match n {
+            1 => println!("  {text}"),
+            n => println!("  {text} (×{n})"),
+        }
     }
     if smoke.faults.is_empty() {
         println!("\nok: no faults");
@@ -259,7 +270,7 @@ fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
         print!("{}", tools::render_timeline(&steps));
     }
     for line in plugin.env().take_logs() {
-        eprintln!("plugin log {:?}: {}", line.level, line.message);
+        eprintln!("plugin log {}: {}", line.level_name(), line.message);
     }
     ExitCode::SUCCESS
 }

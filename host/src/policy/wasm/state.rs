@@ -106,6 +106,19 @@ pub struct LogLine {
     pub message: String,
 }
 
+impl LogLine {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub fn level_name(&self) -> &'static str {
+        match self.level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
 /// The store data of one plugin instance.
 pub(crate) struct PluginState {
     pub settings: Arc<BTreeMap<String, String>>,
