@@ -10,6 +10,7 @@
 //!   answers 5xx, 429 with Retry-After, 401, 404, resets the connection,
 //!   stalls, or truncates the pack.
 //! - [`GitDaemon`]: the real `git daemon` for `git://`.
+//! - [`Sshd`]: a real OpenSSH server for `ssh://`.
 //! - [`plugins::build`]: the workspace's plugin crates as components.
 
 mod daemon;
@@ -17,11 +18,13 @@ mod fixture;
 mod http;
 pub mod plugins;
 mod proxy;
+mod sshd;
 
 pub use daemon::GitDaemon;
 pub use fixture::{git, git_ok, Upstream};
 pub use http::GitHttpServer;
 pub use proxy::{Fault, FaultProxy};
+pub use sshd::Sshd;
 
 /// A loopback port that was free a moment ago (for servers that cannot be
 /// handed a listening socket, like `git daemon`).
