@@ -53,6 +53,20 @@ pub enum Command {
     /// Write, check and try policy plugins (WebAssembly components).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Check a daemon config file and report every problem at once, with file:line and field.
+    ///
+    /// Checks the TOML, schedules, URLs, modes and durations, that named
+    /// environment variables and files exist, that referenced notifiers are
+    /// defined, and that referenced plugins load and play the role they are
+    /// named for. Exit codes: 0 valid; 2 problems found.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The config file
+    #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// `gitpulse plugin …`

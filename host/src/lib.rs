@@ -32,6 +32,7 @@
 //! ```
 
 pub mod cli;
+pub mod config;
 pub mod git;
 pub mod outcome;
 pub mod policy;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use gitpulse::cli::{
-    CheckArgs, Cli, Command, NewArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs,
+    CheckArgs, Cli, Command, NewArgs, PluginCommand, PluginOptions, PullArgs, RoleArg,
+    SimulateArgs, ValidateArgs,
 };
 use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, RepoInfo, Told, WasmPolicy};
 use gitpulse::policy::{tools, Backoff, Builtin, RetryPolicy};
@@ -27,7 +28,40 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New(args)) => plugin_new(&args),
         Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
         Command::Plugin(PluginCommand::Simulate(args)) => plugin_simulate(&args),
+        Command::Validate(args) => validate(&args),
     }
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let problems = match gitpulse::config::load(&args.config) {
+        Ok(config) => {
+            let problems = gitpulse::policy::check_config_plugins(&config);
+            if problems.is_empty() {
+                println!(
+                    "{}: ok — {} repo{}, {} plugin setting{}, {} notifier{}",
+                    args.config.display(),
+                    config.repos.len(),
+                    if config.repos.len() == 1 { "" } else { "s" },
+                    config.plugins.len(),
+                    if config.plugins.len() == 1 { "" } else { "s" },
+                    config.notifiers.len(),
+                    if config.notifiers.len() == 1 { "" } else { "s" },
+                );
+                return ExitCode::SUCCESS;
+            }
+            problems
+        }
+        Err(problems) => problems.0,
+    };
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    eprintln!(
+        "{} problem{} found",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::from(EXIT_USAGE)
 }
 
 fn usage(e: impl std::fmt::Display) -> ExitCode {

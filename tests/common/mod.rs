@@ -10,8 +10,12 @@ pub use gitpulse_testkit::*;
 /// The binary under test.
 pub fn gitpulse() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitpulse"));
+    // Keep the user's own caches and plugin state out of the tests.
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gitpulse-home");
     cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GITPULSE_CACHE_DIR", scratch.join("cache"))
+        .env("GITPULSE_STATE_DIR", scratch.join("state"));
     cmd
 }
 

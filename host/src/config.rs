@@ -1,0 +1,1037 @@
+//! The daemon's configuration file: its TOML model, defaults, environment
+//! overrides, and validation that reports every problem at once with
+//! `file:line` and the field.
+//!
+//! [`load`] turns a file into a [`Config`] that is valid as a whole or not
+//! at all: callers (the daemon at start and on reload, `gitpulse validate`)
+//! either get a complete value to swap in or the full list of [`Problem`]s,
+//! never a half-applied config. This module reads the environment and the
+//! filesystem only to check that what the file names exists; it does not
+//! schedule, pull or load plugins for use.
+//!
+//! ```toml
+//! [daemon]
+//! state_dir = "state"            # SQLite state, plugin key-value stores
+//! listen = "127.0.0.1:8787"
+//! max_concurrent = 8             # pulls at once
+//! per_host = 4                   # pulls at once per remote host
+//! plugin_dir = "plugins"         # NAME.wasm files
+//!
+//! [defaults]
+//! schedule = "every 5m"          # or 6-field cron with seconds: "0 */5 * * * *"
+//! timeout = "2m"
+//! mode = "ff"
+//!
+//! [[repo]]
+//! name = "app"
+//! url = "https://git.example.com/app.git"
+//! branch = "main"
+//! token_env = "APP_TOKEN"
+//! labels = { team = "platform" }
+//! policy = { retry = "retry-after" }
+//!
+//! [plugin.retry-after]
+//! base_ms = 500
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::git::Mode;
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no single place (a missing section).
+    pub line: usize,
+    /// `repo "app".schedule`, `daemon.listen`, …
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                self.field,
+                self.message
+            )
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// When a repository is pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// A 6-field cron expression with seconds (`sec min hour day month weekday`).
+    Cron(String),
+    /// Every `period`, each run shifted by a random amount up to `jitter`.
+    Every { period: Duration, jitter: Duration },
+}
+
+impl Schedule {
+    /// Parses `every 30s`, `every 5m jitter 20s` or a 6-field cron expression.
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("every ") {
+            let (period, jitter) = match rest.split_once(" jitter ") {
+                Some((p, j)) => (p, Some(j)),
+                None => (rest, None),
+            };
+            let period = humantime::parse_duration(period.trim()).map_err(|e| {
+                format!(
+                    "`{}`: {e} (e.g. every 30s, every 5m, every 1h jitter 5m)",
+                    period.trim()
+                )
+            })?;
+            if period < Duration::from_secs(1) {
+                return Err("intervals shorter than 1s are not supported".into());
+            }
+            let jitter = match jitter {
+                Some(j) => humantime::parse_duration(j.trim())
+                    .map_err(|e| format!("jitter `{}`: {e}", j.trim()))?,
+                // By default spread runs over a tenth of the period, at most a minute.
+                None => (period / 10).min(Duration::from_secs(60)),
+            };
+            if jitter > period {
+                return Err(format!(
+                    "jitter {} is longer than the period {}",
+                    humantime::format_duration(jitter),
+                    humantime::format_duration(period)
+                ));
+            }
+            return Ok(Schedule::Every { period, jitter });
+        }
+        let fields = text.split_whitespace().count();
+        if fields != 6 {
+            return Err(format!(
+                "`{text}` has {fields} fields; use `every 5m` or 6-field cron with seconds: `sec min hour day month weekday`, e.g. `0 */5 * * * *`"
+            ));
+        }
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse(text)
+            .map_err(|e| format!("`{text}`: {e}"))?;
+        Ok(Schedule::Cron(text.to_string()))
+    }
+}
+
+/// How a repository authenticates. Names only: secrets are read when used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRef {
+    None,
+    TokenEnv(String),
+    TokenFile(PathBuf),
+    SshKey {
+        key: PathBuf,
+        known_hosts: Option<PathBuf>,
+    },
+}
+
+/// Which plugin plays which role for a repository (`None`: built-in).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub retry: Option<String>,
+    pub backoff: Option<String>,
+    pub notify: Option<String>,
+}
+
+/// One `[[repo]]`, with defaults applied and paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoConfig {
+    pub name: String,
+    pub url: String,
+    pub branch: Option<String>,
+    pub dir: PathBuf,
+    pub schedule: Schedule,
+    pub mode: Mode,
+    pub depth: Option<u32>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub auth: AuthRef,
+    pub labels: BTreeMap<String, String>,
+    pub policy: PolicyRef,
+    pub notifiers: Vec<String>,
+    /// Where the `[[repo]]` starts in the file.
+    pub line: usize,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub max_concurrent: usize,
+    pub per_host: usize,
+    pub plugin_dir: Option<PathBuf>,
+}
+
+/// A validated configuration, built once and swapped whole on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub daemon: DaemonSettings,
+    pub repos: Vec<RepoConfig>,
+    /// `[plugin.NAME]` settings, as strings (what `config-get` returns).
+    pub plugins: BTreeMap<String, BTreeMap<String, String>>,
+    /// `[notifier.NAME]` tables, with their `kind`.
+    pub notifiers: BTreeMap<String, toml::Table>,
+}
+
+impl Config {
+    pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
+        self.repos.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    max_concurrent: Option<Spanned<i64>>,
+    per_host: Option<Spanned<i64>>,
+    plugin_dir: Option<Spanned<String>>,
+}
+
+/// Fields a `[[repo]]` may set and `[defaults]` may default.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawCommon {
+    schedule: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    depth: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<i64>>,
+    backoff_base: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
+    policy: Option<Spanned<RawPolicy>>,
+    notifiers: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawPolicy {
+    /// One plugin for every role it exports.
+    Name(String),
+    Roles {
+        retry: Option<String>,
+        backoff: Option<String>,
+        notify: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepo {
+    name: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    branch: Option<Spanned<String>>,
+    dir: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    ssh_key: Option<Spanned<String>>,
+    known_hosts: Option<Spanned<String>>,
+    labels: Option<Spanned<BTreeMap<String, String>>>,
+    // The fields of `RawCommon`, repeated: serde's `flatten` would lose the
+    // spans that give every problem its line.
+    schedule: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    depth: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<i64>>,
+    backoff_base: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
+    policy: Option<Spanned<RawPolicy>>,
+    notifiers: Option<Spanned<Vec<String>>>,
+}
+
+impl RawRepo {
+    /// This repo's own settings, with `defaults` filling the gaps.
+    fn with_defaults(&self, defaults: &RawCommon) -> RawCommon {
+        RawCommon {
+            schedule: self.schedule.clone().or_else(|| defaults.schedule.clone()),
+            timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
+            depth: self.depth.clone().or_else(|| defaults.depth.clone()),
+            mode: self.mode.clone().or_else(|| defaults.mode.clone()),
+            max_attempts: self
+                .max_attempts
+                .clone()
+                .or_else(|| defaults.max_attempts.clone()),
+            backoff_base: self
+                .backoff_base
+                .clone()
+                .or_else(|| defaults.backoff_base.clone()),
+            backoff_max: self
+                .backoff_max
+                .clone()
+                .or_else(|| defaults.backoff_max.clone()),
+            policy: self.policy.clone().or_else(|| defaults.policy.clone()),
+            notifiers: self
+                .notifiers
+                .clone()
+                .or_else(|| defaults.notifiers.clone()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: Option<Spanned<RawDaemon>>,
+    #[serde(default)]
+    defaults: Option<Spanned<RawCommon>>,
+    #[serde(default)]
+    repo: Vec<Spanned<RawRepo>>,
+    #[serde(default)]
+    plugin: BTreeMap<String, Spanned<toml::Table>>,
+    #[serde(default)]
+    notifier: BTreeMap<String, Spanned<toml::Table>>,
+}
+
+/// Collects problems against one file.
+struct Check<'a> {
+    file: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Check<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn at<T>(
+        &mut self,
+        spanned: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = self.line(spanned.span().start);
+        self.push(line, field, message);
+    }
+
+    fn push(&mut self, line: usize, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, field: &str) -> Option<Duration> {
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.at(
+                    value,
+                    field,
+                    format!("`{}`: {e} (e.g. 250ms, 10s, 2m)", value.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, value: &Spanned<i64>, field: &str, max: i64) -> Option<u64> {
+        let v = *value.get_ref();
+        if v < 1 || v > max {
+            self.at(value, field, format!("{v} is out of range (1 to {max})"));
+            None
+        } else {
+            Some(v as u64)
+        }
+    }
+}
+
+/// Reads and validates `path`. Relative paths in the file are relative to
+/// the file's directory.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![Problem {
+            file: path.to_path_buf(),
+            line: 0,
+            field: "file".into(),
+            message: e.to_string(),
+        }])
+    })?;
+    parse(path, &text, &|var| std::env::var(var).ok())
+}
+
+/// Validates `text` as the contents of `path`; `env` looks up environment
+/// variables (overrides and token variables).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
+    let mut check = Check {
+        file: path,
+        text,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let line = e.span().map(|s| check.line(s.start)).unwrap_or(0);
+            check.push(line, "toml", e.message().trim().to_string());
+            return Err(Problems(check.problems));
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+
+    // [daemon], then environment overrides.
+    let daemon_raw = raw.daemon.map(Spanned::into_inner).unwrap_or_default();
+    let mut daemon = DaemonSettings {
+        state_dir: daemon_raw
+            .state_dir
+            .as_ref()
+            .map(|s| resolve(s.get_ref()))
+            .unwrap_or_else(|| base.join("gitpulse-state")),
+        listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+        max_concurrent: 8,
+        per_host: 4,
+        plugin_dir: daemon_raw.plugin_dir.as_ref().map(|s| resolve(s.get_ref())),
+    };
+    if let Some(listen) = &daemon_raw.listen {
+        match listen.get_ref().parse() {
+            Ok(addr) => daemon.listen = addr,
+            Err(_) => check.at(
+                listen,
+                "daemon.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8787",
+                    listen.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(n) = &daemon_raw.max_concurrent {
+        daemon.max_concurrent = check
+            .positive(n, "daemon.max_concurrent", 10_000)
+            .unwrap_or(8) as usize;
+    }
+    if let Some(n) = &daemon_raw.per_host {
+        daemon.per_host = check.positive(n, "daemon.per_host", 10_000).unwrap_or(4) as usize;
+    }
+    if let Some(dir) = env("GITPULSE_STATE_DIR") {
+        daemon.state_dir = PathBuf::from(dir);
+    }
+    if let Some(listen) = env("GITPULSE_LISTEN") {
+        match listen.parse() {
+            Ok(addr) => daemon.listen = addr,
+            Err(_) => check.push(
+                0,
+                "GITPULSE_LISTEN",
+                format!("`{listen}` is not an address like 127.0.0.1:8787"),
+            ),
+        }
+    }
+    if let Some(dir) = &daemon.plugin_dir {
+        if !dir.is_dir() {
+            let raw_dir = daemon_raw
+                .plugin_dir
+                .as_ref()
+                .map(|s| check.line(s.span().start))
+                .unwrap_or(0);
+            check.push(
+                raw_dir,
+                "daemon.plugin_dir",
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+    }
+
+    // [plugin.NAME]: scalar settings, as strings.
+    let mut plugins = BTreeMap::new();
+    for (name, table) in &raw.plugin {
+        let mut settings = BTreeMap::new();
+        for (key, value) in table.get_ref() {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    check.at(
+                        table,
+                        format!("plugin.{name}.{key}"),
+                        "settings must be strings, numbers or booleans",
+                    );
+                    continue;
+                }
+            };
+            settings.insert(key.clone(), text);
+        }
+        plugins.insert(name.clone(), settings);
+    }
+
+    // [notifier.NAME]: the kind is checked here; the rest with notifications.
+    let mut notifiers = BTreeMap::new();
+    for (name, table) in &raw.notifier {
+        match table.get_ref().get("kind").and_then(|k| k.as_str()) {
+            Some("email" | "webhook" | "log") => {}
+            Some(other) => check.at(
+                table,
+                format!("notifier.{name}.kind"),
+                format!("`{other}`: use email, webhook or log"),
+            ),
+            None => check.at(
+                table,
+                format!("notifier.{name}"),
+                "missing `kind` (email, webhook or log)",
+            ),
+        }
+        notifiers.insert(name.clone(), table.get_ref().clone());
+    }
+
+    let defaults = raw.defaults.map(Spanned::into_inner).unwrap_or_default();
+    if raw.repo.is_empty() {
+        check.push(0, "repo", "no [[repo]] entries: nothing to pull");
+    }
+    let mut repos = Vec::new();
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut dirs: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for spanned in &raw.repo {
+        let line = check.line(spanned.span().start);
+        let r = spanned.get_ref();
+        let Some(name) = &r.name else {
+            check.push(line, "repo", "missing `name`");
+            continue;
+        };
+        let n = name.get_ref().clone();
+        let label = format!("repo \"{n}\"");
+        let name_ok = !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            check.at(
+                name,
+                format!("{label}.name"),
+                "use letters, digits, `-`, `_` and `.`",
+            );
+        }
+        let duplicate = names.get(&n).copied();
+        if let Some(first) = duplicate {
+            check.at(
+                name,
+                format!("{label}.name"),
+                format!("duplicate name (first defined on line {first})"),
+            );
+        } else {
+            names.insert(n.clone(), check.line(name.span().start));
+        }
+        let url = match &r.url {
+            None => {
+                check.push(line, format!("{label}.url"), "missing `url`");
+                String::new()
+            }
+            Some(url) => {
+                if let Err(e) = check_url(url.get_ref()) {
+                    check.at(url, format!("{label}.url"), e);
+                }
+                url.get_ref().clone()
+            }
+        };
+        let c = r.with_defaults(&defaults);
+        let schedule = match c.schedule.clone() {
+            None => Schedule::Every {
+                period: Duration::from_secs(300),
+                jitter: Duration::from_secs(30),
+            },
+            Some(s) => match Schedule::parse(s.get_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    check.at(&s, format!("{label}.schedule"), e);
+                    Schedule::Every {
+                        period: Duration::from_secs(300),
+                        jitter: Duration::ZERO,
+                    }
+                }
+            },
+        };
+        let mode = match c.mode.clone() {
+            None => Mode::FastForward,
+            Some(m) => match m.get_ref().as_str() {
+                "ff" => Mode::FastForward,
+                "reset" => Mode::Reset,
+                "mirror" => Mode::Mirror,
+                other => {
+                    check.at(
+                        &m,
+                        format!("{label}.mode"),
+                        format!("`{other}`: use ff, reset or mirror"),
+                    );
+                    Mode::FastForward
+                }
+            },
+        };
+        let duration_or =
+            |check: &mut Check, v: Option<Spanned<String>>, field: &str, default: Duration| {
+                v.and_then(|v| check.duration(&v, &format!("{label}.{field}")))
+                    .unwrap_or(default)
+            };
+        let timeout = duration_or(
+            &mut check,
+            c.timeout.clone(),
+            "timeout",
+            Duration::from_secs(120),
+        );
+        let backoff_base = duration_or(
+            &mut check,
+            c.backoff_base.clone(),
+            "backoff_base",
+            Duration::from_secs(1),
+        );
+        let backoff_max = duration_or(
+            &mut check,
+            c.backoff_max.clone(),
+            "backoff_max",
+            Duration::from_secs(60),
+        );
+        if backoff_base > backoff_max {
+            check.push(
+                line,
+                format!("{label}.backoff_base"),
+                "is larger than backoff_max",
+            );
+        }
+        let depth = c
+            .depth
+            .clone()
+            .and_then(|d| check.positive(&d, &format!("{label}.depth"), i32::MAX as i64))
+            .map(|d| d as u32);
+        let max_attempts = c
+            .max_attempts
+            .clone()
+            .and_then(|d| check.positive(&d, &format!("{label}.max_attempts"), 1000))
+            .unwrap_or(5) as u32;
+
+        let dir = r
+            .dir
+            .as_ref()
+            .map(|d| resolve(d.get_ref()))
+            .unwrap_or_else(|| daemon.state_dir.join("checkouts").join(&n));
+        // (A duplicate name already explains a shared default directory.)
+        if let Some(other) = dirs
+            .insert(dir.clone(), n.clone())
+            .filter(|_| duplicate.is_none())
+        {
+            let at = r
+                .dir
+                .as_ref()
+                .map(|d| check.line(d.span().start))
+                .unwrap_or(line);
+            check.push(
+                at,
+                format!("{label}.dir"),
+                format!("{} is also the checkout of repo \"{other}\"", dir.display()),
+            );
+        }
+
+        let auth = check_auth(&mut check, r, &label, &resolve, env);
+        let labels = r
+            .labels
+            .as_ref()
+            .map(|l| l.get_ref().clone())
+            .unwrap_or_default();
+        let policy = match c.policy.clone() {
+            None => PolicyRef::default(),
+            Some(p) => check_policy(&mut check, &p, &label, daemon.plugin_dir.as_deref()),
+        };
+        let notifiers_list = c.notifiers.clone();
+        let mut notifier_names = Vec::new();
+        if let Some(list) = &notifiers_list {
+            for n in list.get_ref() {
+                if !raw.notifier.contains_key(n) {
+                    check.at(
+                        list,
+                        format!("{label}.notifiers"),
+                        format!("no [notifier.{n}] is defined"),
+                    );
+                }
+                notifier_names.push(n.clone());
+            }
+        }
+        repos.push(RepoConfig {
+            name: n,
+            url,
+            branch: r.branch.as_ref().map(|b| b.get_ref().clone()),
+            dir,
+            schedule,
+            mode,
+            depth,
+            timeout,
+            max_attempts,
+            backoff_base,
+            backoff_max,
+            auth,
+            labels,
+            policy,
+            notifiers: notifier_names,
+            line,
+        });
+    }
+
+    if !check.problems.is_empty() {
+        check.problems.sort_by_key(|p| p.line);
+        return Err(Problems(check.problems));
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        daemon,
+        repos,
+        plugins,
+        notifiers,
+    })
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let scp_like = !url.contains("://") && url.contains(':') && url.contains('@');
+    if scp_like {
+        return Ok(());
+    }
+    let shown = crate::redact::url(url);
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{shown}`: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" | "ssh" | "git" | "file" => {}
+        other => return Err(format!("`{shown}`: unsupported scheme `{other}`")),
+    }
+    if parsed.password().is_some() {
+        return Err(format!(
+            "`{shown}`: put credentials in token_env or token_file, not in the URL"
+        ));
+    }
+    Ok(())
+}
+
+fn check_auth(
+    check: &mut Check,
+    r: &RawRepo,
+    label: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> AuthRef {
+    let given: Vec<&Spanned<String>> = [&r.token_env, &r.token_file, &r.ssh_key]
+        .into_iter()
+        .flatten()
+        .collect();
+    if given.len() > 1 {
+        check.at(
+            given[1],
+            label.to_string(),
+            "use only one of token_env, token_file and ssh_key",
+        );
+    }
+    if let Some(var) = &r.token_env {
+        if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
+            check.at(
+                var,
+                format!("{label}.token_env"),
+                format!("environment variable {} is not set or empty", var.get_ref()),
+            );
+        }
+        return AuthRef::TokenEnv(var.get_ref().clone());
+    }
+    let file = |check: &mut Check, v: &Spanned<String>, field: &str| {
+        let path = resolve(v.get_ref());
+        if !path.is_file() {
+            check.at(
+                v,
+                format!("{label}.{field}"),
+                format!("{} does not exist or is not a file", path.display()),
+            );
+        }
+        path
+    };
+    if let Some(f) = &r.token_file {
+        return AuthRef::TokenFile(file(check, f, "token_file"));
+    }
+    if let Some(k) = &r.ssh_key {
+        let key = file(check, k, "ssh_key");
+        let known_hosts = r
+            .known_hosts
+            .as_ref()
+            .map(|h| file(check, h, "known_hosts"));
+        return AuthRef::SshKey { key, known_hosts };
+    }
+    if let Some(h) = &r.known_hosts {
+        check.at(
+            h,
+            format!("{label}.known_hosts"),
+            "only meaningful with ssh_key",
+        );
+    }
+    AuthRef::None
+}
+
+fn check_policy(
+    check: &mut Check,
+    p: &Spanned<RawPolicy>,
+    label: &str,
+    plugin_dir: Option<&Path>,
+) -> PolicyRef {
+    let policy = match p.get_ref() {
+        RawPolicy::Name(name) => PolicyRef {
+            retry: Some(name.clone()),
+            backoff: Some(name.clone()),
+            notify: Some(name.clone()),
+        },
+        RawPolicy::Roles {
+            retry,
+            backoff,
+            notify,
+        } => PolicyRef {
+            retry: retry.clone(),
+            backoff: backoff.clone(),
+            notify: notify.clone(),
+        },
+    };
+    let names: BTreeSet<&String> = [&policy.retry, &policy.backoff, &policy.notify]
+        .into_iter()
+        .flatten()
+        .collect();
+    for name in names {
+        if name == "builtin" {
+            continue;
+        }
+        match plugin_dir {
+            None => check.at(
+                p,
+                format!("{label}.policy"),
+                format!("plugin `{name}` named but [daemon] has no plugin_dir"),
+            ),
+            Some(dir) if !dir.join(format!("{name}.wasm")).is_file() => check.at(
+                p,
+                format!("{label}.policy"),
+                format!("no plugin {}", dir.join(format!("{name}.wasm")).display()),
+            ),
+            Some(_) => {}
+        }
+    }
+    let builtin = |n: Option<String>| n.filter(|n| n != "builtin");
+    PolicyRef {
+        retry: builtin(policy.retry),
+        backoff: builtin(policy.backoff),
+        notify: builtin(policy.notify),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, Problems> {
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(Path::new("/etc/gitpulse/gitpulse.toml"), text, &move |k| {
+            vars.get(k).cloned()
+        })
+    }
+
+    #[test]
+    fn schedules_parse_cron_and_intervals() {
+        assert_eq!(
+            Schedule::parse("every 30s").unwrap(),
+            Schedule::Every {
+                period: Duration::from_secs(30),
+                jitter: Duration::from_secs(3)
+            }
+        );
+        assert_eq!(
+            Schedule::parse("every 5m jitter 20s").unwrap(),
+            Schedule::Every {
+                period: Duration::from_secs(300),
+                jitter: Duration::from_secs(20)
+            }
+        );
+        assert_eq!(
+            Schedule::parse("0 */5 * * * *").unwrap(),
+            Schedule::Cron("0 */5 * * * *".into())
+        );
+        assert!(Schedule::parse("*/5 * * * *")
+            .unwrap_err()
+            .contains("5 fields"));
+        assert!(Schedule::parse("0 61 * * * *").is_err());
+        assert!(Schedule::parse("every soon")
+            .unwrap_err()
+            .contains("every 30s"));
+        assert!(Schedule::parse("every 10s jitter 1m")
+            .unwrap_err()
+            .contains("longer than"));
+    }
+
+    #[test]
+    fn a_good_config_gets_defaults_and_resolved_paths() {
+        let config = parse_with(
+            r#"
+[defaults]
+schedule = "every 1m"
+mode = "reset"
+
+[[repo]]
+name = "app"
+url = "https://git.example.com/app.git"
+token_env = "APP_TOKEN"
+labels = { team = "platform" }
+
+[[repo]]
+name = "docs"
+url = "git://git.example.com/docs.git"
+dir = "/srv/docs"
+schedule = "0 0 * * * *"
+mode = "ff"
+"#,
+            &[("APP_TOKEN", "t0k")],
+        )
+        .unwrap();
+        let app = config.repo("app").unwrap();
+        assert_eq!(
+            app.dir,
+            PathBuf::from("/etc/gitpulse/gitpulse-state/checkouts/app")
+        );
+        assert_eq!(app.mode, Mode::Reset);
+        assert_eq!(app.auth, AuthRef::TokenEnv("APP_TOKEN".into()));
+        assert_eq!(app.labels["team"], "platform");
+        assert!(
+            matches!(app.schedule, Schedule::Every { period, .. } if period == Duration::from_secs(60))
+        );
+        let docs = config.repo("docs").unwrap();
+        assert_eq!(docs.mode, Mode::FastForward);
+        assert_eq!(docs.schedule, Schedule::Cron("0 0 * * * *".into()));
+        assert_eq!(config.daemon.listen.to_string(), "127.0.0.1:8787");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line_and_field() {
+        let err = parse_with(
+            r#"[daemon]
+listen = "localhost"
+
+[[repo]]
+name = "app"
+url = "ftp://x/app.git"
+schedule = "*/5 * * * *"
+token_env = "MISSING_TOKEN"
+
+[[repo]]
+name = "app"
+url = "https://h/app.git"
+mode = "merge"
+notifiers = ["ops"]
+"#,
+            &[],
+        )
+        .unwrap_err();
+        let lines: Vec<String> = err
+            .0
+            .iter()
+            .map(|p| format!("{}:{}", p.line, p.field))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "2:daemon.listen",
+                "6:repo \"app\".url",
+                "7:repo \"app\".schedule",
+                "8:repo \"app\".token_env",
+                "11:repo \"app\".name",
+                "13:repo \"app\".mode",
+                "14:repo \"app\".notifiers",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("/etc/gitpulse/gitpulse.toml:7: repo \"app\".schedule:"),
+            "{text}"
+        );
+        assert!(text.contains("MISSING_TOKEN is not set"), "{text}");
+        assert!(
+            text.contains("duplicate name (first defined on line 5)"),
+            "{text}"
+        );
+        assert!(text.contains("`merge`: use ff, reset or mirror"), "{text}");
+        assert!(text.contains("no [notifier.ops] is defined"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_toml_point_at_the_line() {
+        let err = parse_with(
+            "[[repo]]\nname = \"a\"\nurl = \"https://h/a\"\nshedule = \"every 1m\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, 4, "{err}");
+        assert!(err.0[0].message.contains("shedule"), "{err}");
+        let err = parse_with("[[repo]\nname = 1\n", &[]).unwrap_err();
+        assert_eq!(err.0[0].line, 1, "{err}");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_without_being_shown() {
+        let err = parse_with(
+            "[[repo]]\nname = \"a\"\nurl = \"https://u:hunter22@h/a\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("token_env"), "{err}");
+        assert!(!err.contains("hunter22"), "{err}");
+    }
+}

@@ -1,0 +1,165 @@
+//! `gitpulse validate --config F`: a good file passes; a bad one gets every
+//! problem at once, each with file:line and field, and exit code 2.
+
+mod common;
+use common::*;
+
+use gitpulse_testkit::plugins;
+
+fn validate(config: &std::path::Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = gitpulse();
+    cmd.args(["validate", "--config"]).arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn plugin_dir(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = root.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (package, name) in [
+        ("retry-after-policy", "retry-after"),
+        ("escalation-policy", "escalation"),
+        ("wrong-version-policy", "future"),
+    ] {
+        std::fs::copy(plugins::build(package), dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_good_config_validates() {
+    let root = tempfile::tempdir().unwrap();
+    plugin_dir(root.path());
+    std::fs::write(root.path().join("token"), "t0k\n").unwrap();
+    let config = root.path().join("gitpulse.toml");
+    std::fs::write(
+        &config,
+        r#"
+[daemon]
+plugin_dir = "plugins"
+
+[defaults]
+schedule = "every 30s"
+notifiers = ["ops"]
+
+[[repo]]
+name = "app"
+url = "https://git.example.com/app.git"
+token_env = "GP_VALIDATE_TOKEN"
+policy = { retry = "retry-after", notify = "escalation" }
+
+[[repo]]
+name = "docs"
+url = "git://git.example.com/docs.git"
+token_file = "token"
+schedule = "0 */5 * * * *"
+
+[plugin.retry-after]
+base_ms = 500
+
+[notifier.ops]
+kind = "log"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = validate(&config, &[("GP_VALIDATE_TOKEN", "secret")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok — 2 repos, 1 plugin setting, 1 notifier"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_config_gets_every_problem_with_file_line_and_field() {
+    let root = tempfile::tempdir().unwrap();
+    plugin_dir(root.path());
+    let config = root.path().join("gitpulse.toml");
+    std::fs::write(
+        &config,
+        r#"[daemon]
+plugin_dir = "plugins"
+
+[[repo]]
+name = "app"
+url = "https://git.example.com/app.git"
+schedule = "every fortnight"
+token_env = "GP_SURELY_UNSET"
+
+[[repo]]
+name = "docs"
+url = "https://git.example.com/docs.git"
+token_file = "missing-token"
+notifiers = ["pager"]
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = validate(&config, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    let file = config.display().to_string();
+    for needle in [
+        format!("{file}:7: repo \"app\".schedule:"),
+        format!(
+            "{file}:8: repo \"app\".token_env: environment variable GP_SURELY_UNSET is not set"
+        ),
+        format!("{file}:13: repo \"docs\".token_file:"),
+        format!("{file}:14: repo \"docs\".notifiers: no [notifier.pager] is defined"),
+        "4 problems found".to_string(),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn plugins_must_load_and_play_their_role() {
+    let root = tempfile::tempdir().unwrap();
+    plugin_dir(root.path());
+    let config = root.path().join("gitpulse.toml");
+    std::fs::write(
+        &config,
+        r#"[daemon]
+plugin_dir = "plugins"
+
+[[repo]]
+name = "app"
+url = "https://git.example.com/app.git"
+policy = { retry = "escalation" }
+
+[[repo]]
+name = "docs"
+url = "https://git.example.com/docs.git"
+policy = "future"
+
+[[repo]]
+name = "web"
+url = "https://git.example.com/web.git"
+policy = "absent"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = validate(&config, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains(":17: repo \"web\".policy: no plugin"), "{err}");
+    // Plugin loading runs once the file itself is valid:
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("policy = \"absent\"", ""),
+    )
+    .unwrap();
+    let (code, _, err) = validate(&config, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains(":4: repo \"app\".policy: plugin `escalation` does not export the retry role (it exports: notify)"), "{err}");
+    assert!(
+        err.contains(":9: repo \"docs\".policy:") && err.contains("gitpulse:policy@0.2.0"),
+        "{err}"
+    );
+}
