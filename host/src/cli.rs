@@ -60,6 +60,64 @@ pub enum Command {
     /// defined, and that referenced plugins load and play the role they are
     /// named for. Exit codes: 0 valid; 2 problems found.
     Validate(ValidateArgs),
+    /// Run the daemon: pull every configured repository on its schedule.
+    ///
+    /// Refuses to start on an invalid config (exit 2, every problem listed).
+    /// Reloads when the config file or the plugin directory changes, or on
+    /// SIGHUP, keeping the running config if the new one is invalid. SIGUSR1
+    /// pulls every repository now. SIGTERM/SIGINT stop scheduling, let
+    /// running pulls finish within --grace, then cancel them; exit 0.
+    Daemon(DaemonArgs),
+    /// Show each repository's last success, last result, next run and failures in a row.
+    Status(StateArgs),
+    /// List a repository's recent pulls and failed attempts, newest first.
+    History(HistoryArgs),
+    /// Ask the running daemon to pull a repository (or all, with --all) now.
+    Trigger(TriggerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The config file
+    #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// How long running pulls may finish after SIGTERM before they are cancelled
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = duration)]
+    pub grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The daemon's config file (it names the state directory)
+    #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The repository's name in the config
+    pub repo: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// How many entries
+    #[arg(long, value_name = "N", default_value = "20")]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// The repository's name in the config
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub repo: Option<String>,
+    /// Pull every repository
+    #[arg(long)]
+    pub all: bool,
+    /// The daemon's config file (it names the listen address)
+    #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -33,11 +33,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod git;
 pub mod outcome;
 pub mod policy;
 pub mod pull;
 pub mod redact;
 pub mod report;
+pub mod schedule;
+pub mod server;
+pub mod store;
 
 pub use git::FailureClass;

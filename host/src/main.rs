@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use gitpulse::cli::{
-    CheckArgs, Cli, Command, NewArgs, PluginCommand, PluginOptions, PullArgs, RoleArg,
-    SimulateArgs, ValidateArgs,
+    CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, NewArgs, PluginCommand, PluginOptions,
+    PullArgs, RoleArg, SimulateArgs, StateArgs, TriggerArgs, ValidateArgs,
 };
 use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, RepoInfo, Told, WasmPolicy};
 use gitpulse::policy::{tools, Backoff, Builtin, RetryPolicy};
@@ -29,6 +29,211 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Check(args)) => plugin_check(&args),
         Command::Plugin(PluginCommand::Simulate(args)) => plugin_simulate(&args),
         Command::Validate(args) => validate(&args),
+        Command::Daemon(args) => daemon(&args),
+        Command::Status(args) => status(&args),
+        Command::History(args) => history(&args),
+        Command::Trigger(args) => trigger(&args),
+    }
+}
+
+fn daemon(args: &DaemonArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GITPULSE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let options = gitpulse::daemon::DaemonOptions {
+        config_path: args.config.clone(),
+        grace: args.grace,
+    };
+    match gitpulse::daemon::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(gitpulse::daemon::DaemonError::Config(problems)) => {
+            eprintln!("{problems}");
+            eprintln!(
+                "{} problem{} found; not starting",
+                problems.0.len(),
+                if problems.0.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// The config (for its state dir) and the store it names.
+fn open_state(
+    config_path: &std::path::Path,
+) -> Result<(gitpulse::config::Config, gitpulse::store::Store), ExitCode> {
+    let config = gitpulse::config::load(config_path).map_err(usage)?;
+    let db = gitpulse::daemon::state_db(&config);
+    if !db.exists() {
+        return Err(usage(format!(
+            "{} does not exist yet: has the daemon run with this config?",
+            db.display()
+        )));
+    }
+    let store = gitpulse::store::Store::open(&db).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_FAILED)
+    })?;
+    Ok((config, store))
+}
+
+fn when(ms: Option<u64>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    let now = gitpulse::store::now_ms();
+    let (d, ago) = if ms <= now {
+        (now - ms, true)
+    } else {
+        (ms - now, false)
+    };
+    let text = humantime::format_duration(Duration::from_secs(d / 1000)).to_string();
+    let text = text
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = if text.is_empty() { "0s".into() } else { text };
+    if ago {
+        format!("{text} ago")
+    } else {
+        format!("in {text}")
+    }
+}
+
+fn status(args: &StateArgs) -> ExitCode {
+    let (config, store) = match open_state(&args.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let rows = match store.status() {
+        Ok(r) => r,
+        Err(e) => return usage(e),
+    };
+    let configured: Vec<_> = config
+        .repos
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                rows.iter().find(|s| s.repo == r.name).cloned(),
+            )
+        })
+        .collect();
+    if args.json {
+        let list: Vec<_> = configured
+            .iter()
+            .map(|(name, row)| serde_json::json!({ "repo": name, "state": row }))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<20} {:<16} {:<22} {:<14} {:>9}",
+        "REPO", "LAST SUCCESS", "LAST RESULT", "NEXT RUN", "FAILURES"
+    );
+    for (name, row) in configured {
+        let (success, result, next, failures) = match &row {
+            Some(s) => (
+                when(s.last_success_ms),
+                match (&s.last_result, &s.last_class) {
+                    (Some(r), Some(c)) => format!("{r} ({c})"),
+                    (Some(r), None) => r.clone(),
+                    _ => "-".into(),
+                },
+                when(s.next_run_ms),
+                s.failures_in_row,
+            ),
+            None => ("-".into(), "never run".into(), "-".into(), 0),
+        };
+        println!("{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn history(args: &HistoryArgs) -> ExitCode {
+    let (config, store) = match open_state(&args.state.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if config.repo(&args.repo).is_none() {
+        return usage(format!(
+            "no repository named `{}` in {}",
+            args.repo,
+            args.state.config.display()
+        ));
+    }
+    let entries = match store.history(&args.repo, args.limit) {
+        Ok(e) => e,
+        Err(e) => return usage(e),
+    };
+    if args.state.json {
+        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<14} {:<11} {:<14} {:>8} {:>10}  DETAIL",
+        "WHEN", "WHAT", "CLASS", "DELAY", "DURATION"
+    );
+    for e in entries {
+        println!(
+            "{:<14} {:<11} {:<14} {:>8} {:>10}  {}",
+            when(Some(e.at_ms)),
+            e.kind,
+            e.class.as_deref().unwrap_or("-"),
+            e.delay_ms
+                .map(|d| format!("{d}ms"))
+                .unwrap_or_else(|| "-".into()),
+            e.duration_ms
+                .map(|d| format!("{d}ms"))
+                .unwrap_or_else(|| "-".into()),
+            e.detail
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn trigger(args: &TriggerArgs) -> ExitCode {
+    let config = match gitpulse::config::load(&args.config) {
+        Ok(c) => c,
+        Err(p) => return usage(p),
+    };
+    let url = match &args.repo {
+        Some(repo) => format!("http://{}/trigger/{repo}", config.daemon.listen),
+        None => format!("http://{}/trigger", config.daemon.listen),
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    match agent.post(&url).send_empty() {
+        Ok(mut response) => {
+            let body = response.body_mut().read_to_string().unwrap_or_default();
+            match response.status().as_u16() {
+                202 => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                404 => usage(body.trim()),
+                s => {
+                    eprintln!("error: the daemon answered {s}: {}", body.trim());
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach the daemon at {}: {e}",
+                config.daemon.listen
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

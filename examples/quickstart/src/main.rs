@@ -1,19 +1,17 @@
 //! The gitpulse quickstart: everything local, nothing to configure.
 //!
-//! Creates an upstream repository, serves it over smart HTTP (the real
-//! `git http-backend`) behind a proxy that answers 503 once, and runs the
-//! same pull `gitpulse pull` runs: a clone that is retried, an update that
-//! picks up new commits, and a no-op. Pass a directory to keep the files.
+//! Creates two upstream repositories, serves one over smart HTTP (the real
+//! `git http-backend`) behind a proxy that answers 503 once, writes a daemon
+//! config, and runs the daemon: both repositories are cloned (one after a
+//! retry), commits pushed upstream are picked up on the next scheduled
+//! pull, and the state lands in SQLite. Pass a directory to keep the files.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
-use gitpulse::cli::{Cli, Command};
-use gitpulse::outcome::PullReport;
-use gitpulse::{pull, report};
-use gitpulse_testkit::{Fault, FaultProxy, GitHttpServer, Upstream};
+use gitpulse_testkit::{free_port, Fault, FaultProxy, GitHttpServer, Upstream};
 
 fn main() -> anyhow::Result<()> {
     let keep = std::env::args().nth(1).map(PathBuf::from);
@@ -21,73 +19,107 @@ fn main() -> anyhow::Result<()> {
     let root = match &keep {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            dir.clone()
+            std::path::absolute(dir)?
         }
         None => temp.path().to_path_buf(),
     };
 
-    let mut upstream = Upstream::new(&root, "demo");
-    upstream.commit("add the first feature");
+    let mut app = Upstream::new(&root, "app");
+    let mut docs = Upstream::new(&root, "docs");
     let server = GitHttpServer::start(&root);
     let proxy = FaultProxy::start(server.addr());
-    let url = proxy.url("demo");
-    let checkout = root.join("checkout");
-
-    println!("gitpulse quickstart");
-    println!(
-        "  upstream   {} (served by git http-backend)",
-        upstream.bare.display()
-    );
-    println!("  remote     {url} (a proxy that will answer 503 once)");
-    println!("  checkout   {}\n", checkout.display());
-
     proxy.push(Fault::Status(503));
-    step(
-        1,
-        "first pull: the server fails once, gitpulse classifies it and retries",
+    let port = free_port();
+    let config = root.join("gitpulse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[daemon]
+state_dir = "state"
+listen = "127.0.0.1:{port}"
+
+[defaults]
+schedule = "every 2s jitter 0s"
+backoff_base = "500ms"
+
+[[repo]]
+name = "app"
+url = "{app_url}"
+dir = "checkouts/app"
+labels = {{ team = "platform" }}
+
+[[repo]]
+name = "docs"
+url = "{docs_url}"
+dir = "checkouts/docs"
+"#,
+            app_url = proxy.url("app"),
+            docs_url = docs.file_url(),
+        ),
+    )?;
+
+    println!("gitpulse quickstart — a daemon pulling two local repositories\n");
+    println!("  config     {}", config.display());
+    println!(
+        "  app        {} (smart HTTP; the proxy answers 503 once)",
+        proxy.url("app")
     );
-    run(&url, &checkout)?;
+    println!("  docs       {}", docs.file_url());
+    println!("  checkouts  {}\n", root.join("checkouts").display());
+    println!("── the daemon's log (every 2 s each repository is pulled):\n");
 
-    upstream.commit("fix a bug");
-    upstream.commit("add a second feature");
-    step(2, "two commits land upstream; the next pull fast-forwards");
-    run(&url, &checkout)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_target(false)
+        .without_time()
+        .init();
+    let options = gitpulse::daemon::DaemonOptions {
+        config_path: config.clone(),
+        grace: Duration::from_secs(5),
+    };
+    thread::spawn(move || {
+        if let Err(e) = gitpulse::daemon::run(options) {
+            eprintln!("daemon: {e}");
+            std::process::exit(1);
+        }
+    });
 
-    step(3, "nothing new: one request, no download");
-    let last = run(&url, &checkout)?;
+    thread::sleep(Duration::from_secs(5));
+    println!("\n── pushing two commits to app and one to docs\n");
+    app.commit("fix a bug");
+    app.commit("add a feature");
+    docs.commit("document the feature");
+    thread::sleep(Duration::from_secs(5));
 
-    println!("\nThe same pull as a CI step prints one JSON object (`--json`):");
-    println!("{}", serde_json::to_string_pretty(&last)?);
-    println!("\nNext: `cargo run -p gitpulse -- pull --help` lists every option;");
-    println!("`gitpulse pull https://github.com/rust-lang/log.git ./log` pulls a real remote.");
+    let db = root.join("state").join("state.db");
+    let store = gitpulse::store::Store::open(&db)?;
+    println!("\n── state in {}:\n", db.display());
+    for s in store.status()? {
+        println!(
+            "  {:<6} last result {:<10} last commit {}  failures in a row {}",
+            s.repo,
+            s.last_result.unwrap_or_default(),
+            s.last_commit.as_deref().map(|c| &c[..10]).unwrap_or("-"),
+            s.failures_in_row
+        );
+    }
+    let history = store.history("app", 10)?;
+    println!(
+        "\n  app's history: {}",
+        history
+            .iter()
+            .map(|h| h.kind.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "\nNext: `gitpulse daemon --config {}` runs it for real;",
+        config.display()
+    );
+    println!("`gitpulse status|history|trigger --config …` talk to it; `gitpulse pull --help` for one-off pulls.");
     if keep.is_some() {
         println!("Files kept in {}", root.display());
     }
-    Ok(())
-}
-
-fn step(n: u32, text: &str) {
-    println!("── step {n}: {text}");
-}
-
-fn run(url: &str, dir: &std::path::Path) -> anyhow::Result<PullReport> {
-    let args = [
-        "gitpulse",
-        "pull",
-        url,
-        &dir.display().to_string(),
-        "--backoff-base",
-        "500ms",
-    ]
-    .map(String::from);
-    let Command::Pull(args) = <Cli as clap::Parser>::parse_from(args).command else {
-        anyhow::bail!("not a pull command");
-    };
-    let (options, mut policy) = args.options()?;
-    let mut terminal = report::Terminal::new(true);
-    let result = pull::pull(&options, &mut policy, &mut terminal, Arc::default())?;
-    println!("{}", report::summary(&result));
-    anyhow::ensure!(result.outcome.is_success(), "the quickstart pull failed");
-    std::thread::sleep(Duration::from_millis(200));
-    Ok(result)
+    // The daemon thread is dropped mid-schedule: exactly the crash gitpulse is built to survive.
+    std::process::exit(0);
 }

@@ -1,0 +1,771 @@
+//! `gitpulse daemon`: many repositories on their schedules, within
+//! concurrency limits, with state in SQLite, hot reload and a graceful
+//! shutdown.
+//!
+//! One scheduler task owns a heap of next-run times and sleeps until the
+//! earliest; commands (a trigger, a reload, shutdown) wake it through one
+//! channel. A due repository that is still running is skipped and counted;
+//! otherwise its pull runs on a blocking thread once it holds a global
+//! permit and one for its remote host. A per-host circuit breaker, fed by
+//! pulls that gave up on transient failures, holds back a failing host's
+//! repositories and lets one canary probe for recovery.
+//!
+//! Reload (config file or plugin directory changed, SIGHUP) validates the
+//! new config completely before swapping it in; an invalid one is logged
+//! with file:line and the old one keeps running. Shutdown (SIGTERM/SIGINT)
+//! stops scheduling, lets running pulls finish within the grace period,
+//! then cancels them (checkouts stay consistent: see `git`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{error, info, warn};
+
+use crate::config::{self, AuthRef, Config, RepoConfig};
+use crate::git::{Auth, SyncSpec};
+use crate::outcome::{Outcome, PullReport};
+use crate::policy::wasm::{KvStore, Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
+use crate::policy::{Backoff, Builtin, RetryPolicy};
+use crate::pull::{self, PullOptions};
+use crate::redact::Secret;
+use crate::store::{self, Store};
+
+/// Consecutive failed pulls to one host before its breaker opens.
+const BREAKER_THRESHOLD: u32 = 5;
+/// How long an open breaker holds a host's repositories back before a canary.
+const BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(config::Problems),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// What the scheduler is asked to do.
+#[derive(Debug)]
+enum Command {
+    Trigger(String),
+    TriggerAll,
+    Reload,
+    Shutdown,
+}
+
+/// Counters served on /status and logged at shutdown.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub pulls: AtomicU64,
+    pub skipped_running: AtomicU64,
+    pub skipped_breaker: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reloads_rejected: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures_in_row: u32,
+    open_until: Option<Instant>,
+    canary_running: bool,
+}
+
+struct Shared {
+    config: Mutex<Arc<Config>>,
+    store: Mutex<Store>,
+    global: Arc<Semaphore>,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    running: Mutex<HashSet<String>>,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    /// Key-value stores of plugins, shared by every pull that uses them.
+    plugin_kv: Mutex<HashMap<String, Arc<Mutex<KvStore>>>>,
+    /// Set after the shutdown grace period: running pulls stop.
+    cancel: Arc<AtomicBool>,
+    counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn config(&self) -> Arc<Config> {
+        lock(&self.config).clone()
+    }
+}
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    /// How long running pulls may finish after SIGTERM before they are cancelled.
+    pub grace: Duration,
+}
+
+/// Loads the config (refusing to start on any problem), then runs until
+/// SIGTERM/SIGINT. Blocks the calling thread.
+pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+    let config = load_config(&options.config_path).map_err(DaemonError::Config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(config.daemon.max_concurrent + 4)
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    runtime.block_on(serve(options, config))
+}
+
+/// The config and its plugins, validated as a whole.
+fn load_config(path: &Path) -> Result<Config, config::Problems> {
+    let config = config::load(path)?;
+    let problems = crate::policy::check_config_plugins(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(config::Problems(problems))
+    }
+}
+
+/// Where the daemon keeps its SQLite state for `config`.
+pub fn state_db(config: &Config) -> PathBuf {
+    config.daemon.state_dir.join("state.db")
+}
+
+async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&config.daemon.state_dir)
+        .map_err(|e| DaemonError::Runtime(format!("{}: {e}", config.daemon.state_dir.display())))?;
+    let store = Store::open(&state_db(&config))?;
+    let listener = tokio::net::TcpListener::bind(config.daemon.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: config.daemon.listen.to_string(),
+            source,
+        })?;
+    let shared = Arc::new(Shared {
+        global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
+        config: Mutex::new(Arc::new(config)),
+        store: Mutex::new(store),
+        per_host: Mutex::default(),
+        running: Mutex::default(),
+        breakers: Mutex::default(),
+        plugin_kv: Mutex::default(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        counters: Counters::default(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    spawn_signal_handlers(tx.clone());
+    let _watcher = watch_files(&shared.config(), tx.clone());
+    let view = Arc::new(DaemonView {
+        shared: shared.clone(),
+        tx: tx.clone(),
+    });
+    tokio::spawn(crate::server::serve(listener, view));
+    let config = shared.config();
+    info!(repos = config.repos.len(), listen = %config.daemon.listen, "gitpulse daemon started");
+    schedule_loop(shared.clone(), rx).await;
+
+    // Shutdown: no new pulls; running ones get the grace period, then are cancelled.
+    info!(
+        running = lock(&shared.running).len(),
+        "stopping: waiting for running pulls"
+    );
+    let deadline = Instant::now() + options.grace;
+    while !lock(&shared.running).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !lock(&shared.running).is_empty() {
+        warn!("grace period over: cancelling running pulls");
+        shared.cancel.store(true, Ordering::SeqCst);
+        let hard = Instant::now() + Duration::from_secs(10);
+        while !lock(&shared.running).is_empty() && Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    info!(
+        pulls = shared.counters.pulls.load(Ordering::Relaxed),
+        "gitpulse daemon stopped"
+    );
+    Ok(())
+}
+
+/// What the HTTP server may see and do.
+pub struct DaemonView {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<CommandHandle>,
+}
+
+impl DaemonView {
+    /// Asks for an immediate pull of `repo`, or of every repository.
+    pub fn trigger(&self, repo: Option<&str>) {
+        let command = match repo {
+            Some(r) => Command::Trigger(r.to_string()),
+            None => Command::TriggerAll,
+        };
+        let _ = self.tx.send(CommandHandle(command));
+    }
+
+    pub fn has_repo(&self, name: &str) -> bool {
+        self.shared.config().repo(name).is_some()
+    }
+
+    /// Status rows for every configured repository, with `running` flags.
+    pub fn status(&self) -> serde_json::Value {
+        let config = self.shared.config();
+        let rows = lock(&self.shared.store).status().unwrap_or_default();
+        let running = lock(&self.shared.running).clone();
+        let c = &self.shared.counters;
+        serde_json::json!({
+            "repos": config.repos.iter().map(|r| {
+                let row = rows.iter().find(|s| s.repo == r.name);
+                serde_json::json!({ "repo": r.name, "running": running.contains(&r.name), "state": row })
+            }).collect::<Vec<_>>(),
+            "counters": {
+                "pulls": c.pulls.load(Ordering::Relaxed),
+                "skipped_running": c.skipped_running.load(Ordering::Relaxed),
+                "skipped_breaker": c.skipped_breaker.load(Ordering::Relaxed),
+                "reloads": c.reloads.load(Ordering::Relaxed),
+                "reloads_rejected": c.reloads_rejected.load(Ordering::Relaxed),
+            }
+        })
+    }
+}
+
+/// A command on its way to the scheduler.
+#[derive(Debug)]
+struct CommandHandle(Command);
+
+fn spawn_signal_handlers(tx: mpsc::UnboundedSender<CommandHandle>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let pairs = [
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ];
+    for (kind, name) in pairs {
+        let tx = tx.clone();
+        match signal(kind) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        let command = match name {
+                            "SIGHUP" => Command::Reload,
+                            "SIGUSR1" => Command::TriggerAll,
+                            _ => Command::Shutdown,
+                        };
+                        info!(signal = name, "received");
+                        if tx.send(CommandHandle(command)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => error!(signal = name, "cannot install handler: {e}"),
+        }
+    }
+}
+
+/// Watches the config file and the plugin directory; any change asks for a
+/// reload (validated before it takes effect).
+fn watch_files(
+    config: &Config,
+    tx: mpsc::UnboundedSender<CommandHandle>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let config_file = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
+    let plugin_dir = config
+        .daemon
+        .plugin_dir
+        .as_ref()
+        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+    let watched_file = config_file.clone();
+    let watched_dir = plugin_dir.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            p == &watched_file
+                || watched_dir
+                    .as_ref()
+                    .is_some_and(|d| p.starts_with(d) && p.extension().is_some_and(|e| e == "wasm"))
+        });
+        if relevant {
+            let _ = tx.send(CommandHandle(Command::Reload));
+        }
+    })
+    .map_err(|e| warn!("file watching unavailable ({e}); reload with SIGHUP"))
+    .ok()?;
+    // Watch the directory: editors replace files rather than write them.
+    if let Some(dir) = config_file.parent() {
+        let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
+    }
+    if let Some(dir) = &plugin_dir {
+        let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
+    }
+    Some(watcher)
+}
+
+/// A heap entry: when, which repo, and the schedule generation it belongs to
+/// (a reload bumps the generation, so stale entries are dropped when popped).
+type Due = Reverse<(Instant, String, u64)>;
+
+async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<CommandHandle>) {
+    let mut rng = fastrand::Rng::new();
+    let mut heap: BinaryHeap<Due> = BinaryHeap::new();
+    let mut generations: HashMap<String, u64> = HashMap::new();
+    let mut planned: HashMap<String, SystemTime> = HashMap::new();
+    let mut generation = 0u64;
+    let mut reload_pending: Option<Instant> = None;
+
+    let plan_first = |repo: &RepoConfig,
+                      heap: &mut BinaryHeap<Due>,
+                      planned: &mut HashMap<String, SystemTime>,
+                      gen: u64,
+                      rng: &mut fastrand::Rng| {
+        let now = SystemTime::now();
+        let at = crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..));
+        push(heap, planned, &shared, &repo.name, at, gen);
+    };
+    for repo in &shared.config().repos {
+        generations.insert(repo.name.clone(), generation);
+        plan_first(repo, &mut heap, &mut planned, generation, &mut rng);
+    }
+
+    loop {
+        let next_due = heap.peek().map(|Reverse((at, _, _))| *at);
+        let wake = match (next_due, reload_pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            command = rx.recv() => match command.map(|c| c.0) {
+                None | Some(Command::Shutdown) => return,
+                Some(Command::Trigger(name)) => {
+                    if let Some(repo) = shared.config().repo(&name).cloned() {
+                        launch(&shared, repo, true);
+                    }
+                }
+                Some(Command::TriggerAll) => {
+                    for repo in shared.config().repos.clone() {
+                        launch(&shared, repo, true);
+                    }
+                }
+                // Debounce: editors write in bursts.
+                Some(Command::Reload) => reload_pending = Some(Instant::now() + Duration::from_millis(300)),
+            }
+        }
+
+        if reload_pending.is_some_and(|at| at <= Instant::now()) {
+            reload_pending = None;
+            if let Some(changed) = reload(&shared) {
+                generation += 1;
+                for name in changed {
+                    match shared.config().repo(&name) {
+                        Some(repo) => {
+                            generations.insert(name.clone(), generation);
+                            plan_first(repo, &mut heap, &mut planned, generation, &mut rng);
+                        }
+                        None => {
+                            generations.remove(&name);
+                            planned.remove(&name);
+                        }
+                    }
+                }
+            }
+        }
+
+        let now = Instant::now();
+        while heap.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+            let Some(Reverse((_, name, gen))) = heap.pop() else {
+                break;
+            };
+            if generations.get(&name) != Some(&gen) {
+                continue; // removed or rescheduled by a reload
+            }
+            let Some(repo) = shared.config().repo(&name).cloned() else {
+                continue;
+            };
+            let previous = planned.get(&name).copied().unwrap_or_else(SystemTime::now);
+            launch(&shared, repo.clone(), false);
+            let next = crate::schedule::next_run(
+                &repo.schedule,
+                &name,
+                previous,
+                SystemTime::now(),
+                rng.u64(..),
+            );
+            push(&mut heap, &mut planned, &shared, &name, next, gen);
+        }
+    }
+}
+
+fn push(
+    heap: &mut BinaryHeap<Due>,
+    planned: &mut HashMap<String, SystemTime>,
+    shared: &Shared,
+    name: &str,
+    at: SystemTime,
+    gen: u64,
+) {
+    let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
+    heap.push(Reverse((Instant::now() + delay, name.to_string(), gen)));
+    planned.insert(name.to_string(), at);
+    let at_ms = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if let Err(e) = lock(&shared.store).set_next_run(name, at_ms) {
+        warn!(repo = name, "recording the next run: {e}");
+    }
+}
+
+/// Validates and swaps in the config file; returns the names of repos that
+/// were added, removed or changed, or `None` if the new config was refused.
+fn reload(shared: &Shared) -> Option<Vec<String>> {
+    let old = shared.config();
+    match load_config(&old.path) {
+        Err(problems) => {
+            shared
+                .counters
+                .reloads_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            for p in &problems.0 {
+                error!("config rejected, keeping the running one: {p}");
+            }
+            None
+        }
+        Ok(new) => {
+            let mut changed = Vec::new();
+            for repo in &new.repos {
+                if old.repo(&repo.name) != Some(repo) {
+                    changed.push(repo.name.clone());
+                }
+            }
+            for repo in &old.repos {
+                if new.repo(&repo.name).is_none() {
+                    changed.push(repo.name.clone());
+                }
+            }
+            // Plugin files may have changed although the config did not.
+            let plugins_changed = old.daemon.plugin_dir.is_some();
+            if plugins_changed {
+                for repo in &new.repos {
+                    let uses_plugin = repo.policy.retry.is_some() || repo.policy.backoff.is_some();
+                    if uses_plugin && !changed.contains(&repo.name) {
+                        changed.push(repo.name.clone());
+                    }
+                }
+            }
+            if old.daemon.max_concurrent != new.daemon.max_concurrent
+                || old.daemon.listen != new.daemon.listen
+            {
+                warn!("daemon.max_concurrent and daemon.listen take effect at the next restart");
+            }
+            shared.counters.reloads.fetch_add(1, Ordering::Relaxed);
+            info!(
+                repos = new.repos.len(),
+                changed = changed.len(),
+                "config reloaded"
+            );
+            *lock(&shared.config) = Arc::new(new);
+            Some(changed)
+        }
+    }
+}
+
+fn remote_host(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_else(|| {
+            // scp-like `git@host:path`
+            url.split_once('@')
+                .and_then(|(_, rest)| rest.split_once(':'))
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default()
+        })
+}
+
+/// Starts a pull of `repo` unless it is running already or its host's
+/// breaker holds it back (`manual` triggers skip the breaker).
+fn launch(shared: &Arc<Shared>, repo: RepoConfig, manual: bool) {
+    if !lock(&shared.running).insert(repo.name.clone()) {
+        shared
+            .counters
+            .skipped_running
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = lock(&shared.store).record_skip(&repo.name) {
+            warn!(repo = repo.name, "recording a skip: {e}");
+        }
+        info!(repo = repo.name, "still running: this run is skipped");
+        return;
+    }
+    let host = remote_host(&repo.url);
+    let canary = {
+        let mut breakers = lock(&shared.breakers);
+        let breaker = breakers.entry(host.clone()).or_default();
+        match breaker.open_until {
+            Some(until) if !manual => {
+                if Instant::now() < until || breaker.canary_running {
+                    drop(breakers);
+                    lock(&shared.running).remove(&repo.name);
+                    shared
+                        .counters
+                        .skipped_breaker
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                breaker.canary_running = true;
+                true
+            }
+            _ => false,
+        }
+    };
+    let host_permits = lock(&shared.per_host)
+        .entry(host.clone())
+        .or_insert_with(|| Arc::new(Semaphore::new(shared.config().daemon.per_host)))
+        .clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let (Ok(_global), Ok(_host)) = (
+            shared.global.clone().acquire_owned().await,
+            host_permits.acquire_owned().await,
+        ) else {
+            lock(&shared.running).remove(&repo.name);
+            return;
+        };
+        let job = shared.clone();
+        let name = repo.name.clone();
+        let report = tokio::task::spawn_blocking(move || run_pull(&job, &repo)).await;
+        shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
+        match report {
+            Ok(Ok(report)) => finish(&shared, &name, &host, canary, &report),
+            Ok(Err(e)) => error!(repo = name, "cannot pull: {e}"),
+            Err(e) => error!(repo = name, "pull task failed: {e}"),
+        }
+        lock(&shared.running).remove(&name);
+    });
+}
+
+fn finish(shared: &Shared, name: &str, host: &str, canary: bool, report: &PullReport) {
+    match lock(&shared.store).record_pull(name, report) {
+        Ok(events) => {
+            for e in events {
+                info!(repo = name, event = e.kind, "event");
+            }
+        }
+        Err(e) => error!(repo = name, "recording the pull: {e}"),
+    }
+    let transient_failure = report.outcome == Outcome::Failed
+        && report
+            .attempts
+            .last()
+            .is_some_and(|a| a.class.is_transient());
+    let mut breakers = lock(&shared.breakers);
+    let breaker = breakers.entry(host.to_string()).or_default();
+    if canary {
+        breaker.canary_running = false;
+    }
+    if transient_failure {
+        breaker.failures_in_row += 1;
+        if breaker.failures_in_row >= BREAKER_THRESHOLD {
+            if breaker.open_until.is_none() {
+                warn!(
+                    host,
+                    failures = breaker.failures_in_row,
+                    "circuit open: holding this host's repositories back"
+                );
+            }
+            breaker.open_until = Some(Instant::now() + BREAKER_COOL_DOWN);
+        }
+    } else if report.outcome.is_success() {
+        if breaker.open_until.is_some() {
+            info!(host, "circuit closed: the host recovered");
+        }
+        *breaker = Breaker::default();
+    }
+    match report.outcome {
+        Outcome::Failed => warn!(
+            repo = name,
+            class = report
+                .attempts
+                .last()
+                .map(|a| a.class.as_str())
+                .unwrap_or("?"),
+            reason = report.reason.as_deref().unwrap_or(""),
+            "pull failed"
+        ),
+        outcome => info!(
+            repo = name,
+            ?outcome,
+            commits = report.commits,
+            new = report.new.as_deref().unwrap_or(""),
+            "pulled"
+        ),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("{0}")]
+    Auth(String),
+    #[error(transparent)]
+    Spec(#[from] crate::git::SpecError),
+    #[error(transparent)]
+    Plugin(#[from] crate::policy::wasm::LoadError),
+}
+
+fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
+    Ok(match &repo.auth {
+        AuthRef::None => Auth::None,
+        AuthRef::TokenEnv(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Auth::Token(Secret::new(v.trim())),
+            _ => {
+                return Err(JobError::Auth(format!(
+                    "environment variable {var} is not set"
+                )))
+            }
+        },
+        AuthRef::TokenFile(path) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Auth::Token(Secret::new(v.trim())),
+            Ok(_) => return Err(JobError::Auth(format!("{} is empty", path.display()))),
+            Err(e) => return Err(JobError::Auth(format!("{}: {e}", path.display()))),
+        },
+        AuthRef::SshKey { key, known_hosts } => Auth::SshKey {
+            key: key.clone(),
+            known_hosts: known_hosts.clone(),
+        },
+    })
+}
+
+/// One pull of `repo`, on a blocking thread.
+fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> {
+    let config = shared.config();
+    let options = PullOptions {
+        sync: SyncSpec {
+            url: repo.url.clone(),
+            dir: repo.dir.clone(),
+            branch: repo.branch.clone(),
+            depth: repo.depth,
+            submodules: false,
+            mode: repo.mode,
+            auth: auth(repo)?,
+            lock_wait: Duration::from_secs(30),
+        },
+        timeout: repo.timeout,
+        deadline: None,
+        max_attempts: repo.max_attempts,
+        max_delay: repo.backoff_max,
+    };
+    let backoff = Backoff {
+        base: repo.backoff_base,
+        max: repo.backoff_max,
+    };
+    let builtin = Builtin::new(backoff, repo.max_attempts, None);
+    let plugin_name = repo
+        .policy
+        .retry
+        .clone()
+        .or_else(|| repo.policy.backoff.clone());
+    let mut policy: Box<dyn RetryPolicy> = match (plugin_name, &config.daemon.plugin_dir) {
+        (Some(name), Some(dir)) => {
+            let kv = lock(&shared.plugin_kv)
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    let file = config
+                        .daemon
+                        .state_dir
+                        .join("plugins")
+                        .join(format!("{name}.json"));
+                    Arc::new(Mutex::new(KvStore::persisted(file).unwrap_or_else(|e| {
+                        warn!(
+                            plugin = name,
+                            "plugin state unreadable, starting empty: {e}"
+                        );
+                        KvStore::in_memory()
+                    })))
+                })
+                .clone();
+            let mut env =
+                PluginEnv::new(config.plugins.get(&name).cloned().unwrap_or_default(), None);
+            env.kv = kv;
+            let plugin = Plugin::load(
+                &dir.join(format!("{name}.wasm")),
+                Some(&config.daemon.state_dir.join("cache")),
+                Sandbox::default(),
+                env,
+            )?;
+            let info = RepoInfo {
+                name: repo.name.clone(),
+                url: crate::redact::url(&repo.url),
+                remote_host: remote_host(&repo.url),
+                branch: repo.branch.clone().unwrap_or_default(),
+                labels: repo
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            Box::new(WasmPolicy::new(
+                plugin,
+                builtin,
+                info,
+                Told {
+                    max_attempts: repo.max_attempts,
+                    max_delay: repo.backoff_max,
+                },
+            ))
+        }
+        _ => Box::new(builtin),
+    };
+    let mut observer = LogObserver { repo: &repo.name };
+    Ok(pull::pull(
+        &options,
+        policy.as_mut(),
+        &mut observer,
+        shared.cancel.clone(),
+    )?)
+}
+
+/// Attempt lines and notices go to the daemon's log.
+struct LogObserver<'a> {
+    repo: &'a str,
+}
+
+impl pull::Observer for LogObserver<'_> {
+    fn attempt_failed(
+        &mut self,
+        record: &crate::outcome::AttemptRecord,
+        decision: &crate::policy::Decision,
+    ) {
+        info!(
+            repo = self.repo,
+            "{}",
+            crate::report::attempt_line(record, decision)
+        );
+    }
+
+    fn notice(&mut self, text: &str) {
+        warn!(repo = self.repo, "{text}");
+    }
+}

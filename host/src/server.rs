@@ -1,0 +1,54 @@
+//! The daemon's HTTP face: `/healthz`, `/status` (JSON), and the manual
+//! trigger API (`POST /trigger/REPO`, `POST /trigger` for all). Binds where
+//! `[daemon] listen` says (loopback by default). It reads state and sends
+//! commands; it never pulls or schedules by itself.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::daemon::DaemonView;
+
+pub async fn serve(listener: tokio::net::TcpListener, view: Arc<DaemonView>) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/status", get(status))
+        .route("/trigger", post(trigger_all))
+        .route("/trigger/{repo}", post(trigger))
+        .with_state(view);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("HTTP server stopped: {e}");
+    }
+}
+
+async fn status(State(view): State<Arc<DaemonView>>) -> Json<serde_json::Value> {
+    Json(view.status())
+}
+
+async fn trigger(
+    State(view): State<Arc<DaemonView>>,
+    Path(repo): Path<String>,
+) -> (StatusCode, String) {
+    if !view.has_repo(&repo) {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no repository named `{repo}` in the running config\n"),
+        );
+    }
+    view.trigger(Some(&repo));
+    (
+        StatusCode::ACCEPTED,
+        format!("pull of `{repo}` requested\n"),
+    )
+}
+
+async fn trigger_all(State(view): State<Arc<DaemonView>>) -> (StatusCode, String) {
+    view.trigger(None);
+    (
+        StatusCode::ACCEPTED,
+        "pull of every repository requested\n".to_string(),
+    )
+}

@@ -1,0 +1,427 @@
+//! The daemon's state: one SQLite file (WAL) holding, per repository, the
+//! last good commit and the run of failures, every failed attempt, and the
+//! events the pulls produced.
+//!
+//! A pull's result is recorded in one transaction — its attempts, the
+//! repository's new state and its events together — so a crash leaves the
+//! store either before or after that pull, never between. The store does
+//! not schedule or pull; it remembers.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::outcome::{Outcome, PullReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// What `gitpulse status` shows for one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepoStatus {
+    pub repo: String,
+    /// Unix milliseconds of the last successful pull.
+    pub last_success_ms: Option<u64>,
+    /// `cloned`, `updated`, `unchanged`, `failed` or `skipped`.
+    pub last_result: Option<String>,
+    /// The failure class of the last failed pull.
+    pub last_class: Option<String>,
+    pub last_commit: Option<String>,
+    pub failures_in_row: u32,
+    /// Unix milliseconds of the next scheduled run, as the daemon last saw it.
+    pub next_run_ms: Option<u64>,
+    /// Scheduled runs skipped because the previous one was still running.
+    pub skipped: u64,
+}
+
+/// One row of `gitpulse history REPO`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    pub at_ms: u64,
+    /// The pull's outcome, or `attempt` for a failed attempt.
+    pub kind: String,
+    pub class: Option<String>,
+    pub http_status: Option<u16>,
+    pub delay_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub detail: String,
+}
+
+/// An event a pull produced, for notifications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub repo: String,
+    pub at_ms: u64,
+    /// `changed`, `failed`, `recovered`.
+    pub kind: String,
+    pub payload: String,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The open state database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) `path` in WAL mode.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        // journal_mode answers with the mode it set, so it is a query.
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS repos (
+                name TEXT PRIMARY KEY,
+                last_good_commit TEXT,
+                last_success_ms INTEGER,
+                last_result TEXT,
+                last_class TEXT,
+                failures_in_row INTEGER NOT NULL DEFAULT 0,
+                next_run_ms INTEGER,
+                skipped INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS attempts (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                n INTEGER NOT NULL,
+                class TEXT NOT NULL,
+                http_status INTEGER,
+                delay_ms INTEGER,
+                message TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS attempts_by_repo ON attempts (repo, at_ms);
+            CREATE TABLE IF NOT EXISTS pulls (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                outcome TEXT NOT NULL,
+                class TEXT,
+                old TEXT,
+                new TEXT,
+                commits INTEGER NOT NULL,
+                duration_ms INTEGER NOT NULL,
+                reason TEXT
+            );
+            CREATE INDEX IF NOT EXISTS pulls_by_repo ON pulls (repo, at_ms);
+            CREATE TABLE IF NOT EXISTS events (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL
+            );",
+        )
+        .map_err(open_err)?;
+        Ok(Store { conn })
+    }
+
+    /// Records a finished pull: its attempts, the repository's state and the
+    /// events it implies (`changed`, `failed`, `recovered`), atomically.
+    /// Returns the events recorded.
+    pub fn record_pull(
+        &mut self,
+        repo: &str,
+        report: &PullReport,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let at = now_ms();
+        let tx = self.conn.transaction()?;
+        for a in &report.attempts {
+            tx.execute(
+                "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![repo, at as i64, a.n, a.class.as_str(), a.http_status, a.delay_ms.map(|d| d as i64), a.message],
+            )?;
+        }
+        let outcome = outcome_name(report.outcome);
+        let last_class = report.attempts.last().map(|a| a.class.as_str().to_string());
+        tx.execute(
+            "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                repo,
+                at as i64,
+                outcome,
+                if report.outcome.is_success() { None } else { last_class.clone() },
+                report.old,
+                report.new,
+                report.commits as i64,
+                report.duration_ms as i64,
+                report.reason
+            ],
+        )?;
+        let previous_failures: u32 = tx
+            .query_row(
+                "SELECT failures_in_row FROM repos WHERE name = ?1",
+                params![repo],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let mut events = Vec::new();
+        if report.outcome.is_success() {
+            tx.execute(
+                "INSERT INTO repos (name, last_good_commit, last_success_ms, last_result, last_class, failures_in_row)
+                 VALUES (?1, ?2, ?3, ?4, NULL, 0)
+                 ON CONFLICT(name) DO UPDATE SET last_good_commit = ?2, last_success_ms = ?3, last_result = ?4, last_class = NULL, failures_in_row = 0",
+                params![repo, report.new, at as i64, outcome],
+            )?;
+            if matches!(report.outcome, Outcome::Updated | Outcome::Cloned) && report.commits > 0 {
+                events.push(("changed", serde_json::to_string(report).unwrap_or_default()));
+            }
+            if previous_failures > 0 {
+                events.push((
+                    "recovered",
+                    serde_json::json!({ "failures": previous_failures }).to_string(),
+                ));
+            }
+        } else {
+            tx.execute(
+                "INSERT INTO repos (name, last_result, last_class, failures_in_row) VALUES (?1, 'failed', ?2, 1)
+                 ON CONFLICT(name) DO UPDATE SET last_result = 'failed', last_class = ?2, failures_in_row = failures_in_row + 1",
+                params![repo, last_class],
+            )?;
+            events.push(("failed", serde_json::to_string(report).unwrap_or_default()));
+        }
+        let mut stored = Vec::new();
+        for (kind, payload) in events {
+            tx.execute(
+                "INSERT INTO events (repo, at_ms, kind, payload) VALUES (?1, ?2, ?3, ?4)",
+                params![repo, at as i64, kind, payload],
+            )?;
+            stored.push(StoredEvent {
+                id: tx.last_insert_rowid(),
+                repo: repo.to_string(),
+                at_ms: at,
+                kind: kind.to_string(),
+                payload,
+            });
+        }
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Notes a scheduled run skipped because the previous one still ran.
+    pub fn record_skip(&mut self, repo: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO repos (name, skipped) VALUES (?1, 1) ON CONFLICT(name) DO UPDATE SET skipped = skipped + 1",
+            params![repo],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_next_run(&mut self, repo: &str, at_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO repos (name, next_run_ms) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET next_run_ms = ?2",
+            params![repo, at_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The last good commit of `repo`.
+    pub fn last_good(&self, repo: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT last_good_commit FROM repos WHERE name = ?1",
+                params![repo],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Every repository the store knows, by name.
+    pub fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, last_success_ms, last_result, last_class, last_good_commit, failures_in_row, next_run_ms, skipped
+             FROM repos ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RepoStatus {
+                repo: r.get(0)?,
+                last_success_ms: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                last_result: r.get(2)?,
+                last_class: r.get(3)?,
+                last_commit: r.get(4)?,
+                failures_in_row: r.get(5)?,
+                next_run_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                skipped: r.get::<_, i64>(7)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest `limit` pulls and failed attempts of `repo`, newest first.
+    pub fn history(&self, repo: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at_ms, kind, class, http_status, delay_ms, duration_ms, detail FROM (
+                SELECT id, at_ms, outcome AS kind, class, NULL AS http_status, NULL AS delay_ms, duration_ms,
+                       COALESCE(reason, '') || CASE WHEN new IS NOT NULL THEN ' ' || substr(new, 1, 10) ELSE '' END AS detail,
+                       1 AS ord
+                FROM pulls WHERE repo = ?1
+                UNION ALL
+                SELECT id, at_ms, 'attempt ' || n, class, http_status, delay_ms, NULL, message, 0
+                FROM attempts WHERE repo = ?1
+             ) ORDER BY at_ms DESC, ord DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![repo, limit as i64], |r| {
+            Ok(HistoryEntry {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                kind: r.get(1)?,
+                class: r.get(2)?,
+                http_status: r.get(3)?,
+                delay_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                duration_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                detail: r.get::<_, String>(6)?.trim().to_string(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Events with an id above `after`, oldest first.
+    pub fn events_after(&self, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, repo, at_ms, kind, payload FROM events WHERE id > ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![after], |r| {
+            Ok(StoredEvent {
+                id: r.get(0)?,
+                repo: r.get(1)?,
+                at_ms: r.get::<_, i64>(2)? as u64,
+                kind: r.get(3)?,
+                payload: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Cloned => "cloned",
+        Outcome::Updated => "updated",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::FailureClass;
+    use crate::outcome::AttemptRecord;
+
+    fn report(outcome: Outcome, commits: u64, failures: &[FailureClass]) -> PullReport {
+        PullReport {
+            url: "https://h/app.git".into(),
+            dir: "/srv/app".into(),
+            outcome,
+            old: Some("a".repeat(40)),
+            new: outcome.is_success().then(|| "b".repeat(40)),
+            commits,
+            attempts: failures
+                .iter()
+                .enumerate()
+                .map(|(i, c)| AttemptRecord {
+                    n: i as u32 + 1,
+                    class: *c,
+                    http_status: Some(503),
+                    message: "HTTP 503".into(),
+                    delay_ms: Some(100),
+                })
+                .collect(),
+            duration_ms: 12,
+            reason: (!outcome.is_success()).then(|| "attempts exhausted".into()),
+            notices: vec![],
+        }
+    }
+
+    #[test]
+    fn pulls_update_state_and_emit_events_in_one_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let events = store
+            .record_pull("app", &report(Outcome::Updated, 2, &[]))
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["changed"]
+        );
+        let events = store
+            .record_pull(
+                "app",
+                &report(Outcome::Failed, 0, &[FailureClass::ServerError; 2]),
+            )
+            .unwrap();
+        assert_eq!(events[0].kind, "failed");
+        store
+            .record_pull("app", &report(Outcome::Failed, 0, &[FailureClass::Timeout]))
+            .unwrap();
+        let status = store.status().unwrap();
+        assert_eq!(status[0].failures_in_row, 2);
+        assert_eq!(status[0].last_class.as_deref(), Some("timeout"));
+        assert_eq!(
+            status[0].last_commit.as_deref(),
+            Some("b".repeat(40).as_str())
+        );
+        let events = store
+            .record_pull("app", &report(Outcome::Unchanged, 0, &[]))
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["recovered"]
+        );
+        assert_eq!(store.status().unwrap()[0].failures_in_row, 0);
+        let history = store.history("app", 100).unwrap();
+        assert_eq!(
+            history.len(),
+            4 + 3,
+            "4 pulls and 3 failed attempts: {history:?}"
+        );
+        assert_eq!(history[0].kind, "unchanged");
+        assert_eq!(store.events_after(0).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut store = Store::open(&path).unwrap();
+        store
+            .record_pull("app", &report(Outcome::Cloned, 5, &[]))
+            .unwrap();
+        store.record_skip("app").unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.last_good("app").unwrap(), Some("b".repeat(40)));
+        assert_eq!(store.status().unwrap()[0].skipped, 1);
+    }
+}

@@ -1,0 +1,446 @@
+//! `gitpulse daemon` end to end: real git servers, a real daemon process,
+//! commits pushed while it runs, reloads, signals, kill -9.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A daemon process started by the test; killed if still running when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(config: &Path, port: u16, extra: &[&str]) -> Daemon {
+        let log = config.with_extension(format!("log{}", std::process::id() ^ port as u32));
+        let child = gitpulse()
+            .args(["daemon", "--config"])
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child, log, port };
+        wait_for("the daemon to listen", Duration::from_secs(30), || {
+            assert!(
+                daemon.child.try_wait().unwrap().is_none(),
+                "daemon exited early:\n{}",
+                daemon.log()
+            );
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        daemon
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> i32 {
+        self.signal("TERM");
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < until,
+                "daemon did not stop:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let body = ureq::get(&format!("http://127.0.0.1:{}/status", self.port))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn head_of(dir: &Path) -> Option<String> {
+    if !dir.join(".git").exists() {
+        return None;
+    }
+    let out = git(dir, &["rev-parse", "HEAD"]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn write_config(path: &Path, port: u16, repos: &str) {
+    std::fs::write(
+        path,
+        format!("[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\nmax_concurrent = 4\n\n[defaults]\nschedule = \"every 1s jitter 0s\"\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n\n{repos}"),
+    )
+    .unwrap();
+}
+
+fn repo_entry(name: &str, url: &str, dir: &Path) -> String {
+    format!(
+        "[[repo]]\nname = \"{name}\"\nurl = \"{url}\"\ndir = \"{}\"\n\n",
+        dir.display()
+    )
+}
+
+#[test]
+fn pulls_several_repos_and_picks_up_new_commits_on_schedule() {
+    let root = tempfile::tempdir().unwrap();
+    let mut app = Upstream::new(root.path(), "app");
+    let mut lib = Upstream::new(root.path(), "lib");
+    let http = GitHttpServer::start(root.path());
+    let daemon_git = GitDaemon::start(root.path());
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let (app_dir, lib_dir) = (root.path().join("c-app"), root.path().join("c-lib"));
+    write_config(
+        &config,
+        port,
+        &(repo_entry("app", &http.url("app"), &app_dir)
+            + &repo_entry("lib", &daemon_git.url("lib"), &lib_dir)),
+    );
+    let d = Daemon::start(&config, port, &[]);
+
+    wait_for("both clones", Duration::from_secs(30), || {
+        head_of(&app_dir).is_some() && head_of(&lib_dir).is_some()
+    });
+    let (new_app, new_lib) = (app.commit("while running"), lib.commit("lib too"));
+    wait_for("the new commits", Duration::from_secs(30), || {
+        head_of(&app_dir).as_deref() == Some(new_app.as_str())
+            && head_of(&lib_dir).as_deref() == Some(new_lib.as_str())
+    });
+    assert_eq!(checkout_state(&app_dir), (new_app.clone(), true));
+
+    let out = gitpulse()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("app") && table.contains("lib") && table.contains("ago"),
+        "{table}"
+    );
+    let out = gitpulse()
+        .args(["history", "app", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"updated") && kinds.contains(&"cloned"),
+        "{kinds:?}"
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn reload_adds_and_removes_repos_and_keeps_the_old_config_when_the_new_one_is_invalid() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Upstream::new(root.path(), "a");
+    let b = Upstream::new(root.path(), "b");
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let (a_dir, b_dir) = (root.path().join("c-a"), root.path().join("c-b"));
+    write_config(&config, port, &repo_entry("a", &a.file_url(), &a_dir));
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("a cloned", Duration::from_secs(30), || {
+        head_of(&a_dir).is_some()
+    });
+
+    write_config(
+        &config,
+        port,
+        &(repo_entry("a", &a.file_url(), &a_dir) + &repo_entry("b", &b.file_url(), &b_dir)),
+    );
+    wait_for("b added and cloned", Duration::from_secs(30), || {
+        head_of(&b_dir).is_some()
+    });
+
+    let valid = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        valid.replace("every 1s jitter 0s", "every blue moon"),
+    )
+    .unwrap();
+    wait_for(
+        "the rejection to be logged",
+        Duration::from_secs(30),
+        || d.log().contains("config rejected"),
+    );
+    assert!(
+        d.log().contains("gitpulse.toml:7: repo \"a\".schedule"),
+        "{}",
+        d.log()
+    );
+    let moved = a.commit("still served by the old config");
+    wait_for(
+        "a updated under the old config",
+        Duration::from_secs(30),
+        || head_of(&a_dir).as_deref() == Some(moved.as_str()),
+    );
+
+    write_config(&config, port, &repo_entry("b", &b.file_url(), &b_dir));
+    wait_for("a removed", Duration::from_secs(30), || {
+        let names: Vec<String> = d.status()["repos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["repo"].as_str().unwrap().to_string())
+            .collect();
+        names == ["b"]
+    });
+    let counters = d.status()["counters"].clone();
+    assert!(counters["reloads"].as_u64().unwrap() >= 2, "{counters}");
+    assert!(
+        counters["reloads_rejected"].as_u64().unwrap() >= 1,
+        "{counters}"
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn an_invalid_config_stops_the_daemon_from_starting() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("gitpulse.toml");
+    std::fs::write(
+        &config,
+        "[[repo]]\nname = \"x\"\nurl = \"ftp://nowhere/x\"\nschedule = \"*/5 * * * *\"\n",
+    )
+    .unwrap();
+    let out = gitpulse()
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("gitpulse.toml:3: repo \"x\".url")
+            && err.contains("gitpulse.toml:4: repo \"x\".schedule"),
+        "{err}"
+    );
+    assert!(err.contains("not starting"), "{err}");
+}
+
+#[test]
+fn kill_9_and_restart_resume_with_their_state() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let dir = root.path().join("c");
+    write_config(&config, port, &repo_entry("app", &up.file_url(), &dir));
+    let mut d = Daemon::start(&config, port, &[]);
+    wait_for("the clone", Duration::from_secs(30), || {
+        head_of(&dir).is_some()
+    });
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+
+    let new = up.commit("while the daemon was dead");
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("the update after restart", Duration::from_secs(30), || {
+        head_of(&dir).as_deref() == Some(new.as_str())
+    });
+    assert_eq!(checkout_state(&dir), (new.clone(), true));
+    assert!(fsck_ok(&dir));
+    wait_for("the state to record it", Duration::from_secs(30), || {
+        d.status()["repos"][0]["state"]["last_commit"].as_str() == Some(new.as_str())
+    });
+    let out = gitpulse()
+        .args(["history", "app", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"cloned") && kinds.contains(&"updated"),
+        "state from before the kill survives: {kinds:?}"
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn sigterm_during_a_pull_exits_cleanly_and_leaves_a_consistent_checkout() {
+    let served = Served::new("app");
+    // ~2 MB through a slow link: the clone is still running when SIGTERM comes.
+    let work = served.root.path().join("app.work");
+    for i in 0..40 {
+        let blob: Vec<u8> = (0..50_000u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 7919) >> 11) as u8)
+            .collect();
+        std::fs::write(work.join(format!("blob{i}.bin")), blob).unwrap();
+    }
+    let mut up = served.up;
+    up.commit("big");
+    served.proxy.set_always(Some(Fault::Slow {
+        chunk: 16 * 1024,
+        pause: Duration::from_millis(40),
+    }));
+    let port = free_port();
+    let config = served.root.path().join("gitpulse.toml");
+    let dir = served.root.path().join("c");
+    write_config(
+        &config,
+        port,
+        &repo_entry("app", &served.proxy.url("app"), &dir),
+    );
+    let d = Daemon::start(&config, port, &["--grace", "500ms"]);
+    wait_for("the pack download", Duration::from_secs(30), || {
+        served.proxy.requests() >= 2
+    });
+    let started = Instant::now();
+    assert_eq!(d.stop(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    // The clone was cancelled: nothing half-done is visible, and a pull completes.
+    assert!(head_of(&dir).is_none() || fsck_ok(&dir));
+    served.proxy.set_always(None);
+    let run = pull(&served.proxy.url("app"), &dir, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(checkout_state(&dir), (up.head(), true));
+}
+
+#[test]
+fn a_host_failing_for_everyone_trips_the_breaker_and_recovers() {
+    let served = Served::new("r0");
+    let mut entries = String::new();
+    for i in 0..6 {
+        let name = format!("r{i}");
+        if i > 0 {
+            Upstream::new(served.root.path(), &name);
+        }
+        entries += &repo_entry(
+            &name,
+            &served.proxy.url(&name),
+            &served.dir(&format!("c{i}")),
+        );
+    }
+    entries = entries.replace("[[repo]]\n", "[[repo]]\nmax_attempts = 1\n");
+    served.proxy.set_always(Some(Fault::Status(503)));
+    let port = free_port();
+    let config = served.root.path().join("gitpulse.toml");
+    write_config(&config, port, &entries);
+    let d = Daemon::start(&config, port, &[]);
+    wait_for(
+        "the breaker to hold repos back",
+        Duration::from_secs(30),
+        || {
+            d.status()["counters"]["skipped_breaker"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        },
+    );
+    assert!(d.log().contains("circuit open"), "{}", d.log());
+    let before = served.proxy.requests();
+    thread::sleep(Duration::from_secs(3));
+    let during = served.proxy.requests() - before;
+    // Closed, six repos every second would make ~18 requests in 3 s.
+    assert!(
+        during <= 6,
+        "an open breaker holds the host back, saw {during} requests in 3 s"
+    );
+
+    served.proxy.set_always(None);
+    // The breaker cools down for 30 s, then one canary probes and the rest resume.
+    wait_for("every repo to recover", Duration::from_secs(90), || {
+        (0..6).all(|i| head_of(&served.dir(&format!("c{i}"))).is_some())
+    });
+    assert!(d.log().contains("circuit closed"), "{}", d.log());
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn trigger_and_sigusr1_pull_now() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Upstream::new(root.path(), "a");
+    let b = Upstream::new(root.path(), "b");
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let (a_dir, b_dir) = (root.path().join("c-a"), root.path().join("c-b"));
+    let entries = (repo_entry("a", &a.file_url(), &a_dir)
+        + &repo_entry("b", &b.file_url(), &b_dir))
+        .replace("[[repo]]\n", "[[repo]]\nschedule = \"0 0 0 1 1 *\"\n");
+    write_config(&config, port, &entries);
+    let d = Daemon::start(&config, port, &[]);
+    let out = gitpulse()
+        .args(["trigger", "a", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("a pulled on request", Duration::from_secs(30), || {
+        head_of(&a_dir).is_some()
+    });
+    assert!(head_of(&b_dir).is_none(), "b is not due until January");
+    let out = gitpulse()
+        .args(["trigger", "nope", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    d.signal("USR1");
+    wait_for("b pulled on SIGUSR1", Duration::from_secs(30), || {
+        head_of(&b_dir).is_some()
+    });
+    assert_eq!(d.stop(), 0);
+}
