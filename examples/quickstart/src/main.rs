@@ -66,12 +66,13 @@ dir = "checkouts/docs"
     );
     println!("  docs       {}", docs.file_url());
     println!("  checkouts  {}\n", root.join("checkouts").display());
-    println!("── the daemon's log (every 2 s each repository is pulled):\n");
+    println!("── the daemon's log (each repository is pulled every 2 s; unchanged pulls log at debug):\n");
 
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_target(false)
         .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let options = gitpulse::daemon::DaemonOptions {
         config_path: config.clone(),
