@@ -362,12 +362,12 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 None | Some(Command::Shutdown) => return,
                 Some(Command::Trigger(name)) => {
                     if let Some(repo) = shared.config().repo(&name).cloned() {
-                        launch(&shared, repo, true);
+                        launch(&shared, repo, None);
                     }
                 }
                 Some(Command::TriggerAll) => {
                     for repo in shared.config().repos.clone() {
-                        launch(&shared, repo, true);
+                        launch(&shared, repo, None);
                     }
                 }
                 // Debounce: editors write in bursts.
@@ -406,7 +406,7 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 continue;
             };
             let previous = planned.get(&name).copied().unwrap_or_else(SystemTime::now);
-            launch(&shared, repo.clone(), false);
+            launch(&shared, repo.clone(), Some(previous));
             let next = crate::schedule::next_run(
                 &repo.schedule,
                 &name,
@@ -507,8 +507,10 @@ fn remote_host(url: &str) -> String {
 }
 
 /// Starts a pull of `repo` unless it is running already or its host's
-/// breaker holds it back (`manual` triggers skip the breaker).
-fn launch(shared: &Arc<Shared>, repo: RepoConfig, manual: bool) {
+/// breaker holds it back. `scheduled` is when a scheduled run was due; a
+/// manual trigger (`None`) passes the breaker.
+fn launch(shared: &Arc<Shared>, repo: RepoConfig, scheduled: Option<SystemTime>) {
+    let manual = scheduled.is_none();
     if !lock(&shared.running).insert(repo.name.clone()) {
         shared
             .counters
@@ -554,12 +556,18 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, manual: bool) {
             lock(&shared.running).remove(&repo.name);
             return;
         };
+        let start_lag_ms = scheduled.map(|due| {
+            SystemTime::now()
+                .duration_since(due)
+                .unwrap_or_default()
+                .as_millis() as u64
+        });
         let job = shared.clone();
         let name = repo.name.clone();
         let report = tokio::task::spawn_blocking(move || run_pull(&job, &repo)).await;
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
         match report {
-            Ok(Ok(report)) => finish(&shared, &name, &host, canary, &report),
+            Ok(Ok(report)) => finish(&shared, &name, &host, canary, &report, start_lag_ms),
             Ok(Err(e)) => error!(repo = name, "cannot pull: {e}"),
             Err(e) => error!(repo = name, "pull task failed: {e}"),
         }
@@ -567,8 +575,15 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, manual: bool) {
     });
 }
 
-fn finish(shared: &Shared, name: &str, host: &str, canary: bool, report: &PullReport) {
-    match lock(&shared.store).record_pull(name, report) {
+fn finish(
+    shared: &Shared,
+    name: &str,
+    host: &str,
+    canary: bool,
+    report: &PullReport,
+    start_lag_ms: Option<u64>,
+) {
+    match lock(&shared.store).record_pull(name, report, start_lag_ms) {
         Ok(events) => {
             for e in events {
                 info!(repo = name, event = e.kind, "event");

@@ -37,6 +37,10 @@ pub struct AttemptRecord {
     pub message: String,
     /// The wait before the next attempt; null when the pull gave up.
     pub delay_ms: Option<u64>,
+    /// How long the attempt ran. Kept in the daemon's state, not in
+    /// `pull --json` (whose attempt objects are a published format).
+    #[serde(skip)]
+    pub duration_ms: u64,
 }
 
 fn class_name<S: Serializer>(class: &FailureClass, s: S) -> Result<S::Ok, S::Error> {

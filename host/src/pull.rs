@@ -77,6 +77,7 @@ pub fn pull(
         observer.attempt_started(n);
         let timeout = next_timeout.take().unwrap_or(options.timeout);
         let control = AttemptControl::new(timeout, deadline, cancel.clone());
+        let attempt_started = Instant::now();
         let result = git::sync(&options.sync, &control, &mut |t| observer.transfer(t));
         let failure = match result {
             Ok(synced) => {
@@ -126,6 +127,7 @@ pub fn pull(
         };
         let record = AttemptRecord {
             n,
+            duration_ms: attempt_started.elapsed().as_millis() as u64,
             class: failure.class,
             http_status: failure.http_status,
             message: failure.message,

@@ -187,6 +187,7 @@ mod tests {
             http_status: Some(503),
             message: "HTTP 503".into(),
             delay_ms: Some(1200),
+            duration_ms: 40,
         };
         let retry = Decision::RetryAfter {
             delay: Duration::from_millis(1200),

@@ -117,6 +117,7 @@ impl Store {
                 class TEXT NOT NULL,
                 http_status INTEGER,
                 delay_ms INTEGER,
+                duration_ms INTEGER,
                 message TEXT NOT NULL
             );
             CREATE INDEX IF NOT EXISTS attempts_by_repo ON attempts (repo, at_ms);
@@ -130,7 +131,8 @@ impl Store {
                 new TEXT,
                 commits INTEGER NOT NULL,
                 duration_ms INTEGER NOT NULL,
-                reason TEXT
+                reason TEXT,
+                start_lag_ms INTEGER
             );
             CREATE INDEX IF NOT EXISTS pulls_by_repo ON pulls (repo, at_ms);
             CREATE TABLE IF NOT EXISTS events (
@@ -147,24 +149,37 @@ impl Store {
 
     /// Records a finished pull: its attempts, the repository's state and the
     /// events it implies (`changed`, `failed`, `recovered`), atomically.
-    /// Returns the events recorded.
+    /// Returns the events recorded. `start_lag_ms` is how late a scheduled
+    /// pull started (none for a manual trigger).
     pub fn record_pull(
         &mut self,
         repo: &str,
         report: &PullReport,
+        start_lag_ms: Option<u64>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
         let tx = self.conn.transaction()?;
         for a in &report.attempts {
             tx.execute(
-                "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![repo, at as i64, a.n, a.class.as_str(), a.http_status, a.delay_ms.map(|d| d as i64), a.message],
+                "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, duration_ms, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    repo,
+                    at as i64,
+                    a.n,
+                    a.class.as_str(),
+                    a.http_status,
+                    a.delay_ms.map(|d| d as i64),
+                    a.duration_ms as i64,
+                    a.message
+                ],
             )?;
         }
         let outcome = outcome_name(report.outcome);
         let last_class = report.attempts.last().map(|a| a.class.as_str().to_string());
         tx.execute(
-            "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 repo,
                 at as i64,
@@ -174,7 +189,8 @@ impl Store {
                 report.new,
                 report.commits as i64,
                 report.duration_ms as i64,
-                report.reason
+                report.reason,
+                start_lag_ms.map(|l| l as i64)
             ],
         )?;
         let previous_failures: u32 = tx
@@ -288,7 +304,7 @@ impl Store {
                        1 AS ord
                 FROM pulls WHERE repo = ?1
                 UNION ALL
-                SELECT id, at_ms, 'attempt ' || n, class, http_status, delay_ms, NULL, message, 0
+                SELECT id, at_ms, 'attempt ' || n, class, http_status, delay_ms, duration_ms, message, 0
                 FROM attempts WHERE repo = ?1
              ) ORDER BY at_ms DESC, ord DESC, id DESC LIMIT ?2",
         )?;
@@ -304,6 +320,17 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How late every scheduled pull started, in milliseconds, ascending.
+    pub fn start_lags(&self) -> Result<Vec<u64>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT start_lag_ms FROM pulls WHERE start_lag_ms IS NOT NULL ORDER BY start_lag_ms",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows
+            .map(|r| r.map(|v| v.max(0) as u64))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Events with an id above `after`, oldest first.
@@ -356,6 +383,7 @@ mod tests {
                     http_status: Some(503),
                     message: "HTTP 503".into(),
                     delay_ms: Some(100),
+                    duration_ms: 7,
                 })
                 .collect(),
             duration_ms: 12,
@@ -369,7 +397,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("state.db")).unwrap();
         let events = store
-            .record_pull("app", &report(Outcome::Updated, 2, &[]))
+            .record_pull("app", &report(Outcome::Updated, 2, &[]), Some(5))
             .unwrap();
         assert_eq!(
             events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
@@ -379,11 +407,16 @@ mod tests {
             .record_pull(
                 "app",
                 &report(Outcome::Failed, 0, &[FailureClass::ServerError; 2]),
+                Some(1),
             )
             .unwrap();
         assert_eq!(events[0].kind, "failed");
         store
-            .record_pull("app", &report(Outcome::Failed, 0, &[FailureClass::Timeout]))
+            .record_pull(
+                "app",
+                &report(Outcome::Failed, 0, &[FailureClass::Timeout]),
+                None,
+            )
             .unwrap();
         let status = store.status().unwrap();
         assert_eq!(status[0].failures_in_row, 2);
@@ -393,7 +426,7 @@ mod tests {
             Some("b".repeat(40).as_str())
         );
         let events = store
-            .record_pull("app", &report(Outcome::Unchanged, 0, &[]))
+            .record_pull("app", &report(Outcome::Unchanged, 0, &[]), Some(3))
             .unwrap();
         assert_eq!(
             events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
@@ -408,6 +441,11 @@ mod tests {
         );
         assert_eq!(history[0].kind, "unchanged");
         assert_eq!(store.events_after(0).unwrap().len(), 4);
+        assert_eq!(
+            store.start_lags().unwrap(),
+            [1, 3, 5],
+            "manual pulls have no lag"
+        );
     }
 
     #[test]
@@ -416,7 +454,7 @@ mod tests {
         let path = dir.path().join("state.db");
         let mut store = Store::open(&path).unwrap();
         store
-            .record_pull("app", &report(Outcome::Cloned, 5, &[]))
+            .record_pull("app", &report(Outcome::Cloned, 5, &[]), None)
             .unwrap();
         store.record_skip("app").unwrap();
         drop(store);

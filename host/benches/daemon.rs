@@ -1,0 +1,240 @@
+//! The daemon polling many tiny repositories on a local smart-HTTP server,
+//! against the same polling done by a loop of `git fetch` processes, in one
+//! run: average CPU (% of one core), peak RSS, and how late each scheduled
+//! pull started.
+//!
+//! Defaults follow the target scenario: 1,000 repositories, each polled every
+//! 60 s, for 5 minutes per contender (`GITPULSE_BENCH_REPOS`,
+//! `GITPULSE_BENCH_PERIOD_SECS`, `GITPULSE_BENCH_SECS`). Concurrency limits
+//! are set high so they do not hold pulls back. Targets: ≤ 5 % of one core,
+//! ≤ 150 MB RSS, p99 start lag ≤ 1 s.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gitpulse_testkit::{free_port, GitHttpServer, Upstream};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / clock_ticks()
+}
+
+/// Peak RSS of `pid`, in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Result {
+    name: &'static str,
+    cpu_pct: f64,
+    rss_mb: f64,
+    pulls: usize,
+    lags: Vec<u64>,
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let repos = env_or("GITPULSE_BENCH_REPOS", 1000) as usize;
+    let period = env_or("GITPULSE_BENCH_PERIOD_SECS", 60);
+    let secs = env_or("GITPULSE_BENCH_SECS", 300);
+    let root = tempfile::tempdir().unwrap();
+    let seed = Upstream::new(root.path(), "seed");
+    for i in 0..repos {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&seed.bare)
+            .arg(root.path().join(format!("r{i}.git")))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let server = GitHttpServer::start(root.path());
+    eprintln!(
+        "{repos} repositories on {}, each polled every {period} s, {secs} s per contender",
+        server.addr()
+    );
+
+    let daemon = run_daemon(root.path(), &server, repos, period, secs);
+    let git = run_git_loop(root.path(), repos, period, secs);
+
+    println!();
+    println!("{repos} tiny repositories, each polled every {period} s, for {secs} s; local smart-HTTP server (git http-backend)");
+    println!();
+    println!(
+        "| contender | avg CPU (% of one core) | peak RSS | pulls | start lag p50 | p99 | max |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in [&daemon, &git] {
+        let mut lags = r.lags.clone();
+        lags.sort_unstable();
+        println!(
+            "| {} | {:.2} % | {:.1} MB | {} | {} ms | {} ms | {} ms |",
+            r.name,
+            r.cpu_pct,
+            r.rss_mb,
+            r.pulls,
+            percentile(&lags, 0.5),
+            percentile(&lags, 0.99),
+            lags.last().copied().unwrap_or(0)
+        );
+    }
+    println!();
+    println!(
+        "targets for the daemon: CPU ≤ 5 % {}, RSS ≤ 150 MB {}, p99 lag ≤ 1000 ms {}; git's RSS is the largest single git process",
+        if daemon.cpu_pct <= 5.0 { "✓" } else { "✗" },
+        if daemon.rss_mb <= 150.0 { "✓" } else { "✗" },
+        if percentile(&{ let mut l = daemon.lags.clone(); l.sort_unstable(); l }, 0.99) <= 1000 { "✓" } else { "✗" },
+    );
+}
+
+fn run_daemon(root: &Path, server: &GitHttpServer, repos: usize, period: u64, secs: u64) -> Result {
+    let port = free_port();
+    let mut config = format!(
+        "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\nmax_concurrent = 256\nper_host = 256\n\n[defaults]\nschedule = \"every {period}s\"\n\n"
+    );
+    for i in 0..repos {
+        config += &format!(
+            "[[repo]]\nname = \"r{i}\"\nurl = \"{}\"\ndir = \"checkouts/r{i}\"\n\n",
+            server.url(&format!("r{i}"))
+        );
+    }
+    let path = root.join("gitpulse.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gitpulse"))
+        .args(["daemon", "--config"])
+        .arg(&path)
+        .env("GITPULSE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let start_cpu = cpu_seconds(pid);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the daemon exited early"
+        );
+    }
+    let cpu = cpu_seconds(pid) - start_cpu;
+    let rss = peak_rss_mb(pid);
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    let store = gitpulse::store::Store::open(&root.join("state/state.db")).unwrap();
+    let lags = store.start_lags().unwrap();
+    Result {
+        name: "gitpulse daemon",
+        cpu_pct: cpu / elapsed * 100.0,
+        rss_mb: rss,
+        pulls: lags.len(),
+        lags,
+    }
+}
+
+/// The same polling as a shell loop would do it: at each repository's due
+/// time, run `git fetch` in its checkout (concurrently, unlimited).
+fn run_git_loop(root: &Path, repos: usize, period: u64, secs: u64) -> Result {
+    let period = Duration::from_secs(period);
+    let started = Instant::now();
+    let lags = Arc::new(Mutex::new(Vec::new()));
+    let peak_rss_kb = Arc::new(Mutex::new(0i64));
+    let cpu = Arc::new(Mutex::new(0f64));
+    // Due times: spread over the first period like the daemon's first runs.
+    let mut due: Vec<(Instant, usize)> = (0..repos)
+        .map(|i| (started + period * i as u32 / repos as u32, i))
+        .collect();
+    let mut reapers = Vec::new();
+    while started.elapsed() < Duration::from_secs(secs) {
+        due.sort_by_key(|(t, _)| *t);
+        let (at, i) = due[0];
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep((at - now).min(Duration::from_millis(50)));
+            continue;
+        }
+        lags.lock().unwrap().push((now - at).as_millis() as u64);
+        due[0].0 = at + period;
+        let dir = root.join(format!("checkouts/r{i}"));
+        // Reaped by wait4 in the thread below, which also reads its rusage.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["fetch", "-q", "origin"])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (peak, cpu) = (peak_rss_kb.clone(), cpu.clone());
+        reapers.push(std::thread::spawn(move || {
+            let mut status = 0;
+            // SAFETY: rusage is plain data; wait4 fills it for our own child.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+            let used = usage.ru_utime.tv_sec as f64
+                + usage.ru_utime.tv_usec as f64 / 1e6
+                + usage.ru_stime.tv_sec as f64
+                + usage.ru_stime.tv_usec as f64 / 1e6;
+            *cpu.lock().unwrap() += used;
+            let mut p = peak.lock().unwrap();
+            *p = (*p).max(usage.ru_maxrss);
+        }));
+        reapers.retain(|r| !r.is_finished());
+    }
+    for r in reapers {
+        let _ = r.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let lags = lags.lock().unwrap().clone();
+    let cpu = *cpu.lock().unwrap();
+    let rss = *peak_rss_kb.lock().unwrap() as f64 / 1024.0;
+    Result {
+        name: "loop of `git fetch`",
+        cpu_pct: cpu / elapsed * 100.0,
+        rss_mb: rss,
+        pulls: lags.len(),
+        lags,
+    }
+}
