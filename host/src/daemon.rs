@@ -337,12 +337,19 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                       rng: &mut fastrand::Rng| {
         let now = SystemTime::now();
         let at = crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..));
-        push(heap, planned, &shared, &repo.name, at, gen);
+        push(heap, planned, &repo.name, at, gen);
     };
+    let names: Vec<String> = shared
+        .config()
+        .repos
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     for repo in &shared.config().repos {
         generations.insert(repo.name.clone(), generation);
         plan_first(repo, &mut heap, &mut planned, generation, &mut rng);
     }
+    record_first_runs(&shared, &planned, &names);
 
     loop {
         let next_due = heap.peek().map(|Reverse((at, _, _))| *at);
@@ -379,18 +386,19 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
             reload_pending = None;
             if let Some(changed) = reload(&shared) {
                 generation += 1;
-                for name in changed {
-                    match shared.config().repo(&name) {
+                for name in &changed {
+                    match shared.config().repo(name) {
                         Some(repo) => {
                             generations.insert(name.clone(), generation);
                             plan_first(repo, &mut heap, &mut planned, generation, &mut rng);
                         }
                         None => {
-                            generations.remove(&name);
-                            planned.remove(&name);
+                            generations.remove(name);
+                            planned.remove(name);
                         }
                     }
                 }
+                record_first_runs(&shared, &planned, &changed);
             }
         }
 
@@ -406,7 +414,6 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 continue;
             };
             let previous = planned.get(&name).copied().unwrap_or_else(SystemTime::now);
-            launch(&shared, repo.clone(), Some(previous));
             let next = crate::schedule::next_run(
                 &repo.schedule,
                 &name,
@@ -414,7 +421,8 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 SystemTime::now(),
                 rng.u64(..),
             );
-            push(&mut heap, &mut planned, &shared, &name, next, gen);
+            launch(&shared, repo, Some((previous, next)));
+            push(&mut heap, &mut planned, &name, next, gen);
         }
     }
 }
@@ -422,7 +430,6 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
 fn push(
     heap: &mut BinaryHeap<Due>,
     planned: &mut HashMap<String, SystemTime>,
-    shared: &Shared,
     name: &str,
     at: SystemTime,
     gen: u64,
@@ -430,12 +437,23 @@ fn push(
     let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
     heap.push(Reverse((Instant::now() + delay, name.to_string(), gen)));
     planned.insert(name.to_string(), at);
-    let at_ms = at
-        .duration_since(UNIX_EPOCH)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    if let Err(e) = lock(&shared.store).set_next_run(name, at_ms) {
-        warn!(repo = name, "recording the next run: {e}");
+        .unwrap_or(0)
+}
+
+/// Records planned first runs (start-up, reload) in one transaction; later
+/// runs are recorded with each pull's result.
+fn record_first_runs(shared: &Shared, planned: &HashMap<String, SystemTime>, names: &[String]) {
+    let runs: Vec<(String, u64)> = names
+        .iter()
+        .filter_map(|n| planned.get(n).map(|t| (n.clone(), unix_ms(*t))))
+        .collect();
+    if let Err(e) = lock(&shared.store).set_next_runs(&runs) {
+        warn!("recording the next runs: {e}");
     }
 }
 
@@ -507,10 +525,12 @@ fn remote_host(url: &str) -> String {
 }
 
 /// Starts a pull of `repo` unless it is running already or its host's
-/// breaker holds it back. `scheduled` is when a scheduled run was due; a
-/// manual trigger (`None`) passes the breaker.
-fn launch(shared: &Arc<Shared>, repo: RepoConfig, scheduled: Option<SystemTime>) {
-    let manual = scheduled.is_none();
+/// breaker holds it back. `schedule` is when a scheduled run was due and
+/// when the next one is; a manual trigger (`None`) passes the breaker.
+fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, SystemTime)>) {
+    let manual = schedule.is_none();
+    let scheduled = schedule.map(|(due, _)| due);
+    let next_run_ms = schedule.map(|(_, next)| unix_ms(next));
     if !lock(&shared.running).insert(repo.name.clone()) {
         shared
             .counters
@@ -567,7 +587,15 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, scheduled: Option<SystemTime>)
         let report = tokio::task::spawn_blocking(move || run_pull(&job, &repo)).await;
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
         match report {
-            Ok(Ok(report)) => finish(&shared, &name, &host, canary, &report, start_lag_ms),
+            Ok(Ok(report)) => finish(
+                &shared,
+                &name,
+                &host,
+                canary,
+                &report,
+                start_lag_ms,
+                next_run_ms,
+            ),
             Ok(Err(e)) => error!(repo = name, "cannot pull: {e}"),
             Err(e) => error!(repo = name, "pull task failed: {e}"),
         }
@@ -582,8 +610,9 @@ fn finish(
     canary: bool,
     report: &PullReport,
     start_lag_ms: Option<u64>,
+    next_run_ms: Option<u64>,
 ) {
-    match lock(&shared.store).record_pull(name, report, start_lag_ms) {
+    match lock(&shared.store).record_pull(name, report, start_lag_ms, next_run_ms) {
         Ok(events) => {
             for e in events {
                 info!(repo = name, event = e.kind, "event");
@@ -630,6 +659,7 @@ fn finish(
             reason = report.reason.as_deref().unwrap_or(""),
             "pull failed"
         ),
+        Outcome::Unchanged => tracing::debug!(repo = name, "unchanged"),
         outcome => info!(
             repo = name,
             ?outcome,

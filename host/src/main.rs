@@ -42,6 +42,7 @@ fn daemon(args: &DaemonArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let options = gitpulse::daemon::DaemonOptions {
         config_path: args.config.clone(),

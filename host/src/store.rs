@@ -150,12 +150,14 @@ impl Store {
     /// Records a finished pull: its attempts, the repository's state and the
     /// events it implies (`changed`, `failed`, `recovered`), atomically.
     /// Returns the events recorded. `start_lag_ms` is how late a scheduled
-    /// pull started (none for a manual trigger).
+    /// pull started and `next_run_ms` when the next one is planned (none for
+    /// a manual trigger).
     pub fn record_pull(
         &mut self,
         repo: &str,
         report: &PullReport,
         start_lag_ms: Option<u64>,
+        next_run_ms: Option<u64>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
         let tx = self.conn.transaction()?;
@@ -226,6 +228,12 @@ impl Store {
             )?;
             events.push(("failed", serde_json::to_string(report).unwrap_or_default()));
         }
+        if let Some(next) = next_run_ms {
+            tx.execute(
+                "UPDATE repos SET next_run_ms = ?2 WHERE name = ?1",
+                params![repo, next as i64],
+            )?;
+        }
         let mut stored = Vec::new();
         for (kind, payload) in events {
             tx.execute(
@@ -253,11 +261,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_next_run(&mut self, repo: &str, at_ms: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO repos (name, next_run_ms) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET next_run_ms = ?2",
-            params![repo, at_ms as i64],
-        )?;
+    /// Records planned next runs, in one transaction.
+    pub fn set_next_runs(&mut self, runs: &[(String, u64)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for (repo, at_ms) in runs {
+            tx.execute(
+                "INSERT INTO repos (name, next_run_ms) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET next_run_ms = ?2",
+                params![repo, *at_ms as i64],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -324,10 +337,15 @@ impl Store {
 
     /// How late every scheduled pull started, in milliseconds, ascending.
     pub fn start_lags(&self) -> Result<Vec<u64>, StoreError> {
+        self.start_lags_since(0)
+    }
+
+    /// Like [`Store::start_lags`], for pulls recorded at or after `since_ms`.
+    pub fn start_lags_since(&self, since_ms: u64) -> Result<Vec<u64>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT start_lag_ms FROM pulls WHERE start_lag_ms IS NOT NULL ORDER BY start_lag_ms",
+            "SELECT start_lag_ms FROM pulls WHERE start_lag_ms IS NOT NULL AND at_ms >= ?1 ORDER BY start_lag_ms",
         )?;
-        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        let rows = stmt.query_map(params![since_ms as i64], |r| r.get::<_, i64>(0))?;
         Ok(rows
             .map(|r| r.map(|v| v.max(0) as u64))
             .collect::<Result<_, _>>()?)
@@ -397,7 +415,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("state.db")).unwrap();
         let events = store
-            .record_pull("app", &report(Outcome::Updated, 2, &[]), Some(5))
+            .record_pull("app", &report(Outcome::Updated, 2, &[]), Some(5), None)
             .unwrap();
         assert_eq!(
             events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
@@ -408,6 +426,7 @@ mod tests {
                 "app",
                 &report(Outcome::Failed, 0, &[FailureClass::ServerError; 2]),
                 Some(1),
+                Some(1_000),
             )
             .unwrap();
         assert_eq!(events[0].kind, "failed");
@@ -416,17 +435,19 @@ mod tests {
                 "app",
                 &report(Outcome::Failed, 0, &[FailureClass::Timeout]),
                 None,
+                None,
             )
             .unwrap();
         let status = store.status().unwrap();
         assert_eq!(status[0].failures_in_row, 2);
+        assert_eq!(status[0].next_run_ms, Some(1_000));
         assert_eq!(status[0].last_class.as_deref(), Some("timeout"));
         assert_eq!(
             status[0].last_commit.as_deref(),
             Some("b".repeat(40).as_str())
         );
         let events = store
-            .record_pull("app", &report(Outcome::Unchanged, 0, &[]), Some(3))
+            .record_pull("app", &report(Outcome::Unchanged, 0, &[]), Some(3), None)
             .unwrap();
         assert_eq!(
             events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
@@ -454,7 +475,7 @@ mod tests {
         let path = dir.path().join("state.db");
         let mut store = Store::open(&path).unwrap();
         store
-            .record_pull("app", &report(Outcome::Cloned, 5, &[]), None)
+            .record_pull("app", &report(Outcome::Cloned, 5, &[]), None, None)
             .unwrap();
         store.record_skip("app").unwrap();
         drop(store);

@@ -15,7 +15,7 @@ pub fn gitpulse() -> Command {
     cmd.env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GITPULSE_CACHE_DIR", scratch.join("cache"))
-        .env("GITPULSE_STATE_DIR", scratch.join("state"));
+        .env("XDG_STATE_HOME", scratch.join("state"));
     cmd
 }
 

@@ -54,12 +54,19 @@ struct SessionState {
 
 impl HttpSession {
     pub(crate) fn new(credentials: Option<Credentials>, control: AttemptControl) -> Arc<Self> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .user_agent(USER_AGENT)
-            .max_redirects(5)
-            .build()
-            .into();
+        // One agent per process: building one (TLS roots included) costs
+        // more than a no-op pull itself.
+        static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+        let agent = AGENT
+            .get_or_init(|| {
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .user_agent(USER_AGENT)
+                    .max_redirects(5)
+                    .build()
+                    .into()
+            })
+            .clone();
         Arc::new(HttpSession {
             credentials,
             control,
