@@ -104,6 +104,22 @@ fn head_of(dir: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The kinds of `gitpulse history REPO --json`, newest first.
+fn history_kinds(config: &Path, repo: &str) -> Vec<String> {
+    let out = gitpulse()
+        .args(["history", repo, "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(String::from))
+        .collect()
+}
+
 fn write_config(path: &Path, port: u16, repos: &str) {
     std::fs::write(
         path,
@@ -158,20 +174,9 @@ fn pulls_several_repos_and_picks_up_new_commits_on_schedule() {
         table.contains("app") && table.contains("lib") && table.contains("ago"),
         "{table}"
     );
-    let out = gitpulse()
-        .args(["history", "app", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let kinds = history_kinds(&config, "app");
     assert!(
-        kinds.contains(&"updated") && kinds.contains(&"cloned"),
+        kinds.iter().any(|k| k == "updated") && kinds.iter().any(|k| k == "cloned"),
         "{kinds:?}"
     );
     assert_eq!(d.stop(), 0);
@@ -291,20 +296,9 @@ fn kill_9_and_restart_resume_with_their_state() {
     wait_for("the state to record it", Duration::from_secs(30), || {
         d.status()["repos"][0]["state"]["last_commit"].as_str() == Some(new.as_str())
     });
-    let out = gitpulse()
-        .args(["history", "app", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let kinds = history_kinds(&config, "app");
     assert!(
-        kinds.contains(&"cloned") && kinds.contains(&"updated"),
+        kinds.iter().any(|k| k == "cloned") && kinds.iter().any(|k| k == "updated"),
         "state from before the kill survives: {kinds:?}"
     );
     assert_eq!(d.stop(), 0);

@@ -4,6 +4,25 @@
 mod common;
 use common::*;
 
+/// `gitpulse pull --json` over SSH with `key` and `known_hosts`.
+fn pull_ssh(
+    url: &str,
+    dir: &std::path::Path,
+    key: &std::path::Path,
+    known_hosts: &std::path::Path,
+) -> Run {
+    pull(
+        url,
+        dir,
+        &[
+            "--ssh-key",
+            key.to_str().unwrap(),
+            "--known-hosts",
+            known_hosts.to_str().unwrap(),
+        ],
+    )
+}
+
 #[test]
 fn clones_and_updates_over_ssh_with_a_key_and_known_hosts() {
     let root = tempfile::tempdir().unwrap();
@@ -34,16 +53,7 @@ fn an_unexpected_host_key_is_refused_and_not_retried() {
     let sshd = Sshd::start();
     let key = sshd.client_key();
     let hosts = sshd.wrong_known_hosts();
-    let run = pull(
-        &sshd.url(&up.bare),
-        &root.path().join("c"),
-        &[
-            "--ssh-key",
-            key.to_str().unwrap(),
-            "--known-hosts",
-            hosts.to_str().unwrap(),
-        ],
-    );
+    let run = pull_ssh(&sshd.url(&up.bare), &root.path().join("c"), &key, &hosts);
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.classes(), ["tls"], "{run:?}");
     let message = run.json["attempts"][0]["message"].as_str().unwrap();
@@ -60,16 +70,7 @@ fn a_key_the_server_does_not_accept_is_auth() {
     let sshd = Sshd::start();
     let key = sshd.stranger_key();
     let hosts = sshd.known_hosts();
-    let run = pull(
-        &sshd.url(&up.bare),
-        &root.path().join("c"),
-        &[
-            "--ssh-key",
-            key.to_str().unwrap(),
-            "--known-hosts",
-            hosts.to_str().unwrap(),
-        ],
-    );
+    let run = pull_ssh(&sshd.url(&up.bare), &root.path().join("c"), &key, &hosts);
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.classes(), ["auth"], "{run:?}");
     assert!(!root.path().join("c").exists());
