@@ -399,7 +399,7 @@ fn a_host_failing_for_everyone_trips_the_breaker_and_recovers() {
 }
 
 #[test]
-fn trigger_and_sigusr1_pull_now() {
+fn trigger_sighup_and_sigusr1() {
     let root = tempfile::tempdir().unwrap();
     let a = Upstream::new(root.path(), "a");
     let b = Upstream::new(root.path(), "b");
@@ -432,6 +432,12 @@ fn trigger_and_sigusr1_pull_now() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    d.signal("HUP");
+    wait_for(
+        "SIGHUP to reload the config",
+        Duration::from_secs(30),
+        || d.status()["counters"]["reloads"].as_u64().unwrap_or(0) >= 1,
+    );
     d.signal("USR1");
     wait_for("b pulled on SIGUSR1", Duration::from_secs(30), || {
         head_of(&b_dir).is_some()
