@@ -118,8 +118,9 @@ dir = "checkouts/docs"
         config.display()
     );
     println!("`gitpulse status|history|trigger --config …` talk to it; `gitpulse pull --help` for one-off pulls.");
-    if keep.is_some() {
-        println!("Files kept in {}", root.display());
+    match keep {
+        Some(_) => println!("Files kept in {}", root.display()),
+        None => println!("(These files are removed now; `cargo run -p gitpulse-quickstart -- DIR` keeps them in DIR.)"),
     }
     // The daemon thread is dropped mid-schedule: exactly the crash gitpulse is built to survive.
     std::process::exit(0);
