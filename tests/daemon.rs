@@ -368,6 +368,15 @@ fn a_host_failing_for_everyone_trips_the_breaker_and_recovers() {
     let port = free_port();
     let config = served.root.path().join("gitpulse.toml");
     write_config(&config, port, &entries);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "[daemon]\n",
+            "[daemon]\nbreaker_threshold = 5\nbreaker_cool_down = \"5s\"\n",
+        ),
+    )
+    .unwrap();
     let d = Daemon::start(&config, port, &[]);
     wait_for(
         "the breaker to hold repos back",
@@ -390,7 +399,7 @@ fn a_host_failing_for_everyone_trips_the_breaker_and_recovers() {
     );
 
     served.proxy.set_always(None);
-    // The breaker cools down for 30 s, then one canary probes and the rest resume.
+    // The breaker cools down for 5 s, then one canary probes and the rest resume.
     wait_for("every repo to recover", Duration::from_secs(90), || {
         (0..6).all(|i| head_of(&served.dir(&format!("c{i}"))).is_some())
     });

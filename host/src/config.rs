@@ -15,6 +15,8 @@
 //! listen = "127.0.0.1:8787"
 //! max_concurrent = 8             # pulls at once
 //! per_host = 4                   # pulls at once per remote host
+//! breaker_threshold = 5          # transient failures in a row that open a host's circuit
+//! breaker_cool_down = "30s"      # how long it stays open before a canary
 //! plugin_dir = "plugins"         # NAME.wasm files
 //!
 //! [defaults]
@@ -204,6 +206,12 @@ pub struct DaemonSettings {
     pub max_concurrent: usize,
     pub per_host: usize,
     pub plugin_dir: Option<PathBuf>,
+    /// Pulls to one host that must fail (transiently, in a row) before its
+    /// circuit opens.
+    pub breaker_threshold: u32,
+    /// How long an open circuit holds the host's repositories back before
+    /// one canary probes.
+    pub breaker_cool_down: Duration,
 }
 
 /// A validated configuration, built once and swapped whole on reload.
@@ -232,6 +240,8 @@ struct RawDaemon {
     max_concurrent: Option<Spanned<i64>>,
     per_host: Option<Spanned<i64>>,
     plugin_dir: Option<Spanned<String>>,
+    breaker_threshold: Option<Spanned<i64>>,
+    breaker_cool_down: Option<Spanned<String>>,
 }
 
 /// Fields a `[[repo]]` may set and `[defaults]` may default.
@@ -445,7 +455,19 @@ pub fn parse(
         max_concurrent: 8,
         per_host: 4,
         plugin_dir: daemon_raw.plugin_dir.as_ref().map(|s| resolve(s.get_ref())),
+        breaker_threshold: 5,
+        breaker_cool_down: Duration::from_secs(30),
     };
+    if let Some(n) = &daemon_raw.breaker_threshold {
+        daemon.breaker_threshold = check
+            .positive(n, "daemon.breaker_threshold", 10_000)
+            .unwrap_or(5) as u32;
+    }
+    if let Some(d) = &daemon_raw.breaker_cool_down {
+        if let Some(d) = check.duration(d, "daemon.breaker_cool_down") {
+            daemon.breaker_cool_down = d;
+        }
+    }
     if let Some(listen) = &daemon_raw.listen {
         match listen.get_ref().parse() {
             Ok(addr) => daemon.listen = addr,
@@ -920,6 +942,9 @@ mod tests {
     fn a_good_config_gets_defaults_and_resolved_paths() {
         let config = parse_with(
             r#"
+[daemon]
+breaker_cool_down = "5s"
+
 [defaults]
 schedule = "every 1m"
 mode = "reset"
@@ -955,6 +980,8 @@ mode = "ff"
         assert_eq!(docs.mode, Mode::FastForward);
         assert_eq!(docs.schedule, Schedule::Cron("0 0 * * * *".into()));
         assert_eq!(config.daemon.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(config.daemon.breaker_cool_down, Duration::from_secs(5));
+        assert_eq!(config.daemon.breaker_threshold, 5);
     }
 
     #[test]

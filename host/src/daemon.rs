@@ -35,11 +35,6 @@ use crate::pull::{self, PullOptions};
 use crate::redact::Secret;
 use crate::store::{self, Store};
 
-/// Consecutive failed pulls to one host before its breaker opens.
-const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open breaker holds a host's repositories back before a canary.
-const BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);
-
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
@@ -632,7 +627,8 @@ fn finish(
     }
     if transient_failure {
         breaker.failures_in_row += 1;
-        if breaker.failures_in_row >= BREAKER_THRESHOLD {
+        let daemon = &shared.config().daemon;
+        if breaker.failures_in_row >= daemon.breaker_threshold {
             if breaker.open_until.is_none() {
                 warn!(
                     host,
@@ -640,7 +636,7 @@ fn finish(
                     "circuit open: holding this host's repositories back"
                 );
             }
-            breaker.open_until = Some(Instant::now() + BREAKER_COOL_DOWN);
+            breaker.open_until = Some(Instant::now() + daemon.breaker_cool_down);
         }
     } else if report.outcome.is_success() {
         if breaker.open_until.is_some() {
