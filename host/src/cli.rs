@@ -30,7 +30,8 @@ const EXIT_CODES: &str = exit_codes!();
     name = "gitpulse",
     version,
     about = "Keep git checkouts up to date: robust pulls with classified failures and retries.",
-    after_help = EXIT_CODES,
+    after_help = "Exit codes: 0 success; 1 the work failed (a pull gave up, a plugin faulted, the daemon\n\
+                  is unreachable); 2 usage or configuration error. `gitpulse <COMMAND> --help` says more.",
     args_override_self = true
 )]
 pub struct Cli {
