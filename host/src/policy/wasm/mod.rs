@@ -4,7 +4,7 @@
 //! One [`wasmtime::Engine`] per process and one [`Linker`] built once; each
 //! [`Plugin`] keeps an `InstancePre` and one live instance that is reused
 //! from call to call (instantiating costs ~100 µs, a call well under one)
-//! and thrown away after any fault. Every call runs under an epoch deadline
+//! and thrown away after any fault. Every call runs under a fuel budget
 //! (the CPU budget) and a memory cap. Compiled components are cached on disk
 //! ([`cache`]) so the second load of a plugin skips compilation.
 //!
@@ -39,8 +39,16 @@ use state::PluginState;
 /// The contract versions this host accepts.
 pub const ACCEPTED: &str = "0.1.x";
 const PACKAGE: &str = "gitpulse:policy";
-/// Granularity of the CPU budget.
+/// Granularity of the wall-clock backstop.
 const TICK: Duration = Duration::from_millis(1);
+/// Fuel per millisecond of CPU budget: wasmtime spends about one unit per
+/// WebAssembly instruction, and a core runs on the order of 10⁹ of them a
+/// second. Fuel, unlike a wall-clock deadline, does not run out because the
+/// machine is busy, so a loaded host does not fault well-behaved plugins.
+const FUEL_PER_MS: u64 = 1_000_000;
+/// A call is also stopped, whatever its fuel, after this many times its CPU
+/// budget of wall-clock time (a plugin blocked in a host call, say).
+const WALL_CLOCK_FACTOR: u32 = 100;
 
 /// Why a file cannot be used as a plugin. Nothing was loaded.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +147,10 @@ fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true);
         // Only fails for contradictory settings, which these are not.
         let engine = Engine::new(&config).unwrap_or_else(|e| panic!("wasmtime engine: {e}"));
         let ticker = engine.weak();
@@ -378,6 +389,8 @@ impl Plugin {
             store.limiter(|s| &mut s.limits);
             store.epoch_deadline_trap();
             store.set_epoch_deadline(self.ticks());
+            // Instantiation runs the component's start code: same budget.
+            let _ = store.set_fuel(self.fuel());
             let instance: Instance = self
                 .pre
                 .instantiate(&mut store)
@@ -407,10 +420,13 @@ impl Plugin {
                 notify,
             });
         }
-        let ticks = self.ticks();
+        let (ticks, fuel) = (self.ticks(), self.fuel());
         match self.live.as_mut() {
             Some(live) => {
                 live.store.set_epoch_deadline(ticks);
+                live.store
+                    .set_fuel(fuel)
+                    .map_err(|e| Fault::Trap(e.to_string()))?;
                 Ok(live)
             }
             None => Err(Fault::Trap("no instance".into())),
@@ -418,13 +434,19 @@ impl Plugin {
     }
 
     fn ticks(&self) -> u64 {
+        let wall = self.sandbox.cpu * WALL_CLOCK_FACTOR;
         // +1: the current tick may be about to end.
-        (self.sandbox.cpu.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
+        (wall.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
+    }
+
+    fn fuel(&self) -> u64 {
+        let micros = self.sandbox.cpu.as_micros().max(1) as u64;
+        micros.saturating_mul(FUEL_PER_MS) / 1000
     }
 
     fn fault(&self, e: wasmtime::Error) -> Fault {
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => Fault::Timeout(self.sandbox.cpu),
+            Some(Trap::Interrupt | Trap::OutOfFuel) => Fault::Timeout(self.sandbox.cpu),
             _ => {
                 let text = format!("{e:#}");
                 if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {

@@ -23,9 +23,11 @@ fn misbehave() {
             }
         }
         "bomb" => {
+            // Reserve without writing: the memory cap, not the CPU budget,
+            // must be what stops it, however slow the machine.
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
-                hoard.push(vec![1u8; 1 << 20]);
+                hoard.push(Vec::with_capacity(4 << 20));
                 std::hint::black_box(&hoard);
             }
         }
