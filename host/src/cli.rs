@@ -363,7 +363,7 @@ pub enum UsageError {
     },
     #[error("--backoff-base ({base}) is larger than --backoff-max ({max})")]
     Backoff { base: String, max: String },
-    #[error("URL `{0}`: {1}")]
+    #[error("URL {1}")]
     Url(String, String),
     #[error("--timeout must be greater than zero")]
     ZeroTimeout,
@@ -449,19 +449,9 @@ impl PullArgs {
 }
 
 fn check_url(url: &str) -> Result<(), UsageError> {
-    let shown = crate::redact::url(url);
-    let scp_like = !url.contains("://") && url.contains(':') && url.contains('@');
-    if scp_like {
-        return Ok(());
-    }
-    let parsed = url::Url::parse(url).map_err(|e| UsageError::Url(shown.clone(), e.to_string()))?;
-    match parsed.scheme() {
-        "http" | "https" | "ssh" | "git" | "file" => Ok(()),
-        other => Err(UsageError::Url(
-            shown,
-            format!("unsupported scheme `{other}` (use https, http, ssh, git or file)"),
-        )),
-    }
+    crate::git::check_remote_url(url)
+        .map(|_| ())
+        .map_err(|e| UsageError::Url(crate::redact::url(url), e))
 }
 
 #[cfg(test)]

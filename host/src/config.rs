@@ -762,17 +762,9 @@ pub fn parse(
 }
 
 fn check_url(url: &str) -> Result<(), String> {
-    let scp_like = !url.contains("://") && url.contains(':') && url.contains('@');
-    if scp_like {
-        return Ok(());
-    }
-    let shown = crate::redact::url(url);
-    let parsed = url::Url::parse(url).map_err(|e| format!("`{shown}`: {e}"))?;
-    match parsed.scheme() {
-        "http" | "https" | "ssh" | "git" | "file" => {}
-        other => return Err(format!("`{shown}`: unsupported scheme `{other}`")),
-    }
+    let parsed = crate::git::check_remote_url(url)?;
     if parsed.password().is_some() {
+        let shown = crate::redact::url(url);
         return Err(format!(
             "`{shown}`: put credentials in token_env or token_file, not in the URL"
         ));

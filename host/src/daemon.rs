@@ -479,16 +479,6 @@ fn reload(shared: &Shared) -> Option<Vec<String>> {
                     changed.push(repo.name.clone());
                 }
             }
-            // Plugin files may have changed although the config did not.
-            let plugins_changed = old.daemon.plugin_dir.is_some();
-            if plugins_changed {
-                for repo in &new.repos {
-                    let uses_plugin = repo.policy.retry.is_some() || repo.policy.backoff.is_some();
-                    if uses_plugin && !changed.contains(&repo.name) {
-                        changed.push(repo.name.clone());
-                    }
-                }
-            }
             if old.daemon.max_concurrent != new.daemon.max_concurrent
                 || old.daemon.listen != new.daemon.listen
             {
@@ -504,19 +494,6 @@ fn reload(shared: &Shared) -> Option<Vec<String>> {
             Some(changed)
         }
     }
-}
-
-fn remote_host(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(String::from))
-        .unwrap_or_else(|| {
-            // scp-like `git@host:path`
-            url.split_once('@')
-                .and_then(|(_, rest)| rest.split_once(':'))
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_default()
-        })
 }
 
 /// Starts a pull of `repo` unless it is running already or its host's
@@ -537,7 +514,7 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, 
         info!(repo = repo.name, "still running: this run is skipped");
         return;
     }
-    let host = remote_host(&repo.url);
+    let host = crate::git::remote_host(&repo.url);
     let canary = {
         let mut breakers = lock(&shared.breakers);
         let breaker = breakers.entry(host.clone()).or_default();
@@ -759,7 +736,7 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
             let info = RepoInfo {
                 name: repo.name.clone(),
                 url: crate::redact::url(&repo.url),
-                remote_host: remote_host(&repo.url),
+                remote_host: crate::git::remote_host(&repo.url),
                 branch: repo.branch.clone().unwrap_or_default(),
                 labels: repo
                     .labels

@@ -318,10 +318,7 @@ fn run_pull(args: &PullArgs) -> ExitCode {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 url: gitpulse::redact::url(&args.url),
-                remote_host: url::Url::parse(&args.url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(String::from))
-                    .unwrap_or_default(),
+                remote_host: gitpulse::git::remote_host(&args.url),
                 branch: args.branch.clone().unwrap_or_default(),
                 labels: vec![],
             };
@@ -479,7 +476,7 @@ fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
     if args.backoff_base > args.backoff_max {
         return usage("--backoff-base is larger than --backoff-max");
     }
-    let mut plugin = match load(&args.file, &args.plugin, Some(args.seed)) {
+    let plugin = match load(&args.file, &args.plugin, Some(args.seed)) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -487,12 +484,21 @@ fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
         base: args.backoff_base,
         max: args.backoff_max,
     };
-    let mut builtin = Builtin::new(backoff, args.max_attempts, Some(args.seed));
+    let builtin = Builtin::new(backoff, args.max_attempts, Some(args.seed));
     let told = Told {
         max_attempts: args.max_attempts,
         max_delay: args.backoff_max,
     };
-    let steps = tools::simulate(&mut plugin, &mut builtin, &trace, told);
+    let repo = RepoInfo {
+        name: "simulated".into(),
+        url: "https://git.example.com/simulated.git".into(),
+        remote_host: "git.example.com".into(),
+        branch: "main".into(),
+        labels: vec![],
+    };
+    let mut policy = WasmPolicy::new(plugin, builtin, repo, told);
+    let steps = tools::simulate(&mut policy, &trace, told);
+    let plugin = policy.plugin();
     if args.json {
         for step in &steps {
             match serde_json::to_string(step) {

@@ -68,7 +68,7 @@ impl Observer for Terminal {
             bar.set_length(p.total_deltas.max(1) as u64);
             bar.set_position(p.indexed_deltas as u64);
         }
-        bar.set_prefix(bytes(p.received_bytes));
+        bar.set_prefix(indicatif::HumanBytes(p.received_bytes as u64).to_string());
     }
 
     fn attempt_failed(&mut self, record: &AttemptRecord, decision: &Decision) {
@@ -161,15 +161,6 @@ fn short(d: Duration) -> String {
         format!("{:.1}s", d.as_secs_f64())
     } else {
         humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    }
-}
-
-fn bytes(n: usize) -> String {
-    let n = n as f64;
-    if n >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", n / 1024.0 / 1024.0)
-    } else {
-        format!("{:.0} KiB", n / 1024.0)
     }
 }
 

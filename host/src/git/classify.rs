@@ -53,18 +53,23 @@ pub(crate) fn classify(
     }
 }
 
+/// The class of an HTTP error status, whoever saw it (libgit2's message or
+/// our transport).
+pub(crate) fn class_for_status(status: u16) -> FailureClass {
+    match status {
+        401 | 403 | 407 => FailureClass::Auth,
+        404 | 410 => FailureClass::NotFound,
+        429 => FailureClass::RateLimited,
+        500..=599 => FailureClass::ServerError,
+        _ => FailureClass::Protocol,
+    }
+}
+
 fn class_of(err: &git2::Error, message: &str) -> (FailureClass, Option<u16>) {
     let lower = message.to_ascii_lowercase();
     let has = |needle: &str| lower.contains(needle);
     if let Some(status) = http_status(&lower) {
-        let class = match status {
-            401 | 403 => FailureClass::Auth,
-            404 | 410 => FailureClass::NotFound,
-            429 => FailureClass::RateLimited,
-            500..=599 => FailureClass::ServerError,
-            _ => FailureClass::Protocol,
-        };
-        return (class, Some(status));
+        return (class_for_status(status), Some(status));
     }
     let class = match (err.class(), err.code()) {
         (_, ErrorCode::Auth) => FailureClass::Auth,

@@ -330,13 +330,7 @@ fn interrupted(class: FailureClass) -> GitFailure {
 }
 
 fn status_failure(status: u16, headers: &ureq::http::HeaderMap) -> GitFailure {
-    let class = match status {
-        401 | 403 | 407 => FailureClass::Auth,
-        404 | 410 => FailureClass::NotFound,
-        429 => FailureClass::RateLimited,
-        500..=599 => FailureClass::ServerError,
-        _ => FailureClass::Protocol,
-    };
+    let class = super::classify::class_for_status(status);
     let retry_after = headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())

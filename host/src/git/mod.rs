@@ -28,6 +28,33 @@ pub use sync::sync;
 
 use crate::redact::Secret;
 
+/// Whether gitpulse can pull from `url`: https, http, ssh, git, file, or
+/// scp-like `user@host:path`. The error shows the URL redacted.
+pub fn check_remote_url(url: &str) -> Result<url::Url, String> {
+    let shown = crate::redact::url(url);
+    if !url.contains("://") && url.contains(':') && url.contains('@') {
+        let (user, rest) = url.split_once('@').unwrap_or_default();
+        let (host, path) = rest.split_once(':').unwrap_or_default();
+        return url::Url::parse(&format!("ssh://{user}@{host}/{path}"))
+            .map_err(|e| format!("`{shown}`: {e}"));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{shown}`: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" | "ssh" | "git" | "file" => Ok(parsed),
+        other => Err(format!(
+            "`{shown}`: unsupported scheme `{other}` (use https, http, ssh, git or file)"
+        )),
+    }
+}
+
+/// The remote's host name (`github.com`), empty for file:// and bad URLs.
+pub fn remote_host(url: &str) -> String {
+    check_remote_url(url)
+        .ok()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_default()
+}
+
 /// How the checkout follows the remote branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use gitpulse_policy_core::{AttemptContext, Decision, FailureClass};
 
-use super::wasm::{Fault, Plugin, RepoInfo, Told};
-use super::{clamp, Limits};
+use super::wasm::{Plugin, RepoInfo, Told, WasmPolicy};
+use super::{clamp, Limits, RetryPolicy};
 
 /// Which roles a scaffolded plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,25 +358,13 @@ pub struct Step {
     pub at_ms: u64,
 }
 
-/// Replays `trace` through `plugin` (built-in where it lacks the role or
-/// faults), attempt by attempt, until a stop or the end of the trace.
+/// Replays `trace` through `policy` (a plugin, with the built-in standing
+/// in where it lacks the role or faults), attempt by attempt, until a stop or the end of the trace.
 /// Time is simulated: no real waiting.
-pub fn simulate(
-    plugin: &mut Plugin,
-    builtin: &mut super::Builtin,
-    trace: &[TraceStep],
-    told: Told,
-) -> Vec<Step> {
+pub fn simulate(policy: &mut WasmPolicy, trace: &[TraceStep], told: Told) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut elapsed = Duration::ZERO;
     let mut previous = None;
-    let repo = RepoInfo {
-        name: "simulated".into(),
-        url: "https://git.example.com/simulated.git".into(),
-        remote_host: "git.example.com".into(),
-        branch: "main".into(),
-        labels: vec![],
-    };
     for (i, step) in trace.iter().enumerate() {
         let class: FailureClass = step.class.parse().unwrap_or(FailureClass::Other);
         let ctx = AttemptContext {
@@ -388,41 +376,17 @@ pub fn simulate(
             remaining: None,
             previous_delay: previous,
         };
-        let wit_ctx = super::wasm::context_for_tools(
-            &ctx,
-            step.message.as_deref().unwrap_or(""),
-            &repo,
-            &told,
-        );
-        let fallback = super::RetryPolicy::decide(builtin, &ctx);
-        let (decision, fault): (Decision, Option<Fault>) = if plugin.roles.retry {
-            match plugin.decide(&wit_ctx, &told) {
-                Ok(d) => (d, None),
-                Err(f) => (fallback, Some(f)),
-            }
-        } else if let (true, Decision::RetryAfter { timeout, .. }) =
-            (plugin.roles.backoff, &fallback)
-        {
-            match plugin.delay(&wit_ctx, &told) {
-                Ok(delay) => (
-                    Decision::RetryAfter {
-                        delay,
-                        timeout: *timeout,
-                    },
-                    None,
-                ),
-                Err(f) => (fallback, Some(f)),
-            }
-        } else {
-            (fallback, None)
-        };
+        // The same path a pull takes: plugin where it has the role, built-in
+        // otherwise or on a fault, then the host's clamp.
+        policy.note_failure_message(step.message.as_deref().unwrap_or(""));
         let limits = Limits {
             max_attempts: told.max_attempts,
             max_delay: told.max_delay,
             remaining: None,
         };
-        let decision = clamp(decision, &ctx, &limits);
-        let fault_note = fault.map(|f| format!("plugin {f}; built-in decided"));
+        let decision = clamp(policy.decide(&ctx), &ctx, &limits);
+        let notices = policy.take_notices();
+        let fault_note = (!notices.is_empty()).then(|| notices.join("; "));
         match decision {
             Decision::RetryAfter { delay, .. } => {
                 elapsed += delay;

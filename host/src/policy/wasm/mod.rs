@@ -618,26 +618,29 @@ impl RetryPolicy for WasmPolicy {
     }
 
     fn decide(&mut self, ctx: &AttemptContext) -> Decision {
-        let fallback = self.builtin.decide(ctx);
-        if self.quarantined {
-            return fallback;
+        // The built-in decides only when it is needed: a quarantined plugin,
+        // no retry role, or a fault.
+        if self.quarantined || !(self.plugin.roles.retry || self.plugin.roles.backoff) {
+            return self.builtin.decide(ctx);
         }
         let wit_ctx = bindings::context_to_wit(ctx, &self.last_message, &self.repo, &self.told);
         let told = self.told;
-        let decision = if self.plugin.roles.retry {
-            match self.plugin.decide(&wit_ctx, &told) {
+        if self.plugin.roles.retry {
+            let decision = match self.plugin.decide(&wit_ctx, &told) {
                 Ok(d) => {
                     self.consecutive_faults = 0;
                     d
                 }
                 Err(fault) => {
                     self.record_fault("retry", &fault);
-                    fallback
+                    self.builtin.decide(ctx)
                 }
-            }
-        } else if let (true, Decision::RetryAfter { timeout, .. }) =
-            (self.plugin.roles.backoff, &fallback)
-        {
+            };
+            self.drain_plugin_logs();
+            return decision;
+        }
+        let fallback = self.builtin.decide(ctx);
+        let decision = if let Decision::RetryAfter { timeout, .. } = &fallback {
             match self.plugin.delay(&wit_ctx, &told) {
                 Ok(delay) => {
                     self.consecutive_faults = 0;
