@@ -15,6 +15,11 @@
 //! with file:line and the old one keeps running. Shutdown (SIGTERM/SIGINT)
 //! stops scheduling, lets running pulls finish within the grace period,
 //! then cancels them (checkouts stay consistent: see `git`).
+//!
+//! Each pull's events and their rendered messages are recorded with its
+//! result (see `notify` and `store::outbox`); a sender task delivers the
+//! outbox, woken by new messages and by retry times, and picks up whatever
+//! a previous run left pending.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -27,7 +32,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::config::{self, AuthRef, Config, RepoConfig};
+use crate::events::{self, Event, EventKind, RepoRef};
 use crate::git::{Auth, SyncSpec};
+use crate::notify::{self, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
 use crate::policy::wasm::{KvStore, Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
 use crate::policy::{Backoff, Builtin, RetryPolicy};
@@ -88,6 +95,10 @@ struct Shared {
     /// Set after the shutdown grace period: running pulls stop.
     cancel: Arc<AtomicBool>,
     counters: Counters,
+    /// Notification delivery: connections kept across messages, and a
+    /// wake-up for the sender when messages are queued.
+    senders: Senders,
+    outbox_wake: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,6 +168,8 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         plugin_kv: Mutex::default(),
         cancel: Arc::new(AtomicBool::new(false)),
         counters: Counters::default(),
+        senders: Senders::default(),
+        outbox_wake: tokio::sync::Notify::new(),
     });
     let (tx, rx) = mpsc::unbounded_channel();
     spawn_signal_handlers(tx.clone());
@@ -166,6 +179,8 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         tx: tx.clone(),
     });
     tokio::spawn(crate::server::serve(listener, view));
+    let stop_sender = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(send_loop(shared.clone(), stop_sender.clone()));
     let config = shared.config();
     info!(repos = config.repos.len(), listen = %config.daemon.listen, "gitpulse daemon started");
     schedule_loop(shared.clone(), rx).await;
@@ -187,11 +202,52 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Messages still pending stay in the outbox for the next start.
+    stop_sender.store(true, Ordering::SeqCst);
+    shared.outbox_wake.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     info!(
         pulls = shared.counters.pulls.load(Ordering::Relaxed),
         "gitpulse daemon stopped"
     );
     Ok(())
+}
+
+/// Delivers the outbox: at once when messages are queued, when the next
+/// retry or digest falls due, and every few seconds regardless.
+async fn send_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    const BATCH: usize = 500;
+    while !stop.load(Ordering::SeqCst) {
+        let job = shared.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let config = job.config();
+            let stats = notify::deliver_due(&job.store, &config, &job.senders, BATCH)?;
+            let next = lock(&job.store).next_due_ms()?;
+            Ok::<_, store::StoreError>((stats, next))
+        })
+        .await;
+        let wait = match pass {
+            Ok(Ok((stats, _))) if stats.delivered + stats.retrying + stats.dead >= BATCH as u64 => {
+                continue; // more may be due right now
+            }
+            Ok(Ok((_, next))) => next
+                .map(|at| Duration::from_millis(at.saturating_sub(store::now_ms())))
+                .unwrap_or(Duration::from_secs(5))
+                .min(Duration::from_secs(5)),
+            Ok(Err(e)) => {
+                error!("outbox: {e}");
+                Duration::from_secs(5)
+            }
+            Err(e) => {
+                error!("outbox sender failed: {e}");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::select! {
+            _ = shared.outbox_wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// What the HTTP server may see and do.
@@ -231,7 +287,8 @@ impl DaemonView {
                 "skipped_breaker": c.skipped_breaker.load(Ordering::Relaxed),
                 "reloads": c.reloads.load(Ordering::Relaxed),
                 "reloads_rejected": c.reloads_rejected.load(Ordering::Relaxed),
-            }
+            },
+            "outbox": lock(&self.shared.store).outbox_counts().ok(),
         })
     }
 }
@@ -276,8 +333,8 @@ fn spawn_signal_handlers(tx: mpsc::UnboundedSender<CommandHandle>) {
 fn watch_files(
     config: &Config,
     tx: mpsc::UnboundedSender<CommandHandle>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
+) -> Option<::notify::RecommendedWatcher> {
+    use ::notify::{RecursiveMode, Watcher};
     let config_file = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
     let plugin_dir = config
         .daemon
@@ -286,23 +343,24 @@ fn watch_files(
         .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
     let watched_file = config_file.clone();
     let watched_dir = plugin_dir.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if matches!(event.kind, notify::EventKind::Access(_)) {
-            return;
-        }
-        let relevant = event.paths.iter().any(|p| {
-            p == &watched_file
-                || watched_dir
-                    .as_ref()
-                    .is_some_and(|d| p.starts_with(d) && p.extension().is_some_and(|e| e == "wasm"))
-        });
-        if relevant {
-            let _ = tx.send(CommandHandle(Command::Reload));
-        }
-    })
-    .map_err(|e| warn!("file watching unavailable ({e}); reload with SIGHUP"))
-    .ok()?;
+    let mut watcher =
+        ::notify::recommended_watcher(move |event: ::notify::Result<::notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(event.kind, ::notify::EventKind::Access(_)) {
+                return;
+            }
+            let relevant = event.paths.iter().any(|p| {
+                p == &watched_file
+                    || watched_dir.as_ref().is_some_and(|d| {
+                        p.starts_with(d) && p.extension().is_some_and(|e| e == "wasm")
+                    })
+            });
+            if relevant {
+                let _ = tx.send(CommandHandle(Command::Reload));
+            }
+        })
+        .map_err(|e| warn!("file watching unavailable ({e}); reload with SIGHUP"))
+        .ok()?;
     // Watch the directory: editors replace files rather than write them.
     if let Some(dir) = config_file.parent() {
         let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
@@ -465,6 +523,13 @@ fn reload(shared: &Shared) -> Option<Vec<String>> {
             for p in &problems.0 {
                 error!("config rejected, keeping the running one: {p}");
             }
+            let event = Event::problem(
+                EventKind::ConfigRejected,
+                RepoRef::default(),
+                problems.to_string(),
+                store::now_ms(),
+            );
+            record_events(shared, &old, None, vec![event]);
             None
         }
         Ok(new) => {
@@ -556,18 +621,16 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, 
         });
         let job = shared.clone();
         let name = repo.name.clone();
-        let report = tokio::task::spawn_blocking(move || run_pull(&job, &repo)).await;
+        let report = tokio::task::spawn_blocking(move || {
+            let report = run_pull(&job, &repo)?;
+            record(&job, &repo, &report, start_lag_ms, next_run_ms);
+            Ok::<_, JobError>(report)
+        })
+        .await;
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
+        shared.outbox_wake.notify_one();
         match report {
-            Ok(Ok(report)) => finish(
-                &shared,
-                &name,
-                &host,
-                canary,
-                &report,
-                start_lag_ms,
-                next_run_ms,
-            ),
+            Ok(Ok(report)) => finish(&shared, &name, &host, canary, &report),
             Ok(Err(e)) => error!(repo = name, "cannot pull: {e}"),
             Err(e) => error!(repo = name, "pull task failed: {e}"),
         }
@@ -575,23 +638,79 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, 
     });
 }
 
-fn finish(
+/// Records a finished pull with its events and their messages, in one
+/// transaction. On a blocking thread.
+fn record(
     shared: &Shared,
-    name: &str,
-    host: &str,
-    canary: bool,
+    repo: &RepoConfig,
     report: &PullReport,
     start_lag_ms: Option<u64>,
     next_run_ms: Option<u64>,
 ) {
-    match lock(&shared.store).record_pull(name, report, start_lag_ms, next_run_ms) {
+    let config = shared.config();
+    let repo_ref = repo_ref(repo);
+    // Read before taking the store: it touches the disk.
+    let mut changes = match (&report.new, report.commits) {
+        (Some(new), 1..) => events::read_changes(&repo.dir, report.old.as_deref(), new)
+            .map_err(|e| warn!(repo = repo.name, "reading the new commits: {}", e.message()))
+            .ok(),
+        _ => None,
+    };
+    let loader = |name: &str| load_plugin(shared, &config, name);
+    let router = Router::new(&config, &loader);
+    let at = store::now_ms();
+    let result = lock(&shared.store).record_pull(
+        &repo.name,
+        report,
+        start_lag_ms,
+        next_run_ms,
+        &mut |previous| {
+            let mut events = events::for_pull(&repo_ref, report, previous, changes.take(), at);
+            events.extend(plugin_faults(&repo_ref, report, at));
+            router.outgoing(events, Some(repo))
+        },
+    );
+    match result {
         Ok(events) => {
             for e in events {
-                info!(repo = name, event = e.kind, "event");
+                info!(repo = repo.name, event = e.kind, "event");
             }
         }
-        Err(e) => error!(repo = name, "recording the pull: {e}"),
+        Err(e) => error!(repo = repo.name, "recording the pull: {e}"),
     }
+}
+
+/// A plugin's faults during a pull, as `plugin-fault` events (the policy
+/// reports them as notices that name the plugin).
+fn plugin_faults(repo: &RepoRef, report: &PullReport, at: u64) -> Vec<Event> {
+    report
+        .notices
+        .iter()
+        .filter(|n| n.starts_with("plugin "))
+        .map(|n| Event::problem(EventKind::PluginFault, repo.clone(), n.clone(), at))
+        .collect()
+}
+
+fn repo_ref(repo: &RepoConfig) -> RepoRef {
+    RepoRef::new(
+        &repo.name,
+        &repo.url,
+        repo.branch.as_deref(),
+        repo.labels.clone(),
+    )
+}
+
+/// Records events that no pull result carries, with their messages.
+fn record_events(shared: &Shared, config: &Config, repo: Option<&RepoConfig>, events: Vec<Event>) {
+    let loader = |name: &str| load_plugin(shared, config, name);
+    let outgoing = Router::new(config, &loader).outgoing(events, repo);
+    if let Err(e) = lock(&shared.store).record_events(outgoing) {
+        error!("recording events: {e}");
+    }
+    shared.outbox_wake.notify_one();
+}
+
+fn finish(shared: &Shared, name: &str, host: &str, canary: bool, report: &PullReport) {
     let transient_failure = report.outcome == Outcome::Failed
         && report
             .attempts
@@ -706,33 +825,8 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
         .clone()
         .or_else(|| repo.policy.backoff.clone());
     let mut policy: Box<dyn RetryPolicy> = match (plugin_name, &config.daemon.plugin_dir) {
-        (Some(name), Some(dir)) => {
-            let kv = lock(&shared.plugin_kv)
-                .entry(name.clone())
-                .or_insert_with(|| {
-                    let file = config
-                        .daemon
-                        .state_dir
-                        .join("plugins")
-                        .join(format!("{name}.json"));
-                    Arc::new(Mutex::new(KvStore::persisted(file).unwrap_or_else(|e| {
-                        warn!(
-                            plugin = name,
-                            "plugin state unreadable, starting empty: {e}"
-                        );
-                        KvStore::in_memory()
-                    })))
-                })
-                .clone();
-            let mut env =
-                PluginEnv::new(config.plugins.get(&name).cloned().unwrap_or_default(), None);
-            env.kv = kv;
-            let plugin = Plugin::load(
-                &dir.join(format!("{name}.wasm")),
-                Some(&config.daemon.state_dir.join("cache")),
-                Sandbox::default(),
-                env,
-            )?;
+        (Some(name), Some(_)) => {
+            let plugin = load_plugin(shared, &config, &name)?;
             let info = RepoInfo {
                 name: repo.name.clone(),
                 url: crate::redact::url(&repo.url),
@@ -756,7 +850,11 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
         }
         _ => Box::new(builtin),
     };
-    let mut observer = LogObserver { repo: &repo.name };
+    let mut observer = LogObserver {
+        shared,
+        config: &config,
+        repo,
+    };
     Ok(pull::pull(
         &options,
         policy.as_mut(),
@@ -765,9 +863,47 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
     )?)
 }
 
-/// Attempt lines and notices go to the daemon's log.
+/// Loads plugin `name` from the plugin directory, with its settings and
+/// its key-value store (shared by every pull that uses it).
+fn load_plugin(
+    shared: &Shared,
+    config: &Config,
+    name: &str,
+) -> Result<Plugin, crate::policy::wasm::LoadError> {
+    let dir = config.daemon.plugin_dir.clone().unwrap_or_default();
+    let kv = lock(&shared.plugin_kv)
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            let file = config
+                .daemon
+                .state_dir
+                .join("plugins")
+                .join(format!("{name}.json"));
+            Arc::new(Mutex::new(KvStore::persisted(file).unwrap_or_else(|e| {
+                warn!(
+                    plugin = name,
+                    "plugin state unreadable, starting empty: {e}"
+                );
+                KvStore::in_memory()
+            })))
+        })
+        .clone();
+    let mut env = PluginEnv::new(config.plugins.get(name).cloned().unwrap_or_default(), None);
+    env.kv = kv;
+    Plugin::load(
+        &dir.join(format!("{name}.wasm")),
+        Some(&config.daemon.state_dir.join("cache")),
+        Sandbox::default(),
+        env,
+    )
+}
+
+/// Attempt lines and notices go to the daemon's log; a failed attempt that
+/// will be retried is a `retrying` event for notifiers that opted in.
 struct LogObserver<'a> {
-    repo: &'a str,
+    shared: &'a Shared,
+    config: &'a Config,
+    repo: &'a RepoConfig,
 }
 
 impl pull::Observer for LogObserver<'_> {
@@ -777,13 +913,19 @@ impl pull::Observer for LogObserver<'_> {
         decision: &crate::policy::Decision,
     ) {
         info!(
-            repo = self.repo,
+            repo = self.repo.name,
             "{}",
             crate::report::attempt_line(record, decision)
         );
+        let loader = |name: &str| load_plugin(self.shared, self.config, name);
+        let wanted = Router::new(self.config, &loader).wants(EventKind::Retrying, Some(self.repo));
+        if wanted && matches!(decision, crate::policy::Decision::RetryAfter { .. }) {
+            let event = events::retrying(&repo_ref(self.repo), record, store::now_ms());
+            record_events(self.shared, self.config, Some(self.repo), vec![event]);
+        }
     }
 
     fn notice(&mut self, text: &str) {
-        warn!(repo = self.repo, "{text}");
+        warn!(repo = self.repo.name, "{text}");
     }
 }

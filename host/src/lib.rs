@@ -34,7 +34,9 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod git;
+pub mod notify;
 pub mod outcome;
 pub mod policy;
 pub mod pull;

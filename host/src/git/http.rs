@@ -264,7 +264,7 @@ impl HttpStream {
             let response = match result {
                 Ok(r) => r,
                 Err(err) => {
-                    let mut failure = request_failure(err, &session.control);
+                    let mut failure = request_failure(err, Some(&session.control));
                     if self.url.starts_with("https://") && failure.class == FailureClass::Protocol {
                         // The connection ended or spoke garbage before any
                         // HTTP answer: the TLS handshake did not happen.
@@ -329,7 +329,9 @@ fn interrupted(class: FailureClass) -> GitFailure {
     }
 }
 
-fn status_failure(status: u16, headers: &ureq::http::HeaderMap) -> GitFailure {
+/// An HTTP answer other than success, classified (Retry-After included).
+/// Webhook delivery uses it too, so both speak of failures alike.
+pub fn status_failure(status: u16, headers: &ureq::http::HeaderMap) -> GitFailure {
     let class = super::classify::class_for_status(status);
     let retry_after = headers
         .get("retry-after")
@@ -358,11 +360,15 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn request_failure(err: ureq::Error, control: &AttemptControl) -> GitFailure {
+/// A request that got no HTTP answer, classified. `control` tells a
+/// timeout from a cancelled or out-of-time attempt, when there is one.
+pub fn request_failure(err: ureq::Error, control: Option<&AttemptControl>) -> GitFailure {
     let (class, message) = match &err {
         ureq::Error::Timeout(_) => (
-            control.interrupted().unwrap_or(FailureClass::Timeout),
-            "attempt timed out waiting for the server".to_string(),
+            control
+                .and_then(AttemptControl::interrupted)
+                .unwrap_or(FailureClass::Timeout),
+            "timed out waiting for the server".to_string(),
         ),
         ureq::Error::HostNotFound => (
             FailureClass::Dns,
@@ -397,10 +403,12 @@ fn is_dns_failure(e: &io::Error) -> bool {
         || text.contains("no address associated")
 }
 
-fn io_class(e: &io::Error, control: &AttemptControl) -> FailureClass {
+fn io_class(e: &io::Error, control: Option<&AttemptControl>) -> FailureClass {
     use io::ErrorKind::*;
     match e.kind() {
-        TimedOut | WouldBlock => control.interrupted().unwrap_or(FailureClass::Timeout),
+        TimedOut | WouldBlock => control
+            .and_then(AttemptControl::interrupted)
+            .unwrap_or(FailureClass::Timeout),
         ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
         | AddrNotAvailable | HostUnreachable | NetworkUnreachable => FailureClass::Connect,
         UnexpectedEof | InvalidData => FailureClass::Protocol,
@@ -423,7 +431,7 @@ impl Read for HttpStream {
         match reader.read(buf) {
             Ok(n) => Ok(n),
             Err(e) => {
-                let failure = request_failure(ureq::Error::from(e), &self.session.control);
+                let failure = request_failure(ureq::Error::from(e), Some(&self.session.control));
                 let failure = GitFailure {
                     message: format!("while receiving: {}", failure.message),
                     ..failure

@@ -13,6 +13,7 @@
 
 mod classify;
 mod http;
+pub use http::{request_failure, status_failure};
 mod journal;
 mod lock;
 mod ssh;

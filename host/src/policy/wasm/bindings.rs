@@ -140,3 +140,84 @@ pub(crate) fn decision_from_wit(d: wit::Decision, told: &Told) -> Result<Decisio
         })),
     }
 }
+
+/// A notify plugin's answer, in the host's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyChoice {
+    /// Send nothing; the reason is logged.
+    Suppress(String),
+    Send {
+        /// The plugin's own (subject, body) templates; none: the host's.
+        template: Option<(String, String)>,
+        /// Extra variables, `vars.NAME` in templates.
+        vars: Vec<(String, String)>,
+    },
+}
+
+pub(crate) fn event_to_wit(e: &crate::events::Event) -> wit::Event {
+    use crate::events::EventKind as K;
+    let kind = match e.kind {
+        K::Changed => wit::EventKind::Changed,
+        K::Failed => wit::EventKind::Failed,
+        K::Recovered => wit::EventKind::Recovered,
+        K::Retrying => wit::EventKind::Retrying,
+        K::PluginFault => wit::EventKind::PluginFault,
+        K::ConfigRejected => wit::EventKind::ConfigRejected,
+    };
+    wit::Event {
+        kind,
+        repo: wit::Repo {
+            name: e.repo.name.clone(),
+            url: e.repo.url.clone(),
+            remote_host: e.repo.remote_host.clone(),
+            branch: e.repo.branch.clone(),
+            labels: e
+                .repo
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        },
+        old: e.old.clone(),
+        new: e.new.clone(),
+        commits: e
+            .commits
+            .iter()
+            .map(|c| wit::Commit {
+                sha: c.sha.clone(),
+                author: c.author.clone(),
+                subject: c.subject.clone(),
+            })
+            .collect(),
+        failure: e.failure.as_ref().map(|f| wit::FailureDetail {
+            class: class_to_wit(f.class.parse().unwrap_or(FailureClass::Other)),
+            http_status: f.http_status,
+            retry_after_ms: None,
+            git_code: None,
+            message: f.message.clone(),
+        }),
+        attempts: e.attempts,
+        at_ms: e.at_ms,
+    }
+}
+
+pub(crate) fn channel_to_wit(name: &str, kind: &str) -> wit::Channel {
+    wit::Channel {
+        name: name.to_string(),
+        kind: match kind {
+            "email" => wit::ChannelKind::Email,
+            "webhook" => wit::ChannelKind::Webhook,
+            _ => wit::ChannelKind::Log,
+        },
+    }
+}
+
+pub(crate) fn choice_from_wit(c: wit::NotifyChoice) -> NotifyChoice {
+    match c {
+        wit::NotifyChoice::Suppress(reason) => NotifyChoice::Suppress(reason),
+        wit::NotifyChoice::Send(m) => NotifyChoice::Send {
+            template: m.template.map(|t| (t.subject, t.body)),
+            vars: m.vars,
+        },
+    }
+}

@@ -29,7 +29,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
 
-pub use bindings::{RepoInfo, Told};
+pub use bindings::{NotifyChoice, RepoInfo, Told};
 pub use state::{KvStore, LogLine};
 
 use super::{AttemptContext, Builtin, Decision, RetryPolicy};
@@ -496,8 +496,23 @@ impl Plugin {
         Ok(delay)
     }
 
-    /// The plugin's `notify.choose`.
-    pub fn choose(
+    /// The plugin's `notify.choose` for `event` on the notifier `channel`
+    /// of kind `channel_kind` (email, webhook, log).
+    pub fn notify(
+        &mut self,
+        event: &crate::events::Event,
+        channel: &str,
+        channel_kind: &str,
+    ) -> Result<NotifyChoice, Fault> {
+        self.choose(
+            &bindings::event_to_wit(event),
+            &bindings::channel_to_wit(channel, channel_kind),
+        )
+        .map(bindings::choice_from_wit)
+    }
+
+    /// The plugin's `notify.choose`, in the generated types.
+    pub(crate) fn choose(
         &mut self,
         event: &wit::Event,
         channel: &wit::Channel,

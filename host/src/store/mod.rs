@@ -1,11 +1,12 @@
 //! The daemon's state: one SQLite file (WAL) holding, per repository, the
-//! last good commit and the run of failures, every failed attempt, and the
-//! events the pulls produced.
+//! last good commit and the run of failures, every failed attempt, the
+//! events the pulls produced, and the notification outbox (see [`outbox`]).
 //!
 //! A pull's result is recorded in one transaction — its attempts, the
-//! repository's new state and its events together — so a crash leaves the
-//! store either before or after that pull, never between. The store does
-//! not schedule or pull; it remembers.
+//! repository's new state, its events and their messages together — so a
+//! crash leaves the store either before or after that pull, never between,
+//! and an accepted notification cannot be lost. The store does not
+//! schedule, pull, render or send; it remembers.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +15,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::outcome::{Outcome, PullReport};
+
+pub mod outbox;
+pub use outbox::{NewMessage, OutboxMessage, OutboxRow, Outgoing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,7 +67,7 @@ pub struct StoredEvent {
     pub id: i64,
     pub repo: String,
     pub at_ms: u64,
-    /// `changed`, `failed`, `recovered`.
+    /// `changed`, `failed`, `recovered`, …
     pub kind: String,
     pub payload: String,
 }
@@ -144,20 +148,23 @@ impl Store {
             );",
         )
         .map_err(open_err)?;
+        conn.execute_batch(outbox::SCHEMA).map_err(open_err)?;
         Ok(Store { conn })
     }
 
-    /// Records a finished pull: its attempts, the repository's state and the
-    /// events it implies (`changed`, `failed`, `recovered`), atomically.
-    /// Returns the events recorded. `start_lag_ms` is how late a scheduled
-    /// pull started and `next_run_ms` when the next one is planned (none for
-    /// a manual trigger).
+    /// Records a finished pull: its attempts, the repository's state, and
+    /// the events and messages `notify` returns, atomically. `notify` is
+    /// told how many pulls in a row had failed before this one (so it can
+    /// tell a recovery) and runs inside the transaction. Returns the events
+    /// recorded. `start_lag_ms` is how late a scheduled pull started and
+    /// `next_run_ms` when the next one is planned (none for a manual run).
     pub fn record_pull(
         &mut self,
         repo: &str,
         report: &PullReport,
         start_lag_ms: Option<u64>,
         next_run_ms: Option<u64>,
+        notify: &mut dyn FnMut(u32) -> Vec<Outgoing>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
         let tx = self.conn.transaction()?;
@@ -203,7 +210,6 @@ impl Store {
             )
             .optional()?
             .unwrap_or(0);
-        let mut events = Vec::new();
         if report.outcome.is_success() {
             tx.execute(
                 "INSERT INTO repos (name, last_good_commit, last_success_ms, last_result, last_class, failures_in_row)
@@ -211,22 +217,12 @@ impl Store {
                  ON CONFLICT(name) DO UPDATE SET last_good_commit = ?2, last_success_ms = ?3, last_result = ?4, last_class = NULL, failures_in_row = 0",
                 params![repo, report.new, at as i64, outcome],
             )?;
-            if matches!(report.outcome, Outcome::Updated | Outcome::Cloned) && report.commits > 0 {
-                events.push(("changed", serde_json::to_string(report).unwrap_or_default()));
-            }
-            if previous_failures > 0 {
-                events.push((
-                    "recovered",
-                    serde_json::json!({ "failures": previous_failures }).to_string(),
-                ));
-            }
         } else {
             tx.execute(
                 "INSERT INTO repos (name, last_result, last_class, failures_in_row) VALUES (?1, 'failed', ?2, 1)
                  ON CONFLICT(name) DO UPDATE SET last_result = 'failed', last_class = ?2, failures_in_row = failures_in_row + 1",
                 params![repo, last_class],
             )?;
-            events.push(("failed", serde_json::to_string(report).unwrap_or_default()));
         }
         if let Some(next) = next_run_ms {
             tx.execute(
@@ -234,20 +230,19 @@ impl Store {
                 params![repo, next as i64],
             )?;
         }
-        let mut stored = Vec::new();
-        for (kind, payload) in events {
-            tx.execute(
-                "INSERT INTO events (repo, at_ms, kind, payload) VALUES (?1, ?2, ?3, ?4)",
-                params![repo, at as i64, kind, payload],
-            )?;
-            stored.push(StoredEvent {
-                id: tx.last_insert_rowid(),
-                repo: repo.to_string(),
-                at_ms: at,
-                kind: kind.to_string(),
-                payload,
-            });
-        }
+        let stored = outbox::insert(&tx, notify(previous_failures), at)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Records events that no pull result carries (a retry, a plugin fault,
+    /// a rejected config) with their messages, atomically.
+    pub fn record_events(
+        &mut self,
+        outgoing: Vec<Outgoing>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let stored = outbox::insert(&tx, outgoing, now_ms())?;
         tx.commit()?;
         Ok(stored)
     }
@@ -410,34 +405,49 @@ mod tests {
         }
     }
 
+    /// Records `report` with the events it implies and no notifiers.
+    fn record(
+        store: &mut Store,
+        report: &PullReport,
+        lag: Option<u64>,
+        next: Option<u64>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let repo = crate::events::RepoRef::new("app", &report.url, None, Default::default());
+        store.record_pull("app", report, lag, next, &mut |previous| {
+            crate::events::for_pull(&repo, report, previous, None, 1)
+                .into_iter()
+                .map(|event| Outgoing {
+                    event,
+                    messages: Vec::new(),
+                })
+                .collect()
+        })
+    }
+
     #[test]
     fn pulls_update_state_and_emit_events_in_one_place() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("state.db")).unwrap();
-        let events = store
-            .record_pull("app", &report(Outcome::Updated, 2, &[]), Some(5), None)
-            .unwrap();
+        let events = record(&mut store, &report(Outcome::Updated, 2, &[]), Some(5), None).unwrap();
         assert_eq!(
             events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
             ["changed"]
         );
-        let events = store
-            .record_pull(
-                "app",
-                &report(Outcome::Failed, 0, &[FailureClass::ServerError; 2]),
-                Some(1),
-                Some(1_000),
-            )
-            .unwrap();
+        let events = record(
+            &mut store,
+            &report(Outcome::Failed, 0, &[FailureClass::ServerError; 2]),
+            Some(1),
+            Some(1_000),
+        )
+        .unwrap();
         assert_eq!(events[0].kind, "failed");
-        store
-            .record_pull(
-                "app",
-                &report(Outcome::Failed, 0, &[FailureClass::Timeout]),
-                None,
-                None,
-            )
-            .unwrap();
+        record(
+            &mut store,
+            &report(Outcome::Failed, 0, &[FailureClass::Timeout]),
+            None,
+            None,
+        )
+        .unwrap();
         let status = store.status().unwrap();
         assert_eq!(status[0].failures_in_row, 2);
         assert_eq!(status[0].next_run_ms, Some(1_000));
@@ -446,9 +456,13 @@ mod tests {
             status[0].last_commit.as_deref(),
             Some("b".repeat(40).as_str())
         );
-        let events = store
-            .record_pull("app", &report(Outcome::Unchanged, 0, &[]), Some(3), None)
-            .unwrap();
+        let events = record(
+            &mut store,
+            &report(Outcome::Unchanged, 0, &[]),
+            Some(3),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
             ["recovered"]
@@ -474,9 +488,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let mut store = Store::open(&path).unwrap();
-        store
-            .record_pull("app", &report(Outcome::Cloned, 5, &[]), None, None)
-            .unwrap();
+        record(&mut store, &report(Outcome::Cloned, 5, &[]), None, None).unwrap();
         store.record_skip("app").unwrap();
         drop(store);
         let store = Store::open(&path).unwrap();

@@ -47,6 +47,12 @@ use toml::Spanned;
 
 use crate::git::Mode;
 
+mod notifier;
+pub use notifier::{
+    read_secret, Channel, Delivery, EmailConfig, Filter, LogConfig, NotifierConfig, SecretRef,
+    SmtpSecurity, TemplateOverride, WebhookConfig,
+};
+
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -222,8 +228,8 @@ pub struct Config {
     pub repos: Vec<RepoConfig>,
     /// `[plugin.NAME]` settings, as strings (what `config-get` returns).
     pub plugins: BTreeMap<String, BTreeMap<String, String>>,
-    /// `[notifier.NAME]` tables, with their `kind`.
-    pub notifiers: BTreeMap<String, toml::Table>,
+    /// `[notifier.NAME]`, validated.
+    pub notifiers: BTreeMap<String, NotifierConfig>,
 }
 
 impl Config {
@@ -337,7 +343,7 @@ struct RawConfig {
     #[serde(default)]
     plugin: BTreeMap<String, Spanned<toml::Table>>,
     #[serde(default)]
-    notifier: BTreeMap<String, Spanned<toml::Table>>,
+    notifier: BTreeMap<String, Spanned<notifier::RawNotifier>>,
 }
 
 /// Collects problems against one file.
@@ -541,23 +547,12 @@ pub fn parse(
         plugins.insert(name.clone(), settings);
     }
 
-    // [notifier.NAME]: the kind is checked here; the rest with notifications.
+    // [notifier.NAME]
     let mut notifiers = BTreeMap::new();
     for (name, table) in &raw.notifier {
-        match table.get_ref().get("kind").and_then(|k| k.as_str()) {
-            Some("email" | "webhook" | "log") => {}
-            Some(other) => check.at(
-                table,
-                format!("notifier.{name}.kind"),
-                format!("`{other}`: use email, webhook or log"),
-            ),
-            None => check.at(
-                table,
-                format!("notifier.{name}"),
-                "missing `kind` (email, webhook or log)",
-            ),
+        if let Some(n) = notifier::check_notifier(&mut check, name, table, &resolve, env) {
+            notifiers.insert(name.clone(), n);
         }
-        notifiers.insert(name.clone(), table.get_ref().clone());
     }
 
     let defaults = raw.defaults.map(Spanned::into_inner).unwrap_or_default();

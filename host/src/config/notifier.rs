@@ -1,0 +1,738 @@
+//! `[notifier.NAME]`: where notifications go and which ones.
+//!
+//! ```toml
+//! [notifier.ops-mail]
+//! kind = "email"
+//! server = "smtp://mail.example.com:587"   # smtps:// for implicit TLS
+//! starttls = "required"                    # required (default for smtp://), opportunistic, off
+//! username = "gitpulse"
+//! password_env = "SMTP_PASSWORD"           # or password_file
+//! from = "gitpulse <gitpulse@example.com>"
+//! to = ["ops@example.com"]
+//! cc = []
+//! ca_file = "corp-ca.pem"                  # extra trusted root, e.g. a self-signed server
+//!
+//! [notifier.chat]
+//! kind = "webhook"
+//! url = "https://hooks.example.com/gitpulse"
+//! method = "POST"
+//! headers = { "X-Team" = "platform" }
+//! secret_env = "HOOK_SECRET"               # signs X-Gitpulse-Signature: sha256=<hex>
+//! timeout = "10s"
+//!
+//! [notifier.audit]
+//! kind = "log"
+//! path = "events.jsonl"                    # omitted: stdout
+//!
+//! # Every kind: filters, delivery and templates.
+//! events = ["changed", "failed", "recovered"]   # the default; add "retrying" to opt in
+//! repos = ["app"]                          # or labels = { team = "platform" }
+//! min_severity = "info"                    # info, warning, error
+//! max_attempts = 8                         # then the message is dead-lettered
+//! retry_base = "2s"
+//! retry_max = "5m"
+//! dedup_window = "1h"                      # identical messages within it are sent once
+//! digest_window = "30s"                    # failures/recoveries of one host collect this long
+//! digest_min = 3                           # and become one digest from this many
+//! templates.changed = { subject = "{{repo.name}}: {{commit_count}} new", body = "changed.txt.hbs", html = "changed.html.hbs" }
+//! ```
+//!
+//! This module checks the table and resolves paths; it reads no secret (they
+//! are read when a message is sent, so rotating one needs no reload).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Check;
+use crate::events::{EventKind, Severity};
+
+/// Where a secret comes from. The value itself is read at send time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtps://`: TLS from the first byte.
+    Implicit,
+    /// STARTTLS, refusing a server that does not offer it.
+    StartTlsRequired,
+    /// STARTTLS when offered, plain otherwise.
+    StartTlsOpportunistic,
+    /// Plain text (loopback relays).
+    Plain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    /// An extra trusted root certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// `POST` or `PUT`.
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub secret: Option<SecretRef>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A JSON-lines file; none prints one line per message to stdout.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    Email(EmailConfig),
+    Webhook(WebhookConfig),
+    Log(LogConfig),
+}
+
+impl Channel {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Channel::Email(_) => "email",
+            Channel::Webhook(_) => "webhook",
+            Channel::Log(_) => "log",
+        }
+    }
+}
+
+/// Which events a notifier wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub events: BTreeSet<EventKind>,
+    /// None: every repository.
+    pub repos: Option<BTreeSet<String>>,
+    /// Every pair must be among the repository's labels.
+    pub labels: BTreeMap<String, String>,
+    pub min_severity: Severity,
+}
+
+impl Filter {
+    /// Whether an event of `kind` about a repository named `repo` with
+    /// `labels` passes. Host events with no repository pass repo and label
+    /// filters.
+    pub fn accepts(&self, kind: EventKind, repo: &str, labels: &BTreeMap<String, String>) -> bool {
+        if !self.events.contains(&kind) || kind.severity() < self.min_severity {
+            return false;
+        }
+        if repo.is_empty() {
+            return true;
+        }
+        self.repos.as_ref().is_none_or(|r| r.contains(repo))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// How hard the outbox tries, and how it keeps floods down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub dedup_window: Duration,
+    pub digest_window: Duration,
+    pub digest_min: u32,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            max_attempts: 8,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            dedup_window: Duration::from_secs(3600),
+            digest_window: Duration::from_secs(30),
+            digest_min: 3,
+        }
+    }
+}
+
+/// A template override for one event kind (or `digest`): an inline subject,
+/// and body/html template files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateOverride {
+    pub subject: Option<String>,
+    pub body: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+}
+
+/// One `[notifier.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifierConfig {
+    pub name: String,
+    pub channel: Channel,
+    pub filter: Filter,
+    pub delivery: Delivery,
+    /// Keyed by event kind name or `digest`.
+    pub templates: BTreeMap<String, TemplateOverride>,
+    pub line: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotifier {
+    kind: Option<Spanned<String>>,
+    // email
+    server: Option<Spanned<String>>,
+    starttls: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    from: Option<Spanned<String>>,
+    to: Option<Spanned<Vec<String>>>,
+    cc: Option<Spanned<Vec<String>>>,
+    ca_file: Option<Spanned<String>>,
+    // webhook
+    url: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
+    headers: Option<Spanned<BTreeMap<String, String>>>,
+    secret_env: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    // email and webhook
+    timeout: Option<Spanned<String>>,
+    // log
+    path: Option<Spanned<String>>,
+    // every kind
+    events: Option<Spanned<Vec<String>>>,
+    repos: Option<Spanned<Vec<String>>>,
+    labels: Option<Spanned<BTreeMap<String, String>>>,
+    min_severity: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<i64>>,
+    retry_base: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    dedup_window: Option<Spanned<String>>,
+    digest_window: Option<Spanned<String>>,
+    digest_min: Option<Spanned<i64>>,
+    templates: Option<BTreeMap<String, Spanned<RawTemplate>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    subject: Option<String>,
+    body: Option<String>,
+    html: Option<String>,
+}
+
+/// The default event kinds: everything but the opt-in `retrying`.
+fn default_events() -> BTreeSet<EventKind> {
+    EventKind::ALL
+        .into_iter()
+        .filter(|k| *k != EventKind::Retrying)
+        .collect()
+}
+
+pub(super) fn check_notifier(
+    check: &mut Check<'_>,
+    name: &str,
+    table: &Spanned<RawNotifier>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<NotifierConfig> {
+    let line = check.line(table.span().start);
+    let r = table.get_ref();
+    let label = format!("notifier.{name}");
+    let before = check.problems.len();
+    let field = |f: &str| format!("{label}.{f}");
+
+    // Settings that belong to another kind are mistakes worth naming.
+    let email_only: [(&str, bool); 9] = [
+        ("server", r.server.is_some()),
+        ("starttls", r.starttls.is_some()),
+        ("username", r.username.is_some()),
+        ("password_env", r.password_env.is_some()),
+        ("password_file", r.password_file.is_some()),
+        ("from", r.from.is_some()),
+        ("to", r.to.is_some()),
+        ("cc", r.cc.is_some()),
+        ("ca_file", r.ca_file.is_some()),
+    ];
+    let webhook_only: [(&str, bool); 5] = [
+        ("url", r.url.is_some()),
+        ("method", r.method.is_some()),
+        ("headers", r.headers.is_some()),
+        ("secret_env", r.secret_env.is_some()),
+        ("secret_file", r.secret_file.is_some()),
+    ];
+    let log_only: [(&str, bool); 1] = [("path", r.path.is_some())];
+    let timeout_set = [("timeout", r.timeout.is_some())];
+    let kind = match &r.kind {
+        None => {
+            check.push(
+                line,
+                label.clone(),
+                "missing `kind` (email, webhook or log)",
+            );
+            return None;
+        }
+        Some(k) => k,
+    };
+    let foreign: Vec<&str> = match kind.get_ref().as_str() {
+        "email" => webhook_only.iter().chain(&log_only).collect::<Vec<_>>(),
+        "webhook" => email_only.iter().chain(&log_only).collect(),
+        "log" => email_only
+            .iter()
+            .chain(&webhook_only)
+            .chain(&timeout_set)
+            .collect(),
+        other => {
+            check.at(
+                kind,
+                field("kind"),
+                format!("`{other}`: use email, webhook or log"),
+            );
+            return None;
+        }
+    }
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(f, _)| *f)
+    .collect();
+    for f in foreign {
+        check.push(
+            line,
+            field(f),
+            format!("not a setting of a {} notifier", kind.get_ref()),
+        );
+    }
+
+    let timeout = r
+        .timeout
+        .as_ref()
+        .and_then(|t| check.duration(t, &field("timeout")))
+        .unwrap_or(Duration::from_secs(10));
+    let channel = match kind.get_ref().as_str() {
+        "email" => check_email(check, r, &label, line, timeout, resolve, env).map(Channel::Email),
+        "webhook" => {
+            check_webhook(check, r, &label, line, timeout, resolve, env).map(Channel::Webhook)
+        }
+        _ => Some(Channel::Log(LogConfig {
+            path: r.path.as_ref().map(|p| resolve(p.get_ref())),
+        })),
+    };
+
+    let mut filter = Filter {
+        events: default_events(),
+        repos: None,
+        labels: r
+            .labels
+            .as_ref()
+            .map(|l| l.get_ref().clone())
+            .unwrap_or_default(),
+        min_severity: Severity::Info,
+    };
+    if let Some(events) = &r.events {
+        filter.events.clear();
+        for e in events.get_ref() {
+            match e.parse::<EventKind>() {
+                Ok(k) => {
+                    filter.events.insert(k);
+                }
+                Err(msg) => check.at(events, field("events"), msg),
+            }
+        }
+    }
+    if let Some(repos) = &r.repos {
+        filter.repos = Some(repos.get_ref().iter().cloned().collect());
+    }
+    if let Some(s) = &r.min_severity {
+        match s.get_ref().parse() {
+            Ok(sev) => filter.min_severity = sev,
+            Err(msg) => check.at(s, field("min_severity"), msg),
+        }
+    }
+
+    let mut delivery = Delivery::default();
+    if let Some(n) = &r.max_attempts {
+        delivery.max_attempts = check.positive(n, &field("max_attempts"), 1000).unwrap_or(8) as u32;
+    }
+    if let Some(n) = &r.digest_min {
+        delivery.digest_min = check
+            .positive(n, &field("digest_min"), 100_000)
+            .unwrap_or(3) as u32;
+    }
+    for (value, slot, f) in [
+        (&r.retry_base, &mut delivery.retry_base, "retry_base"),
+        (&r.retry_max, &mut delivery.retry_max, "retry_max"),
+        (&r.dedup_window, &mut delivery.dedup_window, "dedup_window"),
+        (
+            &r.digest_window,
+            &mut delivery.digest_window,
+            "digest_window",
+        ),
+    ] {
+        if let Some(d) = value.as_ref().and_then(|v| check.duration(v, &field(f))) {
+            *slot = d;
+        }
+    }
+    if delivery.retry_base > delivery.retry_max {
+        check.push(line, field("retry_base"), "is longer than retry_max");
+    }
+
+    let mut templates = BTreeMap::new();
+    for (key, t) in r.templates.iter().flatten() {
+        if key != "digest" && key.parse::<EventKind>().is_err() {
+            check.at(
+                t,
+                field(&format!("templates.{key}")),
+                format!(
+                    "`{key}` is not an event kind or `digest` (use {}, digest)",
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                ),
+            );
+            continue;
+        }
+        let raw = t.get_ref();
+        let mut file = |p: &Option<String>, part: &str| -> Option<PathBuf> {
+            let path = resolve(p.as_ref()?);
+            if !path.is_file() {
+                check.at(
+                    t,
+                    field(&format!("templates.{key}.{part}")),
+                    format!("{} does not exist", path.display()),
+                );
+            }
+            Some(path)
+        };
+        let body = file(&raw.body, "body");
+        let html = file(&raw.html, "html");
+        templates.insert(
+            key.clone(),
+            TemplateOverride {
+                subject: raw.subject.clone(),
+                body,
+                html,
+            },
+        );
+    }
+
+    if check.problems.len() > before {
+        return None;
+    }
+    Some(NotifierConfig {
+        name: name.to_string(),
+        channel: channel?,
+        filter,
+        delivery,
+        templates,
+        line,
+    })
+}
+
+fn check_secret(
+    check: &mut Check<'_>,
+    label: &str,
+    from_env: &Option<Spanned<String>>,
+    from_file: &Option<Spanned<String>>,
+    names: (&str, &str),
+    resolve: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<SecretRef> {
+    match (from_env, from_file) {
+        (Some(var), Some(_)) => {
+            check.at(
+                var,
+                format!("{label}.{}", names.0),
+                format!("use only one of {} and {}", names.0, names.1),
+            );
+            None
+        }
+        (Some(var), None) => {
+            if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
+                check.at(
+                    var,
+                    format!("{label}.{}", names.0),
+                    format!("environment variable {} is not set", var.get_ref()),
+                );
+            }
+            Some(SecretRef::Env(var.get_ref().clone()))
+        }
+        (None, Some(file)) => {
+            let path = resolve(file.get_ref());
+            if !path.is_file() {
+                check.at(
+                    file,
+                    format!("{label}.{}", names.1),
+                    format!("{} does not exist", path.display()),
+                );
+            }
+            Some(SecretRef::File(path))
+        }
+        (None, None) => None,
+    }
+}
+
+fn check_email(
+    check: &mut Check<'_>,
+    r: &RawNotifier,
+    label: &str,
+    line: usize,
+    timeout: Duration,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<EmailConfig> {
+    let field = |f: &str| format!("{label}.{f}");
+    let Some(server) = &r.server else {
+        check.push(
+            line,
+            field("server"),
+            "missing (e.g. smtp://mail.example.com:587)",
+        );
+        return None;
+    };
+    let parsed = url::Url::parse(server.get_ref()).ok();
+    let (scheme, host, port) = match parsed
+        .as_ref()
+        .and_then(|u| Some((u.scheme(), u.host_str()?, u.port())))
+    {
+        Some(("smtp", host, port)) => ("smtp", host.to_string(), port.unwrap_or(587)),
+        Some(("smtps", host, port)) => ("smtps", host.to_string(), port.unwrap_or(465)),
+        _ => {
+            check.at(
+                server,
+                field("server"),
+                format!(
+                    "`{}` is not smtp://HOST[:PORT] or smtps://HOST[:PORT]",
+                    crate::redact::url(server.get_ref())
+                ),
+            );
+            return None;
+        }
+    };
+    if parsed
+        .as_ref()
+        .is_some_and(|u| u.password().is_some() || !u.username().is_empty())
+    {
+        check.at(
+            server,
+            field("server"),
+            "put the user in `username` and the password in password_env or password_file, not in the URL",
+        );
+    }
+    let security = match (scheme, r.starttls.as_ref().map(|s| s.get_ref().as_str())) {
+        ("smtps", None) => SmtpSecurity::Implicit,
+        ("smtps", Some(_)) => {
+            if let Some(s) = &r.starttls {
+                check.at(
+                    s,
+                    field("starttls"),
+                    "smtps:// is TLS from the start; starttls applies to smtp://",
+                );
+            }
+            SmtpSecurity::Implicit
+        }
+        (_, None | Some("required")) => SmtpSecurity::StartTlsRequired,
+        (_, Some("opportunistic")) => SmtpSecurity::StartTlsOpportunistic,
+        (_, Some("off")) => SmtpSecurity::Plain,
+        (_, Some(other)) => {
+            if let Some(s) = &r.starttls {
+                check.at(
+                    s,
+                    field("starttls"),
+                    format!("`{other}`: use required, opportunistic or off"),
+                );
+            }
+            SmtpSecurity::StartTlsRequired
+        }
+    };
+    let password = check_secret(
+        check,
+        label,
+        &r.password_env,
+        &r.password_file,
+        ("password_env", "password_file"),
+        resolve,
+        env,
+    );
+    let username = r.username.as_ref().map(|u| u.get_ref().clone());
+    if password.is_some() != username.is_some() {
+        check.push(
+            line,
+            field("username"),
+            "username and a password go together",
+        );
+    }
+    let mut mailbox = |value: &Spanned<String>, f: &str| {
+        if value.get_ref().parse::<lettre::message::Mailbox>().is_err() {
+            check.at(
+                value,
+                field(f),
+                format!("`{}` is not an email address", value.get_ref()),
+            );
+        }
+    };
+    let from = match &r.from {
+        Some(from) => {
+            mailbox(from, "from");
+            from.get_ref().clone()
+        }
+        None => {
+            check.push(
+                line,
+                field("from"),
+                "missing (e.g. \"gitpulse <gitpulse@example.com>\")",
+            );
+            String::new()
+        }
+    };
+    let list = |check: &mut Check<'_>, v: &Option<Spanned<Vec<String>>>, f: &str| -> Vec<String> {
+        let Some(v) = v else { return Vec::new() };
+        for a in v.get_ref() {
+            if a.parse::<lettre::message::Mailbox>().is_err() {
+                check.at(v, field(f), format!("`{a}` is not an email address"));
+            }
+        }
+        v.get_ref().clone()
+    };
+    let to = list(check, &r.to, "to");
+    let cc = list(check, &r.cc, "cc");
+    if to.is_empty() {
+        check.push(line, field("to"), "no recipients");
+    }
+    let ca_file = r.ca_file.as_ref().map(|f| {
+        let path = resolve(f.get_ref());
+        if !path.is_file() {
+            check.at(
+                f,
+                field("ca_file"),
+                format!("{} does not exist", path.display()),
+            );
+        }
+        path
+    });
+    Some(EmailConfig {
+        host,
+        port,
+        security,
+        username,
+        password,
+        from,
+        to,
+        cc,
+        ca_file,
+        timeout,
+    })
+}
+
+fn check_webhook(
+    check: &mut Check<'_>,
+    r: &RawNotifier,
+    label: &str,
+    line: usize,
+    timeout: Duration,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<WebhookConfig> {
+    let field = |f: &str| format!("{label}.{f}");
+    let Some(url) = &r.url else {
+        check.push(
+            line,
+            field("url"),
+            "missing (e.g. https://hooks.example.com/gitpulse)",
+        );
+        return None;
+    };
+    match url::Url::parse(url.get_ref()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            if u.password().is_some() {
+                check.at(
+                    url,
+                    field("url"),
+                    "put the secret in secret_env or secret_file, not in the URL",
+                );
+            }
+        }
+        _ => check.at(
+            url,
+            field("url"),
+            format!(
+                "`{}` is not an http:// or https:// URL",
+                crate::redact::url(url.get_ref())
+            ),
+        ),
+    }
+    let method = match &r.method {
+        None => "POST".to_string(),
+        Some(m) => {
+            let upper = m.get_ref().to_ascii_uppercase();
+            if upper != "POST" && upper != "PUT" {
+                check.at(
+                    m,
+                    field("method"),
+                    format!("`{}`: use POST or PUT", m.get_ref()),
+                );
+            }
+            upper
+        }
+    };
+    let headers = r
+        .headers
+        .as_ref()
+        .map(|h| h.get_ref().clone())
+        .unwrap_or_default();
+    if let Some(h) = &r.headers {
+        for (k, v) in h.get_ref() {
+            let bad_name = k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if bad_name || v.contains(['\r', '\n']) {
+                check.at(h, field("headers"), format!("`{k}` is not a valid header"));
+            }
+        }
+    }
+    let secret = check_secret(
+        check,
+        label,
+        &r.secret_env,
+        &r.secret_file,
+        ("secret_env", "secret_file"),
+        resolve,
+        env,
+    );
+    Some(WebhookConfig {
+        url: url.get_ref().clone(),
+        method,
+        headers,
+        secret,
+        timeout,
+    })
+}
+
+/// Reads a secret now. The error names where it should have been, never
+/// what it holds.
+pub fn read_secret(secret: &SecretRef) -> Result<crate::redact::Secret, String> {
+    match secret {
+        SecretRef::Env(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(crate::redact::Secret::new(v.trim())),
+            _ => Err(format!("environment variable {var} is not set")),
+        },
+        SecretRef::File(path) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(crate::redact::Secret::new(v.trim())),
+            Ok(_) => Err(format!("{} is empty", path.display())),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        },
+    }
+}

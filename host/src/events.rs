@@ -1,0 +1,518 @@
+//! What happened, in the form people are told about it.
+//!
+//! An [`Event`] is built from a finished pull (`changed`, `failed`,
+//! `recovered`), from a failed attempt that will be retried (`retrying`),
+//! or from the host itself (`plugin-fault`, `config-rejected`). The daemon
+//! and `gitpulse pull` build them with the same functions here, so both
+//! emit the same events. Its JSON form is the default webhook body and what
+//! templates see.
+//!
+//! This module decides *which* events a pull implies and what they carry;
+//! it does not choose recipients, render or deliver (see `notify`), and it
+//! holds no secret: URLs are redacted before they get here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::{Outcome, PullReport};
+
+/// The kinds of event, in the names the config and templates use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Changed,
+    Failed,
+    Recovered,
+    Retrying,
+    PluginFault,
+    ConfigRejected,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Changed,
+        EventKind::Failed,
+        EventKind::Recovered,
+        EventKind::Retrying,
+        EventKind::PluginFault,
+        EventKind::ConfigRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Changed => "changed",
+            EventKind::Failed => "failed",
+            EventKind::Recovered => "recovered",
+            EventKind::Retrying => "retrying",
+            EventKind::PluginFault => "plugin-fault",
+            EventKind::ConfigRejected => "config-rejected",
+        }
+    }
+
+    /// How much a kind matters, for `min_severity` filters.
+    pub fn severity(self) -> Severity {
+        match self {
+            EventKind::Changed | EventKind::Recovered => Severity::Info,
+            EventKind::Retrying | EventKind::PluginFault => Severity::Warning,
+            EventKind::Failed | EventKind::ConfigRejected => Severity::Error,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "`{s}` is not an event kind (use {})",
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "error" => Ok(Severity::Error),
+            _ => Err(format!(
+                "`{s}` is not a severity (use info, warning or error)"
+            )),
+        }
+    }
+}
+
+/// The repository an event is about. Never carries credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRef {
+    pub name: String,
+    /// Redacted.
+    pub url: String,
+    pub remote_host: String,
+    pub branch: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl RepoRef {
+    /// `url` is redacted here, so a caller cannot forget to.
+    pub fn new(
+        name: &str,
+        url: &str,
+        branch: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        RepoRef {
+            name: name.to_string(),
+            url: crate::redact::url(url),
+            remote_host: crate::git::remote_host(url),
+            branch: branch.unwrap_or_default().to_string(),
+            labels,
+        }
+    }
+}
+
+/// One new commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub sha: String,
+    pub author: String,
+    pub subject: String,
+}
+
+/// What the new commits changed, as a summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesSummary {
+    pub changed: usize,
+    pub insertions: usize,
+    pub deletions: usize,
+    /// The first paths changed (at most [`MAX_PATHS`]).
+    pub paths: Vec<String>,
+}
+
+/// The new commits of an update, read from the checkout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Newest first, at most [`MAX_COMMITS`].
+    pub commits: Vec<Commit>,
+    /// None for a fresh clone (there is nothing to compare with).
+    pub files: Option<FilesSummary>,
+}
+
+pub const MAX_COMMITS: usize = 50;
+pub const MAX_PATHS: usize = 20;
+
+/// Why the last attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub class: String,
+    pub http_status: Option<u16>,
+    pub message: String,
+}
+
+/// One event. Optional fields are present only for the kinds that have them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub severity: Severity,
+    pub repo: RepoRef,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+    /// New commits, newest first (at most 50; `commit_count` has them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits: Vec<Commit>,
+    #[serde(default)]
+    pub commit_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Failed attempts (failed, retrying) or failed pulls before a recovery.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Why it gave up (failed), or what went wrong (plugin-fault,
+    /// config-rejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// An event with only its kind, repository and time.
+    pub fn new(kind: EventKind, repo: RepoRef, at_ms: u64) -> Event {
+        Event {
+            kind,
+            severity: kind.severity(),
+            repo,
+            at_ms,
+            old: None,
+            new: None,
+            commits: Vec::new(),
+            commit_count: 0,
+            files: None,
+            compare_url: None,
+            failure: None,
+            attempts: 0,
+            detail: None,
+        }
+    }
+
+    /// A host problem that is not about one repository (`repo.name` is
+    /// empty) or is about `repo`.
+    pub fn problem(kind: EventKind, repo: RepoRef, detail: impl Into<String>, at_ms: u64) -> Event {
+        let mut event = Event::new(kind, repo, at_ms);
+        event.detail = Some(detail.into());
+        event
+    }
+
+    /// What makes two messages about this event "the same" for dedup:
+    /// the kind, the repository, and what the event says (the new commit,
+    /// the failure class, the problem).
+    pub fn dedup_key(&self) -> String {
+        let what = match self.kind {
+            EventKind::Changed => self.new.clone().unwrap_or_default(),
+            EventKind::Failed | EventKind::Retrying => self
+                .failure
+                .as_ref()
+                .map(|f| f.class.clone())
+                .unwrap_or_default(),
+            EventKind::Recovered => self.new.clone().unwrap_or_default(),
+            EventKind::PluginFault | EventKind::ConfigRejected => {
+                self.detail.clone().unwrap_or_default()
+            }
+        };
+        format!("{}|{}|{}", self.kind, self.repo.name, what)
+    }
+
+    /// Events that arrive in floods when a host goes down or comes back
+    /// are collected into one digest per host.
+    pub fn digest_key(&self) -> Option<String> {
+        match self.kind {
+            EventKind::Failed | EventKind::Recovered => {
+                Some(format!("{}@{}", self.kind, self.repo.remote_host))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The events a finished pull implies. `previous_failures` is how many
+/// pulls in a row had failed before this one; `changes` the new commits
+/// when the pull moved the checkout.
+pub fn for_pull(
+    repo: &RepoRef,
+    report: &PullReport,
+    previous_failures: u32,
+    changes: Option<Changes>,
+    at_ms: u64,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    if report.outcome.is_success() {
+        if matches!(report.outcome, Outcome::Updated | Outcome::Cloned) && report.commits > 0 {
+            let mut e = Event::new(EventKind::Changed, repo.clone(), at_ms);
+            e.old = report.old.clone();
+            e.new = report.new.clone();
+            e.commit_count = report.commits;
+            if let Some(changes) = changes {
+                e.commits = changes.commits;
+                e.files = changes.files;
+            }
+            if let (Some(old), Some(new)) = (&report.old, &report.new) {
+                e.compare_url = compare_url(&repo.url, old, new);
+            }
+            events.push(e);
+        }
+        if previous_failures > 0 {
+            let mut e = Event::new(EventKind::Recovered, repo.clone(), at_ms);
+            e.new = report.new.clone();
+            e.attempts = previous_failures;
+            events.push(e);
+        }
+    } else {
+        let mut e = Event::new(EventKind::Failed, repo.clone(), at_ms);
+        e.old = report.old.clone();
+        e.attempts = report.attempts.len() as u32;
+        e.failure = report.attempts.last().map(|a| Failure {
+            class: a.class.as_str().to_string(),
+            http_status: a.http_status,
+            message: a.message.clone(),
+        });
+        e.detail = report.reason.clone();
+        events.push(e);
+    }
+    events
+}
+
+/// An attempt failed and another follows.
+pub fn retrying(repo: &RepoRef, record: &crate::outcome::AttemptRecord, at_ms: u64) -> Event {
+    let mut e = Event::new(EventKind::Retrying, repo.clone(), at_ms);
+    e.attempts = record.n;
+    e.failure = Some(Failure {
+        class: record.class.as_str().to_string(),
+        http_status: record.http_status,
+        message: record.message.clone(),
+    });
+    e.detail = record.delay_ms.map(|ms| {
+        format!(
+            "next attempt in {}",
+            humantime::format_duration(std::time::Duration::from_millis(ms))
+        )
+    });
+    e
+}
+
+/// Reads the new commits between `old` and `new` from the checkout at
+/// `dir`. A fresh clone (`old` none) lists the newest commits and no file
+/// summary. Fails only if the checkout cannot be read.
+pub fn read_changes(
+    dir: &std::path::Path,
+    old: Option<&str>,
+    new: &str,
+) -> Result<Changes, git2::Error> {
+    let repo = git2::Repository::open(dir)?;
+    let new_id = git2::Oid::from_str(new)?;
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)?;
+    walk.push(new_id)?;
+    let old_id = old.map(git2::Oid::from_str).transpose()?;
+    if let Some(old_id) = old_id {
+        walk.hide(old_id)?;
+    }
+    let mut commits = Vec::new();
+    for id in walk.take(MAX_COMMITS) {
+        let commit = repo.find_commit(id?)?;
+        commits.push(Commit {
+            sha: commit.id().to_string(),
+            author: String::from_utf8_lossy(commit.author().name_bytes()).into_owned(),
+            subject: String::from_utf8_lossy(commit.summary_bytes().unwrap_or_default())
+                .into_owned(),
+        });
+    }
+    let files = match old_id {
+        None => None,
+        Some(old_id) => {
+            let old_tree = repo.find_commit(old_id)?.tree()?;
+            let new_tree = repo.find_commit(new_id)?.tree()?;
+            let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)?;
+            let stats = diff.stats()?;
+            let paths = diff
+                .deltas()
+                .take(MAX_PATHS)
+                .filter_map(|d| d.new_file().path().or_else(|| d.old_file().path()))
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            Some(FilesSummary {
+                changed: stats.files_changed(),
+                insertions: stats.insertions(),
+                deletions: stats.deletions(),
+                paths,
+            })
+        }
+    };
+    Ok(Changes { commits, files })
+}
+
+/// A web page comparing `old` and `new`, for the forges whose URL shape is
+/// known (GitHub, GitLab, Gitea/Codeberg, Bitbucket); none otherwise.
+pub fn compare_url(remote: &str, old: &str, new: &str) -> Option<String> {
+    let url = url::Url::parse(remote).ok()?;
+    if !matches!(url.scheme(), "https" | "http" | "ssh") {
+        return None;
+    }
+    let host = url.host_str()?;
+    let path = url.path().trim_matches('/').trim_end_matches(".git");
+    if path.is_empty() {
+        return None;
+    }
+    let web = format!("https://{host}/{path}");
+    match host {
+        "github.com" | "codeberg.org" => Some(format!("{web}/compare/{old}...{new}")),
+        "gitlab.com" => Some(format!("{web}/-/compare/{old}...{new}")),
+        "bitbucket.org" => Some(format!("{web}/branches/compare/{new}%0D{old}")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::FailureClass;
+    use crate::outcome::AttemptRecord;
+
+    fn report(outcome: Outcome, commits: u64) -> PullReport {
+        PullReport {
+            url: "https://github.com/o/r.git".into(),
+            dir: "r".into(),
+            outcome,
+            old: Some("a".repeat(40)),
+            new: (outcome != Outcome::Failed).then(|| "b".repeat(40)),
+            commits,
+            attempts: if outcome == Outcome::Failed {
+                vec![AttemptRecord {
+                    n: 1,
+                    class: FailureClass::ServerError,
+                    http_status: Some(503),
+                    message: "HTTP 503".into(),
+                    delay_ms: None,
+                    duration_ms: 3,
+                }]
+            } else {
+                Vec::new()
+            },
+            duration_ms: 5,
+            reason: (outcome == Outcome::Failed).then(|| "attempts exhausted".into()),
+            notices: Vec::new(),
+        }
+    }
+
+    fn repo() -> RepoRef {
+        RepoRef::new(
+            "r",
+            "https://user:tok@github.com/o/r.git",
+            Some("main"),
+            BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn a_pull_implies_its_events() {
+        let kinds = |r: &PullReport, prev| {
+            for_pull(&repo(), r, prev, None, 1)
+                .iter()
+                .map(|e| e.kind)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&report(Outcome::Updated, 2), 0), [EventKind::Changed]);
+        assert_eq!(kinds(&report(Outcome::Unchanged, 0), 0), []);
+        assert_eq!(
+            kinds(&report(Outcome::Unchanged, 0), 3),
+            [EventKind::Recovered]
+        );
+        assert_eq!(
+            kinds(&report(Outcome::Updated, 1), 1),
+            [EventKind::Changed, EventKind::Recovered]
+        );
+        assert_eq!(kinds(&report(Outcome::Failed, 0), 0), [EventKind::Failed]);
+        let failed = &for_pull(&repo(), &report(Outcome::Failed, 0), 0, None, 1)[0];
+        assert_eq!(failed.failure.as_ref().unwrap().class, "server-error");
+        assert_eq!(failed.severity, Severity::Error);
+    }
+
+    #[test]
+    fn changed_events_carry_a_compare_url_and_no_credentials() {
+        let e = &for_pull(&repo(), &report(Outcome::Updated, 2), 0, None, 1)[0];
+        let json = serde_json::to_string(e).unwrap();
+        assert!(!json.contains("tok"), "{json}");
+        assert_eq!(
+            e.compare_url.as_deref(),
+            Some(
+                format!(
+                    "https://github.com/o/r/compare/{}...{}",
+                    "a".repeat(40),
+                    "b".repeat(40)
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(
+            compare_url("https://git.example.com/o/r.git", "a", "b"),
+            None
+        );
+        assert_eq!(
+            compare_url("https://gitlab.com/g/sub/r.git", "a", "b").as_deref(),
+            Some("https://gitlab.com/g/sub/r/-/compare/a...b")
+        );
+    }
+
+    #[test]
+    fn floods_share_a_digest_key_per_host_and_kind() {
+        let a = &for_pull(&repo(), &report(Outcome::Failed, 0), 0, None, 1)[0];
+        let mut other = repo();
+        other.name = "s".into();
+        let b = &for_pull(&other, &report(Outcome::Failed, 0), 0, None, 1)[0];
+        assert_eq!(a.digest_key(), b.digest_key());
+        assert_ne!(a.dedup_key(), b.dedup_key());
+        let changed = &for_pull(&repo(), &report(Outcome::Updated, 1), 0, None, 1)[0];
+        assert_eq!(changed.digest_key(), None);
+    }
+
+    #[test]
+    fn kinds_and_severities_parse_from_config_words() {
+        assert_eq!(
+            "plugin-fault".parse::<EventKind>(),
+            Ok(EventKind::PluginFault)
+        );
+        assert!("boom"
+            .parse::<EventKind>()
+            .unwrap_err()
+            .contains("changed, failed"));
+        assert!(Severity::Error > Severity::Warning);
+    }
+}

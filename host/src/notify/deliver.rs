@@ -1,0 +1,195 @@
+//! Sending what is due in the outbox: one pass, many notifiers at once.
+//!
+//! Each notifier's due messages go out in order on their own thread, so a
+//! mail server that hangs does not hold back a webhook. A failed delivery is
+//! retried on the policy's curve (capped exponential backoff with full
+//! jitter, Retry-After honoured up to the cap, no retry for what waiting
+//! cannot fix) and dead-lettered with its reason when the policy stops.
+//! A due message with a digest key takes every pending message with the
+//! same key along, as one digest, once there are `digest_min` of them.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gitpulse_policy_core::{decide, AttemptContext, Backoff, Decision};
+use tracing::{debug, warn};
+
+use super::send::{Letter, Senders};
+use crate::config::{Config, NotifierConfig};
+use crate::store::{now_ms, OutboxMessage, Store, StoreError};
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Messages delivered (a digest counts every message in it).
+    pub delivered: u64,
+    /// Deliveries that failed and will be retried.
+    pub retrying: u64,
+    /// Messages given up on.
+    pub dead: u64,
+}
+
+impl DeliveryStats {
+    fn add(&mut self, other: DeliveryStats) {
+        self.delivered += other.delivered;
+        self.retrying += other.retrying;
+        self.dead += other.dead;
+    }
+}
+
+fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Delivers every message due now (at most `batch` of them). Blocks.
+pub fn deliver_due(
+    store: &Mutex<Store>,
+    config: &Config,
+    senders: &Senders,
+    batch: usize,
+) -> Result<DeliveryStats, StoreError> {
+    let due = lock(store).due_messages(now_ms(), batch)?;
+    let mut by_notifier: BTreeMap<String, Vec<OutboxMessage>> = BTreeMap::new();
+    for m in due {
+        by_notifier.entry(m.notifier.clone()).or_default().push(m);
+    }
+    let mut stats = DeliveryStats::default();
+    let results: Vec<Result<DeliveryStats, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = by_notifier
+            .into_iter()
+            .map(|(name, messages)| {
+                let notifier = config.notifiers.get(&name);
+                scope.spawn(move || deliver_all(store, notifier, &name, messages, senders))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Ok(DeliveryStats::default())))
+            .collect()
+    });
+    for r in results {
+        stats.add(r?);
+    }
+    Ok(stats)
+}
+
+fn deliver_all(
+    store: &Mutex<Store>,
+    notifier: Option<&NotifierConfig>,
+    name: &str,
+    messages: Vec<OutboxMessage>,
+    senders: &Senders,
+) -> Result<DeliveryStats, StoreError> {
+    let mut stats = DeliveryStats::default();
+    let Some(n) = notifier else {
+        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+        lock(store).mark_failed(
+            &ids,
+            &format!("notifier {name} is no longer configured"),
+            None,
+        )?;
+        stats.dead += ids.len() as u64;
+        return Ok(stats);
+    };
+    let mut done = std::collections::HashSet::new();
+    for m in &messages {
+        if done.contains(&m.id) {
+            continue; // went out in a digest
+        }
+        let group = match &m.digest_key {
+            Some(key) => {
+                let group = lock(store).digest_group(name, key)?;
+                if group.len() >= n.delivery.digest_min as usize {
+                    group
+                } else {
+                    vec![m.clone()]
+                }
+            }
+            None => vec![m.clone()],
+        };
+        let ids: Vec<i64> = group.iter().map(|g| g.id).collect();
+        done.extend(ids.iter().copied());
+        let digest;
+        let letter = if group.len() > 1 {
+            let (kind, host) = m
+                .digest_key
+                .as_deref()
+                .and_then(|k| k.split_once('@'))
+                .unwrap_or(("failed", ""));
+            let events: Vec<String> = group.iter().map(|g| g.event.clone()).collect();
+            digest = super::render_digest(n, kind, host, &events);
+            Letter {
+                delivery_id: m.id,
+                kind: "digest",
+                subject: &digest.subject,
+                body: &digest.body,
+                html: digest.html.as_deref(),
+            }
+        } else {
+            Letter {
+                delivery_id: m.id,
+                kind: &m.kind,
+                subject: &m.subject,
+                body: &m.body,
+                html: m.html.as_deref(),
+            }
+        };
+        match senders.send(n, &letter) {
+            Ok(answer) => {
+                debug!(
+                    notifier = name,
+                    id = m.id,
+                    messages = ids.len(),
+                    "delivered: {answer}"
+                );
+                lock(store).mark_delivered(&ids, &answer)?;
+                stats.delivered += ids.len() as u64;
+            }
+            Err(e) => {
+                let attempt = m.attempts + 1;
+                let ctx = AttemptContext {
+                    attempt,
+                    class: e.class,
+                    http_status: e.http_status,
+                    retry_after: e.retry_after,
+                    elapsed: Duration::from_millis(now_ms().saturating_sub(m.created_ms)),
+                    remaining: None,
+                    previous_delay: None,
+                };
+                let backoff = Backoff {
+                    base: n.delivery.retry_base,
+                    max: n.delivery.retry_max,
+                };
+                match decide(&ctx, &backoff, m.max_attempts, fastrand::u64(..)) {
+                    Decision::RetryAfter { delay, .. } => {
+                        let at = now_ms() + delay.as_millis() as u64;
+                        debug!(
+                            notifier = name,
+                            id = m.id,
+                            "delivery failed, retry in {delay:?}: {e}"
+                        );
+                        lock(store).mark_failed(
+                            &ids,
+                            &format!("{}: {e}", e.class.as_str()),
+                            Some(at),
+                        )?;
+                        stats.retrying += ids.len() as u64;
+                        // Later messages to a receiver that just failed would
+                        // fail too; they wait for the next pass.
+                        if e.class.is_transient() {
+                            break;
+                        }
+                    }
+                    Decision::Stop(reason) => {
+                        let why = format!("{}: {e} (gave up: {reason})", e.class.as_str());
+                        warn!(notifier = name, id = m.id, "message dead-lettered: {why}");
+                        lock(store).mark_failed(&ids, &why, None)?;
+                        stats.dead += ids.len() as u64;
+                    }
+                }
+            }
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,345 @@
+//! Notifications: which notifiers get an event, what the message says, and
+//! delivering it from the outbox.
+//!
+//! ```text
+//! events ─► Router (filters, plugin notify role, handlebars) ─► store::outbox
+//!                                                                   │
+//!                  receivers ◄─ send (SMTP, webhook, log) ◄─ deliver_due (retry, digest, dead-letter)
+//! ```
+//!
+//! Messages are rendered when they are accepted, so the outbox holds
+//! exactly what will be sent and a template edit never changes a message in
+//! flight. A template that fails (the plugin's or a configured file) is
+//! replaced by the host's default for that event and channel, and the
+//! failure becomes a `plugin-fault` event: the event itself is never lost.
+//! This module does not decide which events a pull implies (`events`) or
+//! store anything itself (`store`).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::config::{Channel, Config, NotifierConfig, RepoConfig};
+use crate::events::{Event, EventKind, RepoRef};
+use crate::policy::wasm::{LoadError, NotifyChoice, Plugin};
+use crate::store::{NewMessage, Outgoing};
+
+mod deliver;
+pub mod send;
+pub mod template;
+
+pub use deliver::{deliver_due, DeliveryStats};
+pub use send::{signature, Letter, SendError, Senders};
+
+use template::{Rendered, Templates};
+
+/// Loads a plugin by its configured name (the daemon and the CLI find and
+/// cache plugins differently).
+pub type PluginLoader<'a> = &'a dyn Fn(&str) -> Result<Plugin, LoadError>;
+
+/// Turns events into outbox messages for the notifiers that want them.
+pub struct Router<'a> {
+    config: &'a Config,
+    load_plugin: PluginLoader<'a>,
+}
+
+impl<'a> Router<'a> {
+    pub fn new(config: &'a Config, load_plugin: PluginLoader<'a>) -> Self {
+        Router {
+            config,
+            load_plugin,
+        }
+    }
+
+    /// The notifiers `repo` sends to: its `notifiers` list, or all.
+    fn notifiers_for(&self, repo: Option<&RepoConfig>) -> Vec<&'a NotifierConfig> {
+        match repo {
+            Some(r) if !r.notifiers.is_empty() => r
+                .notifiers
+                .iter()
+                .filter_map(|n| self.config.notifiers.get(n))
+                .collect(),
+            _ => self.config.notifiers.values().collect(),
+        }
+    }
+
+    /// Whether any notifier of `repo` takes events of `kind` (so callers can
+    /// skip building events nobody wants, such as `retrying`).
+    pub fn wants(&self, kind: EventKind, repo: Option<&RepoConfig>) -> bool {
+        self.notifiers_for(repo)
+            .iter()
+            .any(|n| n.filter.events.contains(&kind))
+    }
+
+    /// `events` about `repo` (none: host events), each with its messages,
+    /// plus a `plugin-fault` event for every template or plugin that failed.
+    pub fn outgoing(&self, events: Vec<Event>, repo: Option<&RepoConfig>) -> Vec<Outgoing> {
+        let notifiers = self.notifiers_for(repo);
+        let plugin_name = repo.and_then(|r| r.policy.notify.clone());
+        let mut plugin: Option<Plugin> = None;
+        let mut faults = Vec::new();
+        if let Some(name) = &plugin_name {
+            if events.iter().any(|e| e.kind != EventKind::PluginFault) && !notifiers.is_empty() {
+                match (self.load_plugin)(name) {
+                    Ok(p) => plugin = Some(p),
+                    Err(e) => faults.push(format!("plugin {name} (notify) could not load: {e}")),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for event in events {
+            let mut messages = Vec::new();
+            for n in &notifiers {
+                if !n
+                    .filter
+                    .accepts(event.kind, &event.repo.name, &event.repo.labels)
+                {
+                    continue;
+                }
+                let ask = plugin
+                    .as_mut()
+                    .filter(|_| event.kind != EventKind::PluginFault);
+                if let Some(m) = message_for(&event, n, ask, plugin_name.as_deref(), &mut faults) {
+                    messages.push(m);
+                }
+            }
+            out.push(Outgoing { event, messages });
+        }
+        let repo_ref = out
+            .first()
+            .map(|o| o.event.repo.clone())
+            .unwrap_or_default();
+        let at = out
+            .first()
+            .map(|o| o.event.at_ms)
+            .unwrap_or_else(crate::store::now_ms);
+        for detail in faults {
+            warn!(repo = repo_ref.name, "{detail}");
+            let event = Event::problem(EventKind::PluginFault, repo_ref.clone(), detail, at);
+            let mut ignored = Vec::new();
+            let messages = notifiers
+                .iter()
+                .filter(|n| {
+                    n.filter
+                        .accepts(event.kind, &event.repo.name, &event.repo.labels)
+                })
+                .filter_map(|n| message_for(&event, n, None, None, &mut ignored))
+                .collect();
+            out.push(Outgoing { event, messages });
+        }
+        out
+    }
+}
+
+/// The message for `event` on notifier `n`, or none if a plugin suppressed
+/// it. Template faults are pushed to `faults` and the default is used.
+fn message_for(
+    event: &Event,
+    n: &NotifierConfig,
+    plugin: Option<&mut Plugin>,
+    plugin_name: Option<&str>,
+    faults: &mut Vec<String>,
+) -> Option<NewMessage> {
+    let mut vars = Vec::new();
+    let mut plugin_template = None;
+    if let Some(plugin) = plugin {
+        match plugin.notify(event, &n.name, n.channel.kind()) {
+            Ok(NotifyChoice::Suppress(reason)) => {
+                info!(repo = event.repo.name, notifier = n.name, event = %event.kind, "suppressed by plugin: {reason}");
+                return None;
+            }
+            Ok(NotifyChoice::Send { template, vars: v }) => {
+                vars = v;
+                plugin_template = template;
+            }
+            Err(fault) => faults.push(format!(
+                "plugin {} (notify) {fault}; the default template was used",
+                plugin_name.unwrap_or("?")
+            )),
+        }
+    }
+    let rendered = render_event(event, n, plugin_template, &vars, plugin_name, faults);
+    Some(NewMessage {
+        notifier: n.name.clone(),
+        subject: rendered.subject,
+        body: rendered.body,
+        html: rendered.html,
+        max_attempts: n.delivery.max_attempts,
+        dedup_window_ms: n.delivery.dedup_window.as_millis() as u64,
+        digest_window_ms: n.delivery.digest_window.as_millis() as u64,
+    })
+}
+
+/// Renders with the chosen templates, falling back to the defaults.
+fn render_event(
+    event: &Event,
+    n: &NotifierConfig,
+    plugin_template: Option<(String, String)>,
+    vars: &[(String, String)],
+    plugin_name: Option<&str>,
+    faults: &mut Vec<String>,
+) -> Rendered {
+    let data = template::event_data(event, &n.name, vars);
+    let email = matches!(n.channel, Channel::Email(_));
+    let webhook = matches!(n.channel, Channel::Webhook(_));
+    let chosen = match plugin_template {
+        Some((subject, body)) => Some((
+            format!("plugin {} template", plugin_name.unwrap_or("?")),
+            Ok(Templates {
+                subject,
+                body,
+                html: None,
+            }),
+        )),
+        None => n.templates.get(event.kind.as_str()).map(|o| {
+            (
+                format!("notifier {} template for {}", n.name, event.kind),
+                overridden(o, default_templates(event.kind, email, webhook)),
+            )
+        }),
+    };
+    if let Some((what, templates)) = chosen {
+        match templates.and_then(|t| render_checked(&t, &data, webhook)) {
+            Ok(r) => return r,
+            Err(e) => faults.push(format!("{what}: {e}; the default template was used")),
+        }
+    }
+    let defaults = default_templates(event.kind, email, webhook);
+    render_checked(&defaults, &data, webhook).unwrap_or_else(|e| {
+        // Only a bug in a default template gets here; send the raw event.
+        warn!("default template for {}: {e}", event.kind);
+        Rendered {
+            subject: format!("[gitpulse] {} {}", event.kind, event.repo.name),
+            body: serde_json::to_string_pretty(&data).unwrap_or_default(),
+            html: None,
+        }
+    })
+}
+
+/// The host's templates; a webhook's default body is the event's JSON.
+fn default_templates(kind: EventKind, email: bool, webhook: bool) -> Templates {
+    let mut t = template::default_for(kind, email);
+    if webhook {
+        t.body = "{{json this}}".into();
+    }
+    t
+}
+
+/// `defaults` with a configured override's parts read in.
+fn overridden(
+    o: &crate::config::TemplateOverride,
+    defaults: Templates,
+) -> Result<Templates, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    Ok(Templates {
+        subject: o.subject.clone().unwrap_or(defaults.subject),
+        body: o
+            .body
+            .as_deref()
+            .map(read)
+            .transpose()?
+            .unwrap_or(defaults.body),
+        html: match &o.html {
+            Some(p) => Some(read(p)?),
+            None => defaults.html,
+        },
+    })
+}
+
+/// Renders; a webhook body must be JSON.
+fn render_checked(t: &Templates, data: &Value, webhook: bool) -> Result<Rendered, String> {
+    let r = template::render(t, data)?;
+    if webhook {
+        if let Err(e) = serde_json::from_str::<Value>(&r.body) {
+            return Err(format!("the webhook body is not JSON ({e})"));
+        }
+    }
+    Ok(r)
+}
+
+/// Renders the digest of `events` (JSON, as stored) for notifier `n`.
+pub fn render_digest(n: &NotifierConfig, kind: &str, host: &str, events: &[String]) -> Rendered {
+    let email = matches!(n.channel, Channel::Email(_));
+    let webhook = matches!(n.channel, Channel::Webhook(_));
+    let events: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    let data = template::digest_data(kind, host, &events, &n.name);
+    let mut defaults = template::default_digest(email);
+    if webhook {
+        defaults.body = "{\"kind\":\"digest\",\"of\":{{json kind}},\"host\":{{json host}},\"count\":{{count}},\"events\":{{json events}}}".into();
+    }
+    if let Some(o) = n.templates.get("digest") {
+        match overridden(o, defaults.clone()).and_then(|t| render_checked(&t, &data, webhook)) {
+            Ok(r) => return r,
+            Err(e) => warn!(
+                notifier = n.name,
+                "digest template: {e}; the default was used"
+            ),
+        }
+    }
+    render_checked(&defaults, &data, webhook).unwrap_or_else(|_| Rendered {
+        subject: format!("[gitpulse] {} repositories {kind}", events.len()),
+        body: serde_json::to_string(&data).unwrap_or_default(),
+        html: None,
+    })
+}
+
+/// A test message for `gitpulse notify test`.
+pub fn test_message(n: &NotifierConfig) -> Rendered {
+    let mut repo = RepoRef::default();
+    repo.name = "gitpulse-test".into();
+    let mut event = Event::problem(
+        EventKind::Changed,
+        repo,
+        "a test message from `gitpulse notify test`",
+        crate::store::now_ms(),
+    );
+    event.severity = crate::events::Severity::Info;
+    let data = template::event_data(&event, &n.name, &[]);
+    Rendered {
+        subject: format!("[gitpulse] test message for notifier {}", n.name),
+        body: if matches!(n.channel, Channel::Webhook(_)) {
+            serde_json::json!({ "kind": "test", "notifier": n.name, "event": data }).to_string()
+        } else {
+            format!("This is a test message from gitpulse through the notifier `{}`.\nIf you can read it, the notifier works.\n", n.name)
+        },
+        html: None,
+    }
+}
+
+/// Problems with the templates a config names (they must compile), for
+/// `gitpulse validate` and reloads.
+pub fn check_templates(config: &Config) -> Vec<crate::config::Problem> {
+    let mut problems = Vec::new();
+    for n in config.notifiers.values() {
+        let mut parts: BTreeMap<String, String> = BTreeMap::new();
+        for (kind, o) in &n.templates {
+            if let Some(s) = &o.subject {
+                parts.insert(format!("templates.{kind}.subject"), s.clone());
+            }
+            for (part, path) in [("body", &o.body), ("html", &o.html)] {
+                if let Some(p) = path {
+                    if let Ok(text) = std::fs::read_to_string(p) {
+                        parts.insert(format!("templates.{kind}.{part} ({})", p.display()), text);
+                    }
+                }
+            }
+        }
+        for (field, text) in parts {
+            if let Err(e) = template::check(&text) {
+                problems.push(crate::config::Problem {
+                    file: config.path.clone(),
+                    line: n.line,
+                    field: format!("notifier.{}.{field}", n.name),
+                    message: e,
+                });
+            }
+        }
+    }
+    problems
+}

@@ -1,0 +1,302 @@
+//! Handlebars rendering in strict mode, with the host's default templates
+//! and the helpers templates may use.
+//!
+//! Helpers: `short_sha SHA`, `pluralize N "word" ["plural"]`, `duration MS`,
+//! `relative_time AT_MS`, `truncate TEXT N`, `json VALUE`.
+//!
+//! A template that does not compile or render is an error here; falling
+//! back to the default (and reporting the fault) is the caller's choice.
+
+use std::time::Duration;
+
+use handlebars::{handlebars_helper, no_escape, Handlebars};
+use serde_json::{json, Value};
+
+use crate::events::{Event, EventKind};
+
+/// A rendered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub body: String,
+    /// Email only.
+    pub html: Option<String>,
+}
+
+/// One message's templates (handlebars source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Templates {
+    pub subject: String,
+    pub body: String,
+    pub html: Option<String>,
+}
+
+handlebars_helper!(short_sha: |sha: str| sha.chars().take(10).collect::<String>());
+handlebars_helper!(pluralize: |n: u64, word: str, *args| {
+    let plural = args.first().and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| format!("{word}s"));
+    format!("{n} {}", if n == 1 { word.to_string() } else { plural })
+});
+handlebars_helper!(duration: |ms: u64| {
+    // Whole seconds read better than "1m 30s 250ms"; below a second, milliseconds.
+    let d = if ms >= 1000 { Duration::from_secs(ms / 1000) } else { Duration::from_millis(ms) };
+    humantime::format_duration(d).to_string()
+});
+handlebars_helper!(relative_time: |at_ms: u64| relative(at_ms, crate::store::now_ms()));
+handlebars_helper!(truncate: |text: str, n: u64| {
+    let n = n as usize;
+    if text.chars().count() <= n { text.to_string() } else { format!("{}…", text.chars().take(n.saturating_sub(1)).collect::<String>()) }
+});
+handlebars_helper!(to_json: |v: Json| serde_json::to_string(v).unwrap_or_default());
+
+/// "3 minutes ago", "in 10 seconds", "just now".
+fn relative(at_ms: u64, now_ms: u64) -> String {
+    let (secs, future) = if at_ms > now_ms {
+        ((at_ms - now_ms) / 1000, true)
+    } else {
+        ((now_ms - at_ms) / 1000, false)
+    };
+    if secs < 5 {
+        return "just now".into();
+    }
+    let (n, unit) = match secs {
+        s if s < 60 => (s, "second"),
+        s if s < 3600 => (s / 60, "minute"),
+        s if s < 86_400 => (s / 3600, "hour"),
+        s => (s / 86_400, "day"),
+    };
+    let amount = format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if future {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+/// A strict registry with gitpulse's helpers. `html` escapes values (for
+/// HTML bodies); otherwise values are written as they are.
+fn registry(html: bool) -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    if !html {
+        hb.register_escape_fn(no_escape);
+    }
+    hb.register_helper("short_sha", Box::new(short_sha));
+    hb.register_helper("pluralize", Box::new(pluralize));
+    hb.register_helper("duration", Box::new(duration));
+    hb.register_helper("relative_time", Box::new(relative_time));
+    hb.register_helper("truncate", Box::new(truncate));
+    hb.register_helper("json", Box::new(to_json));
+    hb
+}
+
+/// Renders `template` against `data`; the error says what is wrong and where.
+pub fn render_one(template: &str, data: &Value, html: bool) -> Result<String, String> {
+    registry(html)
+        .render_template(template, data)
+        .map_err(|e| e.to_string())
+}
+
+/// Compiles `template` without rendering, for `gitpulse validate`.
+pub fn check(template: &str) -> Result<(), String> {
+    handlebars::Template::compile(template)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+pub fn render(t: &Templates, data: &Value) -> Result<Rendered, String> {
+    Ok(Rendered {
+        subject: render_one(&t.subject, data, false)?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        body: render_one(&t.body, data, false)?,
+        html: t
+            .html
+            .as_ref()
+            .map(|h| render_one(h, data, true))
+            .transpose()?,
+    })
+}
+
+/// What templates see: the event's fields (absent ones as null, so strict
+/// mode fails only on names that never exist), `vars` from a plugin, and
+/// `notifier`.
+pub fn event_data(event: &Event, notifier: &str, vars: &[(String, String)]) -> Value {
+    let mut data = serde_json::to_value(event).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut data {
+        for key in ["old", "new", "files", "compare_url", "failure", "detail"] {
+            map.entry(key).or_insert(Value::Null);
+        }
+        map.entry("commits").or_insert_with(|| json!([]));
+        map.insert(
+            "vars".into(),
+            Value::Object(
+                vars.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        map.insert("notifier".into(), Value::String(notifier.to_string()));
+    }
+    data
+}
+
+/// What a digest template sees: the kind, the host, how many, and the
+/// events themselves.
+pub fn digest_data(kind: &str, host: &str, events: &[Value], notifier: &str) -> Value {
+    json!({ "kind": kind, "host": host, "count": events.len(), "events": events, "notifier": notifier })
+}
+
+/// The host's template for `kind`; `html` adds an HTML body (email).
+pub fn default_for(kind: EventKind, html: bool) -> Templates {
+    let (subject, body) = match kind {
+        EventKind::Changed => (
+            "[gitpulse] {{repo.name}}: {{pluralize commit_count \"new commit\"}}",
+            concat!(
+                "{{pluralize commit_count \"new commit\"}} in {{repo.name}} ({{repo.url}}{{#if repo.branch}}, {{repo.branch}}{{/if}})\n",
+                "{{#if old}}{{short_sha old}}..{{/if}}{{short_sha new}}\n\n",
+                "{{#each commits}}{{short_sha sha}} {{truncate subject 72}} ({{author}})\n{{/each}}",
+                "{{#if files}}\n{{pluralize files.changed \"file\"}} changed, +{{files.insertions}} -{{files.deletions}}\n{{#each files.paths}}  {{this}}\n{{/each}}{{/if}}",
+                "{{#if compare_url}}\nCompare: {{compare_url}}\n{{/if}}",
+            ),
+        ),
+        EventKind::Failed => (
+            "[gitpulse] {{repo.name}} failed: {{failure.class}}",
+            concat!(
+                "Pulling {{repo.name}} ({{repo.url}}{{#if repo.branch}}, {{repo.branch}}{{/if}}) failed after {{pluralize attempts \"attempt\"}}.\n\n",
+                "{{#if failure}}Class: {{failure.class}}{{#if failure.http_status}} (HTTP {{failure.http_status}}){{/if}}\n{{failure.message}}\n{{/if}}",
+                "{{#if detail}}Stopped: {{detail}}\n{{/if}}",
+            ),
+        ),
+        EventKind::Recovered => (
+            "[gitpulse] {{repo.name}} recovered",
+            "{{repo.name}} ({{repo.url}}) pulls again after {{pluralize attempts \"failed pull\"}}.{{#if new}} Now at {{short_sha new}}.{{/if}}\n",
+        ),
+        EventKind::Retrying => (
+            "[gitpulse] {{repo.name}}: attempt {{attempts}} failed, retrying",
+            "Attempt {{attempts}} to pull {{repo.name}} ({{repo.url}}) failed{{#if failure}}: {{failure.class}}, {{failure.message}}{{/if}}.{{#if detail}} The {{detail}}.{{/if}}\n",
+        ),
+        EventKind::PluginFault => (
+            "[gitpulse] plugin fault{{#if repo.name}} ({{repo.name}}){{/if}}",
+            "A plugin or template misbehaved{{#if repo.name}} while serving {{repo.name}}{{/if}}; the built-in default stood in.\n\n{{detail}}\n",
+        ),
+        EventKind::ConfigRejected => (
+            "[gitpulse] configuration rejected",
+            "A new configuration was rejected; the previous one keeps running.\n\n{{detail}}\n",
+        ),
+    };
+    Templates {
+        subject: subject.to_string(),
+        body: body.to_string(),
+        html: html.then(|| format!("<html><body><pre style=\"font-family: monospace\">{body}</pre>{{{{#if compare_url}}}}<p><a href=\"{{{{compare_url}}}}\">Compare</a></p>{{{{/if}}}}</body></html>")),
+    }
+}
+
+/// The host's digest template.
+pub fn default_digest(html: bool) -> Templates {
+    let body = concat!(
+        "{{count}} repositories on {{#if host}}{{host}}{{else}}local paths{{/if}} {{#if (eq kind \"failed\")}}failed{{else}}recovered{{/if}}:\n\n",
+        "{{#each events}}  {{repo.name}}{{#if failure}}: {{failure.class}} {{truncate failure.message 80}}{{/if}}\n{{/each}}",
+    );
+    Templates {
+        subject: "[gitpulse] {{count}} repositories on {{#if host}}{{host}}{{else}}local paths{{/if}} {{#if (eq kind \"failed\")}}failed{{else}}recovered{{/if}}".into(),
+        body: body.into(),
+        html: html.then(|| format!("<html><body><pre style=\"font-family: monospace\">{body}</pre></body></html>")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Commit, RepoRef};
+
+    fn changed() -> Event {
+        let mut e = Event::new(
+            EventKind::Changed,
+            RepoRef::new(
+                "app",
+                "https://github.com/o/app.git",
+                Some("main"),
+                Default::default(),
+            ),
+            1,
+        );
+        e.old = Some("a".repeat(40));
+        e.new = Some("b".repeat(40));
+        e.commit_count = 1;
+        e.commits = vec![Commit {
+            sha: "b".repeat(40),
+            author: "Ada".into(),
+            subject: "Fix <the> parser".into(),
+        }];
+        e.compare_url = crate::events::compare_url(&e.repo.url, &"a".repeat(40), &"b".repeat(40));
+        e
+    }
+
+    #[test]
+    fn every_default_template_renders_in_strict_mode() {
+        for kind in EventKind::ALL {
+            let mut e = Event::new(kind, RepoRef::default(), 1);
+            e.detail = Some("d".into());
+            let data = event_data(&e, "ops", &[]);
+            render(&default_for(kind, true), &data).unwrap_or_else(|err| panic!("{kind}: {err}"));
+        }
+        let r = render(
+            &default_for(EventKind::Changed, true),
+            &event_data(&changed(), "ops", &[]),
+        )
+        .unwrap();
+        assert_eq!(r.subject, "[gitpulse] app: 1 new commit");
+        assert!(
+            r.body.contains("bbbbbbbbbb Fix <the> parser (Ada)"),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body
+                .contains("Compare: https://github.com/o/app/compare/"),
+            "{}",
+            r.body
+        );
+        let html = r.html.unwrap();
+        assert!(
+            html.contains("Fix &lt;the&gt; parser"),
+            "HTML is escaped: {html}"
+        );
+        let digest = render(
+            &default_digest(false),
+            &digest_data("failed", "h", &[event_data(&changed(), "ops", &[])], "ops"),
+        )
+        .unwrap();
+        assert_eq!(digest.subject, "[gitpulse] 1 repositories on h failed");
+    }
+
+    #[test]
+    fn strict_mode_refuses_unknown_names_and_helpers_work() {
+        let data = event_data(&changed(), "ops", &[("team".into(), "core".into())]);
+        assert!(render_one("{{nonsense}}", &data, false)
+            .unwrap_err()
+            .contains("nonsense"));
+        assert_eq!(render_one("{{vars.team}}", &data, false).unwrap(), "core");
+        assert_eq!(
+            render_one("{{pluralize 2 \"repo\"}}", &data, false).unwrap(),
+            "2 repos"
+        );
+        assert_eq!(
+            render_one("{{truncate \"abcdef\" 4}}", &data, false).unwrap(),
+            "abc…"
+        );
+        assert_eq!(
+            render_one("{{duration 90000}}", &data, false).unwrap(),
+            "1m 30s"
+        );
+        assert_eq!(
+            render_one("{{json repo.labels}}", &data, false).unwrap(),
+            "{}"
+        );
+        assert_eq!(relative(0, 3_600_000), "1 hour ago");
+        assert!(check("{{#if}}").is_err());
+    }
+}

@@ -1,0 +1,480 @@
+//! The notification outbox: rendered messages waiting for delivery, in the
+//! same SQLite file as the pulls that caused them.
+//!
+//! A message is *accepted* when its row commits (with the pull result that
+//! caused it). From then on it is `pending` until a sender marks it
+//! `delivered`, or `dead` with the reason after its attempts run out; a
+//! crash in between leaves it pending, so it is sent after a restart.
+//! Delivery is at least once: a crash after the receiver answered and
+//! before the row is marked sends it again, with the same delivery id.
+//!
+//! Floods are kept down here, where every message passes: a message equal
+//! to one accepted within the notifier's dedup window is not queued, and
+//! messages with a digest key (failures and recoveries, per host) wait out
+//! the digest window so a sender can collect them into one.
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+use serde::Serialize;
+
+use super::{now_ms, Store, StoreError, StoredEvent};
+use crate::events::Event;
+
+pub(super) const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL,
+        notifier TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        html TEXT,
+        event TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        digest_key TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        next_at_ms INTEGER NOT NULL,
+        delivered_ms INTEGER,
+        last_error TEXT,
+        answer TEXT,
+        digest_of INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at_ms);
+    CREATE INDEX IF NOT EXISTS outbox_dedup ON outbox (notifier, dedup_key, created_ms);
+    CREATE INDEX IF NOT EXISTS outbox_digest ON outbox (notifier, digest_key, state);
+";
+
+/// A rendered message for one notifier, before it is queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub notifier: String,
+    pub subject: String,
+    pub body: String,
+    pub html: Option<String>,
+    pub max_attempts: u32,
+    /// Not queued if an identical message was accepted this recently.
+    pub dedup_window_ms: u64,
+    /// How long a digestible message waits for others like it; zero sends
+    /// at once.
+    pub digest_window_ms: u64,
+}
+
+/// An event and its messages, recorded together.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub event: Event,
+    pub messages: Vec<NewMessage>,
+}
+
+/// A queued message, as a sender sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub notifier: String,
+    pub kind: String,
+    pub repo: String,
+    pub subject: String,
+    pub body: String,
+    pub html: Option<String>,
+    /// The event's JSON (what digests are built from).
+    pub event: String,
+    pub digest_key: Option<String>,
+    /// Failed deliveries so far.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_ms: u64,
+}
+
+/// A row of `gitpulse outbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub notifier: String,
+    pub kind: String,
+    pub repo: String,
+    pub subject: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    pub attempts: u32,
+    pub created_ms: u64,
+    pub next_at_ms: Option<u64>,
+    pub delivered_ms: Option<u64>,
+    /// The last failure (pending) or why it was given up (dead).
+    pub last_error: Option<String>,
+    /// What the receiver answered.
+    pub answer: Option<String>,
+    /// Delivered inside the digest message with this id.
+    pub digest_of: Option<i64>,
+}
+
+/// Counts of messages by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub dead: u64,
+}
+
+/// Inserts events and their messages inside `tx`.
+pub(super) fn insert(
+    tx: &Transaction<'_>,
+    outgoing: Vec<Outgoing>,
+    at: u64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut stored = Vec::new();
+    for Outgoing { event, messages } in outgoing {
+        let payload = serde_json::to_string(&event).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO events (repo, at_ms, kind, payload) VALUES (?1, ?2, ?3, ?4)",
+            params![event.repo.name, at as i64, event.kind.as_str(), payload],
+        )?;
+        let event_id = tx.last_insert_rowid();
+        let dedup_key = event.dedup_key();
+        let digest_key = event.digest_key();
+        for m in messages {
+            let since = at.saturating_sub(m.dedup_window_ms) as i64;
+            let duplicate: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM outbox WHERE notifier = ?1 AND dedup_key = ?2 AND created_ms >= ?3 LIMIT 1",
+                    params![m.notifier, dedup_key, since],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if m.dedup_window_ms > 0 && duplicate.is_some() {
+                continue;
+            }
+            let digest = digest_key.as_ref().filter(|_| m.digest_window_ms > 0);
+            let next_at = at
+                + if digest.is_some() {
+                    m.digest_window_ms
+                } else {
+                    0
+                };
+            tx.execute(
+                "INSERT INTO outbox (event_id, notifier, kind, repo, subject, body, html, event, dedup_key, digest_key,
+                                     max_attempts, created_ms, next_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    event_id,
+                    m.notifier,
+                    event.kind.as_str(),
+                    event.repo.name,
+                    m.subject,
+                    m.body,
+                    m.html,
+                    payload,
+                    dedup_key,
+                    digest,
+                    m.max_attempts,
+                    at as i64,
+                    next_at as i64
+                ],
+            )?;
+        }
+        stored.push(StoredEvent {
+            id: event_id,
+            repo: event.repo.name.clone(),
+            at_ms: at,
+            kind: event.kind.as_str().to_string(),
+            payload,
+        });
+    }
+    Ok(stored)
+}
+
+const MESSAGE_COLUMNS: &str = "id, notifier, kind, repo, subject, body, html, event, digest_key, attempts, max_attempts, created_ms";
+
+fn message(r: &Row<'_>) -> rusqlite::Result<OutboxMessage> {
+    Ok(OutboxMessage {
+        id: r.get(0)?,
+        notifier: r.get(1)?,
+        kind: r.get(2)?,
+        repo: r.get(3)?,
+        subject: r.get(4)?,
+        body: r.get(5)?,
+        html: r.get(6)?,
+        event: r.get(7)?,
+        digest_key: r.get(8)?,
+        attempts: r.get(9)?,
+        max_attempts: r.get(10)?,
+        created_ms: r.get::<_, i64>(11)? as u64,
+    })
+}
+
+impl Store {
+    /// Pending messages due at `now_ms`, oldest first.
+    pub fn due_messages(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at_ms <= ?1 ORDER BY next_at_ms, id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now_ms as i64, limit as i64], message)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every pending message of `notifier` with `digest_key`, due or not.
+    pub fn digest_group(
+        &self,
+        notifier: &str,
+        digest_key: &str,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE notifier = ?1 AND digest_key = ?2 AND state = 'pending' ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![notifier, digest_key], message)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When the earliest pending message falls due.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(next_at_ms) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|v| v.max(0) as u64))
+    }
+
+    /// Marks `ids` delivered with the receiver's answer; the first id is
+    /// the message that carried them all when there are several (a digest).
+    pub fn mark_delivered(&mut self, ids: &[i64], answer: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let at = now_ms() as i64;
+        let digest_of = (ids.len() > 1).then(|| ids[0]);
+        for id in ids {
+            tx.execute(
+                "UPDATE outbox SET state = 'delivered', delivered_ms = ?2, answer = ?3, digest_of = ?4, last_error = NULL
+                 WHERE id = ?1 AND state = 'pending'",
+                params![id, at, answer, digest_of],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a failed delivery of `ids`: retried at `retry_at_ms`, or
+    /// dead-lettered with `error` as the reason when that is none.
+    pub fn mark_failed(
+        &mut self,
+        ids: &[i64],
+        error: &str,
+        retry_at_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for id in ids {
+            match retry_at_ms {
+                Some(at) => tx.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_at_ms = ?3 WHERE id = ?1 AND state = 'pending'",
+                    params![id, error, at as i64],
+                )?,
+                None => tx.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, state = 'dead' WHERE id = ?1 AND state = 'pending'",
+                    params![id, error],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Puts a dead (or pending) message back in the queue, due now, with its
+    /// attempts reset. False if there is no such message or it was delivered.
+    pub fn requeue(&mut self, id: i64) -> Result<bool, StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_at_ms = ?2, digest_key = NULL
+             WHERE id = ?1 AND state IN ('pending', 'dead')",
+            params![id, now_ms() as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Messages in `states` (pending, delivered, dead), oldest first.
+    pub fn outbox(&self, states: &[&str], limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, notifier, kind, repo, subject, state, attempts, created_ms, next_at_ms, delivered_ms, last_error, answer, digest_of
+             FROM outbox WHERE state IN (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
+        )?;
+        let states = serde_json::to_string(states).unwrap_or_default();
+        let rows = stmt.query_map(params![states, limit as i64], |r| {
+            let state: String = r.get(5)?;
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                notifier: r.get(1)?,
+                kind: r.get(2)?,
+                repo: r.get(3)?,
+                subject: r.get(4)?,
+                next_at_ms: (state == "pending")
+                    .then(|| r.get::<_, i64>(8))
+                    .transpose()?
+                    .map(|v| v as u64),
+                state,
+                attempts: r.get(6)?,
+                created_ms: r.get::<_, i64>(7)? as u64,
+                delivered_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+                last_error: r.get(10)?,
+                answer: r.get(11)?,
+                digest_of: r.get(12)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let mut counts = OutboxCounts::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (state, n) = row?;
+            match state.as_str() {
+                "pending" => counts.pending = n as u64,
+                "delivered" => counts.delivered = n as u64,
+                "dead" => counts.dead = n as u64,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// (created, delivered) times of delivered messages, for benchmarks.
+    pub fn delivery_times(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT created_ms, delivered_ms FROM outbox WHERE state = 'delivered' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventKind, RepoRef};
+
+    fn failed(repo: &str) -> Event {
+        let mut e = Event::new(
+            EventKind::Failed,
+            RepoRef::new(repo, "https://h.example/x.git", None, Default::default()),
+            1,
+        );
+        e.failure = Some(crate::events::Failure {
+            class: "server-error".into(),
+            http_status: Some(503),
+            message: "HTTP 503".into(),
+        });
+        e
+    }
+
+    fn message(digest_window_ms: u64) -> NewMessage {
+        NewMessage {
+            notifier: "ops".into(),
+            subject: "s".into(),
+            body: "b".into(),
+            html: None,
+            max_attempts: 2,
+            dedup_window_ms: 60_000,
+            digest_window_ms,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn identical_messages_within_the_window_are_queued_once() {
+        let (_d, mut store) = store();
+        for _ in 0..3 {
+            store
+                .record_events(vec![Outgoing {
+                    event: failed("a"),
+                    messages: vec![message(0)],
+                }])
+                .unwrap();
+        }
+        store
+            .record_events(vec![Outgoing {
+                event: failed("b"),
+                messages: vec![message(0)],
+            }])
+            .unwrap();
+        assert_eq!(store.outbox_counts().unwrap().pending, 2);
+        assert_eq!(
+            store.events_after(0).unwrap().len(),
+            4,
+            "every event is recorded"
+        );
+    }
+
+    #[test]
+    fn failed_deliveries_retry_then_die_and_can_be_requeued() {
+        let (_d, mut store) = store();
+        store
+            .record_events(vec![Outgoing {
+                event: failed("a"),
+                messages: vec![message(0)],
+            }])
+            .unwrap();
+        let due = store.due_messages(now_ms(), 10).unwrap();
+        assert_eq!(due.len(), 1);
+        store
+            .mark_failed(&[due[0].id], "HTTP 503", Some(now_ms() + 60_000))
+            .unwrap();
+        assert!(
+            store.due_messages(now_ms(), 10).unwrap().is_empty(),
+            "not due before its retry time"
+        );
+        store
+            .mark_failed(&[due[0].id], "HTTP 400: bad payload", None)
+            .unwrap();
+        let dead = store.outbox(&["dead"], 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 400: bad payload"));
+        assert!(store.requeue(dead[0].id).unwrap());
+        let due = store.due_messages(now_ms(), 10).unwrap();
+        assert_eq!(due[0].attempts, 0);
+        store.mark_delivered(&[due[0].id], "200 OK").unwrap();
+        assert!(
+            !store.requeue(due[0].id).unwrap(),
+            "a delivered message stays delivered"
+        );
+        assert_eq!(store.outbox_counts().unwrap().delivered, 1);
+    }
+
+    #[test]
+    fn digestible_messages_wait_and_group_by_host() {
+        let (_d, mut store) = store();
+        for repo in ["a", "b", "c"] {
+            store
+                .record_events(vec![Outgoing {
+                    event: failed(repo),
+                    messages: vec![message(30_000)],
+                }])
+                .unwrap();
+        }
+        assert!(
+            store.due_messages(now_ms(), 10).unwrap().is_empty(),
+            "held for the digest window"
+        );
+        let group = store.digest_group("ops", "failed@h.example").unwrap();
+        assert_eq!(group.len(), 3);
+        let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
+        store.mark_delivered(&ids, "250 OK").unwrap();
+        let rows = store.outbox(&["delivered"], 10).unwrap();
+        assert!(rows.iter().all(|r| r.digest_of == Some(ids[0])));
+    }
+}
