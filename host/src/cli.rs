@@ -75,6 +75,61 @@ pub enum Command {
     History(HistoryArgs),
     /// Ask the running daemon to pull a repository (or all, with --all) now.
     Trigger(TriggerArgs),
+    /// List notifications waiting in the outbox and dead letters; `outbox retry ID` requeues one.
+    ///
+    /// Every notification is kept in the state database until it is
+    /// delivered, or dead-lettered with its reason after its notifier's
+    /// max_attempts. The daemon delivers them; `outbox retry ID` puts a dead
+    /// letter back in the queue for the daemon's next pass (exit 1 if there
+    /// is no such message or it was delivered).
+    Outbox(OutboxArgs),
+    /// Send a test message through a configured notifier and print the receiver's answer.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct OutboxArgs {
+    #[command(subcommand)]
+    pub action: Option<OutboxAction>,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Also list delivered messages
+    #[arg(long)]
+    pub all: bool,
+    /// How many messages at most
+    #[arg(long, value_name = "N", default_value = "100")]
+    pub limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Put a dead (or pending) message back in the queue, due now, attempts reset
+    Retry {
+        /// The message id from `gitpulse outbox`
+        id: i64,
+        /// The daemon's config file (it names the state directory)
+        #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// `gitpulse notify …`
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test message through notifier NAME now (not through the outbox)
+    ///
+    /// Prints what the receiver answered (an SMTP reply, an HTTP status and
+    /// body). Exit codes: 0 delivered; 1 the delivery failed; 2 no such
+    /// notifier or an invalid config.
+    Test {
+        /// The notifier's name ([notifier.NAME] in the config)
+        name: String,
+        /// The config file
+        #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -256,7 +311,8 @@ Examples:
   gitpulse pull https://git.example.com/team/app.git /srv/app --branch release --mode reset
   GITPULSE_TOKEN=... gitpulse pull https://git.example.com/private.git ./p --token-env GITPULSE_TOKEN
   gitpulse pull ssh://git@git.example.com/app.git ./app --ssh-key ~/.ssh/deploy --known-hosts ./known_hosts
-  gitpulse pull https://example.com/big.git ./big --depth 1 --timeout 5m --deadline 20m --json\n\n", exit_codes!());
+  gitpulse pull https://example.com/big.git ./big --depth 1 --timeout 5m --deadline 20m --json
+  gitpulse pull https://git.example.com/app.git ./app --notify-config gitpulse.toml   # mail/webhook on change or failure\n\n", exit_codes!());
 
 /// How the checkout follows the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -331,6 +387,15 @@ pub struct PullArgs {
     /// A policy plugin (.wasm component) deciding retries and delays; the built-in policy covers what it lacks
     #[arg(long, value_name = "FILE.wasm")]
     pub policy: Option<PathBuf>,
+
+    /// Notify through the [notifier.*] of this config file: the pull's events (changed, failed,
+    /// recovered, …) enter its outbox (in its state directory) and are sent before exiting
+    #[arg(long, value_name = "FILE")]
+    pub notify_config: Option<PathBuf>,
+    /// How long to keep delivering notifications after the pull; what is still undelivered
+    /// stays in the outbox for the daemon or the next run
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = duration, requires = "notify_config")]
+    pub notify_wait: Duration,
     #[command(flatten)]
     pub plugin: PluginOptions,
 }

@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, AuthRef, Config, RepoConfig};
 use crate::events::{self, Event, EventKind, RepoRef};
 use crate::git::{Auth, SyncSpec};
-use crate::notify::{self, Router, Senders};
+use crate::notify::{self, Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
 use crate::policy::wasm::{KvStore, Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
 use crate::policy::{Backoff, Builtin, RetryPolicy};
@@ -135,12 +135,21 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
 /// The config and its plugins, validated as a whole.
 fn load_config(path: &Path) -> Result<Config, config::Problems> {
     let config = config::load(path)?;
-    let problems = crate::policy::check_config_plugins(&config);
+    let problems = check(&config);
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(config::Problems(problems))
     }
+}
+
+/// What a daemon needs beyond a well-formed file: repositories, plugins
+/// that load and play their roles, templates that compile.
+pub fn check(config: &Config) -> Vec<config::Problem> {
+    let mut problems: Vec<config::Problem> = config.check_has_repos().into_iter().collect();
+    problems.extend(crate::policy::check_config_plugins(config));
+    problems.extend(notify::check_templates(config));
+    problems
 }
 
 /// Where the daemon keeps its SQLite state for `config`.
@@ -529,7 +538,7 @@ fn reload(shared: &Shared) -> Option<Vec<String>> {
                 problems.to_string(),
                 store::now_ms(),
             );
-            record_events(shared, &old, None, vec![event]);
+            record_events(shared, &old, &Audience::ALL, vec![event]);
             None
         }
         Ok(new) => {
@@ -667,7 +676,7 @@ fn record(
         &mut |previous| {
             let mut events = events::for_pull(&repo_ref, report, previous, changes.take(), at);
             events.extend(plugin_faults(&repo_ref, report, at));
-            router.outgoing(events, Some(repo))
+            router.outgoing(events, &Audience::of(repo))
         },
     );
     match result {
@@ -701,9 +710,9 @@ fn repo_ref(repo: &RepoConfig) -> RepoRef {
 }
 
 /// Records events that no pull result carries, with their messages.
-fn record_events(shared: &Shared, config: &Config, repo: Option<&RepoConfig>, events: Vec<Event>) {
+fn record_events(shared: &Shared, config: &Config, audience: &Audience<'_>, events: Vec<Event>) {
     let loader = |name: &str| load_plugin(shared, config, name);
-    let outgoing = Router::new(config, &loader).outgoing(events, repo);
+    let outgoing = Router::new(config, &loader).outgoing(events, audience);
     if let Err(e) = lock(&shared.store).record_events(outgoing) {
         error!("recording events: {e}");
     }
@@ -918,10 +927,16 @@ impl pull::Observer for LogObserver<'_> {
             crate::report::attempt_line(record, decision)
         );
         let loader = |name: &str| load_plugin(self.shared, self.config, name);
-        let wanted = Router::new(self.config, &loader).wants(EventKind::Retrying, Some(self.repo));
+        let wanted =
+            Router::new(self.config, &loader).wants(EventKind::Retrying, &Audience::of(self.repo));
         if wanted && matches!(decision, crate::policy::Decision::RetryAfter { .. }) {
             let event = events::retrying(&repo_ref(self.repo), record, store::now_ms());
-            record_events(self.shared, self.config, Some(self.repo), vec![event]);
+            record_events(
+                self.shared,
+                self.config,
+                &Audience::of(self.repo),
+                vec![event],
+            );
         }
     }
 

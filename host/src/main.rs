@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use gitpulse::cli::{
-    CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, NewArgs, PluginCommand, PluginOptions,
-    PullArgs, RoleArg, SimulateArgs, StateArgs, TriggerArgs, ValidateArgs,
+    CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, NewArgs, NotifyCommand, OutboxAction,
+    OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs, StateArgs,
+    TriggerArgs, ValidateArgs,
 };
 use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, RepoInfo, Told, WasmPolicy};
 use gitpulse::policy::{tools, Backoff, Builtin, RetryPolicy};
@@ -33,6 +34,8 @@ fn main() -> ExitCode {
         Command::Status(args) => status(&args),
         Command::History(args) => history(&args),
         Command::Trigger(args) => trigger(&args),
+        Command::Outbox(args) => outbox(&args),
+        Command::Notify(NotifyCommand::Test { name, config }) => notify_test(&name, &config),
     }
 }
 
@@ -241,7 +244,7 @@ fn trigger(args: &TriggerArgs) -> ExitCode {
 fn validate(args: &ValidateArgs) -> ExitCode {
     let problems = match gitpulse::config::load(&args.config) {
         Ok(config) => {
-            let problems = gitpulse::policy::check_config_plugins(&config);
+            let problems = gitpulse::daemon::check(&config);
             if problems.is_empty() {
                 println!(
                     "{}: ok — {} repo{}, {} plugin setting{}, {} notifier{}",
@@ -270,6 +273,136 @@ fn validate(args: &ValidateArgs) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
+fn outbox(args: &OutboxArgs) -> ExitCode {
+    if let Some(OutboxAction::Retry { id, config }) = &args.action {
+        let (_, mut store) = match open_state(config) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        return match store.requeue(*id) {
+            Ok(true) => {
+                println!("message {id} requeued; the daemon sends it on its next pass");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                eprintln!("error: no pending or dead message {id} (see `gitpulse outbox --all`)");
+                ExitCode::from(EXIT_FAILED)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
+    let (_, store) = match open_state(&args.state.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let states: &[&str] = if args.all {
+        &["pending", "dead", "delivered"]
+    } else {
+        &["pending", "dead"]
+    };
+    let rows = match store.outbox(states, args.limit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    if args.state.json {
+        println!(
+            "{}",
+            serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+        );
+        return ExitCode::SUCCESS;
+    }
+    if rows.is_empty() {
+        println!(
+            "the outbox is empty{}",
+            if args.all {
+                ""
+            } else {
+                " (nothing pending or dead)"
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:>6}  {:<9} {:<14} {:<16} {:<16} {:>8}  {:<14} DETAIL",
+        "ID", "STATE", "NOTIFIER", "EVENT", "REPO", "ATTEMPTS", "WHEN"
+    );
+    for r in rows {
+        let (at, detail) = match r.state.as_str() {
+            "pending" => (
+                when(r.next_at_ms),
+                r.last_error.clone().unwrap_or_else(|| r.subject.clone()),
+            ),
+            "dead" => (
+                when(Some(r.created_ms)),
+                r.last_error.clone().unwrap_or_default(),
+            ),
+            _ => (
+                when(r.delivered_ms),
+                match r.digest_of {
+                    Some(d) if d != r.id => format!("in digest {d}"),
+                    _ => r.answer.clone().unwrap_or_default(),
+                },
+            ),
+        };
+        println!(
+            "{:>6}  {:<9} {:<14} {:<16} {:<16} {:>8}  {:<14} {}",
+            r.id, r.state, r.notifier, r.kind, r.repo, r.attempts, at, detail
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn notify_test(name: &str, config_path: &std::path::Path) -> ExitCode {
+    let config = match gitpulse::config::load(config_path) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let Some(notifier) = config.notifiers.get(name) else {
+        let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
+        return usage(format!(
+            "{}: no [notifier.{name}] (defined: {})",
+            config_path.display(),
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        ));
+    };
+    let message = gitpulse::notify::test_message(notifier);
+    let letter = gitpulse::notify::Letter {
+        delivery_id: 0,
+        kind: "test",
+        subject: &message.subject,
+        body: &message.body,
+        html: message.html.as_deref(),
+    };
+    match gitpulse::notify::Senders::default().send(notifier, &letter) {
+        Ok(answer) => {
+            println!("{name} ({}): {answer}", notifier.channel.kind());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: {name} ({}): {} ({})",
+                notifier.channel.kind(),
+                e.message,
+                e.class.as_str()
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
 fn usage(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(EXIT_USAGE)
@@ -279,6 +412,20 @@ fn run_pull(args: &PullArgs) -> ExitCode {
     let (options, builtin) = match args.options() {
         Ok(o) => o,
         Err(e) => return usage(e),
+    };
+    // A bad notification config stops the pull before it starts.
+    let notify_config = match &args.notify_config {
+        None => None,
+        Some(path) => match gitpulse::config::load(path) {
+            Ok(config) => {
+                let problems = gitpulse::notify::check_templates(&config);
+                if !problems.is_empty() {
+                    return usage(gitpulse::config::Problems(problems));
+                }
+                Some(config)
+            }
+            Err(problems) => return usage(problems),
+        },
     };
     let mut policy: Box<dyn RetryPolicy> = match &args.policy {
         None => Box::new(builtin),
@@ -355,10 +502,79 @@ fn run_pull(args: &PullArgs) -> ExitCode {
     } else {
         eprintln!("error: {}", report::summary(&result));
     }
+    if let Some(config) = &notify_config {
+        notify_after_pull(config, args, &options, &result);
+    }
     if result.outcome.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// Sends the pull's notifications; their trouble is reported on stderr
+/// but does not change the pull's exit code.
+fn notify_after_pull(
+    config: &gitpulse::config::Config,
+    args: &PullArgs,
+    options: &pull::PullOptions,
+    result: &gitpulse::outcome::PullReport,
+) {
+    let name = options
+        .sync
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let repo = gitpulse::events::RepoRef::new(
+        &name,
+        &args.url,
+        args.branch.as_deref(),
+        Default::default(),
+    );
+    let plugin_name = args
+        .policy
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned());
+    let audience = gitpulse::notify::Audience {
+        notifiers: &[],
+        plugin: plugin_name.as_deref(),
+    };
+    let load = |_: &str| -> Result<Plugin, wasm::LoadError> {
+        let file = args.policy.clone().unwrap_or_default();
+        let settings = tools::parse_settings(&args.plugin.config).unwrap_or_default();
+        Plugin::load(
+            &file,
+            args.plugin.cache().as_deref(),
+            args.plugin.sandbox(),
+            PluginEnv::new(settings, args.seed),
+        )
+    };
+    let store = gitpulse::daemon::state_db(config);
+    match gitpulse::notify::after_pull(
+        config,
+        &store,
+        &repo,
+        &options.sync.dir,
+        result,
+        &audience,
+        &load,
+        args.notify_wait,
+    ) {
+        Ok(n) if n.pending > 0 || n.dead > 0 => eprintln!(
+            "notifications: {} delivered, {} dead, {} still pending in {} (see `gitpulse outbox --config {}`)",
+            n.delivered,
+            n.dead,
+            n.pending,
+            store.display(),
+            config.path.display()
+        ),
+        Ok(n) if n.delivered > 0 && !args.json => {
+            eprintln!("notifications: {} delivered", n.delivered)
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("error: notifications: {e}"),
     }
 }
 

@@ -236,6 +236,17 @@ impl Config {
     pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
         self.repos.iter().find(|r| r.name == name)
     }
+
+    /// A daemon needs something to pull (`gitpulse pull --config` uses a
+    /// config for its notifiers alone).
+    pub fn check_has_repos(&self) -> Option<Problem> {
+        self.repos.is_empty().then(|| Problem {
+            file: self.path.clone(),
+            line: 0,
+            field: "repo".into(),
+            message: "no [[repo]] entries: nothing to pull".into(),
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -556,9 +567,6 @@ pub fn parse(
     }
 
     let defaults = raw.defaults.map(Spanned::into_inner).unwrap_or_default();
-    if raw.repo.is_empty() {
-        check.push(0, "repo", "no [[repo]] entries: nothing to pull");
-    }
     let mut repos = Vec::new();
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut dirs: BTreeMap<PathBuf, String> = BTreeMap::new();

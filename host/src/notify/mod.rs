@@ -38,10 +38,34 @@ use template::{Rendered, Templates};
 /// cache plugins differently).
 pub type PluginLoader<'a> = &'a dyn Fn(&str) -> Result<Plugin, LoadError>;
 
+/// Who hears about a repository's events: the notifiers it names (none
+/// named: every notifier) and the plugin whose notify role shapes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Audience<'r> {
+    pub notifiers: &'r [String],
+    pub plugin: Option<&'r str>,
+}
+
+impl<'r> Audience<'r> {
+    /// Every notifier, host templates: events not about a configured repo.
+    pub const ALL: Audience<'static> = Audience {
+        notifiers: &[],
+        plugin: None,
+    };
+
+    pub fn of(repo: &'r RepoConfig) -> Self {
+        Audience {
+            notifiers: &repo.notifiers,
+            plugin: repo.policy.notify.as_deref(),
+        }
+    }
+}
+
 /// Turns events into outbox messages for the notifiers that want them.
 pub struct Router<'a> {
     config: &'a Config,
     load_plugin: PluginLoader<'a>,
+    digests: bool,
 }
 
 impl<'a> Router<'a> {
@@ -49,34 +73,42 @@ impl<'a> Router<'a> {
         Router {
             config,
             load_plugin,
+            digests: true,
         }
     }
 
-    /// The notifiers `repo` sends to: its `notifiers` list, or all.
-    fn notifiers_for(&self, repo: Option<&RepoConfig>) -> Vec<&'a NotifierConfig> {
-        match repo {
-            Some(r) if !r.notifiers.is_empty() => r
+    /// Messages are sent at once, never held for a digest (a one-shot
+    /// `gitpulse pull` has nothing to collect them with).
+    pub fn without_digests(mut self) -> Self {
+        self.digests = false;
+        self
+    }
+
+    fn notifiers_for(&self, audience: &Audience<'_>) -> Vec<&'a NotifierConfig> {
+        if audience.notifiers.is_empty() {
+            self.config.notifiers.values().collect()
+        } else {
+            audience
                 .notifiers
                 .iter()
                 .filter_map(|n| self.config.notifiers.get(n))
-                .collect(),
-            _ => self.config.notifiers.values().collect(),
+                .collect()
         }
     }
 
-    /// Whether any notifier of `repo` takes events of `kind` (so callers can
-    /// skip building events nobody wants, such as `retrying`).
-    pub fn wants(&self, kind: EventKind, repo: Option<&RepoConfig>) -> bool {
-        self.notifiers_for(repo)
+    /// Whether any notifier of `audience` takes events of `kind` (so callers
+    /// can skip building events nobody wants, such as `retrying`).
+    pub fn wants(&self, kind: EventKind, audience: &Audience<'_>) -> bool {
+        self.notifiers_for(audience)
             .iter()
             .any(|n| n.filter.events.contains(&kind))
     }
 
-    /// `events` about `repo` (none: host events), each with its messages,
-    /// plus a `plugin-fault` event for every template or plugin that failed.
-    pub fn outgoing(&self, events: Vec<Event>, repo: Option<&RepoConfig>) -> Vec<Outgoing> {
-        let notifiers = self.notifiers_for(repo);
-        let plugin_name = repo.and_then(|r| r.policy.notify.clone());
+    /// `events`, each with its messages for `audience`, plus a
+    /// `plugin-fault` event for every template or plugin that failed.
+    pub fn outgoing(&self, events: Vec<Event>, audience: &Audience<'_>) -> Vec<Outgoing> {
+        let notifiers = self.notifiers_for(audience);
+        let plugin_name = audience.plugin.map(str::to_string);
         let mut plugin: Option<Plugin> = None;
         let mut faults = Vec::new();
         if let Some(name) = &plugin_name {
@@ -101,7 +133,7 @@ impl<'a> Router<'a> {
                     .as_mut()
                     .filter(|_| event.kind != EventKind::PluginFault);
                 if let Some(m) = message_for(&event, n, ask, plugin_name.as_deref(), &mut faults) {
-                    messages.push(m);
+                    messages.push(self.hold(m));
                 }
             }
             out.push(Outgoing { event, messages });
@@ -125,10 +157,20 @@ impl<'a> Router<'a> {
                         .accepts(event.kind, &event.repo.name, &event.repo.labels)
                 })
                 .filter_map(|n| message_for(&event, n, None, None, &mut ignored))
+                .map(|m| self.hold(m))
                 .collect();
             out.push(Outgoing { event, messages });
         }
         out
+    }
+}
+
+impl Router<'_> {
+    fn hold(&self, mut m: NewMessage) -> NewMessage {
+        if !self.digests {
+            m.digest_window_ms = 0;
+        }
+        m
     }
 }
 
@@ -342,4 +384,70 @@ pub fn check_templates(config: &Config) -> Vec<crate::config::Problem> {
         }
     }
     problems
+}
+
+/// What `gitpulse pull --notify-config` did with its notifications.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullNotified {
+    pub events: usize,
+    pub delivered: u64,
+    pub dead: u64,
+    /// Still in the outbox when the wait ran out.
+    pub pending: u64,
+}
+
+/// Records a one-shot pull's events (as the daemon would) in the outbox of
+/// `config`'s state database, then delivers until nothing is due or `wait`
+/// has passed. Digests are not held for: there is one pull to tell of.
+pub fn after_pull(
+    config: &Config,
+    store_path: &std::path::Path,
+    repo: &RepoRef,
+    dir: &std::path::Path,
+    report: &crate::outcome::PullReport,
+    audience: &Audience<'_>,
+    load_plugin: PluginLoader<'_>,
+    wait: std::time::Duration,
+) -> Result<PullNotified, crate::store::StoreError> {
+    let mut changes = match (&report.new, report.commits) {
+        (Some(new), 1..) => crate::events::read_changes(dir, report.old.as_deref(), new).ok(),
+        _ => None,
+    };
+    let store = std::sync::Mutex::new(crate::store::Store::open(store_path)?);
+    let router = Router::new(config, load_plugin).without_digests();
+    let at = crate::store::now_ms();
+    let recorded = store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record_pull(&repo.name, report, None, None, &mut |previous| {
+            let events = crate::events::for_pull(repo, report, previous, changes.take(), at);
+            router.outgoing(events, audience)
+        })?;
+    let mut result = PullNotified {
+        events: recorded.len(),
+        ..PullNotified::default()
+    };
+    let senders = Senders::default();
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let stats = deliver_due(&store, config, &senders, 500)?;
+        result.delivered += stats.delivered;
+        result.dead += stats.dead;
+        let next = store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_due_ms()?;
+        let Some(next) = next else { break };
+        let pause = std::time::Duration::from_millis(next.saturating_sub(crate::store::now_ms()));
+        if std::time::Instant::now() + pause >= until {
+            break;
+        }
+        std::thread::sleep(pause.max(std::time::Duration::from_millis(20)));
+    }
+    result.pending = store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .outbox_counts()?
+        .pending;
+    Ok(result)
 }
