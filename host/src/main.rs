@@ -438,14 +438,9 @@ fn run_pull(args: &PullArgs) -> ExitCode {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let kv = match wasm::default_state_dir() {
-                Some(dir) => {
-                    match KvStore::persisted(dir.join("plugins").join(format!("{name}.json"))) {
-                        Ok(kv) => kv,
-                        Err(e) => return usage(format!("plugin state: {e}")),
-                    }
-                }
-                None => KvStore::in_memory(),
+            let kv = match plugin_kv(&name) {
+                Ok(kv) => kv,
+                Err(e) => return usage(format!("plugin state: {e}")),
             };
             let env = PluginEnv::new(settings, args.seed).with_kv(kv);
             let plugin = match Plugin::load(
@@ -512,6 +507,15 @@ fn run_pull(args: &PullArgs) -> ExitCode {
     }
 }
 
+/// The persisted key-value store of the plugin `name` for `gitpulse pull`.
+fn plugin_kv(name: &str) -> Result<KvStore, String> {
+    match wasm::default_state_dir() {
+        Some(dir) => KvStore::persisted(dir.join("plugins").join(format!("{name}.json")))
+            .map_err(|e| e.to_string()),
+        None => Ok(KvStore::in_memory()),
+    }
+}
+
 /// Sends the pull's notifications; their trouble is reported on stderr
 /// but does not change the pull's exit code.
 fn notify_after_pull(
@@ -544,11 +548,13 @@ fn notify_after_pull(
     let load = |_: &str| -> Result<Plugin, wasm::LoadError> {
         let file = args.policy.clone().unwrap_or_default();
         let settings = tools::parse_settings(&args.plugin.config).unwrap_or_default();
+        let name = plugin_name.clone().unwrap_or_default();
+        let kv = plugin_kv(&name).unwrap_or_else(|_| KvStore::in_memory());
         Plugin::load(
             &file,
             args.plugin.cache().as_deref(),
             args.plugin.sandbox(),
-            PluginEnv::new(settings, args.seed),
+            PluginEnv::new(settings, args.seed).with_kv(kv),
         )
     };
     let store = gitpulse::daemon::state_db(config);

@@ -1,9 +1,10 @@
 //! Running the real `gitpulse` binary from end-to-end tests.
 #![allow(dead_code)]
 
-use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 pub use gitpulse_testkit::*;
 
@@ -106,3 +107,88 @@ pub fn fsck_ok(dir: &Path) -> bool {
 }
 
 pub const SHORT: Duration = Duration::from_millis(300);
+
+/// A daemon process started by the test; killed if still running when dropped.
+pub struct Daemon {
+    pub child: Child,
+    log: PathBuf,
+    pub port: u16,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, port: u16, extra: &[&str]) -> Daemon {
+        let log = config.with_extension(format!("log{}", std::process::id() ^ port as u32));
+        let child = gitpulse()
+            .args(["daemon", "--config"])
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child, log, port };
+        wait_for("the daemon to listen", Duration::from_secs(30), || {
+            assert!(
+                daemon.child.try_wait().unwrap().is_none(),
+                "daemon exited early:\n{}",
+                daemon.log()
+            );
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        daemon
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.signal("TERM");
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < until,
+                "daemon did not stop:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let body = ureq::get(&format!("http://127.0.0.1:{}/status", self.port))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -314,7 +314,7 @@ pub(super) fn check_notifier(
         check.push(
             line,
             field(f),
-            format!("not a setting of a {} notifier", kind.get_ref()),
+            format!("not a setting of {} notifiers", kind.get_ref()),
         );
     }
 
@@ -494,43 +494,35 @@ fn check_email(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<EmailConfig> {
     let field = |f: &str| format!("{label}.{f}");
-    let Some(server) = &r.server else {
-        check.push(
-            line,
-            field("server"),
-            "missing (e.g. smtp://mail.example.com:587)",
-        );
-        return None;
-    };
-    let parsed = url::Url::parse(server.get_ref()).ok();
-    let (scheme, host, port) = match parsed
-        .as_ref()
-        .and_then(|u| Some((u.scheme(), u.host_str()?, u.port())))
-    {
-        Some(("smtp", host, port)) => ("smtp", host.to_string(), port.unwrap_or(587)),
-        Some(("smtps", host, port)) => ("smtps", host.to_string(), port.unwrap_or(465)),
-        _ => {
-            check.at(
-                server,
-                field("server"),
-                format!(
-                    "`{}` is not smtp://HOST[:PORT] or smtps://HOST[:PORT]",
-                    crate::redact::url(server.get_ref())
+    // Every field is checked even when the server is wrong, so one run of
+    // `gitpulse validate` shows every problem.
+    let mut server_parts = None;
+    match &r.server {
+        None => check.push(line, field("server"), "missing (e.g. smtp://mail.example.com:587)"),
+        Some(server) => {
+            let parsed = url::Url::parse(server.get_ref()).ok();
+            match parsed.as_ref().and_then(|u| Some((u.scheme(), u.host_str()?, u.port()))) {
+                Some(("smtp", host, port)) => server_parts = Some(("smtp", host.to_string(), port.unwrap_or(587))),
+                Some(("smtps", host, port)) => server_parts = Some(("smtps", host.to_string(), port.unwrap_or(465))),
+                _ => check.at(
+                    server,
+                    field("server"),
+                    format!(
+                        "`{}` is not smtp://HOST[:PORT] or smtps://HOST[:PORT]",
+                        crate::redact::url(server.get_ref())
+                    ),
                 ),
-            );
-            return None;
+            }
+            if parsed.as_ref().is_some_and(|u| u.password().is_some() || !u.username().is_empty()) {
+                check.at(
+                    server,
+                    field("server"),
+                    "put the user in `username` and the password in password_env or password_file, not in the URL",
+                );
+            }
         }
-    };
-    if parsed
-        .as_ref()
-        .is_some_and(|u| u.password().is_some() || !u.username().is_empty())
-    {
-        check.at(
-            server,
-            field("server"),
-            "put the user in `username` and the password in password_env or password_file, not in the URL",
-        );
     }
+    let scheme = server_parts.as_ref().map(|(s, _, _)| *s).unwrap_or("smtp");
     let security = match (scheme, r.starttls.as_ref().map(|s| s.get_ref().as_str())) {
         ("smtps", None) => SmtpSecurity::Implicit,
         ("smtps", Some(_)) => {
@@ -622,6 +614,7 @@ fn check_email(
         }
         path
     });
+    let (_, host, port) = server_parts?;
     Some(EmailConfig {
         host,
         port,

@@ -31,7 +31,9 @@ pub struct Templates {
     pub html: Option<String>,
 }
 
-handlebars_helper!(short_sha: |sha: str| sha.chars().take(10).collect::<String>());
+// Null-tolerant: a template shared by events with and without a commit
+// should not need an `#if` around every sha.
+handlebars_helper!(short_sha: |sha: Json| sha.as_str().unwrap_or_default().chars().take(10).collect::<String>());
 handlebars_helper!(pluralize: |n: u64, word: str, *args| {
     let plural = args.first().and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| format!("{word}s"));
     format!("{n} {}", if n == 1 { word.to_string() } else { plural })
@@ -42,7 +44,8 @@ handlebars_helper!(duration: |ms: u64| {
     humantime::format_duration(d).to_string()
 });
 handlebars_helper!(relative_time: |at_ms: u64| relative(at_ms, crate::store::now_ms()));
-handlebars_helper!(truncate: |text: str, n: u64| {
+handlebars_helper!(truncate: |text: Json, n: u64| {
+    let text = text.as_str().unwrap_or_default();
     let n = n as usize;
     if text.chars().count() <= n { text.to_string() } else { format!("{}…", text.chars().take(n.saturating_sub(1)).collect::<String>()) }
 });
@@ -163,7 +166,7 @@ pub fn default_for(kind: EventKind, html: bool) -> Templates {
             ),
         ),
         EventKind::Failed => (
-            "[gitpulse] {{repo.name}} failed: {{failure.class}}",
+            "[gitpulse] {{repo.name}} failed{{#if failure}}: {{failure.class}}{{/if}}",
             concat!(
                 "Pulling {{repo.name}} ({{repo.url}}{{#if repo.branch}}, {{repo.branch}}{{/if}}) failed after {{pluralize attempts \"attempt\"}}.\n\n",
                 "{{#if failure}}Class: {{failure.class}}{{#if failure.http_status}} (HTTP {{failure.http_status}}){{/if}}\n{{failure.message}}\n{{/if}}",

@@ -12,19 +12,27 @@
 //! - [`GitDaemon`]: the real `git daemon` for `git://`.
 //! - [`Sshd`]: a real OpenSSH server for `ssh://`.
 //! - [`plugins::build`]: the workspace's plugin crates as components.
+//! - [`SmtpServer`]: a real SMTP server (aiosmtpd), plain, STARTTLS or
+//!   implicit TLS with a self-signed CA, keeping every message.
+//! - [`WebhookReceiver`]: an HTTP receiver that verifies signatures and can
+//!   fail on command.
 
 mod daemon;
 mod fixture;
 mod http;
 pub mod plugins;
 mod proxy;
+mod smtp;
 mod sshd;
+mod webhook;
 
 pub use daemon::GitDaemon;
 pub use fixture::{git, git_ok, Upstream};
 pub use http::GitHttpServer;
 pub use proxy::{Fault, FaultProxy};
+pub use smtp::{Mail, SmtpServer, SmtpTls};
 pub use sshd::Sshd;
+pub use webhook::{Answer, Delivery, WebhookReceiver};
 
 /// A loopback port that was free a moment ago (for servers that cannot be
 /// handed a listening socket, like `git daemon`).

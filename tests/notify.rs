@@ -1,0 +1,428 @@
+//! Notifications end to end: a real SMTP server (aiosmtpd, STARTTLS and
+//! implicit TLS with a self-signed CA), an HTTP receiver that verifies the
+//! HMAC signature, a JSON-lines log; events from `gitpulse pull` and from
+//! the daemon, through the durable outbox (retry, dead letter, restart,
+//! digest), templates that break, and a plugin's notify role.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A config file with only `[daemon]` and the given notifier tables.
+fn notify_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("notify.toml");
+    std::fs::write(&path, format!("[daemon]\nstate_dir = \"state\"\n\n{body}")).unwrap();
+    path
+}
+
+fn pull_notifying(url: &str, dir: &Path, config: &Path, env: &[(&str, &str)], extra: &[&str]) -> Run {
+    let mut cmd = gitpulse();
+    cmd.args(["pull", url])
+        .arg(dir)
+        .args(["--json", "--max-attempts", "1", "--notify-wait", "20s", "--notify-config"])
+        .arg(config)
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    finish(cmd.output().unwrap())
+}
+
+/// `gitpulse outbox --json` (with --all when `all`).
+fn outbox(config: &Path, all: bool) -> Vec<serde_json::Value> {
+    let mut cmd = gitpulse();
+    cmd.args(["outbox", "--json", "--config"]).arg(config);
+    if all {
+        cmd.arg("--all");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn changes_arrive_by_mail_over_starttls_with_a_self_signed_ca_and_a_login() {
+    let mut served = Served::new("app");
+    let smtp = SmtpServer::start(SmtpTls::StartTls, Some(("gitpulse", "mail-Pa55word")));
+    let config = notify_config(
+        served.root.path(),
+        &format!(
+            "[notifier.mail]\nkind = \"email\"\nserver = \"{}\"\nstarttls = \"required\"\nusername = \"gitpulse\"\n\
+             password_env = \"TEST_SMTP_PASSWORD\"\nfrom = \"gitpulse <gitpulse@example.test>\"\n\
+             to = [\"ops@example.test\"]\ncc = [\"lead@example.test\"]\nca_file = \"{}\"\nevents = [\"changed\"]\n",
+            smtp.url(false),
+            smtp.ca_file.as_ref().unwrap().display()
+        ),
+    );
+    let env = [("TEST_SMTP_PASSWORD", "mail-Pa55word")];
+    let dir = served.dir("app");
+    let first = pull_notifying(&served.url(), &dir, &config, &env, &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let sha = served.up.commit("Teach the parser about tabs");
+    let second = pull_notifying(&served.url(), &dir, &config, &env, &[]);
+    assert_eq!(second.code, 0, "{second:?}");
+
+    let mails = smtp.wait_for(2, Duration::from_secs(10));
+    assert_eq!(mails.len(), 2, "one mail per pull that changed something");
+    let mail = &mails[1];
+    assert!(mail.tls, "the session was upgraded by STARTTLS");
+    assert_eq!(mail.login.as_deref(), Some("gitpulse"));
+    assert_eq!(mail.mail_from, "gitpulse@example.test");
+    assert_eq!(mail.rcpt_tos, ["ops@example.test", "lead@example.test"]);
+    assert_eq!(mail.header("Subject").as_deref(), Some("[gitpulse] app: 1 new commit"));
+    assert_eq!(mail.header("From").as_deref(), Some("gitpulse <gitpulse@example.test>"));
+    assert_eq!(mail.header("Cc").as_deref(), Some("lead@example.test"));
+    assert_eq!(mail.header("X-Gitpulse-Event").as_deref(), Some("changed"));
+    assert!(
+        mail.header("Content-Type").unwrap().starts_with("multipart/alternative"),
+        "plain text plus HTML: {}",
+        mail.raw
+    );
+    assert!(mail.raw.contains("text/html"), "{}", mail.raw);
+    assert!(mail.raw.contains(&format!("{} Teach the parser about tabs", &sha[..10])), "{}", mail.raw);
+    assert!(mail.raw.contains("2 files changed"), "README and a new file: {}", mail.raw);
+    for run in [&first, &second] {
+        assert!(!run.stdout.contains("Pa55word") && !run.stderr.contains("Pa55word"));
+    }
+}
+
+#[test]
+fn notify_test_sends_over_implicit_tls_and_prints_the_answer() {
+    let root = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpTls::Implicit, None);
+    let mail = |name: &str, ca: Option<&Path>| {
+        format!(
+            "[notifier.{name}]\nkind = \"email\"\nserver = \"{}\"\nfrom = \"gitpulse@example.test\"\nto = [\"ops@example.test\"]\n{}\n",
+            smtp.url(true),
+            ca.map(|c| format!("ca_file = \"{}\"", c.display())).unwrap_or_default()
+        )
+    };
+    let config = notify_config(
+        root.path(),
+        &format!("{}{}", mail("mail", smtp.ca_file.as_deref()), mail("untrusted", None)),
+    );
+    let run = |name: &str| finish(gitpulse().args(["notify", "test", name, "--config"]).arg(&config).output().unwrap());
+
+    let ok = run("mail");
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("250") && ok.stdout.contains("queued as gitpulse-test-1"), "{ok:?}");
+    let got = smtp.wait_for(1, Duration::from_secs(10));
+    assert!(got[0].tls);
+    assert!(got[0].header("Subject").unwrap().contains("test message for notifier mail"));
+
+    let untrusted = run("untrusted");
+    assert_eq!(untrusted.code, 1, "an unknown CA is refused: {untrusted:?}");
+    assert!(untrusted.stderr.contains("(tls)"), "{untrusted:?}");
+    let missing = run("pager");
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("no [notifier.pager] (defined: mail, untrusted)"), "{missing:?}");
+    assert_eq!(smtp.messages().len(), 1);
+}
+
+#[test]
+fn webhooks_are_signed_and_carry_failed_changed_and_recovered_events() {
+    let served = Served::new("app");
+    let hook = WebhookReceiver::start("hook-secret-42", 2);
+    let config = notify_config(
+        served.root.path(),
+        &format!(
+            "[notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_env = \"TEST_HOOK_SECRET\"\nheaders = {{ \"X-Team\" = \"platform\" }}\n",
+            hook.url("/events")
+        ),
+    );
+    let env = [("TEST_HOOK_SECRET", "hook-secret-42")];
+    let dir = served.dir("app");
+    served.proxy.set_always(Some(Fault::Status(404)));
+    let failed = pull_notifying(&served.url(), &dir, &config, &env, &[]);
+    assert_eq!(failed.code, 1, "{failed:?}");
+    served.proxy.set_always(None);
+    let ok = pull_notifying(&served.url(), &dir, &config, &env, &[]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+
+    let got = hook.wait_for(3, Duration::from_secs(10));
+    assert_eq!(got.len(), 3, "{:?}", hook.deliveries());
+    for d in &got {
+        assert!(d.signature_ok, "every body is signed with the secret");
+        assert_eq!(d.method, "POST");
+        assert_eq!(d.path, "/events");
+        assert_eq!(d.headers["x-team"], "platform");
+        assert_eq!(d.headers["content-type"], "application/json");
+    }
+    let kinds: Vec<&str> = got.iter().map(|d| d.headers["x-gitpulse-event"].as_str()).collect();
+    assert_eq!(kinds, ["failed", "changed", "recovered"]);
+    let failed_event = json(&got[0].body);
+    assert_eq!(failed_event["kind"], "failed");
+    assert_eq!(failed_event["severity"], "error");
+    assert_eq!(failed_event["repo"]["name"], "app");
+    assert_eq!(failed_event["failure"]["class"], "not-found");
+    assert_eq!(failed_event["failure"]["http_status"], 404);
+    let changed = json(&got[1].body);
+    assert_eq!(changed["new"], served.up.head());
+    assert_eq!(changed["commits"][0]["subject"], "initial commit");
+    assert_eq!(json(&got[2].body)["attempts"], 1, "one failed pull before the recovery");
+    let ids: std::collections::BTreeSet<&String> = got.iter().map(|d| &d.headers["x-gitpulse-delivery"]).collect();
+    assert_eq!(ids.len(), 3);
+    for run in [&failed, &ok] {
+        assert!(!run.stdout.contains("hook-secret") && !run.stderr.contains("hook-secret"));
+    }
+}
+
+#[test]
+fn a_rejected_message_is_dead_lettered_listed_and_can_be_requeued() {
+    let served = Served::new("app");
+    let hook = WebhookReceiver::start("s", 1);
+    let config = notify_config(
+        served.root.path(),
+        &format!("[notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"secret\"\n", hook.url("/")),
+    );
+    std::fs::write(served.root.path().join("secret"), "s\n").unwrap();
+    hook.answer(Answer::Status(400));
+    let dir = served.dir("app");
+    let first = pull_notifying(&served.url(), &dir, &config, &[], &[]);
+    assert_eq!(first.code, 0, "a notification problem does not fail the pull: {first:?}");
+    assert!(first.stderr.contains("1 dead"), "{first:?}");
+    assert_eq!(hook.deliveries().len(), 1, "a 400 is not retried");
+
+    let dead = outbox(&config, false);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["state"], "dead");
+    assert!(dead[0]["last_error"].as_str().unwrap().contains("HTTP 400"), "{dead:?}");
+    let table = finish(gitpulse().args(["outbox", "--config"]).arg(&config).output().unwrap());
+    assert!(table.stdout.contains("dead") && table.stdout.contains("HTTP 400"), "{table:?}");
+
+    hook.answer(Answer::Ok);
+    let id = dead[0]["id"].as_i64().unwrap().to_string();
+    let retry = finish(gitpulse().args(["outbox", "retry", &id, "--config"]).arg(&config).output().unwrap());
+    assert_eq!(retry.code, 0, "{retry:?}");
+    let nothing = finish(gitpulse().args(["outbox", "retry", "9999", "--config"]).arg(&config).output().unwrap());
+    assert_eq!(nothing.code, 1, "{nothing:?}");
+    // The next run delivers what is due, the requeued message included.
+    let again = pull_notifying(&served.url(), &dir, &config, &[], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(hook.wait_for(1, Duration::from_secs(10)).len(), 1);
+    assert!(outbox(&config, false).is_empty());
+    assert_eq!(outbox(&config, true)[0]["state"], "delivered");
+}
+
+#[test]
+fn a_broken_template_falls_back_to_the_default_and_reports_a_plugin_fault() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    std::fs::write(root.join("broken.hbs"), "{{repo.name}} moved to {{no_such_field}}\n").unwrap();
+    let config = notify_config(
+        root,
+        "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ntemplates.changed = { body = \"broken.hbs\" }\n",
+    );
+    let run = pull_notifying(&served.url(), &served.dir("app"), &config, &[], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["changed", "plugin-fault"], "{lines:?}");
+    assert_eq!(lines[0]["subject"], "[gitpulse] app: 1 new commit");
+    assert!(lines[0]["body"].as_str().unwrap().contains("initial commit"), "the default body: {lines:?}");
+    let fault = lines[1]["body"].as_str().unwrap();
+    assert!(fault.contains("no_such_field") && fault.contains("default template"), "{fault}");
+}
+
+#[test]
+fn a_notify_plugin_suppresses_then_escalates_with_its_own_template() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    let wasm = plugins::build("escalation-policy");
+    let config = notify_config(root, "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndedup_window = \"0s\"\n");
+    served.proxy.set_always(Some(Fault::Status(503)));
+    // The plugin keeps its count per repository name in its key-value store.
+    let dir = root.join(format!("app-{}-{}", std::process::id(), gitpulse::store::now_ms()));
+    let policy = ["--policy", wasm.to_str().unwrap(), "--plugin-config", "threshold=2"];
+    for _ in 0..2 {
+        let run = pull_notifying(&served.url(), &dir, &config, &[], &policy);
+        assert_eq!(run.code, 1, "{run:?}");
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 1, "the first failure is suppressed: {lines:?}");
+    assert_eq!(lines[0]["kind"], "failed");
+    let subject = lines[0]["subject"].as_str().unwrap();
+    assert!(subject.ends_with("failed 2 times in 30 min"), "the plugin's template and vars: {subject}");
+}
+
+#[test]
+fn notifier_mistakes_are_reported_with_file_line_and_field() {
+    let root = tempfile::tempdir().unwrap();
+    let config = notify_config(
+        root.path(),
+        "[notifier.mail]\nkind = \"email\"\nserver = \"imap://mail\"\nfrom = \"gitpulse@example.test\"\nto = [\"not an address\"]\nurl = \"https://x\"\n\n\
+         [notifier.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example.test/x\"\nsecret_env = \"GITPULSE_TEST_UNSET_SECRET\"\nevents = [\"changed\", \"exploded\"]\n\n\
+         [notifier.pager]\nkind = \"sms\"\n",
+    );
+    let out = finish(gitpulse().args(["validate", "--config"]).arg(&config).output().unwrap());
+    assert_eq!(out.code, 2, "{out:?}");
+    let name = config.display().to_string();
+    for expected in [
+        format!("{name}:6: notifier.mail.server: `imap://mail` is not smtp://"),
+        format!("{name}:4: notifier.mail.url: not a setting of email notifiers"),
+        format!("{name}:8: notifier.mail.to: `not an address` is not an email address"),
+        format!("{name}:14: notifier.hook.secret_env: environment variable GITPULSE_TEST_UNSET_SECRET is not set"),
+        format!("{name}:15: notifier.hook.events: `exploded` is not an event kind"),
+        format!("{name}:18: notifier.pager.kind: `sms`: use email, webhook or log"),
+    ] {
+        assert!(out.stderr.contains(&expected), "missing `{expected}` in:\n{}", out.stderr);
+    }
+    // `gitpulse pull --notify-config` refuses the same config before pulling.
+    let root2 = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root2.path(), "app");
+    let dir = root2.path().join("app");
+    let run = pull_notifying(&up.file_url(), &dir, &config, &[], &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(!dir.exists(), "no partial effect");
+}
+
+/// A daemon config with `repos` (name, url, dir) and one webhook notifier.
+fn daemon_config(root: &Path, port: u16, repos: &[(String, String, PathBuf)], daemon: &str, notifier: &str) -> PathBuf {
+    let mut text = format!(
+        "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n{daemon}\n\n[defaults]\nschedule = \"every 1s jitter 0s\"\nmax_attempts = 1\n\n{notifier}\n"
+    );
+    for (name, url, dir) in repos {
+        text.push_str(&format!("[[repo]]\nname = \"{name}\"\nurl = \"{url}\"\ndir = \"{}\"\n\n", dir.display()));
+    }
+    let path = root.join("gitpulse.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(root.join("secret"), "k").unwrap();
+    path
+}
+
+/// Upstreams `r0..rN` under one served root.
+fn many(served: &Served, n: usize) -> Vec<(String, String, PathBuf)> {
+    (0..n)
+        .map(|i| {
+            let name = format!("r{i}");
+            Upstream::new(served.root.path(), &name);
+            let url = served.proxy.url(&name);
+            (name.clone(), url, served.dir(&format!("{name}.checkout")))
+        })
+        .collect()
+}
+
+fn hook_notifier(url: &str, extra: &str) -> String {
+    format!(
+        "[notifier.hook]\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"secret\"\nretry_base = \"100ms\"\nretry_max = \"300ms\"\nmax_attempts = 200\n{extra}\n"
+    )
+}
+
+/// Each accepted delivery's event, by its delivery id; fails on a repeat.
+fn exactly_once(hook: &WebhookReceiver) -> Vec<serde_json::Value> {
+    let accepted = hook.accepted();
+    let ids: std::collections::BTreeSet<&String> = accepted.iter().map(|d| &d.headers["x-gitpulse-delivery"]).collect();
+    assert_eq!(ids.len(), accepted.len(), "a message arrived twice");
+    accepted.iter().map(|d| json(&d.body)).collect()
+}
+
+#[test]
+fn a_sink_that_is_down_for_a_while_gets_every_event_exactly_once() {
+    let served = Served::new("app");
+    let repos = many(&served, 3);
+    let hook = WebhookReceiver::start("k", 2);
+    hook.answer(Answer::Status(503));
+    let port = free_port();
+    let config = daemon_config(served.root.path(), port, &repos, "", &hook_notifier(&hook.url("/"), "events = [\"changed\"]"));
+    let daemon = Daemon::start(&config, port, &[]);
+    wait_for("retries against the failing sink", Duration::from_secs(30), || {
+        hook.deliveries().len() >= 9
+    });
+    assert!(hook.accepted().is_empty());
+    hook.answer(Answer::Ok);
+    wait_for("every event", Duration::from_secs(30), || hook.accepted().len() >= 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = exactly_once(&hook);
+    assert_eq!(events.len(), 3, "{events:?}\n{}", daemon.log());
+    let mut names: Vec<&str> = events.iter().map(|e| e["repo"]["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["r0", "r1", "r2"]);
+    let rows = outbox(&config, true);
+    assert!(rows.iter().all(|r| r["state"] == "delivered" && r["attempts"].as_u64().unwrap() >= 1), "{rows:?}");
+    assert_eq!(daemon.stop(), 0);
+}
+
+#[test]
+fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
+    let served = Served::new("app");
+    let repos = many(&served, 2);
+    let hook = WebhookReceiver::start("k", 2);
+    hook.answer(Answer::Drop);
+    let port = free_port();
+    let config = daemon_config(served.root.path(), port, &repos, "", &hook_notifier(&hook.url("/"), "events = [\"changed\"]"));
+    let mut daemon = Daemon::start(&config, port, &[]);
+    wait_for("both events to be tried", Duration::from_secs(30), || {
+        outbox(&config, false).iter().filter(|r| r["attempts"].as_u64() >= Some(1)).count() == 2
+    });
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let pending = outbox(&config, false);
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(pending.iter().all(|r| r["state"] == "pending"));
+
+    hook.answer(Answer::Ok);
+    let daemon = Daemon::start(&config, port, &[]);
+    wait_for("delivery after the restart", Duration::from_secs(30), || hook.accepted().len() >= 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(exactly_once(&hook).len(), 2, "{}", daemon.log());
+    assert_eq!(daemon.stop(), 0);
+}
+
+#[test]
+fn fifty_repos_failing_on_one_host_become_one_digest_and_so_does_their_recovery() {
+    let served = Served::new("app");
+    let repos = many(&served, 50);
+    let hook = WebhookReceiver::start("k", 2);
+    let port = free_port();
+    let config = daemon_config(
+        served.root.path(),
+        port,
+        &repos,
+        "max_concurrent = 50\nper_host = 50",
+        &hook_notifier(&hook.url("/"), "events = [\"failed\", \"recovered\"]\ndigest_window = \"4s\""),
+    );
+    // Pulled only when triggered.
+    let text = std::fs::read_to_string(&config).unwrap().replace("every 1s jitter 0s", "every 24h");
+    std::fs::write(&config, text).unwrap();
+    served.proxy.set_always(Some(Fault::Status(503)));
+    let daemon = Daemon::start(&config, port, &[]);
+    daemon.signal("USR1");
+    wait_for("the failure digest", Duration::from_secs(60), || hook.accepted().len() >= 1);
+    std::thread::sleep(Duration::from_secs(5));
+    let got = hook.accepted();
+    assert_eq!(got.len(), 1, "one message for fifty failures: {got:?}");
+    assert_eq!(got[0].headers["x-gitpulse-event"], "digest");
+    let digest = json(&got[0].body);
+    assert_eq!(digest["of"], "failed");
+    assert_eq!(digest["host"], "127.0.0.1");
+    assert_eq!(digest["count"], 50, "{digest}");
+
+    served.proxy.set_always(None);
+    daemon.signal("USR1");
+    wait_for("the recovery digest", Duration::from_secs(90), || hook.accepted().len() >= 2);
+    std::thread::sleep(Duration::from_secs(5));
+    let got = hook.accepted();
+    assert_eq!(got.len(), 2, "{}", daemon.log());
+    let digest = json(&got[1].body);
+    assert_eq!(digest["of"], "recovered");
+    assert_eq!(digest["count"], 50, "{digest}");
+    assert_eq!(daemon.stop(), 0);
+}
