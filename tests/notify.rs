@@ -17,11 +17,24 @@ fn notify_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
-fn pull_notifying(url: &str, dir: &Path, config: &Path, env: &[(&str, &str)], extra: &[&str]) -> Run {
+fn pull_notifying(
+    url: &str,
+    dir: &Path,
+    config: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Run {
     let mut cmd = gitpulse();
     cmd.args(["pull", url])
         .arg(dir)
-        .args(["--json", "--max-attempts", "1", "--notify-wait", "20s", "--notify-config"])
+        .args([
+            "--json",
+            "--max-attempts",
+            "1",
+            "--notify-wait",
+            "20s",
+            "--notify-config",
+        ])
         .arg(config)
         .args(extra);
     for (k, v) in env {
@@ -38,7 +51,11 @@ fn outbox(config: &Path, all: bool) -> Vec<serde_json::Value> {
         cmd.arg("--all");
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .unwrap()
         .as_array()
@@ -79,18 +96,35 @@ fn changes_arrive_by_mail_over_starttls_with_a_self_signed_ca_and_a_login() {
     assert_eq!(mail.login.as_deref(), Some("gitpulse"));
     assert_eq!(mail.mail_from, "gitpulse@example.test");
     assert_eq!(mail.rcpt_tos, ["ops@example.test", "lead@example.test"]);
-    assert_eq!(mail.header("Subject").as_deref(), Some("[gitpulse] app: 1 new commit"));
-    assert_eq!(mail.header("From").as_deref(), Some("gitpulse <gitpulse@example.test>"));
+    assert_eq!(
+        mail.header("Subject").as_deref(),
+        Some("[gitpulse] app: 1 new commit")
+    );
+    assert_eq!(
+        mail.header("From").as_deref(),
+        Some("gitpulse <gitpulse@example.test>")
+    );
     assert_eq!(mail.header("Cc").as_deref(), Some("lead@example.test"));
     assert_eq!(mail.header("X-Gitpulse-Event").as_deref(), Some("changed"));
     assert!(
-        mail.header("Content-Type").unwrap().starts_with("multipart/alternative"),
+        mail.header("Content-Type")
+            .unwrap()
+            .starts_with("multipart/alternative"),
         "plain text plus HTML: {}",
         mail.raw
     );
     assert!(mail.raw.contains("text/html"), "{}", mail.raw);
-    assert!(mail.raw.contains(&format!("{} Teach the parser about tabs", &sha[..10])), "{}", mail.raw);
-    assert!(mail.raw.contains("2 files changed"), "README and a new file: {}", mail.raw);
+    assert!(
+        mail.raw
+            .contains(&format!("{} Teach the parser about tabs", &sha[..10])),
+        "{}",
+        mail.raw
+    );
+    assert!(
+        mail.raw.contains("2 files changed"),
+        "README and a new file: {}",
+        mail.raw
+    );
     for run in [&first, &second] {
         assert!(!run.stdout.contains("Pa55word") && !run.stderr.contains("Pa55word"));
     }
@@ -109,23 +143,46 @@ fn notify_test_sends_over_implicit_tls_and_prints_the_answer() {
     };
     let config = notify_config(
         root.path(),
-        &format!("{}{}", mail("mail", smtp.ca_file.as_deref()), mail("untrusted", None)),
+        &format!(
+            "{}{}",
+            mail("mail", smtp.ca_file.as_deref()),
+            mail("untrusted", None)
+        ),
     );
-    let run = |name: &str| finish(gitpulse().args(["notify", "test", name, "--config"]).arg(&config).output().unwrap());
+    let run = |name: &str| {
+        finish(
+            gitpulse()
+                .args(["notify", "test", name, "--config"])
+                .arg(&config)
+                .output()
+                .unwrap(),
+        )
+    };
 
     let ok = run("mail");
     assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(ok.stdout.contains("250") && ok.stdout.contains("queued as gitpulse-test-1"), "{ok:?}");
+    assert!(
+        ok.stdout.contains("250") && ok.stdout.contains("queued as gitpulse-test-1"),
+        "{ok:?}"
+    );
     let got = smtp.wait_for(1, Duration::from_secs(10));
     assert!(got[0].tls);
-    assert!(got[0].header("Subject").unwrap().contains("test message for notifier mail"));
+    assert!(got[0]
+        .header("Subject")
+        .unwrap()
+        .contains("test message for notifier mail"));
 
     let untrusted = run("untrusted");
     assert_eq!(untrusted.code, 1, "an unknown CA is refused: {untrusted:?}");
     assert!(untrusted.stderr.contains("(tls)"), "{untrusted:?}");
     let missing = run("pager");
     assert_eq!(missing.code, 2, "{missing:?}");
-    assert!(missing.stderr.contains("no [notifier.pager] (defined: mail, untrusted)"), "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("no [notifier.pager] (defined: mail, untrusted)"),
+        "{missing:?}"
+    );
     assert_eq!(smtp.messages().len(), 1);
 }
 
@@ -158,7 +215,10 @@ fn webhooks_are_signed_and_carry_failed_changed_and_recovered_events() {
         assert_eq!(d.headers["x-team"], "platform");
         assert_eq!(d.headers["content-type"], "application/json");
     }
-    let kinds: Vec<&str> = got.iter().map(|d| d.headers["x-gitpulse-event"].as_str()).collect();
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|d| d.headers["x-gitpulse-event"].as_str())
+        .collect();
     assert_eq!(kinds, ["failed", "changed", "recovered"]);
     let failed_event = json(&got[0].body);
     assert_eq!(failed_event["kind"], "failed");
@@ -169,8 +229,15 @@ fn webhooks_are_signed_and_carry_failed_changed_and_recovered_events() {
     let changed = json(&got[1].body);
     assert_eq!(changed["new"], served.up.head());
     assert_eq!(changed["commits"][0]["subject"], "initial commit");
-    assert_eq!(json(&got[2].body)["attempts"], 1, "one failed pull before the recovery");
-    let ids: std::collections::BTreeSet<&String> = got.iter().map(|d| &d.headers["x-gitpulse-delivery"]).collect();
+    assert_eq!(
+        json(&got[2].body)["attempts"],
+        1,
+        "one failed pull before the recovery"
+    );
+    let ids: std::collections::BTreeSet<&String> = got
+        .iter()
+        .map(|d| &d.headers["x-gitpulse-delivery"])
+        .collect();
     assert_eq!(ids.len(), 3);
     for run in [&failed, &ok] {
         assert!(!run.stdout.contains("hook-secret") && !run.stderr.contains("hook-secret"));
@@ -183,28 +250,58 @@ fn a_rejected_message_is_dead_lettered_listed_and_can_be_requeued() {
     let hook = WebhookReceiver::start("s", 1);
     let config = notify_config(
         served.root.path(),
-        &format!("[notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"secret\"\n", hook.url("/")),
+        &format!(
+            "[notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"secret\"\n",
+            hook.url("/")
+        ),
     );
     std::fs::write(served.root.path().join("secret"), "s\n").unwrap();
     hook.answer(Answer::Status(400));
     let dir = served.dir("app");
     let first = pull_notifying(&served.url(), &dir, &config, &[], &[]);
-    assert_eq!(first.code, 0, "a notification problem does not fail the pull: {first:?}");
+    assert_eq!(
+        first.code, 0,
+        "a notification problem does not fail the pull: {first:?}"
+    );
     assert!(first.stderr.contains("1 dead"), "{first:?}");
     assert_eq!(hook.deliveries().len(), 1, "a 400 is not retried");
 
     let dead = outbox(&config, false);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["state"], "dead");
-    assert!(dead[0]["last_error"].as_str().unwrap().contains("HTTP 400"), "{dead:?}");
-    let table = finish(gitpulse().args(["outbox", "--config"]).arg(&config).output().unwrap());
-    assert!(table.stdout.contains("dead") && table.stdout.contains("HTTP 400"), "{table:?}");
+    assert!(
+        dead[0]["last_error"].as_str().unwrap().contains("HTTP 400"),
+        "{dead:?}"
+    );
+    let table = finish(
+        gitpulse()
+            .args(["outbox", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        table.stdout.contains("dead") && table.stdout.contains("HTTP 400"),
+        "{table:?}"
+    );
 
     hook.answer(Answer::Ok);
     let id = dead[0]["id"].as_i64().unwrap().to_string();
-    let retry = finish(gitpulse().args(["outbox", "retry", &id, "--config"]).arg(&config).output().unwrap());
+    let retry = finish(
+        gitpulse()
+            .args(["outbox", "retry", &id, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(retry.code, 0, "{retry:?}");
-    let nothing = finish(gitpulse().args(["outbox", "retry", "9999", "--config"]).arg(&config).output().unwrap());
+    let nothing = finish(
+        gitpulse()
+            .args(["outbox", "retry", "9999", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(nothing.code, 1, "{nothing:?}");
     // The next run delivers what is due, the requeued message included.
     let again = pull_notifying(&served.url(), &dir, &config, &[], &[]);
@@ -218,7 +315,11 @@ fn a_rejected_message_is_dead_lettered_listed_and_can_be_requeued() {
 fn a_broken_template_falls_back_to_the_default_and_reports_a_plugin_fault() {
     let served = Served::new("app");
     let root = served.root.path();
-    std::fs::write(root.join("broken.hbs"), "{{repo.name}} moved to {{no_such_field}}\n").unwrap();
+    std::fs::write(
+        root.join("broken.hbs"),
+        "{{repo.name}} moved to {{no_such_field}}\n",
+    )
+    .unwrap();
     let config = notify_config(
         root,
         "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ntemplates.changed = { body = \"broken.hbs\" }\n",
@@ -233,9 +334,18 @@ fn a_broken_template_falls_back_to_the_default_and_reports_a_plugin_fault() {
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["changed", "plugin-fault"], "{lines:?}");
     assert_eq!(lines[0]["subject"], "[gitpulse] app: 1 new commit");
-    assert!(lines[0]["body"].as_str().unwrap().contains("initial commit"), "the default body: {lines:?}");
+    assert!(
+        lines[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("initial commit"),
+        "the default body: {lines:?}"
+    );
     let fault = lines[1]["body"].as_str().unwrap();
-    assert!(fault.contains("no_such_field") && fault.contains("default template"), "{fault}");
+    assert!(
+        fault.contains("no_such_field") && fault.contains("default template"),
+        "{fault}"
+    );
 }
 
 #[test]
@@ -243,11 +353,23 @@ fn a_notify_plugin_suppresses_then_escalates_with_its_own_template() {
     let served = Served::new("app");
     let root = served.root.path();
     let wasm = plugins::build("escalation-policy");
-    let config = notify_config(root, "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndedup_window = \"0s\"\n");
+    let config = notify_config(
+        root,
+        "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndedup_window = \"0s\"\n",
+    );
     served.proxy.set_always(Some(Fault::Status(503)));
     // The plugin keeps its count per repository name in its key-value store.
-    let dir = root.join(format!("app-{}-{}", std::process::id(), gitpulse::store::now_ms()));
-    let policy = ["--policy", wasm.to_str().unwrap(), "--plugin-config", "threshold=2"];
+    let dir = root.join(format!(
+        "app-{}-{}",
+        std::process::id(),
+        gitpulse::store::now_ms()
+    ));
+    let policy = [
+        "--policy",
+        wasm.to_str().unwrap(),
+        "--plugin-config",
+        "threshold=2",
+    ];
     for _ in 0..2 {
         let run = pull_notifying(&served.url(), &dir, &config, &[], &policy);
         assert_eq!(run.code, 1, "{run:?}");
@@ -260,7 +382,10 @@ fn a_notify_plugin_suppresses_then_escalates_with_its_own_template() {
     assert_eq!(lines.len(), 1, "the first failure is suppressed: {lines:?}");
     assert_eq!(lines[0]["kind"], "failed");
     let subject = lines[0]["subject"].as_str().unwrap();
-    assert!(subject.ends_with("failed 2 times in 30 min"), "the plugin's template and vars: {subject}");
+    assert!(
+        subject.ends_with("failed 2 times in 30 min"),
+        "the plugin's template and vars: {subject}"
+    );
 }
 
 #[test]
@@ -272,7 +397,13 @@ fn notifier_mistakes_are_reported_with_file_line_and_field() {
          [notifier.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example.test/x\"\nsecret_env = \"GITPULSE_TEST_UNSET_SECRET\"\nevents = [\"changed\", \"exploded\"]\n\n\
          [notifier.pager]\nkind = \"sms\"\n",
     );
-    let out = finish(gitpulse().args(["validate", "--config"]).arg(&config).output().unwrap());
+    let out = finish(
+        gitpulse()
+            .args(["validate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(out.code, 2, "{out:?}");
     let name = config.display().to_string();
     for expected in [
@@ -295,12 +426,21 @@ fn notifier_mistakes_are_reported_with_file_line_and_field() {
 }
 
 /// A daemon config with `repos` (name, url, dir) and one webhook notifier.
-fn daemon_config(root: &Path, port: u16, repos: &[(String, String, PathBuf)], daemon: &str, notifier: &str) -> PathBuf {
+fn daemon_config(
+    root: &Path,
+    port: u16,
+    repos: &[(String, String, PathBuf)],
+    daemon: &str,
+    notifier: &str,
+) -> PathBuf {
     let mut text = format!(
         "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n{daemon}\n\n[defaults]\nschedule = \"every 1s jitter 0s\"\nmax_attempts = 1\n\n{notifier}\n"
     );
     for (name, url, dir) in repos {
-        text.push_str(&format!("[[repo]]\nname = \"{name}\"\nurl = \"{url}\"\ndir = \"{}\"\n\n", dir.display()));
+        text.push_str(&format!(
+            "[[repo]]\nname = \"{name}\"\nurl = \"{url}\"\ndir = \"{}\"\n\n",
+            dir.display()
+        ));
     }
     let path = root.join("gitpulse.toml");
     std::fs::write(&path, text).unwrap();
@@ -329,7 +469,10 @@ fn hook_notifier(url: &str, extra: &str) -> String {
 /// Each accepted delivery's event, by its delivery id; fails on a repeat.
 fn exactly_once(hook: &WebhookReceiver) -> Vec<serde_json::Value> {
     let accepted = hook.accepted();
-    let ids: std::collections::BTreeSet<&String> = accepted.iter().map(|d| &d.headers["x-gitpulse-delivery"]).collect();
+    let ids: std::collections::BTreeSet<&String> = accepted
+        .iter()
+        .map(|d| &d.headers["x-gitpulse-delivery"])
+        .collect();
     assert_eq!(ids.len(), accepted.len(), "a message arrived twice");
     accepted.iter().map(|d| json(&d.body)).collect()
 }
@@ -341,22 +484,39 @@ fn a_sink_that_is_down_for_a_while_gets_every_event_exactly_once() {
     let hook = WebhookReceiver::start("k", 2);
     hook.answer(Answer::Status(503));
     let port = free_port();
-    let config = daemon_config(served.root.path(), port, &repos, "", &hook_notifier(&hook.url("/"), "events = [\"changed\"]"));
+    let config = daemon_config(
+        served.root.path(),
+        port,
+        &repos,
+        "",
+        &hook_notifier(&hook.url("/"), "events = [\"changed\"]"),
+    );
     let daemon = Daemon::start(&config, port, &[]);
-    wait_for("retries against the failing sink", Duration::from_secs(30), || {
-        hook.deliveries().len() >= 9
-    });
+    wait_for(
+        "retries against the failing sink",
+        Duration::from_secs(30),
+        || hook.deliveries().len() >= 9,
+    );
     assert!(hook.accepted().is_empty());
     hook.answer(Answer::Ok);
-    wait_for("every event", Duration::from_secs(30), || hook.accepted().len() >= 3);
+    wait_for("every event", Duration::from_secs(30), || {
+        hook.accepted().len() >= 3
+    });
     std::thread::sleep(Duration::from_millis(1500));
     let events = exactly_once(&hook);
     assert_eq!(events.len(), 3, "{events:?}\n{}", daemon.log());
-    let mut names: Vec<&str> = events.iter().map(|e| e["repo"]["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> = events
+        .iter()
+        .map(|e| e["repo"]["name"].as_str().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["r0", "r1", "r2"]);
     let rows = outbox(&config, true);
-    assert!(rows.iter().all(|r| r["state"] == "delivered" && r["attempts"].as_u64().unwrap() >= 1), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] == "delivered" && r["attempts"].as_u64().unwrap() >= 1),
+        "{rows:?}"
+    );
     assert_eq!(daemon.stop(), 0);
 }
 
@@ -367,10 +527,20 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
     let hook = WebhookReceiver::start("k", 2);
     hook.answer(Answer::Drop);
     let port = free_port();
-    let config = daemon_config(served.root.path(), port, &repos, "", &hook_notifier(&hook.url("/"), "events = [\"changed\"]"));
+    let config = daemon_config(
+        served.root.path(),
+        port,
+        &repos,
+        "",
+        &hook_notifier(&hook.url("/"), "events = [\"changed\"]"),
+    );
     let mut daemon = Daemon::start(&config, port, &[]);
     wait_for("both events to be tried", Duration::from_secs(30), || {
-        outbox(&config, false).iter().filter(|r| r["attempts"].as_u64() >= Some(1)).count() == 2
+        outbox(&config, false)
+            .iter()
+            .filter(|r| r["attempts"].as_u64() >= Some(1))
+            .count()
+            == 2
     });
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
@@ -380,7 +550,11 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
 
     hook.answer(Answer::Ok);
     let daemon = Daemon::start(&config, port, &[]);
-    wait_for("delivery after the restart", Duration::from_secs(30), || hook.accepted().len() >= 2);
+    wait_for(
+        "delivery after the restart",
+        Duration::from_secs(30),
+        || hook.accepted().len() >= 2,
+    );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(exactly_once(&hook).len(), 2, "{}", daemon.log());
     assert_eq!(daemon.stop(), 0);
@@ -397,15 +571,22 @@ fn fifty_repos_failing_on_one_host_become_one_digest_and_so_does_their_recovery(
         port,
         &repos,
         "max_concurrent = 50\nper_host = 50",
-        &hook_notifier(&hook.url("/"), "events = [\"failed\", \"recovered\"]\ndigest_window = \"4s\""),
+        &hook_notifier(
+            &hook.url("/"),
+            "events = [\"failed\", \"recovered\"]\ndigest_window = \"4s\"",
+        ),
     );
     // Pulled only when triggered.
-    let text = std::fs::read_to_string(&config).unwrap().replace("every 1s jitter 0s", "every 24h");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("every 1s jitter 0s", "every 24h");
     std::fs::write(&config, text).unwrap();
     served.proxy.set_always(Some(Fault::Status(503)));
     let daemon = Daemon::start(&config, port, &[]);
     daemon.signal("USR1");
-    wait_for("the failure digest", Duration::from_secs(60), || hook.accepted().len() >= 1);
+    wait_for("the failure digest", Duration::from_secs(60), || {
+        hook.accepted().len() >= 1
+    });
     std::thread::sleep(Duration::from_secs(5));
     let got = hook.accepted();
     assert_eq!(got.len(), 1, "one message for fifty failures: {got:?}");
@@ -417,7 +598,9 @@ fn fifty_repos_failing_on_one_host_become_one_digest_and_so_does_their_recovery(
 
     served.proxy.set_always(None);
     daemon.signal("USR1");
-    wait_for("the recovery digest", Duration::from_secs(90), || hook.accepted().len() >= 2);
+    wait_for("the recovery digest", Duration::from_secs(90), || {
+        hook.accepted().len() >= 2
+    });
     std::thread::sleep(Duration::from_secs(5));
     let got = hook.accepted();
     assert_eq!(got.len(), 2, "{}", daemon.log());

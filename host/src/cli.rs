@@ -89,12 +89,15 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct OutboxArgs {
     #[command(subcommand)]
     pub action: Option<OutboxAction>,
-    #[command(flatten)]
-    pub state: StateArgs,
+    /// The daemon's config file (it names the state directory)
+    #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
     /// Also list delivered messages
     #[arg(long)]
     pub all: bool,
@@ -109,9 +112,6 @@ pub enum OutboxAction {
     Retry {
         /// The message id from `gitpulse outbox`
         id: i64,
-        /// The daemon's config file (it names the state directory)
-        #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
     },
 }
 

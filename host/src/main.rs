@@ -274,7 +274,10 @@ fn validate(args: &ValidateArgs) -> ExitCode {
 }
 
 fn outbox(args: &OutboxArgs) -> ExitCode {
-    if let Some(OutboxAction::Retry { id, config }) = &args.action {
+    let Some(config) = &args.config else {
+        return usage("--config FILE (or GITPULSE_CONFIG) names the daemon's config");
+    };
+    if let Some(OutboxAction::Retry { id }) = &args.action {
         let (_, mut store) = match open_state(config) {
             Ok(s) => s,
             Err(code) => return code,
@@ -294,7 +297,7 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
             }
         };
     }
-    let (_, store) = match open_state(&args.state.config) {
+    let (_, store) = match open_state(config) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -310,7 +313,7 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    if args.state.json {
+    if args.json {
         println!(
             "{}",
             serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())

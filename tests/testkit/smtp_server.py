@@ -29,8 +29,9 @@ class Save:
         meta = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
-            "tls": session.ssl is not None,
-            "login": session.auth_data.login.decode() if session.authenticated and hasattr(session.auth_data, "login") else None,
+            # STARTTLS sets session.ssl; implicit TLS shows on the transport.
+            "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
+            "login": session.auth_data.login.decode() if session.authenticated and session.auth_data else None,
         }
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
@@ -66,7 +67,7 @@ def main():
     if a.user:
         def authenticate(server, session, envelope, mechanism, auth_data):
             ok = auth_data.login.decode() == a.user and auth_data.password.decode() == a.password
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, auth_data=auth_data)
         kwargs["authenticator"] = authenticate
         kwargs["auth_require_tls"] = bool(a.cert)
         kwargs["auth_required"] = True

@@ -498,12 +498,23 @@ fn check_email(
     // `gitpulse validate` shows every problem.
     let mut server_parts = None;
     match &r.server {
-        None => check.push(line, field("server"), "missing (e.g. smtp://mail.example.com:587)"),
+        None => check.push(
+            line,
+            field("server"),
+            "missing (e.g. smtp://mail.example.com:587)",
+        ),
         Some(server) => {
             let parsed = url::Url::parse(server.get_ref()).ok();
-            match parsed.as_ref().and_then(|u| Some((u.scheme(), u.host_str()?, u.port()))) {
-                Some(("smtp", host, port)) => server_parts = Some(("smtp", host.to_string(), port.unwrap_or(587))),
-                Some(("smtps", host, port)) => server_parts = Some(("smtps", host.to_string(), port.unwrap_or(465))),
+            match parsed
+                .as_ref()
+                .and_then(|u| Some((u.scheme(), u.host_str()?, u.port())))
+            {
+                Some(("smtp", host, port)) => {
+                    server_parts = Some(("smtp", host.to_string(), port.unwrap_or(587)))
+                }
+                Some(("smtps", host, port)) => {
+                    server_parts = Some(("smtps", host.to_string(), port.unwrap_or(465)))
+                }
                 _ => check.at(
                     server,
                     field("server"),
@@ -513,7 +524,10 @@ fn check_email(
                     ),
                 ),
             }
-            if parsed.as_ref().is_some_and(|u| u.password().is_some() || !u.username().is_empty()) {
+            if parsed
+                .as_ref()
+                .is_some_and(|u| u.password().is_some() || !u.username().is_empty())
+            {
                 check.at(
                     server,
                     field("server"),

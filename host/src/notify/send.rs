@@ -151,10 +151,13 @@ impl Senders {
             return Ok(answer);
         }
         let f = crate::git::status_failure(status, &headers);
-        // Any other 4xx is a request the receiver will never accept.
+        // A 4xx other than a timeout or a rate limit is a request the
+        // receiver will never accept: sending it again cannot help.
         let class = match status {
             408 => FailureClass::Timeout,
-            400..=499 if f.class == FailureClass::Other => FailureClass::NotFound,
+            400..=499 if f.class.is_transient() && f.class != FailureClass::RateLimited => {
+                FailureClass::NotFound
+            }
             _ => f.class,
         };
         Err(SendError {
@@ -320,9 +323,14 @@ fn send_email(email: &EmailConfig, letter: &Letter<'_>) -> Result<String, SendEr
 
 fn smtp_error(e: lettre::transport::smtp::Error) -> SendError {
     let code = e.status().map(|c| c.to_string());
+    let text = e.to_string().to_ascii_lowercase();
+    // With implicit TLS a refused certificate surfaces as a network error.
+    let tls_text = ["certificate", "handshake", "tls"]
+        .iter()
+        .any(|w| text.contains(w));
     let class = if e.is_timeout() {
         FailureClass::Timeout
-    } else if e.is_tls() {
+    } else if e.is_tls() || (tls_text && e.status().is_none()) {
         FailureClass::Tls
     } else if e.is_transient() {
         FailureClass::ServerError

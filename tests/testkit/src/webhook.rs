@@ -93,9 +93,18 @@ impl WebhookReceiver {
                         let headers: HashMap<String, String> = request
                             .headers()
                             .iter()
-                            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+                            .map(|h| {
+                                (
+                                    h.field.as_str().as_str().to_ascii_lowercase(),
+                                    h.value.as_str().to_string(),
+                                )
+                            })
                             .collect();
-                        let signature_ok = valid(&secret, &body, headers.get("x-gitpulse-signature").map(String::as_str));
+                        let signature_ok = valid(
+                            &secret,
+                            &body,
+                            headers.get("x-gitpulse-signature").map(String::as_str),
+                        );
                         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                         let answer = st.answer;
                         st.log.push(Delivery {
@@ -109,15 +118,24 @@ impl WebhookReceiver {
                         });
                         drop(st);
                         let response = match answer {
-                            Answer::Ok if signature_ok => tiny_http::Response::from_string("thanks").with_status_code(200),
-                            Answer::Ok => tiny_http::Response::from_string("bad signature").with_status_code(401),
-                            Answer::Status(code) => tiny_http::Response::from_string("unavailable").with_status_code(code),
-                            Answer::RateLimited(secs) => tiny_http::Response::from_string("slow down")
-                                .with_status_code(429)
-                                .with_header(
-                                    tiny_http::Header::from_bytes("Retry-After", secs.to_string())
+                            Answer::Ok if signature_ok => {
+                                tiny_http::Response::from_string("thanks").with_status_code(200)
+                            }
+                            Answer::Ok => tiny_http::Response::from_string("bad signature")
+                                .with_status_code(401),
+                            Answer::Status(code) => tiny_http::Response::from_string("unavailable")
+                                .with_status_code(code),
+                            Answer::RateLimited(secs) => {
+                                tiny_http::Response::from_string("slow down")
+                                    .with_status_code(429)
+                                    .with_header(
+                                        tiny_http::Header::from_bytes(
+                                            "Retry-After",
+                                            secs.to_string(),
+                                        )
                                         .expect("a valid header"),
-                                ),
+                                    )
+                            }
                             Answer::Drop => {
                                 // Dropping the request without responding closes the connection.
                                 let _ = request.into_writer();
@@ -139,7 +157,11 @@ impl WebhookReceiver {
 
     /// `http://127.0.0.1:PORT/PATH`
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
     }
 
     /// Changes how later requests are answered.
@@ -149,12 +171,19 @@ impl WebhookReceiver {
 
     /// Every request so far.
     pub fn deliveries(&self) -> Vec<Delivery> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).log.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .log
+            .clone()
     }
 
     /// Accepted deliveries only.
     pub fn accepted(&self) -> Vec<Delivery> {
-        self.deliveries().into_iter().filter(|d| d.accepted).collect()
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d.accepted)
+            .collect()
     }
 
     /// Waits up to `limit` for at least `n` accepted deliveries.
