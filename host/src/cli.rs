@@ -50,7 +50,7 @@ pub enum Command {
     /// full jitter; auth, not-found, ref-not-found and diverged never are.
     /// A pull killed at any moment is finished cleanly by the next one.
     #[command(after_help = EXIT_CODES, after_long_help = PULL_EXAMPLES)]
-    Pull(PullArgs),
+    Pull(Box<PullArgs>),
     /// Write, check and try policy plugins (WebAssembly components).
     #[command(subcommand)]
     Plugin(PluginCommand),

@@ -154,7 +154,7 @@ pub fn check(config: &Config) -> Vec<config::Problem> {
 
 /// Where the daemon keeps its SQLite state for `config`.
 pub fn state_db(config: &Config) -> PathBuf {
-    config.daemon.state_dir.join("state.db")
+    Store::path_in(&config.daemon.state_dir)
 }
 
 async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError> {

@@ -563,7 +563,6 @@ fn notify_after_pull(
     let store = gitpulse::daemon::state_db(config);
     match gitpulse::notify::after_pull(
         config,
-        &store,
         &repo,
         &options.sync.dir,
         result,

@@ -4,14 +4,16 @@
 //! `git http-backend`) behind a proxy that answers 503 once, writes a daemon
 //! config, and runs the daemon: both repositories are cloned (one after a
 //! retry), commits pushed upstream are picked up on the next scheduled
-//! pull, and the state lands in SQLite. Pass a directory to keep the files.
+//! pull, the state lands in SQLite, and each change reaches a local webhook
+//! receiver as a signed message from the outbox. Pass a directory to keep
+//! the files.
 
 use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
-use gitpulse_testkit::{free_port, Fault, FaultProxy, GitHttpServer, Upstream};
+use gitpulse_testkit::{free_port, Fault, FaultProxy, GitHttpServer, Upstream, WebhookReceiver};
 
 fn main() -> anyhow::Result<()> {
     let keep = std::env::args().nth(1).map(PathBuf::from);
@@ -29,6 +31,8 @@ fn main() -> anyhow::Result<()> {
     let server = GitHttpServer::start(&root);
     let proxy = FaultProxy::start(server.addr());
     proxy.push(Fault::Status(503));
+    let receiver = WebhookReceiver::start("quickstart-secret", 1);
+    std::fs::write(root.join("webhook.secret"), "quickstart-secret")?;
     let port = free_port();
     let config = root.join("gitpulse.toml");
     std::fs::write(
@@ -52,9 +56,16 @@ labels = {{ team = "platform" }}
 name = "docs"
 url = "{docs_url}"
 dir = "checkouts/docs"
+
+[notifier.hook]
+kind = "webhook"
+url = "{hook_url}"
+secret_file = "webhook.secret"
+events = ["changed", "failed", "recovered"]
 "#,
             app_url = proxy.url("app"),
             docs_url = docs.file_url(),
+            hook_url = receiver.url("/gitpulse"),
         ),
     )?;
 
@@ -65,7 +76,11 @@ dir = "checkouts/docs"
         proxy.url("app")
     );
     println!("  docs       {}", docs.file_url());
-    println!("  checkouts  {}\n", root.join("checkouts").display());
+    println!("  checkouts  {}", root.join("checkouts").display());
+    println!(
+        "  webhook    {} (checks each message's signature)\n",
+        receiver.url("/gitpulse")
+    );
     println!("── the daemon's log (each repository is pulled every 2 s; unchanged pulls log at debug):\n");
 
     tracing_subscriber::fmt()
@@ -113,11 +128,26 @@ dir = "checkouts/docs"
             .collect::<Vec<_>>()
             .join(", ")
     );
+    println!("\n── the webhook received (from the outbox in state.db):\n");
+    for d in receiver.deliveries() {
+        let event: serde_json::Value = serde_json::from_str(&d.body).unwrap_or_default();
+        println!(
+            "  {:<8} {:<5} {} new commit(s){}  signature {}",
+            event["kind"].as_str().unwrap_or("?"),
+            event["repo"]["name"].as_str().unwrap_or("?"),
+            event["commit_count"],
+            event["commits"][0]["subject"]
+                .as_str()
+                .map(|s| format!(", newest: \"{s}\""))
+                .unwrap_or_default(),
+            if d.signature_ok { "ok" } else { "BAD" }
+        );
+    }
     println!(
         "\nNext: `gitpulse daemon --config {}` runs it for real;",
         config.display()
     );
-    println!("`gitpulse status|history|trigger --config …` talk to it; `gitpulse pull --help` for one-off pulls.");
+    println!("`gitpulse status|history|trigger|outbox --config …` talk to it; `gitpulse pull --help` for one-off pulls.");
     match keep {
         Some(_) => println!("Files kept in {}", root.display()),
         None => println!("(These files are removed now; `cargo run -p gitpulse-quickstart -- DIR` keeps them in DIR.)"),

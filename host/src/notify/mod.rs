@@ -333,8 +333,10 @@ pub fn render_digest(n: &NotifierConfig, kind: &str, host: &str, events: &[Strin
 
 /// A test message for `gitpulse notify test`.
 pub fn test_message(n: &NotifierConfig) -> Rendered {
-    let mut repo = RepoRef::default();
-    repo.name = "gitpulse-test".into();
+    let repo = RepoRef {
+        name: "gitpulse-test".into(),
+        ..RepoRef::default()
+    };
     let mut event = Event::problem(
         EventKind::Changed,
         repo,
@@ -401,7 +403,6 @@ pub struct PullNotified {
 /// has passed. Digests are not held for: there is one pull to tell of.
 pub fn after_pull(
     config: &Config,
-    store_path: &std::path::Path,
     repo: &RepoRef,
     dir: &std::path::Path,
     report: &crate::outcome::PullReport,
@@ -413,7 +414,8 @@ pub fn after_pull(
         (Some(new), 1..) => crate::events::read_changes(dir, report.old.as_deref(), new).ok(),
         _ => None,
     };
-    let store = std::sync::Mutex::new(crate::store::Store::open(store_path)?);
+    let store_path = crate::store::Store::path_in(&config.daemon.state_dir);
+    let store = std::sync::Mutex::new(crate::store::Store::open(&store_path)?);
     let router = Router::new(config, load_plugin).without_digests();
     let at = crate::store::now_ms();
     let recorded = store

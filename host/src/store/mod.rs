@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::outcome::{Outcome, PullReport};
 
 pub mod outbox;
-pub use outbox::{NewMessage, OutboxMessage, OutboxRow, Outgoing};
+pub use outbox::{NewMessage, OutboxMessage, OutboxRow, Outgoing, Receipt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +85,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The state database in `state_dir`.
+    pub fn path_in(state_dir: &Path) -> std::path::PathBuf {
+        state_dir.join("state.db")
+    }
+
     /// Opens (creating if needed) `path` in WAL mode.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {

@@ -110,6 +110,14 @@ pub struct OutboxRow {
     pub digest_of: Option<i64>,
 }
 
+/// One delivery: the messages it carried (several for a digest, whose
+/// first id is the one that went out) and what the receiver answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub ids: Vec<i64>,
+    pub answer: String,
+}
+
 /// Counts of messages by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OutboxCounts {
@@ -243,18 +251,21 @@ impl Store {
             .map(|v| v.max(0) as u64))
     }
 
-    /// Marks `ids` delivered with the receiver's answer; the first id is
-    /// the message that carried them all when there are several (a digest).
-    pub fn mark_delivered(&mut self, ids: &[i64], answer: &str) -> Result<(), StoreError> {
+    /// Marks deliveries done, in one transaction.
+    pub fn mark_delivered(&mut self, receipts: &[Receipt]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let at = now_ms() as i64;
-        let digest_of = (ids.len() > 1).then(|| ids[0]);
-        for id in ids {
-            tx.execute(
+        {
+            let mut update = tx.prepare_cached(
                 "UPDATE outbox SET state = 'delivered', delivered_ms = ?2, answer = ?3, digest_of = ?4, last_error = NULL
                  WHERE id = ?1 AND state = 'pending'",
-                params![id, at, answer, digest_of],
             )?;
+            for r in receipts {
+                let digest_of = (r.ids.len() > 1).then(|| r.ids[0]);
+                for id in &r.ids {
+                    update.execute(params![id, at, r.answer, digest_of])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -447,7 +458,12 @@ mod tests {
         assert!(store.requeue(dead[0].id).unwrap());
         let due = store.due_messages(now_ms(), 10).unwrap();
         assert_eq!(due[0].attempts, 0);
-        store.mark_delivered(&[due[0].id], "200 OK").unwrap();
+        store
+            .mark_delivered(&[Receipt {
+                ids: vec![due[0].id],
+                answer: "200 OK".into(),
+            }])
+            .unwrap();
         assert!(
             !store.requeue(due[0].id).unwrap(),
             "a delivered message stays delivered"
@@ -473,7 +489,12 @@ mod tests {
         let group = store.digest_group("ops", "failed@h.example").unwrap();
         assert_eq!(group.len(), 3);
         let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
-        store.mark_delivered(&ids, "250 OK").unwrap();
+        store
+            .mark_delivered(&[Receipt {
+                ids: ids.clone(),
+                answer: "250 OK".into(),
+            }])
+            .unwrap();
         let rows = store.outbox(&["delivered"], 10).unwrap();
         assert!(rows.iter().all(|r| r.digest_of == Some(ids[0])));
     }
