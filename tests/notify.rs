@@ -614,3 +614,89 @@ fn fifty_repos_failing_on_one_host_become_one_digest_and_so_does_their_recovery(
     assert_eq!(digest["count"], 50, "{digest}");
     assert_eq!(daemon.stop(), 0);
 }
+
+#[test]
+fn retrying_is_opt_in_and_comes_from_gitpulse_pull_too() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    let config = notify_config(
+        root,
+        "[notifier.all]\nkind = \"log\"\npath = \"all.jsonl\"\nevents = [\"retrying\", \"changed\"]\n\n\
+         [notifier.default]\nkind = \"log\"\npath = \"default.jsonl\"\n",
+    );
+    served.proxy.push(Fault::Status(503));
+    let run = pull_notifying(
+        &served.url(),
+        &served.dir("app"),
+        &config,
+        &[],
+        &["--max-attempts", "3"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let kinds = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(root.join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| json(l)["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(kinds("all.jsonl"), ["retrying", "changed"]);
+    assert_eq!(
+        kinds("default.jsonl"),
+        ["changed"],
+        "retrying only when asked for"
+    );
+    let line = std::fs::read_to_string(root.join("all.jsonl")).unwrap();
+    let retrying = json(line.lines().next().unwrap());
+    assert_eq!(
+        retrying["subject"],
+        "[gitpulse] app: attempt 1 failed, retrying"
+    );
+    assert!(
+        retrying["body"].as_str().unwrap().contains("server-error"),
+        "{retrying}"
+    );
+}
+
+#[test]
+fn a_rejected_config_reload_is_an_event() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    let port = free_port();
+    let repos = vec![("app".to_string(), served.url(), served.dir("app"))];
+    let config = daemon_config(
+        root,
+        port,
+        &repos,
+        "",
+        "[notifier.audit]\nkind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"config-rejected\"]\n",
+    );
+    let daemon = Daemon::start(&config, port, &[]);
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("every 1s jitter 0s", "every now and then"),
+    )
+    .unwrap();
+    let audit = root.join("audit.jsonl");
+    wait_for(
+        "the config-rejected message",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&audit).is_ok_and(|t| !t.is_empty()),
+    );
+    let line = json(
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    );
+    assert_eq!(line["kind"], "config-rejected");
+    assert_eq!(line["subject"], "[gitpulse] configuration rejected");
+    let body = line["body"].as_str().unwrap();
+    assert!(
+        body.contains("gitpulse.toml:") && body.contains("schedule"),
+        "{body}"
+    );
+    assert_eq!(daemon.stop(), 0);
+}

@@ -675,7 +675,7 @@ fn record(
         next_run_ms,
         &mut |previous| {
             let mut events = events::for_pull(&repo_ref, report, previous, changes.take(), at);
-            events.extend(plugin_faults(&repo_ref, report, at));
+            events.extend(events::plugin_faults(&repo_ref, report, at));
             router.outgoing(events, &Audience::of(repo))
         },
     );
@@ -687,17 +687,6 @@ fn record(
         }
         Err(e) => error!(repo = repo.name, "recording the pull: {e}"),
     }
-}
-
-/// A plugin's faults during a pull, as `plugin-fault` events (the policy
-/// reports them as notices that name the plugin).
-fn plugin_faults(repo: &RepoRef, report: &PullReport, at: u64) -> Vec<Event> {
-    report
-        .notices
-        .iter()
-        .filter(|n| n.starts_with("plugin "))
-        .map(|n| Event::problem(EventKind::PluginFault, repo.clone(), n.clone(), at))
-        .collect()
 }
 
 fn repo_ref(repo: &RepoConfig) -> RepoRef {

@@ -310,6 +310,30 @@ pub fn for_pull(
     events
 }
 
+/// A plugin's faults during a pull, as `plugin-fault` events. The policy
+/// reports each fault as a notice naming the plugin ("plugin NAME (role)
+/// …"); other notices (a repaired checkout) are not faults.
+pub fn plugin_faults(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Event> {
+    report
+        .notices
+        .iter()
+        .filter(|n| n.starts_with("plugin "))
+        .map(|n| Event::problem(EventKind::PluginFault, repo.clone(), n.clone(), at_ms))
+        .collect()
+}
+
+/// `retrying` events for the attempts of a finished pull that were
+/// followed by another (for `gitpulse pull`, which tells of them when the
+/// pull ends; the daemon tells of each as it happens).
+pub fn retries(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Event> {
+    report
+        .attempts
+        .iter()
+        .filter(|a| a.delay_ms.is_some())
+        .map(|a| retrying(repo, a, at_ms))
+        .collect()
+}
+
 /// An attempt failed and another follows.
 pub fn retrying(repo: &RepoRef, record: &crate::outcome::AttemptRecord, at_ms: u64) -> Event {
     let mut e = Event::new(EventKind::Retrying, repo.clone(), at_ms);

@@ -157,6 +157,16 @@ fn status(args: &StateArgs) -> ExitCode {
         };
         println!("{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}");
     }
+    if let Ok(c) = store.outbox_counts() {
+        if c.pending > 0 || c.dead > 0 {
+            println!(
+                "\nnotifications: {} pending, {} dead (`gitpulse outbox --config {}`)",
+                c.pending,
+                c.dead,
+                args.config.display()
+            );
+        }
+    }
     ExitCode::SUCCESS
 }
 

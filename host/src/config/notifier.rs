@@ -743,3 +743,82 @@ pub fn read_secret(secret: &SecretRef) -> Result<crate::redact::Secret, String> 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<crate::config::Config, crate::config::Problems> {
+        crate::config::parse(Path::new("/etc/gitpulse.toml"), text, &|v| {
+            (v == "SECRET").then(|| "s".to_string())
+        })
+    }
+
+    #[test]
+    fn filters_take_kinds_repos_labels_and_severity() {
+        let config = parse(
+            "[notifier.ops]\nkind = \"log\"\nevents = [\"failed\", \"retrying\", \"changed\"]\n\
+             labels = { team = \"core\" }\nmin_severity = \"warning\"\n\n\
+             [notifier.app]\nkind = \"log\"\nrepos = [\"app\"]\n",
+        )
+        .unwrap();
+        let core: BTreeMap<String, String> = [("team".into(), "core".into())].into();
+        let ops = &config.notifiers["ops"].filter;
+        assert!(ops.accepts(EventKind::Failed, "x", &core));
+        assert!(ops.accepts(EventKind::Retrying, "x", &core), "opted in");
+        assert!(
+            !ops.accepts(EventKind::Changed, "x", &core),
+            "below warning"
+        );
+        assert!(
+            !ops.accepts(EventKind::Failed, "x", &BTreeMap::new()),
+            "label missing"
+        );
+        let app = &config.notifiers["app"].filter;
+        assert!(app.accepts(EventKind::Changed, "app", &BTreeMap::new()));
+        assert!(!app.accepts(EventKind::Changed, "web", &BTreeMap::new()));
+        assert!(
+            !app.accepts(EventKind::Retrying, "app", &BTreeMap::new()),
+            "retrying is opt-in"
+        );
+        assert!(
+            app.accepts(EventKind::ConfigRejected, "", &BTreeMap::new()),
+            "host events pass repo filters"
+        );
+    }
+
+    #[test]
+    fn email_and_webhook_settings_resolve_with_defaults() {
+        let config = parse(
+            "[notifier.mail]\nkind = \"email\"\nserver = \"smtps://mail.example.com\"\nfrom = \"a@example.com\"\n\
+             to = [\"b@example.com\"]\nusername = \"u\"\npassword_env = \"SECRET\"\n\n\
+             [notifier.hook]\nkind = \"webhook\"\nurl = \"https://h.example.com/x\"\nmethod = \"put\"\ntimeout = \"3s\"\n",
+        )
+        .unwrap();
+        let Channel::Email(mail) = &config.notifiers["mail"].channel else {
+            panic!()
+        };
+        assert_eq!((mail.port, mail.security), (465, SmtpSecurity::Implicit));
+        assert_eq!(mail.password, Some(SecretRef::Env("SECRET".into())));
+        let Channel::Webhook(hook) = &config.notifiers["hook"].channel else {
+            panic!()
+        };
+        assert_eq!(
+            (hook.method.as_str(), hook.timeout),
+            ("PUT", Duration::from_secs(3))
+        );
+        assert_eq!(config.notifiers["hook"].delivery, Delivery::default());
+    }
+
+    #[test]
+    fn secrets_in_urls_are_refused_without_being_repeated() {
+        let err = parse(
+            "[notifier.mail]\nkind = \"email\"\nserver = \"smtp://u:hunter2@mail.example.com\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not in the URL"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

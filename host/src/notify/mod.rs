@@ -422,7 +422,18 @@ pub fn after_pull(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .record_pull(&repo.name, report, None, None, &mut |previous| {
-            let events = crate::events::for_pull(repo, report, previous, changes.take(), at);
+            let mut events = Vec::new();
+            if router.wants(EventKind::Retrying, audience) {
+                events.extend(crate::events::retries(repo, report, at));
+            }
+            events.extend(crate::events::for_pull(
+                repo,
+                report,
+                previous,
+                changes.take(),
+                at,
+            ));
+            events.extend(crate::events::plugin_faults(repo, report, at));
             router.outgoing(events, audience)
         })?;
     let mut result = PullNotified {

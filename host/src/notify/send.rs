@@ -88,8 +88,9 @@ impl Senders {
 
     fn agent(&self, name: &str, timeout: Duration) -> ureq::Agent {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        // Keyed by the timeout too: a reload may change it.
         agents
-            .entry(name.to_string())
+            .entry(format!("{name}|{}", timeout.as_millis()))
             .or_insert_with(|| {
                 ureq::Agent::config_builder()
                     .http_status_as_error(false)
