@@ -530,14 +530,14 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
     let served = Served::new("app");
     let repos = many(&served, 2);
     let hook = WebhookReceiver::start("k", 2);
-    hook.answer(Answer::Drop);
+    hook.answer(Answer::Stall);
     let port = free_port();
     let config = daemon_config(
         served.root.path(),
         port,
         &repos,
         "",
-        &hook_notifier(&hook.url("/"), "events = [\"changed\"]"),
+        &hook_notifier(&hook.url("/"), "events = [\"changed\"]\ntimeout = \"1s\""),
     );
     let mut daemon = Daemon::start(&config, port, &[]);
     wait_for("both events to be tried", Duration::from_secs(30), || {
@@ -552,6 +552,17 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
     let pending = outbox(&config, false);
     assert_eq!(pending.len(), 2, "{pending:?}");
     assert!(pending.iter().all(|r| r["state"] == "pending"));
+    let status = finish(
+        gitpulse()
+            .args(["status", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        status.stdout.contains("notifications: 2 pending, 0 dead"),
+        "{status:?}"
+    );
 
     hook.answer(Answer::Ok);
     let daemon = Daemon::start(&config, port, &[]);

@@ -1,6 +1,6 @@
 //! An HTTP receiver for webhooks that checks each delivery's HMAC-SHA256
 //! signature itself and can be told to fail (5xx, 429 with Retry-After, or
-//! drop the connection) until told to recover.
+//! stall without an answer) until told to recover.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,8 +19,8 @@ pub enum Answer {
     Status(u16),
     /// 429 with `Retry-After: N` seconds.
     RateLimited(u64),
-    /// Close the connection without an answer.
-    Drop,
+    /// Read the request and never answer: the sender's timeout fires.
+    Stall,
 }
 
 /// One request that reached the receiver (a failed one too).
@@ -136,9 +136,9 @@ impl WebhookReceiver {
                                         .expect("a valid header"),
                                     )
                             }
-                            Answer::Drop => {
-                                // Dropping the request without responding closes the connection.
-                                let _ = request.into_writer();
+                            Answer::Stall => {
+                                // Keep the connection, say nothing.
+                                let _writer = request.into_writer();
                                 continue;
                             }
                         };
