@@ -57,9 +57,11 @@ pub enum Command {
     /// Check a daemon config file and report every problem at once, with file:line and field.
     ///
     /// Checks the TOML, schedules, URLs, modes and durations, that named
-    /// environment variables and files exist, that referenced notifiers are
-    /// defined, and that referenced plugins load and play the role they are
-    /// named for. Exit codes: 0 valid; 2 problems found.
+    /// environment variables and files exist, notifier settings (server
+    /// URLs, addresses, secrets, filters) and that their template files
+    /// compile, that referenced notifiers are defined, and that referenced
+    /// plugins load and play the role they are named for. Exit codes: 0
+    /// valid; 2 problems found.
     Validate(ValidateArgs),
     /// Run the daemon: pull every configured repository on its schedule.
     ///

@@ -226,9 +226,20 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
 /// retry or digest falls due, and every few seconds regardless.
 async fn send_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     const BATCH: usize = 500;
+    /// Delivered messages are kept this long (for `gitpulse outbox --all`).
+    const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
+    let mut last_prune: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         let job = shared.clone();
+        let prune = last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(3600));
+        if prune {
+            last_prune = Some(Instant::now());
+        }
         let pass = tokio::task::spawn_blocking(move || {
+            if prune {
+                let before = store::now_ms().saturating_sub(KEEP_DELIVERED.as_millis() as u64);
+                lock(&job.store).prune_delivered(before)?;
+            }
             let config = job.config();
             let stats = notify::deliver_due(&job.store, &config, &job.senders, BATCH)?;
             let next = lock(&job.store).next_due_ms()?;

@@ -338,6 +338,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Forgets delivered messages created before `before_ms` (dead and
+    /// pending ones stay until someone acts on them). Returns how many.
+    pub fn prune_delivered(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM outbox WHERE state = 'delivered' AND created_ms < ?1",
+            params![before_ms as i64],
+        )?)
+    }
+
     pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         let mut counts = OutboxCounts::default();
         let mut stmt = self
