@@ -146,8 +146,10 @@ pub struct Commit {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesSummary {
     pub changed: usize,
-    pub insertions: usize,
-    pub deletions: usize,
+    /// Lines added and removed; none when more than [`MAX_LINE_STATS_FILES`]
+    /// files changed (counting lines means reading every changed blob).
+    pub insertions: Option<usize>,
+    pub deletions: Option<usize>,
     /// The first paths changed (at most [`MAX_PATHS`]).
     pub paths: Vec<String>,
 }
@@ -163,6 +165,7 @@ pub struct Changes {
 
 pub const MAX_COMMITS: usize = 50;
 pub const MAX_PATHS: usize = 20;
+pub const MAX_LINE_STATS_FILES: usize = 2_000;
 
 /// Why the last attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,7 +366,9 @@ pub fn read_changes(
     let repo = git2::Repository::open(dir)?;
     let new_id = git2::Oid::from_str(new)?;
     let mut walk = repo.revwalk()?;
-    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)?;
+    // Time order yields commits as it goes; a topological sort would walk the
+    // whole history of a fresh clone first.
+    walk.set_sorting(git2::Sort::TIME)?;
     walk.push(new_id)?;
     let old_id = old.map(git2::Oid::from_str).transpose()?;
     if let Some(old_id) = old_id {
@@ -385,7 +390,13 @@ pub fn read_changes(
             let old_tree = repo.find_commit(old_id)?.tree()?;
             let new_tree = repo.find_commit(new_id)?.tree()?;
             let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)?;
-            let stats = diff.stats()?;
+            let changed = diff.deltas().len();
+            let (insertions, deletions) = if changed <= MAX_LINE_STATS_FILES {
+                let stats = diff.stats()?;
+                (Some(stats.insertions()), Some(stats.deletions()))
+            } else {
+                (None, None)
+            };
             let paths = diff
                 .deltas()
                 .take(MAX_PATHS)
@@ -393,9 +404,9 @@ pub fn read_changes(
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect();
             Some(FilesSummary {
-                changed: stats.files_changed(),
-                insertions: stats.insertions(),
-                deletions: stats.deletions(),
+                changed,
+                insertions,
+                deletions,
                 paths,
             })
         }
@@ -525,6 +536,62 @@ mod tests {
         assert_ne!(a.dedup_key(), b.dedup_key());
         let changed = &for_pull(&repo(), &report(Outcome::Updated, 1), 0, None, 1)[0];
         assert_eq!(changed.digest_key(), None);
+    }
+
+    #[test]
+    fn the_new_commits_and_a_file_summary_are_read_from_the_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_AUTHOR_NAME", "Ada")
+                .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+                .env("GIT_COMMITTER_NAME", "Ada")
+                .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        git(&["init", "-q", "-b", "main"]);
+        std::fs::write(dir.path().join("a"), "1\n").unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "first"]);
+        let old = git(&["rev-parse", "HEAD"]);
+        std::fs::write(dir.path().join("a"), "1\n2\n3\n").unwrap();
+        git(&["commit", "-qam", "second"]);
+        std::fs::write(dir.path().join("b"), "x\n").unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "third: add b"]);
+        let new = git(&["rev-parse", "HEAD"]);
+
+        let changes = read_changes(dir.path(), Some(&old), &new).unwrap();
+        let subjects: Vec<&str> = changes.commits.iter().map(|c| c.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            ["third: add b", "second"],
+            "newest first, old excluded"
+        );
+        assert_eq!(changes.commits[0].author, "Ada");
+        let files = changes.files.unwrap();
+        assert_eq!(
+            (files.changed, files.insertions, files.deletions),
+            (2, Some(3), Some(0))
+        );
+        assert_eq!(files.paths, ["a", "b"]);
+        let clone = read_changes(dir.path(), None, &new).unwrap();
+        assert_eq!(clone.commits.len(), 3);
+        assert_eq!(
+            clone.files, None,
+            "a fresh clone has nothing to compare with"
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn default_for(kind: EventKind, html: bool) -> Templates {
                 "{{pluralize commit_count \"new commit\"}} in {{repo.name}} ({{repo.url}}{{#if repo.branch}}, {{repo.branch}}{{/if}})\n",
                 "{{#if old}}{{short_sha old}}..{{/if}}{{short_sha new}}\n\n",
                 "{{#each commits}}{{short_sha sha}} {{truncate subject 72}} ({{author}})\n{{/each}}",
-                "{{#if files}}\n{{pluralize files.changed \"file\"}} changed, +{{files.insertions}} -{{files.deletions}}\n{{#each files.paths}}  {{this}}\n{{/each}}{{/if}}",
+                "{{#if files}}\n{{pluralize files.changed \"file\"}} changed{{#if files.insertions}}, +{{files.insertions}}{{/if}}{{#if files.deletions}}, -{{files.deletions}}{{/if}}\n{{#each files.paths}}  {{this}}\n{{/each}}{{/if}}",
                 "{{#if compare_url}}\nCompare: {{compare_url}}\n{{/if}}",
             ),
         ),
