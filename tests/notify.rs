@@ -711,3 +711,78 @@ fn a_rejected_config_reload_is_an_event() {
     );
     assert_eq!(daemon.stop(), 0);
 }
+
+#[test]
+fn starttls_required_refuses_a_server_without_it_and_opportunistic_goes_plain() {
+    let root = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(SmtpTls::None, None);
+    let mail = |name: &str, starttls: &str| {
+        format!(
+            "[notifier.{name}]\nkind = \"email\"\nserver = \"{}\"\nstarttls = \"{starttls}\"\nfrom = \"gitpulse@example.test\"\nto = [\"ops@example.test\"]\n\n",
+            smtp.url(false)
+        )
+    };
+    let config = notify_config(
+        root.path(),
+        &format!(
+            "{}{}",
+            mail("strict", "required"),
+            mail("relaxed", "opportunistic")
+        ),
+    );
+    let run = |name: &str| {
+        finish(
+            gitpulse()
+                .args(["notify", "test", name, "--config"])
+                .arg(&config)
+                .output()
+                .unwrap(),
+        )
+    };
+    let strict = run("strict");
+    assert_eq!(
+        strict.code, 1,
+        "no STARTTLS offered, nothing sent: {strict:?}"
+    );
+    assert!(smtp.messages().is_empty());
+    let relaxed = run("relaxed");
+    assert_eq!(relaxed.code, 0, "{relaxed:?}");
+    let got = smtp.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].tls);
+}
+
+#[test]
+fn a_rate_limited_webhook_is_retried_after_the_time_it_asks_for() {
+    let served = Served::new("app");
+    let hook = WebhookReceiver::start("s", 1);
+    std::fs::write(served.root.path().join("secret"), "s").unwrap();
+    let config = notify_config(
+        served.root.path(),
+        &format!(
+            "[notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"secret\"\nretry_base = \"10ms\"\nretry_max = \"5s\"\n",
+            hook.url("/")
+        ),
+    );
+    hook.answer(Answer::RateLimited(1));
+    let recover = {
+        let deliveries = std::sync::Arc::new(hook);
+        let watcher = deliveries.clone();
+        std::thread::spawn(move || {
+            wait_for("the first attempt", Duration::from_secs(20), || {
+                !watcher.deliveries().is_empty()
+            });
+            watcher.answer(Answer::Ok);
+        });
+        deliveries
+    };
+    let run = pull_notifying(&served.url(), &served.dir("app"), &config, &[], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let all = recover.deliveries();
+    assert_eq!(all.len(), 2, "one 429, then the delivery: {all:?}");
+    assert!(!all[0].accepted && all[1].accepted);
+    assert!(
+        all[1].at.duration_since(all[0].at) >= Duration::from_millis(900),
+        "Retry-After: 1 was honoured over a 10 ms backoff base"
+    );
+}

@@ -297,7 +297,8 @@ impl Store {
     }
 
     /// Puts a dead (or pending) message back in the queue, due now, with its
-    /// attempts reset. False if there is no such message or it was delivered.
+    /// attempts reset and on its own (out of any digest: someone asked for
+    /// this message). False if there is no such message or it was delivered.
     pub fn requeue(&mut self, id: i64) -> Result<bool, StoreError> {
         let changed = self.conn.execute(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_at_ms = ?2, digest_key = NULL
