@@ -786,3 +786,58 @@ fn a_rate_limited_webhook_is_retried_after_the_time_it_asks_for() {
         "Retry-After: 1 was honoured over a 10 ms backoff base"
     );
 }
+
+#[test]
+fn the_daemon_asks_a_repos_notify_plugin_for_its_template() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    let plugins = root.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        plugins::build("escalation-policy"),
+        plugins.join("escalation.wasm"),
+    )
+    .unwrap();
+    let port = free_port();
+    let repos = vec![("app".to_string(), served.url(), served.dir("app"))];
+    let config = daemon_config(
+        root,
+        port,
+        &repos,
+        "plugin_dir = \"plugins\"",
+        "[notifier.audit]\nkind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"failed\"]\ndigest_window = \"0s\"\n\n[plugin.escalation]\nthreshold = 1\n",
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max_attempts = 1\n",
+        "max_attempts = 1\npolicy = { notify = \"escalation\" }\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    served.proxy.set_always(Some(Fault::Status(503)));
+    let daemon = Daemon::start(&config, port, &[]);
+    let audit = root.join("audit.jsonl");
+    wait_for("the plugin's message", Duration::from_secs(30), || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| !t.is_empty())
+    });
+    let line = json(
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    );
+    assert_eq!(line["kind"], "failed");
+    assert_eq!(
+        line["subject"],
+        "[gitpulse] app failed 1 times in 30 min",
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        line["body"]
+            .as_str()
+            .unwrap()
+            .contains("keeps failing: server-error"),
+        "{line}"
+    );
+    assert_eq!(daemon.stop(), 0);
+}
