@@ -841,3 +841,37 @@ fn the_daemon_asks_a_repos_notify_plugin_for_its_template() {
     );
     assert_eq!(daemon.stop(), 0);
 }
+
+#[test]
+fn a_retry_plugin_that_traps_is_a_plugin_fault_event() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    let wasm = plugins::build("misbehave-policy");
+    let config = notify_config(
+        root,
+        "[notifier.audit]\nkind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"plugin-fault\"]\n",
+    );
+    served.proxy.push(Fault::Status(503));
+    let policy = [
+        "--policy",
+        wasm.to_str().unwrap(),
+        "--plugin-config",
+        "mode=trap",
+        "--max-attempts",
+        "3",
+    ];
+    let run = pull_notifying(&served.url(), &served.dir("app"), &config, &[], &policy);
+    assert_eq!(run.code, 0, "the built-in policy stood in: {run:?}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "plugin-fault");
+    let body = lines[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("trapped") && body.contains("built-in policy decided instead"),
+        "{body}"
+    );
+}

@@ -58,6 +58,7 @@ fn report(i: u64) -> PullReport {
         duration_ms: 5,
         reason: None,
         notices: Vec::new(),
+        plugin_faults: Vec::new(),
     }
 }
 

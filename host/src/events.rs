@@ -313,15 +313,12 @@ pub fn for_pull(
     events
 }
 
-/// A plugin's faults during a pull, as `plugin-fault` events. The policy
-/// reports each fault as a notice naming the plugin ("plugin NAME (role)
-/// …"); other notices (a repaired checkout) are not faults.
+/// A policy plugin's faults during a pull, as `plugin-fault` events.
 pub fn plugin_faults(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Event> {
     report
-        .notices
+        .plugin_faults
         .iter()
-        .filter(|n| n.starts_with("plugin "))
-        .map(|n| Event::problem(EventKind::PluginFault, repo.clone(), n.clone(), at_ms))
+        .map(|f| Event::problem(EventKind::PluginFault, repo.clone(), f.clone(), at_ms))
         .collect()
 }
 
@@ -464,6 +461,7 @@ mod tests {
             duration_ms: 5,
             reason: (outcome == Outcome::Failed).then(|| "attempts exhausted".into()),
             notices: Vec::new(),
+            plugin_faults: Vec::new(),
         }
     }
 

@@ -66,4 +66,8 @@ pub struct PullReport {
     /// Things worth knowing that did not stop the pull.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// What a policy plugin did wrong during the pull (each one a
+    /// `plugin-fault` event). Not part of `pull --json`.
+    #[serde(skip)]
+    pub plugin_faults: Vec<String>,
 }

@@ -71,6 +71,7 @@ pub fn pull(
         duration_ms: 0,
         reason: None,
         notices: Vec::new(),
+        plugin_faults: Vec::new(),
     };
 
     for n in 1.. {
@@ -123,6 +124,7 @@ pub fn pull(
             for notice in policy.take_notices() {
                 observer.notice(&notice);
             }
+            report.plugin_faults.extend(policy.take_faults());
             decision
         };
         let record = AttemptRecord {

@@ -24,6 +24,11 @@ pub trait RetryPolicy {
     fn take_notices(&mut self) -> Vec<String> {
         Vec::new()
     }
+    /// The plugin faults among those notices (a fault, a quarantine), for
+    /// `plugin-fault` events; drained after each decision.
+    fn take_faults(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// The (redacted) message of the failure about to be decided on.
     fn note_failure_message(&mut self, _message: &str) {}
 }

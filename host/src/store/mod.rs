@@ -407,6 +407,7 @@ mod tests {
             duration_ms: 12,
             reason: (!outcome.is_success()).then(|| "attempts exhausted".into()),
             notices: vec![],
+            plugin_faults: Vec::new(),
         }
     }
 

@@ -570,6 +570,8 @@ pub struct WasmPolicy {
     /// Faults so far (the count reported in logs and metrics).
     pub faults: u64,
     notices: Vec<String>,
+    /// Faults since the last `take_faults`, also among the notices.
+    fault_log: Vec<String>,
     last_message: String,
 }
 
@@ -584,6 +586,7 @@ impl WasmPolicy {
             quarantined: false,
             faults: 0,
             notices: Vec::new(),
+            fault_log: Vec::new(),
             last_message: String::new(),
         }
     }
@@ -604,17 +607,19 @@ impl WasmPolicy {
     fn record_fault(&mut self, role: &str, fault: &Fault) {
         self.faults += 1;
         self.consecutive_faults += 1;
-        self.notices.push(format!(
+        let mut said = vec![format!(
             "plugin {} ({role}) {fault}; the built-in policy decided instead",
             self.plugin.name
-        ));
+        )];
         if self.consecutive_faults >= self.plugin.sandbox.quarantine_after && !self.quarantined {
             self.quarantined = true;
-            self.notices.push(format!(
+            said.push(format!(
                 "plugin {} quarantined after {} consecutive faults; the built-in policy decides until it is reloaded",
                 self.plugin.name, self.consecutive_faults
             ));
         }
+        self.notices.extend(said.iter().cloned());
+        self.fault_log.extend(said);
     }
 
     fn drain_plugin_logs(&mut self) {
@@ -678,6 +683,10 @@ impl RetryPolicy for WasmPolicy {
 
     fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
+    }
+
+    fn take_faults(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.fault_log)
     }
 
     fn note_failure_message(&mut self, message: &str) {
