@@ -104,6 +104,14 @@ impl<'a> Router<'a> {
             .any(|n| n.filter.events.contains(&kind))
     }
 
+    /// `m`, or `m` sent at once when this router holds no digests.
+    fn hold(&self, mut m: NewMessage) -> NewMessage {
+        if !self.digests {
+            m.digest_window_ms = 0;
+        }
+        m
+    }
+
     /// `events`, each with its messages for `audience`, plus a
     /// `plugin-fault` event for every template or plugin that failed.
     pub fn outgoing(&self, events: Vec<Event>, audience: &Audience<'_>) -> Vec<Outgoing> {
@@ -162,15 +170,6 @@ impl<'a> Router<'a> {
             out.push(Outgoing { event, messages });
         }
         out
-    }
-}
-
-impl Router<'_> {
-    fn hold(&self, mut m: NewMessage) -> NewMessage {
-        if !self.digests {
-            m.digest_window_ms = 0;
-        }
-        m
     }
 }
 
