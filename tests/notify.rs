@@ -24,39 +24,52 @@ fn pull_notifying(
     env: &[(&str, &str)],
     extra: &[&str],
 ) -> Run {
-    let mut cmd = gitpulse();
-    cmd.args(["pull", url])
-        .arg(dir)
-        .args([
-            "--json",
-            "--max-attempts",
-            "1",
-            "--notify-wait",
-            "20s",
-            "--notify-config",
-        ])
-        .arg(config)
-        .args(extra);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let config = config.to_str().unwrap();
+    let mut args = vec![
+        "--max-attempts",
+        "1",
+        "--notify-wait",
+        "20s",
+        "--notify-config",
+        config,
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = pull_command(url, dir, &args);
+    cmd.envs(env.iter().copied());
     finish(cmd.output().unwrap())
+}
+
+/// The messages a `log` notifier wrote to `path` (none if it has not).
+fn log_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(json)
+        .collect()
+}
+
+/// `gitpulse ARGS… --config CONFIG`.
+fn with_config(args: &[&str], config: &Path) -> Run {
+    finish(
+        gitpulse()
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap(),
+    )
 }
 
 /// `gitpulse outbox --json` (with --all when `all`).
 fn outbox(config: &Path, all: bool) -> Vec<serde_json::Value> {
-    let mut cmd = gitpulse();
-    cmd.args(["outbox", "--json", "--config"]).arg(config);
-    if all {
-        cmd.arg("--all");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+    let args: &[&str] = if all {
+        &["outbox", "--json", "--all"]
+    } else {
+        &["outbox", "--json"]
+    };
+    let out = with_config(args, config);
+    assert_eq!(out.code, 0, "{out:?}");
+    serde_json::from_str::<serde_json::Value>(&out.stdout)
         .unwrap()
         .as_array()
         .cloned()
@@ -149,15 +162,7 @@ fn notify_test_sends_over_implicit_tls_and_prints_the_answer() {
             mail("untrusted", None)
         ),
     );
-    let run = |name: &str| {
-        finish(
-            gitpulse()
-                .args(["notify", "test", name, "--config"])
-                .arg(&config)
-                .output()
-                .unwrap(),
-        )
-    };
+    let run = |name: &str| with_config(&["notify", "test", name], &config);
 
     let ok = run("mail");
     assert_eq!(ok.code, 0, "{ok:?}");
@@ -189,7 +194,7 @@ fn notify_test_sends_over_implicit_tls_and_prints_the_answer() {
 #[test]
 fn webhooks_are_signed_and_carry_failed_changed_and_recovered_events() {
     let served = Served::new("app");
-    let hook = WebhookReceiver::start("hook-secret-42", 2);
+    let hook = WebhookReceiver::start("hook-secret-42");
     let config = notify_config(
         served.root.path(),
         &format!(
@@ -247,7 +252,7 @@ fn webhooks_are_signed_and_carry_failed_changed_and_recovered_events() {
 #[test]
 fn a_rejected_message_is_dead_lettered_listed_and_can_be_requeued() {
     let served = Served::new("app");
-    let hook = WebhookReceiver::start("s", 1);
+    let hook = WebhookReceiver::start("s");
     let config = notify_config(
         served.root.path(),
         &format!(
@@ -273,13 +278,7 @@ fn a_rejected_message_is_dead_lettered_listed_and_can_be_requeued() {
         dead[0]["last_error"].as_str().unwrap().contains("HTTP 400"),
         "{dead:?}"
     );
-    let table = finish(
-        gitpulse()
-            .args(["outbox", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap(),
-    );
+    let table = with_config(&["outbox"], &config);
     assert!(
         table.stdout.contains("dead") && table.stdout.contains("HTTP 400"),
         "{table:?}"
@@ -287,21 +286,9 @@ fn a_rejected_message_is_dead_lettered_listed_and_can_be_requeued() {
 
     hook.answer(Answer::Ok);
     let id = dead[0]["id"].as_i64().unwrap().to_string();
-    let retry = finish(
-        gitpulse()
-            .args(["outbox", "retry", &id, "--config"])
-            .arg(&config)
-            .output()
-            .unwrap(),
-    );
+    let retry = with_config(&["outbox", "retry", &id], &config);
     assert_eq!(retry.code, 0, "{retry:?}");
-    let nothing = finish(
-        gitpulse()
-            .args(["outbox", "retry", "9999", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap(),
-    );
+    let nothing = with_config(&["outbox", "retry", "9999"], &config);
     assert_eq!(nothing.code, 1, "{nothing:?}");
     // The next run delivers what is due, the requeued message included.
     let again = pull_notifying(&served.url(), &dir, &config, &[], &[]);
@@ -326,11 +313,7 @@ fn a_broken_template_falls_back_to_the_default_and_reports_a_plugin_fault() {
     );
     let run = pull_notifying(&served.url(), &served.dir("app"), &config, &[], &[]);
     assert_eq!(run.code, 0, "{run:?}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .map(json)
-        .collect();
+    let lines = log_lines(&root.join("events.jsonl"));
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["changed", "plugin-fault"], "{lines:?}");
     assert_eq!(lines[0]["subject"], "[gitpulse] app: 1 new commit");
@@ -374,11 +357,7 @@ fn a_notify_plugin_suppresses_then_escalates_with_its_own_template() {
         let run = pull_notifying(&served.url(), &dir, &config, &[], &policy);
         assert_eq!(run.code, 1, "{run:?}");
     }
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(json)
-        .collect();
+    let lines = log_lines(&root.join("events.jsonl"));
     assert_eq!(lines.len(), 1, "the first failure is suppressed: {lines:?}");
     assert_eq!(lines[0]["kind"], "failed");
     let subject = lines[0]["subject"].as_str().unwrap();
@@ -397,13 +376,7 @@ fn notifier_mistakes_are_reported_with_file_line_and_field() {
          [notifier.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example.test/x\"\nsecret_env = \"GITPULSE_TEST_UNSET_SECRET\"\nevents = [\"changed\", \"exploded\"]\n\n\
          [notifier.pager]\nkind = \"sms\"\n",
     );
-    let out = finish(
-        gitpulse()
-            .args(["validate", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap(),
-    );
+    let out = with_config(&["validate"], &config);
     assert_eq!(out.code, 2, "{out:?}");
     let name = config.display().to_string();
     for expected in [
@@ -481,7 +454,7 @@ fn exactly_once(hook: &WebhookReceiver) -> Vec<serde_json::Value> {
 fn a_sink_that_is_down_for_a_while_gets_every_event_exactly_once() {
     let served = Served::new("app");
     let repos = many(&served, 3);
-    let hook = WebhookReceiver::start("k", 2);
+    let hook = WebhookReceiver::start("k");
     hook.answer(Answer::Status(503));
     let port = free_port();
     let config = daemon_config(
@@ -529,7 +502,7 @@ fn a_sink_that_is_down_for_a_while_gets_every_event_exactly_once() {
 fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
     let served = Served::new("app");
     let repos = many(&served, 2);
-    let hook = WebhookReceiver::start("k", 2);
+    let hook = WebhookReceiver::start("k");
     hook.answer(Answer::Stall);
     let port = free_port();
     let config = daemon_config(
@@ -552,13 +525,7 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
     let pending = outbox(&config, false);
     assert_eq!(pending.len(), 2, "{pending:?}");
     assert!(pending.iter().all(|r| r["state"] == "pending"));
-    let status = finish(
-        gitpulse()
-            .args(["status", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap(),
-    );
+    let status = with_config(&["status"], &config);
     assert!(
         status.stdout.contains("notifications: 2 pending, 0 dead"),
         "{status:?}"
@@ -580,7 +547,7 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
 fn fifty_repos_failing_on_one_host_become_one_digest_and_so_does_their_recovery() {
     let served = Served::new("app");
     let repos = many(&served, 50);
-    let hook = WebhookReceiver::start("k", 2);
+    let hook = WebhookReceiver::start("k");
     let port = free_port();
     let config = daemon_config(
         served.root.path(),
@@ -645,10 +612,9 @@ fn retrying_is_opt_in_and_comes_from_gitpulse_pull_too() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     let kinds = |file: &str| -> Vec<String> {
-        std::fs::read_to_string(root.join(file))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| json(l)["kind"].as_str().unwrap().to_string())
+        log_lines(&root.join(file))
+            .iter()
+            .map(|l| l["kind"].as_str().unwrap().to_string())
             .collect()
     };
     assert_eq!(kinds("all.jsonl"), ["retrying", "changed"]);
@@ -657,8 +623,7 @@ fn retrying_is_opt_in_and_comes_from_gitpulse_pull_too() {
         ["changed"],
         "retrying only when asked for"
     );
-    let line = std::fs::read_to_string(root.join("all.jsonl")).unwrap();
-    let retrying = json(line.lines().next().unwrap());
+    let retrying = log_lines(&root.join("all.jsonl")).remove(0);
     assert_eq!(
         retrying["subject"],
         "[gitpulse] app: attempt 1 failed, retrying"
@@ -693,15 +658,9 @@ fn a_rejected_config_reload_is_an_event() {
     wait_for(
         "the config-rejected message",
         Duration::from_secs(30),
-        || std::fs::read_to_string(&audit).is_ok_and(|t| !t.is_empty()),
+        || !log_lines(&audit).is_empty(),
     );
-    let line = json(
-        std::fs::read_to_string(&audit)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    );
+    let line = log_lines(&audit).remove(0);
     assert_eq!(line["kind"], "config-rejected");
     assert_eq!(line["subject"], "[gitpulse] configuration rejected");
     let body = line["body"].as_str().unwrap();
@@ -730,15 +689,7 @@ fn starttls_required_refuses_a_server_without_it_and_opportunistic_goes_plain() 
             mail("relaxed", "opportunistic")
         ),
     );
-    let run = |name: &str| {
-        finish(
-            gitpulse()
-                .args(["notify", "test", name, "--config"])
-                .arg(&config)
-                .output()
-                .unwrap(),
-        )
-    };
+    let run = |name: &str| with_config(&["notify", "test", name], &config);
     let strict = run("strict");
     assert_eq!(
         strict.code, 1,
@@ -755,7 +706,7 @@ fn starttls_required_refuses_a_server_without_it_and_opportunistic_goes_plain() 
 #[test]
 fn a_rate_limited_webhook_is_retried_after_the_time_it_asks_for() {
     let served = Served::new("app");
-    let hook = WebhookReceiver::start("s", 1);
+    let hook = WebhookReceiver::start("s");
     std::fs::write(served.root.path().join("secret"), "s").unwrap();
     let config = notify_config(
         served.root.path(),
@@ -816,15 +767,9 @@ fn the_daemon_asks_a_repos_notify_plugin_for_its_template() {
     let daemon = Daemon::start(&config, port, &[]);
     let audit = root.join("audit.jsonl");
     wait_for("the plugin's message", Duration::from_secs(30), || {
-        std::fs::read_to_string(&audit).is_ok_and(|t| !t.is_empty())
+        !log_lines(&audit).is_empty()
     });
-    let line = json(
-        std::fs::read_to_string(&audit)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    );
+    let line = log_lines(&audit).remove(0);
     assert_eq!(line["kind"], "failed");
     assert_eq!(
         line["subject"],
@@ -862,11 +807,7 @@ fn a_retry_plugin_that_traps_is_a_plugin_fault_event() {
     ];
     let run = pull_notifying(&served.url(), &served.dir("app"), &config, &[], &policy);
     assert_eq!(run.code, 0, "the built-in policy stood in: {run:?}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root.join("audit.jsonl"))
-        .unwrap()
-        .lines()
-        .map(json)
-        .collect();
+    let lines = log_lines(&root.join("audit.jsonl"));
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["kind"], "plugin-fault");
     let body = lines[0]["body"].as_str().unwrap();

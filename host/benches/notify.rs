@@ -74,7 +74,7 @@ struct Measured {
 /// sender delivers; returns when all are delivered.
 fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
     let dir = tempfile::tempdir().unwrap();
-    let receiver = WebhookReceiver::start("bench-secret", 4);
+    let receiver = WebhookReceiver::start("bench-secret");
     let config = config(dir.path(), &receiver.url("/hook"));
     let store = Arc::new(Mutex::new(
         Store::open(&dir.path().join("state.db")).unwrap(),
@@ -147,7 +147,7 @@ fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
 /// The same number of signed POSTs of the same bodies, sent in a loop.
 fn raw_posts(n: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let receiver = WebhookReceiver::start("bench-secret", 4);
+    let receiver = WebhookReceiver::start("bench-secret");
     let config = config(dir.path(), &receiver.url("/hook"));
     let notifier = &config.notifiers["hook"];
     let senders = Senders::default();

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::config::{self, AuthRef, Config, RepoConfig};
+use crate::config::{self, AuthRef, Config, RepoConfig, SecretRef};
 use crate::events::{self, Event, EventKind, RepoRef};
 use crate::git::{Auth, SyncSpec};
 use crate::notify::{self, Audience, Router, Senders};
@@ -39,7 +39,6 @@ use crate::outcome::{Outcome, PullReport};
 use crate::policy::wasm::{KvStore, Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
 use crate::policy::{Backoff, Builtin, RetryPolicy};
 use crate::pull::{self, PullOptions};
-use crate::redact::Secret;
 use crate::store::{self, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -669,26 +668,16 @@ fn record(
 ) {
     let config = shared.config();
     let repo_ref = repo_ref(repo);
-    // Read before taking the store: it touches the disk.
-    let mut changes = match (&report.new, report.commits) {
-        (Some(new), 1..) => events::read_changes(&repo.dir, report.old.as_deref(), new)
-            .map_err(|e| warn!(repo = repo.name, "reading the new commits: {}", e.message()))
-            .ok(),
-        _ => None,
-    };
+    // Retries were told as they happened (see LogObserver).
+    let mut pull_events = events::PullEvents::read(&repo_ref, &repo.dir, report, false);
     let loader = |name: &str| load_plugin(shared, &config, name);
     let router = Router::new(&config, &loader);
-    let at = store::now_ms();
     let result = lock(&shared.store).record_pull(
         &repo.name,
         report,
         start_lag_ms,
         next_run_ms,
-        &mut |previous| {
-            let mut events = events::for_pull(&repo_ref, report, previous, changes.take(), at);
-            events.extend(events::plugin_faults(&repo_ref, report, at));
-            router.outgoing(events, &Audience::of(repo))
-        },
+        &mut |previous| router.outgoing(pull_events.given(previous), &Audience::of(repo)),
     );
     match result {
         Ok(events) => {
@@ -782,21 +771,15 @@ enum JobError {
 }
 
 fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
+    let token = |secret: SecretRef| {
+        config::read_secret(&secret)
+            .map(Auth::Token)
+            .map_err(JobError::Auth)
+    };
     Ok(match &repo.auth {
         AuthRef::None => Auth::None,
-        AuthRef::TokenEnv(var) => match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Auth::Token(Secret::new(v.trim())),
-            _ => {
-                return Err(JobError::Auth(format!(
-                    "environment variable {var} is not set"
-                )))
-            }
-        },
-        AuthRef::TokenFile(path) => match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Auth::Token(Secret::new(v.trim())),
-            Ok(_) => return Err(JobError::Auth(format!("{} is empty", path.display()))),
-            Err(e) => return Err(JobError::Auth(format!("{}: {e}", path.display()))),
-        },
+        AuthRef::TokenEnv(var) => token(SecretRef::Env(var.clone()))?,
+        AuthRef::TokenFile(path) => token(SecretRef::File(path.clone()))?,
         AuthRef::SshKey { key, known_hosts } => Auth::SshKey {
             key: key.clone(),
             known_hosts: known_hosts.clone(),

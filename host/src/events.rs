@@ -313,8 +313,66 @@ pub fn for_pull(
     events
 }
 
+/// Everything a finished pull tells, once the store says how many pulls
+/// failed before it. The daemon and `gitpulse pull` both record through it,
+/// so both emit the same events.
+pub struct PullEvents<'a> {
+    repo: &'a RepoRef,
+    report: &'a PullReport,
+    changes: Option<Changes>,
+    with_retries: bool,
+    at_ms: u64,
+}
+
+impl<'a> PullEvents<'a> {
+    /// Reads the new commits from the checkout at `dir` now, before a
+    /// caller locks the store (it touches the disk). `with_retries` adds a
+    /// `retrying` event per retried attempt, for callers that did not tell
+    /// of them as they happened.
+    pub fn read(
+        repo: &'a RepoRef,
+        dir: &std::path::Path,
+        report: &'a PullReport,
+        with_retries: bool,
+    ) -> Self {
+        let changes = match (&report.new, report.commits) {
+            (Some(new), 1..) => read_changes(dir, report.old.as_deref(), new)
+                .map_err(|e| {
+                    tracing::warn!(repo = repo.name, "reading the new commits: {}", e.message())
+                })
+                .ok(),
+            _ => None,
+        };
+        PullEvents {
+            repo,
+            report,
+            changes,
+            with_retries,
+            at_ms: crate::store::now_ms(),
+        }
+    }
+
+    /// The events, given how many pulls in a row failed before this one.
+    pub fn given(&mut self, previous_failures: u32) -> Vec<Event> {
+        let (repo, report, at) = (self.repo, self.report, self.at_ms);
+        let mut events = Vec::new();
+        if self.with_retries {
+            events.extend(retries(repo, report, at));
+        }
+        events.extend(for_pull(
+            repo,
+            report,
+            previous_failures,
+            self.changes.take(),
+            at,
+        ));
+        events.extend(plugin_faults(repo, report, at));
+        events
+    }
+}
+
 /// A policy plugin's faults during a pull, as `plugin-fault` events.
-pub fn plugin_faults(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Event> {
+fn plugin_faults(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Event> {
     report
         .plugin_faults
         .iter()
@@ -325,7 +383,7 @@ pub fn plugin_faults(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Eve
 /// `retrying` events for the attempts of a finished pull that were
 /// followed by another (for `gitpulse pull`, which tells of them when the
 /// pull ends; the daemon tells of each as it happens).
-pub fn retries(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Event> {
+fn retries(repo: &RepoRef, report: &PullReport, at_ms: u64) -> Vec<Event> {
     report
         .attempts
         .iter()
@@ -538,26 +596,9 @@ mod tests {
 
     #[test]
     fn the_new_commits_and_a_file_summary_are_read_from_the_checkout() {
+        use gitpulse_testkit::git_ok;
         let dir = tempfile::tempdir().unwrap();
-        let git = |args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .args(args)
-                .current_dir(dir.path())
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("GIT_AUTHOR_NAME", "Ada")
-                .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-                .env("GIT_COMMITTER_NAME", "Ada")
-                .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
+        let git = |args: &[&str]| git_ok(dir.path(), args);
         git(&["init", "-q", "-b", "main"]);
         std::fs::write(dir.path().join("a"), "1\n").unwrap();
         git(&["add", "-A"]);
@@ -577,7 +618,7 @@ mod tests {
             ["third: add b", "second"],
             "newest first, old excluded"
         );
-        assert_eq!(changes.commits[0].author, "Ada");
+        assert_eq!(changes.commits[0].author, "Test Author");
         let files = changes.files.unwrap();
         assert_eq!(
             (files.changed, files.insertions, files.deletions),

@@ -62,6 +62,15 @@ impl std::fmt::Debug for Run {
 
 /// Runs `gitpulse pull URL DIR --json` with fast retry settings plus `extra`.
 pub fn pull(url: &str, dir: &Path, extra: &[&str]) -> Run {
+    finish(
+        pull_command(url, dir, extra)
+            .output()
+            .expect("gitpulse runs"),
+    )
+}
+
+/// The command [`pull`] runs, for callers that add to it (environment).
+pub fn pull_command(url: &str, dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = gitpulse();
     cmd.args(["pull", url])
         .arg(dir)
@@ -77,7 +86,7 @@ pub fn pull(url: &str, dir: &Path, extra: &[&str]) -> Run {
             "7",
         ])
         .args(extra);
-    finish(cmd.output().expect("gitpulse runs"))
+    cmd
 }
 
 pub fn finish(out: Output) -> Run {

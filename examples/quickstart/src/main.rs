@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     let server = GitHttpServer::start(&root);
     let proxy = FaultProxy::start(server.addr());
     proxy.push(Fault::Status(503));
-    let receiver = WebhookReceiver::start("quickstart-secret", 1);
+    let receiver = WebhookReceiver::start("quickstart-secret");
     std::fs::write(root.join("webhook.secret"), "quickstart-secret")?;
     let port = free_port();
     let config = root.join("gitpulse.toml");

@@ -405,6 +405,27 @@ impl Check<'_> {
         }
     }
 
+    /// The environment variable `var` names must be set and not blank.
+    fn env_set(
+        &mut self,
+        var: &Spanned<String>,
+        field: impl Into<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) {
+        if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
+            let message = format!("environment variable {} is not set or empty", var.get_ref());
+            self.at(var, field, message);
+        }
+    }
+
+    /// `path` must be an existing file; a problem is reported at `at`.
+    fn file_exists<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, path: &Path) {
+        if !path.is_file() {
+            let message = format!("{} does not exist or is not a file", path.display());
+            self.at(at, field, message);
+        }
+    }
+
     fn positive(&mut self, value: &Spanned<i64>, field: &str, max: i64) -> Option<u64> {
         let v = *value.get_ref();
         if v < 1 || v > max {
@@ -794,24 +815,12 @@ fn check_auth(
         );
     }
     if let Some(var) = &r.token_env {
-        if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
-            check.at(
-                var,
-                format!("{label}.token_env"),
-                format!("environment variable {} is not set or empty", var.get_ref()),
-            );
-        }
+        check.env_set(var, format!("{label}.token_env"), env);
         return AuthRef::TokenEnv(var.get_ref().clone());
     }
     let file = |check: &mut Check, v: &Spanned<String>, field: &str| {
         let path = resolve(v.get_ref());
-        if !path.is_file() {
-            check.at(
-                v,
-                format!("{label}.{field}"),
-                format!("{} does not exist or is not a file", path.display()),
-            );
-        }
+        check.file_exists(v, format!("{label}.{field}"), &path);
         path
     };
     if let Some(f) = &r.token_file {

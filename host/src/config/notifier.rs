@@ -407,13 +407,7 @@ pub(super) fn check_notifier(
         let raw = t.get_ref();
         let mut file = |p: &Option<String>, part: &str| -> Option<PathBuf> {
             let path = resolve(p.as_ref()?);
-            if !path.is_file() {
-                check.at(
-                    t,
-                    field(&format!("templates.{key}.{part}")),
-                    format!("{} does not exist", path.display()),
-                );
-            }
+            check.file_exists(t, field(&format!("templates.{key}.{part}")), &path);
             Some(path)
         };
         let body = file(&raw.body, "body");
@@ -460,24 +454,12 @@ fn check_secret(
             None
         }
         (Some(var), None) => {
-            if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
-                check.at(
-                    var,
-                    format!("{label}.{}", names.0),
-                    format!("environment variable {} is not set", var.get_ref()),
-                );
-            }
+            check.env_set(var, format!("{label}.{}", names.0), env);
             Some(SecretRef::Env(var.get_ref().clone()))
         }
         (None, Some(file)) => {
             let path = resolve(file.get_ref());
-            if !path.is_file() {
-                check.at(
-                    file,
-                    format!("{label}.{}", names.1),
-                    format!("{} does not exist", path.display()),
-                );
-            }
+            check.file_exists(file, format!("{label}.{}", names.1), &path);
             Some(SecretRef::File(path))
         }
         (None, None) => None,
@@ -619,13 +601,7 @@ fn check_email(
     }
     let ca_file = r.ca_file.as_ref().map(|f| {
         let path = resolve(f.get_ref());
-        if !path.is_file() {
-            check.at(
-                f,
-                field("ca_file"),
-                format!("{} does not exist", path.display()),
-            );
-        }
+        check.file_exists(f, field("ca_file"), &path);
         path
     });
     let (_, host, port) = server_parts?;

@@ -409,31 +409,16 @@ pub fn after_pull(
     load_plugin: PluginLoader<'_>,
     wait: std::time::Duration,
 ) -> Result<PullNotified, crate::store::StoreError> {
-    let mut changes = match (&report.new, report.commits) {
-        (Some(new), 1..) => crate::events::read_changes(dir, report.old.as_deref(), new).ok(),
-        _ => None,
-    };
+    let router = Router::new(config, load_plugin).without_digests();
+    let with_retries = router.wants(EventKind::Retrying, audience);
+    let mut pull_events = crate::events::PullEvents::read(repo, dir, report, with_retries);
     let store_path = crate::store::Store::path_in(&config.daemon.state_dir);
     let store = std::sync::Mutex::new(crate::store::Store::open(&store_path)?);
-    let router = Router::new(config, load_plugin).without_digests();
-    let at = crate::store::now_ms();
     let recorded = store
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .record_pull(&repo.name, report, None, None, &mut |previous| {
-            let mut events = Vec::new();
-            if router.wants(EventKind::Retrying, audience) {
-                events.extend(crate::events::retries(repo, report, at));
-            }
-            events.extend(crate::events::for_pull(
-                repo,
-                report,
-                previous,
-                changes.take(),
-                at,
-            ));
-            events.extend(crate::events::plugin_faults(repo, report, at));
-            router.outgoing(events, audience)
+            router.outgoing(pull_events.given(previous), audience)
         })?;
     let mut result = PullNotified {
         events: recorded.len(),

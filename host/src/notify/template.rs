@@ -7,6 +7,7 @@
 //! A template that does not compile or render is an error here; falling
 //! back to the default (and reporting the fault) is the caller's choice.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use handlebars::{handlebars_helper, no_escape, Handlebars};
@@ -94,7 +95,11 @@ fn registry(html: bool) -> Handlebars<'static> {
 
 /// Renders `template` against `data`; the error says what is wrong and where.
 pub fn render_one(template: &str, data: &Value, html: bool) -> Result<String, String> {
-    registry(html)
+    // Built once: a registry with its helpers costs more than a small render.
+    static TEXT: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(false));
+    static HTML: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(true));
+    let registry = if html { &*HTML } else { &*TEXT };
+    registry
         .render_template(template, data)
         .map_err(|e| e.to_string())
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use gitpulse_policy_core::{AttemptContext, Decision, FailureClass};
 
-use super::wasm::{Plugin, RepoInfo, Told, WasmPolicy};
+use super::wasm::{NotifyChoice, Plugin, RepoInfo, Told, WasmPolicy};
 use super::{clamp, Limits, RetryPolicy};
+use crate::events::{Commit, Event, EventKind, RepoRef};
 
 /// Which roles a scaffolded plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -480,7 +481,6 @@ pub struct SmokeReport {
 /// Calls every role the plugin exports on a fixed trace: each failure class
 /// at attempts 1 and 3, and one event of each kind on each channel.
 pub fn smoke(plugin: &mut Plugin, told: Told) -> SmokeReport {
-    use super::wasm::smoke_events;
     let mut report = SmokeReport::default();
     let repo = RepoInfo {
         name: "smoke".into(),
@@ -524,19 +524,54 @@ pub fn smoke(plugin: &mut Plugin, told: Told) -> SmokeReport {
         }
     }
     if plugin.roles.notify {
-        for (event, channel) in smoke_events(&repo) {
-            report.calls += 1;
-            let label = super::wasm::describe_event(&event, &channel);
-            match plugin.choose(&event, &channel) {
-                Ok(choice) => report.lines.push(format!(
-                    "notify  {label:<22} → {}",
-                    super::wasm::describe_choice(&choice)
-                )),
-                Err(f) => report.faults.push(format!("notify.choose({label}): {f}")),
+        let mut event = Event::new(
+            EventKind::Changed,
+            RepoRef::new(
+                &repo.name,
+                &repo.url,
+                Some(&repo.branch),
+                repo.labels.iter().cloned().collect(),
+            ),
+            1_700_000_000_000,
+        );
+        event.old = Some("1".repeat(40));
+        event.new = Some("2".repeat(40));
+        event.commits = vec![Commit {
+            sha: "2".repeat(40),
+            author: "Ada".into(),
+            subject: "Fix the thing".into(),
+        }];
+        for kind in EventKind::ALL {
+            event.kind = kind;
+            for channel in ["email", "webhook", "log"] {
+                report.calls += 1;
+                let label = format!("{kind} on {channel}");
+                match plugin.notify(&event, "smoke", channel) {
+                    Ok(choice) => report.lines.push(format!(
+                        "notify  {label:<22} → {}",
+                        describe_choice(&choice)
+                    )),
+                    Err(f) => report.faults.push(format!("notify.choose({label}): {f}")),
+                }
             }
         }
     }
     report
+}
+
+/// A notify choice in a few words.
+fn describe_choice(choice: &NotifyChoice) -> String {
+    match choice {
+        NotifyChoice::Suppress(reason) => format!("suppress ({reason})"),
+        NotifyChoice::Send { template, vars } => match template {
+            Some((subject, _)) => format!(
+                "send own template \"{}\" (+{} vars)",
+                subject.chars().take(40).collect::<String>(),
+                vars.len()
+            ),
+            None => format!("send default template (+{} vars)", vars.len()),
+        },
+    }
 }
 
 fn describe(d: &Decision) -> String {

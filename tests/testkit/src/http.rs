@@ -96,13 +96,26 @@ pub(crate) fn read_request(stream: &mut TcpStream) -> io::Result<Option<Request>
 
 /// Writes a complete small response and closes.
 pub(crate) fn respond(stream: &mut TcpStream, status: u16, extra: &[(&str, String)], body: &str) {
+    write_response(stream, status, extra, body, false);
+}
+
+/// Writes a complete small response; `keep_alive` leaves the connection
+/// open for the client's next request.
+pub(crate) fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    extra: &[(&str, String)],
+    body: &str,
+    keep_alive: bool,
+) {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (n, v) in extra {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
     head.push_str(&format!(
-        "Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
     ));
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.flush();

@@ -1,14 +1,19 @@
 //! An HTTP receiver for webhooks that checks each delivery's HMAC-SHA256
 //! signature itself and can be told to fail (5xx, 429 with Retry-After, or
-//! stall without an answer) until told to recover.
+//! stall without an answer) until told to recover. It speaks HTTP with the
+//! testkit's own request reader, keeping connections alive between requests.
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+
+use crate::http::{read_request, write_response, Listener};
 
 /// How the receiver answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,7 @@ pub enum Answer {
 pub struct Delivery {
     pub method: String,
     pub path: String,
+    /// Header names in lower case.
     pub headers: HashMap<String, String>,
     pub body: String,
     /// Whether `X-Gitpulse-Signature` matched the body under the secret.
@@ -44,10 +50,8 @@ struct State {
 
 /// A running receiver on 127.0.0.1; stopped when dropped.
 pub struct WebhookReceiver {
-    server: Arc<tiny_http::Server>,
+    listener: Listener,
     state: Arc<Mutex<State>>,
-    threads: Vec<thread::JoinHandle<()>>,
-    port: u16,
 }
 
 fn valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
@@ -67,99 +71,64 @@ fn valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
     expected == hex
 }
 
+/// Answers requests on one connection until the client closes it.
+fn serve(mut stream: TcpStream, secret: &[u8], state: &Mutex<State>) {
+    while let Ok(Some(request)) = read_request(&mut stream) {
+        let headers: HashMap<String, String> = request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let signature = headers.get("x-gitpulse-signature").map(String::as_str);
+        let signature_ok = valid(secret, &request.body, signature);
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = st.answer;
+        st.log.push(Delivery {
+            method: request.method.clone(),
+            path: request.target.clone(),
+            headers,
+            body: String::from_utf8_lossy(&request.body).into_owned(),
+            signature_ok,
+            accepted: answer == Answer::Ok && signature_ok,
+            at: Instant::now(),
+        });
+        drop(st);
+        let (status, extra, body) = match answer {
+            Answer::Ok if signature_ok => (200, vec![], "thanks"),
+            Answer::Ok => (401, vec![], "bad signature"),
+            Answer::Status(code) => (code, vec![], "unavailable"),
+            Answer::RateLimited(secs) => {
+                (429, vec![("Retry-After", secs.to_string())], "slow down")
+            }
+            Answer::Stall => {
+                // Say nothing until the client gives up and closes.
+                let _ = std::io::copy(&mut stream.take(u64::MAX), &mut std::io::sink());
+                return;
+            }
+        };
+        write_response(&mut stream, status, &extra, body, true);
+    }
+}
+
 impl WebhookReceiver {
-    /// Starts a receiver checking signatures with `secret`, answering with
-    /// `workers` threads.
-    pub fn start(secret: &str, workers: usize) -> WebhookReceiver {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("a loopback listener"));
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .expect("an IP listener");
+    /// Starts a receiver checking signatures with `secret` (one thread per
+    /// connection).
+    pub fn start(secret: &str) -> WebhookReceiver {
         let state = Arc::new(Mutex::new(State {
             answer: Answer::Ok,
             log: Vec::new(),
         }));
-        let threads = (0..workers.max(1))
-            .map(|_| {
-                let server = server.clone();
-                let state = state.clone();
-                let secret = secret.as_bytes().to_vec();
-                thread::spawn(move || {
-                    while let Ok(mut request) = server.recv() {
-                        let mut body = Vec::new();
-                        let _ = request.as_reader().read_to_end(&mut body);
-                        let headers: HashMap<String, String> = request
-                            .headers()
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.field.as_str().as_str().to_ascii_lowercase(),
-                                    h.value.as_str().to_string(),
-                                )
-                            })
-                            .collect();
-                        let signature_ok = valid(
-                            &secret,
-                            &body,
-                            headers.get("x-gitpulse-signature").map(String::as_str),
-                        );
-                        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                        let answer = st.answer;
-                        st.log.push(Delivery {
-                            method: request.method().as_str().to_string(),
-                            path: request.url().to_string(),
-                            headers,
-                            body: String::from_utf8_lossy(&body).into_owned(),
-                            signature_ok,
-                            accepted: answer == Answer::Ok && signature_ok,
-                            at: Instant::now(),
-                        });
-                        drop(st);
-                        let response = match answer {
-                            Answer::Ok if signature_ok => {
-                                tiny_http::Response::from_string("thanks").with_status_code(200)
-                            }
-                            Answer::Ok => tiny_http::Response::from_string("bad signature")
-                                .with_status_code(401),
-                            Answer::Status(code) => tiny_http::Response::from_string("unavailable")
-                                .with_status_code(code),
-                            Answer::RateLimited(secs) => {
-                                tiny_http::Response::from_string("slow down")
-                                    .with_status_code(429)
-                                    .with_header(
-                                        tiny_http::Header::from_bytes(
-                                            "Retry-After",
-                                            secs.to_string(),
-                                        )
-                                        .expect("a valid header"),
-                                    )
-                            }
-                            Answer::Stall => {
-                                // Keep the connection, say nothing.
-                                let _writer = request.into_writer();
-                                continue;
-                            }
-                        };
-                        let _ = request.respond(response);
-                    }
-                })
-            })
-            .collect();
-        WebhookReceiver {
-            server,
-            state,
-            threads,
-            port,
-        }
+        let shared = state.clone();
+        let secret = secret.as_bytes().to_vec();
+        let listener = Listener::spawn(move |stream| serve(stream, &secret, &shared));
+        WebhookReceiver { listener, state }
     }
 
     /// `http://127.0.0.1:PORT/PATH`
     pub fn url(&self, path: &str) -> String {
         format!(
-            "http://127.0.0.1:{}/{}",
-            self.port,
+            "http://{}/{}",
+            self.listener.addr,
             path.trim_start_matches('/')
         )
     }
@@ -199,17 +168,5 @@ impl WebhookReceiver {
             thread::sleep(Duration::from_millis(20));
         }
         self.accepted()
-    }
-}
-
-impl Drop for WebhookReceiver {
-    fn drop(&mut self) {
-        self.server.unblock();
-        for _ in 1..self.threads.len() {
-            self.server.unblock();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }

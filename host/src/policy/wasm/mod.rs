@@ -512,7 +512,7 @@ impl Plugin {
     }
 
     /// The plugin's `notify.choose`, in the generated types.
-    pub(crate) fn choose(
+    fn choose(
         &mut self,
         event: &wit::Event,
         channel: &wit::Channel,
@@ -702,86 +702,6 @@ pub(crate) fn context_for_tools(
     told: &Told,
 ) -> wit::AttemptContext {
     bindings::context_to_wit(ctx, message, repo, told)
-}
-
-/// One event of each kind on each channel, for smoke checks.
-pub(crate) fn smoke_events(repo: &RepoInfo) -> Vec<(wit::Event, wit::Channel)> {
-    use wit::{ChannelKind, EventKind};
-    let repo = wit::Repo {
-        name: repo.name.clone(),
-        url: repo.url.clone(),
-        remote_host: repo.remote_host.clone(),
-        branch: repo.branch.clone(),
-        labels: repo.labels.clone(),
-    };
-    let kinds = [
-        EventKind::Changed,
-        EventKind::Failed,
-        EventKind::Recovered,
-        EventKind::Retrying,
-        EventKind::PluginFault,
-        EventKind::ConfigRejected,
-    ];
-    let mut out = Vec::new();
-    for kind in kinds {
-        for channel in [ChannelKind::Email, ChannelKind::Webhook, ChannelKind::Log] {
-            out.push((
-                wit::Event {
-                    kind,
-                    repo: repo.clone(),
-                    old: Some("1111111111111111111111111111111111111111".into()),
-                    new: Some("2222222222222222222222222222222222222222".into()),
-                    commits: vec![wit::Commit {
-                        sha: "2222222222222222222222222222222222222222".into(),
-                        author: "Ada".into(),
-                        subject: "Fix the thing".into(),
-                    }],
-                    failure: None,
-                    attempts: 0,
-                    at_ms: 1_700_000_000_000,
-                },
-                wit::Channel {
-                    name: "smoke".into(),
-                    kind: channel,
-                },
-            ));
-        }
-    }
-    out
-}
-
-/// `failed on email`, for smoke output.
-pub(crate) fn describe_event(event: &wit::Event, channel: &wit::Channel) -> String {
-    use wit::{ChannelKind, EventKind};
-    let kind = match event.kind {
-        EventKind::Changed => "changed",
-        EventKind::Failed => "failed",
-        EventKind::Recovered => "recovered",
-        EventKind::Retrying => "retrying",
-        EventKind::PluginFault => "plugin-fault",
-        EventKind::ConfigRejected => "config-rejected",
-    };
-    let channel = match channel.kind {
-        ChannelKind::Email => "email",
-        ChannelKind::Webhook => "webhook",
-        ChannelKind::Log => "log",
-    };
-    format!("{kind} on {channel}")
-}
-
-/// A notify choice in a few words.
-pub(crate) fn describe_choice(choice: &wit::NotifyChoice) -> String {
-    match choice {
-        wit::NotifyChoice::Suppress(reason) => format!("suppress ({reason})"),
-        wit::NotifyChoice::Send(m) => match &m.template {
-            Some(t) => format!(
-                "send own template \"{}\" (+{} vars)",
-                t.subject.chars().take(40).collect::<String>(),
-                m.vars.len()
-            ),
-            None => format!("send default template (+{} vars)", m.vars.len()),
-        },
-    }
 }
 
 /// Where plugins' key-value stores are kept: `GITPULSE_STATE_DIR`, else
