@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -365,5 +365,286 @@ fn trigger_sighup_and_sigusr1() {
     wait_for("b pulled on SIGUSR1", Duration::from_secs(30), || {
         head_of(&b_dir).is_some()
     });
+    assert_eq!(d.stop(), 0);
+}
+
+/// `gitpulse ARGS… --config CONFIG` in a shell without the repos' secrets.
+fn without_secrets(args: &[&str], config: &Path) -> std::process::Output {
+    gitpulse()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("APP_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn commands_that_read_state_work_without_the_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let dir = root.path().join("c");
+    let entry = repo_entry("app", &up.file_url(), &dir).replace(
+        "[[repo]]\n",
+        "[[repo]]\ntoken_env = \"APP_TOKEN\"\nschedule = \"every 24h\"\n",
+    ) + "[notifier.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\nsecret_file = \"absent.secret\"\n";
+    write_config(&config, port, &entry);
+    let refused = without_secrets(&["validate"], &config);
+    assert_eq!(refused.status.code(), Some(2), "validate checks secrets");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("APP_TOKEN") && err.contains("absent.secret"),
+        "{err}"
+    );
+    std::fs::write(root.path().join("absent.secret"), "s").unwrap();
+    let d = Daemon::start_with_env(&config, port, &[], &[("APP_TOKEN", "t0ken")]);
+    std::fs::remove_file(root.path().join("absent.secret")).unwrap();
+
+    let trigger = without_secrets(&["trigger", "app"], &config);
+    assert!(
+        trigger.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trigger.stderr)
+    );
+    wait_for("the triggered pull", Duration::from_secs(30), || {
+        head_of(&dir).is_some()
+    });
+    wait_for("its record", Duration::from_secs(30), || {
+        !history_kinds(&config, "app").is_empty()
+    });
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["history", "app"],
+        &["outbox"],
+    ] {
+        let out = without_secrets(args, &config);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stdout.is_empty(), "{args:?} printed nothing");
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&without_secrets(&["status", "--json"], &config).stdout).unwrap();
+    assert_eq!(status[0]["state"]["last_result"], "cloned", "{status}");
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_reload_reschedules_only_the_repos_whose_settings_changed() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Upstream::new(root.path(), "a");
+    let b = Upstream::new(root.path(), "b");
+    let n = Upstream::new(root.path(), "n");
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let entry = |name: &str, up: &Upstream| {
+        repo_entry(name, &up.file_url(), &root.path().join(format!("c-{name}")))
+            .replace("[[repo]]\n", "[[repo]]\nschedule = \"every 24h\"\n")
+    };
+    write_config(&config, port, &(entry("a", &a) + &entry("b", &b)));
+    let d = Daemon::start(&config, port, &[]);
+    // A new repo at the top moves every other [[repo]] down the file.
+    write_config(
+        &config,
+        port,
+        &(entry("n", &n) + &entry("a", &a) + &entry("b", &b)),
+    );
+    wait_for("the reload", Duration::from_secs(30), || {
+        d.log().contains("config reloaded")
+    });
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("config reloaded"))
+        .unwrap_or_default();
+    assert!(line.contains("changed=1"), "only `n` is new: {line}");
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn attempt_limits_hold_for_git_protocol_pulls_running_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    Upstream::new(root.path(), "ok");
+    let git_daemon = GitDaemon::start(root.path());
+    let silent = SilentServer::start();
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let stuck = repo_entry(
+        "stuck",
+        &silent.git_url("stuck"),
+        &root.path().join("c-stuck"),
+    )
+    .replace(
+        "[[repo]]\n",
+        "[[repo]]\ntimeout = \"2s\"\nmax_attempts = 1\n",
+    );
+    let ok = repo_entry("ok", &git_daemon.url("ok"), &root.path().join("c-ok"))
+        .replace("[[repo]]\n", "[[repo]]\ntimeout = \"5m\"\n");
+    write_config(&config, port, &(stuck + &ok));
+    let d = Daemon::start(&config, port, &[]);
+    // Both run every second, so their attempts overlap again and again.
+    wait_for("three stalled attempts", Duration::from_secs(60), || {
+        let out = gitpulse()
+            .args(["history", "stuck", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        history.as_array().is_some_and(|h| {
+            h.iter()
+                .filter(|e| e["kind"] == "failed" && e["class"] == "timeout")
+                .count()
+                >= 3
+        })
+    });
+    assert!(head_of(&root.path().join("c-ok")).is_some(), "{}", d.log());
+    let out = gitpulse()
+        .args(["history", "stuck", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for attempt in history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"].as_str().unwrap_or("").starts_with("attempt"))
+    {
+        let ms = attempt["duration_ms"].as_u64().unwrap();
+        assert!(
+            ms < 4_000,
+            "a 2 s attempt limit held beside a 5 min one: {attempt}"
+        );
+    }
+    assert_eq!(d.stop(), 0);
+}
+
+/// A plugin directory with the misbehaving fixture as each of `names`.
+fn misbehave_plugins(root: &Path, names: &[&str]) {
+    let wasm = plugins::build("misbehave-policy");
+    let dir = root.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in names {
+        std::fs::copy(&wasm, dir.join(format!("{name}.wasm"))).unwrap();
+    }
+}
+
+/// A config whose repo `app` fails with 503 on every attempt and uses
+/// `policy`, with `[plugin.*]` settings `plugins`.
+fn failing_with_policy(served: &Served, port: u16, policy: &str, plugins: &str) -> PathBuf {
+    let config = served.root.path().join("gitpulse.toml");
+    let entry = repo_entry("app", &served.url(), &served.dir("c")).replace(
+        "[[repo]]\n",
+        &format!("[[repo]]\nmax_attempts = 2\npolicy = {policy}\n"),
+    );
+    write_config(&config, port, &format!("{entry}{plugins}"));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        // Keep the circuit closed: these tests watch every pull.
+        .replace(
+            "[daemon]\n",
+            "[daemon]\nplugin_dir = \"plugins\"\nbreaker_threshold = 10000\n",
+        );
+    std::fs::write(&config, text).unwrap();
+    served.proxy.set_always(Some(Fault::Status(503)));
+    config
+}
+
+#[test]
+fn retry_and_backoff_plugins_both_play_their_roles() {
+    let served = Served::new("app");
+    misbehave_plugins(served.root.path(), &["eligible", "curve"]);
+    let port = free_port();
+    let config = failing_with_policy(
+        &served,
+        port,
+        "{ retry = \"eligible\", backoff = \"curve\" }",
+        "[plugin.eligible]\nmode = \"log\"\n\n[plugin.curve]\nmode = \"trap\"\n",
+    );
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("both plugins called", Duration::from_secs(30), || {
+        let log = d.log();
+        log.contains("plugin eligible: misbehave: a warning")
+            && log.contains("plugin curve (backoff) trapped")
+    });
+    assert!(
+        !d.log().contains("plugin eligible (retry)"),
+        "the retry plugin did not fault: {}",
+        d.log()
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_plugins_quarantine_holds_across_pulls_until_its_file_changes() {
+    let served = Served::new("app");
+    misbehave_plugins(served.root.path(), &["flaky"]);
+    let port = free_port();
+    let config = failing_with_policy(
+        &served,
+        port,
+        "\"flaky\"",
+        "[plugin.flaky]\nmode = \"trap\"\n",
+    );
+    let d = Daemon::start(&config, port, &[]);
+    let traps = |d: &Daemon| d.log().matches("plugin flaky (retry) trapped").count();
+    // Two decisions per pull (two attempts): only a fault record kept across
+    // pulls reaches three.
+    wait_for("the quarantine", Duration::from_secs(30), || {
+        d.log().contains("quarantined after 3 consecutive faults")
+    });
+    let pulls_then = history_kinds(&config, "app")
+        .iter()
+        .filter(|k| *k == "failed")
+        .count();
+    wait_for("three more pulls", Duration::from_secs(30), || {
+        history_kinds(&config, "app")
+            .iter()
+            .filter(|k| *k == "failed")
+            .count()
+            >= pulls_then + 3
+    });
+    assert_eq!(traps(&d), 3, "not called while quarantined: {}", d.log());
+    assert_eq!(d.log().matches("quarantined after").count(), 1);
+
+    // A new file is a new plugin: it is called (and faults) again.
+    let file = served.root.path().join("plugins/flaky.wasm");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // A custom section at the end changes the content, not the behaviour.
+    bytes.extend_from_slice(&[0, 4, 1, b'x', 0, 0]);
+    std::fs::write(&file, bytes).unwrap();
+    wait_for("calls to the new file", Duration::from_secs(30), || {
+        traps(&d) > 3
+    });
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn an_idle_daemon_with_a_plugin_loaded_sleeps() {
+    let served = Served::new("app");
+    misbehave_plugins(served.root.path(), &["calm"]);
+    let port = free_port();
+    let config = failing_with_policy(&served, port, "\"calm\"", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("every 1s jitter 0s", "every 24h");
+    std::fs::write(&config, text).unwrap();
+    let d = Daemon::start(&config, port, &[]);
+    d.signal("USR1");
+    wait_for(
+        "a pull decided by the plugin",
+        Duration::from_secs(30),
+        || history_kinds(&config, "app").iter().any(|k| k == "failed"),
+    );
+    let before = d.wakeups();
+    thread::sleep(Duration::from_secs(2));
+    let woken = d.wakeups() - before;
+    // A ticker at 1 kHz would wake ~2,000 times; an idle daemon a handful.
+    assert!(woken < 100, "{woken} wake-ups in 2 s of idling");
     assert_eq!(d.stop(), 0);
 }

@@ -816,3 +816,89 @@ fn a_retry_plugin_that_traps_is_a_plugin_fault_event() {
         "{body}"
     );
 }
+
+#[test]
+fn a_digest_is_rendered_once_when_accepted_and_a_broken_digest_template_is_a_plugin_fault() {
+    let served = Served::new("app");
+    let repos = many(&served, 3);
+    let hook = WebhookReceiver::start("k");
+    // The first delivery is refused: its retry must carry the same text.
+    hook.answer(Answer::Status(503));
+    let root = served.root.path();
+    // Compiles, but strict mode refuses the unknown `nope` when rendering.
+    std::fs::write(
+        root.join("digest.hbs"),
+        "{\"n\": {{count}}, \"x\": {{nope}}}",
+    )
+    .unwrap();
+    let port = free_port();
+    let config = daemon_config(
+        root,
+        port,
+        &repos,
+        "max_concurrent = 3",
+        &hook_notifier(
+            &hook.url("/"),
+            "events = [\"failed\", \"plugin-fault\"]\ndigest_window = \"2s\"\n\
+             templates.digest = { body = \"digest.hbs\" }",
+        ),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("every 1s jitter 0s", "every 24h");
+    std::fs::write(&config, text).unwrap();
+    served.proxy.set_always(Some(Fault::Status(503)));
+    let daemon = Daemon::start(&config, port, &[]);
+    daemon.signal("USR1");
+    wait_for("a refused digest", Duration::from_secs(60), || {
+        hook.deliveries()
+            .iter()
+            .any(|d| d.headers["x-gitpulse-event"] == "digest")
+    });
+    // Editing the template now must not change the message in flight.
+    std::fs::write(root.join("digest.hbs"), "{\"edited\": true}").unwrap();
+    hook.answer(Answer::Ok);
+    wait_for("the digest and the fault", Duration::from_secs(60), || {
+        hook.accepted_count() >= 2
+    });
+    let attempts: Vec<_> = hook
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.headers["x-gitpulse-event"] == "digest")
+        .collect();
+    assert!(attempts.len() >= 2, "refused, then retried: {attempts:?}");
+    assert!(
+        attempts.iter().all(|d| d.body == attempts[0].body
+            && d.headers["x-gitpulse-delivery"] == attempts[0].headers["x-gitpulse-delivery"]),
+        "every try sends the digest as accepted: {attempts:?}"
+    );
+    let digest = json(&attempts[0].body);
+    assert_eq!(
+        digest["kind"], "digest",
+        "the default template stood in: {digest}"
+    );
+    assert_eq!(digest["count"], 3, "{digest}");
+    let faults: Vec<_> = exactly_once(&hook)
+        .into_iter()
+        .filter(|e| e["kind"] == "plugin-fault")
+        .collect();
+    assert_eq!(faults.len(), 1, "{}", daemon.log());
+    let detail = faults[0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("template for digest") && detail.contains("default template was used"),
+        "{}",
+        faults[0]
+    );
+    let rows = outbox(&config, true);
+    assert!(
+        rows.iter()
+            .filter(|r| r["kind"] == "failed")
+            .all(|r| r["state"] == "delivered"
+                && r["digest_of"]
+                    == attempts[0].headers["x-gitpulse-delivery"]
+                        .parse::<i64>()
+                        .unwrap()),
+        "the members were delivered in the digest: {rows:?}"
+    );
+    assert_eq!(daemon.stop(), 0);
+}

@@ -43,7 +43,13 @@ fn config(dir: &Path, url: &str) -> Config {
         "[daemon]\nstate_dir = \"state\"\n\n[notifier.hook]\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"secret\"\n\
          dedup_window = \"0s\"\ndigest_window = \"0s\"\n"
     );
-    gitpulse::config::parse(&dir.join("gitpulse.toml"), &text, &|_| None).unwrap()
+    gitpulse::config::parse(
+        &dir.join("gitpulse.toml"),
+        &text,
+        &|_| None,
+        gitpulse::config::Scope::Environment,
+    )
+    .unwrap()
 }
 
 fn report(i: u64) -> PullReport {
@@ -108,15 +114,16 @@ fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
         let r = report(i);
         let repo = RepoRef::new(&r.dir, &r.url, Some("main"), Default::default());
         let at = gitpulse::store::now_ms();
+        // As `job::record` does: read the streak, render unlocked, write.
+        let previous = store.lock().unwrap().failures_in_row(&r.dir).unwrap();
+        let outgoing = router.outgoing(
+            events::for_pull(&repo, &r, previous, None, at),
+            &Audience::ALL,
+        );
         store
             .lock()
             .unwrap()
-            .record_pull(&r.dir, &r, None, None, &mut |previous| {
-                router.outgoing(
-                    events::for_pull(&repo, &r, previous, None, at),
-                    &Audience::ALL,
-                )
-            })
+            .record_pull(&r.dir, &r, None, None, previous, outgoing)
             .unwrap();
     }
     let recorded_seconds = start.elapsed().as_secs_f64();

@@ -353,7 +353,7 @@ impl<'a> PullEvents<'a> {
     }
 
     /// The events, given how many pulls in a row failed before this one.
-    pub fn given(&mut self, previous_failures: u32) -> Vec<Event> {
+    pub fn given(&self, previous_failures: u32) -> Vec<Event> {
         let (repo, report, at) = (self.repo, self.report, self.at_ms);
         let mut events = Vec::new();
         if self.with_retries {
@@ -363,7 +363,7 @@ impl<'a> PullEvents<'a> {
             repo,
             report,
             previous_failures,
-            self.changes.take(),
+            self.changes.clone(),
             at,
         ));
         events.extend(plugin_faults(repo, report, at));

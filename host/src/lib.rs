@@ -36,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod git;
+pub mod job;
 pub mod notify;
 pub mod outcome;
 pub mod policy;
@@ -45,5 +46,6 @@ pub mod report;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod validate;
 
 pub use git::FailureClass;

@@ -15,6 +15,7 @@ use gitpulse::cli::{
     OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs, StateArgs,
     TriggerArgs, ValidateArgs,
 };
+use gitpulse::config::Scope;
 use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, RepoInfo, Told, WasmPolicy};
 use gitpulse::policy::{tools, Backoff, Builtin, RetryPolicy};
 use gitpulse::{pull, report};
@@ -73,7 +74,7 @@ fn daemon(args: &DaemonArgs) -> ExitCode {
 fn open_state(
     config_path: &std::path::Path,
 ) -> Result<(gitpulse::config::Config, gitpulse::store::Store), ExitCode> {
-    let config = gitpulse::config::load(config_path).map_err(usage)?;
+    let config = gitpulse::config::load(config_path, Scope::Structure).map_err(usage)?;
     let db = gitpulse::daemon::state_db(&config);
     if !db.exists() {
         return Err(usage(format!(
@@ -213,7 +214,7 @@ fn history(args: &HistoryArgs) -> ExitCode {
 }
 
 fn trigger(args: &TriggerArgs) -> ExitCode {
-    let config = match gitpulse::config::load(&args.config) {
+    let config = match gitpulse::config::load(&args.config, Scope::Structure) {
         Ok(c) => c,
         Err(p) => return usage(p),
     };
@@ -252,9 +253,9 @@ fn trigger(args: &TriggerArgs) -> ExitCode {
 }
 
 fn validate(args: &ValidateArgs) -> ExitCode {
-    let problems = match gitpulse::config::load(&args.config) {
+    let problems = match gitpulse::config::load(&args.config, Scope::Environment) {
         Ok(config) => {
-            let problems = gitpulse::daemon::check(&config);
+            let problems = gitpulse::validate::check(&config);
             if problems.is_empty() {
                 println!(
                     "{}: ok — {} repo{}, {} plugin setting{}, {} notifier{}",
@@ -311,10 +312,20 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let states: &[&str] = if args.all {
-        &["pending", "dead", "delivered"]
+    use gitpulse::store::OutboxState;
+    let states: &[OutboxState] = if args.all {
+        &[
+            OutboxState::Pending,
+            OutboxState::InDigest,
+            OutboxState::Dead,
+            OutboxState::Delivered,
+        ]
     } else {
-        &["pending", "dead"]
+        &[
+            OutboxState::Pending,
+            OutboxState::InDigest,
+            OutboxState::Dead,
+        ]
     };
     let rows = match store.outbox(states, args.limit) {
         Ok(r) => r,
@@ -346,16 +357,20 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
         "ID", "STATE", "NOTIFIER", "EVENT", "REPO", "ATTEMPTS", "WHEN"
     );
     for r in rows {
-        let (at, detail) = match r.state.as_str() {
-            "pending" => (
+        let (at, detail) = match r.state {
+            OutboxState::Pending => (
                 when(r.next_at_ms),
                 r.last_error.clone().unwrap_or_else(|| r.subject.clone()),
             ),
-            "dead" => (
+            OutboxState::InDigest => (
+                when(Some(r.created_ms)),
+                format!("in digest {}", r.digest_of.unwrap_or_default()),
+            ),
+            OutboxState::Dead => (
                 when(Some(r.created_ms)),
                 r.last_error.clone().unwrap_or_default(),
             ),
-            _ => (
+            OutboxState::Delivered => (
                 when(r.delivered_ms),
                 match r.digest_of {
                     Some(d) if d != r.id => format!("in digest {d}"),
@@ -372,7 +387,8 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
 }
 
 fn notify_test(name: &str, config_path: &std::path::Path) -> ExitCode {
-    let config = match gitpulse::config::load(config_path) {
+    // Only this notifier's secret matters, and sending reads it.
+    let config = match gitpulse::config::load(config_path, Scope::Structure) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("{problems}");
@@ -429,7 +445,7 @@ fn run_pull(args: &PullArgs) -> ExitCode {
     // A bad notification config stops the pull before it starts.
     let notify_config = match &args.notify_config {
         None => None,
-        Some(path) => match gitpulse::config::load(path) {
+        Some(path) => match gitpulse::config::load(path, Scope::Environment) {
             Ok(config) => {
                 let problems = gitpulse::notify::check_templates(&config);
                 if !problems.is_empty() {
@@ -730,9 +746,9 @@ fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
         branch: "main".into(),
         labels: vec![],
     };
+    let (path, roles, env) = (plugin.path.clone(), plugin.roles, plugin.env().clone());
     let mut policy = WasmPolicy::new(plugin, builtin, repo, told);
     let steps = tools::simulate(&mut policy, &trace, told);
-    let plugin = policy.plugin();
     if args.json {
         for step in &steps {
             match serde_json::to_string(step) {
@@ -741,15 +757,10 @@ fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
             }
         }
     } else {
-        println!(
-            "{} ({}), seed {}\n",
-            plugin.path.display(),
-            plugin.roles,
-            args.seed
-        );
+        println!("{} ({roles}), seed {}\n", path.display(), args.seed);
         print!("{}", tools::render_timeline(&steps));
     }
-    for line in plugin.env().take_logs() {
+    for line in env.take_logs() {
         eprintln!("plugin log {}: {}", line.level_name(), line.message);
     }
     ExitCode::SUCCESS

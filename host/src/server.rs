@@ -24,8 +24,14 @@ pub async fn serve(listener: tokio::net::TcpListener, view: Arc<DaemonView>) {
     }
 }
 
-async fn status(State(view): State<Arc<DaemonView>>) -> Json<serde_json::Value> {
-    Json(view.status())
+async fn status(
+    State(view): State<Arc<DaemonView>>,
+) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    // The state lives in SQLite: read it off the async workers.
+    tokio::task::spawn_blocking(move || view.status())
+        .await
+        .map(Json)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))
 }
 
 async fn trigger(

@@ -126,11 +126,22 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, port: u16, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(config, port, extra, &[])
+    }
+
+    /// Like [`Daemon::start`], with `env` set for the daemon alone.
+    pub fn start_with_env(
+        config: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = config.with_extension(format!("log{}", std::process::id() ^ port as u32));
         let child = gitpulse()
             .args(["daemon", "--config"])
             .arg(config)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -149,6 +160,26 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Times the daemon's threads went to sleep and were woken so far
+    /// (voluntary context switches, summed over its threads).
+    pub fn wakeups(&self) -> u64 {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(tasks)
+            .map(|dir| {
+                dir.filter_map(|t| t.ok())
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                    .flat_map(|status| {
+                        status
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                            .filter_map(|n| n.trim().parse::<u64>().ok())
+                            .collect::<Vec<_>>()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     pub fn signal(&self, name: &str) {

@@ -192,7 +192,13 @@ pub struct RepoConfig {
     pub schedule: Schedule,
     pub mode: Mode,
     pub depth: Option<u32>,
+    /// Also update submodules.
+    pub submodules: bool,
     pub timeout: Duration,
+    /// Limit of a whole pull, waits included.
+    pub deadline: Option<Duration>,
+    /// How long to wait for another process's lock on the checkout.
+    pub lock_wait: Duration,
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -202,6 +208,19 @@ pub struct RepoConfig {
     pub notifiers: Vec<String>,
     /// Where the `[[repo]]` starts in the file.
     pub line: usize,
+}
+
+impl RepoConfig {
+    /// Whether `other` has the same settings: where the `[[repo]]` sits in
+    /// the file is not a setting, so a reload that only moves it (a repo
+    /// added above it) does not reschedule it.
+    pub fn same_settings(&self, other: &RepoConfig) -> bool {
+        *self
+            == RepoConfig {
+                line: self.line,
+                ..other.clone()
+            }
+    }
 }
 
 /// `[daemon]`.
@@ -218,6 +237,8 @@ pub struct DaemonSettings {
     /// How long an open circuit holds the host's repositories back before
     /// one canary probes.
     pub breaker_cool_down: Duration,
+    /// How long pulls, attempts and events are kept in the state.
+    pub retention: Duration,
 }
 
 /// A validated configuration, built once and swapped whole on reload.
@@ -259,6 +280,7 @@ struct RawDaemon {
     plugin_dir: Option<Spanned<String>>,
     breaker_threshold: Option<Spanned<i64>>,
     breaker_cool_down: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
 }
 
 /// Fields a `[[repo]]` may set and `[defaults]` may default.
@@ -267,6 +289,9 @@ struct RawDaemon {
 struct RawCommon {
     schedule: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    deadline: Option<Spanned<String>>,
+    lock_wait: Option<Spanned<String>>,
+    submodules: Option<Spanned<bool>>,
     depth: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     max_attempts: Option<Spanned<i64>>,
@@ -304,6 +329,9 @@ struct RawRepo {
     // spans that give every problem its line.
     schedule: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    deadline: Option<Spanned<String>>,
+    lock_wait: Option<Spanned<String>>,
+    submodules: Option<Spanned<bool>>,
     depth: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     max_attempts: Option<Spanned<i64>>,
@@ -319,6 +347,15 @@ impl RawRepo {
         RawCommon {
             schedule: self.schedule.clone().or_else(|| defaults.schedule.clone()),
             timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
+            deadline: self.deadline.clone().or_else(|| defaults.deadline.clone()),
+            lock_wait: self
+                .lock_wait
+                .clone()
+                .or_else(|| defaults.lock_wait.clone()),
+            submodules: self
+                .submodules
+                .clone()
+                .or_else(|| defaults.submodules.clone()),
             depth: self.depth.clone().or_else(|| defaults.depth.clone()),
             mode: self.mode.clone().or_else(|| defaults.mode.clone()),
             max_attempts: self
@@ -357,10 +394,24 @@ struct RawConfig {
     notifier: BTreeMap<String, Spanned<notifier::RawNotifier>>,
 }
 
+/// How much a load looks at beyond the file itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The file's structure, types and values only: what commands that read
+    /// state (`status`, `history`, `outbox`, `trigger`) need. Secrets may be
+    /// absent from this shell.
+    Structure,
+    /// Also the environment the config names: token and password variables
+    /// set, token, key and template files present. What `validate`, the
+    /// daemon and reloads check.
+    Environment,
+}
+
 /// Collects problems against one file.
 struct Check<'a> {
     file: &'a Path,
     text: &'a str,
+    scope: Scope,
     problems: Vec<Problem>,
 }
 
@@ -412,6 +463,9 @@ impl Check<'_> {
         field: impl Into<String>,
         env: &dyn Fn(&str) -> Option<String>,
     ) {
+        if self.scope == Scope::Structure {
+            return;
+        }
         if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
             let message = format!("environment variable {} is not set or empty", var.get_ref());
             self.at(var, field, message);
@@ -420,7 +474,7 @@ impl Check<'_> {
 
     /// `path` must be an existing file; a problem is reported at `at`.
     fn file_exists<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, path: &Path) {
-        if !path.is_file() {
+        if self.scope == Scope::Environment && !path.is_file() {
             let message = format!("{} does not exist or is not a file", path.display());
             self.at(at, field, message);
         }
@@ -437,9 +491,9 @@ impl Check<'_> {
     }
 }
 
-/// Reads and validates `path`. Relative paths in the file are relative to
-/// the file's directory.
-pub fn load(path: &Path) -> Result<Config, Problems> {
+/// Reads and checks `path` within `scope`. Relative paths in the file are
+/// relative to the file's directory.
+pub fn load(path: &Path, scope: Scope) -> Result<Config, Problems> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Problems(vec![Problem {
             file: path.to_path_buf(),
@@ -448,19 +502,21 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
             message: e.to_string(),
         }])
     })?;
-    parse(path, &text, &|var| std::env::var(var).ok())
+    parse(path, &text, &|var| std::env::var(var).ok(), scope)
 }
 
-/// Validates `text` as the contents of `path`; `env` looks up environment
-/// variables (overrides and token variables).
+/// Checks `text` as the contents of `path` within `scope`; `env` looks up
+/// environment variables (overrides and token variables).
 pub fn parse(
     path: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    scope: Scope,
 ) -> Result<Config, Problems> {
     let mut check = Check {
         file: path,
         text,
+        scope,
         problems: Vec::new(),
     };
     let raw: RawConfig = match toml::from_str(text) {
@@ -495,7 +551,17 @@ pub fn parse(
         plugin_dir: daemon_raw.plugin_dir.as_ref().map(|s| resolve(s.get_ref())),
         breaker_threshold: 5,
         breaker_cool_down: Duration::from_secs(30),
+        retention: Duration::from_secs(30 * 24 * 3600),
     };
+    if let Some(raw) = &daemon_raw.retention {
+        match check.duration(raw, "daemon.retention") {
+            Some(d) if d < Duration::from_secs(3600) => {
+                check.at(raw, "daemon.retention", "keep at least 1h of history")
+            }
+            Some(d) => daemon.retention = d,
+            None => {}
+        }
+    }
     if let Some(n) = &daemon_raw.breaker_threshold {
         daemon.breaker_threshold = check
             .positive(n, "daemon.breaker_threshold", 10_000)
@@ -541,7 +607,7 @@ pub fn parse(
         }
     }
     if let Some(dir) = &daemon.plugin_dir {
-        if !dir.is_dir() {
+        if scope == Scope::Environment && !dir.is_dir() {
             let raw_dir = daemon_raw
                 .plugin_dir
                 .as_ref()
@@ -676,6 +742,17 @@ pub fn parse(
             "timeout",
             Duration::from_secs(120),
         );
+        let deadline = c
+            .deadline
+            .clone()
+            .and_then(|v| check.duration(&v, &format!("{label}.deadline")));
+        let lock_wait = duration_or(
+            &mut check,
+            c.lock_wait.clone(),
+            "lock_wait",
+            Duration::from_secs(30),
+        );
+        let submodules = c.submodules.as_ref().is_some_and(|b| *b.get_ref());
         let backoff_base = duration_or(
             &mut check,
             c.backoff_base.clone(),
@@ -760,7 +837,10 @@ pub fn parse(
             schedule,
             mode,
             depth,
+            submodules,
             timeout,
+            deadline,
+            lock_wait,
             max_attempts,
             backoff_base,
             backoff_max,
@@ -880,11 +960,16 @@ fn check_policy(
                 format!("{label}.policy"),
                 format!("plugin `{name}` named but [daemon] has no plugin_dir"),
             ),
-            Some(dir) if !dir.join(format!("{name}.wasm")).is_file() => check.at(
-                p,
-                format!("{label}.policy"),
-                format!("no plugin {}", dir.join(format!("{name}.wasm")).display()),
-            ),
+            Some(dir)
+                if check.scope == Scope::Environment
+                    && !dir.join(format!("{name}.wasm")).is_file() =>
+            {
+                check.at(
+                    p,
+                    format!("{label}.policy"),
+                    format!("no plugin {}", dir.join(format!("{name}.wasm")).display()),
+                )
+            }
             Some(_) => {}
         }
     }
@@ -901,13 +986,56 @@ mod tests {
     use super::*;
 
     fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, Problems> {
+        parse_scoped(text, vars, Scope::Environment)
+    }
+
+    fn parse_scoped(text: &str, vars: &[(&str, &str)], scope: Scope) -> Result<Config, Problems> {
         let vars: BTreeMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        parse(Path::new("/etc/gitpulse/gitpulse.toml"), text, &move |k| {
-            vars.get(k).cloned()
-        })
+        parse(
+            Path::new("/etc/gitpulse/gitpulse.toml"),
+            text,
+            &move |k| vars.get(k).cloned(),
+            scope,
+        )
+    }
+
+    #[test]
+    fn reading_the_structure_needs_no_secrets_and_checking_the_environment_does() {
+        let text = r#"[[repo]]
+name = "app"
+url = "https://h/app.git"
+token_env = "APP_TOKEN"
+
+[[repo]]
+name = "lib"
+url = "https://h/lib.git"
+token_file = "/nonexistent/lib.token"
+
+[notifier.ops]
+kind = "webhook"
+url = "https://hooks.example.com/x"
+secret_env = "HOOK_SECRET"
+"#;
+        let config = parse_scoped(text, &[], Scope::Structure).unwrap();
+        assert_eq!(config.repos.len(), 2);
+        assert_eq!(config.repos[0].auth, AuthRef::TokenEnv("APP_TOKEN".into()));
+        let err = parse_scoped(text, &[], Scope::Environment).unwrap_err();
+        let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "repo \"app\".token_env",
+                "repo \"lib\".token_file",
+                "notifier.ops.secret_env"
+            ],
+            "{err}"
+        );
+        // A structural mistake is reported whatever the scope.
+        let err = parse_scoped("[[repo]]\nname = \"x\"\n", &[], Scope::Structure).unwrap_err();
+        assert_eq!(err.0[0].field, "repo \"x\".url");
     }
 
     #[test]
@@ -986,6 +1114,46 @@ mode = "ff"
         assert_eq!(config.daemon.listen.to_string(), "127.0.0.1:8787");
         assert_eq!(config.daemon.breaker_cool_down, Duration::from_secs(5));
         assert_eq!(config.daemon.breaker_threshold, 5);
+        assert_eq!(config.daemon.retention, Duration::from_secs(30 * 24 * 3600));
+        assert!(!app.submodules);
+        assert_eq!(app.lock_wait, Duration::from_secs(30));
+        assert_eq!(app.deadline, None);
+    }
+
+    #[test]
+    fn pull_options_come_from_defaults_and_repos() {
+        let config = parse_with(
+            "[defaults]\nsubmodules = true\nlock_wait = \"5s\"\n\n\
+             [[repo]]\nname = \"app\"\nurl = \"https://h/app.git\"\ndeadline = \"10m\"\n\n\
+             [[repo]]\nname = \"lib\"\nurl = \"https://h/lib.git\"\nsubmodules = false\n",
+            &[],
+        )
+        .unwrap();
+        let app = config.repo("app").unwrap();
+        assert!(app.submodules);
+        assert_eq!(app.lock_wait, Duration::from_secs(5));
+        assert_eq!(app.deadline, Some(Duration::from_secs(600)));
+        assert!(!config.repo("lib").unwrap().submodules);
+        let err = parse_with(
+            "[[repo]]\nname = \"app\"\nurl = \"https://h/app.git\"\ndeadline = \"soon\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].field, "repo \"app\".deadline");
+        assert_eq!(err.0[0].line, 4);
+    }
+
+    #[test]
+    fn moving_a_repo_in_the_file_keeps_its_settings() {
+        let one = "[[repo]]\nname = \"app\"\nurl = \"https://h/app.git\"\n";
+        let two = format!("[[repo]]\nname = \"new\"\nurl = \"https://h/new.git\"\n\n{one}");
+        let a = parse_with(one, &[]).unwrap();
+        let b = parse_with(&two, &[]).unwrap();
+        let (old, moved) = (a.repo("app").unwrap(), b.repo("app").unwrap());
+        assert_ne!(old.line, moved.line);
+        assert!(old.same_settings(moved));
+        let changed = parse_with(&one.replace("app.git", "other.git"), &[]).unwrap();
+        assert!(!old.same_settings(changed.repo("app").unwrap()));
     }
 
     #[test]

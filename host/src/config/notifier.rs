@@ -726,9 +726,12 @@ mod tests {
     use std::path::Path;
 
     fn parse(text: &str) -> Result<crate::config::Config, crate::config::Problems> {
-        crate::config::parse(Path::new("/etc/gitpulse.toml"), text, &|v| {
-            (v == "SECRET").then(|| "s".to_string())
-        })
+        crate::config::parse(
+            Path::new("/etc/gitpulse.toml"),
+            text,
+            &|v| (v == "SECRET").then(|| "s".to_string()),
+            crate::config::Scope::Environment,
+        )
     }
 
     #[test]

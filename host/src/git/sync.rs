@@ -39,7 +39,7 @@ pub fn sync(
     control: &AttemptControl,
     on_transfer: &mut dyn FnMut(Transfer),
 ) -> Result<Synced, AttemptError> {
-    set_libgit2_timeouts(control);
+    let _socket_limit = SocketTimeouts::enter(&spec.url, control);
     let lock = RepoLock::acquire(&spec.dir, spec.lock_wait, control)?;
     lock.sweep_leftovers()
         .map_err(|e| io_failure(&spec.dir, e))?;
@@ -80,12 +80,61 @@ pub fn sync(
     })
 }
 
-fn set_libgit2_timeouts(control: &AttemptControl) {
-    let millis = control.remaining().as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: plain integer settings; the CLI makes one attempt at a time.
-    unsafe {
-        let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
-        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis);
+/// libgit2's socket timeouts (git://, ssh://) are process-wide settings,
+/// read when a socket is created. With attempts running at once (the
+/// daemon), one attempt setting its own limit would overwrite another's.
+/// So the setting is the shortest time left among the running attempts
+/// that use those sockets, recomputed whenever one starts or ends: no
+/// socket waits longer than its own attempt may run. (A long attempt
+/// beside a short one may get a shorter inactivity limit on a socket it
+/// opens meanwhile; a server that sends nothing for that long is stalled
+/// anyway.) HTTP(S) goes through gitpulse's own transport, which limits
+/// each request by its own attempt.
+struct SocketTimeouts;
+
+/// Ends of the running attempts that use libgit2's sockets, by ticket.
+static RUNNING_ENDS: std::sync::Mutex<BTreeMap<u64, std::time::Instant>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// An attempt counted in [`RUNNING_ENDS`] until dropped.
+struct SocketLimit(Option<u64>);
+
+impl SocketTimeouts {
+    fn enter(url: &str, control: &AttemptControl) -> SocketLimit {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return SocketLimit(None);
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let ticket = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut ends = RUNNING_ENDS.lock().unwrap_or_else(|p| p.into_inner());
+        ends.insert(ticket, std::time::Instant::now() + control.remaining());
+        SocketTimeouts::apply(&ends);
+        SocketLimit(Some(ticket))
+    }
+
+    /// Sets libgit2's timeouts to the shortest time left (called with the
+    /// lock held, so settings are never applied out of order).
+    fn apply(ends: &BTreeMap<u64, std::time::Instant>) {
+        let Some(end) = ends.values().min() else {
+            return; // the last setting stays; the next attempt replaces it
+        };
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let millis = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: plain integer settings, written under RUNNING_ENDS's lock.
+        unsafe {
+            let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis);
+        }
+    }
+}
+
+impl Drop for SocketLimit {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.0 {
+            let mut ends = RUNNING_ENDS.lock().unwrap_or_else(|p| p.into_inner());
+            ends.remove(&ticket);
+            SocketTimeouts::apply(&ends);
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! jitter, Retry-After honoured up to the cap, no retry for what waiting
 //! cannot fix) and dead-lettered with its reason when the policy stops.
 //! A due message with a digest key takes every pending message with the
-//! same key along, as one digest, once there are `digest_min` of them.
+//! same key along, as one digest, once there are `digest_min` of them: the
+//! digest is rendered then and accepted as a message of its own.
 //!
 //! Successes are recorded in batches (up to [`RECEIPT_BATCH`] or
 //! [`RECEIPT_DELAY`]): one SQLite commit per message cost four fifths of the
@@ -22,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::send::{Letter, Senders};
 use crate::config::{Config, NotifierConfig};
-use crate::store::{now_ms, OutboxMessage, Receipt, Store, StoreError};
+use crate::store::{now_ms, NewDigest, OutboxMessage, Receipt, Store, StoreError};
 
 /// Deliveries recorded per commit, at most.
 pub const RECEIPT_BATCH: usize = 64;
@@ -116,57 +117,35 @@ fn deliver_all(
         if done.contains(&m.id) {
             continue; // went out in a digest
         }
-        let group = match &m.digest_key {
-            Some(key) => {
-                let group = lock(store).digest_group(name, key)?;
-                if group.len() >= n.delivery.digest_min as usize {
-                    group
-                } else {
-                    vec![m.clone()]
-                }
+        let mut m = m.clone();
+        if let Some(key) = m.digest_key.clone() {
+            let group = lock(store).digest_group(name, &key)?;
+            if group.len() >= n.delivery.digest_min as usize {
+                done.extend(group.iter().map(|g| g.id));
+                m = accept_digest(store, n, &key, &group)?;
             }
-            None => vec![m.clone()],
+        }
+        let letter = Letter {
+            delivery_id: m.id,
+            kind: &m.kind,
+            subject: &m.subject,
+            body: &m.body,
+            html: m.html.as_deref(),
         };
-        let ids: Vec<i64> = group.iter().map(|g| g.id).collect();
-        done.extend(ids.iter().copied());
-        let digest;
-        let letter = if group.len() > 1 {
-            let (kind, host) = m
-                .digest_key
-                .as_deref()
-                .and_then(|k| k.split_once('@'))
-                .unwrap_or(("failed", ""));
-            let events: Vec<String> = group.iter().map(|g| g.event.clone()).collect();
-            digest = super::render_digest(n, kind, host, &events);
-            Letter {
-                delivery_id: m.id,
-                kind: "digest",
-                subject: &digest.subject,
-                body: &digest.body,
-                html: digest.html.as_deref(),
-            }
-        } else {
-            Letter {
-                delivery_id: m.id,
-                kind: &m.kind,
-                subject: &m.subject,
-                body: &m.body,
-                html: m.html.as_deref(),
-            }
-        };
+        let carries = m.carries;
         match senders.send(n, &letter) {
             Ok(answer) => {
                 debug!(
                     notifier = name,
                     id = m.id,
-                    messages = ids.len(),
+                    messages = carries,
                     "delivered: {answer}"
                 );
-                stats.delivered += ids.len() as u64;
+                stats.delivered += carries;
                 if receipts.is_empty() {
                     oldest_receipt = Instant::now();
                 }
-                receipts.push(Receipt { ids, answer });
+                receipts.push(Receipt { id: m.id, answer });
                 if receipts.len() >= RECEIPT_BATCH || oldest_receipt.elapsed() >= RECEIPT_DELAY {
                     flush(&mut receipts)?;
                 }
@@ -195,11 +174,11 @@ fn deliver_all(
                             "delivery failed, retry in {delay:?}: {e}"
                         );
                         lock(store).mark_failed(
-                            &ids,
+                            &[m.id],
                             &format!("{}: {e}", e.class.as_str()),
                             Some(at),
                         )?;
-                        stats.retrying += ids.len() as u64;
+                        stats.retrying += carries;
                         // Later messages to a receiver that just failed would
                         // fail too; they wait for the next pass.
                         if e.class.is_transient() {
@@ -209,8 +188,8 @@ fn deliver_all(
                     Decision::Stop(reason) => {
                         let why = format!("{}: {e} (gave up: {reason})", e.class.as_str());
                         warn!(notifier = name, id = m.id, "message dead-lettered: {why}");
-                        lock(store).mark_failed(&ids, &why, None)?;
-                        stats.dead += ids.len() as u64;
+                        lock(store).mark_failed(&[m.id], &why, None)?;
+                        stats.dead += carries;
                     }
                 }
             }
@@ -218,4 +197,35 @@ fn deliver_all(
     }
     flush(&mut receipts)?;
     Ok(stats)
+}
+
+/// Renders the digest of `group` (outside the store's lock) and accepts it
+/// with its members; a digest template that fails is replaced by the
+/// default and raises a `plugin-fault` event, as for any message.
+fn accept_digest(
+    store: &Mutex<Store>,
+    n: &NotifierConfig,
+    key: &str,
+    group: &[OutboxMessage],
+) -> Result<OutboxMessage, StoreError> {
+    let (kind, host) = key.split_once('@').unwrap_or(("failed", ""));
+    let events: Vec<String> = group.iter().map(|g| g.event.clone()).collect();
+    let (digest, fault) = super::render_digest(n, kind, host, &events);
+    let also = match fault {
+        None => Vec::new(),
+        Some(detail) => {
+            warn!(notifier = n.name, "{detail}");
+            super::fault_outgoing(n, detail)
+        }
+    };
+    let ids: Vec<i64> = group.iter().map(|g| g.id).collect();
+    let max_attempts = group.iter().map(|g| g.max_attempts).max().unwrap_or(1);
+    let new = NewDigest {
+        subject: digest.subject,
+        body: digest.body,
+        html: digest.html,
+        events: format!("[{}]", events.join(",")),
+        max_attempts,
+    };
+    lock(store).accept_digest(&n.name, &ids, new, also)
 }

@@ -301,8 +301,15 @@ fn render_checked(t: &Templates, data: &Value, webhook: bool) -> Result<Rendered
     Ok(r)
 }
 
-/// Renders the digest of `events` (JSON, as stored) for notifier `n`.
-pub fn render_digest(n: &NotifierConfig, kind: &str, host: &str, events: &[String]) -> Rendered {
+/// Renders the digest of `events` (JSON, as stored) for notifier `n`, and
+/// what went wrong when its configured template could not be used (the
+/// default was).
+pub fn render_digest(
+    n: &NotifierConfig,
+    kind: &str,
+    host: &str,
+    events: &[String],
+) -> (Rendered, Option<String>) {
     let email = matches!(n.channel, Channel::Email(_));
     let webhook = matches!(n.channel, Channel::Webhook(_));
     let events: Vec<Value> = events
@@ -314,20 +321,50 @@ pub fn render_digest(n: &NotifierConfig, kind: &str, host: &str, events: &[Strin
     if webhook {
         defaults.body = "{\"kind\":\"digest\",\"of\":{{json kind}},\"host\":{{json host}},\"count\":{{count}},\"events\":{{json events}}}".into();
     }
+    let mut fault = None;
     if let Some(o) = n.templates.get("digest") {
         match overridden(o, defaults.clone()).and_then(|t| render_checked(&t, &data, webhook)) {
-            Ok(r) => return r,
-            Err(e) => warn!(
-                notifier = n.name,
-                "digest template: {e}; the default was used"
-            ),
+            Ok(r) => return (r, None),
+            Err(e) => {
+                fault = Some(format!(
+                    "notifier {} template for digest: {e}; the default template was used",
+                    n.name
+                ))
+            }
         }
     }
-    render_checked(&defaults, &data, webhook).unwrap_or_else(|_| Rendered {
+    let rendered = render_checked(&defaults, &data, webhook).unwrap_or_else(|_| Rendered {
         subject: format!("[gitpulse] {} repositories {kind}", events.len()),
         body: serde_json::to_string(&data).unwrap_or_default(),
         html: None,
-    })
+    });
+    (rendered, fault)
+}
+
+/// A `plugin-fault` event about `detail`, found while sending through `n`
+/// (its digest template), with a message for `n` if it takes such events:
+/// the people who own that template hear of it. Host templates; never
+/// digested.
+fn fault_outgoing(n: &NotifierConfig, detail: String) -> Vec<Outgoing> {
+    let event = Event::problem(
+        EventKind::PluginFault,
+        RepoRef::default(),
+        detail,
+        crate::store::now_ms(),
+    );
+    let mut ignored = Vec::new();
+    let messages = n
+        .filter
+        .accepts(event.kind, &event.repo.name, &event.repo.labels)
+        .then(|| message_for(&event, n, None, None, &mut ignored))
+        .flatten()
+        .map(|mut m| {
+            m.digest_window_ms = 0;
+            m
+        })
+        .into_iter()
+        .collect();
+    vec![Outgoing { event, messages }]
 }
 
 /// A test message for `gitpulse notify test`.
@@ -411,15 +448,18 @@ pub fn after_pull(
 ) -> Result<PullNotified, crate::store::StoreError> {
     let router = Router::new(config, load_plugin).without_digests();
     let with_retries = router.wants(EventKind::Retrying, audience);
-    let mut pull_events = crate::events::PullEvents::read(repo, dir, report, with_retries);
+    let pull_events = crate::events::PullEvents::read(repo, dir, report, with_retries);
     let store_path = crate::store::Store::path_in(&config.daemon.state_dir);
     let store = std::sync::Mutex::new(crate::store::Store::open(&store_path)?);
-    let recorded = store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .record_pull(&repo.name, report, None, None, &mut |previous| {
-            router.outgoing(pull_events.given(previous), audience)
-        })?;
+    let recorded = crate::job::record(
+        &store,
+        &router,
+        audience,
+        &repo.name,
+        &pull_events,
+        report,
+        crate::job::Timing::default(),
+    )?;
     let mut result = PullNotified {
         events: recorded.len(),
         ..PullNotified::default()

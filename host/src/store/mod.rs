@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::outcome::{Outcome, PullReport};
 
 pub mod outbox;
-pub use outbox::{NewMessage, OutboxMessage, OutboxRow, Outgoing, Receipt};
+pub use outbox::{NewDigest, NewMessage, OutboxMessage, OutboxRow, OutboxState, Outgoing, Receipt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +28,11 @@ pub enum StoreError {
     },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The repository's failure streak changed between reading it and
+    /// recording (another process recorded a pull of it): decide its
+    /// events again.
+    #[error("state database: the failure streak of {0} changed while recording")]
+    StreakChanged(String),
 }
 
 /// What `gitpulse status` shows for one repository.
@@ -107,69 +112,40 @@ impl Store {
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS repos (
-                name TEXT PRIMARY KEY,
-                last_good_commit TEXT,
-                last_success_ms INTEGER,
-                last_result TEXT,
-                last_class TEXT,
-                failures_in_row INTEGER NOT NULL DEFAULT 0,
-                next_run_ms INTEGER,
-                skipped INTEGER NOT NULL DEFAULT 0
-            );
-            CREATE TABLE IF NOT EXISTS attempts (
-                id INTEGER PRIMARY KEY,
-                repo TEXT NOT NULL,
-                at_ms INTEGER NOT NULL,
-                n INTEGER NOT NULL,
-                class TEXT NOT NULL,
-                http_status INTEGER,
-                delay_ms INTEGER,
-                duration_ms INTEGER,
-                message TEXT NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS attempts_by_repo ON attempts (repo, at_ms);
-            CREATE TABLE IF NOT EXISTS pulls (
-                id INTEGER PRIMARY KEY,
-                repo TEXT NOT NULL,
-                at_ms INTEGER NOT NULL,
-                outcome TEXT NOT NULL,
-                class TEXT,
-                old TEXT,
-                new TEXT,
-                commits INTEGER NOT NULL,
-                duration_ms INTEGER NOT NULL,
-                reason TEXT,
-                start_lag_ms INTEGER
-            );
-            CREATE INDEX IF NOT EXISTS pulls_by_repo ON pulls (repo, at_ms);
-            CREATE TABLE IF NOT EXISTS events (
-                id INTEGER PRIMARY KEY,
-                repo TEXT NOT NULL,
-                at_ms INTEGER NOT NULL,
-                kind TEXT NOT NULL,
-                payload TEXT NOT NULL
-            );",
-        )
-        .map_err(open_err)?;
-        conn.execute_batch(outbox::SCHEMA).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Store { conn })
     }
 
+    /// How many pulls of `repo` in a row have failed (what decides a
+    /// recovery). Read before rendering, outside any transaction.
+    pub fn failures_in_row(&self, repo: &str) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT failures_in_row FROM repos WHERE name = ?1",
+                params![repo],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
     /// Records a finished pull: its attempts, the repository's state, and
-    /// the events and messages `notify` returns, atomically. `notify` is
-    /// told how many pulls in a row had failed before this one (so it can
-    /// tell a recovery) and runs inside the transaction. Returns the events
-    /// recorded. `start_lag_ms` is how late a scheduled pull started and
-    /// `next_run_ms` when the next one is planned (none for a manual run).
+    /// its events with their rendered messages, atomically. `outgoing` was
+    /// decided given `previous_failures` (from [`Store::failures_in_row`]);
+    /// if the streak changed since, nothing is written and
+    /// [`StoreError::StreakChanged`] says to decide again. Returns the
+    /// events recorded. `start_lag_ms` is how late a scheduled pull started
+    /// and `next_run_ms` when the next one is planned (none for a manual
+    /// run).
     pub fn record_pull(
         &mut self,
         repo: &str,
         report: &PullReport,
         start_lag_ms: Option<u64>,
         next_run_ms: Option<u64>,
-        notify: &mut dyn FnMut(u32) -> Vec<Outgoing>,
+        previous_failures: u32,
+        outgoing: Vec<Outgoing>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
         let tx = self.conn.transaction()?;
@@ -207,7 +183,7 @@ impl Store {
                 start_lag_ms.map(|l| l as i64)
             ],
         )?;
-        let previous_failures: u32 = tx
+        let streak: u32 = tx
             .query_row(
                 "SELECT failures_in_row FROM repos WHERE name = ?1",
                 params![repo],
@@ -215,6 +191,9 @@ impl Store {
             )
             .optional()?
             .unwrap_or(0);
+        if streak != previous_failures {
+            return Err(StoreError::StreakChanged(repo.to_string()));
+        }
         if report.outcome.is_success() {
             tx.execute(
                 "INSERT INTO repos (name, last_good_commit, last_success_ms, last_result, last_class, failures_in_row)
@@ -235,7 +214,7 @@ impl Store {
                 params![repo, next as i64],
             )?;
         }
-        let stored = outbox::insert(&tx, notify(previous_failures), at)?;
+        let stored = outbox::insert(&tx, outgoing, at)?;
         tx.commit()?;
         Ok(stored)
     }
@@ -351,6 +330,22 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Forgets pulls, attempts and events recorded before `before_ms` (the
+    /// retention of `[daemon] retention`); the outbox keeps its own rules.
+    /// Returns how many rows went.
+    pub fn prune_history(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut gone = 0;
+        for table in ["pulls", "attempts", "events"] {
+            gone += tx.execute(
+                &format!("DELETE FROM {table} WHERE at_ms < ?1"),
+                params![before_ms as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
     /// Events with an id above `after`, oldest first.
     pub fn events_after(&self, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -367,6 +362,92 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The schema as first released: repositories, attempts, pulls, events
+/// (the outbox's part is [`outbox::SCHEMA`]). `IF NOT EXISTS`, so stores
+/// made before the schema was versioned adopt it as version 1.
+const SCHEMA_V1: &str = "CREATE TABLE IF NOT EXISTS repos (
+                name TEXT PRIMARY KEY,
+                last_good_commit TEXT,
+                last_success_ms INTEGER,
+                last_result TEXT,
+                last_class TEXT,
+                failures_in_row INTEGER NOT NULL DEFAULT 0,
+                next_run_ms INTEGER,
+                skipped INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS attempts (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                n INTEGER NOT NULL,
+                class TEXT NOT NULL,
+                http_status INTEGER,
+                delay_ms INTEGER,
+                duration_ms INTEGER,
+                message TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS attempts_by_repo ON attempts (repo, at_ms);
+            CREATE TABLE IF NOT EXISTS pulls (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                outcome TEXT NOT NULL,
+                class TEXT,
+                old TEXT,
+                new TEXT,
+                commits INTEGER NOT NULL,
+                duration_ms INTEGER NOT NULL,
+                reason TEXT,
+                start_lag_ms INTEGER
+            );
+            CREATE INDEX IF NOT EXISTS pulls_by_repo ON pulls (repo, at_ms);
+            CREATE TABLE IF NOT EXISTS events (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                at_ms INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL
+            );";
+
+/// Every version of the schema after the first, in order: version N+2 is
+/// `MIGRATIONS[N]`. `PRAGMA user_version` records the version a store has;
+/// each step runs in its own transaction. Never edit a released step: add
+/// one.
+const MIGRATIONS: &[&str] = &[
+    // 2: digests are messages of their own; their members point at them.
+    "CREATE INDEX IF NOT EXISTS outbox_digest_of ON outbox (digest_of);",
+    // 3: history is pruned by age.
+    "CREATE INDEX IF NOT EXISTS events_by_time ON events (at_ms);
+     CREATE INDEX IF NOT EXISTS pulls_by_time ON pulls (at_ms);
+     CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (at_ms);",
+];
+
+/// The schema version this gitpulse writes.
+pub const SCHEMA_VERSION: u32 = 1 + MIGRATIONS.len() as u32;
+
+/// Brings `conn` to [`SCHEMA_VERSION`]; refuses a store from a newer
+/// gitpulse rather than guess at it.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "written by a newer gitpulse (schema version {version}; this one knows up to {SCHEMA_VERSION})"
+            )),
+        ));
+    }
+    let steps = std::iter::once(format!("{SCHEMA_V1}{}", outbox::SCHEMA))
+        .chain(MIGRATIONS.iter().map(|m| m.to_string()));
+    for (n, step) in steps.enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(&step)?;
+        tx.pragma_update(None, "user_version", n as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -419,15 +500,41 @@ mod tests {
         next: Option<u64>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let repo = crate::events::RepoRef::new("app", &report.url, None, Default::default());
-        store.record_pull("app", report, lag, next, &mut |previous| {
-            crate::events::for_pull(&repo, report, previous, None, 1)
-                .into_iter()
-                .map(|event| Outgoing {
-                    event,
-                    messages: Vec::new(),
-                })
-                .collect()
-        })
+        let previous = store.failures_in_row("app")?;
+        let outgoing = crate::events::for_pull(&repo, report, previous, None, 1)
+            .into_iter()
+            .map(|event| Outgoing {
+                event,
+                messages: Vec::new(),
+            })
+            .collect();
+        store.record_pull("app", report, lag, next, previous, outgoing)
+    }
+
+    #[test]
+    fn a_streak_that_changed_since_it_was_read_is_not_recorded_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let failed = report(Outcome::Failed, 0, &[FailureClass::ServerError]);
+        let seen = store.failures_in_row("app").unwrap();
+        record(&mut store, &failed, None, None).unwrap();
+        let err = store
+            .record_pull("app", &failed, None, None, seen, Vec::new())
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::StreakChanged(ref r) if r == "app"),
+            "{err}"
+        );
+        assert_eq!(
+            store.status().unwrap()[0].failures_in_row,
+            1,
+            "nothing written"
+        );
+        assert_eq!(
+            store.history("app", 10).unwrap().len(),
+            2,
+            "one pull, one attempt"
+        );
     }
 
     #[test]
@@ -487,6 +594,64 @@ mod tests {
             [1, 3, 5],
             "manual pulls have no lag"
         );
+    }
+
+    #[test]
+    fn old_history_is_pruned_and_state_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        record(
+            &mut store,
+            &report(Outcome::Failed, 0, &[FailureClass::Timeout]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(store.prune_history(1).unwrap(), 0, "nothing that old");
+        assert_eq!(
+            store.prune_history(now_ms() + 1).unwrap(),
+            3,
+            "pull, attempt, event"
+        );
+        assert!(store.history("app", 10).unwrap().is_empty());
+        assert_eq!(
+            store.status().unwrap()[0].failures_in_row,
+            1,
+            "state is not history"
+        );
+    }
+
+    #[test]
+    fn the_schema_is_versioned_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        let version: u32 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        store
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(store);
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer gitpulse"), "{err}");
+
+        // A store made before versioning (tables, user_version 0) adopts it.
+        let old = dir.path().join("old.db");
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(outbox::SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO repos (name, failures_in_row) VALUES ('app', 2)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&old).unwrap();
+        assert_eq!(store.failures_in_row("app").unwrap(), 2);
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! Floods are kept down here, where every message passes: a message equal
 //! to one accepted within the notifier's dedup window is not queued, and
 //! messages with a digest key (failures and recoveries, per host) wait out
-//! the digest window so a sender can collect them into one.
+//! the digest window so a sender can collect them into one. A digest is a
+//! message of its own, rendered once and accepted in one transaction with
+//! its members (which wait `in-digest` until it is delivered), so its
+//! retries send the same text whatever the config says by then.
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::Serialize;
@@ -19,6 +22,7 @@ use serde::Serialize;
 use super::{now_ms, Store, StoreError, StoredEvent};
 use crate::events::Event;
 
+/// The outbox as first released (version 1 of the store's schema).
 pub(super) const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY,
@@ -86,6 +90,61 @@ pub struct OutboxMessage {
     pub attempts: u32,
     pub max_attempts: u32,
     pub created_ms: u64,
+    /// How many accepted messages this delivery carries: a digest's
+    /// members, else 1.
+    pub carries: u64,
+}
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutboxState {
+    /// Waiting for delivery (or for its digest window, or a retry).
+    Pending,
+    /// Folded into a digest message that is not delivered yet.
+    InDigest,
+    Delivered,
+    /// Given up on, with the reason; `gitpulse outbox retry` requeues it.
+    Dead,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::InDigest => "in-digest",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Dead => "dead",
+        }
+    }
+
+    fn parse(text: &str) -> Option<OutboxState> {
+        [
+            OutboxState::Pending,
+            OutboxState::InDigest,
+            OutboxState::Delivered,
+            OutboxState::Dead,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for OutboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A digest, rendered, before it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDigest {
+    pub subject: String,
+    pub body: String,
+    pub html: Option<String>,
+    /// The events it tells of, as JSON.
+    pub events: String,
+    pub max_attempts: u32,
 }
 
 /// A row of `gitpulse outbox`.
@@ -96,8 +155,7 @@ pub struct OutboxRow {
     pub kind: String,
     pub repo: String,
     pub subject: String,
-    /// `pending`, `delivered` or `dead`.
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: u32,
     pub created_ms: u64,
     pub next_at_ms: Option<u64>,
@@ -110,11 +168,11 @@ pub struct OutboxRow {
     pub digest_of: Option<i64>,
 }
 
-/// One delivery: the messages it carried (several for a digest, whose
-/// first id is the one that went out) and what the receiver answered.
+/// One delivery: the message that went out (a digest takes its members
+/// along) and what the receiver answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
-    pub ids: Vec<i64>,
+    pub id: i64,
     pub answer: String,
 }
 
@@ -193,7 +251,8 @@ pub(super) fn insert(
     Ok(stored)
 }
 
-const MESSAGE_COLUMNS: &str = "id, notifier, kind, repo, subject, body, html, event, digest_key, attempts, max_attempts, created_ms";
+const MESSAGE_COLUMNS: &str = "id, notifier, kind, repo, subject, body, html, event, digest_key, attempts, max_attempts, created_ms,
+     CASE WHEN kind = 'digest' THEN (SELECT COUNT(*) FROM outbox m WHERE m.digest_of = outbox.id) ELSE 1 END";
 
 fn message(r: &Row<'_>) -> rusqlite::Result<OutboxMessage> {
     Ok(OutboxMessage {
@@ -209,6 +268,7 @@ fn message(r: &Row<'_>) -> rusqlite::Result<OutboxMessage> {
         attempts: r.get(9)?,
         max_attempts: r.get(10)?,
         created_ms: r.get::<_, i64>(11)? as u64,
+        carries: r.get::<_, i64>(12)?.max(1) as u64,
     })
 }
 
@@ -251,20 +311,65 @@ impl Store {
             .map(|v| v.max(0) as u64))
     }
 
-    /// Marks deliveries done, in one transaction.
+    /// Accepts `digest` of the pending messages `members` of `notifier`,
+    /// with `also` (a fault in rendering it), in one transaction: the
+    /// digest is due at once and the members wait in it. Returns the
+    /// digest as a sender sees it.
+    pub fn accept_digest(
+        &mut self,
+        notifier: &str,
+        members: &[i64],
+        digest: NewDigest,
+        also: Vec<Outgoing>,
+    ) -> Result<OutboxMessage, StoreError> {
+        let at = now_ms();
+        let tx = self.conn.transaction()?;
+        insert(&tx, also, at)?;
+        tx.execute(
+            "INSERT INTO outbox (event_id, notifier, kind, repo, subject, body, html, event, dedup_key,
+                                 max_attempts, created_ms, next_at_ms)
+             VALUES (0, ?1, 'digest', '', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            params![
+                notifier,
+                digest.subject,
+                digest.body,
+                digest.html,
+                digest.events,
+                format!("digest:{}", members.first().copied().unwrap_or_default()),
+                digest.max_attempts,
+                at as i64
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        {
+            let mut fold = tx.prepare_cached(
+                "UPDATE outbox SET state = 'in-digest', digest_of = ?2 WHERE id = ?1 AND state = 'pending'",
+            )?;
+            for member in members {
+                fold.execute(params![member, id])?;
+            }
+        }
+        let message = tx.query_row(
+            &format!("SELECT {MESSAGE_COLUMNS} FROM outbox WHERE id = ?1"),
+            params![id],
+            message,
+        )?;
+        tx.commit()?;
+        Ok(message)
+    }
+
+    /// Marks deliveries done (a digest's members with it), in one
+    /// transaction.
     pub fn mark_delivered(&mut self, receipts: &[Receipt]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let at = now_ms() as i64;
         {
             let mut update = tx.prepare_cached(
-                "UPDATE outbox SET state = 'delivered', delivered_ms = ?2, answer = ?3, digest_of = ?4, last_error = NULL
-                 WHERE id = ?1 AND state = 'pending'",
+                "UPDATE outbox SET state = 'delivered', delivered_ms = ?2, answer = ?3, last_error = NULL
+                 WHERE (id = ?1 AND state = 'pending') OR (digest_of = ?1 AND state = 'in-digest')",
             )?;
             for r in receipts {
-                let digest_of = (r.ids.len() > 1).then(|| r.ids[0]);
-                for id in &r.ids {
-                    update.execute(params![id, at, r.answer, digest_of])?;
-                }
+                update.execute(params![r.id, at, r.answer])?;
             }
         }
         tx.commit()?;
@@ -308,22 +413,34 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Messages in `states` (pending, delivered, dead), oldest first.
-    pub fn outbox(&self, states: &[&str], limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    /// Messages in `states`, oldest first.
+    pub fn outbox(
+        &self,
+        states: &[OutboxState],
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, notifier, kind, repo, subject, state, attempts, created_ms, next_at_ms, delivered_ms, last_error, answer, digest_of
              FROM outbox WHERE state IN (SELECT value FROM json_each(?1)) ORDER BY id LIMIT ?2",
         )?;
-        let states = serde_json::to_string(states).unwrap_or_default();
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let states = serde_json::to_string(&states).unwrap_or_default();
         let rows = stmt.query_map(params![states, limit as i64], |r| {
-            let state: String = r.get(5)?;
+            let text: String = r.get(5)?;
+            let state = OutboxState::parse(&text).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    5,
+                    rusqlite::types::Type::Text,
+                    format!("unknown outbox state `{text}`").into(),
+                )
+            })?;
             Ok(OutboxRow {
                 id: r.get(0)?,
                 notifier: r.get(1)?,
                 kind: r.get(2)?,
                 repo: r.get(3)?,
                 subject: r.get(4)?,
-                next_at_ms: (state == "pending")
+                next_at_ms: (state == OutboxState::Pending)
                     .then(|| r.get::<_, i64>(8))
                     .transpose()?
                     .map(|v| v as u64),
@@ -461,7 +578,7 @@ mod tests {
         store
             .mark_failed(&[due[0].id], "HTTP 400: bad payload", None)
             .unwrap();
-        let dead = store.outbox(&["dead"], 10).unwrap();
+        let dead = store.outbox(&[OutboxState::Dead], 10).unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].attempts, 2);
         assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 400: bad payload"));
@@ -470,7 +587,7 @@ mod tests {
         assert_eq!(due[0].attempts, 0);
         store
             .mark_delivered(&[Receipt {
-                ids: vec![due[0].id],
+                id: due[0].id,
                 answer: "200 OK".into(),
             }])
             .unwrap();
@@ -499,13 +616,38 @@ mod tests {
         let group = store.digest_group("ops", "failed@h.example").unwrap();
         assert_eq!(group.len(), 3);
         let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
+        let digest = NewDigest {
+            subject: "3 repositories failed".into(),
+            body: "a, b, c".into(),
+            html: None,
+            events: "[]".into(),
+            max_attempts: 2,
+        };
+        let accepted = store
+            .accept_digest("ops", &ids, digest, Vec::new())
+            .unwrap();
+        assert_eq!(accepted.kind, "digest");
+        assert_eq!(accepted.carries, 3);
+        assert_eq!(accepted.subject, "3 repositories failed");
+        let due = store.due_messages(now_ms(), 10).unwrap();
+        assert_eq!(
+            due,
+            std::slice::from_ref(&accepted),
+            "only the digest is due; its members wait in it"
+        );
+        let counts = store.outbox_counts().unwrap();
+        assert_eq!((counts.pending, counts.delivered), (1, 0));
         store
             .mark_delivered(&[Receipt {
-                ids: ids.clone(),
+                id: accepted.id,
                 answer: "250 OK".into(),
             }])
             .unwrap();
-        let rows = store.outbox(&["delivered"], 10).unwrap();
-        assert!(rows.iter().all(|r| r.digest_of == Some(ids[0])));
+        let rows = store.outbox(&[OutboxState::Delivered], 10).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert!(rows
+            .iter()
+            .filter(|r| r.id != accepted.id)
+            .all(|r| r.digest_of == Some(accepted.id)));
     }
 }

@@ -10,6 +10,7 @@
 //!   answers 5xx, 429 with Retry-After, 401, 404, resets the connection,
 //!   stalls, or truncates the pack.
 //! - [`GitDaemon`]: the real `git daemon` for `git://`.
+//! - [`SilentServer`]: accepts connections and never answers (a stall).
 //! - [`Sshd`]: a real OpenSSH server for `ssh://`.
 //! - [`plugins::build`]: the workspace's plugin crates as components.
 //! - [`SmtpServer`]: a real SMTP server (aiosmtpd), plain, STARTTLS or
@@ -22,6 +23,7 @@ mod fixture;
 mod http;
 pub mod plugins;
 mod proxy;
+mod silent;
 mod smtp;
 mod sshd;
 mod webhook;
@@ -30,6 +32,7 @@ pub use daemon::GitDaemon;
 pub use fixture::{git, git_ok, Upstream};
 pub use http::GitHttpServer;
 pub use proxy::{Fault, FaultProxy};
+pub use silent::SilentServer;
 pub use smtp::{Mail, SmtpServer, SmtpTls};
 pub use sshd::Sshd;
 pub use webhook::{Answer, Delivery, WebhookReceiver};

@@ -8,10 +8,13 @@
 //! (the CPU budget) and a memory cap. Compiled components are cached on disk
 //! ([`cache`]) so the second load of a plugin skips compilation.
 //!
-//! [`WasmPolicy`] puts a plugin behind the host's [`RetryPolicy`] trait:
-//! faults (trap, timeout, memory, invalid output) make that call use the
-//! built-in policy, are reported, and after `quarantine_after` consecutive
-//! faults the plugin is not called again until it is reloaded.
+//! [`WasmPolicy`] puts plugins (one per role) behind the host's
+//! [`RetryPolicy`] trait: faults (trap, timeout, memory, invalid output)
+//! make that call use the built-in policy, are reported, and after
+//! `quarantine_after` consecutive faults the plugin is not called again
+//! until its file changes. The [`Registry`] holds each compiled plugin once
+//! per file content with that fault record, so a daemon's quarantine holds
+//! across pulls.
 //!
 //! This module never touches git; it speaks in failure classes and
 //! decisions.
@@ -26,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use sha2::Digest as _;
 use wasmtime::component::{HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
 
@@ -152,20 +156,69 @@ fn engine() -> &'static Engine {
             .consume_fuel(true)
             .epoch_interruption(true);
         // Only fails for contradictory settings, which these are not.
-        let engine = Engine::new(&config).unwrap_or_else(|e| panic!("wasmtime engine: {e}"));
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("gitpulse-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .ok();
-        engine
+        Engine::new(&config).unwrap_or_else(|e| panic!("wasmtime engine: {e}"))
     })
+}
+
+/// The wall-clock backstop's clock: it ticks the engine's epoch every
+/// [`TICK`] while at least one plugin call runs, and sleeps otherwise, so an
+/// idle daemon with plugins loaded wakes nobody (a ticker running forever
+/// costs a thousand wake-ups a second).
+struct Ticker {
+    active: Mutex<usize>,
+    wake: std::sync::Condvar,
+}
+
+impl Ticker {
+    fn get() -> &'static Ticker {
+        static TICKER: OnceLock<Ticker> = OnceLock::new();
+        TICKER.get_or_init(|| {
+            let spawned = std::thread::Builder::new()
+                .name("gitpulse-epoch".into())
+                .spawn(|| {
+                    let ticker = Ticker::get();
+                    loop {
+                        let mut active = ticker.lock();
+                        while *active == 0 {
+                            active = ticker.wake.wait(active).unwrap_or_else(|p| p.into_inner());
+                        }
+                        drop(active);
+                        engine().increment_epoch();
+                        std::thread::sleep(TICK);
+                    }
+                });
+            if let Err(e) = spawned {
+                // Fuel still bounds every call; only the backstop is lost.
+                tracing::warn!("plugin wall-clock backstop unavailable: {e}");
+            }
+            Ticker {
+                active: Mutex::new(0),
+                wake: std::sync::Condvar::new(),
+            }
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the clock ticking until the guard is dropped.
+    fn running() -> Running {
+        let ticker = Ticker::get();
+        *ticker.lock() += 1;
+        ticker.wake.notify_one();
+        Running(ticker)
+    }
+}
+
+/// A plugin call in progress (see [`Ticker`]).
+struct Running(&'static Ticker);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut active = self.0.lock();
+        *active = active.saturating_sub(1);
+    }
 }
 
 fn linker() -> Result<&'static Linker<PluginState>, String> {
@@ -234,6 +287,8 @@ pub struct Plugin {
     pub cached: bool,
     sandbox: Sandbox,
     env: PluginEnv,
+    /// Shared by every handle on the same loaded file (see [`Registry`]).
+    health: Arc<Mutex<Health>>,
     pre: InstancePre<PluginState>,
     retry_idx: Option<retry::GuestIndices>,
     backoff_idx: Option<backoff::GuestIndices>,
@@ -263,6 +318,17 @@ impl Plugin {
             path: path.into(),
             source,
         })?;
+        Plugin::from_bytes(path, &bytes, cache_dir, sandbox, env)
+    }
+
+    /// Checks and compiles `bytes`, the contents of `path`.
+    fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+        sandbox: Sandbox,
+        env: PluginEnv,
+    ) -> Result<Plugin, LoadError> {
         if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
             return Err(LoadError::NotWasm(path.into()));
         }
@@ -271,7 +337,7 @@ impl Plugin {
             return Err(LoadError::NotAComponent(path.into()));
         }
         let (component, cached) =
-            cache::load(engine(), &bytes, cache_dir).map_err(|e| LoadError::Invalid {
+            cache::load(engine(), bytes, cache_dir).map_err(|e| LoadError::Invalid {
                 path: path.into(),
                 reason: format!("{e:#}"),
             })?;
@@ -356,6 +422,7 @@ impl Plugin {
             cached,
             sandbox,
             env,
+            health: Arc::default(),
             pre,
             retry_idx,
             backoff_idx,
@@ -366,6 +433,36 @@ impl Plugin {
 
     pub fn env(&self) -> &PluginEnv {
         &self.env
+    }
+
+    /// Another handle on this compiled plugin, with its own instance and
+    /// `env`, sharing its fault count and quarantine.
+    fn handle(&self, env: PluginEnv) -> Plugin {
+        Plugin {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            roles: self.roles,
+            contract: self.contract.clone(),
+            size: self.size,
+            cached: self.cached,
+            sandbox: self.sandbox,
+            env,
+            health: self.health.clone(),
+            pre: self.pre.clone(),
+            retry_idx: self.retry_idx.clone(),
+            backoff_idx: self.backoff_idx.clone(),
+            notify_idx: self.notify_idx.clone(),
+            live: None,
+        }
+    }
+
+    /// Whether the plugin is set aside after too many consecutive faults.
+    pub fn is_quarantined(&self) -> bool {
+        self.health().quarantined
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn live(&mut self) -> Result<&mut Live, Fault> {
@@ -391,10 +488,12 @@ impl Plugin {
             store.set_epoch_deadline(self.ticks());
             // Instantiation runs the component's start code: same budget.
             let _ = store.set_fuel(self.fuel());
+            let running = Ticker::running();
             let instance: Instance = self
                 .pre
                 .instantiate(&mut store)
                 .map_err(|e| self.fault(e))?;
+            drop(running);
             let retry = self
                 .retry_idx
                 .as_ref()
@@ -463,7 +562,10 @@ impl Plugin {
         &mut self,
         call: impl FnOnce(&mut Live) -> wasmtime::Result<T>,
     ) -> Result<T, Fault> {
-        let result = call(self.live()?);
+        let live = self.live()?;
+        let running = Ticker::running();
+        let result = call(live);
+        drop(running);
         result.map_err(|e| {
             self.live = None;
             self.fault(e)
@@ -558,15 +660,115 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("gitpulse").join("plugins"))
 }
 
-/// A plugin behind the host's retry-policy trait, with the built-in policy
-/// standing in for roles it lacks and for calls that fault.
-pub struct WasmPolicy {
+/// Consecutive faults of a loaded plugin, and whether it is set aside.
+/// Kept with the compiled plugin, so a quarantine holds across pulls until
+/// the file changes.
+#[derive(Debug, Default)]
+struct Health {
+    consecutive_faults: u32,
+    quarantined: bool,
+}
+
+/// Compiled plugins, held once per file content and shared by every pull
+/// that uses them (the daemon's; a one-shot pull loads its one plugin).
+///
+/// A lookup checks the file's size, modification time and inode first and
+/// rereads it only when one changed; a new content is compiled (through the
+/// compile cache) and starts with a clean fault record. Blocks while it
+/// reads or compiles: call it on a blocking thread.
+pub struct Registry {
+    cache_dir: Option<PathBuf>,
+    sandbox: Sandbox,
+    loaded: Mutex<std::collections::HashMap<PathBuf, Loaded>>,
+}
+
+struct Loaded {
+    stamp: FileStamp,
+    digest: [u8; 32],
     plugin: Plugin,
+}
+
+/// What says cheaply that a file may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+        })
+    }
+}
+
+impl Registry {
+    pub fn new(cache_dir: Option<PathBuf>, sandbox: Sandbox) -> Self {
+        Registry {
+            cache_dir,
+            sandbox,
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// A handle on the plugin in `path` with `env`, compiled at most once
+    /// per content.
+    pub fn get(&self, path: &Path, env: PluginEnv) -> Result<Plugin, LoadError> {
+        let read_err = |source| LoadError::Read {
+            path: path.into(),
+            source,
+        };
+        let stamp = FileStamp::of(path).map_err(read_err)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = loaded.get(path).filter(|l| l.stamp == stamp) {
+            return Ok(l.plugin.handle(env));
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        if let Some(l) = loaded.get_mut(path).filter(|l| l.digest == digest) {
+            l.stamp = stamp;
+            return Ok(l.plugin.handle(env));
+        }
+        let plugin = Plugin::from_bytes(
+            path,
+            &bytes,
+            self.cache_dir.as_deref(),
+            self.sandbox,
+            env.clone(),
+        )?;
+        let handle = plugin.handle(env);
+        loaded.insert(
+            path.to_path_buf(),
+            Loaded {
+                stamp,
+                digest,
+                plugin,
+            },
+        );
+        Ok(handle)
+    }
+}
+
+/// Plugins behind the host's retry-policy trait, one per role, with the
+/// built-in policy standing in for roles nobody plays and for calls that
+/// fault.
+///
+/// The retry role decides whether to retry and how long to wait; a
+/// separate backoff plugin then chooses the delay of a retry (the curve,
+/// not the eligibility). When one plugin plays both roles its retry answer
+/// is final.
+pub struct WasmPolicy {
+    retry: Option<Plugin>,
+    backoff: Option<Plugin>,
     builtin: Builtin,
     repo: RepoInfo,
     told: Told,
-    consecutive_faults: u32,
-    quarantined: bool,
     /// Faults so far (the count reported in logs and metrics).
     pub faults: u64,
     notices: Vec<String>,
@@ -576,14 +778,31 @@ pub struct WasmPolicy {
 }
 
 impl WasmPolicy {
+    /// `plugin` for every policy role it exports.
     pub fn new(plugin: Plugin, builtin: Builtin, repo: RepoInfo, told: Told) -> Self {
+        let (retry, backoff) = if plugin.roles.retry {
+            (Some(plugin), None)
+        } else {
+            (None, Some(plugin))
+        };
+        WasmPolicy::with_roles(retry, backoff, builtin, repo, told)
+    }
+
+    /// `retry` for the retry role and `backoff` for the backoff role (each
+    /// may be absent: the built-in plays it).
+    pub fn with_roles(
+        retry: Option<Plugin>,
+        backoff: Option<Plugin>,
+        builtin: Builtin,
+        repo: RepoInfo,
+        told: Told,
+    ) -> Self {
         WasmPolicy {
-            plugin,
+            retry: retry.filter(|p| p.roles.retry),
+            backoff: backoff.filter(|p| p.roles.backoff),
             builtin,
             repo,
             told,
-            consecutive_faults: 0,
-            quarantined: false,
             faults: 0,
             notices: Vec::new(),
             fault_log: Vec::new(),
@@ -591,12 +810,17 @@ impl WasmPolicy {
         }
     }
 
-    pub fn plugin(&self) -> &Plugin {
-        &self.plugin
+    /// The plugin playing the retry role, else the backoff role.
+    pub fn plugin(&self) -> Option<&Plugin> {
+        self.retry.as_ref().or(self.backoff.as_ref())
     }
 
+    /// Whether every plugin of this policy is quarantined.
     pub fn is_quarantined(&self) -> bool {
-        self.quarantined
+        self.retry
+            .iter()
+            .chain(self.backoff.iter())
+            .all(Plugin::is_quarantined)
     }
 
     /// The message of the failure being decided about (passed to the plugin).
@@ -604,79 +828,93 @@ impl WasmPolicy {
         self.last_message = message.to_string();
     }
 
-    fn record_fault(&mut self, role: &str, fault: &Fault) {
+    /// Counts a fault of `plugin` and reports it (and a new quarantine).
+    fn record_fault(&mut self, role: &str, fault: &Fault, plugin: &Plugin) {
         self.faults += 1;
-        self.consecutive_faults += 1;
         let mut said = vec![format!(
             "plugin {} ({role}) {fault}; the built-in policy decided instead",
-            self.plugin.name
+            plugin.name
         )];
-        if self.consecutive_faults >= self.plugin.sandbox.quarantine_after && !self.quarantined {
-            self.quarantined = true;
+        let mut health = plugin.health();
+        health.consecutive_faults += 1;
+        if health.consecutive_faults >= plugin.sandbox.quarantine_after && !health.quarantined {
+            health.quarantined = true;
             said.push(format!(
-                "plugin {} quarantined after {} consecutive faults; the built-in policy decides until it is reloaded",
-                self.plugin.name, self.consecutive_faults
+                "plugin {} quarantined after {} consecutive faults; the built-in policy decides until the plugin's file changes",
+                plugin.name, health.consecutive_faults
             ));
         }
+        drop(health);
         self.notices.extend(said.iter().cloned());
         self.fault_log.extend(said);
     }
 
     fn drain_plugin_logs(&mut self) {
-        for line in self.plugin.env.take_logs() {
-            if matches!(line.level, Level::Warn | Level::Error) {
-                self.notices
-                    .push(format!("plugin {}: {}", self.plugin.name, line.message));
+        for plugin in self.retry.iter().chain(self.backoff.iter()) {
+            for line in plugin.env.take_logs() {
+                if matches!(line.level, Level::Warn | Level::Error) {
+                    self.notices
+                        .push(format!("plugin {}: {}", plugin.name, line.message));
+                }
             }
         }
+    }
+
+    /// The retry role's answer: the plugin's, or the built-in's when there
+    /// is no usable plugin or it faulted.
+    fn eligibility(&mut self, ctx: &AttemptContext, wit_ctx: &wit::AttemptContext) -> Decision {
+        let told = self.told;
+        let Some(mut plugin) = self.retry.take().filter(|p| !p.is_quarantined()) else {
+            return self.builtin.decide(ctx);
+        };
+        let decision = match plugin.decide(wit_ctx, &told) {
+            Ok(d) => {
+                plugin.health().consecutive_faults = 0;
+                d
+            }
+            Err(fault) => {
+                self.record_fault("retry", &fault, &plugin);
+                self.builtin.decide(ctx)
+            }
+        };
+        self.retry = Some(plugin);
+        decision
+    }
+
+    /// `decision` with its delay from the backoff plugin, when one plays
+    /// that role and is usable.
+    fn shaped(&mut self, decision: Decision, wit_ctx: &wit::AttemptContext) -> Decision {
+        let Decision::RetryAfter { timeout, .. } = decision else {
+            return decision;
+        };
+        let told = self.told;
+        let Some(mut plugin) = self.backoff.take().filter(|p| !p.is_quarantined()) else {
+            return decision;
+        };
+        let shaped = match plugin.delay(wit_ctx, &told) {
+            Ok(delay) => {
+                plugin.health().consecutive_faults = 0;
+                Decision::RetryAfter { delay, timeout }
+            }
+            Err(fault) => {
+                self.record_fault("backoff", &fault, &plugin);
+                decision
+            }
+        };
+        self.backoff = Some(plugin);
+        shaped
     }
 }
 
 impl RetryPolicy for WasmPolicy {
     fn name(&self) -> &str {
-        &self.plugin.name
+        self.plugin().map(|p| p.name.as_str()).unwrap_or("builtin")
     }
 
     fn decide(&mut self, ctx: &AttemptContext) -> Decision {
-        // The built-in decides only when it is needed: a quarantined plugin,
-        // no retry role, or a fault.
-        if self.quarantined || !(self.plugin.roles.retry || self.plugin.roles.backoff) {
-            return self.builtin.decide(ctx);
-        }
         let wit_ctx = bindings::context_to_wit(ctx, &self.last_message, &self.repo, &self.told);
-        let told = self.told;
-        if self.plugin.roles.retry {
-            let decision = match self.plugin.decide(&wit_ctx, &told) {
-                Ok(d) => {
-                    self.consecutive_faults = 0;
-                    d
-                }
-                Err(fault) => {
-                    self.record_fault("retry", &fault);
-                    self.builtin.decide(ctx)
-                }
-            };
-            self.drain_plugin_logs();
-            return decision;
-        }
-        let fallback = self.builtin.decide(ctx);
-        let decision = if let Decision::RetryAfter { timeout, .. } = &fallback {
-            match self.plugin.delay(&wit_ctx, &told) {
-                Ok(delay) => {
-                    self.consecutive_faults = 0;
-                    Decision::RetryAfter {
-                        delay,
-                        timeout: *timeout,
-                    }
-                }
-                Err(fault) => {
-                    self.record_fault("backoff", &fault);
-                    fallback
-                }
-            }
-        } else {
-            fallback
-        };
+        let decision = self.eligibility(ctx, &wit_ctx);
+        let decision = self.shaped(decision, &wit_ctx);
         self.drain_plugin_logs();
         decision
     }

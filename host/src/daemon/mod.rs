@@ -2,8 +2,8 @@
 //! concurrency limits, with state in SQLite, hot reload and a graceful
 //! shutdown.
 //!
-//! One scheduler task owns a heap of next-run times and sleeps until the
-//! earliest; commands (a trigger, a reload, shutdown) wake it through one
+//! One scheduler task owns the [`timetable`] of next runs and sleeps until
+//! the earliest; commands (a trigger, a reload, shutdown) wake it through one
 //! channel. A due repository that is still running is skipped and counted;
 //! otherwise its pull runs on a blocking thread once it holds a global
 //! permit and one for its remote host. A per-host circuit breaker, fed by
@@ -21,9 +21,11 @@
 //! outbox, woken by new messages and by retry times, and picks up whatever
 //! a previous run left pending.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+mod breaker;
+mod timetable;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,10 +38,14 @@ use crate::events::{self, Event, EventKind, RepoRef};
 use crate::git::{Auth, SyncSpec};
 use crate::notify::{self, Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
-use crate::policy::wasm::{KvStore, Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
+use crate::policy::wasm::{
+    KvStore, Plugin, PluginEnv, Registry, RepoInfo, Sandbox, Told, WasmPolicy,
+};
 use crate::policy::{Backoff, Builtin, RetryPolicy};
 use crate::pull::{self, PullOptions};
 use crate::store::{self, Store};
+use breaker::{Admission, Breaker, Change, Verdict};
+use timetable::Timetable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -75,13 +81,6 @@ pub struct Counters {
     pub reloads_rejected: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct Breaker {
-    failures_in_row: u32,
-    open_until: Option<Instant>,
-    canary_running: bool,
-}
-
 struct Shared {
     config: Mutex<Arc<Config>>,
     store: Mutex<Store>,
@@ -89,6 +88,8 @@ struct Shared {
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     running: Mutex<HashSet<String>>,
     breakers: Mutex<HashMap<String, Breaker>>,
+    /// Compiled plugins with their fault records, shared by every pull.
+    plugins: Registry,
     /// Key-value stores of plugins, shared by every pull that uses them.
     plugin_kv: Mutex<HashMap<String, Arc<Mutex<KvStore>>>>,
     /// Set after the shutdown grace period: running pulls stop.
@@ -121,7 +122,7 @@ pub struct DaemonOptions {
 /// Loads the config (refusing to start on any problem), then runs until
 /// SIGTERM/SIGINT. Blocks the calling thread.
 pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
-    let config = load_config(&options.config_path).map_err(DaemonError::Config)?;
+    let config = crate::validate::load(&options.config_path).map_err(DaemonError::Config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(config.daemon.max_concurrent + 4)
@@ -129,26 +130,6 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         .build()
         .map_err(|e| DaemonError::Runtime(e.to_string()))?;
     runtime.block_on(serve(options, config))
-}
-
-/// The config and its plugins, validated as a whole.
-fn load_config(path: &Path) -> Result<Config, config::Problems> {
-    let config = config::load(path)?;
-    let problems = check(&config);
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(config::Problems(problems))
-    }
-}
-
-/// What a daemon needs beyond a well-formed file: repositories, plugins
-/// that load and play their roles, templates that compile.
-pub fn check(config: &Config) -> Vec<config::Problem> {
-    let mut problems: Vec<config::Problem> = config.check_has_repos().into_iter().collect();
-    problems.extend(crate::policy::check_config_plugins(config));
-    problems.extend(notify::check_templates(config));
-    problems
 }
 
 /// Where the daemon keeps its SQLite state for `config`.
@@ -166,6 +147,8 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
             addr: config.daemon.listen.to_string(),
             source,
         })?;
+    // The compile cache stays where the daemon started.
+    let compile_cache = config.daemon.state_dir.join("cache");
     let shared = Arc::new(Shared {
         global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
         config: Mutex::new(Arc::new(config)),
@@ -173,6 +156,7 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         per_host: Mutex::default(),
         running: Mutex::default(),
         breakers: Mutex::default(),
+        plugins: Registry::new(Some(compile_cache), Sandbox::default()),
         plugin_kv: Mutex::default(),
         cancel: Arc::new(AtomicBool::new(false)),
         counters: Counters::default(),
@@ -235,11 +219,17 @@ async fn send_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             last_prune = Some(Instant::now());
         }
         let pass = tokio::task::spawn_blocking(move || {
-            if prune {
-                let before = store::now_ms().saturating_sub(KEEP_DELIVERED.as_millis() as u64);
-                lock(&job.store).prune_delivered(before)?;
-            }
             let config = job.config();
+            if prune {
+                let now = store::now_ms();
+                let before = now.saturating_sub(KEEP_DELIVERED.as_millis() as u64);
+                lock(&job.store).prune_delivered(before)?;
+                let before = now.saturating_sub(config.daemon.retention.as_millis() as u64);
+                let gone = lock(&job.store).prune_history(before)?;
+                if gone > 0 {
+                    info!(rows = gone, "pruned history older than the retention");
+                }
+            }
             let stats = notify::deliver_due(&job.store, &config, &job.senders, BATCH)?;
             let next = lock(&job.store).next_due_ms()?;
             Ok::<_, store::StoreError>((stats, next))
@@ -294,6 +284,11 @@ impl DaemonView {
         let config = self.shared.config();
         let rows = lock(&self.shared.store).status().unwrap_or_default();
         let running = lock(&self.shared.running).clone();
+        let open: Vec<String> = lock(&self.shared.breakers)
+            .iter()
+            .filter(|(_, b)| b.is_open())
+            .map(|(host, _)| host.clone())
+            .collect();
         let c = &self.shared.counters;
         serde_json::json!({
             "repos": config.repos.iter().map(|r| {
@@ -308,6 +303,7 @@ impl DaemonView {
                 "reloads_rejected": c.reloads_rejected.load(Ordering::Relaxed),
             },
             "outbox": lock(&self.shared.store).outbox_counts().ok(),
+            "breakers_open": open,
         })
     }
 }
@@ -390,42 +386,25 @@ fn watch_files(
     Some(watcher)
 }
 
-/// A heap entry: when, which repo, and the schedule generation it belongs to
-/// (a reload bumps the generation, so stale entries are dropped when popped).
-type Due = Reverse<(Instant, String, u64)>;
-
 async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<CommandHandle>) {
     let mut rng = fastrand::Rng::new();
-    let mut heap: BinaryHeap<Due> = BinaryHeap::new();
-    let mut generations: HashMap<String, u64> = HashMap::new();
-    let mut planned: HashMap<String, SystemTime> = HashMap::new();
-    let mut generation = 0u64;
+    let mut timetable = Timetable::default();
     let mut reload_pending: Option<Instant> = None;
 
-    let plan_first = |repo: &RepoConfig,
-                      heap: &mut BinaryHeap<Due>,
-                      planned: &mut HashMap<String, SystemTime>,
-                      gen: u64,
-                      rng: &mut fastrand::Rng| {
+    let plan_first = |repo: &RepoConfig, timetable: &mut Timetable, rng: &mut fastrand::Rng| {
         let now = SystemTime::now();
         let at = crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..));
-        push(heap, planned, &repo.name, at, gen);
+        timetable.plan(&repo.name, at, Instant::now(), now);
     };
-    let names: Vec<String> = shared
-        .config()
-        .repos
-        .iter()
-        .map(|r| r.name.clone())
-        .collect();
-    for repo in &shared.config().repos {
-        generations.insert(repo.name.clone(), generation);
-        plan_first(repo, &mut heap, &mut planned, generation, &mut rng);
+    let config = shared.config();
+    for repo in &config.repos {
+        plan_first(repo, &mut timetable, &mut rng);
     }
-    record_first_runs(&shared, &planned, &names);
+    let names = config.repos.iter().map(|r| r.name.clone()).collect();
+    record_first_runs(&shared, &timetable, names).await;
 
     loop {
-        let next_due = heap.peek().map(|Reverse((at, _, _))| *at);
-        let wake = match (next_due, reload_pending) {
+        let wake = match (timetable.next_wake(), reload_pending) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -456,59 +435,37 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
 
         if reload_pending.is_some_and(|at| at <= Instant::now()) {
             reload_pending = None;
-            if let Some(changed) = reload(&shared) {
-                generation += 1;
+            let job = shared.clone();
+            let reloaded = tokio::task::spawn_blocking(move || reload(&job))
+                .await
+                .unwrap_or_else(|e| {
+                    error!("reload failed: {e}");
+                    None
+                });
+            if let Some(changed) = reloaded {
+                let config = shared.config();
                 for name in &changed {
-                    match shared.config().repo(name) {
-                        Some(repo) => {
-                            generations.insert(name.clone(), generation);
-                            plan_first(repo, &mut heap, &mut planned, generation, &mut rng);
-                        }
-                        None => {
-                            generations.remove(name);
-                            planned.remove(name);
-                        }
+                    match config.repo(name) {
+                        Some(repo) => plan_first(repo, &mut timetable, &mut rng),
+                        None => timetable.cancel(name),
                     }
                 }
-                record_first_runs(&shared, &planned, &changed);
+                record_first_runs(&shared, &timetable, changed).await;
             }
         }
 
-        let now = Instant::now();
-        while heap.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
-            let Some(Reverse((_, name, gen))) = heap.pop() else {
-                break;
-            };
-            if generations.get(&name) != Some(&gen) {
-                continue; // removed or rescheduled by a reload
-            }
-            let Some(repo) = shared.config().repo(&name).cloned() else {
+        let config = shared.config();
+        for due in timetable.pop_due(Instant::now()) {
+            let Some(repo) = config.repo(&due.name).cloned() else {
                 continue;
             };
-            let previous = planned.get(&name).copied().unwrap_or_else(SystemTime::now);
-            let next = crate::schedule::next_run(
-                &repo.schedule,
-                &name,
-                previous,
-                SystemTime::now(),
-                rng.u64(..),
-            );
-            launch(&shared, repo, Some((previous, next)));
-            push(&mut heap, &mut planned, &name, next, gen);
+            let now = SystemTime::now();
+            let next =
+                crate::schedule::next_run(&repo.schedule, &due.name, due.planned, now, rng.u64(..));
+            timetable.plan(&due.name, next, Instant::now(), now);
+            launch(&shared, repo, Some((due.planned, next)));
         }
     }
-}
-
-fn push(
-    heap: &mut BinaryHeap<Due>,
-    planned: &mut HashMap<String, SystemTime>,
-    name: &str,
-    at: SystemTime,
-    gen: u64,
-) {
-    let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
-    heap.push(Reverse((Instant::now() + delay, name.to_string(), gen)));
-    planned.insert(name.to_string(), at);
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -517,15 +474,19 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Records planned first runs (start-up, reload) in one transaction; later
-/// runs are recorded with each pull's result.
-fn record_first_runs(shared: &Shared, planned: &HashMap<String, SystemTime>, names: &[String]) {
+/// Records planned first runs (start-up, reload) in one transaction, off
+/// the scheduler's thread; later runs are recorded with each pull's result.
+async fn record_first_runs(shared: &Arc<Shared>, timetable: &Timetable, names: Vec<String>) {
     let runs: Vec<(String, u64)> = names
         .iter()
-        .filter_map(|n| planned.get(n).map(|t| (n.clone(), unix_ms(*t))))
+        .filter_map(|n| timetable.planned(n).map(|t| (n.clone(), unix_ms(t))))
         .collect();
-    if let Err(e) = lock(&shared.store).set_next_runs(&runs) {
-        warn!("recording the next runs: {e}");
+    let shared = shared.clone();
+    let written = tokio::task::spawn_blocking(move || lock(&shared.store).set_next_runs(&runs));
+    match written.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("recording the next runs: {e}"),
+        Err(e) => warn!("recording the next runs: {e}"),
     }
 }
 
@@ -533,7 +494,7 @@ fn record_first_runs(shared: &Shared, planned: &HashMap<String, SystemTime>, nam
 /// were added, removed or changed, or `None` if the new config was refused.
 fn reload(shared: &Shared) -> Option<Vec<String>> {
     let old = shared.config();
-    match load_config(&old.path) {
+    match crate::validate::load(&old.path) {
         Err(problems) => {
             shared
                 .counters
@@ -554,7 +515,7 @@ fn reload(shared: &Shared) -> Option<Vec<String>> {
         Ok(new) => {
             let mut changed = Vec::new();
             for repo in &new.repos {
-                if old.repo(&repo.name) != Some(repo) {
+                if !old.repo(&repo.name).is_some_and(|o| o.same_settings(repo)) {
                     changed.push(repo.name.clone());
                 }
             }
@@ -592,33 +553,28 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, 
             .counters
             .skipped_running
             .fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = lock(&shared.store).record_skip(&repo.name) {
-            warn!(repo = repo.name, "recording a skip: {e}");
-        }
         info!(repo = repo.name, "still running: this run is skipped");
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = lock(&shared.store).record_skip(&repo.name) {
+                warn!(repo = repo.name, "recording a skip: {e}");
+            }
+        });
         return;
     }
     let host = crate::git::remote_host(&repo.url);
-    let canary = {
-        let mut breakers = lock(&shared.breakers);
-        let breaker = breakers.entry(host.clone()).or_default();
-        match breaker.open_until {
-            Some(until) if !manual => {
-                if Instant::now() < until || breaker.canary_running {
-                    drop(breakers);
-                    lock(&shared.running).remove(&repo.name);
-                    shared
-                        .counters
-                        .skipped_breaker
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                breaker.canary_running = true;
-                true
-            }
-            _ => false,
-        }
-    };
+    let admission = lock(&shared.breakers)
+        .entry(host.clone())
+        .or_default()
+        .admit(Instant::now(), manual);
+    if admission == Admission::HeldBack {
+        lock(&shared.running).remove(&repo.name);
+        shared
+            .counters
+            .skipped_breaker
+            .fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let host_permits = lock(&shared.per_host)
         .entry(host.clone())
         .or_insert_with(|| Arc::new(Semaphore::new(shared.config().daemon.per_host)))
@@ -649,7 +605,7 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, 
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
         shared.outbox_wake.notify_one();
         match report {
-            Ok(Ok(report)) => finish(&shared, &name, &host, canary, &report),
+            Ok(Ok(report)) => finish(&shared, &name, &host, admission, &report),
             Ok(Err(e)) => error!(repo = name, "cannot pull: {e}"),
             Err(e) => error!(repo = name, "pull task failed: {e}"),
         }
@@ -669,15 +625,20 @@ fn record(
     let config = shared.config();
     let repo_ref = repo_ref(repo);
     // Retries were told as they happened (see LogObserver).
-    let mut pull_events = events::PullEvents::read(&repo_ref, &repo.dir, report, false);
+    let pull_events = events::PullEvents::read(&repo_ref, &repo.dir, report, false);
     let loader = |name: &str| load_plugin(shared, &config, name);
     let router = Router::new(&config, &loader);
-    let result = lock(&shared.store).record_pull(
+    let result = crate::job::record(
+        &shared.store,
+        &router,
+        &Audience::of(repo),
         &repo.name,
+        &pull_events,
         report,
-        start_lag_ms,
-        next_run_ms,
-        &mut |previous| router.outgoing(pull_events.given(previous), &Audience::of(repo)),
+        crate::job::Timing {
+            start_lag_ms,
+            next_run_ms,
+        },
     );
     match result {
         Ok(events) => {
@@ -708,35 +669,38 @@ fn record_events(shared: &Shared, config: &Config, audience: &Audience<'_>, even
     shared.outbox_wake.notify_one();
 }
 
-fn finish(shared: &Shared, name: &str, host: &str, canary: bool, report: &PullReport) {
-    let transient_failure = report.outcome == Outcome::Failed
-        && report
-            .attempts
-            .last()
-            .is_some_and(|a| a.class.is_transient());
-    let mut breakers = lock(&shared.breakers);
-    let breaker = breakers.entry(host.to_string()).or_default();
-    if canary {
-        breaker.canary_running = false;
-    }
-    if transient_failure {
-        breaker.failures_in_row += 1;
-        let daemon = &shared.config().daemon;
-        if breaker.failures_in_row >= daemon.breaker_threshold {
-            if breaker.open_until.is_none() {
-                warn!(
-                    host,
-                    failures = breaker.failures_in_row,
-                    "circuit open: holding this host's repositories back"
-                );
-            }
-            breaker.open_until = Some(Instant::now() + daemon.breaker_cool_down);
+fn finish(shared: &Shared, name: &str, host: &str, admission: Admission, report: &PullReport) {
+    let verdict = match report.outcome {
+        Outcome::Failed
+            if report
+                .attempts
+                .last()
+                .is_some_and(|a| a.class.is_transient()) =>
+        {
+            Verdict::FailedTransiently
         }
-    } else if report.outcome.is_success() {
-        if breaker.open_until.is_some() {
-            info!(host, "circuit closed: the host recovered");
-        }
-        *breaker = Breaker::default();
+        Outcome::Failed => Verdict::Other,
+        _ => Verdict::Succeeded,
+    };
+    let daemon = &shared.config().daemon;
+    let change = lock(&shared.breakers)
+        .entry(host.to_string())
+        .or_default()
+        .record(
+            admission,
+            verdict,
+            Instant::now(),
+            daemon.breaker_threshold,
+            daemon.breaker_cool_down,
+        );
+    match change {
+        Some(Change::Opened { failures_in_row }) => warn!(
+            host,
+            failures = failures_in_row,
+            "circuit open: holding this host's repositories back"
+        ),
+        Some(Change::Closed) => info!(host, "circuit closed: the host recovered"),
+        None => {}
     }
     match report.outcome {
         Outcome::Failed => warn!(
@@ -768,6 +732,8 @@ enum JobError {
     Spec(#[from] crate::git::SpecError),
     #[error(transparent)]
     Plugin(#[from] crate::policy::wasm::LoadError),
+    #[error("no plugin named for the policy")]
+    NoPlugin,
 }
 
 fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
@@ -796,13 +762,13 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
             dir: repo.dir.clone(),
             branch: repo.branch.clone(),
             depth: repo.depth,
-            submodules: false,
+            submodules: repo.submodules,
             mode: repo.mode,
             auth: auth(repo)?,
-            lock_wait: Duration::from_secs(30),
+            lock_wait: repo.lock_wait,
         },
         timeout: repo.timeout,
-        deadline: None,
+        deadline: repo.deadline,
         max_attempts: repo.max_attempts,
         max_delay: repo.backoff_max,
     };
@@ -811,14 +777,18 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
         max: repo.backoff_max,
     };
     let builtin = Builtin::new(backoff, repo.max_attempts, None);
-    let plugin_name = repo
-        .policy
-        .retry
-        .clone()
-        .or_else(|| repo.policy.backoff.clone());
-    let mut policy: Box<dyn RetryPolicy> = match (plugin_name, &config.daemon.plugin_dir) {
-        (Some(name), Some(_)) => {
-            let plugin = load_plugin(shared, &config, &name)?;
+    let mut policy: Box<dyn RetryPolicy> = match (&repo.policy.retry, &repo.policy.backoff) {
+        (None, None) => Box::new(builtin),
+        (retry, backoff) => {
+            let load = |name: &Option<String>| {
+                name.as_deref()
+                    .map(|n| load_plugin(shared, &config, n))
+                    .transpose()
+            };
+            let told = Told {
+                max_attempts: repo.max_attempts,
+                max_delay: repo.backoff_max,
+            };
             let info = RepoInfo {
                 name: repo.name.clone(),
                 url: crate::redact::url(&repo.url),
@@ -830,17 +800,15 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             };
-            Box::new(WasmPolicy::new(
-                plugin,
-                builtin,
-                info,
-                Told {
-                    max_attempts: repo.max_attempts,
-                    max_delay: repo.backoff_max,
-                },
-            ))
+            // One plugin named for both roles: its retry answer is final.
+            let policy = if retry == backoff {
+                let plugin = load(retry)?.ok_or(JobError::NoPlugin)?;
+                WasmPolicy::new(plugin, builtin, info, told)
+            } else {
+                WasmPolicy::with_roles(load(retry)?, load(backoff)?, builtin, info, told)
+            };
+            Box::new(policy)
         }
-        _ => Box::new(builtin),
     };
     let mut observer = LogObserver {
         shared,
@@ -855,8 +823,9 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
     )?)
 }
 
-/// Loads plugin `name` from the plugin directory, with its settings and
-/// its key-value store (shared by every pull that uses it).
+/// Plugin `name` from the plugin directory, compiled once per content (see
+/// [`Registry`]), with its settings and its key-value store (shared by
+/// every pull that uses it). Blocks while it compiles.
 fn load_plugin(
     shared: &Shared,
     config: &Config,
@@ -882,12 +851,7 @@ fn load_plugin(
         .clone();
     let mut env = PluginEnv::new(config.plugins.get(name).cloned().unwrap_or_default(), None);
     env.kv = kv;
-    Plugin::load(
-        &dir.join(format!("{name}.wasm")),
-        Some(&config.daemon.state_dir.join("cache")),
-        Sandbox::default(),
-        env,
-    )
+    shared.plugins.get(&dir.join(format!("{name}.wasm")), env)
 }
 
 /// Attempt lines and notices go to the daemon's log; a failed attempt that
