@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gitpulse::policy::wasm::{Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
+use gitpulse::policy::wasm::{Plugin, PluginEnv, Sandbox, Told, WasmPolicy};
 use gitpulse::policy::{AttemptContext, Backoff, Builtin, RetryPolicy};
 use gitpulse::FailureClass;
 use gitpulse_testkit::plugins;
@@ -62,7 +62,7 @@ fn the_standard_component_decides_exactly_like_the_native_builtin() {
     let mut component = WasmPolicy::new(
         plugin,
         Builtin::new(backoff, 6, Some(1)),
-        RepoInfo::default(),
+        gitpulse::events::RepoRef::default(),
         told,
     );
     let mut native = Builtin::new(backoff, 6, Some(seed));

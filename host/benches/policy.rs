@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use gitpulse::policy::wasm::{Plugin, PluginEnv, RepoInfo, Sandbox, Told, WasmPolicy};
+use gitpulse::policy::wasm::{Plugin, PluginEnv, Sandbox, Told, WasmPolicy};
 use gitpulse::policy::{AttemptContext, Backoff, Builtin, RetryPolicy};
 use gitpulse::FailureClass;
 
@@ -73,7 +73,7 @@ fn main() {
     let mut component = WasmPolicy::new(
         plugin,
         Builtin::new(backoff, 5, Some(1)),
-        RepoInfo::default(),
+        gitpulse::events::RepoRef::default(),
         told,
     );
     let component_call = per_call(&mut component, &ctxs);

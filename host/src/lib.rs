@@ -42,10 +42,10 @@ pub mod outcome;
 pub mod policy;
 pub mod pull;
 pub mod redact;
-pub mod report;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod ui;
 pub mod validate;
 
 pub use git::FailureClass;

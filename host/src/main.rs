@@ -1,5 +1,5 @@
 //! The `gitpulse` binary: parse, dispatch, print, exit. The work is in the
-//! library.
+//! library; [`exit`] is the one place a failure becomes an exit code.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use std::path::Path;
+
 use anyhow::Context;
 use clap::Parser;
 use gitpulse::cli::{
@@ -15,16 +17,75 @@ use gitpulse::cli::{
     OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs, StateArgs,
     TriggerArgs, ValidateArgs,
 };
-use gitpulse::config::Scope;
-use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, RepoInfo, Told, WasmPolicy};
-use gitpulse::policy::{tools, Backoff, Builtin, RetryPolicy};
-use gitpulse::{pull, report};
+use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
+use gitpulse::daemon::DaemonError;
+use gitpulse::events::RepoRef;
+use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, Told, WasmPolicy};
+use gitpulse::policy::{tools, Backoff, Builtin};
+use gitpulse::store::{OutboxState, Store, StoreError};
+use gitpulse::{job, pull, ui};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
+/// Why a command stopped short; [`exit`] is the one place that turns it
+/// into a message and an exit code.
+#[derive(Debug)]
+enum Failure {
+    /// Bad flags, config or input: nothing was done (exit 2).
+    Usage(String),
+    /// A config with problems, each printed with file:line (exit 2).
+    Problems(Problems, &'static str),
+    /// The work itself failed: a pull gave up, a delivery or the state
+    /// database failed, the daemon is unreachable (exit 1).
+    Failed(String),
+    /// Already reported on the way (a failed pull's summary, a plugin
+    /// check's faults); only the exit code is left (exit 1).
+    Reported,
+}
+
+fn usage(e: impl std::fmt::Display) -> Failure {
+    Failure::Usage(e.to_string())
+}
+
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(e.to_string())
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        failed(e)
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => exit(failure),
+    }
+}
+
+fn exit(failure: Failure) -> ExitCode {
+    match failure {
+        Failure::Usage(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Failure::Problems(problems, then) => {
+            eprintln!("{problems}");
+            let n = problems.0.len();
+            eprintln!("{n} problem{} found{then}", if n == 1 { "" } else { "s" });
+            ExitCode::from(EXIT_USAGE)
+        }
+        Failure::Failed(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_FAILED)
+        }
+        Failure::Reported => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Pull(args) => run_pull(&args),
         Command::Plugin(PluginCommand::New(args)) => plugin_new(&args),
@@ -40,7 +101,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn daemon(args: &DaemonArgs) -> ExitCode {
+fn daemon(args: &DaemonArgs) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GITPULSE_LOG")
         .unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
@@ -52,29 +113,16 @@ fn daemon(args: &DaemonArgs) -> ExitCode {
         config_path: args.config.clone(),
         grace: args.grace,
     };
-    match gitpulse::daemon::run(options) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(gitpulse::daemon::DaemonError::Config(problems)) => {
-            eprintln!("{problems}");
-            eprintln!(
-                "{} problem{} found; not starting",
-                problems.0.len(),
-                if problems.0.len() == 1 { "" } else { "s" }
-            );
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_FAILED)
-        }
-    }
+    gitpulse::daemon::run(options).map_err(|e| match e {
+        DaemonError::Config(problems) => Failure::Problems(problems, "; not starting"),
+        e => failed(e),
+    })
 }
 
-/// The config (for its state dir) and the store it names.
-fn open_state(
-    config_path: &std::path::Path,
-) -> Result<(gitpulse::config::Config, gitpulse::store::Store), ExitCode> {
-    let config = gitpulse::config::load(config_path, Scope::Structure).map_err(usage)?;
+/// The config (its structure only: no secrets needed) and the store it
+/// names.
+fn open_state(config_path: &Path) -> Result<(Config, Store), Failure> {
+    let config = config::load(config_path, Scope::Structure).map_err(usage)?;
     let db = gitpulse::daemon::state_db(&config);
     if !db.exists() {
         return Err(usage(format!(
@@ -82,44 +130,12 @@ fn open_state(
             db.display()
         )));
     }
-    let store = gitpulse::store::Store::open(&db).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(EXIT_FAILED)
-    })?;
-    Ok((config, store))
+    Ok((config, Store::open(&db)?))
 }
 
-fn when(ms: Option<u64>) -> String {
-    let Some(ms) = ms else { return "-".into() };
-    let now = gitpulse::store::now_ms();
-    let (d, ago) = if ms <= now {
-        (now - ms, true)
-    } else {
-        (ms - now, false)
-    };
-    let text = humantime::format_duration(Duration::from_secs(d / 1000)).to_string();
-    let text = text
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let text = if text.is_empty() { "0s".into() } else { text };
-    if ago {
-        format!("{text} ago")
-    } else {
-        format!("in {text}")
-    }
-}
-
-fn status(args: &StateArgs) -> ExitCode {
-    let (config, store) = match open_state(&args.config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let rows = match store.status() {
-        Ok(r) => r,
-        Err(e) => return usage(e),
-    };
+fn status(args: &StateArgs) -> Result<(), Failure> {
+    let (config, store) = open_state(&args.config)?;
+    let rows = store.status()?;
     let configured: Vec<_> = config
         .repos
         .iter()
@@ -136,7 +152,7 @@ fn status(args: &StateArgs) -> ExitCode {
             .map(|(name, row)| serde_json::json!({ "repo": name, "state": row }))
             .collect();
         println!("{}", serde_json::Value::Array(list));
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     println!(
         "{:<20} {:<16} {:<22} {:<14} {:>9}",
@@ -145,51 +161,44 @@ fn status(args: &StateArgs) -> ExitCode {
     for (name, row) in configured {
         let (success, result, next, failures) = match &row {
             Some(s) => (
-                when(s.last_success_ms),
+                ui::when(s.last_success_ms),
                 match (&s.last_result, &s.last_class) {
                     (Some(r), Some(c)) => format!("{r} ({c})"),
                     (Some(r), None) => r.clone(),
                     _ => "-".into(),
                 },
-                when(s.next_run_ms),
+                ui::when(s.next_run_ms),
                 s.failures_in_row,
             ),
             None => ("-".into(), "never run".into(), "-".into(), 0),
         };
         println!("{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}");
     }
-    if let Ok(c) = store.outbox_counts() {
-        if c.pending > 0 || c.dead > 0 {
-            println!(
-                "\nnotifications: {} pending, {} dead (`gitpulse outbox --config {}`)",
-                c.pending,
-                c.dead,
-                args.config.display()
-            );
-        }
+    let counts = store.outbox_counts()?;
+    if counts.pending > 0 || counts.dead > 0 {
+        println!(
+            "\nnotifications: {} pending, {} dead (`gitpulse outbox --config {}`)",
+            counts.pending,
+            counts.dead,
+            args.config.display()
+        );
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-fn history(args: &HistoryArgs) -> ExitCode {
-    let (config, store) = match open_state(&args.state.config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+fn history(args: &HistoryArgs) -> Result<(), Failure> {
+    let (config, store) = open_state(&args.state.config)?;
     if config.repo(&args.repo).is_none() {
-        return usage(format!(
+        return Err(usage(format!(
             "no repository named `{}` in {}",
             args.repo,
             args.state.config.display()
-        ));
+        )));
     }
-    let entries = match store.history(&args.repo, args.limit) {
-        Ok(e) => e,
-        Err(e) => return usage(e),
-    };
+    let entries = store.history(&args.repo, args.limit)?;
     if args.state.json {
-        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        println!("{}", serde_json::to_string(&entries).map_err(failed)?);
+        return Ok(());
     }
     println!(
         "{:<14} {:<11} {:<14} {:>8} {:>10}  DETAIL",
@@ -198,7 +207,7 @@ fn history(args: &HistoryArgs) -> ExitCode {
     for e in entries {
         println!(
             "{:<14} {:<11} {:<14} {:>8} {:>10}  {}",
-            when(Some(e.at_ms)),
+            ui::when(Some(e.at_ms)),
             e.kind,
             e.class.as_deref().unwrap_or("-"),
             e.delay_ms
@@ -210,14 +219,11 @@ fn history(args: &HistoryArgs) -> ExitCode {
             e.detail
         );
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-fn trigger(args: &TriggerArgs) -> ExitCode {
-    let config = match gitpulse::config::load(&args.config, Scope::Structure) {
-        Ok(c) => c,
-        Err(p) => return usage(p),
-    };
+fn trigger(args: &TriggerArgs) -> Result<(), Failure> {
+    let config = config::load(&args.config, Scope::Structure).map_err(usage)?;
     let url = match &args.repo {
         Some(repo) => format!("http://{}/trigger/{repo}", config.daemon.listen),
         None => format!("http://{}/trigger", config.daemon.listen),
@@ -227,92 +233,55 @@ fn trigger(args: &TriggerArgs) -> ExitCode {
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    match agent.post(&url).send_empty() {
-        Ok(mut response) => {
-            let body = response.body_mut().read_to_string().unwrap_or_default();
-            match response.status().as_u16() {
-                202 => {
-                    print!("{body}");
-                    ExitCode::SUCCESS
-                }
-                404 => usage(body.trim()),
-                s => {
-                    eprintln!("error: the daemon answered {s}: {}", body.trim());
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
+    let mut response = agent.post(&url).send_empty().map_err(|e| {
+        failed(format!(
+            "cannot reach the daemon at {}: {e}",
+            config.daemon.listen
+        ))
+    })?;
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    match response.status().as_u16() {
+        202 => {
+            print!("{body}");
+            Ok(())
         }
-        Err(e) => {
-            eprintln!(
-                "error: cannot reach the daemon at {}: {e}",
-                config.daemon.listen
-            );
-            ExitCode::from(EXIT_FAILED)
-        }
+        404 => Err(usage(body.trim())),
+        s => Err(failed(format!("the daemon answered {s}: {}", body.trim()))),
     }
 }
 
-fn validate(args: &ValidateArgs) -> ExitCode {
-    let problems = match gitpulse::config::load(&args.config, Scope::Environment) {
-        Ok(config) => {
-            let problems = gitpulse::validate::check(&config);
-            if problems.is_empty() {
-                println!(
-                    "{}: ok — {} repo{}, {} plugin setting{}, {} notifier{}",
-                    args.config.display(),
-                    config.repos.len(),
-                    if config.repos.len() == 1 { "" } else { "s" },
-                    config.plugins.len(),
-                    if config.plugins.len() == 1 { "" } else { "s" },
-                    config.notifiers.len(),
-                    if config.notifiers.len() == 1 { "" } else { "s" },
-                );
-                return ExitCode::SUCCESS;
-            }
-            problems
-        }
-        Err(problems) => problems.0,
-    };
-    for p in &problems {
-        eprintln!("{p}");
-    }
-    eprintln!(
-        "{} problem{} found",
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
+fn validate(args: &ValidateArgs) -> Result<(), Failure> {
+    let config = gitpulse::validate::load(&args.config)
+        .map_err(|problems| Failure::Problems(problems, ""))?;
+    let n =
+        |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
+    println!(
+        "{}: ok — {}, {}, {}",
+        args.config.display(),
+        n(config.repos.len(), "repo"),
+        n(config.plugins.len(), "plugin setting"),
+        n(config.notifiers.len(), "notifier"),
     );
-    ExitCode::from(EXIT_USAGE)
+    Ok(())
 }
 
-fn outbox(args: &OutboxArgs) -> ExitCode {
+fn outbox(args: &OutboxArgs) -> Result<(), Failure> {
     let Some(config) = &args.config else {
-        return usage("--config FILE (or GITPULSE_CONFIG) names the daemon's config");
+        return Err(usage(
+            "--config FILE (or GITPULSE_CONFIG) names the daemon's config",
+        ));
     };
+    let (_, mut store) = open_state(config)?;
     if let Some(OutboxAction::Retry { id }) = &args.action {
-        let (_, mut store) = match open_state(config) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
-        return match store.requeue(*id) {
-            Ok(true) => {
-                println!("message {id} requeued; the daemon sends it on its next pass");
-                ExitCode::SUCCESS
-            }
-            Ok(false) => {
-                eprintln!("error: no pending or dead message {id} (see `gitpulse outbox --all`)");
-                ExitCode::from(EXIT_FAILED)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_FAILED)
-            }
+        return if store.requeue(*id)? {
+            println!("message {id} requeued; the daemon sends it on its next pass");
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "no pending or dead message {id} (see `gitpulse outbox --all`)"
+            )))
         };
     }
-    let (_, store) = match open_state(config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    use gitpulse::store::OutboxState;
     let states: &[OutboxState] = if args.all {
         &[
             OutboxState::Pending,
@@ -327,19 +296,10 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
             OutboxState::Dead,
         ]
     };
-    let rows = match store.outbox(states, args.limit) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
+    let rows = store.outbox(states, args.limit)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
-        );
-        return ExitCode::SUCCESS;
+        println!("{}", serde_json::to_string(&rows).map_err(failed)?);
+        return Ok(());
     }
     if rows.is_empty() {
         println!(
@@ -350,7 +310,7 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
                 " (nothing pending or dead)"
             }
         );
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     println!(
         "{:>6}  {:<9} {:<14} {:<16} {:<16} {:>8}  {:<14} DETAIL",
@@ -359,19 +319,19 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
     for r in rows {
         let (at, detail) = match r.state {
             OutboxState::Pending => (
-                when(r.next_at_ms),
+                ui::when(r.next_at_ms),
                 r.last_error.clone().unwrap_or_else(|| r.subject.clone()),
             ),
             OutboxState::InDigest => (
-                when(Some(r.created_ms)),
+                ui::when(Some(r.created_ms)),
                 format!("in digest {}", r.digest_of.unwrap_or_default()),
             ),
             OutboxState::Dead => (
-                when(Some(r.created_ms)),
+                ui::when(Some(r.created_ms)),
                 r.last_error.clone().unwrap_or_default(),
             ),
             OutboxState::Delivered => (
-                when(r.delivered_ms),
+                ui::when(r.delivered_ms),
                 match r.digest_of {
                     Some(d) if d != r.id => format!("in digest {d}"),
                     _ => r.answer.clone().unwrap_or_default(),
@@ -383,21 +343,16 @@ fn outbox(args: &OutboxArgs) -> ExitCode {
             r.id, r.state, r.notifier, r.kind, r.repo, r.attempts, at, detail
         );
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-fn notify_test(name: &str, config_path: &std::path::Path) -> ExitCode {
+fn notify_test(name: &str, config_path: &Path) -> Result<(), Failure> {
     // Only this notifier's secret matters, and sending reads it.
-    let config = match gitpulse::config::load(config_path, Scope::Structure) {
-        Ok(c) => c,
-        Err(problems) => {
-            eprintln!("{problems}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    let config = config::load(config_path, Scope::Structure)
+        .map_err(|problems| Failure::Problems(problems, ""))?;
     let Some(notifier) = config.notifiers.get(name) else {
         let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-        return usage(format!(
+        return Err(usage(format!(
             "{}: no [notifier.{name}] (defined: {})",
             config_path.display(),
             if known.is_empty() {
@@ -405,7 +360,7 @@ fn notify_test(name: &str, config_path: &std::path::Path) -> ExitCode {
             } else {
                 known.join(", ")
             }
-        ));
+        )));
     };
     let message = gitpulse::notify::test_message(notifier);
     let letter = gitpulse::notify::Letter {
@@ -415,125 +370,106 @@ fn notify_test(name: &str, config_path: &std::path::Path) -> ExitCode {
         body: &message.body,
         html: message.html.as_deref(),
     };
+    let kind = notifier.channel.kind();
     match gitpulse::notify::Senders::default().send(notifier, &letter) {
         Ok(answer) => {
-            println!("{name} ({}): {answer}", notifier.channel.kind());
-            ExitCode::SUCCESS
+            println!("{name} ({kind}): {answer}");
+            Ok(())
         }
-        Err(e) => {
-            eprintln!(
-                "error: {name} ({}): {} ({})",
-                notifier.channel.kind(),
-                e.message,
-                e.class.as_str()
-            );
-            ExitCode::from(EXIT_FAILED)
-        }
+        Err(e) => Err(failed(format!(
+            "{name} ({kind}): {} ({})",
+            e.message,
+            e.class.as_str()
+        ))),
     }
 }
 
-fn usage(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::from(EXIT_USAGE)
-}
-
-fn run_pull(args: &PullArgs) -> ExitCode {
-    let (options, builtin) = match args.options() {
-        Ok(o) => o,
-        Err(e) => return usage(e),
-    };
+fn run_pull(args: &PullArgs) -> Result<(), Failure> {
+    let (options, builtin) = args.options().map_err(usage)?;
     // A bad notification config stops the pull before it starts.
     let notify_config = match &args.notify_config {
         None => None,
-        Some(path) => match gitpulse::config::load(path, Scope::Environment) {
-            Ok(config) => {
-                let problems = gitpulse::notify::check_templates(&config);
-                if !problems.is_empty() {
-                    return usage(gitpulse::config::Problems(problems));
-                }
-                Some(config)
+        Some(path) => {
+            let config = config::load(path, Scope::Environment).map_err(usage)?;
+            let problems = gitpulse::notify::check_templates(&config);
+            if !problems.is_empty() {
+                return Err(usage(Problems(problems)));
             }
-            Err(problems) => return usage(problems),
-        },
-    };
-    let mut policy: Box<dyn RetryPolicy> = match &args.policy {
-        None => Box::new(builtin),
-        Some(file) => {
-            let settings = match tools::parse_settings(&args.plugin.config) {
-                Ok(s) => s,
-                Err(e) => return usage(e),
-            };
-            let name = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let kv = match plugin_kv(&name) {
-                Ok(kv) => kv,
-                Err(e) => return usage(format!("plugin state: {e}")),
-            };
-            let env = PluginEnv::new(settings, args.seed).with_kv(kv);
-            let plugin = match Plugin::load(
-                file,
-                args.plugin.cache().as_deref(),
-                args.plugin.sandbox(),
-                env,
-            ) {
-                Ok(p) => p,
-                Err(e) => return usage(e),
-            };
-            let repo = RepoInfo {
-                name: options
-                    .sync
-                    .dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                url: gitpulse::redact::url(&args.url),
-                remote_host: gitpulse::git::remote_host(&args.url),
-                branch: args.branch.clone().unwrap_or_default(),
-                labels: vec![],
-            };
-            let told = Told {
-                max_attempts: args.max_attempts,
-                max_delay: args.backoff_max,
-            };
-            Box::new(WasmPolicy::new(plugin, builtin, repo, told))
+            Some(config)
         }
     };
-    let cancel = match cancel_on_signals() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+    let repo = RepoRef::new(
+        &repo_name(&options),
+        &args.url,
+        args.branch.as_deref(),
+        Default::default(),
+    );
+    let told = Told {
+        max_attempts: args.max_attempts,
+        max_delay: args.backoff_max,
     };
+    let load = |_: &str| load_pull_plugin(args);
+    let mut policy =
+        job::policy(&policy_roles(args), builtin, repo.clone(), told, &load).map_err(usage)?;
+    let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
     force_exit_if_cancel_stalls(cancel.clone(), args);
-    let mut terminal = report::Terminal::new(!args.json && std::io::stderr().is_terminal());
-    let result = match pull::pull(&options, policy.as_mut(), &mut terminal, cancel) {
-        Ok(r) => r,
-        Err(e) => return usage(e),
-    };
+    let mut terminal = ui::Terminal::new(!args.json && std::io::stderr().is_terminal());
+    let result = pull::pull(&options, policy.as_mut(), &mut terminal, cancel).map_err(usage)?;
     if args.json {
-        match serde_json::to_string(&result) {
-            Ok(line) => println!("{line}"),
-            Err(e) => {
-                eprintln!("error: cannot encode the result: {e}");
-                return ExitCode::from(EXIT_FAILED);
-            }
-        }
+        let line = serde_json::to_string(&result)
+            .map_err(|e| failed(format!("cannot encode the result: {e}")))?;
+        println!("{line}");
     } else if result.outcome.is_success() {
-        println!("{}", report::summary(&result));
+        println!("{}", ui::summary(&result));
     } else {
-        eprintln!("error: {}", report::summary(&result));
+        eprintln!("error: {}", ui::summary(&result));
     }
     if let Some(config) = &notify_config {
-        notify_after_pull(config, args, &options, &result);
+        notify_after_pull(config, args, &repo, &options, &result);
     }
     if result.outcome.is_success() {
-        ExitCode::SUCCESS
+        Ok(())
     } else {
-        ExitCode::from(EXIT_FAILED)
+        Err(Failure::Reported)
     }
+}
+
+/// A one-shot pull's repository name: its checkout directory's.
+fn repo_name(options: &pull::PullOptions) -> String {
+    options
+        .sync
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `--policy FILE` plays every role it exports, under its file stem.
+fn policy_roles(args: &PullArgs) -> PolicyRef {
+    let name = args.policy.as_ref().map(|file| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    PolicyRef {
+        retry: name.clone(),
+        backoff: name.clone(),
+        notify: name,
+    }
+}
+
+/// The `--policy` plugin, with its settings and persisted key-value store.
+fn load_pull_plugin(args: &PullArgs) -> Result<Plugin, wasm::LoadError> {
+    let file = args.policy.clone().unwrap_or_default();
+    let settings = tools::parse_settings(&args.plugin.config).unwrap_or_default();
+    let name = policy_roles(args).retry.unwrap_or_default();
+    let kv = plugin_kv(&name).unwrap_or_else(|_| KvStore::in_memory());
+    Plugin::load(
+        &file,
+        args.plugin.cache().as_deref(),
+        args.plugin.sandbox(),
+        PluginEnv::new(settings, args.seed).with_kv(kv),
+    )
 }
 
 /// The persisted key-value store of the plugin `name` for `gitpulse pull`.
@@ -548,48 +484,22 @@ fn plugin_kv(name: &str) -> Result<KvStore, String> {
 /// Sends the pull's notifications; their trouble is reported on stderr
 /// but does not change the pull's exit code.
 fn notify_after_pull(
-    config: &gitpulse::config::Config,
+    config: &Config,
     args: &PullArgs,
+    repo: &RepoRef,
     options: &pull::PullOptions,
     result: &gitpulse::outcome::PullReport,
 ) {
-    let name = options
-        .sync
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let repo = gitpulse::events::RepoRef::new(
-        &name,
-        &args.url,
-        args.branch.as_deref(),
-        Default::default(),
-    );
-    let plugin_name = args
-        .policy
-        .as_ref()
-        .and_then(|p| p.file_stem())
-        .map(|s| s.to_string_lossy().into_owned());
+    let roles = policy_roles(args);
     let audience = gitpulse::notify::Audience {
         notifiers: &[],
-        plugin: plugin_name.as_deref(),
+        plugin: roles.notify.as_deref(),
     };
-    let load = |_: &str| -> Result<Plugin, wasm::LoadError> {
-        let file = args.policy.clone().unwrap_or_default();
-        let settings = tools::parse_settings(&args.plugin.config).unwrap_or_default();
-        let name = plugin_name.clone().unwrap_or_default();
-        let kv = plugin_kv(&name).unwrap_or_else(|_| KvStore::in_memory());
-        Plugin::load(
-            &file,
-            args.plugin.cache().as_deref(),
-            args.plugin.sandbox(),
-            PluginEnv::new(settings, args.seed).with_kv(kv),
-        )
-    };
+    let load = |_: &str| load_pull_plugin(args);
     let store = gitpulse::daemon::state_db(config);
-    match gitpulse::notify::after_pull(
+    match job::record_and_deliver(
         config,
-        &repo,
+        repo,
         &options.sync.dir,
         result,
         &audience,
@@ -612,35 +522,27 @@ fn notify_after_pull(
     }
 }
 
-fn plugin_new(args: &NewArgs) -> ExitCode {
+fn plugin_new(args: &NewArgs) -> Result<(), Failure> {
     let role = match args.role {
         RoleArg::Retry => tools::Role::Retry,
         RoleArg::Backoff => tools::Role::Backoff,
         RoleArg::Notify => tools::Role::Notify,
         RoleArg::Full => tools::Role::Full,
     };
-    match tools::scaffold(&args.name, &args.dir, role) {
-        Ok(path) => {
-            println!("created {}", path.display());
-            println!("next:");
-            println!("  cd {}", path.display());
-            println!("  cargo test                                        # unit tests, natively");
-            println!("  cargo build --release --target wasm32-wasip2      # the component");
-            println!(
-                "  gitpulse plugin check target/wasm32-wasip2/release/{}.wasm",
-                args.name.replace('-', "_")
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => usage(e),
-    }
+    let path = tools::scaffold(&args.name, &args.dir, role).map_err(usage)?;
+    println!("created {}", path.display());
+    println!("next:");
+    println!("  cd {}", path.display());
+    println!("  cargo test                                        # unit tests, natively");
+    println!("  cargo build --release --target wasm32-wasip2      # the component");
+    println!(
+        "  gitpulse plugin check target/wasm32-wasip2/release/{}.wasm",
+        args.name.replace('-', "_")
+    );
+    Ok(())
 }
 
-fn load(
-    file: &std::path::Path,
-    opts: &PluginOptions,
-    seed: Option<u64>,
-) -> Result<Plugin, ExitCode> {
+fn load(file: &Path, opts: &PluginOptions, seed: Option<u64>) -> Result<Plugin, Failure> {
     let settings = tools::parse_settings(&opts.config).map_err(usage)?;
     Plugin::load(
         file,
@@ -651,12 +553,9 @@ fn load(
     .map_err(usage)
 }
 
-fn plugin_check(args: &CheckArgs) -> ExitCode {
+fn plugin_check(args: &CheckArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
-    let mut plugin = match load(&args.file, &args.plugin, Some(1)) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+    let mut plugin = load(&args.file, &args.plugin, Some(1))?;
     let load_time = started.elapsed();
     println!("plugin     {}", plugin.path.display());
     println!("roles      {}", plugin.roles);
@@ -700,36 +599,30 @@ fn plugin_check(args: &CheckArgs) -> ExitCode {
     }
     if smoke.faults.is_empty() {
         println!("\nok: no faults");
-        ExitCode::SUCCESS
-    } else {
-        println!("\n{} fault(s):", smoke.faults.len());
-        for f in smoke.faults.iter().take(20) {
-            println!("  {f}");
-        }
-        ExitCode::from(EXIT_FAILED)
+        return Ok(());
     }
+    println!("\n{} fault(s):", smoke.faults.len());
+    for f in smoke.faults.iter().take(20) {
+        println!("  {f}");
+    }
+    Err(Failure::Reported)
 }
 
-fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
+fn plugin_simulate(args: &SimulateArgs) -> Result<(), Failure> {
     let trace = match (&args.trace, &args.classes) {
-        (Some(path), _) => match std::fs::read_to_string(path) {
-            Ok(text) => tools::parse_trace(&path.display().to_string(), &text),
-            Err(e) => return usage(format!("{}: {e}", path.display())),
-        },
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            tools::parse_trace(&path.display().to_string(), &text)
+        }
         (None, Some(list)) => tools::classes_trace(list),
-        (None, None) => return usage("give --trace FILE or --classes LIST"),
-    };
-    let trace = match trace {
-        Ok(t) => t,
-        Err(e) => return usage(e),
-    };
-    if args.backoff_base > args.backoff_max {
-        return usage("--backoff-base is larger than --backoff-max");
+        (None, None) => return Err(usage("give --trace FILE or --classes LIST")),
     }
-    let plugin = match load(&args.file, &args.plugin, Some(args.seed)) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+    .map_err(usage)?;
+    if args.backoff_base > args.backoff_max {
+        return Err(usage("--backoff-base is larger than --backoff-max"));
+    }
+    let plugin = load(&args.file, &args.plugin, Some(args.seed))?;
     let backoff = Backoff {
         base: args.backoff_base,
         max: args.backoff_max,
@@ -739,22 +632,18 @@ fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
         max_attempts: args.max_attempts,
         max_delay: args.backoff_max,
     };
-    let repo = RepoInfo {
-        name: "simulated".into(),
-        url: "https://git.example.com/simulated.git".into(),
-        remote_host: "git.example.com".into(),
-        branch: "main".into(),
-        labels: vec![],
-    };
+    let repo = RepoRef::new(
+        "simulated",
+        "https://git.example.com/simulated.git",
+        Some("main"),
+        Default::default(),
+    );
     let (path, roles, env) = (plugin.path.clone(), plugin.roles, plugin.env().clone());
     let mut policy = WasmPolicy::new(plugin, builtin, repo, told);
     let steps = tools::simulate(&mut policy, &trace, told);
     if args.json {
         for step in &steps {
-            match serde_json::to_string(step) {
-                Ok(line) => println!("{line}"),
-                Err(e) => return usage(e),
-            }
+            println!("{}", serde_json::to_string(step).map_err(failed)?);
         }
     } else {
         println!("{} ({roles}), seed {}\n", path.display(), args.seed);
@@ -763,7 +652,7 @@ fn plugin_simulate(args: &SimulateArgs) -> ExitCode {
     for line in env.take_logs() {
         eprintln!("plugin log {}: {}", line.level_name(), line.message);
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// A cancelled transfer stops at libgit2's next progress callback, but a

@@ -38,10 +38,8 @@ use crate::events::{self, Event, EventKind, RepoRef};
 use crate::git::{Auth, SyncSpec};
 use crate::notify::{self, Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
-use crate::policy::wasm::{
-    KvStore, Plugin, PluginEnv, Registry, RepoInfo, Sandbox, Told, WasmPolicy,
-};
-use crate::policy::{Backoff, Builtin, RetryPolicy};
+use crate::policy::wasm::{KvStore, Plugin, PluginEnv, Registry, Sandbox, Told};
+use crate::policy::{Backoff, Builtin};
 use crate::pull::{self, PullOptions};
 use crate::store::{self, Store};
 use breaker::{Admission, Breaker, Change, Verdict};
@@ -732,8 +730,6 @@ enum JobError {
     Spec(#[from] crate::git::SpecError),
     #[error(transparent)]
     Plugin(#[from] crate::policy::wasm::LoadError),
-    #[error("no plugin named for the policy")]
-    NoPlugin,
 }
 
 fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
@@ -777,39 +773,12 @@ fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> 
         max: repo.backoff_max,
     };
     let builtin = Builtin::new(backoff, repo.max_attempts, None);
-    let mut policy: Box<dyn RetryPolicy> = match (&repo.policy.retry, &repo.policy.backoff) {
-        (None, None) => Box::new(builtin),
-        (retry, backoff) => {
-            let load = |name: &Option<String>| {
-                name.as_deref()
-                    .map(|n| load_plugin(shared, &config, n))
-                    .transpose()
-            };
-            let told = Told {
-                max_attempts: repo.max_attempts,
-                max_delay: repo.backoff_max,
-            };
-            let info = RepoInfo {
-                name: repo.name.clone(),
-                url: crate::redact::url(&repo.url),
-                remote_host: crate::git::remote_host(&repo.url),
-                branch: repo.branch.clone().unwrap_or_default(),
-                labels: repo
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
-            // One plugin named for both roles: its retry answer is final.
-            let policy = if retry == backoff {
-                let plugin = load(retry)?.ok_or(JobError::NoPlugin)?;
-                WasmPolicy::new(plugin, builtin, info, told)
-            } else {
-                WasmPolicy::with_roles(load(retry)?, load(backoff)?, builtin, info, told)
-            };
-            Box::new(policy)
-        }
+    let told = Told {
+        max_attempts: repo.max_attempts,
+        max_delay: repo.backoff_max,
     };
+    let load = |name: &str| load_plugin(shared, &config, name);
+    let mut policy = crate::job::policy(&repo.policy, builtin, repo_ref(repo), told, &load)?;
     let mut observer = LogObserver {
         shared,
         config: &config,
@@ -871,7 +840,7 @@ impl pull::Observer for LogObserver<'_> {
         info!(
             repo = self.repo.name,
             "{}",
-            crate::report::attempt_line(record, decision)
+            crate::ui::attempt_line(record, decision)
         );
         let loader = |name: &str| load_plugin(self.shared, self.config, name);
         let wanted =

@@ -39,11 +39,7 @@ handlebars_helper!(pluralize: |n: u64, word: str, *args| {
     let plural = args.first().and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| format!("{word}s"));
     format!("{n} {}", if n == 1 { word.to_string() } else { plural })
 });
-handlebars_helper!(duration: |ms: u64| {
-    // Whole seconds read better than "1m 30s 250ms"; below a second, milliseconds.
-    let d = if ms >= 1000 { Duration::from_secs(ms / 1000) } else { Duration::from_millis(ms) };
-    humantime::format_duration(d).to_string()
-});
+handlebars_helper!(duration: |ms: u64| crate::ui::duration(Duration::from_millis(ms)));
 handlebars_helper!(relative_time: |at_ms: u64| relative(at_ms, crate::store::now_ms()));
 handlebars_helper!(truncate: |text: Json, n: u64| {
     let text = text.as_str().unwrap_or_default();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gitpulse_policy_core::{AttemptContext, Decision, FailureClass};
 
-use super::wasm::{NotifyChoice, Plugin, RepoInfo, Told, WasmPolicy};
+use super::wasm::{NotifyChoice, Plugin, Told, WasmPolicy};
 use super::{clamp, Limits, RetryPolicy};
 use crate::events::{Commit, Event, EventKind, RepoRef};
 
@@ -482,13 +482,12 @@ pub struct SmokeReport {
 /// at attempts 1 and 3, and one event of each kind on each channel.
 pub fn smoke(plugin: &mut Plugin, told: Told) -> SmokeReport {
     let mut report = SmokeReport::default();
-    let repo = RepoInfo {
-        name: "smoke".into(),
-        url: "https://git.example.com/smoke.git".into(),
-        remote_host: "git.example.com".into(),
-        branch: "main".into(),
-        labels: vec![("team".into(), "platform".into())],
-    };
+    let repo = RepoRef::new(
+        "smoke",
+        "https://git.example.com/smoke.git",
+        Some("main"),
+        [("team".to_string(), "platform".to_string())].into(),
+    );
     for class in FailureClass::ALL {
         for attempt in [1, 3] {
             let ctx = AttemptContext {
@@ -524,16 +523,7 @@ pub fn smoke(plugin: &mut Plugin, told: Told) -> SmokeReport {
         }
     }
     if plugin.roles.notify {
-        let mut event = Event::new(
-            EventKind::Changed,
-            RepoRef::new(
-                &repo.name,
-                &repo.url,
-                Some(&repo.branch),
-                repo.labels.iter().cloned().collect(),
-            ),
-            1_700_000_000_000,
-        );
+        let mut event = Event::new(EventKind::Changed, repo.clone(), 1_700_000_000_000);
         event.old = Some("1".repeat(40));
         event.new = Some("2".repeat(40));
         event.commits = vec![Commit {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use gitpulse_policy_core::{AttemptContext, Decision, FailureClass, StopReason};
 
+use crate::events::RepoRef;
+
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "full-policy",
@@ -14,17 +16,6 @@ wasmtime::component::bindgen!({
 pub(crate) use exports::gitpulse::policy::{backoff, notify, retry};
 pub(crate) use gitpulse::policy::host::Level;
 pub(crate) use gitpulse::policy::types as wit;
-
-/// What the host tells a plugin about the repository.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RepoInfo {
-    pub name: String,
-    /// Already redacted.
-    pub url: String,
-    pub remote_host: String,
-    pub branch: String,
-    pub labels: Vec<(String, String)>,
-}
 
 /// The host's limits, as the plugin is told them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +53,7 @@ fn millis(d: Duration) -> u64 {
 pub(crate) fn context_to_wit(
     ctx: &AttemptContext,
     message: &str,
-    repo: &RepoInfo,
+    repo: &RepoRef,
     told: &Told,
 ) -> wit::AttemptContext {
     wit::AttemptContext {
@@ -84,7 +75,11 @@ pub(crate) fn context_to_wit(
             url: repo.url.clone(),
             remote_host: repo.remote_host.clone(),
             branch: repo.branch.clone(),
-            labels: repo.labels.clone(),
+            labels: repo
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         },
         // Per-host budgets arrive with the daemon; a single pull has the
         // whole of its attempts.

@@ -33,10 +33,11 @@ use sha2::Digest as _;
 use wasmtime::component::{HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
 
-pub use bindings::{NotifyChoice, RepoInfo, Told};
+pub use bindings::{NotifyChoice, Told};
 pub use state::{KvStore, LogLine};
 
 use super::{AttemptContext, Builtin, Decision, RetryPolicy};
+use crate::events::RepoRef;
 use bindings::{backoff, notify, retry, wit, Level};
 use state::PluginState;
 
@@ -767,7 +768,7 @@ pub struct WasmPolicy {
     retry: Option<Plugin>,
     backoff: Option<Plugin>,
     builtin: Builtin,
-    repo: RepoInfo,
+    repo: RepoRef,
     told: Told,
     /// Faults so far (the count reported in logs and metrics).
     pub faults: u64,
@@ -779,7 +780,7 @@ pub struct WasmPolicy {
 
 impl WasmPolicy {
     /// `plugin` for every policy role it exports.
-    pub fn new(plugin: Plugin, builtin: Builtin, repo: RepoInfo, told: Told) -> Self {
+    pub fn new(plugin: Plugin, builtin: Builtin, repo: RepoRef, told: Told) -> Self {
         let (retry, backoff) = if plugin.roles.retry {
             (Some(plugin), None)
         } else {
@@ -794,7 +795,7 @@ impl WasmPolicy {
         retry: Option<Plugin>,
         backoff: Option<Plugin>,
         builtin: Builtin,
-        repo: RepoInfo,
+        repo: RepoRef,
         told: Told,
     ) -> Self {
         WasmPolicy {
@@ -936,7 +937,7 @@ impl RetryPolicy for WasmPolicy {
 pub(crate) fn context_for_tools(
     ctx: &AttemptContext,
     message: &str,
-    repo: &RepoInfo,
+    repo: &RepoRef,
     told: &Told,
 ) -> wit::AttemptContext {
     bindings::context_to_wit(ctx, message, repo, told)

@@ -1,6 +1,8 @@
-//! What a person sees while `gitpulse pull` runs: a progress bar for the
-//! transfer (only on a terminal), one line per failed attempt with its class
-//! and the wait before the next, and a one-line summary at the end.
+//! Terminal output: what a person sees while `gitpulse pull` runs (a
+//! progress bar for the transfer, only on a terminal; one line per failed
+//! attempt with its class and the wait before the next; a one-line summary
+//! at the end), and the one way gitpulse writes a duration or a moment for
+//! people ([`duration`], [`when`]), in tables and logs alike.
 //!
 //! Everything goes to stderr except the summary (stdout), so `--json` keeps
 //! stdout to exactly one JSON object. Messages arrive already redacted.
@@ -89,7 +91,7 @@ pub fn attempt_line(record: &AttemptRecord, decision: &Decision) -> String {
         .map(|s| format!(" (HTTP {s})"))
         .unwrap_or_default();
     let next = match decision {
-        Decision::RetryAfter { delay, .. } => format!("retrying in {}", short(*delay)),
+        Decision::RetryAfter { delay, .. } => format!("retrying in {}", duration(*delay)),
         Decision::Stop(reason) => format!("giving up: {reason}"),
     };
     format!(
@@ -106,7 +108,7 @@ pub fn summary(report: &PullReport) -> String {
             .unwrap_or("?")
             .to_string()
     };
-    let took = short(Duration::from_millis(report.duration_ms));
+    let took = duration(Duration::from_millis(report.duration_ms));
     let tries = match report.attempts.len() {
         0 => String::new(),
         n => format!(
@@ -154,13 +156,40 @@ pub fn summary(report: &PullReport) -> String {
     }
 }
 
-fn short(d: Duration) -> String {
+/// A duration for people: milliseconds below a second, tenths below a
+/// minute, then the two largest whole units (`250ms`, `1.2s`, `1m 30s`,
+/// `2h 5m`, `3days 4h`).
+pub fn duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else if d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
+        return format!("{}ms", d.as_millis());
+    }
+    if d < Duration::from_secs(60) {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    let whole = humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    whole
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A moment in unix milliseconds relative to now, for tables: `5m 3s ago`,
+/// `in 12s`, or `-` when there is none.
+pub fn when(at_ms: Option<u64>) -> String {
+    let Some(at) = at_ms else {
+        return "-".into();
+    };
+    let now = crate::store::now_ms();
+    // Whole seconds: a table that says "in 0.4s" is already stale.
+    let secs = |ms: u64| match ms / 1000 {
+        s if s < 60 => format!("{s}s"),
+        s => duration(Duration::from_secs(s)),
+    };
+    if at <= now {
+        format!("{} ago", secs(now - at))
     } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+        format!("in {}", secs(at - now))
     }
 }
 
@@ -169,6 +198,23 @@ mod tests {
     use super::*;
     use crate::git::FailureClass;
     use crate::policy::StopReason;
+
+    #[test]
+    fn durations_read_the_same_everywhere() {
+        let ms = Duration::from_millis;
+        assert_eq!(duration(ms(250)), "250ms");
+        assert_eq!(duration(ms(1_234)), "1.2s");
+        assert_eq!(duration(ms(90_000)), "1m 30s");
+        assert_eq!(duration(ms(7_384_000)), "2h 3m", "two units at most");
+        assert_eq!(when(None), "-");
+        let now = crate::store::now_ms();
+        assert_eq!(when(Some(now - 5_400)), "5s ago");
+        assert!(
+            when(Some(now + 3_599_500)).starts_with("in 59m"),
+            "{}",
+            when(Some(now + 3_599_500))
+        );
+    }
 
     #[test]
     fn attempt_lines_name_class_status_and_wait() {
