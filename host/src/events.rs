@@ -12,98 +12,13 @@
 //! holds no secret: URLs are redacted before they get here.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::now_ms;
+pub use crate::model::{EventKind, Severity};
 use crate::outcome::{Outcome, PullReport};
-
-/// The kinds of event, in the names the config and templates use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EventKind {
-    Changed,
-    Failed,
-    Recovered,
-    Retrying,
-    PluginFault,
-    ConfigRejected,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 6] = [
-        EventKind::Changed,
-        EventKind::Failed,
-        EventKind::Recovered,
-        EventKind::Retrying,
-        EventKind::PluginFault,
-        EventKind::ConfigRejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Changed => "changed",
-            EventKind::Failed => "failed",
-            EventKind::Recovered => "recovered",
-            EventKind::Retrying => "retrying",
-            EventKind::PluginFault => "plugin-fault",
-            EventKind::ConfigRejected => "config-rejected",
-        }
-    }
-
-    /// How much a kind matters, for `min_severity` filters.
-    pub fn severity(self) -> Severity {
-        match self {
-            EventKind::Changed | EventKind::Recovered => Severity::Info,
-            EventKind::Retrying | EventKind::PluginFault => Severity::Warning,
-            EventKind::Failed | EventKind::ConfigRejected => Severity::Error,
-        }
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for EventKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        EventKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "`{s}` is not an event kind (use {})",
-                    EventKind::ALL.map(EventKind::as_str).join(", ")
-                )
-            })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Error,
-}
-
-impl FromStr for Severity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "info" => Ok(Severity::Info),
-            "warning" => Ok(Severity::Warning),
-            "error" => Ok(Severity::Error),
-            _ => Err(format!(
-                "`{s}` is not a severity (use info, warning or error)"
-            )),
-        }
-    }
-}
+use crate::store::EventRow;
 
 /// The repository an event is about. Never carries credentials.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +153,17 @@ impl Event {
     /// What makes two messages about this event "the same" for dedup:
     /// the kind, the repository, and what the event says (the new commit,
     /// the failure class, the problem).
+    /// The event as the store keeps it: its JSON and its keys.
+    pub fn row(&self) -> EventRow {
+        EventRow {
+            repo: self.repo.name.clone(),
+            kind: self.kind.as_str().to_string(),
+            payload: serde_json::to_string(self).unwrap_or_default(),
+            dedup_key: self.dedup_key(),
+            digest_key: self.digest_key(),
+        }
+    }
+
     pub fn dedup_key(&self) -> String {
         let what = match self.kind {
             EventKind::Changed => self.new.clone().unwrap_or_default(),
@@ -348,7 +274,7 @@ impl<'a> PullEvents<'a> {
             report,
             changes,
             with_retries,
-            at_ms: crate::store::now_ms(),
+            at_ms: now_ms(),
         }
     }
 

@@ -151,7 +151,7 @@ pub fn record_and_deliver(
         let Some(next) = lock(&store).next_due_ms()? else {
             break;
         };
-        let pause = Duration::from_millis(next.saturating_sub(crate::store::now_ms()));
+        let pause = Duration::from_millis(next.saturating_sub(crate::model::now_ms()));
         if Instant::now() + pause >= until {
             break;
         }

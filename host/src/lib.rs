@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod events;
 pub mod git;
 pub mod job;
+pub mod model;
 pub mod notify;
 pub mod outcome;
 pub mod policy;

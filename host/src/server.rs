@@ -10,9 +10,22 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::daemon::DaemonView;
+/// What the HTTP face may ask of whatever runs behind it (the daemon): the
+/// server depends on this, not on the daemon.
+pub trait Control: Send + Sync + 'static {
+    /// Whether a repository of that name is configured.
+    fn has_repo(&self, name: &str) -> bool;
+    /// Asks for an immediate pull of `repo`, or of every repository.
+    fn trigger(&self, repo: Option<&str>);
+    /// Every repository's state and the counters, as JSON. Blocks (it reads
+    /// the state database): the server calls it off the async workers.
+    fn status(&self) -> serde_json::Value;
+}
 
-pub async fn serve(listener: tokio::net::TcpListener, view: Arc<DaemonView>) {
+type View = Arc<dyn Control>;
+
+/// Serves until the listener fails; runs on the caller's runtime.
+pub async fn serve(listener: tokio::net::TcpListener, view: View) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
@@ -24,9 +37,7 @@ pub async fn serve(listener: tokio::net::TcpListener, view: Arc<DaemonView>) {
     }
 }
 
-async fn status(
-    State(view): State<Arc<DaemonView>>,
-) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+async fn status(State(view): State<View>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     // The state lives in SQLite: read it off the async workers.
     tokio::task::spawn_blocking(move || view.status())
         .await
@@ -34,10 +45,7 @@ async fn status(
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))
 }
 
-async fn trigger(
-    State(view): State<Arc<DaemonView>>,
-    Path(repo): Path<String>,
-) -> (StatusCode, String) {
+async fn trigger(State(view): State<View>, Path(repo): Path<String>) -> (StatusCode, String) {
     if !view.has_repo(&repo) {
         return (
             StatusCode::NOT_FOUND,
@@ -51,7 +59,7 @@ async fn trigger(
     )
 }
 
-async fn trigger_all(State(view): State<Arc<DaemonView>>) -> (StatusCode, String) {
+async fn trigger_all(State(view): State<View>) -> (StatusCode, String) {
     view.trigger(None);
     (
         StatusCode::ACCEPTED,

@@ -180,7 +180,7 @@ pub fn when(at_ms: Option<u64>) -> String {
     let Some(at) = at_ms else {
         return "-".into();
     };
-    let now = crate::store::now_ms();
+    let now = crate::model::now_ms();
     // Whole seconds: a table that says "in 0.4s" is already stale.
     let secs = |ms: u64| match ms / 1000 {
         s if s < 60 => format!("{s}s"),
@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(duration(ms(90_000)), "1m 30s");
         assert_eq!(duration(ms(7_384_000)), "2h 3m", "two units at most");
         assert_eq!(when(None), "-");
-        let now = crate::store::now_ms();
+        let now = crate::model::now_ms();
         assert_eq!(when(Some(now - 5_400)), "5s ago");
         assert!(
             when(Some(now + 3_599_500)).starts_with("in 59m"),

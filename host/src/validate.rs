@@ -10,7 +10,10 @@
 
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use crate::config::{self, Config, Problem, Problems, Scope};
+use crate::policy::wasm;
 
 /// Loads `path` and checks everything a running daemon depends on; every
 /// problem at once, each with file:line and field.
@@ -29,7 +32,67 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 /// that compile.
 pub fn check(config: &Config) -> Vec<Problem> {
     let mut problems: Vec<Problem> = config.check_has_repos().into_iter().collect();
-    problems.extend(crate::policy::check_config_plugins(config));
+    problems.extend(check_plugins(config));
     problems.extend(crate::notify::check_templates(config));
+    problems
+}
+
+/// Loads every plugin `config` names and checks it plays the role it is
+/// named for; one [`Problem`] per plugin that does not, at the line of the
+/// repo that names it.
+fn check_plugins(config: &Config) -> Vec<Problem> {
+    let Some(dir) = &config.daemon.plugin_dir else {
+        return Vec::new();
+    };
+    let cache = wasm::default_cache_dir();
+    let mut loaded: BTreeMap<String, Result<wasm::Roles, String>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for repo in &config.repos {
+        let wanted = [
+            ("retry", &repo.policy.retry),
+            ("backoff", &repo.policy.backoff),
+            ("notify", &repo.policy.notify),
+        ];
+        for (role, name) in wanted {
+            let Some(name) = name else { continue };
+            let roles = loaded.entry(name.clone()).or_insert_with(|| {
+                let settings = config.plugins.get(name).cloned().unwrap_or_default();
+                wasm::Plugin::load(
+                    &dir.join(format!("{name}.wasm")),
+                    cache.as_deref(),
+                    wasm::Sandbox::default(),
+                    wasm::PluginEnv::new(settings, None),
+                )
+                .map(|p| p.roles)
+                .map_err(|e| e.to_string())
+            });
+            let message = match roles {
+                Err(e) => Some(e.clone()),
+                Ok(r)
+                    if !matches!(role, "retry" if r.retry)
+                        && !matches!(role, "backoff" if r.backoff)
+                        && !matches!(role, "notify" if r.notify) =>
+                {
+                    // A single name for all roles only needs the roles it has.
+                    let single = repo.policy.retry == repo.policy.backoff
+                        && repo.policy.backoff == repo.policy.notify;
+                    (!single).then(|| {
+                        format!("plugin `{name}` does not export the {role} role (it exports: {r})")
+                    })
+                }
+                Ok(_) => None,
+            };
+            if let Some(message) = message {
+                problems.push(Problem {
+                    file: config.path.clone(),
+                    line: repo.line,
+                    field: format!("repo \"{}\".policy", repo.name),
+                    message,
+                });
+            }
+        }
+    }
+    problems.sort_by(|a, b| (a.line, &a.message).cmp(&(b.line, &b.message)));
+    problems.dedup();
     problems
 }

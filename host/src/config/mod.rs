@@ -46,6 +46,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::git::Mode;
+pub use crate::schedule::{Cron, Schedule};
 
 mod notifier;
 pub use notifier::{
@@ -104,63 +105,6 @@ impl fmt::Display for Problems {
 }
 
 impl std::error::Error for Problems {}
-
-/// When a repository is pulled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Schedule {
-    /// A 6-field cron expression with seconds (`sec min hour day month weekday`).
-    Cron(String),
-    /// Every `period`, each run shifted by a random amount up to `jitter`.
-    Every { period: Duration, jitter: Duration },
-}
-
-impl Schedule {
-    /// Parses `every 30s`, `every 5m jitter 20s` or a 6-field cron expression.
-    pub fn parse(text: &str) -> Result<Schedule, String> {
-        let text = text.trim();
-        if let Some(rest) = text.strip_prefix("every ") {
-            let (period, jitter) = match rest.split_once(" jitter ") {
-                Some((p, j)) => (p, Some(j)),
-                None => (rest, None),
-            };
-            let period = humantime::parse_duration(period.trim()).map_err(|e| {
-                format!(
-                    "`{}`: {e} (e.g. every 30s, every 5m, every 1h jitter 5m)",
-                    period.trim()
-                )
-            })?;
-            if period < Duration::from_secs(1) {
-                return Err("intervals shorter than 1s are not supported".into());
-            }
-            let jitter = match jitter {
-                Some(j) => humantime::parse_duration(j.trim())
-                    .map_err(|e| format!("jitter `{}`: {e}", j.trim()))?,
-                // By default spread runs over a tenth of the period, at most a minute.
-                None => (period / 10).min(Duration::from_secs(60)),
-            };
-            if jitter > period {
-                return Err(format!(
-                    "jitter {} is longer than the period {}",
-                    humantime::format_duration(jitter),
-                    humantime::format_duration(period)
-                ));
-            }
-            return Ok(Schedule::Every { period, jitter });
-        }
-        let fields = text.split_whitespace().count();
-        if fields != 6 {
-            return Err(format!(
-                "`{text}` has {fields} fields; use `every 5m` or 6-field cron with seconds: `sec min hour day month weekday`, e.g. `0 */5 * * * *`"
-            ));
-        }
-        croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .build()
-            .parse(text)
-            .map_err(|e| format!("`{text}`: {e}"))?;
-        Ok(Schedule::Cron(text.to_string()))
-    }
-}
 
 /// How a repository authenticates. Names only: secrets are read when used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1056,7 +1000,7 @@ secret_env = "HOOK_SECRET"
         );
         assert_eq!(
             Schedule::parse("0 */5 * * * *").unwrap(),
-            Schedule::Cron("0 */5 * * * *".into())
+            Schedule::Cron(Cron::parse("0 */5 * * * *").unwrap())
         );
         assert!(Schedule::parse("*/5 * * * *")
             .unwrap_err()
@@ -1110,7 +1054,7 @@ mode = "ff"
         );
         let docs = config.repo("docs").unwrap();
         assert_eq!(docs.mode, Mode::FastForward);
-        assert_eq!(docs.schedule, Schedule::Cron("0 0 * * * *".into()));
+        assert_eq!(docs.schedule, Schedule::parse("0 0 * * * *").unwrap());
         assert_eq!(config.daemon.listen.to_string(), "127.0.0.1:8787");
         assert_eq!(config.daemon.breaker_cool_down, Duration::from_secs(5));
         assert_eq!(config.daemon.breaker_threshold, 5);

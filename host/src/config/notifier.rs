@@ -48,7 +48,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::Check;
-use crate::events::{EventKind, Severity};
+use crate::model::{EventKind, Severity};
 
 /// Where a secret comes from. The value itself is read at send time.
 #[derive(Debug, Clone, PartialEq, Eq)]

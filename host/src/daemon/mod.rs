@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{self, AuthRef, Config, RepoConfig, SecretRef};
@@ -90,8 +92,11 @@ struct Shared {
     plugins: Registry,
     /// Key-value stores of plugins, shared by every pull that uses them.
     plugin_kv: Mutex<HashMap<String, Arc<Mutex<KvStore>>>>,
-    /// Set after the shutdown grace period: running pulls stop.
+    /// Set after the shutdown grace period: running pulls stop (at their
+    /// next libgit2 callback: a flag, because the pulls block).
     cancel: Arc<AtomicBool>,
+    /// Every pull task, so shutdown can wait for them.
+    pulls: TaskTracker,
     counters: Counters,
     /// Notification delivery: connections kept across messages, and a
     /// wake-up for the sender when messages are queued.
@@ -157,6 +162,7 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         plugins: Registry::new(Some(compile_cache), Sandbox::default()),
         plugin_kv: Mutex::default(),
         cancel: Arc::new(AtomicBool::new(false)),
+        pulls: TaskTracker::new(),
         counters: Counters::default(),
         senders: Senders::default(),
         outbox_wake: tokio::sync::Notify::new(),
@@ -169,7 +175,7 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         tx: tx.clone(),
     });
     tokio::spawn(crate::server::serve(listener, view));
-    let stop_sender = Arc::new(AtomicBool::new(false));
+    let stop_sender = CancellationToken::new();
     let sender = tokio::spawn(send_loop(shared.clone(), stop_sender.clone()));
     let config = shared.config();
     info!(repos = config.repos.len(), listen = %config.daemon.listen, "gitpulse daemon started");
@@ -180,21 +186,19 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         running = lock(&shared.running).len(),
         "stopping: waiting for running pulls"
     );
-    let deadline = Instant::now() + options.grace;
-    while !lock(&shared.running).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !lock(&shared.running).is_empty() {
+    shared.pulls.close();
+    if tokio::time::timeout(options.grace, shared.pulls.wait())
+        .await
+        .is_err()
+    {
         warn!("grace period over: cancelling running pulls");
         shared.cancel.store(true, Ordering::SeqCst);
-        let hard = Instant::now() + Duration::from_secs(10);
-        while !lock(&shared.running).is_empty() && Instant::now() < hard {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // A cancelled pull stops at libgit2's next callback; a socket
+        // stalled on a silent server only at its attempt's limit.
+        let _ = tokio::time::timeout(Duration::from_secs(10), shared.pulls.wait()).await;
     }
     // Messages still pending stay in the outbox for the next start.
-    stop_sender.store(true, Ordering::SeqCst);
-    shared.outbox_wake.notify_one();
+    stop_sender.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     info!(
         pulls = shared.counters.pulls.load(Ordering::Relaxed),
@@ -205,12 +209,12 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
 
 /// Delivers the outbox: at once when messages are queued, when the next
 /// retry or digest falls due, and every few seconds regardless.
-async fn send_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+async fn send_loop(shared: Arc<Shared>, stop: CancellationToken) {
     const BATCH: usize = 500;
     /// Delivered messages are kept this long (for `gitpulse outbox --all`).
     const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
     let mut last_prune: Option<Instant> = None;
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.is_cancelled() {
         let job = shared.clone();
         let prune = last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(3600));
         if prune {
@@ -251,21 +255,21 @@ async fn send_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             }
         };
         tokio::select! {
+            _ = stop.cancelled() => {}
             _ = shared.outbox_wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-/// What the HTTP server may see and do.
-pub struct DaemonView {
+/// What the HTTP server may see and do (see [`crate::server::Control`]).
+struct DaemonView {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<CommandHandle>,
 }
 
-impl DaemonView {
-    /// Asks for an immediate pull of `repo`, or of every repository.
-    pub fn trigger(&self, repo: Option<&str>) {
+impl crate::server::Control for DaemonView {
+    fn trigger(&self, repo: Option<&str>) {
         let command = match repo {
             Some(r) => Command::Trigger(r.to_string()),
             None => Command::TriggerAll,
@@ -273,12 +277,11 @@ impl DaemonView {
         let _ = self.tx.send(CommandHandle(command));
     }
 
-    pub fn has_repo(&self, name: &str) -> bool {
+    fn has_repo(&self, name: &str) -> bool {
         self.shared.config().repo(name).is_some()
     }
 
-    /// Status rows for every configured repository, with `running` flags.
-    pub fn status(&self) -> serde_json::Value {
+    fn status(&self) -> serde_json::Value {
         let config = self.shared.config();
         let rows = lock(&self.shared.store).status().unwrap_or_default();
         let running = lock(&self.shared.running).clone();
@@ -391,8 +394,13 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
 
     let plan_first = |repo: &RepoConfig, timetable: &mut Timetable, rng: &mut fastrand::Rng| {
         let now = SystemTime::now();
-        let at = crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..));
-        timetable.plan(&repo.name, at, Instant::now(), now);
+        match crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..)) {
+            Some(at) => timetable.plan(&repo.name, at, Instant::now(), now),
+            None => {
+                timetable.cancel(&repo.name);
+                warn!(repo = repo.name, "its schedule fires no more: not planned");
+            }
+        }
     };
     let config = shared.config();
     for repo in &config.repos {
@@ -460,7 +468,13 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
             let now = SystemTime::now();
             let next =
                 crate::schedule::next_run(&repo.schedule, &due.name, due.planned, now, rng.u64(..));
-            timetable.plan(&due.name, next, Instant::now(), now);
+            match next {
+                Some(at) => timetable.plan(&due.name, at, Instant::now(), now),
+                None => warn!(
+                    repo = due.name,
+                    "its schedule fires no more: this is its last run"
+                ),
+            }
             launch(&shared, repo, Some((due.planned, next)));
         }
     }
@@ -542,10 +556,14 @@ fn reload(shared: &Shared) -> Option<Vec<String>> {
 /// Starts a pull of `repo` unless it is running already or its host's
 /// breaker holds it back. `schedule` is when a scheduled run was due and
 /// when the next one is; a manual trigger (`None`) passes the breaker.
-fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, SystemTime)>) {
+fn launch(
+    shared: &Arc<Shared>,
+    repo: RepoConfig,
+    schedule: Option<(SystemTime, Option<SystemTime>)>,
+) {
     let manual = schedule.is_none();
     let scheduled = schedule.map(|(due, _)| due);
-    let next_run_ms = schedule.map(|(_, next)| unix_ms(next));
+    let next_run_ms = schedule.and_then(|(_, next)| next).map(unix_ms);
     if !lock(&shared.running).insert(repo.name.clone()) {
         shared
             .counters
@@ -578,7 +596,8 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, schedule: Option<(SystemTime, 
         .or_insert_with(|| Arc::new(Semaphore::new(shared.config().daemon.per_host)))
         .clone();
     let shared = shared.clone();
-    tokio::spawn(async move {
+    let pulls = shared.pulls.clone();
+    pulls.spawn(async move {
         let (Ok(_global), Ok(_host)) = (
             shared.global.clone().acquire_owned().await,
             host_permits.acquire_owned().await,

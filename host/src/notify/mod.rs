@@ -127,6 +127,11 @@ impl<'a> Router<'a> {
                 }
             }
         }
+        let repo_ref = events.first().map(|e| e.repo.clone()).unwrap_or_default();
+        let at = events
+            .first()
+            .map(|e| e.at_ms)
+            .unwrap_or_else(crate::model::now_ms);
         let mut out = Vec::new();
         for event in events {
             let mut messages = Vec::new();
@@ -144,16 +149,11 @@ impl<'a> Router<'a> {
                     messages.push(self.hold(m));
                 }
             }
-            out.push(Outgoing { event, messages });
+            out.push(Outgoing {
+                event: event.row(),
+                messages,
+            });
         }
-        let repo_ref = out
-            .first()
-            .map(|o| o.event.repo.clone())
-            .unwrap_or_default();
-        let at = out
-            .first()
-            .map(|o| o.event.at_ms)
-            .unwrap_or_else(crate::store::now_ms);
         for detail in faults {
             warn!(repo = repo_ref.name, "{detail}");
             let event = Event::problem(EventKind::PluginFault, repo_ref.clone(), detail, at);
@@ -167,7 +167,10 @@ impl<'a> Router<'a> {
                 .filter_map(|n| message_for(&event, n, None, None, &mut ignored))
                 .map(|m| self.hold(m))
                 .collect();
-            out.push(Outgoing { event, messages });
+            out.push(Outgoing {
+                event: event.row(),
+                messages,
+            });
         }
         out
     }
@@ -350,7 +353,7 @@ fn fault_outgoing(n: &NotifierConfig, detail: String) -> Vec<Outgoing> {
         EventKind::PluginFault,
         RepoRef::default(),
         detail,
-        crate::store::now_ms(),
+        crate::model::now_ms(),
     );
     let mut ignored = Vec::new();
     let messages = n
@@ -364,7 +367,10 @@ fn fault_outgoing(n: &NotifierConfig, detail: String) -> Vec<Outgoing> {
         })
         .into_iter()
         .collect();
-    vec![Outgoing { event, messages }]
+    vec![Outgoing {
+        event: event.row(),
+        messages,
+    }]
 }
 
 /// A test message for `gitpulse notify test`.
@@ -377,7 +383,7 @@ pub fn test_message(n: &NotifierConfig) -> Rendered {
         EventKind::Changed,
         repo,
         "a test message from `gitpulse notify test`",
-        crate::store::now_ms(),
+        crate::model::now_ms(),
     );
     event.severity = crate::events::Severity::Info;
     let data = template::event_data(&event, &n.name, &[]);

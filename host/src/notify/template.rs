@@ -40,7 +40,7 @@ handlebars_helper!(pluralize: |n: u64, word: str, *args| {
     format!("{n} {}", if n == 1 { word.to_string() } else { plural })
 });
 handlebars_helper!(duration: |ms: u64| crate::ui::duration(Duration::from_millis(ms)));
-handlebars_helper!(relative_time: |at_ms: u64| relative(at_ms, crate::store::now_ms()));
+handlebars_helper!(relative_time: |at_ms: u64| relative(at_ms, crate::model::now_ms()));
 handlebars_helper!(truncate: |text: Json, n: u64| {
     let text = text.as_str().unwrap_or_default();
     let n = n as usize;

@@ -63,67 +63,6 @@ impl RetryPolicy for Builtin {
     }
 }
 
-/// Loads every plugin `config` names and checks it plays the role it is
-/// named for; one [`Problem`](crate::config::Problem) per plugin that does
-/// not, at the line of the repo that names it.
-pub fn check_config_plugins(config: &crate::config::Config) -> Vec<crate::config::Problem> {
-    use std::collections::BTreeMap;
-    let Some(dir) = &config.daemon.plugin_dir else {
-        return Vec::new();
-    };
-    let cache = wasm::default_cache_dir();
-    let mut loaded: BTreeMap<String, Result<wasm::Roles, String>> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for repo in &config.repos {
-        let wanted = [
-            ("retry", &repo.policy.retry),
-            ("backoff", &repo.policy.backoff),
-            ("notify", &repo.policy.notify),
-        ];
-        for (role, name) in wanted {
-            let Some(name) = name else { continue };
-            let roles = loaded.entry(name.clone()).or_insert_with(|| {
-                let settings = config.plugins.get(name).cloned().unwrap_or_default();
-                wasm::Plugin::load(
-                    &dir.join(format!("{name}.wasm")),
-                    cache.as_deref(),
-                    wasm::Sandbox::default(),
-                    wasm::PluginEnv::new(settings, None),
-                )
-                .map(|p| p.roles)
-                .map_err(|e| e.to_string())
-            });
-            let message = match roles {
-                Err(e) => Some(e.clone()),
-                Ok(r)
-                    if !matches!(role, "retry" if r.retry)
-                        && !matches!(role, "backoff" if r.backoff)
-                        && !matches!(role, "notify" if r.notify) =>
-                {
-                    // A single name for all roles only needs the roles it has.
-                    let single = repo.policy.retry == repo.policy.backoff
-                        && repo.policy.backoff == repo.policy.notify;
-                    (!single).then(|| {
-                        format!("plugin `{name}` does not export the {role} role (it exports: {r})")
-                    })
-                }
-                Ok(_) => None,
-            };
-            if let Some(message) = message {
-                problems.push(crate::config::Problem {
-                    file: config.path.clone(),
-                    line: repo.line,
-                    field: format!("repo \"{}\".policy", repo.name),
-                    message,
-                });
-            }
-        }
-    }
-    problems.sort_by(|a, b| (a.line, &a.message).cmp(&(b.line, &b.message)));
-    problems.dedup();
-    problems
-}
-
 /// The limits the host enforces on every policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -9,7 +9,6 @@
 //! schedule, pull, render or send; it remembers.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -17,7 +16,9 @@ use serde::Serialize;
 use crate::outcome::{Outcome, PullReport};
 
 pub mod outbox;
-pub use outbox::{NewDigest, NewMessage, OutboxMessage, OutboxRow, OutboxState, Outgoing, Receipt};
+pub use outbox::{
+    EventRow, NewDigest, NewMessage, OutboxMessage, OutboxRow, OutboxState, Outgoing, Receipt,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -77,12 +78,7 @@ pub struct StoredEvent {
     pub payload: String,
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::model::now_ms;
 
 /// The open state database.
 pub struct Store {
@@ -504,7 +500,7 @@ mod tests {
         let outgoing = crate::events::for_pull(&repo, report, previous, None, 1)
             .into_iter()
             .map(|event| Outgoing {
-                event,
+                event: event.row(),
                 messages: Vec::new(),
             })
             .collect();

@@ -20,7 +20,6 @@ use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::Serialize;
 
 use super::{now_ms, Store, StoreError, StoredEvent};
-use crate::events::Event;
 
 /// The outbox as first released (version 1 of the store's schema).
 pub(super) const SCHEMA: &str = "
@@ -66,10 +65,25 @@ pub struct NewMessage {
     pub digest_window_ms: u64,
 }
 
+/// An event as the store keeps it. Opaque here: the store knows no event
+/// semantics; `events` decides the kind, the keys and the JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub repo: String,
+    pub kind: String,
+    /// The event's JSON (what templates and digests read).
+    pub payload: String,
+    /// Messages of one notifier with equal keys, within its dedup window,
+    /// are one message.
+    pub dedup_key: String,
+    /// Messages of one notifier with the same key may become one digest.
+    pub digest_key: Option<String>,
+}
+
 /// An event and its messages, recorded together.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub event: Event,
+    pub event: EventRow,
     pub messages: Vec<NewMessage>,
 }
 
@@ -192,14 +206,18 @@ pub(super) fn insert(
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let mut stored = Vec::new();
     for Outgoing { event, messages } in outgoing {
-        let payload = serde_json::to_string(&event).unwrap_or_default();
+        let EventRow {
+            repo,
+            kind,
+            payload,
+            dedup_key,
+            digest_key,
+        } = event;
         tx.execute(
             "INSERT INTO events (repo, at_ms, kind, payload) VALUES (?1, ?2, ?3, ?4)",
-            params![event.repo.name, at as i64, event.kind.as_str(), payload],
+            params![repo, at as i64, kind, payload],
         )?;
         let event_id = tx.last_insert_rowid();
-        let dedup_key = event.dedup_key();
-        let digest_key = event.digest_key();
         for m in messages {
             let since = at.saturating_sub(m.dedup_window_ms) as i64;
             let duplicate: Option<i64> = tx
@@ -226,8 +244,8 @@ pub(super) fn insert(
                 params![
                     event_id,
                     m.notifier,
-                    event.kind.as_str(),
-                    event.repo.name,
+                    kind,
+                    repo,
                     m.subject,
                     m.body,
                     m.html,
@@ -242,9 +260,9 @@ pub(super) fn insert(
         }
         stored.push(StoredEvent {
             id: event_id,
-            repo: event.repo.name.clone(),
+            repo,
             at_ms: at,
-            kind: event.kind.as_str().to_string(),
+            kind,
             payload,
         });
     }
@@ -498,7 +516,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{EventKind, RepoRef};
+    use crate::events::{Event, EventKind, RepoRef};
 
     fn failed(repo: &str) -> Event {
         let mut e = Event::new(
@@ -538,14 +556,14 @@ mod tests {
         for _ in 0..3 {
             store
                 .record_events(vec![Outgoing {
-                    event: failed("a"),
+                    event: failed("a").row(),
                     messages: vec![message(0)],
                 }])
                 .unwrap();
         }
         store
             .record_events(vec![Outgoing {
-                event: failed("b"),
+                event: failed("b").row(),
                 messages: vec![message(0)],
             }])
             .unwrap();
@@ -562,7 +580,7 @@ mod tests {
         let (_d, mut store) = store();
         store
             .record_events(vec![Outgoing {
-                event: failed("a"),
+                event: failed("a").row(),
                 messages: vec![message(0)],
             }])
             .unwrap();
@@ -604,7 +622,7 @@ mod tests {
         for repo in ["a", "b", "c"] {
             store
                 .record_events(vec![Outgoing {
-                    event: failed(repo),
+                    event: failed(repo).row(),
                     messages: vec![message(30_000)],
                 }])
                 .unwrap();

@@ -1,0 +1,108 @@
+//! The shared vocabulary: words every part of gitpulse uses and none owns.
+//! It imports nothing from the crate, so anything may import it.
+//!
+//! - [`EventKind`] and [`Severity`]: what happened, and how much it matters
+//!   (the names the config, templates and plugins use).
+//! - [`now_ms`]: the one wall clock, in unix milliseconds, as the state,
+//!   events and messages record time.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Now, in unix milliseconds (0 before 1970: a clock that wrong has bigger
+/// problems than our timestamps).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The kinds of event, in the names the config and templates use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Changed,
+    Failed,
+    Recovered,
+    Retrying,
+    PluginFault,
+    ConfigRejected,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Changed,
+        EventKind::Failed,
+        EventKind::Recovered,
+        EventKind::Retrying,
+        EventKind::PluginFault,
+        EventKind::ConfigRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Changed => "changed",
+            EventKind::Failed => "failed",
+            EventKind::Recovered => "recovered",
+            EventKind::Retrying => "retrying",
+            EventKind::PluginFault => "plugin-fault",
+            EventKind::ConfigRejected => "config-rejected",
+        }
+    }
+
+    /// How much a kind matters, for `min_severity` filters.
+    pub fn severity(self) -> Severity {
+        match self {
+            EventKind::Changed | EventKind::Recovered => Severity::Info,
+            EventKind::Retrying | EventKind::PluginFault => Severity::Warning,
+            EventKind::Failed | EventKind::ConfigRejected => Severity::Error,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "`{s}` is not an event kind (use {})",
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "error" => Ok(Severity::Error),
+            _ => Err(format!(
+                "`{s}` is not a severity (use info, warning or error)"
+            )),
+        }
+    }
+}
