@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,19 +34,14 @@ fn history_kinds(config: &Path, repo: &str) -> Vec<String> {
         .collect()
 }
 
-fn write_config(path: &Path, port: u16, repos: &str) {
-    std::fs::write(
-        path,
-        format!("[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\nmax_concurrent = 4\n\n[defaults]\nschedule = \"every 1s jitter 0s\"\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n\n{repos}"),
-    )
-    .unwrap();
-}
-
-fn repo_entry(name: &str, url: &str, dir: &Path) -> String {
-    format!(
-        "[[repo]]\nname = \"{name}\"\nurl = \"{url}\"\ndir = \"{}\"\n\n",
-        dir.display()
-    )
+/// The config these tests start from: a daemon on `port` pulling every
+/// repo each second, with quick retries.
+fn daemon_config(port: u16) -> ConfigFile {
+    ConfigFile::daemon_on(port)
+        .daemon("max_concurrent", 4)
+        .defaults("schedule", "every 1s jitter 0s")
+        .defaults("backoff_base", "50ms")
+        .defaults("backoff_max", "200ms")
 }
 
 #[test]
@@ -59,12 +54,10 @@ fn pulls_several_repos_and_picks_up_new_commits_on_schedule() {
     let port = free_port();
     let config = root.path().join("gitpulse.toml");
     let (app_dir, lib_dir) = (root.path().join("c-app"), root.path().join("c-lib"));
-    write_config(
-        &config,
-        port,
-        &(repo_entry("app", &http.url("app"), &app_dir)
-            + &repo_entry("lib", &daemon_git.url("lib"), &lib_dir)),
-    );
+    daemon_config(port)
+        .repo(Repo::new("app", &http.url("app"), &app_dir))
+        .repo(Repo::new("lib", &daemon_git.url("lib"), &lib_dir))
+        .write(&config);
     let d = Daemon::start(&config, port, &[]);
 
     wait_for("both clones", Duration::from_secs(30), || {
@@ -104,34 +97,37 @@ fn reload_adds_and_removes_repos_and_keeps_the_old_config_when_the_new_one_is_in
     let port = free_port();
     let config = root.path().join("gitpulse.toml");
     let (a_dir, b_dir) = (root.path().join("c-a"), root.path().join("c-b"));
-    write_config(&config, port, &repo_entry("a", &a.file_url(), &a_dir));
+    let base = daemon_config(port).repo(Repo::new("a", &a.file_url(), &a_dir));
+    base.write(&config);
     let d = Daemon::start(&config, port, &[]);
     wait_for("a cloned", Duration::from_secs(30), || {
         head_of(&a_dir).is_some()
     });
 
-    write_config(
-        &config,
-        port,
-        &(repo_entry("a", &a.file_url(), &a_dir) + &repo_entry("b", &b.file_url(), &b_dir)),
-    );
+    base.clone()
+        .repo(Repo::new("b", &b.file_url(), &b_dir))
+        .write(&config);
     wait_for("b added and cloned", Duration::from_secs(30), || {
         head_of(&b_dir).is_some()
     });
 
-    let valid = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        valid.replace("every 1s jitter 0s", "every blue moon"),
-    )
-    .unwrap();
+    let invalid = base
+        .clone()
+        .repo(Repo::new("b", &b.file_url(), &b_dir).set("schedule", "every blue moon"));
+    invalid.write(&config);
+    let line = 1 + invalid
+        .text()
+        .lines()
+        .position(|l| l.contains("every blue moon"))
+        .unwrap();
     wait_for(
         "the rejection to be logged",
         Duration::from_secs(30),
         || d.log().contains("config rejected"),
     );
     assert!(
-        d.log().contains("gitpulse.toml:7: repo \"a\".schedule"),
+        d.log()
+            .contains(&format!("gitpulse.toml:{line}: repo \"b\".schedule")),
         "{}",
         d.log()
     );
@@ -142,7 +138,9 @@ fn reload_adds_and_removes_repos_and_keeps_the_old_config_when_the_new_one_is_in
         || head_of(&a_dir).as_deref() == Some(moved.as_str()),
     );
 
-    write_config(&config, port, &repo_entry("b", &b.file_url(), &b_dir));
+    daemon_config(port)
+        .repo(Repo::new("b", &b.file_url(), &b_dir))
+        .write(&config);
     wait_for("a removed", Duration::from_secs(30), || {
         let names: Vec<String> = d.status()["repos"]
             .as_array()
@@ -192,7 +190,9 @@ fn kill_9_and_restart_resume_with_their_state() {
     let port = free_port();
     let config = root.path().join("gitpulse.toml");
     let dir = root.path().join("c");
-    write_config(&config, port, &repo_entry("app", &up.file_url(), &dir));
+    daemon_config(port)
+        .repo(Repo::new("app", &up.file_url(), &dir))
+        .write(&config);
     let mut d = Daemon::start(&config, port, &[]);
     wait_for("the clone", Duration::from_secs(30), || {
         head_of(&dir).is_some()
@@ -238,11 +238,9 @@ fn sigterm_during_a_pull_exits_cleanly_and_leaves_a_consistent_checkout() {
     let port = free_port();
     let config = served.root.path().join("gitpulse.toml");
     let dir = served.root.path().join("c");
-    write_config(
-        &config,
-        port,
-        &repo_entry("app", &served.proxy.url("app"), &dir),
-    );
+    daemon_config(port)
+        .repo(Repo::new("app", &served.proxy.url("app"), &dir))
+        .write(&config);
     let d = Daemon::start(&config, port, &["--grace", "500ms"]);
     wait_for("the pack download", Duration::from_secs(30), || {
         served.proxy.requests() >= 2
@@ -265,32 +263,20 @@ fn sigterm_during_a_pull_exits_cleanly_and_leaves_a_consistent_checkout() {
 #[test]
 fn a_host_failing_for_everyone_trips_the_breaker_and_recovers() {
     let served = Served::new("r0");
-    let mut entries = String::new();
+    let port = free_port();
+    let mut file = daemon_config(port)
+        .daemon("breaker_threshold", 5)
+        .daemon("breaker_cool_down", "5s");
     for i in 0..6 {
         let name = format!("r{i}");
         if i > 0 {
             Upstream::new(served.root.path(), &name);
         }
-        entries += &repo_entry(
-            &name,
-            &served.proxy.url(&name),
-            &served.dir(&format!("c{i}")),
-        );
+        let dir = served.dir(&format!("c{i}"));
+        file = file.repo(Repo::new(&name, &served.proxy.url(&name), &dir).set("max_attempts", 1));
     }
-    entries = entries.replace("[[repo]]\n", "[[repo]]\nmax_attempts = 1\n");
     served.proxy.set_always(Some(Fault::Status(503)));
-    let port = free_port();
-    let config = served.root.path().join("gitpulse.toml");
-    write_config(&config, port, &entries);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            "[daemon]\n",
-            "[daemon]\nbreaker_threshold = 5\nbreaker_cool_down = \"5s\"\n",
-        ),
-    )
-    .unwrap();
+    let config = file.write_in(served.root.path());
     let d = Daemon::start(&config, port, &[]);
     wait_for(
         "the breaker to hold repos back",
@@ -329,10 +315,11 @@ fn trigger_sighup_and_sigusr1() {
     let port = free_port();
     let config = root.path().join("gitpulse.toml");
     let (a_dir, b_dir) = (root.path().join("c-a"), root.path().join("c-b"));
-    let entries = (repo_entry("a", &a.file_url(), &a_dir)
-        + &repo_entry("b", &b.file_url(), &b_dir))
-        .replace("[[repo]]\n", "[[repo]]\nschedule = \"0 0 0 1 1 *\"\n");
-    write_config(&config, port, &entries);
+    // Not due until January.
+    daemon_config(port)
+        .repo(Repo::new("a", &a.file_url(), &a_dir).set("schedule", "0 0 0 1 1 *"))
+        .repo(Repo::new("b", &b.file_url(), &b_dir).set("schedule", "0 0 0 1 1 *"))
+        .write(&config);
     let d = Daemon::start(&config, port, &[]);
     let out = gitpulse()
         .args(["trigger", "a", "--config"])
@@ -386,11 +373,21 @@ fn commands_that_read_state_work_without_the_secrets() {
     let port = free_port();
     let config = root.path().join("gitpulse.toml");
     let dir = root.path().join("c");
-    let entry = repo_entry("app", &up.file_url(), &dir).replace(
-        "[[repo]]\n",
-        "[[repo]]\ntoken_env = \"APP_TOKEN\"\nschedule = \"every 24h\"\n",
-    ) + "[notifier.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\nsecret_file = \"absent.secret\"\n";
-    write_config(&config, port, &entry);
+    daemon_config(port)
+        .repo(
+            Repo::new("app", &up.file_url(), &dir)
+                .set("token_env", "APP_TOKEN")
+                .set("schedule", "every 24h"),
+        )
+        .notifier(
+            "hook",
+            &[
+                ("kind", "webhook".into()),
+                ("url", "http://127.0.0.1:9/x".into()),
+                ("secret_file", "absent.secret".into()),
+            ],
+        )
+        .write(&config);
     let refused = without_secrets(&["validate"], &config);
     assert_eq!(refused.status.code(), Some(2), "validate checks secrets");
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -443,17 +440,20 @@ fn a_reload_reschedules_only_the_repos_whose_settings_changed() {
     let port = free_port();
     let config = root.path().join("gitpulse.toml");
     let entry = |name: &str, up: &Upstream| {
-        repo_entry(name, &up.file_url(), &root.path().join(format!("c-{name}")))
-            .replace("[[repo]]\n", "[[repo]]\nschedule = \"every 24h\"\n")
+        Repo::new(name, &up.file_url(), &root.path().join(format!("c-{name}")))
+            .set("schedule", "every 24h")
     };
-    write_config(&config, port, &(entry("a", &a) + &entry("b", &b)));
+    daemon_config(port)
+        .repo(entry("a", &a))
+        .repo(entry("b", &b))
+        .write(&config);
     let d = Daemon::start(&config, port, &[]);
     // A new repo at the top moves every other [[repo]] down the file.
-    write_config(
-        &config,
-        port,
-        &(entry("n", &n) + &entry("a", &a) + &entry("b", &b)),
-    );
+    daemon_config(port)
+        .repo(entry("n", &n))
+        .repo(entry("a", &a))
+        .repo(entry("b", &b))
+        .write(&config);
     wait_for("the reload", Duration::from_secs(30), || {
         d.log().contains("config reloaded")
     });
@@ -474,18 +474,15 @@ fn attempt_limits_hold_for_git_protocol_pulls_running_at_once() {
     let silent = SilentServer::start();
     let port = free_port();
     let config = root.path().join("gitpulse.toml");
-    let stuck = repo_entry(
+    let stuck = Repo::new(
         "stuck",
         &silent.git_url("stuck"),
         &root.path().join("c-stuck"),
     )
-    .replace(
-        "[[repo]]\n",
-        "[[repo]]\ntimeout = \"2s\"\nmax_attempts = 1\n",
-    );
-    let ok = repo_entry("ok", &git_daemon.url("ok"), &root.path().join("c-ok"))
-        .replace("[[repo]]\n", "[[repo]]\ntimeout = \"5m\"\n");
-    write_config(&config, port, &(stuck + &ok));
+    .set("timeout", "2s")
+    .set("max_attempts", 1);
+    let ok = Repo::new("ok", &git_daemon.url("ok"), &root.path().join("c-ok")).set("timeout", "5m");
+    daemon_config(port).repo(stuck).repo(ok).write(&config);
     let d = Daemon::start(&config, port, &[]);
     // Both run every second, so their attempts overlap again and again.
     wait_for("three stalled attempts", Duration::from_secs(60), || {
@@ -535,24 +532,18 @@ fn misbehave_plugins(root: &Path, names: &[&str]) {
 }
 
 /// A config whose repo `app` fails with 503 on every attempt and uses
-/// `policy`, with `[plugin.*]` settings `plugins`.
-fn failing_with_policy(served: &Served, port: u16, policy: &str, plugins: &str) -> PathBuf {
-    let config = served.root.path().join("gitpulse.toml");
-    let entry = repo_entry("app", &served.url(), &served.dir("c")).replace(
-        "[[repo]]\n",
-        &format!("[[repo]]\nmax_attempts = 2\npolicy = {policy}\n"),
-    );
-    write_config(&config, port, &format!("{entry}{plugins}"));
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        // Keep the circuit closed: these tests watch every pull.
-        .replace(
-            "[daemon]\n",
-            "[daemon]\nplugin_dir = \"plugins\"\nbreaker_threshold = 10000\n",
-        );
-    std::fs::write(&config, text).unwrap();
+/// `policy`, with plugins from `plugins/`.
+fn failing_with_policy(served: &Served, port: u16, policy: impl Into<toml::Value>) -> ConfigFile {
     served.proxy.set_always(Some(Fault::Status(503)));
-    config
+    daemon_config(port)
+        .daemon("plugin_dir", "plugins")
+        // Keep the circuit closed: these tests watch every pull.
+        .daemon("breaker_threshold", 10_000)
+        .repo(
+            Repo::new("app", &served.url(), &served.dir("c"))
+                .set("max_attempts", 2)
+                .set("policy", policy),
+        )
 }
 
 #[test]
@@ -563,9 +554,11 @@ fn retry_and_backoff_plugins_both_play_their_roles() {
     let config = failing_with_policy(
         &served,
         port,
-        "{ retry = \"eligible\", backoff = \"curve\" }",
-        "[plugin.eligible]\nmode = \"log\"\n\n[plugin.curve]\nmode = \"trap\"\n",
-    );
+        table(&[("retry", "eligible"), ("backoff", "curve")]),
+    )
+    .plugin("eligible", &[("mode", "log".into())])
+    .plugin("curve", &[("mode", "trap".into())])
+    .write_in(served.root.path());
     let d = Daemon::start(&config, port, &[]);
     wait_for("both plugins called", Duration::from_secs(30), || {
         let log = d.log();
@@ -585,12 +578,9 @@ fn a_plugins_quarantine_holds_across_pulls_until_its_file_changes() {
     let served = Served::new("app");
     misbehave_plugins(served.root.path(), &["flaky"]);
     let port = free_port();
-    let config = failing_with_policy(
-        &served,
-        port,
-        "\"flaky\"",
-        "[plugin.flaky]\nmode = \"trap\"\n",
-    );
+    let config = failing_with_policy(&served, port, "flaky")
+        .plugin("flaky", &[("mode", "trap".into())])
+        .write_in(served.root.path());
     let d = Daemon::start(&config, port, &[]);
     let traps = |d: &Daemon| d.log().matches("plugin flaky (retry) trapped").count();
     // Two decisions per pull (two attempts): only a fault record kept across
@@ -629,11 +619,9 @@ fn an_idle_daemon_with_a_plugin_loaded_sleeps() {
     let served = Served::new("app");
     misbehave_plugins(served.root.path(), &["calm"]);
     let port = free_port();
-    let config = failing_with_policy(&served, port, "\"calm\"", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("every 1s jitter 0s", "every 24h");
-    std::fs::write(&config, text).unwrap();
+    let config = failing_with_policy(&served, port, "calm")
+        .defaults("schedule", "every 24h")
+        .write_in(served.root.path());
     let d = Daemon::start(&config, port, &[]);
     d.signal("USR1");
     wait_for(

@@ -274,9 +274,10 @@ fn a_rejected_message_is_dead_lettered_listed_and_can_be_requeued() {
     let dead = outbox(&config, false);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["state"], "dead");
+    let error = dead[0]["last_error"].as_str().unwrap();
     assert!(
-        dead[0]["last_error"].as_str().unwrap().contains("HTTP 400"),
-        "{dead:?}"
+        error.starts_with("rejected:") && error.contains("HTTP 400"),
+        "a refused message is `rejected`, in delivery's words: {dead:?}"
     );
     let table = with_config(&["outbox"], &config);
     assert!(
@@ -398,27 +399,22 @@ fn notifier_mistakes_are_reported_with_file_line_and_field() {
     assert!(!dir.exists(), "no partial effect");
 }
 
-/// A daemon config with `repos` (name, url, dir) and one webhook notifier.
-fn daemon_config(
-    root: &Path,
-    port: u16,
-    repos: &[(String, String, PathBuf)],
-    daemon: &str,
-    notifier: &str,
-) -> PathBuf {
-    let mut text = format!(
-        "[daemon]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n{daemon}\n\n[defaults]\nschedule = \"every 1s jitter 0s\"\nmax_attempts = 1\n\n{notifier}\n"
-    );
+/// A daemon config with `repos` (name, url, dir), each pulled every second
+/// with one attempt.
+fn daemon_config(port: u16, repos: &[(String, String, PathBuf)]) -> ConfigFile {
+    let mut file = ConfigFile::daemon_on(port)
+        .defaults("schedule", "every 1s jitter 0s")
+        .defaults("max_attempts", 1);
     for (name, url, dir) in repos {
-        text.push_str(&format!(
-            "[[repo]]\nname = \"{name}\"\nurl = \"{url}\"\ndir = \"{}\"\n\n",
-            dir.display()
-        ));
+        file = file.repo(Repo::new(name, url, dir));
     }
-    let path = root.join("gitpulse.toml");
-    std::fs::write(&path, text).unwrap();
+    file
+}
+
+/// Writes `file` into `root`, with the webhook secret beside it.
+fn write_in(file: ConfigFile, root: &Path) -> PathBuf {
     std::fs::write(root.join("secret"), "k").unwrap();
-    path
+    file.write_in(root)
 }
 
 /// Upstreams `r0..rN` under one served root.
@@ -433,9 +429,14 @@ fn many(served: &Served, n: usize) -> Vec<(String, String, PathBuf)> {
         .collect()
 }
 
-fn hook_notifier(url: &str, extra: &str) -> String {
-    format!(
-        "[notifier.hook]\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"secret\"\nretry_base = \"100ms\"\nretry_max = \"300ms\"\nmax_attempts = 200\n{extra}\n"
+/// `[notifier.hook]`: a signed webhook to `url` with quick retries, and
+/// `extra` settings (TOML).
+fn with_hook(file: ConfigFile, url: &str, extra: &str) -> ConfigFile {
+    file.notifier_toml(
+        "hook",
+        &format!(
+            "kind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"secret\"\nretry_base = \"100ms\"\nretry_max = \"300ms\"\nmax_attempts = 200\n{extra}\n"
+        ),
     )
 }
 
@@ -457,13 +458,12 @@ fn a_sink_that_is_down_for_a_while_gets_every_event_exactly_once() {
     let hook = WebhookReceiver::start("k");
     hook.answer(Answer::Status(503));
     let port = free_port();
-    let config = daemon_config(
-        served.root.path(),
-        port,
-        &repos,
-        "",
-        &hook_notifier(&hook.url("/"), "events = [\"changed\"]"),
+    let file = with_hook(
+        daemon_config(port, &repos),
+        &hook.url("/"),
+        "events = [\"changed\"]",
     );
+    let config = write_in(file, served.root.path());
     let daemon = Daemon::start(&config, port, &[]);
     wait_for(
         "every event to fail against the sink, some more than once",
@@ -477,10 +477,11 @@ fn a_sink_that_is_down_for_a_while_gets_every_event_exactly_once() {
     );
     assert!(hook.accepted().is_empty());
     hook.answer(Answer::Ok);
-    wait_for("every event", Duration::from_secs(30), || {
-        hook.accepted_count() >= 3
-    });
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for(
+        "every event, and nothing left to send",
+        Duration::from_secs(30),
+        || hook.accepted_count() >= 3 && outbox(&config, false).is_empty(),
+    );
     let events = exactly_once(&hook);
     assert_eq!(events.len(), 3, "{events:?}\n{}", daemon.log());
     let mut names: Vec<&str> = events
@@ -505,13 +506,12 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
     let hook = WebhookReceiver::start("k");
     hook.answer(Answer::Stall);
     let port = free_port();
-    let config = daemon_config(
-        served.root.path(),
-        port,
-        &repos,
-        "",
-        &hook_notifier(&hook.url("/"), "events = [\"changed\"]\ntimeout = \"1s\""),
+    let file = with_hook(
+        daemon_config(port, &repos),
+        &hook.url("/"),
+        "events = [\"changed\"]\ntimeout = \"1s\"",
     );
+    let config = write_in(file, served.root.path());
     let mut daemon = Daemon::start(&config, port, &[]);
     wait_for("both events to be tried", Duration::from_secs(30), || {
         outbox(&config, false)
@@ -536,9 +536,8 @@ fn a_daemon_killed_with_a_pending_outbox_delivers_after_restart() {
     wait_for(
         "delivery after the restart",
         Duration::from_secs(30),
-        || hook.accepted_count() >= 2,
+        || hook.accepted_count() >= 2 && outbox(&config, false).is_empty(),
     );
-    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(exactly_once(&hook).len(), 2, "{}", daemon.log());
     assert_eq!(daemon.stop(), 0);
 }
@@ -549,28 +548,25 @@ fn fifty_repos_failing_on_one_host_become_one_digest_and_so_does_their_recovery(
     let repos = many(&served, 50);
     let hook = WebhookReceiver::start("k");
     let port = free_port();
-    let config = daemon_config(
-        served.root.path(),
-        port,
-        &repos,
-        "max_concurrent = 50\nper_host = 50",
-        &hook_notifier(
-            &hook.url("/"),
-            "events = [\"failed\", \"recovered\"]\ndigest_window = \"4s\"",
-        ),
+    let file = daemon_config(port, &repos)
+        .daemon("max_concurrent", 50)
+        .daemon("per_host", 50)
+        // Pulled only when triggered.
+        .defaults("schedule", "every 24h");
+    let file = with_hook(
+        file,
+        &hook.url("/"),
+        "events = [\"failed\", \"recovered\"]\ndigest_window = \"4s\"",
     );
-    // Pulled only when triggered.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("every 1s jitter 0s", "every 24h");
-    std::fs::write(&config, text).unwrap();
+    let config = write_in(file, served.root.path());
     served.proxy.set_always(Some(Fault::Status(503)));
     let daemon = Daemon::start(&config, port, &[]);
     daemon.signal("USR1");
-    wait_for("the failure digest", Duration::from_secs(60), || {
-        hook.accepted_count() >= 1
-    });
-    std::thread::sleep(Duration::from_secs(5));
+    wait_for(
+        "the failure digest, and nothing left to send",
+        Duration::from_secs(60),
+        || hook.accepted_count() >= 1 && outbox(&config, false).is_empty(),
+    );
     let got = hook.accepted();
     assert_eq!(got.len(), 1, "one message for fifty failures: {got:?}");
     assert_eq!(got[0].headers["x-gitpulse-event"], "digest");
@@ -581,10 +577,11 @@ fn fifty_repos_failing_on_one_host_become_one_digest_and_so_does_their_recovery(
 
     served.proxy.set_always(None);
     daemon.signal("USR1");
-    wait_for("the recovery digest", Duration::from_secs(90), || {
-        hook.accepted_count() >= 2
-    });
-    std::thread::sleep(Duration::from_secs(5));
+    wait_for(
+        "the recovery digest, and nothing left to send",
+        Duration::from_secs(90),
+        || hook.accepted_count() >= 2 && outbox(&config, false).is_empty(),
+    );
     let got = hook.accepted();
     assert_eq!(got.len(), 2, "{}", daemon.log());
     let digest = json(&got[1].body);
@@ -640,20 +637,14 @@ fn a_rejected_config_reload_is_an_event() {
     let root = served.root.path();
     let port = free_port();
     let repos = vec![("app".to_string(), served.url(), served.dir("app"))];
-    let config = daemon_config(
-        root,
-        port,
-        &repos,
-        "",
-        "[notifier.audit]\nkind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"config-rejected\"]\n",
+    let file = daemon_config(port, &repos).notifier_toml(
+        "audit",
+        "kind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"config-rejected\"]",
     );
+    let config = write_in(file.clone(), root);
     let daemon = Daemon::start(&config, port, &[]);
-    let good = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        good.replace("every 1s jitter 0s", "every now and then"),
-    )
-    .unwrap();
+    file.defaults("schedule", "every now and then")
+        .write(&config);
     let audit = root.join("audit.jsonl");
     wait_for(
         "the config-rejected message",
@@ -751,18 +742,15 @@ fn the_daemon_asks_a_repos_notify_plugin_for_its_template() {
     .unwrap();
     let port = free_port();
     let repos = vec![("app".to_string(), served.url(), served.dir("app"))];
-    let config = daemon_config(
-        root,
-        port,
-        &repos,
-        "plugin_dir = \"plugins\"",
-        "[notifier.audit]\nkind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"failed\"]\ndigest_window = \"0s\"\n\n[plugin.escalation]\nthreshold = 1\n",
-    );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "max_attempts = 1\n",
-        "max_attempts = 1\npolicy = { notify = \"escalation\" }\n",
-    );
-    std::fs::write(&config, text).unwrap();
+    let file = daemon_config(port, &repos)
+        .daemon("plugin_dir", "plugins")
+        .defaults("policy", table(&[("notify", "escalation")]))
+        .notifier_toml(
+            "audit",
+            "kind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"failed\"]\ndigest_window = \"0s\"",
+        )
+        .plugin("escalation", &[("threshold", 1.into())]);
+    let config = write_in(file, root);
     served.proxy.set_always(Some(Fault::Status(503)));
     let daemon = Daemon::start(&config, port, &[]);
     let audit = root.join("audit.jsonl");
@@ -832,21 +820,16 @@ fn a_digest_is_rendered_once_when_accepted_and_a_broken_digest_template_is_a_plu
     )
     .unwrap();
     let port = free_port();
-    let config = daemon_config(
-        root,
-        port,
-        &repos,
-        "max_concurrent = 3",
-        &hook_notifier(
-            &hook.url("/"),
-            "events = [\"failed\", \"plugin-fault\"]\ndigest_window = \"2s\"\n\
-             templates.digest = { body = \"digest.hbs\" }",
-        ),
+    let file = daemon_config(port, &repos)
+        .daemon("max_concurrent", 3)
+        .defaults("schedule", "every 24h");
+    let file = with_hook(
+        file,
+        &hook.url("/"),
+        "events = [\"failed\", \"plugin-fault\"]\ndigest_window = \"2s\"\n\
+         templates.digest = { body = \"digest.hbs\" }",
     );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("every 1s jitter 0s", "every 24h");
-    std::fs::write(&config, text).unwrap();
+    let config = write_in(file, root);
     served.proxy.set_always(Some(Fault::Status(503)));
     let daemon = Daemon::start(&config, port, &[]);
     daemon.signal("USR1");

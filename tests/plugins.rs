@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gitpulse::policy::wasm::{Plugin, PluginEnv, Sandbox, Told, WasmPolicy};
+use gitpulse::plugin::{Plugin, PluginEnv, Sandbox, Told, WasmPolicy};
 use gitpulse::policy::{AttemptContext, Backoff, Builtin, RetryPolicy};
 use gitpulse::FailureClass;
 use gitpulse_testkit::plugins;

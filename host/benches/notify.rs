@@ -98,10 +98,9 @@ fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
             }
         })
     };
-    let loader =
-        |_: &str| -> Result<gitpulse::policy::wasm::Plugin, gitpulse::policy::wasm::LoadError> {
-            unreachable!("no plugin in this benchmark")
-        };
+    let loader = |_: &str| -> Result<gitpulse::plugin::Plugin, gitpulse::plugin::LoadError> {
+        unreachable!("no plugin in this benchmark")
+    };
     let router = Router::new(&config, &loader);
     let start = Instant::now();
     for i in 0..n {

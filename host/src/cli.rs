@@ -249,8 +249,8 @@ pub struct PluginOptions {
 }
 
 impl PluginOptions {
-    pub fn sandbox(&self) -> crate::policy::wasm::Sandbox {
-        crate::policy::wasm::Sandbox {
+    pub fn sandbox(&self) -> crate::plugin::Sandbox {
+        crate::plugin::Sandbox {
             cpu: self.plugin_cpu,
             memory: (self.plugin_memory as usize) << 20,
             quarantine_after: self.plugin_quarantine,
@@ -263,7 +263,7 @@ impl PluginOptions {
         } else {
             self.cache_dir
                 .clone()
-                .or_else(crate::policy::wasm::default_cache_dir)
+                .or_else(crate::plugin::default_cache_dir)
         }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::git::FailureClass;
 use crate::model::now_ms;
 pub use crate::model::{EventKind, Severity};
 use crate::outcome::{Outcome, PullReport};
@@ -85,9 +86,27 @@ pub const MAX_LINE_STATS_FILES: usize = 2_000;
 /// Why the last attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    pub class: String,
+    #[serde(with = "class_name")]
+    pub class: FailureClass,
     pub http_status: Option<u16>,
     pub message: String,
+}
+
+/// A failure class in JSON: its name (`server-error`), as everywhere.
+mod class_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::git::FailureClass;
+
+    pub fn serialize<S: Serializer>(class: &FailureClass, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(class.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FailureClass, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse()
+            .map_err(|_| serde::de::Error::custom(format!("`{name}` is not a failure class")))
+    }
 }
 
 /// One event. Optional fields are present only for the kinds that have them.
@@ -170,7 +189,7 @@ impl Event {
             EventKind::Failed | EventKind::Retrying => self
                 .failure
                 .as_ref()
-                .map(|f| f.class.clone())
+                .map(|f| f.class.as_str().to_string())
                 .unwrap_or_default(),
             EventKind::Recovered => self.new.clone().unwrap_or_default(),
             EventKind::PluginFault | EventKind::ConfigRejected => {
@@ -229,11 +248,11 @@ pub fn for_pull(
         e.old = report.old.clone();
         e.attempts = report.attempts.len() as u32;
         e.failure = report.attempts.last().map(|a| Failure {
-            class: a.class.as_str().to_string(),
+            class: a.class,
             http_status: a.http_status,
             message: a.message.clone(),
         });
-        e.detail = report.reason.clone();
+        e.detail = report.reason.as_ref().map(ToString::to_string);
         events.push(e);
     }
     events
@@ -323,7 +342,7 @@ pub fn retrying(repo: &RepoRef, record: &crate::outcome::AttemptRecord, at_ms: u
     let mut e = Event::new(EventKind::Retrying, repo.clone(), at_ms);
     e.attempts = record.n;
     e.failure = Some(Failure {
-        class: record.class.as_str().to_string(),
+        class: record.class,
         http_status: record.http_status,
         message: record.message.clone(),
     });
@@ -443,7 +462,8 @@ mod tests {
                 Vec::new()
             },
             duration_ms: 5,
-            reason: (outcome == Outcome::Failed).then(|| "attempts exhausted".into()),
+            reason: (outcome == Outcome::Failed)
+                .then_some(crate::policy::StopReason::AttemptsExhausted),
             notices: Vec::new(),
             plugin_faults: Vec::new(),
         }
@@ -478,7 +498,14 @@ mod tests {
         );
         assert_eq!(kinds(&report(Outcome::Failed, 0), 0), [EventKind::Failed]);
         let failed = &for_pull(&repo(), &report(Outcome::Failed, 0), 0, None, 1)[0];
-        assert_eq!(failed.failure.as_ref().unwrap().class, "server-error");
+        assert_eq!(
+            failed.failure.as_ref().unwrap().class,
+            FailureClass::ServerError
+        );
+        let json = serde_json::to_value(failed).unwrap();
+        assert_eq!(json["failure"]["class"], "server-error", "{json}");
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, failed);
         assert_eq!(failed.severity, Severity::Error);
     }
 

@@ -24,7 +24,7 @@ use crate::config::{Config, PolicyRef};
 use crate::events::{EventKind, PullEvents, RepoRef};
 use crate::notify::{Audience, PluginLoader, Router};
 use crate::outcome::PullReport;
-use crate::policy::wasm::{LoadError, Told, WasmPolicy};
+use crate::plugin::{LoadError, Told, WasmPolicy};
 use crate::policy::{Builtin, RetryPolicy};
 use crate::store::{Store, StoreError, StoredEvent};
 

@@ -1,22 +1,40 @@
 //! gitpulse keeps git checkouts up to date.
 //!
 //! The library does all the work; the `gitpulse` binary only parses the
-//! command line and prints. Data flows one way:
+//! command line, calls in, prints and maps failures to exit codes. Every
+//! entry point — `gitpulse pull`, the daemon's scheduler, a trigger — runs
+//! the same pull job, and data flows one way through it:
 //!
 //! ```text
-//! cli ─► pull (attempt loop) ─► git::sync (one attempt) ─► outcome
-//!              ▲        │ failure class
-//!              └─ policy (retry? after how long?)
+//! entry:  cli pull │ daemon timetable (breaker, admission) │ trigger (server ─► Control)
+//!                  ▼
+//! job:    policy for the repo (plugin registry, one plugin per role)
+//!         ─► pull (attempt loop) ─► git (one attempt, classified) ─► outcome
+//!                  ▲ decision
+//!                  └─ policy (built-in or plugins, clamped to the limits)
+//!         ─► events (what the pull means) ─► notify::Router (filters, plugin
+//!            notify role, templates; no lock held)
+//!         ─► store (one transaction: result + events + outbox rows)
+//! deliver: notify::deliver_due (retry, digest, dead letter) ─► email │ webhook │ log
 //! ```
 //!
+//! - [`model`]: the shared words (event kinds, severity, the clock); imports
+//!   nothing from the crate.
+//! - [`config`] parses the file (structure, types, defaults, file:line);
+//!   [`validate`] checks what running it needs (secrets, files, plugins,
+//!   templates). [`schedule`] turns a schedule into run times.
+//! - [`job`] wires a pull job: the repository's policy, the two-phase
+//!   record, and delivery for a one-shot pull.
 //! - [`git`] makes one attempt and classifies its failure; it knows nothing
-//!   of retries.
+//!   of retries. [`pull`] runs attempts until success or a stop.
 //! - [`policy`] decides from a failure class and clamps to the user's limits;
-//!   it never touches git. [`policy::wasm`] hosts WebAssembly policy plugins
-//!   behind the same trait; [`policy::tools`] serves plugin authors.
-//! - [`pull`] runs attempts until success or a stop, reporting to an
-//!   [`pull::Observer`].
-//! - [`redact`] keeps credentials out of every message.
+//!   it never touches git. [`plugin`] hosts WebAssembly plugins behind
+//!   the same trait; [`plugin::authoring`] serves plugin authors.
+//! - [`events`] decides what a finished pull means; [`notify`] renders and
+//!   delivers; [`store`] remembers (SQLite, versioned schema, outbox).
+//! - [`daemon`] schedules and limits; [`server`] is its HTTP face.
+//! - [`ui`] is terminal output; [`redact`] keeps credentials out of every
+//!   message.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -40,6 +58,7 @@ pub mod job;
 pub mod model;
 pub mod notify;
 pub mod outcome;
+pub mod plugin;
 pub mod policy;
 pub mod pull;
 pub mod redact;

@@ -20,8 +20,8 @@ use gitpulse::cli::{
 use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
 use gitpulse::daemon::DaemonError;
 use gitpulse::events::RepoRef;
-use gitpulse::policy::wasm::{self, KvStore, Plugin, PluginEnv, Told, WasmPolicy};
-use gitpulse::policy::{tools, Backoff, Builtin};
+use gitpulse::plugin::{self, authoring, KvStore, Plugin, PluginEnv, Told, WasmPolicy};
+use gitpulse::policy::{Backoff, Builtin};
 use gitpulse::store::{OutboxState, Store, StoreError};
 use gitpulse::{job, pull, ui};
 
@@ -459,9 +459,9 @@ fn policy_roles(args: &PullArgs) -> PolicyRef {
 }
 
 /// The `--policy` plugin, with its settings and persisted key-value store.
-fn load_pull_plugin(args: &PullArgs) -> Result<Plugin, wasm::LoadError> {
+fn load_pull_plugin(args: &PullArgs) -> Result<Plugin, plugin::LoadError> {
     let file = args.policy.clone().unwrap_or_default();
-    let settings = tools::parse_settings(&args.plugin.config).unwrap_or_default();
+    let settings = authoring::parse_settings(&args.plugin.config).unwrap_or_default();
     let name = policy_roles(args).retry.unwrap_or_default();
     let kv = plugin_kv(&name).unwrap_or_else(|_| KvStore::in_memory());
     Plugin::load(
@@ -474,7 +474,7 @@ fn load_pull_plugin(args: &PullArgs) -> Result<Plugin, wasm::LoadError> {
 
 /// The persisted key-value store of the plugin `name` for `gitpulse pull`.
 fn plugin_kv(name: &str) -> Result<KvStore, String> {
-    match wasm::default_state_dir() {
+    match plugin::default_state_dir() {
         Some(dir) => KvStore::persisted(dir.join("plugins").join(format!("{name}.json")))
             .map_err(|e| e.to_string()),
         None => Ok(KvStore::in_memory()),
@@ -524,12 +524,12 @@ fn notify_after_pull(
 
 fn plugin_new(args: &NewArgs) -> Result<(), Failure> {
     let role = match args.role {
-        RoleArg::Retry => tools::Role::Retry,
-        RoleArg::Backoff => tools::Role::Backoff,
-        RoleArg::Notify => tools::Role::Notify,
-        RoleArg::Full => tools::Role::Full,
+        RoleArg::Retry => authoring::Role::Retry,
+        RoleArg::Backoff => authoring::Role::Backoff,
+        RoleArg::Notify => authoring::Role::Notify,
+        RoleArg::Full => authoring::Role::Full,
     };
-    let path = tools::scaffold(&args.name, &args.dir, role).map_err(usage)?;
+    let path = authoring::scaffold(&args.name, &args.dir, role).map_err(usage)?;
     println!("created {}", path.display());
     println!("next:");
     println!("  cd {}", path.display());
@@ -543,7 +543,7 @@ fn plugin_new(args: &NewArgs) -> Result<(), Failure> {
 }
 
 fn load(file: &Path, opts: &PluginOptions, seed: Option<u64>) -> Result<Plugin, Failure> {
-    let settings = tools::parse_settings(&opts.config).map_err(usage)?;
+    let settings = authoring::parse_settings(&opts.config).map_err(usage)?;
     Plugin::load(
         file,
         opts.cache().as_deref(),
@@ -562,7 +562,7 @@ fn plugin_check(args: &CheckArgs) -> Result<(), Failure> {
     println!(
         "contract   gitpulse:policy@{} (this host accepts {})",
         plugin.contract,
-        wasm::ACCEPTED
+        plugin::ACCEPTED
     );
     println!("size       {:.1} KiB", plugin.size as f64 / 1024.0);
     println!(
@@ -578,7 +578,7 @@ fn plugin_check(args: &CheckArgs) -> Result<(), Failure> {
         max_attempts: 5,
         max_delay: Duration::from_secs(60),
     };
-    let smoke = tools::smoke(&mut plugin, told);
+    let smoke = authoring::smoke(&mut plugin, told);
     println!("\nsmoke trace: {} calls", smoke.calls);
     for line in &smoke.lines {
         println!("  {line}");
@@ -613,9 +613,9 @@ fn plugin_simulate(args: &SimulateArgs) -> Result<(), Failure> {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("{}: {e}", path.display())))?;
-            tools::parse_trace(&path.display().to_string(), &text)
+            authoring::parse_trace(&path.display().to_string(), &text)
         }
-        (None, Some(list)) => tools::classes_trace(list),
+        (None, Some(list)) => authoring::classes_trace(list),
         (None, None) => return Err(usage("give --trace FILE or --classes LIST")),
     }
     .map_err(usage)?;
@@ -640,14 +640,14 @@ fn plugin_simulate(args: &SimulateArgs) -> Result<(), Failure> {
     );
     let (path, roles, env) = (plugin.path.clone(), plugin.roles, plugin.env().clone());
     let mut policy = WasmPolicy::new(plugin, builtin, repo, told);
-    let steps = tools::simulate(&mut policy, &trace, told);
+    let steps = authoring::simulate(&mut policy, &trace, told);
     if args.json {
         for step in &steps {
             println!("{}", serde_json::to_string(step).map_err(failed)?);
         }
     } else {
         println!("{} ({roles}), seed {}\n", path.display(), args.seed);
-        print!("{}", tools::render_timeline(&steps));
+        print!("{}", authoring::render_timeline(&steps));
     }
     for line in env.take_logs() {
         eprintln!("plugin log {}: {}", line.level_name(), line.message);

@@ -8,6 +8,7 @@
 use serde::{Serialize, Serializer};
 
 use crate::git::FailureClass;
+use crate::policy::StopReason;
 
 /// How the pull ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,6 +48,13 @@ fn class_name<S: Serializer>(class: &FailureClass, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(class.as_str())
 }
 
+fn reason_words<S: Serializer>(reason: &Option<StopReason>, s: S) -> Result<S::Ok, S::Error> {
+    match reason {
+        Some(r) => s.serialize_str(&r.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
 /// The whole pull.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PullReport {
@@ -61,8 +69,10 @@ pub struct PullReport {
     pub commits: u64,
     pub attempts: Vec<AttemptRecord>,
     pub duration_ms: u64,
-    /// Why a failed pull stopped (e.g. "not retryable", "attempts exhausted").
-    pub reason: Option<String>,
+    /// Why a failed pull stopped; in JSON its words ("not retryable",
+    /// "attempts exhausted", "deadline reached", "cancelled", "policy: …").
+    #[serde(serialize_with = "reason_words")]
+    pub reason: Option<StopReason>,
     /// Things worth knowing that did not stop the pull.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,

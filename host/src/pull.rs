@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::git::{self, AttemptControl, AttemptError, Change, SpecError, SyncSpec, Transfer};
+use crate::git::{
+    self, AttemptControl, AttemptError, Change, SpecError, SyncSpec, Synced, Transfer,
+};
 use crate::outcome::{AttemptRecord, Outcome, PullReport};
 use crate::policy::{clamp, AttemptContext, Decision, Limits, RetryPolicy, StopReason};
 use crate::redact;
@@ -42,6 +44,11 @@ pub trait Observer {
 pub struct Quiet;
 impl Observer for Quiet {}
 
+/// One attempt at bringing the checkout up to date: [`git::sync`] in
+/// production, a script in this module's tests.
+pub type Attempt<'a> = dyn FnMut(&SyncSpec, &AttemptControl, &mut dyn FnMut(Transfer)) -> Result<Synced, AttemptError>
+    + 'a;
+
 /// Runs the pull to its end. Blocks the calling thread.
 ///
 /// Setting `cancel` stops the current attempt at its next check and the
@@ -50,6 +57,17 @@ impl Observer for Quiet {}
 /// pull before any attempt is recorded: it is a usage problem, not a failure
 /// to retry.
 pub fn pull(
+    options: &PullOptions,
+    policy: &mut dyn RetryPolicy,
+    observer: &mut dyn Observer,
+    cancel: Arc<AtomicBool>,
+) -> Result<PullReport, SpecError> {
+    pull_with(&mut git::sync, options, policy, observer, cancel)
+}
+
+/// [`pull`] over any [`Attempt`].
+fn pull_with(
+    attempt: &mut Attempt<'_>,
     options: &PullOptions,
     policy: &mut dyn RetryPolicy,
     observer: &mut dyn Observer,
@@ -79,7 +97,7 @@ pub fn pull(
         let timeout = next_timeout.take().unwrap_or(options.timeout);
         let control = AttemptControl::new(timeout, deadline, cancel.clone());
         let attempt_started = Instant::now();
-        let result = git::sync(&options.sync, &control, &mut |t| observer.transfer(t));
+        let result = attempt(&options.sync, &control, &mut |t| observer.transfer(t));
         let failure = match result {
             Ok(synced) => {
                 for notice in &synced.notices {
@@ -142,12 +160,12 @@ pub fn pull(
         attempts.push(record);
         match decision {
             Decision::Stop(reason) => {
-                report.reason = Some(reason.to_string());
+                report.reason = Some(reason);
                 break;
             }
             Decision::RetryAfter { delay, timeout } => {
                 if !sleep(delay, &cancel) {
-                    report.reason = Some("cancelled".into());
+                    report.reason = Some(StopReason::Cancelled);
                     break;
                 }
                 previous_delay = Some(delay);
@@ -172,5 +190,163 @@ fn sleep(delay: Duration, cancel: &AtomicBool) -> bool {
             return true;
         }
         thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::git::{Auth, FailureClass, GitFailure, Mode};
+    use crate::policy::{Backoff, Builtin};
+
+    fn options(max_attempts: u32) -> PullOptions {
+        PullOptions {
+            sync: SyncSpec {
+                url: "https://user:secret@git.example.com/app.git".into(),
+                dir: "/nonexistent/app".into(),
+                branch: None,
+                depth: None,
+                submodules: false,
+                mode: Mode::FastForward,
+                auth: Auth::None,
+                lock_wait: Duration::ZERO,
+            },
+            timeout: Duration::from_secs(5),
+            deadline: None,
+            max_attempts,
+            max_delay: Duration::from_millis(20),
+        }
+    }
+
+    fn builtin() -> Builtin {
+        let backoff = Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(20),
+        };
+        Builtin::new(backoff, 10, Some(7))
+    }
+
+    fn fail(class: FailureClass) -> Result<Synced, AttemptError> {
+        Err(AttemptError::Failed(GitFailure {
+            class,
+            http_status: None,
+            retry_after: None,
+            message: format!("{class} on purpose"),
+        }))
+    }
+
+    fn updated() -> Result<Synced, AttemptError> {
+        Ok(Synced {
+            change: Change::Updated,
+            old: Some("a".repeat(40)),
+            new: "b".repeat(40),
+            commits: 2,
+            notices: vec![],
+        })
+    }
+
+    /// Runs a pull whose attempts answer `script` in turn.
+    fn run(
+        script: Vec<Result<Synced, AttemptError>>,
+        max_attempts: u32,
+        cancel: Arc<AtomicBool>,
+    ) -> (PullReport, usize) {
+        let mut script = VecDeque::from(script);
+        let mut calls = 0;
+        let mut attempt = |_: &SyncSpec, _: &AttemptControl, _: &mut dyn FnMut(Transfer)| {
+            calls += 1;
+            script
+                .pop_front()
+                .unwrap_or_else(|| fail(FailureClass::Other))
+        };
+        let report = pull_with(
+            &mut attempt,
+            &options(max_attempts),
+            &mut builtin(),
+            &mut Quiet,
+            cancel,
+        )
+        .unwrap();
+        (report, calls)
+    }
+
+    fn classes(report: &PullReport) -> Vec<FailureClass> {
+        report.attempts.iter().map(|a| a.class).collect()
+    }
+
+    #[test]
+    fn transient_failures_are_retried_until_an_attempt_succeeds() {
+        let script = vec![
+            fail(FailureClass::ServerError),
+            fail(FailureClass::Timeout),
+            updated(),
+        ];
+        let (report, calls) = run(script, 5, Arc::default());
+        assert_eq!(calls, 3);
+        assert_eq!(report.outcome, Outcome::Updated);
+        assert_eq!(report.commits, 2);
+        assert_eq!(
+            classes(&report),
+            [FailureClass::ServerError, FailureClass::Timeout]
+        );
+        assert!(report.attempts.iter().all(|a| a.delay_ms.is_some()));
+        assert_eq!(report.reason, None);
+        assert_eq!(report.url, "https://***@git.example.com/app.git");
+    }
+
+    #[test]
+    fn a_permanent_failure_stops_at_once() {
+        let (report, calls) = run(vec![fail(FailureClass::Auth)], 5, Arc::default());
+        assert_eq!(calls, 1);
+        assert_eq!(report.outcome, Outcome::Failed);
+        assert_eq!(report.reason, Some(StopReason::NotRetryable));
+        assert_eq!(report.attempts[0].delay_ms, None);
+    }
+
+    #[test]
+    fn the_attempt_limit_holds_whatever_the_policy_says() {
+        let script = (0..10).map(|_| fail(FailureClass::ServerError)).collect();
+        let (report, calls) = run(script, 3, Arc::default());
+        assert_eq!(calls, 3);
+        assert_eq!(report.reason, Some(StopReason::AttemptsExhausted));
+        assert_eq!(report.attempts.len(), 3);
+    }
+
+    #[test]
+    fn a_cancelled_pull_stops_after_its_attempt() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let mut attempt = |_: &SyncSpec, _: &AttemptControl, _: &mut dyn FnMut(Transfer)| {
+            flag.store(true, Ordering::SeqCst);
+            fail(FailureClass::ServerError)
+        };
+        let report = pull_with(
+            &mut attempt,
+            &options(5),
+            &mut builtin(),
+            &mut Quiet,
+            cancel,
+        )
+        .unwrap();
+        assert_eq!(report.attempts.len(), 1);
+        assert_eq!(report.reason, Some(StopReason::Cancelled));
+    }
+
+    #[test]
+    fn a_spec_error_ends_the_pull_before_any_attempt_is_recorded() {
+        let mut attempt = |s: &SyncSpec, _: &AttemptControl, _: &mut dyn FnMut(Transfer)| {
+            Err(AttemptError::Spec(SpecError::NotARepository(s.dir.clone())))
+        };
+        let err = pull_with(
+            &mut attempt,
+            &options(5),
+            &mut builtin(),
+            &mut Quiet,
+            Arc::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, SpecError::NotARepository(_)));
     }
 }

@@ -148,7 +148,11 @@ pub fn summary(report: &PullReport) -> String {
                 "pull of {} into {} failed ({}) after {} attempt{} in {took}: {last}",
                 report.url,
                 report.dir,
-                report.reason.as_deref().unwrap_or("stopped"),
+                report
+                    .reason
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "stopped".into()),
                 report.attempts.len(),
                 if report.attempts.len() == 1 { "" } else { "s" }
             )

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::collections::BTreeMap;
 
 use crate::config::{self, Config, Problem, Problems, Scope};
-use crate::policy::wasm;
+use crate::plugin;
 
 /// Loads `path` and checks everything a running daemon depends on; every
 /// problem at once, each with file:line and field.
@@ -44,8 +44,8 @@ fn check_plugins(config: &Config) -> Vec<Problem> {
     let Some(dir) = &config.daemon.plugin_dir else {
         return Vec::new();
     };
-    let cache = wasm::default_cache_dir();
-    let mut loaded: BTreeMap<String, Result<wasm::Roles, String>> = BTreeMap::new();
+    let cache = plugin::default_cache_dir();
+    let mut loaded: BTreeMap<String, Result<plugin::Roles, String>> = BTreeMap::new();
     let mut problems = Vec::new();
     for repo in &config.repos {
         let wanted = [
@@ -57,11 +57,11 @@ fn check_plugins(config: &Config) -> Vec<Problem> {
             let Some(name) = name else { continue };
             let roles = loaded.entry(name.clone()).or_insert_with(|| {
                 let settings = config.plugins.get(name).cloned().unwrap_or_default();
-                wasm::Plugin::load(
+                plugin::Plugin::load(
                     &dir.join(format!("{name}.wasm")),
                     cache.as_deref(),
-                    wasm::Sandbox::default(),
-                    wasm::PluginEnv::new(settings, None),
+                    plugin::Sandbox::default(),
+                    plugin::PluginEnv::new(settings, None),
                 )
                 .map(|p| p.roles)
                 .map_err(|e| e.to_string())

@@ -50,8 +50,8 @@ pub use crate::schedule::{Cron, Schedule};
 
 mod notifier;
 pub use notifier::{
-    read_secret, Channel, Delivery, EmailConfig, Filter, LogConfig, NotifierConfig, SecretRef,
-    SmtpSecurity, TemplateOverride, WebhookConfig,
+    read_secret, Channel, Delivery, EmailConfig, Filter, HttpMethod, LogConfig, NotifierConfig,
+    SecretRef, SmtpSecurity, TemplateOverride, WebhookConfig,
 };
 
 /// One thing wrong with a config file.

@@ -85,11 +85,18 @@ pub struct EmailConfig {
     pub timeout: Duration,
 }
 
+/// How a webhook sends its body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HttpMethod {
+    #[default]
+    Post,
+    Put,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
     pub url: String,
-    /// `POST` or `PUT`.
-    pub method: String,
+    pub method: HttpMethod,
     pub headers: BTreeMap<String, String>,
     pub secret: Option<SecretRef>,
     pub timeout: Duration,
@@ -657,18 +664,19 @@ fn check_webhook(
         ),
     }
     let method = match &r.method {
-        None => "POST".to_string(),
-        Some(m) => {
-            let upper = m.get_ref().to_ascii_uppercase();
-            if upper != "POST" && upper != "PUT" {
+        None => HttpMethod::Post,
+        Some(m) => match m.get_ref().to_ascii_uppercase().as_str() {
+            "POST" => HttpMethod::Post,
+            "PUT" => HttpMethod::Put,
+            _ => {
                 check.at(
                     m,
                     field("method"),
                     format!("`{}`: use POST or PUT", m.get_ref()),
                 );
+                HttpMethod::Post
             }
-            upper
-        }
+        },
     };
     let headers = r
         .headers
@@ -784,8 +792,8 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (hook.method.as_str(), hook.timeout),
-            ("PUT", Duration::from_secs(3))
+            (hook.method, hook.timeout),
+            (HttpMethod::Put, Duration::from_secs(3))
         );
         assert_eq!(config.notifiers["hook"].delivery, Delivery::default());
     }

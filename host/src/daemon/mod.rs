@@ -22,6 +22,8 @@
 //! a previous run left pending.
 
 mod breaker;
+mod sender;
+mod signals;
 mod timetable;
 
 use std::collections::{HashMap, HashSet};
@@ -38,9 +40,9 @@ use tracing::{error, info, warn};
 use crate::config::{self, AuthRef, Config, RepoConfig, SecretRef};
 use crate::events::{self, Event, EventKind, RepoRef};
 use crate::git::{Auth, SyncSpec};
-use crate::notify::{self, Audience, Router, Senders};
+use crate::notify::{Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
-use crate::policy::wasm::{KvStore, Plugin, PluginEnv, Registry, Sandbox, Told};
+use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox, Told};
 use crate::policy::{Backoff, Builtin};
 use crate::pull::{self, PullOptions};
 use crate::store::{self, Store};
@@ -168,15 +170,15 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         outbox_wake: tokio::sync::Notify::new(),
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    spawn_signal_handlers(tx.clone());
-    let _watcher = watch_files(&shared.config(), tx.clone());
+    signals::spawn_signal_handlers(tx.clone());
+    let _watcher = signals::watch_files(&shared.config(), tx.clone());
     let view = Arc::new(DaemonView {
         shared: shared.clone(),
         tx: tx.clone(),
     });
     tokio::spawn(crate::server::serve(listener, view));
     let stop_sender = CancellationToken::new();
-    let sender = tokio::spawn(send_loop(shared.clone(), stop_sender.clone()));
+    let sender = tokio::spawn(sender::send_loop(shared.clone(), stop_sender.clone()));
     let config = shared.config();
     info!(repos = config.repos.len(), listen = %config.daemon.listen, "gitpulse daemon started");
     schedule_loop(shared.clone(), rx).await;
@@ -205,61 +207,6 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         "gitpulse daemon stopped"
     );
     Ok(())
-}
-
-/// Delivers the outbox: at once when messages are queued, when the next
-/// retry or digest falls due, and every few seconds regardless.
-async fn send_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    const BATCH: usize = 500;
-    /// Delivered messages are kept this long (for `gitpulse outbox --all`).
-    const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
-    let mut last_prune: Option<Instant> = None;
-    while !stop.is_cancelled() {
-        let job = shared.clone();
-        let prune = last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(3600));
-        if prune {
-            last_prune = Some(Instant::now());
-        }
-        let pass = tokio::task::spawn_blocking(move || {
-            let config = job.config();
-            if prune {
-                let now = store::now_ms();
-                let before = now.saturating_sub(KEEP_DELIVERED.as_millis() as u64);
-                lock(&job.store).prune_delivered(before)?;
-                let before = now.saturating_sub(config.daemon.retention.as_millis() as u64);
-                let gone = lock(&job.store).prune_history(before)?;
-                if gone > 0 {
-                    info!(rows = gone, "pruned history older than the retention");
-                }
-            }
-            let stats = notify::deliver_due(&job.store, &config, &job.senders, BATCH)?;
-            let next = lock(&job.store).next_due_ms()?;
-            Ok::<_, store::StoreError>((stats, next))
-        })
-        .await;
-        let wait = match pass {
-            Ok(Ok((stats, _))) if stats.delivered + stats.retrying + stats.dead >= BATCH as u64 => {
-                continue; // more may be due right now
-            }
-            Ok(Ok((_, next))) => next
-                .map(|at| Duration::from_millis(at.saturating_sub(store::now_ms())))
-                .unwrap_or(Duration::from_secs(5))
-                .min(Duration::from_secs(5)),
-            Ok(Err(e)) => {
-                error!("outbox: {e}");
-                Duration::from_secs(5)
-            }
-            Err(e) => {
-                error!("outbox sender failed: {e}");
-                Duration::from_secs(5)
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = shared.outbox_wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
 }
 
 /// What the HTTP server may see and do (see [`crate::server::Control`]).
@@ -312,80 +259,6 @@ impl crate::server::Control for DaemonView {
 /// A command on its way to the scheduler.
 #[derive(Debug)]
 struct CommandHandle(Command);
-
-fn spawn_signal_handlers(tx: mpsc::UnboundedSender<CommandHandle>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let pairs = [
-        (SignalKind::hangup(), "SIGHUP"),
-        (SignalKind::user_defined1(), "SIGUSR1"),
-        (SignalKind::terminate(), "SIGTERM"),
-        (SignalKind::interrupt(), "SIGINT"),
-    ];
-    for (kind, name) in pairs {
-        let tx = tx.clone();
-        match signal(kind) {
-            Ok(mut stream) => {
-                tokio::spawn(async move {
-                    while stream.recv().await.is_some() {
-                        let command = match name {
-                            "SIGHUP" => Command::Reload,
-                            "SIGUSR1" => Command::TriggerAll,
-                            _ => Command::Shutdown,
-                        };
-                        info!(signal = name, "received");
-                        if tx.send(CommandHandle(command)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            Err(e) => error!(signal = name, "cannot install handler: {e}"),
-        }
-    }
-}
-
-/// Watches the config file and the plugin directory; any change asks for a
-/// reload (validated before it takes effect).
-fn watch_files(
-    config: &Config,
-    tx: mpsc::UnboundedSender<CommandHandle>,
-) -> Option<::notify::RecommendedWatcher> {
-    use ::notify::{RecursiveMode, Watcher};
-    let config_file = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
-    let plugin_dir = config
-        .daemon
-        .plugin_dir
-        .as_ref()
-        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
-    let watched_file = config_file.clone();
-    let watched_dir = plugin_dir.clone();
-    let mut watcher =
-        ::notify::recommended_watcher(move |event: ::notify::Result<::notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(event.kind, ::notify::EventKind::Access(_)) {
-                return;
-            }
-            let relevant = event.paths.iter().any(|p| {
-                p == &watched_file
-                    || watched_dir.as_ref().is_some_and(|d| {
-                        p.starts_with(d) && p.extension().is_some_and(|e| e == "wasm")
-                    })
-            });
-            if relevant {
-                let _ = tx.send(CommandHandle(Command::Reload));
-            }
-        })
-        .map_err(|e| warn!("file watching unavailable ({e}); reload with SIGHUP"))
-        .ok()?;
-    // Watch the directory: editors replace files rather than write them.
-    if let Some(dir) = config_file.parent() {
-        let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
-    }
-    if let Some(dir) = &plugin_dir {
-        let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
-    }
-    Some(watcher)
-}
 
 async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<CommandHandle>) {
     let mut rng = fastrand::Rng::new();
@@ -727,7 +600,11 @@ fn finish(shared: &Shared, name: &str, host: &str, admission: Admission, report:
                 .last()
                 .map(|a| a.class.as_str())
                 .unwrap_or("?"),
-            reason = report.reason.as_deref().unwrap_or(""),
+            reason = report
+                .reason
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             "pull failed"
         ),
         Outcome::Unchanged => tracing::debug!(repo = name, "unchanged"),
@@ -748,7 +625,7 @@ enum JobError {
     #[error(transparent)]
     Spec(#[from] crate::git::SpecError),
     #[error(transparent)]
-    Plugin(#[from] crate::policy::wasm::LoadError),
+    Plugin(#[from] crate::plugin::LoadError),
 }
 
 fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
@@ -818,7 +695,7 @@ fn load_plugin(
     shared: &Shared,
     config: &Config,
     name: &str,
-) -> Result<Plugin, crate::policy::wasm::LoadError> {
+) -> Result<Plugin, crate::plugin::LoadError> {
     let dir = config.daemon.plugin_dir.clone().unwrap_or_default();
     let kv = lock(&shared.plugin_kv)
         .entry(name.to_string())

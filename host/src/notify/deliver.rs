@@ -154,7 +154,7 @@ fn deliver_all(
                 let attempt = m.attempts + 1;
                 let ctx = AttemptContext {
                     attempt,
-                    class: e.class,
+                    class: e.class.curve(),
                     http_status: e.http_status,
                     retry_after: e.retry_after,
                     elapsed: Duration::from_millis(now_ms().saturating_sub(m.created_ms)),

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::{Channel, Config, NotifierConfig, RepoConfig};
 use crate::events::{Event, EventKind, RepoRef};
-use crate::policy::wasm::{LoadError, NotifyChoice, Plugin};
+use crate::plugin::{LoadError, NotifyChoice, Plugin};
 use crate::store::{NewMessage, Outgoing};
 
 mod deliver;
@@ -30,7 +30,7 @@ pub mod send;
 pub mod template;
 
 pub use deliver::{deliver_due, DeliveryStats};
-pub use send::{signature, Letter, SendError, Senders};
+pub use send::{signature, DeliveryClass, Letter, SendError, Senders};
 
 use template::{Rendered, Templates};
 

@@ -16,7 +16,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::config::{
-    read_secret, Channel, EmailConfig, LogConfig, NotifierConfig, SmtpSecurity, WebhookConfig,
+    read_secret, Channel, EmailConfig, HttpMethod, LogConfig, NotifierConfig, SmtpSecurity,
+    WebhookConfig,
 };
 use crate::git::FailureClass;
 
@@ -32,18 +33,116 @@ pub struct Letter<'a> {
     pub html: Option<&'a str>,
 }
 
+/// How a delivery failed, in delivery's own words: a receiver that refuses
+/// a message is not a repository that is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryClass {
+    /// The receiver's name did not resolve.
+    Dns,
+    /// No connection (refused, reset, unreachable).
+    Connect,
+    Timeout,
+    /// TLS could not be set up, or the receiver's certificate was refused.
+    Tls,
+    /// The receiver is failing (HTTP 5xx, SMTP 4xx): it may take it later.
+    Unavailable,
+    /// HTTP 429: later, no sooner than it asks.
+    RateLimited,
+    /// Our credentials were refused (HTTP 401/403, SMTP 530/534/535) or
+    /// could not be read.
+    Auth,
+    /// The message itself was refused (HTTP 4xx, SMTP 5xx): sending it
+    /// again cannot help.
+    Rejected,
+    /// Writing it out failed (a log notifier's file).
+    Io,
+    Other,
+}
+
+impl DeliveryClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryClass::Dns => "dns",
+            DeliveryClass::Connect => "connect",
+            DeliveryClass::Timeout => "timeout",
+            DeliveryClass::Tls => "tls",
+            DeliveryClass::Unavailable => "unavailable",
+            DeliveryClass::RateLimited => "rate-limited",
+            DeliveryClass::Auth => "auth",
+            DeliveryClass::Rejected => "rejected",
+            DeliveryClass::Io => "io",
+            DeliveryClass::Other => "other",
+        }
+    }
+
+    /// Whether waiting may help (so the delivery is retried).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            DeliveryClass::Dns
+                | DeliveryClass::Connect
+                | DeliveryClass::Timeout
+                | DeliveryClass::Unavailable
+                | DeliveryClass::RateLimited
+                | DeliveryClass::Io
+                | DeliveryClass::Other
+        )
+    }
+
+    /// The failure class whose retry curve a delivery of this class follows
+    /// (the policy core's capped exponential backoff with full jitter).
+    pub fn curve(self) -> FailureClass {
+        match self {
+            DeliveryClass::Dns => FailureClass::Dns,
+            DeliveryClass::Connect => FailureClass::Connect,
+            DeliveryClass::Timeout => FailureClass::Timeout,
+            DeliveryClass::Tls => FailureClass::Tls,
+            DeliveryClass::Unavailable => FailureClass::ServerError,
+            DeliveryClass::RateLimited => FailureClass::RateLimited,
+            DeliveryClass::Auth => FailureClass::Auth,
+            DeliveryClass::Rejected => FailureClass::NotFound,
+            DeliveryClass::Io | DeliveryClass::Other => FailureClass::Other,
+        }
+    }
+
+    /// A failure classified for a git transfer (the shared HTTP code), in
+    /// delivery's words.
+    fn from_transfer(class: FailureClass) -> DeliveryClass {
+        match class {
+            FailureClass::Dns => DeliveryClass::Dns,
+            FailureClass::Connect => DeliveryClass::Connect,
+            FailureClass::Timeout | FailureClass::Cancelled => DeliveryClass::Timeout,
+            FailureClass::Tls => DeliveryClass::Tls,
+            FailureClass::ServerError => DeliveryClass::Unavailable,
+            FailureClass::RateLimited => DeliveryClass::RateLimited,
+            FailureClass::Auth => DeliveryClass::Auth,
+            FailureClass::NotFound | FailureClass::RefNotFound | FailureClass::Protocol => {
+                DeliveryClass::Rejected
+            }
+            FailureClass::DiskFull => DeliveryClass::Io,
+            _ => DeliveryClass::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// Why a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct SendError {
-    pub class: FailureClass,
+    pub class: DeliveryClass,
     pub http_status: Option<u16>,
     pub retry_after: Option<Duration>,
     pub message: String,
 }
 
 impl SendError {
-    fn new(class: FailureClass, message: impl Into<String>) -> Self {
+    fn new(class: DeliveryClass, message: impl Into<String>) -> Self {
         SendError {
             class,
             http_status: None,
@@ -111,17 +210,16 @@ impl Senders {
     ) -> Result<String, SendError> {
         let body = letter.body.as_bytes();
         let agent = self.agent(name, hook.timeout);
-        let mut req = if hook.method == "PUT" {
-            agent.put(&hook.url)
-        } else {
-            agent.post(&hook.url)
+        let mut req = match hook.method {
+            HttpMethod::Put => agent.put(&hook.url),
+            HttpMethod::Post => agent.post(&hook.url),
         };
         req = req
             .header("Content-Type", "application/json")
             .header("X-Gitpulse-Event", letter.kind)
             .header("X-Gitpulse-Delivery", letter.delivery_id.to_string());
         if let Some(secret) = &hook.secret {
-            let secret = read_secret(secret).map_err(|e| SendError::new(FailureClass::Auth, e))?;
+            let secret = read_secret(secret).map_err(|e| SendError::new(DeliveryClass::Auth, e))?;
             req = req.header(
                 "X-Gitpulse-Signature",
                 signature(secret.expose().as_bytes(), body),
@@ -133,7 +231,7 @@ impl Senders {
         // The URL is left out of every message: webhook URLs often carry a token.
         let response = req.send(body).map_err(|e| {
             let f = crate::git::request_failure(e, None);
-            SendError::new(f.class, f.message)
+            SendError::new(DeliveryClass::from_transfer(f.class), f.message)
         })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -152,14 +250,14 @@ impl Senders {
             return Ok(answer);
         }
         let f = crate::git::status_failure(status, &headers);
-        // A 4xx other than a timeout or a rate limit is a request the
-        // receiver will never accept: sending it again cannot help.
+        // A 4xx other than a timeout, a rate limit or a refused credential
+        // is a message the receiver will never accept.
         let class = match status {
-            408 => FailureClass::Timeout,
-            400..=499 if f.class.is_transient() && f.class != FailureClass::RateLimited => {
-                FailureClass::NotFound
-            }
-            _ => f.class,
+            408 => DeliveryClass::Timeout,
+            429 => DeliveryClass::RateLimited,
+            401 | 403 => DeliveryClass::Auth,
+            400..=499 => DeliveryClass::Rejected,
+            _ => DeliveryClass::from_transfer(f.class),
         };
         Err(SendError {
             class,
@@ -187,7 +285,7 @@ impl Senders {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{}", letter.subject)
                     .and_then(|_| out.flush())
-                    .map_err(|e| SendError::new(FailureClass::Other, format!("stdout: {e}")))?;
+                    .map_err(|e| SendError::new(DeliveryClass::Io, format!("stdout: {e}")))?;
                 Ok("written to stdout".into())
             }
             Some(path) => {
@@ -213,12 +311,7 @@ impl Senders {
 }
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> SendError {
-    let class = if e.raw_os_error() == Some(28) {
-        FailureClass::DiskFull
-    } else {
-        FailureClass::Other
-    };
-    SendError::new(class, format!("{}: {e}", path.display()))
+    SendError::new(DeliveryClass::Io, format!("{}: {e}", path.display()))
 }
 
 /// Adds `X-Gitpulse-Event` and `X-Gitpulse-Delivery` to mail.
@@ -254,7 +347,7 @@ fn send_email(email: &EmailConfig, letter: &Letter<'_>) -> Result<String, SendEr
 
     let bad_address = |what: &str, a: &str| {
         SendError::new(
-            FailureClass::Other,
+            DeliveryClass::Rejected,
             format!("{what}: `{a}` is not an email address"),
         )
     };
@@ -281,18 +374,24 @@ fn send_email(email: &EmailConfig, letter: &Letter<'_>) -> Result<String, SendEr
         )),
         None => builder.body(letter.body.to_string()),
     }
-    .map_err(|e| SendError::new(FailureClass::Other, format!("building the message: {e}")))?;
+    .map_err(|e| {
+        SendError::new(
+            DeliveryClass::Rejected,
+            format!("building the message: {e}"),
+        )
+    })?;
 
     let tls_error = |e: lettre::transport::smtp::Error| {
-        SendError::new(FailureClass::Tls, format!("TLS setup: {e}"))
+        SendError::new(DeliveryClass::Tls, format!("TLS setup: {e}"))
     };
     let tls = if email.security == SmtpSecurity::Plain {
         Tls::None
     } else {
         let mut params = TlsParameters::builder(email.host.clone());
         if let Some(ca) = &email.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| SendError::new(FailureClass::Tls, format!("{}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                SendError::new(DeliveryClass::Tls, format!("{}: {e}", ca.display()))
+            })?;
             let cert = Certificate::from_pem(&pem).map_err(tls_error)?;
             params = params.add_root_certificate(cert);
         }
@@ -308,7 +407,7 @@ fn send_email(email: &EmailConfig, letter: &Letter<'_>) -> Result<String, SendEr
         .tls(tls)
         .timeout(Some(email.timeout));
     if let (Some(user), Some(password)) = (&email.username, &email.password) {
-        let password = read_secret(password).map_err(|e| SendError::new(FailureClass::Auth, e))?;
+        let password = read_secret(password).map_err(|e| SendError::new(DeliveryClass::Auth, e))?;
         transport = transport.credentials(Credentials::new(
             user.clone(),
             password.expose().to_string(),
@@ -330,18 +429,18 @@ fn smtp_error(e: lettre::transport::smtp::Error) -> SendError {
         .iter()
         .any(|w| text.contains(w));
     let class = if e.is_timeout() {
-        FailureClass::Timeout
+        DeliveryClass::Timeout
     } else if e.is_tls() || (tls_text && e.status().is_none()) {
-        FailureClass::Tls
+        DeliveryClass::Tls
     } else if e.is_transient() {
-        FailureClass::ServerError
+        DeliveryClass::Unavailable
     } else if e.is_permanent() {
         match code.as_deref() {
-            Some("530" | "534" | "535") => FailureClass::Auth,
-            _ => FailureClass::NotFound,
+            Some("530" | "534" | "535") => DeliveryClass::Auth,
+            _ => DeliveryClass::Rejected,
         }
     } else {
-        FailureClass::Connect
+        DeliveryClass::Connect
     };
     // lettre's text can quote the server, never our password.
     SendError::new(class, format!("SMTP: {e}"))

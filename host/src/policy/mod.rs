@@ -4,15 +4,12 @@
 //! [`clamp`]s the answer to the user's limits (maximum attempts, maximum
 //! delay, overall deadline) whatever the policy said. [`Builtin`] is the
 //! standard policy linked natively from `gitpulse-policy-core`;
-//! [`wasm::WasmPolicy`] runs a plugin component behind the same trait. This
+//! [`crate::plugin::WasmPolicy`] runs plugin components behind the same trait. This
 //! module never touches git: it sees failure classes, not errors.
 
 use std::time::Duration;
 
 pub use gitpulse_policy_core::{AttemptContext, Backoff, Decision, StopReason};
-
-pub mod tools;
-pub mod wasm;
 
 /// Something that decides after each failed attempt.
 pub trait RetryPolicy {

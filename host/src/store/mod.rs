@@ -175,7 +175,7 @@ impl Store {
                 report.new,
                 report.commits as i64,
                 report.duration_ms as i64,
-                report.reason,
+                report.reason.as_ref().map(ToString::to_string),
                 start_lag_ms.map(|l| l as i64)
             ],
         )?;
@@ -482,7 +482,7 @@ mod tests {
                 })
                 .collect(),
             duration_ms: 12,
-            reason: (!outcome.is_success()).then(|| "attempts exhausted".into()),
+            reason: (!outcome.is_success()).then_some(crate::policy::StopReason::AttemptsExhausted),
             notices: vec![],
             plugin_faults: Vec::new(),
         }

@@ -525,7 +525,7 @@ mod tests {
             1,
         );
         e.failure = Some(crate::events::Failure {
-            class: "server-error".into(),
+            class: crate::git::FailureClass::ServerError,
             http_status: Some(503),
             message: "HTTP 503".into(),
         });

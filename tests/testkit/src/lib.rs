@@ -4,6 +4,7 @@
 //! Everything binds 127.0.0.1 only, runs on background threads or child
 //! processes owned by a value, and stops when that value is dropped.
 //!
+//! - [`ConfigFile`], [`Repo`]: gitpulse config files built in code.
 //! - [`Upstream`]: a bare repository plus a scratch clone to commit from.
 //! - [`GitHttpServer`]: smart HTTP through the real `git http-backend` CGI.
 //! - [`FaultProxy`]: sits in front of a server and, request by request,
@@ -18,6 +19,7 @@
 //! - [`WebhookReceiver`]: an HTTP receiver that verifies signatures and can
 //!   fail on command.
 
+mod config;
 mod daemon;
 mod fixture;
 mod http;
@@ -28,6 +30,7 @@ mod smtp;
 mod sshd;
 mod webhook;
 
+pub use config::{table, ConfigFile, Repo};
 pub use daemon::GitDaemon;
 pub use fixture::{git, git_ok, Upstream};
 pub use http::GitHttpServer;

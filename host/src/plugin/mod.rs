@@ -19,6 +19,7 @@
 //! This module never touches git; it speaks in failure classes and
 //! decisions.
 
+pub mod authoring;
 mod bindings;
 mod cache;
 mod state;
@@ -36,13 +37,30 @@ use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
 pub use bindings::{NotifyChoice, Told};
 pub use state::{KvStore, LogLine};
 
-use super::{AttemptContext, Builtin, Decision, RetryPolicy};
 use crate::events::RepoRef;
+use crate::policy::{AttemptContext, Builtin, Decision, RetryPolicy};
 use bindings::{backoff, notify, retry, wit, Level};
 use state::PluginState;
 
-/// The contract versions this host accepts.
-pub const ACCEPTED: &str = "0.1.x";
+/// The one place the accepted contract line is written: every minor
+/// version of it is accepted (`0.1.0`, `0.1.7` …), nothing else. A new
+/// line gets its own bindings module beside `bindings` (0.1).
+macro_rules! contract_line {
+    () => {
+        "0.1"
+    };
+}
+
+/// The contract versions this host accepts, as people read them.
+pub const ACCEPTED: &str = concat!(contract_line!(), ".x");
+
+/// Whether this host speaks contract `version`.
+fn accepts(version: &str) -> bool {
+    version
+        .strip_prefix(contract_line!())
+        .is_some_and(|patch| patch.starts_with('.'))
+}
+
 const PACKAGE: &str = "gitpulse:policy";
 /// Granularity of the wall-clock backstop.
 const TICK: Duration = Duration::from_millis(1);
@@ -364,7 +382,7 @@ impl Plugin {
                 versions.push(version.to_string());
             }
         }
-        if let Some(bad) = versions.iter().find(|v| !v.starts_with("0.1.")) {
+        if let Some(bad) = versions.iter().find(|v| !accepts(v)) {
             return Err(LoadError::WrongVersion {
                 path: path.into(),
                 found: bad.clone(),
@@ -409,7 +427,10 @@ impl Plugin {
             .then(|| notify::GuestIndices::new(&pre))
             .transpose()
             .map_err(invalid)?;
-        let contract = versions.first().cloned().unwrap_or_else(|| "0.1.0".into());
+        let contract = versions
+            .first()
+            .cloned()
+            .unwrap_or_else(|| concat!(contract_line!(), ".0").into());
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -958,6 +979,13 @@ pub fn default_state_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_minor_version_of_the_contract_line_is_accepted() {
+        assert_eq!(ACCEPTED, "0.1.x");
+        assert!(accepts("0.1.0") && accepts("0.1.12"));
+        assert!(!accepts("0.2.0") && !accepts("0.10.0") && !accepts("1.0.0"));
+    }
 
     #[test]
     fn contract_names_split_into_interface_and_version() {

@@ -185,7 +185,7 @@ pub(crate) fn event_to_wit(e: &crate::events::Event) -> wit::Event {
             })
             .collect(),
         failure: e.failure.as_ref().map(|f| wit::FailureDetail {
-            class: class_to_wit(f.class.parse().unwrap_or(FailureClass::Other)),
+            class: class_to_wit(f.class),
             http_status: f.http_status,
             retry_after_ms: None,
             git_code: None,

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use gitpulse_policy_core::{AttemptContext, Decision, FailureClass};
 
-use super::wasm::{NotifyChoice, Plugin, Told, WasmPolicy};
-use super::{clamp, Limits, RetryPolicy};
+use super::{NotifyChoice, Plugin, Told, WasmPolicy};
 use crate::events::{Commit, Event, EventKind, RepoRef};
+use crate::policy::{clamp, Limits, RetryPolicy};
 
 /// Which roles a scaffolded plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,7 +499,7 @@ pub fn smoke(plugin: &mut Plugin, told: Told) -> SmokeReport {
                 remaining: None,
                 previous_delay: None,
             };
-            let wit_ctx = super::wasm::context_for_tools(&ctx, "smoke test", &repo, &told);
+            let wit_ctx = super::context_for_tools(&ctx, "smoke test", &repo, &told);
             if plugin.roles.retry {
                 report.calls += 1;
                 match plugin.decide(&wit_ctx, &told) {
