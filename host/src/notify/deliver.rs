@@ -229,3 +229,144 @@ fn accept_digest(
     };
     lock(store).accept_digest(&n.name, &ids, new, also)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Scope;
+    use crate::events::{Event, EventKind, Failure, RepoRef};
+    use crate::git::FailureClass;
+    use crate::notify::{Audience, Router};
+    use crate::store::OutboxState;
+
+    /// A config with one `log` notifier writing to `path`, and `extra`.
+    fn config(path: &Path, extra: &str) -> Config {
+        let text = format!(
+            "[notifier.audit]\nkind = \"log\"\npath = \"{}\"\nretry_base = \"1ms\"\nretry_max = \"1ms\"\n{extra}\n",
+            path.display()
+        );
+        crate::config::parse(
+            Path::new("/nonexistent/g.toml"),
+            &text,
+            &|_| None,
+            Scope::Structure,
+        )
+        .unwrap()
+    }
+
+    fn failed(repo: &str) -> Event {
+        let mut e = Event::new(
+            EventKind::Failed,
+            RepoRef::new(repo, "https://h.example/x.git", None, Default::default()),
+            now_ms(),
+        );
+        e.failure = Some(Failure {
+            class: FailureClass::ServerError,
+            http_status: Some(503),
+            message: "HTTP 503".into(),
+        });
+        e
+    }
+
+    /// Records `events` as a pull would, through the router.
+    fn accept(store: &Mutex<Store>, config: &Config, events: Vec<Event>) {
+        let none = |_: &str| -> Result<crate::plugin::Plugin, crate::plugin::LoadError> {
+            unreachable!("no plugin here")
+        };
+        let outgoing = Router::new(config, &none).outgoing(events, &Audience::ALL);
+        lock(store).record_events(outgoing).unwrap();
+    }
+
+    /// Passes until nothing is due (a digest window of a millisecond or a
+    /// retry a millisecond away included), at most `passes` times.
+    fn deliver(store: &Mutex<Store>, config: &Config, passes: usize) -> DeliveryStats {
+        let senders = Senders::default();
+        let mut total = DeliveryStats::default();
+        for _ in 0..passes {
+            let next = lock(store).next_due_ms().unwrap();
+            let Some(next) = next else { break };
+            while now_ms() < next {
+                std::thread::yield_now();
+            }
+            total.add(deliver_due(store, config, &senders, 100).unwrap());
+        }
+        total
+    }
+
+    fn store() -> (tempfile::TempDir, Mutex<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, Mutex::new(store))
+    }
+
+    #[test]
+    fn due_messages_are_sent_and_marked_delivered() {
+        let (dir, store) = store();
+        let file = dir.path().join("audit.jsonl");
+        let config = config(&file, "digest_window = \"0s\"");
+        accept(&store, &config, vec![failed("app")]);
+        let stats = deliver(&store, &config, 3);
+        assert_eq!((stats.delivered, stats.retrying, stats.dead), (1, 0, 0));
+        let lines = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(lines.lines().count(), 1);
+        assert!(lines.contains("\"kind\":\"failed\""), "{lines}");
+        let delivered = lock(&store).outbox(&[OutboxState::Delivered], 10).unwrap();
+        assert_eq!(delivered.len(), 1);
+        assert!(delivered[0]
+            .answer
+            .as_deref()
+            .unwrap_or("")
+            .contains("appended"));
+    }
+
+    #[test]
+    fn a_failing_delivery_is_retried_then_dead_lettered_with_its_reason() {
+        let (dir, store) = store();
+        let file = dir.path().join("missing-dir/audit.jsonl");
+        let config = config(&file, "digest_window = \"0s\"\nmax_attempts = 2");
+        accept(&store, &config, vec![failed("app")]);
+        let first = deliver(&store, &config, 1);
+        assert_eq!((first.retrying, first.dead), (1, 0), "retried first");
+        let second = deliver(&store, &config, 1);
+        assert_eq!(second.dead, 1, "then given up on");
+        let dead = lock(&store).outbox(&[OutboxState::Dead], 10).unwrap();
+        assert_eq!(dead[0].attempts, 2);
+        let why = dead[0].last_error.as_deref().unwrap_or("");
+        assert!(why.starts_with("io:") && why.contains("gave up"), "{why}");
+    }
+
+    #[test]
+    fn failures_on_one_host_go_out_as_one_digest() {
+        let (dir, store) = store();
+        let file = dir.path().join("audit.jsonl");
+        let config = config(&file, "digest_window = \"1ms\"\ndigest_min = 3");
+        accept(&store, &config, vec![failed("a"), failed("b"), failed("c")]);
+        let stats = deliver(&store, &config, 3);
+        assert_eq!(stats.delivered, 3, "a digest counts every message in it");
+        let lines = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+        assert!(lines.contains("\"kind\":\"digest\""), "{lines}");
+        let rows = lock(&store).outbox(&[OutboxState::Delivered], 10).unwrap();
+        let digest = rows.iter().find(|r| r.kind == "digest").unwrap();
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.digest_of == Some(digest.id))
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn fewer_than_digest_min_go_out_one_by_one() {
+        let (dir, store) = store();
+        let file = dir.path().join("audit.jsonl");
+        let config = config(&file, "digest_window = \"1ms\"\ndigest_min = 3");
+        accept(&store, &config, vec![failed("a"), failed("b")]);
+        deliver(&store, &config, 3);
+        let lines = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(!lines.contains("\"kind\":\"digest\""), "{lines}");
+    }
+}

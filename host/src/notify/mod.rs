@@ -429,3 +429,151 @@ pub fn check_templates(config: &Config) -> Vec<crate::config::Problem> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Scope;
+    use crate::git::FailureClass;
+
+    fn config(text: &str) -> Config {
+        crate::config::parse(
+            Path::new("/nonexistent/gitpulse.toml"),
+            text,
+            &|_| None,
+            Scope::Structure,
+        )
+        .unwrap()
+    }
+
+    fn no_plugins(name: &str) -> Result<Plugin, LoadError> {
+        Err(LoadError::Read {
+            path: format!("{name}.wasm").into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+
+    fn failed(repo: &str) -> Event {
+        let mut e = Event::new(
+            EventKind::Failed,
+            RepoRef::new(repo, "https://h.example/x.git", None, Default::default()),
+            1,
+        );
+        e.failure = Some(crate::events::Failure {
+            class: FailureClass::ServerError,
+            http_status: Some(503),
+            message: "HTTP 503".into(),
+        });
+        e
+    }
+
+    fn changed(repo: &str) -> Event {
+        Event::new(
+            EventKind::Changed,
+            RepoRef::new(repo, "https://h.example/x.git", None, Default::default()),
+            1,
+        )
+    }
+
+    /// Notifier names with a message, per event, in order.
+    fn routed(out: &[Outgoing]) -> Vec<(String, Vec<String>)> {
+        out.iter()
+            .map(|o| {
+                let names = o.messages.iter().map(|m| m.notifier.clone()).collect();
+                (o.event.kind.clone(), names)
+            })
+            .collect()
+    }
+
+    const TWO: &str = "[notifier.errors]\nkind = \"log\"\nevents = [\"failed\"]\n\n\
+                       [notifier.app-only]\nkind = \"log\"\nrepos = [\"app\"]\n";
+
+    #[test]
+    fn events_go_to_the_notifiers_whose_filters_take_them() {
+        let config = config(TWO);
+        let router = Router::new(&config, &no_plugins);
+        let out = router.outgoing(vec![failed("app"), changed("lib")], &Audience::ALL);
+        assert_eq!(
+            routed(&out),
+            [
+                (
+                    "failed".to_string(),
+                    vec!["app-only".to_string(), "errors".to_string()]
+                ),
+                ("changed".to_string(), vec![]),
+            ],
+            "an event nobody takes is still recorded, with no message"
+        );
+        let named = ["errors".to_string()];
+        let audience = Audience {
+            notifiers: &named,
+            plugin: None,
+        };
+        let out = router.outgoing(vec![failed("app")], &audience);
+        assert_eq!(routed(&out)[0].1, ["errors"], "a repo's notifiers = [...]");
+        assert!(router.wants(EventKind::Failed, &Audience::ALL));
+        assert!(!router.wants(EventKind::Retrying, &Audience::ALL), "opt-in");
+    }
+
+    #[test]
+    fn a_notify_plugin_that_cannot_load_is_a_fault_and_the_defaults_are_sent() {
+        let config = config(TWO);
+        let router = Router::new(&config, &no_plugins);
+        let audience = Audience {
+            notifiers: &[],
+            plugin: Some("gone"),
+        };
+        let out = router.outgoing(vec![failed("app")], &audience);
+        assert_eq!(out.len(), 2, "the event and a plugin-fault");
+        assert_eq!(out[0].messages.len(), 2, "sent with the host's templates");
+        assert_eq!(out[1].event.kind, "plugin-fault");
+        assert!(
+            out[1]
+                .event
+                .payload
+                .contains("plugin gone (notify) could not load"),
+            "{}",
+            out[1].event.payload
+        );
+    }
+
+    #[test]
+    fn failures_wait_for_a_digest_unless_the_router_holds_none() {
+        let config = config(TWO);
+        let router = Router::new(&config, &no_plugins);
+        let held = router.outgoing(vec![failed("app")], &Audience::ALL);
+        assert!(held[0].messages.iter().all(|m| m.digest_window_ms > 0));
+        assert_eq!(
+            held[0].event.digest_key.as_deref(),
+            Some("failed@h.example")
+        );
+        let at_once = Router::new(&config, &no_plugins)
+            .without_digests()
+            .outgoing(vec![failed("app")], &Audience::ALL);
+        assert!(at_once[0].messages.iter().all(|m| m.digest_window_ms == 0));
+    }
+
+    #[test]
+    fn a_webhook_template_that_is_not_json_falls_back_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = dir.path().join("body.hbs");
+        std::fs::write(&body, "not json: {{repo.name}}").unwrap();
+        let config = config(&format!(
+            "[notifier.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example/x\"\n\
+             templates.failed = {{ body = \"{}\" }}\n",
+            body.display()
+        ));
+        let out = Router::new(&config, &no_plugins).outgoing(vec![failed("app")], &Audience::ALL);
+        let message = &out[0].messages[0];
+        let sent: serde_json::Value = serde_json::from_str(&message.body).unwrap();
+        assert_eq!(sent["kind"], "failed", "the default body: the event's JSON");
+        assert_eq!(out[1].event.kind, "plugin-fault");
+        assert!(
+            out[1].event.payload.contains("not JSON"),
+            "{}",
+            out[1].event.payload
+        );
+    }
+}
