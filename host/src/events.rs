@@ -21,15 +21,16 @@ pub use crate::model::{EventKind, Severity};
 use crate::outcome::{Outcome, PullReport};
 use crate::store::EventRow;
 
-/// The repository an event is about. Never carries credentials.
+/// The one identity of a repository that leaves the config: what events,
+/// messages, logs and plugins see. Its URL is redacted when it is made, and
+/// its fields are private, so no caller can build one that leaks a secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoRef {
-    pub name: String,
-    /// Redacted.
-    pub url: String,
-    pub remote_host: String,
-    pub branch: String,
-    pub labels: BTreeMap<String, String>,
+    name: String,
+    url: String,
+    remote_host: String,
+    branch: String,
+    labels: BTreeMap<String, String>,
 }
 
 impl RepoRef {
@@ -47,6 +48,29 @@ impl RepoRef {
             branch: branch.unwrap_or_default().to_string(),
             labels,
         }
+    }
+
+    /// The configured name (a one-shot pull's: its directory's).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The remote URL, credentials replaced by `***`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn remote_host(&self) -> &str {
+        &self.remote_host
+    }
+
+    /// The followed branch; empty when it is the remote's default.
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
     }
 }
 
@@ -175,7 +199,7 @@ impl Event {
     /// The event as the store keeps it: its JSON and its keys.
     pub fn row(&self) -> EventRow {
         EventRow {
-            repo: self.repo.name.clone(),
+            repo: self.repo.name().to_owned(),
             kind: self.kind.as_str().to_string(),
             payload: serde_json::to_string(self).unwrap_or_default(),
             dedup_key: self.dedup_key(),
@@ -196,7 +220,7 @@ impl Event {
                 self.detail.clone().unwrap_or_default()
             }
         };
-        format!("{}|{}|{}", self.kind, self.repo.name, what)
+        format!("{}|{}|{}", self.kind, self.repo.name(), what)
     }
 
     /// Events that arrive in floods when a host goes down or comes back
@@ -204,7 +228,7 @@ impl Event {
     pub fn digest_key(&self) -> Option<String> {
         match self.kind {
             EventKind::Failed | EventKind::Recovered => {
-                Some(format!("{}@{}", self.kind, self.repo.remote_host))
+                Some(format!("{}@{}", self.kind, self.repo.remote_host()))
             }
             _ => None,
         }

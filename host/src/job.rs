@@ -133,7 +133,7 @@ pub fn record_and_deliver(
         &store,
         &router,
         audience,
-        &repo.name,
+        repo.name(),
         &pull_events,
         report,
         Timing::default(),

@@ -1,6 +1,8 @@
 //! The `gitpulse` binary: parse, dispatch, print, exit. The work is in the
 //! library; [`exit`] is the one place a failure becomes an exit code.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -138,7 +138,7 @@ impl<'a> Router<'a> {
             for n in &notifiers {
                 if !n
                     .filter
-                    .accepts(event.kind, &event.repo.name, &event.repo.labels)
+                    .accepts(event.kind, event.repo.name(), event.repo.labels())
                 {
                     continue;
                 }
@@ -155,14 +155,14 @@ impl<'a> Router<'a> {
             });
         }
         for detail in faults {
-            warn!(repo = repo_ref.name, "{detail}");
+            warn!(repo = repo_ref.name(), "{detail}");
             let event = Event::problem(EventKind::PluginFault, repo_ref.clone(), detail, at);
             let mut ignored = Vec::new();
             let messages = notifiers
                 .iter()
                 .filter(|n| {
                     n.filter
-                        .accepts(event.kind, &event.repo.name, &event.repo.labels)
+                        .accepts(event.kind, event.repo.name(), event.repo.labels())
                 })
                 .filter_map(|n| message_for(&event, n, None, None, &mut ignored))
                 .map(|m| self.hold(m))
@@ -190,7 +190,7 @@ fn message_for(
     if let Some(plugin) = plugin {
         match plugin.notify(event, &n.name, n.channel.kind()) {
             Ok(NotifyChoice::Suppress(reason)) => {
-                info!(repo = event.repo.name, notifier = n.name, event = %event.kind, "suppressed by plugin: {reason}");
+                info!(repo = event.repo.name(), notifier = n.name, event = %event.kind, "suppressed by plugin: {reason}");
                 return None;
             }
             Ok(NotifyChoice::Send { template, vars: v }) => {
@@ -254,7 +254,7 @@ fn render_event(
         // Only a bug in a default template gets here; send the raw event.
         warn!("default template for {}: {e}", event.kind);
         Rendered {
-            subject: format!("[gitpulse] {} {}", event.kind, event.repo.name),
+            subject: format!("[gitpulse] {} {}", event.kind, event.repo.name()),
             body: serde_json::to_string_pretty(&data).unwrap_or_default(),
             html: None,
         }
@@ -358,7 +358,7 @@ fn fault_outgoing(n: &NotifierConfig, detail: String) -> Vec<Outgoing> {
     let mut ignored = Vec::new();
     let messages = n
         .filter
-        .accepts(event.kind, &event.repo.name, &event.repo.labels)
+        .accepts(event.kind, event.repo.name(), event.repo.labels())
         .then(|| message_for(&event, n, None, None, &mut ignored))
         .flatten()
         .map(|mut m| {
@@ -375,10 +375,7 @@ fn fault_outgoing(n: &NotifierConfig, detail: String) -> Vec<Outgoing> {
 
 /// A test message for `gitpulse notify test`.
 pub fn test_message(n: &NotifierConfig) -> Rendered {
-    let repo = RepoRef {
-        name: "gitpulse-test".into(),
-        ..RepoRef::default()
-    };
+    let repo = RepoRef::new("gitpulse-test", "", None, Default::default());
     let mut event = Event::problem(
         EventKind::Changed,
         repo,

@@ -235,7 +235,7 @@ mod tests {
             author: "Ada".into(),
             subject: "Fix <the> parser".into(),
         }];
-        e.compare_url = crate::events::compare_url(&e.repo.url, &"a".repeat(40), &"b".repeat(40));
+        e.compare_url = crate::events::compare_url(e.repo.url(), &"a".repeat(40), &"b".repeat(40));
         e
     }
 

@@ -71,12 +71,12 @@ pub(crate) fn context_to_wit(
         max_attempts: told.max_attempts,
         max_delay_ms: millis(told.max_delay),
         repo: wit::Repo {
-            name: repo.name.clone(),
-            url: repo.url.clone(),
-            remote_host: repo.remote_host.clone(),
-            branch: repo.branch.clone(),
+            name: repo.name().to_string(),
+            url: repo.url().to_string(),
+            remote_host: repo.remote_host().to_string(),
+            branch: repo.branch().to_string(),
             labels: repo
-                .labels
+                .labels()
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
@@ -162,13 +162,13 @@ pub(crate) fn event_to_wit(e: &crate::events::Event) -> wit::Event {
     wit::Event {
         kind,
         repo: wit::Repo {
-            name: e.repo.name.clone(),
-            url: e.repo.url.clone(),
-            remote_host: e.repo.remote_host.clone(),
-            branch: e.repo.branch.clone(),
+            name: e.repo.name().to_owned(),
+            url: e.repo.url().to_owned(),
+            remote_host: e.repo.remote_host().to_owned(),
+            branch: e.repo.branch().to_owned(),
             labels: e
                 .repo
-                .labels
+                .labels()
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
