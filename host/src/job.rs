@@ -17,16 +17,140 @@
 //! store (`store`) or load plugins (its callers hand it a loader).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, PolicyRef};
+use crate::config::{self, AuthRef, Config, PolicyRef, RepoConfig, SecretRef};
 use crate::events::{EventKind, PullEvents, RepoRef};
+use crate::git::{Auth, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
 use crate::outcome::PullReport;
 use crate::plugin::{LoadError, Told, WasmPolicy};
-use crate::policy::{Builtin, RetryPolicy};
+use crate::policy::{Backoff, Builtin, RetryPolicy};
+use crate::pull::{self, Observer, PullOptions};
 use crate::store::{Store, StoreError, StoredEvent};
+
+/// Why a configured repository's job could not run. Nothing was pulled.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Its token could not be read.
+    #[error("{0}")]
+    Auth(String),
+    /// Its checkout cannot be used (not a repository, the wrong kind).
+    #[error(transparent)]
+    Spec(#[from] crate::git::SpecError),
+    /// A plugin it names will not load.
+    #[error(transparent)]
+    Plugin(#[from] LoadError),
+}
+
+/// A configured repository's pull job: pull under its policy, then record
+/// the result with its events and their messages.
+pub struct Job<'a> {
+    pub repo: &'a RepoConfig,
+    pub config: &'a Config,
+    /// Where its plugins come from (the daemon's registry).
+    pub plugins: PluginLoader<'a>,
+    pub store: &'a Mutex<Store>,
+    /// Set to stop the pull at its next check.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Job<'_> {
+    /// Runs the job; `observer` hears of each attempt. Returns the pull's
+    /// report and how recording it went (a pull that happened is reported
+    /// even when the state could not take it). Blocks: call it on a
+    /// blocking thread.
+    pub fn run(
+        &self,
+        observer: &mut dyn Observer,
+        timing: Timing,
+    ) -> Result<(PullReport, Result<Vec<StoredEvent>, StoreError>), JobError> {
+        let repo = self.repo;
+        let builtin = Builtin::new(
+            Backoff {
+                base: repo.backoff_base,
+                max: repo.backoff_max,
+            },
+            repo.max_attempts,
+            None,
+        );
+        let told = Told {
+            max_attempts: repo.max_attempts,
+            max_delay: repo.backoff_max,
+        };
+        let identity = identity(repo);
+        let mut policy = policy(&repo.policy, builtin, identity.clone(), told, self.plugins)?;
+        let report = pull::pull(
+            &options(repo, auth(repo)?),
+            policy.as_mut(),
+            observer,
+            self.cancel.clone(),
+        )?;
+        // Retries were told as they happened (by the observer).
+        let events = PullEvents::read(&identity, &repo.dir, &report, false);
+        let router = Router::new(self.config, self.plugins);
+        let recorded = record(
+            self.store,
+            &router,
+            &Audience::of(repo),
+            &repo.name,
+            &events,
+            &report,
+            timing,
+        );
+        Ok((report, recorded))
+    }
+}
+
+/// A configured repository as events and plugins see it.
+pub fn identity(repo: &RepoConfig) -> RepoRef {
+    RepoRef::new(
+        &repo.name,
+        &repo.url,
+        repo.branch.as_deref(),
+        repo.labels.clone(),
+    )
+}
+
+/// The credentials `repo` names, read now (rotated tokens are picked up).
+fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
+    let token = |secret: SecretRef| {
+        config::read_secret(&secret)
+            .map(Auth::Token)
+            .map_err(JobError::Auth)
+    };
+    Ok(match &repo.auth {
+        AuthRef::None => Auth::None,
+        AuthRef::TokenEnv(var) => token(SecretRef::Env(var.clone()))?,
+        AuthRef::TokenFile(path) => token(SecretRef::File(path.clone()))?,
+        AuthRef::SshKey { key, known_hosts } => Auth::SshKey {
+            key: key.clone(),
+            known_hosts: known_hosts.clone(),
+        },
+    })
+}
+
+/// What one pull of `repo` is asked to do.
+fn options(repo: &RepoConfig, auth: Auth) -> PullOptions {
+    PullOptions {
+        sync: SyncSpec {
+            url: repo.url.clone(),
+            dir: repo.dir.clone(),
+            branch: repo.branch.clone(),
+            depth: repo.depth,
+            submodules: repo.submodules,
+            mode: repo.mode,
+            auth,
+            lock_wait: repo.lock_wait,
+        },
+        timeout: repo.timeout,
+        deadline: repo.deadline,
+        max_attempts: repo.max_attempts,
+        max_delay: repo.backoff_max,
+    }
+}
 
 /// The retry policy of `repo`: the plugins `roles` names, each in its role,
 /// loaded by `load`, and `builtin` for every role nobody plays. One plugin

@@ -37,14 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{self, AuthRef, Config, RepoConfig, SecretRef};
+use crate::config::{self, Config, RepoConfig};
 use crate::events::{self, Event, EventKind, RepoRef};
-use crate::git::{Auth, SyncSpec};
 use crate::notify::{Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
-use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox, Told};
-use crate::policy::{Backoff, Builtin};
-use crate::pull::{self, PullOptions};
+use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox};
+use crate::pull;
 use crate::store::{self, Store};
 use breaker::{Admission, Breaker, Change, Verdict};
 use timetable::Timetable;
@@ -487,9 +485,34 @@ fn launch(
         let job = shared.clone();
         let name = repo.name.clone();
         let report = tokio::task::spawn_blocking(move || {
-            let report = run_pull(&job, &repo)?;
-            record(&job, &repo, &report, start_lag_ms, next_run_ms);
-            Ok::<_, JobError>(report)
+            let config = job.config();
+            let load = |name: &str| load_plugin(&job, &config, name);
+            let mut observer = LogObserver {
+                shared: &job,
+                config: &config,
+                repo: &repo,
+            };
+            let timing = crate::job::Timing {
+                start_lag_ms,
+                next_run_ms,
+            };
+            let pull_job = crate::job::Job {
+                repo: &repo,
+                config: &config,
+                plugins: &load,
+                store: &job.store,
+                cancel: job.cancel.clone(),
+            };
+            let (report, recorded) = pull_job.run(&mut observer, timing)?;
+            match recorded {
+                Ok(events) => {
+                    for e in events {
+                        info!(repo = repo.name, event = e.kind, "event");
+                    }
+                }
+                Err(e) => error!(repo = repo.name, "recording the pull: {e}"),
+            }
+            Ok::<_, crate::job::JobError>(report)
         })
         .await;
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
@@ -501,52 +524,6 @@ fn launch(
         }
         lock(&shared.running).remove(&name);
     });
-}
-
-/// Records a finished pull with its events and their messages, in one
-/// transaction. On a blocking thread.
-fn record(
-    shared: &Shared,
-    repo: &RepoConfig,
-    report: &PullReport,
-    start_lag_ms: Option<u64>,
-    next_run_ms: Option<u64>,
-) {
-    let config = shared.config();
-    let repo_ref = repo_ref(repo);
-    // Retries were told as they happened (see LogObserver).
-    let pull_events = events::PullEvents::read(&repo_ref, &repo.dir, report, false);
-    let loader = |name: &str| load_plugin(shared, &config, name);
-    let router = Router::new(&config, &loader);
-    let result = crate::job::record(
-        &shared.store,
-        &router,
-        &Audience::of(repo),
-        &repo.name,
-        &pull_events,
-        report,
-        crate::job::Timing {
-            start_lag_ms,
-            next_run_ms,
-        },
-    );
-    match result {
-        Ok(events) => {
-            for e in events {
-                info!(repo = repo.name, event = e.kind, "event");
-            }
-        }
-        Err(e) => error!(repo = repo.name, "recording the pull: {e}"),
-    }
-}
-
-fn repo_ref(repo: &RepoConfig) -> RepoRef {
-    RepoRef::new(
-        &repo.name,
-        &repo.url,
-        repo.branch.as_deref(),
-        repo.labels.clone(),
-    )
 }
 
 /// Records events that no pull result carries, with their messages.
@@ -618,76 +595,6 @@ fn finish(shared: &Shared, name: &str, host: &str, admission: Admission, report:
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum JobError {
-    #[error("{0}")]
-    Auth(String),
-    #[error(transparent)]
-    Spec(#[from] crate::git::SpecError),
-    #[error(transparent)]
-    Plugin(#[from] crate::plugin::LoadError),
-}
-
-fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
-    let token = |secret: SecretRef| {
-        config::read_secret(&secret)
-            .map(Auth::Token)
-            .map_err(JobError::Auth)
-    };
-    Ok(match &repo.auth {
-        AuthRef::None => Auth::None,
-        AuthRef::TokenEnv(var) => token(SecretRef::Env(var.clone()))?,
-        AuthRef::TokenFile(path) => token(SecretRef::File(path.clone()))?,
-        AuthRef::SshKey { key, known_hosts } => Auth::SshKey {
-            key: key.clone(),
-            known_hosts: known_hosts.clone(),
-        },
-    })
-}
-
-/// One pull of `repo`, on a blocking thread.
-fn run_pull(shared: &Shared, repo: &RepoConfig) -> Result<PullReport, JobError> {
-    let config = shared.config();
-    let options = PullOptions {
-        sync: SyncSpec {
-            url: repo.url.clone(),
-            dir: repo.dir.clone(),
-            branch: repo.branch.clone(),
-            depth: repo.depth,
-            submodules: repo.submodules,
-            mode: repo.mode,
-            auth: auth(repo)?,
-            lock_wait: repo.lock_wait,
-        },
-        timeout: repo.timeout,
-        deadline: repo.deadline,
-        max_attempts: repo.max_attempts,
-        max_delay: repo.backoff_max,
-    };
-    let backoff = Backoff {
-        base: repo.backoff_base,
-        max: repo.backoff_max,
-    };
-    let builtin = Builtin::new(backoff, repo.max_attempts, None);
-    let told = Told {
-        max_attempts: repo.max_attempts,
-        max_delay: repo.backoff_max,
-    };
-    let load = |name: &str| load_plugin(shared, &config, name);
-    let mut policy = crate::job::policy(&repo.policy, builtin, repo_ref(repo), told, &load)?;
-    let mut observer = LogObserver {
-        shared,
-        config: &config,
-        repo,
-    };
-    Ok(pull::pull(
-        &options,
-        policy.as_mut(),
-        &mut observer,
-        shared.cancel.clone(),
-    )?)
-}
-
 /// Plugin `name` from the plugin directory, compiled once per content (see
 /// [`Registry`]), with its settings and its key-value store (shared by
 /// every pull that uses it). Blocks while it compiles.
@@ -742,7 +649,7 @@ impl pull::Observer for LogObserver<'_> {
         let wanted =
             Router::new(self.config, &loader).wants(EventKind::Retrying, &Audience::of(self.repo));
         if wanted && matches!(decision, crate::policy::Decision::RetryAfter { .. }) {
-            let event = events::retrying(&repo_ref(self.repo), record, store::now_ms());
+            let event = events::retrying(&crate::job::identity(self.repo), record, store::now_ms());
             record_events(
                 self.shared,
                 self.config,
