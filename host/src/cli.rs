@@ -34,12 +34,15 @@ const EXIT_CODES: &str = exit_codes!();
                   is unreachable); 2 usage or configuration error. `gitpulse <COMMAND> --help` says more.",
     args_override_self = true
 )]
+/// The whole command line.
 pub struct Cli {
     #[command(subcommand)]
+    /// What to do.
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
+/// The subcommands.
 pub enum Command {
     /// Clone URL into DIR, or bring an existing checkout up to date.
     ///
@@ -91,8 +94,10 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse outbox`.
 pub struct OutboxArgs {
     #[command(subcommand)]
+    /// `retry ID`, or none to list.
     pub action: Option<OutboxAction>,
     /// The daemon's config file (it names the state directory)
     #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE", global = true)]
@@ -109,6 +114,7 @@ pub struct OutboxArgs {
 }
 
 #[derive(Debug, Subcommand)]
+/// What `gitpulse outbox` does besides listing.
 pub enum OutboxAction {
     /// Put a dead (or pending) message back in the queue, due now, attempts reset
     Retry {
@@ -135,6 +141,7 @@ pub enum NotifyCommand {
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse daemon`.
 pub struct DaemonArgs {
     /// The config file
     #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
@@ -145,6 +152,7 @@ pub struct DaemonArgs {
 }
 
 #[derive(Debug, Args)]
+/// Commands that read the daemon's state (`status`).
 pub struct StateArgs {
     /// The daemon's config file (it names the state directory)
     #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
@@ -155,10 +163,12 @@ pub struct StateArgs {
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse history`.
 pub struct HistoryArgs {
     /// The repository's name in the config
     pub repo: String,
     #[command(flatten)]
+    /// The config and the output format.
     pub state: StateArgs,
     /// How many entries
     #[arg(long, value_name = "N", default_value = "20")]
@@ -166,6 +176,7 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse trigger`.
 pub struct TriggerArgs {
     /// The repository's name in the config
     #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -179,6 +190,7 @@ pub struct TriggerArgs {
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse validate`.
 pub struct ValidateArgs {
     /// The config file
     #[arg(long, env = "GITPULSE_CONFIG", value_name = "FILE")]
@@ -206,14 +218,20 @@ pub enum PluginCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Which roles a scaffolded plugin plays.
 pub enum RoleArg {
+    /// Decides whether and when to retry.
     Retry,
+    /// Chooses the delay curve only.
     Backoff,
+    /// Shapes notifications.
     Notify,
+    /// Every role.
     Full,
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse plugin new`.
 pub struct NewArgs {
     /// Crate name: lowercase letters, digits and dashes
     pub name: String,
@@ -249,6 +267,7 @@ pub struct PluginOptions {
 }
 
 impl PluginOptions {
+    /// The sandbox every call of the plugin runs in.
     pub fn sandbox(&self) -> crate::plugin::Sandbox {
         crate::plugin::Sandbox {
             cpu: self.plugin_cpu,
@@ -257,6 +276,7 @@ impl PluginOptions {
         }
     }
 
+    /// Where compiled plugins are cached (`--no-cache`: nowhere).
     pub fn cache(&self) -> Option<PathBuf> {
         if self.no_cache {
             None
@@ -269,14 +289,17 @@ impl PluginOptions {
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse plugin check`.
 pub struct CheckArgs {
     /// The plugin component (.wasm)
     pub file: PathBuf,
     #[command(flatten)]
+    /// Settings and sandbox of the plugin.
     pub plugin: PluginOptions,
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse plugin simulate`.
 pub struct SimulateArgs {
     /// The plugin component (.wasm)
     pub file: PathBuf,
@@ -295,15 +318,19 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "N", default_value = "1")]
     pub seed: u64,
     #[arg(long, value_name = "N", default_value = "8", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Attempts before the host gives up.
     pub max_attempts: u32,
     #[arg(long, value_name = "D", default_value = "1s", value_parser = duration)]
+    /// The built-in curve's base delay.
     pub backoff_base: Duration,
     #[arg(long, value_name = "D", default_value = "60s", value_parser = duration)]
+    /// The built-in curve's cap, and the cap of any plugin's delay.
     pub backoff_max: Duration,
     /// Print the timeline as JSON lines instead of a table
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    /// Settings and sandbox of the plugin.
     pub plugin: PluginOptions,
 }
 
@@ -329,6 +356,7 @@ pub enum ModeArg {
 }
 
 #[derive(Debug, Args)]
+/// `gitpulse pull`.
 pub struct PullArgs {
     /// Remote repository: https://, http://, ssh://, git:// or file:// (credentials in the URL are never printed)
     pub url: String,
@@ -345,6 +373,7 @@ pub struct PullArgs {
     #[arg(long)]
     pub submodules: bool,
     #[arg(long, value_enum, default_value = "ff")]
+    /// How the checkout is updated.
     pub mode: ModeArg,
 
     /// Time limit of one attempt (e.g. 250ms, 10s, 2m); a stalled server fails as `timeout`
@@ -399,6 +428,7 @@ pub struct PullArgs {
     #[arg(long, value_name = "D", default_value = "30s", value_parser = duration, requires = "notify_config")]
     pub notify_wait: Duration,
     #[command(flatten)]
+    /// Settings and sandbox of a `--policy` plugin.
     pub plugin: PluginOptions,
 }
 
@@ -410,29 +440,48 @@ fn duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     #[error("--token-env {0}: the environment variable is not set or empty")]
+    /// `--token-env` names an unset or empty variable.
     TokenEnvMissing(String),
     #[error("--token-file {path}: {source}")]
+    /// `--token-file` cannot be read.
     TokenFile {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("--token-file {0}: the file is empty")]
+    /// `--token-file` is empty.
     TokenFileEmpty(PathBuf),
     #[error("--ssh-key {path}: {source}")]
+    /// `--ssh-key` cannot be read.
     SshKey {
+        /// The key file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("--known-hosts {path}: {source}")]
+    /// `--known-hosts` cannot be read.
     KnownHosts {
+        /// The known_hosts file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("--backoff-base ({base}) is larger than --backoff-max ({max})")]
-    Backoff { base: String, max: String },
+    /// The curve's base is above its cap.
+    Backoff {
+        /// --backoff-base, as given.
+        base: String,
+        /// --backoff-max, as given.
+        max: String,
+    },
     #[error("URL {1}")]
+    /// The URL is not one gitpulse can pull (redacted URL, why).
     Url(String, String),
     #[error("--timeout must be greater than zero")]
+    /// `--timeout 0`.
     ZeroTimeout,
 }
 

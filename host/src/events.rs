@@ -60,6 +60,7 @@ impl RepoRef {
         &self.url
     }
 
+    /// The host the remote is on (what digests and breakers group by).
     pub fn remote_host(&self) -> &str {
         &self.remote_host
     }
@@ -69,6 +70,7 @@ impl RepoRef {
         &self.branch
     }
 
+    /// The configured labels.
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels
     }
@@ -77,18 +79,23 @@ impl RepoRef {
 /// One new commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
+    /// Full SHA.
     pub sha: String,
+    /// `Name <email>`.
     pub author: String,
+    /// The first line of the message.
     pub subject: String,
 }
 
 /// What the new commits changed, as a summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesSummary {
+    /// Files changed.
     pub changed: usize,
     /// Lines added and removed; none when more than [`MAX_LINE_STATS_FILES`]
     /// files changed (counting lines means reading every changed blob).
     pub insertions: Option<usize>,
+    /// Lines removed (absent past the file limit).
     pub deletions: Option<usize>,
     /// The first paths changed (at most [`MAX_PATHS`]).
     pub paths: Vec<String>,
@@ -103,16 +110,22 @@ pub struct Changes {
     pub files: Option<FilesSummary>,
 }
 
+/// New commits carried, at most.
 pub const MAX_COMMITS: usize = 50;
+/// Changed paths carried, at most.
 pub const MAX_PATHS: usize = 20;
+/// Beyond this many changed files, line counts are skipped.
 pub const MAX_LINE_STATS_FILES: usize = 2_000;
 
 /// Why the last attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     #[serde(with = "class_name")]
+    /// How it failed.
     pub class: FailureClass,
+    /// The HTTP status, when there was one.
     pub http_status: Option<u16>,
+    /// The redacted message.
     pub message: String,
 }
 
@@ -136,25 +149,34 @@ mod class_name {
 /// One event. Optional fields are present only for the kinds that have them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// What happened.
     pub kind: EventKind,
+    /// How much it matters (from the kind).
     pub severity: Severity,
+    /// Which repository.
     pub repo: RepoRef,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The commit before (changed, recovered).
     pub old: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The commit after.
     pub new: Option<String>,
     /// New commits, newest first (at most 50; `commit_count` has them all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commits: Vec<Commit>,
     #[serde(default)]
+    /// How many new commits, all of them.
     pub commit_count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What changed on disk.
     pub files: Option<FilesSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A link to the diff on GitHub, GitLab, Codeberg or Bitbucket.
     pub compare_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why the last attempt failed (failed, retrying).
     pub failure: Option<Failure>,
     /// Failed attempts (failed, retrying) or failed pulls before a recovery.
     #[serde(default)]
@@ -207,6 +229,7 @@ impl Event {
         }
     }
 
+    /// What makes two messages the same, for the outbox's dedup window.
     pub fn dedup_key(&self) -> String {
         let what = match self.kind {
             EventKind::Changed => self.new.clone().unwrap_or_default(),

@@ -48,10 +48,13 @@ pub enum JobError {
 /// A configured repository's pull job: pull under its policy, then record
 /// the result with its events and their messages.
 pub struct Job<'a> {
+    /// The repository and its settings.
     pub repo: &'a RepoConfig,
+    /// The whole config (notifiers, plugin settings).
     pub config: &'a Config,
     /// Where its plugins come from (the daemon's registry).
     pub plugins: PluginLoader<'a>,
+    /// The state.
     pub store: &'a Mutex<Store>,
     /// Set to stop the pull at its next check.
     pub cancel: Arc<AtomicBool>,
@@ -185,7 +188,9 @@ pub fn policy(
 /// the next one is planned (both absent for a manual or one-shot pull).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timing {
+    /// How late a scheduled pull started.
     pub start_lag_ms: Option<u64>,
+    /// When the next run is planned.
     pub next_run_ms: Option<u64>,
 }
 
@@ -230,8 +235,11 @@ fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
 /// What `gitpulse pull --notify-config` did with its notifications.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PullNotified {
+    /// Events recorded.
     pub events: usize,
+    /// Messages delivered.
     pub delivered: u64,
+    /// Messages given up on.
     pub dead: u64,
     /// Still in the outbox when the wait ran out.
     pub pending: u64,

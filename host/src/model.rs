@@ -25,15 +25,22 @@ pub fn now_ms() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
+    /// New commits arrived (or the checkout moved).
     Changed,
+    /// A pull gave up.
     Failed,
+    /// A pull succeeded after failed ones.
     Recovered,
+    /// An attempt failed and will be retried (opt-in).
     Retrying,
+    /// A plugin or template misbehaved.
     PluginFault,
+    /// A reloaded config was refused.
     ConfigRejected,
 }
 
 impl EventKind {
+    /// Every kind, in order.
     pub const ALL: [EventKind; 6] = [
         EventKind::Changed,
         EventKind::Failed,
@@ -43,6 +50,7 @@ impl EventKind {
         EventKind::ConfigRejected,
     ];
 
+    /// The name the config and templates use.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Changed => "changed",
@@ -87,9 +95,13 @@ impl FromStr for EventKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// How much an event matters.
 pub enum Severity {
+    /// Worth knowing (changed, recovered).
     Info,
+    /// Worth a look (retrying, plugin-fault).
     Warning,
+    /// Needs someone (failed, config-rejected).
     Error,
 }
 

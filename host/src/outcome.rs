@@ -14,13 +14,18 @@ use crate::policy::StopReason;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// DIR was made.
     Cloned,
+    /// DIR moved to new commits.
     Updated,
+    /// DIR was already current.
     Unchanged,
+    /// The pull gave up.
     Failed,
 }
 
 impl Outcome {
+    /// Whether the checkout is current after it.
     pub fn is_success(self) -> bool {
         self != Outcome::Failed
     }
@@ -32,7 +37,9 @@ pub struct AttemptRecord {
     /// 1-based.
     pub n: u32,
     #[serde(serialize_with = "class_name")]
+    /// How it failed.
     pub class: FailureClass,
+    /// The HTTP status, when there was one.
     pub http_status: Option<u16>,
     /// Redacted message tail.
     pub message: String,
@@ -60,14 +67,19 @@ fn reason_words<S: Serializer>(reason: &Option<StopReason>, s: S) -> Result<S::O
 pub struct PullReport {
     /// The remote URL with userinfo replaced by `***`.
     pub url: String,
+    /// The checkout.
     pub dir: String,
+    /// How it ended.
     pub outcome: Outcome,
     /// Full SHA before the pull, or null (fresh clone, failed before reading).
     pub old: Option<String>,
     /// Full SHA after the pull, or null when it failed.
     pub new: Option<String>,
+    /// New commits.
     pub commits: u64,
+    /// Every failed attempt, in order.
     pub attempts: Vec<AttemptRecord>,
+    /// How long it took, waits included.
     pub duration_ms: u64,
     /// Why a failed pull stopped; in JSON its words ("not retryable",
     /// "attempts exhausted", "deadline reached", "cancelled", "policy: …").

@@ -22,21 +22,28 @@ use crate::redact;
 /// Everything `gitpulse pull` was asked to do.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
+    /// What to update and how.
     pub sync: SyncSpec,
     /// Limit of one attempt.
     pub timeout: Duration,
     /// Limit of the whole pull, waits included.
     pub deadline: Option<Duration>,
+    /// Attempts at most.
     pub max_attempts: u32,
+    /// The longest wait between attempts.
     pub max_delay: Duration,
 }
 
 /// What a pull tells its caller while it runs. Every method has a no-op
 /// default.
 pub trait Observer {
+    /// Attempt `n` starts.
     fn attempt_started(&mut self, _n: u32) {}
+    /// Transfer progress.
     fn transfer(&mut self, _progress: Transfer) {}
+    /// An attempt failed; `decision` is what happens next.
     fn attempt_failed(&mut self, _record: &AttemptRecord, _decision: &Decision) {}
+    /// Something worth knowing that did not stop the pull.
     fn notice(&mut self, _text: &str) {}
 }
 

@@ -14,10 +14,12 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
+    /// The secret itself: only for sending it where it belongs.
     pub fn expose(&self) -> &str {
         &self.0
     }

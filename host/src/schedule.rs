@@ -24,7 +24,12 @@ pub enum Schedule {
     /// A 6-field cron expression with seconds (`sec min hour day month weekday`).
     Cron(Cron),
     /// Every `period`, each run shifted by a random amount up to `jitter`.
-    Every { period: Duration, jitter: Duration },
+    Every {
+        /// How often.
+        period: Duration,
+        /// Up to this much is added to each run, at random.
+        jitter: Duration,
+    },
 }
 
 impl Schedule {
@@ -107,6 +112,7 @@ impl Cron {
         Ok(cron)
     }
 
+    /// The expression as written.
     pub fn as_str(&self) -> &str {
         &self.text
     }

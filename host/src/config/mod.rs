@@ -57,11 +57,13 @@ pub use notifier::{
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The config file.
     pub file: PathBuf,
     /// 1-based; 0 when the problem has no single place (a missing section).
     pub line: usize,
     /// `repo "app".schedule`, `daemon.listen`, …
     pub field: String,
+    /// What is wrong, in words; never a secret's value.
     pub message: String,
 }
 
@@ -109,11 +111,17 @@ impl std::error::Error for Problems {}
 /// How a repository authenticates. Names only: secrets are read when used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthRef {
+    /// Anonymous (or credentials from ssh-agent).
     None,
+    /// A token read from this environment variable.
     TokenEnv(String),
+    /// A token read from this file.
     TokenFile(PathBuf),
+    /// An SSH key, and the known_hosts to check the server against.
     SshKey {
+        /// The private key file.
         key: PathBuf,
+        /// Where the server's key must be listed; default `~/.ssh/known_hosts`.
         known_hosts: Option<PathBuf>,
     },
 }
@@ -121,34 +129,52 @@ pub enum AuthRef {
 /// Which plugin plays which role for a repository (`None`: built-in).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRef {
+    /// Decides whether and when to retry.
     pub retry: Option<String>,
+    /// Chooses the delay of each retry.
     pub backoff: Option<String>,
+    /// Shapes the repo's notifications.
     pub notify: Option<String>,
 }
 
 /// One `[[repo]]`, with defaults applied and paths resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoConfig {
+    /// Unique; what status, history, events and metrics call it.
     pub name: String,
+    /// The remote (credentials never in it).
     pub url: String,
+    /// `None`: the branch the checkout has, else the remote's HEAD.
     pub branch: Option<String>,
+    /// The checkout.
     pub dir: PathBuf,
+    /// When it is pulled.
     pub schedule: Schedule,
+    /// How the checkout is updated.
     pub mode: Mode,
+    /// Shallow history of this many commits.
     pub depth: Option<u32>,
     /// Also update submodules.
     pub submodules: bool,
+    /// Limit of one attempt.
     pub timeout: Duration,
     /// Limit of a whole pull, waits included.
     pub deadline: Option<Duration>,
     /// How long to wait for another process's lock on the checkout.
     pub lock_wait: Duration,
+    /// Attempts before giving up.
     pub max_attempts: u32,
+    /// The retry curve's base delay.
     pub backoff_base: Duration,
+    /// The retry curve's cap.
     pub backoff_max: Duration,
+    /// How it authenticates (names only).
     pub auth: AuthRef,
+    /// Free labels, for notifier filters and plugins.
     pub labels: BTreeMap<String, String>,
+    /// Which plugin plays which role.
     pub policy: PolicyRef,
+    /// The notifiers it tells (empty: every notifier whose filters accept).
     pub notifiers: Vec<String>,
     /// Where the `[[repo]]` starts in the file.
     pub line: usize,
@@ -170,10 +196,15 @@ impl RepoConfig {
 /// `[daemon]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonSettings {
+    /// Where state.db, plugin stores and the compile cache live.
     pub state_dir: PathBuf,
+    /// Where the HTTP face listens.
     pub listen: SocketAddr,
+    /// Pulls at once.
     pub max_concurrent: usize,
+    /// Pulls at once to one remote host.
     pub per_host: usize,
+    /// Where `NAME.wasm` plugins are found.
     pub plugin_dir: Option<PathBuf>,
     /// Pulls to one host that must fail (transiently, in a row) before its
     /// circuit opens.
@@ -188,8 +219,11 @@ pub struct DaemonSettings {
 /// A validated configuration, built once and swapped whole on reload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The file it was read from (relative paths are relative to it).
     pub path: PathBuf,
+    /// `[daemon]`.
     pub daemon: DaemonSettings,
+    /// `[[repo]]`, in file order.
     pub repos: Vec<RepoConfig>,
     /// `[plugin.NAME]` settings, as strings (what `config-get` returns).
     pub plugins: BTreeMap<String, BTreeMap<String, String>>,
@@ -198,6 +232,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// The repository named `name`.
     pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
         self.repos.iter().find(|r| r.name == name)
     }

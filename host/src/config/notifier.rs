@@ -53,7 +53,9 @@ use crate::model::{EventKind, Severity};
 /// Where a secret comes from. The value itself is read at send time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretRef {
+    /// An environment variable.
     Env(String),
+    /// A file (trailing whitespace dropped).
     File(PathBuf),
 }
 
@@ -71,17 +73,27 @@ pub enum SmtpSecurity {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// An email notifier.
 pub struct EmailConfig {
+    /// The SMTP server's host.
     pub host: String,
+    /// Its port.
     pub port: u16,
+    /// Implicit TLS, STARTTLS (required or opportunistic) or none.
     pub security: SmtpSecurity,
+    /// The login, if the server wants one.
     pub username: Option<String>,
+    /// Where the login's password is.
     pub password: Option<SecretRef>,
+    /// The sender, `name <address>` or an address.
     pub from: String,
+    /// Recipients.
     pub to: Vec<String>,
+    /// Copied recipients.
     pub cc: Vec<String>,
     /// An extra trusted root certificate (PEM).
     pub ca_file: Option<PathBuf>,
+    /// Limit of one delivery.
     pub timeout: Duration,
 }
 
@@ -89,33 +101,47 @@ pub struct EmailConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HttpMethod {
     #[default]
+    /// `POST` (the default).
     Post,
+    /// `PUT`.
     Put,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A webhook notifier.
 pub struct WebhookConfig {
+    /// Where to send (may carry a token: never printed).
     pub url: String,
+    /// `POST` or `PUT`.
     pub method: HttpMethod,
+    /// Extra headers.
     pub headers: BTreeMap<String, String>,
+    /// The HMAC key for `X-Gitpulse-Signature`.
     pub secret: Option<SecretRef>,
+    /// Limit of one delivery.
     pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A notifier that writes JSON lines.
 pub struct LogConfig {
     /// A JSON-lines file; none prints one line per message to stdout.
     pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a notifier delivers.
 pub enum Channel {
+    /// By SMTP.
     Email(EmailConfig),
+    /// By HTTP.
     Webhook(WebhookConfig),
+    /// To stdout or a file.
     Log(LogConfig),
 }
 
 impl Channel {
+    /// The channel's name: `email`, `webhook` or `log`.
     pub fn kind(&self) -> &'static str {
         match self {
             Channel::Email(_) => "email",
@@ -128,11 +154,13 @@ impl Channel {
 /// Which events a notifier wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
+    /// The event kinds it takes.
     pub events: BTreeSet<EventKind>,
     /// None: every repository.
     pub repos: Option<BTreeSet<String>>,
     /// Every pair must be among the repository's labels.
     pub labels: BTreeMap<String, String>,
+    /// The least severity it takes.
     pub min_severity: Severity,
 }
 
@@ -155,11 +183,17 @@ impl Filter {
 /// How hard the outbox tries, and how it keeps floods down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
+    /// Deliveries before a message is dead-lettered.
     pub max_attempts: u32,
+    /// The retry curve's base delay.
     pub retry_base: Duration,
+    /// The retry curve's cap.
     pub retry_max: Duration,
+    /// An identical message within this long is sent once.
     pub dedup_window: Duration,
+    /// How long failures and recoveries wait for a digest.
     pub digest_window: Duration,
+    /// How many make a digest.
     pub digest_min: u32,
 }
 
@@ -180,20 +214,28 @@ impl Default for Delivery {
 /// and body/html template files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TemplateOverride {
+    /// An inline subject template.
     pub subject: Option<String>,
+    /// A body template file.
     pub body: Option<PathBuf>,
+    /// An HTML template file (email).
     pub html: Option<PathBuf>,
 }
 
 /// One `[notifier.NAME]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotifierConfig {
+    /// The `[notifier.NAME]` name.
     pub name: String,
+    /// Where it delivers.
     pub channel: Channel,
+    /// Which events it takes.
     pub filter: Filter,
+    /// How hard it tries.
     pub delivery: Delivery,
     /// Keyed by event kind name or `digest`.
     pub templates: BTreeMap<String, TemplateOverride>,
+    /// Where the table starts in the file.
     pub line: usize,
 }
 

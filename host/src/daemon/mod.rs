@@ -48,17 +48,24 @@ use breaker::{Admission, Breaker, Change, Verdict};
 use timetable::Timetable;
 
 #[derive(Debug, thiserror::Error)]
+/// Why the daemon stopped or would not start.
 pub enum DaemonError {
     #[error("{0}")]
+    /// The config has problems (every one listed).
     Config(config::Problems),
     #[error(transparent)]
+    /// The state database failed.
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
+    /// The listen address is taken or not allowed.
     Listen {
+        /// The address.
         addr: String,
+        /// Why.
         source: std::io::Error,
     },
     #[error("{0}")]
+    /// The async runtime could not start.
     Runtime(String),
 }
 
@@ -74,10 +81,15 @@ enum Command {
 /// Counters served on /status and logged at shutdown.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Pulls finished.
     pub pulls: AtomicU64,
+    /// Scheduled runs skipped because the last one still ran.
     pub skipped_running: AtomicU64,
+    /// Scheduled runs held back by an open circuit.
     pub skipped_breaker: AtomicU64,
+    /// Configs reloaded.
     pub reloads: AtomicU64,
+    /// Configs refused on reload.
     pub reloads_rejected: AtomicU64,
 }
 
@@ -117,6 +129,7 @@ impl Shared {
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
+    /// The config file (watched for changes).
     pub config_path: PathBuf,
     /// How long running pulls may finish after SIGTERM before they are cancelled.
     pub grace: Duration,

@@ -80,7 +80,9 @@ pub enum Auth {
     /// An SSH private key; the host key is checked against `known_hosts`
     /// when given, else against the user's `~/.ssh/known_hosts`.
     SshKey {
+        /// The private key file.
         key: PathBuf,
+        /// Where the server's key must be listed.
         known_hosts: Option<PathBuf>,
     },
 }
@@ -88,13 +90,19 @@ pub enum Auth {
 /// What to pull and where.
 #[derive(Debug, Clone)]
 pub struct SyncSpec {
+    /// The remote.
     pub url: String,
+    /// The checkout.
     pub dir: PathBuf,
     /// `None`: the branch DIR already has checked out, else the remote's HEAD.
     pub branch: Option<String>,
+    /// Shallow history of this many commits.
     pub depth: Option<u32>,
+    /// Also update submodules.
     pub submodules: bool,
+    /// How the checkout is updated.
     pub mode: Mode,
+    /// Credentials.
     pub auth: Auth,
     /// How long to wait for another process's lock on DIR.
     pub lock_wait: Duration,
@@ -111,6 +119,7 @@ pub struct AttemptControl {
 }
 
 impl AttemptControl {
+    /// An attempt limited by `timeout`, the pull's `deadline`, and `cancel`.
     pub fn new(timeout: Duration, deadline: Option<Instant>, cancel: Arc<AtomicBool>) -> Self {
         let own_end = Instant::now() + timeout;
         match deadline {
@@ -127,6 +136,7 @@ impl AttemptControl {
         }
     }
 
+    /// Time left before the attempt must stop.
     pub fn remaining(&self) -> Duration {
         self.end.saturating_duration_since(Instant::now())
     }
@@ -150,17 +160,22 @@ impl AttemptControl {
 /// How a successful attempt changed the checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
+    /// DIR was made.
     Cloned,
+    /// DIR moved to new commits.
     Updated,
+    /// DIR was already current.
     Unchanged,
 }
 
 /// A successful attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Synced {
+    /// What happened to DIR.
     pub change: Change,
     /// Full SHA of the checkout's commit before, when there was one.
     pub old: Option<String>,
+    /// Full SHA of the checkout after.
     pub new: String,
     /// Commits reachable from `new` that were not reachable from `old`.
     pub commits: u64,
@@ -173,9 +188,13 @@ pub struct Synced {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{class}: {message}")]
 pub struct GitFailure {
+    /// The class (decides retries).
     pub class: FailureClass,
+    /// The HTTP status, when there was one.
     pub http_status: Option<u16>,
+    /// The server's Retry-After, when it sent one.
     pub retry_after: Option<Duration>,
+    /// Redacted, for people.
     pub message: String,
 }
 
@@ -183,14 +202,20 @@ pub struct GitFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("{0} exists and is not a git repository; refusing to touch it")]
+    /// DIR exists and is not a git repository.
     NotARepository(PathBuf),
     #[error("{0} is a bare repository but --mode is not mirror")]
+    /// DIR is bare but the mode is not mirror.
     UnexpectedBare(PathBuf),
     #[error("{0} has a worktree but --mode mirror expects a bare repository")]
+    /// DIR has a worktree but the mode is mirror.
     UnexpectedWorktree(PathBuf),
     #[error("cannot read the SSH key {path}: {source}")]
+    /// The SSH key cannot be read.
     SshKey {
+        /// The key file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -198,10 +223,15 @@ pub enum SpecError {
 /// Transfer progress, for progress bars.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer {
+    /// Objects received.
     pub received_objects: usize,
+    /// Objects to receive.
     pub total_objects: usize,
+    /// Deltas resolved.
     pub indexed_deltas: usize,
+    /// Deltas to resolve.
     pub total_deltas: usize,
+    /// Bytes received.
     pub received_bytes: usize,
 }
 
@@ -209,7 +239,9 @@ pub struct Transfer {
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
     #[error(transparent)]
+    /// The attempt failed; the class says whether to retry.
     Failed(#[from] GitFailure),
     #[error(transparent)]
+    /// The pull must not start.
     Spec(#[from] SpecError),
 }

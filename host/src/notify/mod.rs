@@ -27,7 +27,7 @@ use crate::store::{NewMessage, Outgoing};
 
 mod deliver;
 pub mod send;
-pub mod template;
+pub(crate) mod template;
 
 pub use deliver::{deliver_due, DeliveryStats};
 pub use send::{signature, DeliveryClass, Letter, SendError, Senders};
@@ -42,7 +42,9 @@ pub type PluginLoader<'a> = &'a dyn Fn(&str) -> Result<Plugin, LoadError>;
 /// named: every notifier) and the plugin whose notify role shapes them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Audience<'r> {
+    /// Notifiers named by the repo; empty: every notifier.
     pub notifiers: &'r [String],
+    /// The plugin playing the repo's notify role.
     pub plugin: Option<&'r str>,
 }
 
@@ -53,6 +55,7 @@ impl<'r> Audience<'r> {
         plugin: None,
     };
 
+    /// The audience of a configured repository.
     pub fn of(repo: &'r RepoConfig) -> Self {
         Audience {
             notifiers: &repo.notifiers,
@@ -69,6 +72,7 @@ pub struct Router<'a> {
 }
 
 impl<'a> Router<'a> {
+    /// A router over `config`'s notifiers; `load_plugin` finds notify plugins.
     pub fn new(config: &'a Config, load_plugin: PluginLoader<'a>) -> Self {
         Router {
             config,

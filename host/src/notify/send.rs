@@ -28,8 +28,11 @@ pub struct Letter<'a> {
     pub delivery_id: i64,
     /// The event kind, or `digest`, or `test`.
     pub kind: &'a str,
+    /// Subject (email) or nothing.
     pub subject: &'a str,
+    /// The body.
     pub body: &'a str,
+    /// The HTML part (email).
     pub html: Option<&'a str>,
 }
 
@@ -41,6 +44,7 @@ pub enum DeliveryClass {
     Dns,
     /// No connection (refused, reset, unreachable).
     Connect,
+    /// It took too long.
     Timeout,
     /// TLS could not be set up, or the receiver's certificate was refused.
     Tls,
@@ -56,10 +60,12 @@ pub enum DeliveryClass {
     Rejected,
     /// Writing it out failed (a log notifier's file).
     Io,
+    /// Anything else.
     Other,
 }
 
 impl DeliveryClass {
+    /// The name in dead letters and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryClass::Dns => "dns",
@@ -135,9 +141,13 @@ impl std::fmt::Display for DeliveryClass {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct SendError {
+    /// How it failed (decides retries).
     pub class: DeliveryClass,
+    /// The HTTP status, when there was one.
     pub http_status: Option<u16>,
+    /// The receiver's Retry-After, when it sent one.
     pub retry_after: Option<Duration>,
+    /// For people; never a secret.
     pub message: String,
 }
 
@@ -173,6 +183,7 @@ pub struct Senders {
 }
 
 impl Senders {
+    /// Sends `letter` through `notifier` now; the receiver's answer.
     pub fn send(
         &self,
         notifier: &NotifierConfig,

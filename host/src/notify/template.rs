@@ -18,7 +18,9 @@ use crate::events::{Event, EventKind};
 /// A rendered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
+    /// The subject template.
     pub subject: String,
+    /// The body template.
     pub body: String,
     /// Email only.
     pub html: Option<String>,
@@ -27,8 +29,11 @@ pub struct Rendered {
 /// One message's templates (handlebars source).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Templates {
+    /// The subject.
     pub subject: String,
+    /// The text body.
     pub body: String,
+    /// The HTML body (email only).
     pub html: Option<String>,
 }
 
@@ -107,6 +112,7 @@ pub fn check(template: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Renders `t` with `data` in strict mode.
 pub fn render(t: &Templates, data: &Value) -> Result<Rendered, String> {
     Ok(Rendered {
         subject: render_one(&t.subject, data, false)?

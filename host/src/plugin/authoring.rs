@@ -18,9 +18,13 @@ use crate::policy::{clamp, Limits, RetryPolicy};
 /// Which roles a scaffolded plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Decides whether and when to retry.
     Retry,
+    /// Chooses the delay curve only.
     Backoff,
+    /// Shapes notifications.
     Notify,
+    /// Every role.
     Full,
 }
 
@@ -36,14 +40,20 @@ impl Role {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a plugin crate could not be scaffolded.
 pub enum ScaffoldError {
     #[error("plugin name `{0}`: use lowercase letters, digits and dashes, starting with a letter")]
+    /// The name is not a crate name.
     BadName(String),
     #[error("{0} already exists; pick another name or directory")]
+    /// The directory exists.
     Exists(PathBuf),
     #[error("writing {path}: {source}")]
+    /// A file could not be written.
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -274,26 +284,37 @@ fn plugin_readme(name: &str, role: Role) -> String {
 /// One failure of a trace to replay.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct TraceStep {
+    /// The failure class, by name.
     pub class: String,
     #[serde(default)]
+    /// The HTTP status, if any.
     pub http_status: Option<u16>,
     #[serde(default)]
+    /// The server's Retry-After, if any.
     pub retry_after_ms: Option<u64>,
     #[serde(default)]
+    /// The failure message, if any.
     pub message: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a trace cannot be replayed.
 pub enum TraceError {
     #[error("{path}:{line}: {reason}")]
+    /// A line of a trace file is not understood.
     Line {
+        /// The file.
         path: String,
+        /// Its line.
         line: usize,
+        /// Why.
         reason: String,
     },
     #[error("{0}")]
+    /// `--classes` names something that is not a class.
     Classes(String),
     #[error("the trace is empty")]
+    /// The trace is empty.
     Empty,
 }
 
@@ -348,10 +369,13 @@ pub fn classes_trace(list: &str) -> Result<Vec<TraceStep>, TraceError> {
 /// One decision of a replay.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Step {
+    /// Which attempt.
     pub attempt: u32,
+    /// Its failure class.
     pub class: String,
     /// `retry` or `stop`.
     pub decision: String,
+    /// How long the policy waits before the next one.
     pub delay_ms: Option<u64>,
     /// Why it stopped, or the fault that made the built-in decide.
     pub note: Option<String>,
@@ -473,8 +497,11 @@ pub fn render_timeline(steps: &[Step]) -> String {
 /// The outcome of `gitpulse plugin check`.
 #[derive(Debug, Clone, Default)]
 pub struct SmokeReport {
+    /// Plugin calls made.
     pub calls: usize,
+    /// Faults, with what was asked.
     pub faults: Vec<String>,
+    /// What each role answered, for people.
     pub lines: Vec<String>,
 }
 

@@ -20,7 +20,9 @@ pub(crate) use gitpulse::policy::types as wit;
 /// The host's limits, as the plugin is told them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Told {
+    /// Attempts before the host gives up.
     pub max_attempts: u32,
+    /// The longest delay the host allows.
     pub max_delay: Duration,
 }
 
@@ -141,6 +143,7 @@ pub(crate) fn decision_from_wit(d: wit::Decision, told: &Told) -> Result<Decisio
 pub enum NotifyChoice {
     /// Send nothing; the reason is logged.
     Suppress(String),
+    /// Send it, maybe with the plugin's template and variables.
     Send {
         /// The plugin's own (subject, body) templates; none: the host's.
         template: Option<(String, String)>,

@@ -77,29 +77,61 @@ const WALL_CLOCK_FACTOR: u32 = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
+    /// The file cannot be read.
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("{0}: not a WebAssembly file (no `\\0asm` header)")]
+    /// Not WebAssembly.
     NotWasm(PathBuf),
     #[error("{0}: a core WebAssembly module, not a component; build the plugin for wasm32-wasip2 (or wrap it with `wasm-tools component new`)")]
+    /// A core module, not a component.
     NotAComponent(PathBuf),
     #[error("{path}: invalid component: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    /// Not a valid component.
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What wasmtime said.
+        reason: String,
+    },
     #[error("{path}: built for {PACKAGE}@{found}; this gitpulse accepts {PACKAGE}@{ACCEPTED}")]
-    WrongVersion { path: PathBuf, found: String },
+    /// Built for a contract version this host does not speak.
+    WrongVersion {
+        /// The file.
+        path: PathBuf,
+        /// The contract version it was built for.
+        found: String,
+    },
     #[error("{path}: exports none of {PACKAGE}/retry, /backoff or /notify (it exports: {exports}); build it from one of the worlds in wit/")]
-    NoRole { path: PathBuf, exports: String },
+    /// Exports none of the roles.
+    NoRole {
+        /// The file.
+        path: PathBuf,
+        /// What it exports instead.
+        exports: String,
+    },
     #[error("{path}: needs imports this host does not provide: {reason}")]
-    Imports { path: PathBuf, reason: String },
+    /// Needs imports the host does not provide.
+    Imports {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
 }
 
 /// Which roles a plugin exports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Roles {
+    /// Exports `retry`.
     pub retry: bool,
+    /// Exports `backoff`.
     pub backoff: bool,
+    /// Exports `notify`.
     pub notify: bool,
 }
 
@@ -257,9 +289,13 @@ fn linker() -> Result<&'static Linker<PluginState>, String> {
 /// What a plugin instance shares with the host across calls.
 #[derive(Clone)]
 pub struct PluginEnv {
+    /// Its `[plugin.NAME]` settings.
     pub settings: Arc<BTreeMap<String, String>>,
+    /// Its key-value store.
     pub kv: Arc<Mutex<KvStore>>,
+    /// Its random source (seeded in tests).
     pub rng: Arc<Mutex<fastrand::Rng>>,
+    /// What it logged since the last take.
     pub logs: Arc<Mutex<Vec<LogLine>>>,
 }
 
@@ -276,6 +312,7 @@ impl PluginEnv {
         }
     }
 
+    /// `self` with `kv` as the key-value store.
     pub fn with_kv(mut self, kv: KvStore) -> Self {
         self.kv = Arc::new(Mutex::new(kv));
         self
@@ -296,11 +333,15 @@ struct Live {
 
 /// A loaded, checked plugin.
 pub struct Plugin {
+    /// The file stem, as the config names it.
     pub name: String,
+    /// The file.
     pub path: PathBuf,
+    /// The roles it exports.
     pub roles: Roles,
     /// The contract version the plugin was built against, e.g. `0.1.0`.
     pub contract: String,
+    /// Bytes.
     pub size: u64,
     /// Whether this load came from the compile cache.
     pub cached: bool,
@@ -453,6 +494,7 @@ impl Plugin {
         })
     }
 
+    /// What the plugin shares with the host.
     pub fn env(&self) -> &PluginEnv {
         &self.env
     }
@@ -731,6 +773,7 @@ impl FileStamp {
 }
 
 impl Registry {
+    /// A registry caching compiled plugins in `cache_dir`, calls run in `sandbox`.
     pub fn new(cache_dir: Option<PathBuf>, sandbox: Sandbox) -> Self {
         Registry {
             cache_dir,

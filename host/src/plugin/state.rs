@@ -29,6 +29,7 @@ pub struct KvStore {
 }
 
 impl KvStore {
+    /// A store kept in memory only.
     pub fn in_memory() -> Self {
         KvStore::default()
     }
@@ -51,6 +52,7 @@ impl KvStore {
         })
     }
 
+    /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<String> {
         self.map.get(key).cloned()
     }
@@ -102,7 +104,9 @@ fn truncate(s: &str, n: usize) -> &str {
 /// One plugin log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
+    /// How loud.
     pub level: Level,
+    /// What it said.
     pub message: String,
 }
 

@@ -15,6 +15,7 @@ pub use gitpulse_policy_core::{AttemptContext, Backoff, Decision, StopReason};
 pub trait RetryPolicy {
     /// A short name for logs.
     fn name(&self) -> &str;
+    /// What to do after the failed attempt `ctx` describes.
     fn decide(&mut self, ctx: &AttemptContext) -> Decision;
     /// Things a person should know (a plugin fault, a quarantine), drained
     /// after each decision.
@@ -63,7 +64,9 @@ impl RetryPolicy for Builtin {
 /// The limits the host enforces on every policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Attempts at most.
     pub max_attempts: u32,
+    /// The longest wait.
     pub max_delay: Duration,
     /// Time left before the overall deadline, when there is one.
     pub remaining: Option<Duration>,

@@ -21,13 +21,18 @@ pub use outbox::{
 };
 
 #[derive(Debug, thiserror::Error)]
+/// Why the state database failed.
 pub enum StoreError {
     #[error("state database {path}: {source}")]
+    /// It cannot be opened.
     Open {
+        /// The file.
         path: String,
+        /// Why.
         source: rusqlite::Error,
     },
     #[error("state database: {0}")]
+    /// A query failed.
     Sql(#[from] rusqlite::Error),
     /// The repository's failure streak changed between reading it and
     /// recording (another process recorded a pull of it): decide its
@@ -39,6 +44,7 @@ pub enum StoreError {
 /// What `gitpulse status` shows for one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RepoStatus {
+    /// The repository.
     pub repo: String,
     /// Unix milliseconds of the last successful pull.
     pub last_success_ms: Option<u64>,
@@ -46,7 +52,9 @@ pub struct RepoStatus {
     pub last_result: Option<String>,
     /// The failure class of the last failed pull.
     pub last_class: Option<String>,
+    /// Full SHA of the last good commit.
     pub last_commit: Option<String>,
+    /// Pulls in a row that failed.
     pub failures_in_row: u32,
     /// Unix milliseconds of the next scheduled run, as the daemon last saw it.
     pub next_run_ms: Option<u64>,
@@ -57,24 +65,34 @@ pub struct RepoStatus {
 /// One row of `gitpulse history REPO`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryEntry {
+    /// When, in unix milliseconds.
     pub at_ms: u64,
     /// The pull's outcome, or `attempt` for a failed attempt.
     pub kind: String,
+    /// The failure class, for failures.
     pub class: Option<String>,
+    /// The HTTP status, when there was one.
     pub http_status: Option<u16>,
+    /// The wait before the next attempt.
     pub delay_ms: Option<u64>,
+    /// How long it ran.
     pub duration_ms: Option<u64>,
+    /// The outcome's reason or the failure message.
     pub detail: String,
 }
 
 /// An event a pull produced, for notifications.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredEvent {
+    /// Its row id (increasing).
     pub id: i64,
+    /// The repository.
     pub repo: String,
+    /// When, in unix milliseconds.
     pub at_ms: u64,
     /// `changed`, `failed`, `recovered`, …
     pub kind: String,
+    /// The event's JSON.
     pub payload: String,
 }
 

@@ -53,10 +53,15 @@ pub(super) const SCHEMA: &str = "
 /// A rendered message for one notifier, before it is queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
+    /// The notifier it is for.
     pub notifier: String,
+    /// Rendered subject.
     pub subject: String,
+    /// Rendered body.
     pub body: String,
+    /// Rendered HTML part.
     pub html: Option<String>,
+    /// Deliveries before it is dead-lettered.
     pub max_attempts: u32,
     /// Not queued if an identical message was accepted this recently.
     pub dedup_window_ms: u64,
@@ -69,7 +74,9 @@ pub struct NewMessage {
 /// semantics; `events` decides the kind, the keys and the JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
+    /// The repository's name.
     pub repo: String,
+    /// The event kind's name.
     pub kind: String,
     /// The event's JSON (what templates and digests read).
     pub payload: String,
@@ -83,26 +90,38 @@ pub struct EventRow {
 /// An event and its messages, recorded together.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The event.
     pub event: EventRow,
+    /// Its messages, one per notifier that takes it.
     pub messages: Vec<NewMessage>,
 }
 
 /// A queued message, as a sender sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
+    /// Its id, also the `X-Gitpulse-Delivery` header.
     pub id: i64,
+    /// The notifier.
     pub notifier: String,
+    /// The event kind, or `digest`.
     pub kind: String,
+    /// The repository.
     pub repo: String,
+    /// Rendered subject.
     pub subject: String,
+    /// Rendered body.
     pub body: String,
+    /// Rendered HTML part.
     pub html: Option<String>,
     /// The event's JSON (what digests are built from).
     pub event: String,
+    /// Its digest key, while it may still be folded.
     pub digest_key: Option<String>,
     /// Failed deliveries so far.
     pub attempts: u32,
+    /// Deliveries before it is dead-lettered.
     pub max_attempts: u32,
+    /// When it was accepted.
     pub created_ms: u64,
     /// How many accepted messages this delivery carries: a digest's
     /// members, else 1.
@@ -117,12 +136,14 @@ pub enum OutboxState {
     Pending,
     /// Folded into a digest message that is not delivered yet.
     InDigest,
+    /// Delivered (a digest's members too).
     Delivered,
     /// Given up on, with the reason; `gitpulse outbox retry` requeues it.
     Dead,
 }
 
 impl OutboxState {
+    /// The name `gitpulse outbox` shows.
     pub fn as_str(self) -> &'static str {
         match self {
             OutboxState::Pending => "pending",
@@ -153,26 +174,40 @@ impl std::fmt::Display for OutboxState {
 /// A digest, rendered, before it is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDigest {
+    /// Rendered subject.
     pub subject: String,
+    /// Rendered body.
     pub body: String,
+    /// Rendered HTML part.
     pub html: Option<String>,
     /// The events it tells of, as JSON.
     pub events: String,
+    /// Deliveries before it is dead-lettered.
     pub max_attempts: u32,
 }
 
 /// A row of `gitpulse outbox`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxRow {
+    /// Its id.
     pub id: i64,
+    /// The notifier.
     pub notifier: String,
+    /// The event kind, or `digest`.
     pub kind: String,
+    /// The repository.
     pub repo: String,
+    /// Rendered subject.
     pub subject: String,
+    /// Where it is in its life.
     pub state: OutboxState,
+    /// Failed deliveries so far.
     pub attempts: u32,
+    /// When it was accepted.
     pub created_ms: u64,
+    /// When it is tried next (pending only).
     pub next_at_ms: Option<u64>,
+    /// When it was delivered.
     pub delivered_ms: Option<u64>,
     /// The last failure (pending) or why it was given up (dead).
     pub last_error: Option<String>,
@@ -186,15 +221,20 @@ pub struct OutboxRow {
 /// along) and what the receiver answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
+    /// The message that went out.
     pub id: i64,
+    /// The receiver's answer.
     pub answer: String,
 }
 
 /// Counts of messages by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OutboxCounts {
+    /// Waiting.
     pub pending: u64,
+    /// Delivered.
     pub delivered: u64,
+    /// Given up on.
     pub dead: u64,
 }
 
@@ -483,6 +523,7 @@ impl Store {
         )?)
     }
 
+    /// How many messages are in each state.
     pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         let mut counts = OutboxCounts::default();
         let mut stmt = self
