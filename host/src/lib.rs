@@ -18,21 +18,21 @@
 //! deliver: notify::deliver_due (retry, digest, dead letter) ─► email │ webhook │ log
 //! ```
 //!
-//! - [`model`]: the shared words (event kinds, severity, the clock); imports
+//! - `model`: the shared words (event kinds, severity, the clock); imports
 //!   nothing from the crate.
 //! - [`config`] parses the file (structure, types, defaults, file:line);
 //!   [`validate`] checks what running it needs (secrets, files, plugins,
-//!   templates). [`schedule`] turns a schedule into run times.
+//!   templates). `schedule` turns a schedule into run times.
 //! - [`job`] wires a pull job: the repository's policy, the two-phase
 //!   record, and delivery for a one-shot pull.
-//! - [`git`] makes one attempt and classifies its failure; it knows nothing
+//! - `git` makes one attempt and classifies its failure; it knows nothing
 //!   of retries. [`pull`] runs attempts until success or a stop.
 //! - [`policy`] decides from a failure class and clamps to the user's limits;
 //!   it never touches git. [`plugin`] hosts WebAssembly plugins behind
 //!   the same trait; [`plugin::authoring`] serves plugin authors.
 //! - [`events`] decides what a finished pull means; [`notify`] renders and
 //!   delivers; [`store`] remembers (SQLite, versioned schema, outbox).
-//! - [`daemon`] schedules and limits; [`server`] is its HTTP face.
+//! - [`daemon`] schedules and limits; `server` is its HTTP face.
 //! - [`ui`] is terminal output; [`redact`] keeps credentials out of every
 //!   message.
 //!
@@ -58,19 +58,24 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod git;
+mod git;
 pub mod job;
-pub mod model;
+mod model;
 pub mod notify;
 pub mod outcome;
 pub mod plugin;
 pub mod policy;
 pub mod pull;
 pub mod redact;
-pub mod schedule;
-pub mod server;
+mod schedule;
+mod server;
 pub mod store;
 pub mod ui;
 pub mod validate;
 
-pub use git::FailureClass;
+// The words of modules that stay private (how a pull is attempted, the
+// shared vocabulary, time math, the HTTP face) as far as the public API
+// needs them.
+pub use git::{Auth, FailureClass, Mode, SpecError, SyncSpec, Transfer};
+pub use model::{now_ms, EventKind, Severity};
+pub use schedule::{Cron, Schedule};

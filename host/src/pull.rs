@@ -1,6 +1,6 @@
 //! The pull job: attempts, decisions, waits, until success or a stop.
 //!
-//! Owns the loop around [`git::sync`]: it builds each attempt's time limit
+//! Owns the loop around `git::sync`: it builds each attempt's time limit
 //! from the per-attempt timeout and the overall deadline, asks the
 //! [`RetryPolicy`] what to do after a failure, clamps the answer, waits
 //! (cancellably) and tells an [`Observer`] what happens. It does not know how
@@ -51,7 +51,7 @@ pub trait Observer {
 pub struct Quiet;
 impl Observer for Quiet {}
 
-/// One attempt at bringing the checkout up to date: [`git::sync`] in
+/// One attempt at bringing the checkout up to date: `git::sync` in
 /// production, a script in this module's tests.
 pub type Attempt<'a> = dyn FnMut(&SyncSpec, &AttemptControl, &mut dyn FnMut(Transfer)) -> Result<Synced, AttemptError>
     + 'a;

@@ -3,7 +3,7 @@
 //! variables, key, token and template files), plugins that load and play
 //! the roles they are named for, and templates that compile.
 //!
-//! [`config`](crate::config) owns the file; this module owns the question
+//! [`config`] owns the file; this module owns the question
 //! "can this config run here, now?". Commands that only read state
 //! (`status`, `history`, `outbox`, `trigger`) never come here, so they work
 //! in a shell without the secrets.

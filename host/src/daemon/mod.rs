@@ -2,7 +2,7 @@
 //! concurrency limits, with state in SQLite, hot reload and a graceful
 //! shutdown.
 //!
-//! One scheduler task owns the [`timetable`] of next runs and sleeps until
+//! One scheduler task owns the `timetable` of next runs and sleeps until
 //! the earliest; commands (a trigger, a reload, shutdown) wake it through one
 //! channel. A due repository that is still running is skipped and counted;
 //! otherwise its pull runs on a blocking thread once it holds a global

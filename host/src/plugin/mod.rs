@@ -6,7 +6,7 @@
 //! from call to call (instantiating costs ~100 µs, a call well under one)
 //! and thrown away after any fault. Every call runs under a fuel budget
 //! (the CPU budget) and a memory cap. Compiled components are cached on disk
-//! ([`cache`]) so the second load of a plugin skips compilation.
+//! (`cache`) so the second load of a plugin skips compilation.
 //!
 //! [`WasmPolicy`] puts plugins (one per role) behind the host's
 //! [`RetryPolicy`] trait: faults (trap, timeout, memory, invalid output)
