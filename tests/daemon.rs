@@ -636,3 +636,54 @@ fn an_idle_daemon_with_a_plugin_loaded_sleeps() {
     assert!(woken < 100, "{woken} wake-ups in 2 s of idling");
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn a_repo_whose_job_cannot_start_is_a_failed_pull_with_its_event() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let port = free_port();
+    let token = root.path().join("app.token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let config = daemon_config(port)
+        .repo(
+            Repo::new("app", &up.file_url(), &root.path().join("c"))
+                .set("token_file", token.display().to_string()),
+        )
+        .notifier(
+            "audit",
+            &[
+                ("kind", "log".into()),
+                ("path", "audit.jsonl".into()),
+                ("events", vec!["failed"].into()),
+                ("digest_window", "0s".into()),
+            ],
+        )
+        .write_in(root.path());
+    // Valid at start; the token file goes away while the daemon runs.
+    let d = Daemon::start(&config, port, &[]);
+    std::fs::remove_file(&token).unwrap();
+    let audit = root.path().join("audit.jsonl");
+    wait_for("the failed event", Duration::from_secs(30), || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("\"kind\":\"failed\""))
+    });
+    let out = gitpulse()
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status[0]["state"]["last_result"], "failed", "{status}");
+    assert_eq!(status[0]["state"]["last_class"], "auth", "{status}");
+    let out = gitpulse()
+        .args(["history", "app", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        history.contains("could not start") && history.contains("app.token"),
+        "{history}"
+    );
+    assert!(!history.contains("t0ken"), "{history}");
+    assert_eq!(d.stop(), 0);
+}

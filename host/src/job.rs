@@ -25,9 +25,10 @@ use crate::config::{self, AuthRef, Config, PolicyRef, RepoConfig, SecretRef};
 use crate::events::{EventKind, PullEvents, RepoRef};
 use crate::git::{Auth, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
-use crate::outcome::PullReport;
+use crate::git::FailureClass;
+use crate::outcome::{AttemptRecord, Outcome, PullReport};
 use crate::plugin::{LoadError, Told, WasmPolicy};
-use crate::policy::{Backoff, Builtin, RetryPolicy};
+use crate::policy::{Backoff, Builtin, RetryPolicy, StopReason};
 use crate::pull::{self, Observer, PullOptions};
 use crate::store::{Store, StoreError, StoredEvent};
 
@@ -63,13 +64,37 @@ pub struct Job<'a> {
 impl Job<'_> {
     /// Runs the job; `observer` hears of each attempt. Returns the pull's
     /// report and how recording it went (a pull that happened is reported
-    /// even when the state could not take it). Blocks: call it on a
+    /// even when the state could not take it). A job that cannot start (a
+    /// token file gone, DIR not a repository, a plugin that will not load)
+    /// is recorded too, as a failed pull with its class and a `failed`
+    /// event, so `status` and notifiers see it. Blocks: call it on a
     /// blocking thread.
     pub fn run(
         &self,
         observer: &mut dyn Observer,
         timing: Timing,
-    ) -> Result<(PullReport, Result<Vec<StoredEvent>, StoreError>), JobError> {
+    ) -> (PullReport, Result<Vec<StoredEvent>, StoreError>) {
+        let report = self
+            .pull(observer)
+            .unwrap_or_else(|e| not_started(self.repo, &e));
+        let identity = identity(self.repo);
+        // Retries were told as they happened (by the observer).
+        let events = PullEvents::read(&identity, &self.repo.dir, &report, false);
+        let router = Router::new(self.config, self.plugins);
+        let recorded = record(
+            self.store,
+            &router,
+            &Audience::of(self.repo),
+            &self.repo.name,
+            &events,
+            &report,
+            timing,
+        );
+        (report, recorded)
+    }
+
+    /// The pull itself, under the repository's policy.
+    fn pull(&self, observer: &mut dyn Observer) -> Result<PullReport, JobError> {
         let repo = self.repo;
         let builtin = Builtin::new(
             Backoff {
@@ -83,27 +108,42 @@ impl Job<'_> {
             max_attempts: repo.max_attempts,
             max_delay: repo.backoff_max,
         };
-        let identity = identity(repo);
-        let mut policy = policy(&repo.policy, builtin, identity.clone(), told, self.plugins)?;
-        let report = pull::pull(
+        let mut policy = policy(&repo.policy, builtin, identity(repo), told, self.plugins)?;
+        Ok(pull::pull(
             &options(repo, auth(repo)?),
             policy.as_mut(),
             observer,
             self.cancel.clone(),
-        )?;
-        // Retries were told as they happened (by the observer).
-        let events = PullEvents::read(&identity, &repo.dir, &report, false);
-        let router = Router::new(self.config, self.plugins);
-        let recorded = record(
-            self.store,
-            &router,
-            &Audience::of(repo),
-            &repo.name,
-            &events,
-            &report,
-            timing,
-        );
-        Ok((report, recorded))
+        )?)
+    }
+}
+
+/// The report of a job that could not start: one failed attempt that says
+/// why, not retried.
+fn not_started(repo: &RepoConfig, e: &JobError) -> PullReport {
+    let class = match e {
+        JobError::Auth(_) => FailureClass::Auth,
+        JobError::Spec(_) | JobError::Plugin(_) => FailureClass::Other,
+    };
+    PullReport {
+        url: crate::redact::url(&repo.url),
+        dir: repo.dir.display().to_string(),
+        outcome: Outcome::Failed,
+        old: None,
+        new: None,
+        commits: 0,
+        attempts: vec![AttemptRecord {
+            n: 1,
+            class,
+            http_status: None,
+            message: format!("could not start: {e}"),
+            delay_ms: None,
+            duration_ms: 0,
+        }],
+        duration_ms: 0,
+        reason: Some(StopReason::NotRetryable),
+        notices: Vec::new(),
+        plugin_faults: Vec::new(),
     }
 }
 

@@ -516,7 +516,7 @@ fn launch(
                 store: &job.store,
                 cancel: job.cancel.clone(),
             };
-            let (report, recorded) = pull_job.run(&mut observer, timing)?;
+            let (report, recorded) = pull_job.run(&mut observer, timing);
             match recorded {
                 Ok(events) => {
                     for e in events {
@@ -525,14 +525,13 @@ fn launch(
                 }
                 Err(e) => error!(repo = repo.name, "recording the pull: {e}"),
             }
-            Ok::<_, crate::job::JobError>(report)
+            report
         })
         .await;
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
         shared.outbox_wake.notify_one();
         match report {
-            Ok(Ok(report)) => finish(&shared, &name, &host, admission, &report),
-            Ok(Err(e)) => error!(repo = name, "cannot pull: {e}"),
+            Ok(report) => finish(&shared, &name, &host, admission, &report),
             Err(e) => error!(repo = name, "pull task failed: {e}"),
         }
         lock(&shared.running).remove(&name);
