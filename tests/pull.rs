@@ -290,6 +290,21 @@ fn usage_errors_exit_2_and_touch_nothing() {
         &["--backoff-base", "2m", "--backoff-max", "1s"],
     );
     assert_eq!(run.code, 2, "{run:?}");
+
+    // Refused at once, not retried as a `connect` failure five times.
+    let run = pull(&up.file_url(), &root.path().join("a"), &["--depth", "1"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("not supported over file://"), "{run:?}");
+    assert!(!root.path().join("a").exists());
+
+    // A duration no clock can add is a usage error, not a panic.
+    let run = pull(
+        &up.file_url(),
+        &root.path().join("a"),
+        &["--timeout", "18446744073709551615s"],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("largest accepted"), "{run:?}");
 }
 
 #[test]

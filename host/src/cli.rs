@@ -433,7 +433,7 @@ pub struct PullArgs {
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 250ms, 10s, 2m)"))
+    crate::model::parse_duration(text)
 }
 
 /// A problem with the command line that no retry can fix (exit code 2).
@@ -483,6 +483,9 @@ pub enum UsageError {
     #[error("--timeout must be greater than zero")]
     /// `--timeout 0`.
     ZeroTimeout,
+    #[error("--depth: {0}")]
+    /// `--depth` with a remote that cannot be pulled shallow.
+    Depth(String),
 }
 
 impl PullArgs {
@@ -492,6 +495,8 @@ impl PullArgs {
         if self.timeout.is_zero() {
             return Err(UsageError::ZeroTimeout);
         }
+        crate::git::check_depth(&self.url, self.depth.map(NonZeroU32::get))
+            .map_err(UsageError::Depth)?;
         if self.backoff_base > self.backoff_max {
             return Err(UsageError::Backoff {
                 base: humantime::format_duration(self.backoff_base).to_string(),

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{self, AuthRef, Config, PolicyRef, RepoConfig, SecretRef};
 use crate::events::{EventKind, PullEvents, RepoRef};
+use crate::git::FailureClass;
 use crate::git::{Auth, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
-use crate::git::FailureClass;
 use crate::outcome::{AttemptRecord, Outcome, PullReport};
 use crate::plugin::{LoadError, Told, WasmPolicy};
 use crate::policy::{Backoff, Builtin, RetryPolicy, StopReason};

@@ -5,12 +5,41 @@
 //!   (the names the config, templates and plugins use).
 //! - [`now_ms`]: the one wall clock, in unix milliseconds, as the state,
 //!   events and messages record time.
+//! - [`parse_duration`]: the one way durations are read, with the one cap.
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+/// The longest duration gitpulse accepts anywhere (timeouts, deadlines,
+/// cool-downs, retention): ten years. Longer ones overflow clock
+/// arithmetic, and no one means them.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses `250ms`, `10s`, `2m`, `1h`, `30d`; refuses anything above
+/// [`MAX_DURATION`], saying what the largest accepted value is.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}`: {e} (e.g. 250ms, 10s, 2m)"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{text}` is longer than the largest accepted, 3650d"
+        ));
+    }
+    Ok(d)
+}
+
+/// Creates `dir` (and its parents) readable by its owner only, as state
+/// and caches are; an existing directory keeps its mode (someone chose it).
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
 
 /// Now, in unix milliseconds (0 before 1970: a clock that wrong has bigger
 /// problems than our timestamps).

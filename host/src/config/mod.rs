@@ -422,14 +422,10 @@ impl Check<'_> {
     }
 
     fn duration(&mut self, value: &Spanned<String>, field: &str) -> Option<Duration> {
-        match humantime::parse_duration(value.get_ref()) {
+        match crate::model::parse_duration(value.get_ref()) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.at(
-                    value,
-                    field,
-                    format!("`{}`: {e} (e.g. 250ms, 10s, 2m)", value.get_ref()),
-                );
+                self.at(value, field, e);
                 None
             }
         }
@@ -645,14 +641,18 @@ pub fn parse(
         };
         let n = name.get_ref().clone();
         let label = format!("repo \"{n}\"");
+        // A name becomes a directory (the default checkout): `.` and `..`
+        // would be the state directory or its parent.
         let name_ok = !n.is_empty()
+            && n != "."
+            && n != ".."
             && n.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !name_ok {
             check.at(
                 name,
                 format!("{label}.name"),
-                "use letters, digits, `-`, `_` and `.`",
+                "use letters, digits, `-`, `_` and `.` (not `.` or `..` alone)",
             );
         }
         let duplicate = names.get(&n).copied();
@@ -721,6 +721,14 @@ pub fn parse(
             "timeout",
             Duration::from_secs(120),
         );
+        if timeout.is_zero() {
+            let at = c.timeout.as_ref().map(|t| check.line(t.span().start));
+            check.push(
+                at.unwrap_or(line),
+                format!("{label}.timeout"),
+                "must be longer than 0s",
+            );
+        }
         let deadline = c
             .deadline
             .clone()
@@ -756,6 +764,9 @@ pub fn parse(
             .clone()
             .and_then(|d| check.positive(&d, &format!("{label}.depth"), i32::MAX as i64))
             .map(|d| d as u32);
+        if let (Some(d), Err(e)) = (&c.depth, crate::git::check_depth(&url, depth)) {
+            check.at(d, format!("{label}.depth"), e);
+        }
         let max_attempts = c
             .max_attempts
             .clone()
@@ -767,20 +778,28 @@ pub fn parse(
             .as_ref()
             .map(|d| resolve(d.get_ref()))
             .unwrap_or_else(|| daemon.state_dir.join("checkouts").join(&n));
-        // (A duplicate name already explains a shared default directory.)
-        if let Some(other) = dirs
-            .insert(dir.clone(), n.clone())
-            .filter(|_| duplicate.is_none())
-        {
+        // The same directory however it is spelled (`a/./b`, `a/x/../b`),
+        // and no checkout inside another. (A duplicate name already
+        // explains a shared default directory.)
+        let spelled = lexical(&dir);
+        let clash = dirs
+            .iter()
+            .find(|(d, _)| spelled.starts_with(d) || d.starts_with(&spelled))
+            .map(|(d, other)| (d == &spelled, other.clone()));
+        if clash.is_none() {
+            dirs.insert(spelled, n.clone());
+        }
+        if let Some((same, other)) = clash.filter(|_| duplicate.is_none()) {
             let at = r
                 .dir
                 .as_ref()
                 .map(|d| check.line(d.span().start))
                 .unwrap_or(line);
+            let how = if same { "is also" } else { "overlaps" };
             check.push(
                 at,
                 format!("{label}.dir"),
-                format!("{} is also the checkout of repo \"{other}\"", dir.display()),
+                format!("{} {how} the checkout of repo \"{other}\"", dir.display()),
             );
         }
 
@@ -842,6 +861,23 @@ pub fn parse(
         plugins,
         notifiers,
     })
+}
+
+/// `path` with `.` dropped and `..` applied to what precedes it, without
+/// asking the file system (the directory may not exist yet).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -1133,6 +1169,63 @@ mode = "ff"
         assert!(old.same_settings(moved));
         let changed = parse_with(&one.replace("app.git", "other.git"), &[]).unwrap();
         assert!(!old.same_settings(changed.repo("app").unwrap()));
+    }
+
+    #[test]
+    fn names_dirs_and_durations_that_cannot_work_are_refused() {
+        let err = parse_with(
+            r#"[daemon]
+breaker_cool_down = "18446744073709551615s"
+
+[[repo]]
+name = ".."
+url = "https://h/a.git"
+
+[[repo]]
+name = "b"
+url = "https://h/b.git"
+dir = "/srv/x/./b"
+timeout = "0s"
+
+[[repo]]
+name = "c"
+url = "https://h/c.git"
+dir = "/srv/x/y/../b"
+
+[[repo]]
+name = "d"
+url = "https://h/d.git"
+dir = "/srv/x/b/inner"
+"#,
+            &[],
+        )
+        .unwrap_err();
+        let found: Vec<String> = err
+            .0
+            .iter()
+            .map(|p| format!("{}:{}", p.line, p.field))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "2:daemon.breaker_cool_down",
+                "5:repo \"..\".name",
+                "12:repo \"b\".timeout",
+                "17:repo \"c\".dir",
+                "22:repo \"d\".dir",
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("largest accepted, 3650d"), "{text}");
+        assert!(
+            text.contains("is also the checkout of repo \"b\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("overlaps the checkout of repo \"b\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -377,9 +377,24 @@ pub(super) fn check_notifier(
         "webhook" => {
             check_webhook(check, r, &label, line, timeout, resolve, env).map(Channel::Webhook)
         }
-        _ => Some(Channel::Log(LogConfig {
-            path: r.path.as_ref().map(|p| resolve(p.get_ref())),
-        })),
+        _ => {
+            let path = r.path.as_ref().map(|p| (p, resolve(p.get_ref())));
+            // A file in a directory that does not exist is never written.
+            if let Some((at, file)) = &path {
+                let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+                if check.scope == super::Scope::Environment && dir.is_some_and(|d| !d.is_dir()) {
+                    let shown = dir.map(|d| d.display().to_string()).unwrap_or_default();
+                    check.at(
+                        *at,
+                        field("path"),
+                        format!("the directory {shown} does not exist"),
+                    );
+                }
+            }
+            Some(Channel::Log(LogConfig {
+                path: path.map(|(_, file)| file),
+            }))
+        }
     };
 
     let mut filter = Filter {
@@ -782,6 +797,19 @@ mod tests {
             &|v| (v == "SECRET").then(|| "s".to_string()),
             crate::config::Scope::Environment,
         )
+    }
+
+    #[test]
+    fn a_log_file_in_a_missing_directory_is_refused() {
+        let err =
+            parse("[notifier.audit]\nkind = \"log\"\npath = \"/nonexistent/dir/audit.jsonl\"\n")
+                .unwrap_err();
+        assert_eq!(err.0[0].field, "notifier.audit.path");
+        assert!(
+            err.0[0].message.contains("/nonexistent/dir does not exist"),
+            "{err}"
+        );
+        assert!(parse("[notifier.audit]\nkind = \"log\"\npath = \"/tmp/audit.jsonl\"\n").is_ok());
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub fn state_db(config: &Config) -> PathBuf {
 }
 
 async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(&config.daemon.state_dir)
+    crate::model::private_dir(&config.daemon.state_dir)
         .map_err(|e| DaemonError::Runtime(format!("{}: {e}", config.daemon.state_dir.display())))?;
     let store = Store::open(&state_db(&config))?;
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)

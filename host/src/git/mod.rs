@@ -48,6 +48,19 @@ pub fn check_remote_url(url: &str) -> Result<url::Url, String> {
     }
 }
 
+/// Whether a shallow pull of `url` is possible: libgit2's local transport
+/// (`file://`) cannot fetch shallow history, and trying only fails, every
+/// attempt. Refused before the pull starts, with what to do instead.
+pub fn check_depth(url: &str, depth: Option<u32>) -> Result<(), String> {
+    if depth.is_some() && url.starts_with("file:") {
+        return Err("shallow pulls (depth) are not supported over file:// \
+                    (libgit2's local transport cannot fetch shallow history); \
+                    serve the repository over git://, ssh:// or http(s)://, or drop the depth"
+            .into());
+    }
+    Ok(())
+}
+
 /// The remote's host name (`github.com`), empty for file:// and bad URLs.
 pub fn remote_host(url: &str) -> String {
     check_remote_url(url)

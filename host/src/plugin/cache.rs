@@ -40,7 +40,7 @@ pub(super) fn load(
     let component = Component::new(engine, bytes)?;
     if let Ok(serialized) = component.serialize() {
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::create_dir_all(dir)
+        let written = crate::model::private_dir(dir)
             .and_then(|_| std::fs::write(&tmp, serialized))
             .and_then(|_| std::fs::rename(&tmp, &file));
         if written.is_err() {

@@ -84,7 +84,7 @@ impl KvStore {
         };
         let write = || -> std::io::Result<()> {
             if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)?;
+                crate::model::private_dir(dir)?;
             }
             let tmp = file.with_extension("tmp");
             std::fs::write(&tmp, serde_json::to_vec(&self.map)?)?;

@@ -116,7 +116,17 @@ impl Store {
             source,
         };
         if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = crate::model::private_dir(dir);
+        }
+        // Made owner-only before SQLite opens it (its -wal and -shm files
+        // take the database's mode): the state holds every repo's history.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path);
         }
         let conn = Connection::open(path).map_err(open_err)?;
         // journal_mode answers with the mode it set, so it is a query.
@@ -666,6 +676,18 @@ mod tests {
         drop(conn);
         let store = Store::open(&old).unwrap();
         assert_eq!(store.failures_in_row("app").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_new_state_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state.join("state.db")).unwrap();
+        drop(store);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("state.db")), 0o600);
     }
 
     #[test]
