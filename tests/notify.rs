@@ -885,3 +885,31 @@ fn a_digest_is_rendered_once_when_accepted_and_a_broken_digest_template_is_a_plu
     );
     assert_eq!(daemon.stop(), 0);
 }
+
+#[test]
+fn a_branch_rewound_upstream_is_a_change_in_reset_mode() {
+    let mut served = Served::new("app");
+    let config = notify_config(
+        served.root.path(),
+        "[notifier.audit]\nkind = \"log\"\npath = \"audit.jsonl\"\nevents = [\"changed\"]\n",
+    );
+    let dir = served.dir("app");
+    let first = served.up.head();
+    let reset = ["--mode", "reset"];
+    assert_eq!(pull_notifying(&served.url(), &dir, &config, &[], &reset).code, 0);
+    let second = served.up.commit("to be taken back");
+    assert_eq!(pull_notifying(&served.url(), &dir, &config, &[], &reset).code, 0);
+    // Force-pushed backward: the branch points at the first commit again.
+    git_ok(&served.up.bare, &["update-ref", "refs/heads/main", &first]);
+    let run = pull_notifying(&served.url(), &dir, &config, &[], &reset);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(checkout_state(&dir).0, first);
+    let lines = log_lines(&served.root.path().join("audit.jsonl"));
+    assert_eq!(lines.len(), 3, "clone, update, rewind: {lines:?}");
+    assert_eq!(lines[2]["kind"], "changed");
+    let body = lines[2]["body"].as_str().unwrap_or_default();
+    assert!(
+        body.contains(&second[..10]) && body.contains(&first[..10]),
+        "the rewind names where the checkout was and is: {body}"
+    );
+}

@@ -251,6 +251,22 @@ fn tokens_authenticate_and_never_show() {
 }
 
 #[test]
+fn a_token_is_sent_as_the_user_the_url_names() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let token = "tok_for_deploy";
+    // Like htpasswd, Gitea or Bitbucket: the user counts, not only the token.
+    let server = GitHttpServer::start_with_basic_auth(root.path(), "deploy", token);
+    let url = server.url("app").replace("http://", "http://deploy@");
+    let mut cmd = pull_command(&url, &root.path().join("c"), &["--token-env", "GP_TEST_TOKEN"]);
+    cmd.env("GP_TEST_TOKEN", token);
+    let run = finish(cmd.output().unwrap());
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    assert_eq!(run.new_sha(), Some(up.head().as_str()));
+    assert!(!run.stdout.contains(token) && !run.stderr.contains(token));
+}
+
+#[test]
 fn usage_errors_exit_2_and_touch_nothing() {
     let root = tempfile::tempdir().unwrap();
     let up = Upstream::new(root.path(), "app");

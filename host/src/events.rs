@@ -232,7 +232,13 @@ impl Event {
     /// What makes two messages the same, for the outbox's dedup window.
     pub fn dedup_key(&self) -> String {
         let what = match self.kind {
-            EventKind::Changed => self.new.clone().unwrap_or_default(),
+            // Where from, too: a branch rewound to a commit it had before
+            // is a new change, not a repeat.
+            EventKind::Changed => format!(
+                "{}..{}",
+                self.old.as_deref().unwrap_or_default(),
+                self.new.as_deref().unwrap_or_default()
+            ),
             EventKind::Failed | EventKind::Retrying => self
                 .failure
                 .as_ref()
@@ -270,7 +276,14 @@ pub fn for_pull(
 ) -> Vec<Event> {
     let mut events = Vec::new();
     if report.outcome.is_success() {
-        if matches!(report.outcome, Outcome::Updated | Outcome::Cloned) && report.commits > 0 {
+        // Every new HEAD is a change, a rewound branch too (no new
+        // commits, yet the checkout moved).
+        let moved = match report.outcome {
+            Outcome::Cloned => report.commits > 0,
+            Outcome::Updated => report.commits > 0 || report.old != report.new,
+            _ => false,
+        };
+        if moved {
             let mut e = Event::new(EventKind::Changed, repo.clone(), at_ms);
             e.old = report.old.clone();
             e.new = report.new.clone();
@@ -535,6 +548,10 @@ mod tests {
         };
         assert_eq!(kinds(&report(Outcome::Updated, 2), 0), [EventKind::Changed]);
         assert_eq!(kinds(&report(Outcome::Unchanged, 0), 0), []);
+        let mut rewound = report(Outcome::Updated, 0);
+        rewound.old = Some("c".repeat(40));
+        assert_ne!(rewound.old, rewound.new);
+        assert_eq!(kinds(&rewound, 0), [EventKind::Changed], "a rewind moved HEAD");
         assert_eq!(
             kinds(&report(Outcome::Unchanged, 0), 3),
             [EventKind::Recovered]

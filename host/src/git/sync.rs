@@ -138,10 +138,12 @@ impl Drop for SocketLimit {
     }
 }
 
+/// The user a token is sent as: the one the URL names
+/// (`https://deploy@host/x.git`), which servers that check the user need.
 fn url_user(url: &str) -> Option<String> {
     let parsed = url::Url::parse(url).ok()?;
     let user = parsed.username();
-    (!user.is_empty() && parsed.password().is_some()).then(|| user.to_string())
+    (!user.is_empty()).then(|| user.to_string())
 }
 
 /// Why the attempt stopped, before classification.
