@@ -896,9 +896,15 @@ fn a_branch_rewound_upstream_is_a_change_in_reset_mode() {
     let dir = served.dir("app");
     let first = served.up.head();
     let reset = ["--mode", "reset"];
-    assert_eq!(pull_notifying(&served.url(), &dir, &config, &[], &reset).code, 0);
+    assert_eq!(
+        pull_notifying(&served.url(), &dir, &config, &[], &reset).code,
+        0
+    );
     let second = served.up.commit("to be taken back");
-    assert_eq!(pull_notifying(&served.url(), &dir, &config, &[], &reset).code, 0);
+    assert_eq!(
+        pull_notifying(&served.url(), &dir, &config, &[], &reset).code,
+        0
+    );
     // Force-pushed backward: the branch points at the first commit again.
     git_ok(&served.up.bare, &["update-ref", "refs/heads/main", &first]);
     let run = pull_notifying(&served.url(), &dir, &config, &[], &reset);

@@ -570,9 +570,17 @@ impl PullArgs {
 }
 
 fn check_url(url: &str) -> Result<(), UsageError> {
-    crate::git::check_remote_url(url)
-        .map(|_| ())
-        .map_err(|e| UsageError::Url(crate::redact::url(url), e))
+    let shown = crate::redact::url(url);
+    let parsed =
+        crate::git::check_remote_url(url).map_err(|e| UsageError::Url(shown.clone(), e))?;
+    if parsed.password().is_some() {
+        // Any user on the machine reads a command line in `ps`.
+        return Err(UsageError::Url(
+            shown,
+            "a password in the URL shows in `ps`: use --token-env VAR or --token-file FILE".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -616,7 +624,7 @@ mod tests {
     fn a_missing_token_variable_is_named_and_secret_free() {
         let cli = parse(&[
             "pull",
-            "https://u:pw@h/r",
+            "https://u@h/r",
             "d",
             "--token-env",
             "GITPULSE_TEST_SURELY_UNSET",
@@ -627,6 +635,17 @@ mod tests {
         };
         let err = args.options().unwrap_err().to_string();
         assert!(err.contains("GITPULSE_TEST_SURELY_UNSET"), "{err}");
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_without_being_shown() {
+        let cli = parse(&["pull", "https://u:hunter2@h/r", "d"]).unwrap();
+        let Command::Pull(args) = cli.command else {
+            panic!("not pull")
+        };
+        let err = args.options().unwrap_err().to_string();
+        assert!(err.contains("--token-env") && err.contains("https://***@h/r"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct Changes {
 
 /// New commits carried, at most.
 pub const MAX_COMMITS: usize = 50;
+/// Characters of a commit subject carried, at most.
+pub const MAX_SUBJECT: usize = 1024;
+/// Characters of an author name carried, at most.
+pub const MAX_AUTHOR: usize = 256;
 /// Changed paths carried, at most.
 pub const MAX_PATHS: usize = 20;
 /// Beyond this many changed files, line counts are skipped.
@@ -437,11 +441,13 @@ pub fn read_changes(
     let mut commits = Vec::new();
     for id in walk.take(MAX_COMMITS) {
         let commit = repo.find_commit(id?)?;
+        // Upstream writes these: no terminal escapes, no floods.
+        let author = String::from_utf8_lossy(commit.author().name_bytes()).into_owned();
+        let subject = String::from_utf8_lossy(commit.summary_bytes().unwrap_or_default());
         commits.push(Commit {
             sha: commit.id().to_string(),
-            author: String::from_utf8_lossy(commit.author().name_bytes()).into_owned(),
-            subject: String::from_utf8_lossy(commit.summary_bytes().unwrap_or_default())
-                .into_owned(),
+            author: crate::redact::printable(&author, MAX_AUTHOR),
+            subject: crate::redact::printable(&subject, MAX_SUBJECT),
         });
     }
     let files = match old_id {
@@ -551,7 +557,11 @@ mod tests {
         let mut rewound = report(Outcome::Updated, 0);
         rewound.old = Some("c".repeat(40));
         assert_ne!(rewound.old, rewound.new);
-        assert_eq!(kinds(&rewound, 0), [EventKind::Changed], "a rewind moved HEAD");
+        assert_eq!(
+            kinds(&rewound, 0),
+            [EventKind::Changed],
+            "a rewind moved HEAD"
+        );
         assert_eq!(
             kinds(&report(Outcome::Unchanged, 0), 3),
             [EventKind::Recovered]

@@ -45,33 +45,132 @@ pub fn url(url: &str) -> String {
     text(url, &[])
 }
 
-/// `message` with URL userinfo and every value in `secrets` replaced by `***`.
+/// `message` with URL userinfo and every value in `secrets` replaced by
+/// `***`, terminal escapes and other control characters removed, and at
+/// most [`MAX_TEXT`] characters kept: what a server or an upstream says
+/// reaches terminals, logs, the state and notifications only through here.
+///
+/// Userinfo runs from the scheme to the last `@` before the path, so a
+/// password holding a space, `#` or `?` is hidden whole; in scp-like
+/// `user:pass@host:path` everything before the `@` is hidden when it holds
+/// a `:` (a lone user name, `git@host:x`, is not a secret).
 pub fn text(message: &str, secrets: &[&Secret]) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
-        let authority_end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match authority.rfind('@') {
+        let line = &tail[..tail.find('\n').unwrap_or(tail.len())];
+        match userinfo_end(line) {
             Some(at) => {
                 out.push_str("***");
-                out.push_str(&authority[at..]);
+                rest = &tail[at..];
             }
-            None => out.push_str(authority),
+            None => {
+                let end = line
+                    .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+                    .unwrap_or(line.len());
+                out.push_str(&tail[..end]);
+                rest = &tail[end..];
+            }
         }
-        rest = &tail[authority_end..];
     }
     out.push_str(rest);
+    let mut out = scp_userinfo(&out);
     for secret in secrets {
         let value = secret.expose();
         // Very short values would shred ordinary words; they are not real tokens.
         if value.len() >= 4 {
             out = out.replace(value, "***");
         }
+    }
+    printable(&out, MAX_TEXT)
+}
+
+/// Where the userinfo of the URL whose authority starts `line` ends (its
+/// last `@` before the path), if it has one. Text that reads as a path and
+/// then prose (`host/x failed for a@b`) has none.
+fn userinfo_end(line: &str) -> Option<usize> {
+    let first_at = line.find('@')?;
+    let before = &line[..first_at];
+    let prose = before
+        .find('/')
+        .is_some_and(|slash| before[slash..].contains(char::is_whitespace));
+    if prose {
+        return None;
+    }
+    let path = line[first_at..]
+        .find('/')
+        .map_or(line.len(), |p| first_at + p);
+    line[..path].rfind('@')
+}
+
+/// The most characters of one message gitpulse keeps or sends.
+pub const MAX_TEXT: usize = 4096;
+
+/// Words like `user:pass@host:path` with their userinfo hidden.
+fn scp_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let hidden = (!word.contains("://"))
+            .then(|| word.rfind('@'))
+            .flatten()
+            .filter(|&at| word[..at].contains(':') && word[at..].contains(':'));
+        match hidden {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&word[at..]);
+            }
+            None => out.push_str(word),
+        }
+    }
+    out
+}
+
+/// `text` without terminal escape sequences (CSI `ESC [ … letter`, OSC
+/// `ESC ] … BEL or ESC \\`) and other control characters (newlines and
+/// tabs stay), cut to `max` characters with `…`.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max * 4));
+    let mut chars = text.chars().peekable();
+    let mut kept = 0;
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, then one final byte.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.peek() == Some(&'\\')) {
+                            if c == '\u{1b}' {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_control() && c != '\n' && c != '\t' {
+            continue;
+        }
+        if kept == max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+        kept += 1;
     }
     out
 }
@@ -99,6 +198,34 @@ mod tests {
         let clean = text(msg, &[&token]);
         assert!(!clean.contains("ghp_abcdef123456"), "{clean}");
         assert_eq!(clean, "failed for http://***@h/r: token *** rejected");
+    }
+
+    #[test]
+    fn passwords_with_odd_characters_and_scp_like_userinfo_are_hidden() {
+        assert_eq!(
+            url("https://bob:pa ss@host/r.git"),
+            "https://***@host/r.git"
+        );
+        assert_eq!(
+            url("https://bob:p/#?x@host/r.git"),
+            "https://***@host/r.git"
+        );
+        assert_eq!(url("bob:hunter2@host:team/r.git"), "***@host:team/r.git");
+        assert_eq!(url("git@host:team/r.git"), "git@host:team/r.git");
+        let msg = text("fetch https://u:a b@h/x failed; see https://h/docs", &[]);
+        assert_eq!(msg, "fetch https://***@h/x failed; see https://h/docs");
+        let prose = text("fetch https://h/x failed for ann@example.com", &[]);
+        assert_eq!(prose, "fetch https://h/x failed for ann@example.com");
+        assert_eq!(url("https://bob:p@ss@host/x"), "https://***@host/x");
+    }
+
+    #[test]
+    fn terminal_escapes_and_floods_from_upstream_are_removed() {
+        let hostile =
+            "ok\u{1b}[31mRED\u{1b}[0m \u{1b}]0;title\u{7}done\u{1b}]8;;http://x\u{1b}\\link\r\n";
+        assert_eq!(printable(hostile, 100), "okRED donelink\n");
+        assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(text(&"x".repeat(10_000), &[]).chars().count(), MAX_TEXT + 1);
     }
 
     #[test]
