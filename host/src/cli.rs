@@ -575,10 +575,10 @@ fn check_url(url: &str) -> Result<(), UsageError> {
         crate::git::check_remote_url(url).map_err(|e| UsageError::Url(shown.clone(), e))?;
     if parsed.password().is_some() {
         // Any user on the machine reads a command line in `ps`.
-        return Err(UsageError::Url(
-            shown,
-            "a password in the URL shows in `ps`: use --token-env VAR or --token-file FILE".into(),
-        ));
+        let why = format!(
+            "`{shown}`: a password in the URL shows in `ps`: use --token-env VAR or --token-file FILE"
+        );
+        return Err(UsageError::Url(shown, why));
     }
     Ok(())
 }
