@@ -163,3 +163,31 @@ policy = "absent"
         "{err}"
     );
 }
+
+#[test]
+fn templates_with_partials_are_refused_before_they_can_recurse() {
+    let root = tempfile::tempdir().unwrap();
+    let body = root.path().join("failed.hbs");
+    // Two inline partials that include each other overflow the stack.
+    std::fs::write(
+        &body,
+        "{{#*inline \"a\"}}{{> b}}{{/inline}}{{#*inline \"b\"}}{{> a}}{{/inline}}{{> a}}",
+    )
+    .unwrap();
+    let config = ConfigFile::default()
+        .repo(Repo::new("app", "https://git.example.com/app.git", &root.path().join("c")))
+        .notifier_toml(
+            "audit",
+            &format!(
+                "kind = \"log\"\ntemplates.failed = {{ body = \"{}\" }}",
+                body.display()
+            ),
+        )
+        .write_in(root.path());
+    let (code, _, err) = validate(&config, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("notifier.audit.templates.failed.body") && err.contains("partials"),
+        "{err}"
+    );
+}

@@ -94,22 +94,57 @@ fn registry(html: bool) -> Handlebars<'static> {
     hb
 }
 
+/// The most a rendered part may weigh. Bigger is a template (or a
+/// plugin's) gone wrong, not a message anyone reads.
+pub const MAX_OUTPUT: usize = 256 * 1024;
+
 /// Renders `template` against `data`; the error says what is wrong and where.
+///
+/// Partials are refused: two that include each other overflow the stack
+/// (and abort the process), and a few that each include the previous twice
+/// render for ever. Without them a render is bounded by the template and
+/// the event; its output is bounded by [`MAX_OUTPUT`].
 pub fn render_one(template: &str, data: &Value, html: bool) -> Result<String, String> {
     // Built once: a registry with its helpers costs more than a small render.
     static TEXT: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(false));
     static HTML: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(true));
+    refuse_partials(template)?;
     let registry = if html { &*HTML } else { &*TEXT };
-    registry
+    let out = registry
         .render_template(template, data)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if out.len() > MAX_OUTPUT {
+        return Err(format!(
+            "rendered {} KiB, more than the {} KiB a message may have",
+            out.len() / 1024,
+            MAX_OUTPUT / 1024
+        ));
+    }
+    Ok(out)
 }
 
 /// Compiles `template` without rendering, for `gitpulse validate`.
 pub fn check(template: &str) -> Result<(), String> {
+    refuse_partials(template)?;
     handlebars::Template::compile(template)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Partials and inline partials (`{{> name}}`, `{{#> name}}`,
+/// `{{#*inline}}`, any `{{*decorator}}`) are not supported.
+fn refuse_partials(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let tag = rest[open + 2..].trim_start_matches(['{', '~', ' ', '\t', '\n', '\r']);
+        if tag.starts_with('>') || tag.starts_with("#>") || tag.starts_with('*') || tag.starts_with("#*") {
+            return Err(
+                "partials (`{{> …}}`, `{{#*inline …}}`) are not supported in gitpulse templates".into(),
+            );
+        }
+        rest = &rest[open + 2..];
+    }
+    Ok(())
 }
 
 /// Renders `t` with `data` in strict mode.
@@ -281,6 +316,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(digest.subject, "[gitpulse] 1 repositories on h failed");
+    }
+
+    #[test]
+    fn partials_are_refused_and_output_is_bounded() {
+        let data = json!({ "x": "y".repeat(1000) });
+        // Two inline partials that include each other: a stack overflow.
+        let recursive = "{{#*inline \"a\"}}{{> b}}{{/inline}}{{#*inline \"b\"}}{{> a}}{{/inline}}{{> a}}";
+        for t in [recursive, "{{> header}}", "{{~> header}}", "{{#> layout}}x{{/layout}}"] {
+            let err = check(t).unwrap_err();
+            assert!(err.contains("partials"), "{t}: {err}");
+            assert!(render_one(t, &data, false).unwrap_err().contains("partials"));
+        }
+        assert!(check("{{x}} > {{#if x}}a{{/if}}").is_ok(), "a `>` outside a tag is text");
+        let flood = "{{x}}".repeat(300);
+        let err = render_one(&flood, &data, false).unwrap_err();
+        assert!(err.contains("more than the 256 KiB"), "{err}");
     }
 
     #[test]
