@@ -919,3 +919,38 @@ fn a_branch_rewound_upstream_is_a_change_in_reset_mode() {
         "the rewind names where the checkout was and is: {body}"
     );
 }
+
+#[test]
+fn a_commit_subject_cannot_add_keys_to_a_webhook_body() {
+    let mut served = Served::new("app");
+    let hook = WebhookReceiver::start("s");
+    let root = served.root.path().to_path_buf();
+    std::fs::write(root.join("secret"), "s\n").unwrap();
+    std::fs::write(
+        root.join("changed.json.hbs"),
+        "{\"text\": \"{{#each commits}}{{subject}}{{/each}}\", \"repo\": \"{{repo.name}}\"}",
+    )
+    .unwrap();
+    let config = notify_config(
+        &root,
+        &format!(
+            "[notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = \"secret\"\n\
+             events = [\"changed\"]\ntemplates.changed = {{ body = \"changed.json.hbs\" }}\n",
+            hook.url("/")
+        ),
+    );
+    let dir = served.dir("app");
+    assert_eq!(
+        pull_notifying(&served.url(), &dir, &config, &[], &[]).code,
+        0
+    );
+    let hostile = "fix\", \"admin\": true, \"x\": \"";
+    served.up.commit(hostile);
+    let run = pull_notifying(&served.url(), &dir, &config, &[], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = hook.wait_for(2, Duration::from_secs(10));
+    let body = json(&got[1].body);
+    assert!(body.get("admin").is_none(), "{body}");
+    assert_eq!(body["text"], hostile, "{body}");
+    assert_eq!(body["repo"], "app");
+}

@@ -175,7 +175,11 @@ fn templates_with_partials_are_refused_before_they_can_recurse() {
     )
     .unwrap();
     let config = ConfigFile::default()
-        .repo(Repo::new("app", "https://git.example.com/app.git", &root.path().join("c")))
+        .repo(Repo::new(
+            "app",
+            "https://git.example.com/app.git",
+            &root.path().join("c"),
+        ))
         .notifier_toml(
             "audit",
             &format!(

@@ -644,7 +644,10 @@ mod tests {
             panic!("not pull")
         };
         let err = args.options().unwrap_err().to_string();
-        assert!(err.contains("--token-env") && err.contains("https://***@h/r"), "{err}");
+        assert!(
+            err.contains("--token-env") && err.contains("https://***@h/r"),
+            "{err}"
+        );
         assert!(!err.contains("hunter2"), "{err}");
     }
 

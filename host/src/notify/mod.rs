@@ -299,11 +299,14 @@ fn overridden(
 
 /// Renders; a webhook body must be JSON.
 fn render_checked(t: &Templates, data: &Value, webhook: bool) -> Result<Rendered, String> {
-    let r = template::render(t, data)?;
+    let part = if webhook {
+        template::Part::Json
+    } else {
+        template::Part::Text
+    };
+    let r = template::render(t, data, part)?;
     if webhook {
-        if let Err(e) = serde_json::from_str::<Value>(&r.body) {
-            return Err(format!("the webhook body is not JSON ({e})"));
-        }
+        template::check_json(&r.body).map_err(|e| format!("the webhook body is not JSON ({e})"))?;
     }
     Ok(r)
 }

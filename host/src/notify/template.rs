@@ -77,21 +77,66 @@ fn relative(at_ms: u64, now_ms: u64) -> String {
     }
 }
 
-/// A strict registry with gitpulse's helpers. `html` escapes values (for
-/// HTML bodies); otherwise values are written as they are.
-fn registry(html: bool) -> Handlebars<'static> {
+/// What a template writes, which decides how values are escaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Plain text (subjects, text bodies): values as they are.
+    Text,
+    /// An HTML body: values HTML-escaped.
+    Html,
+    /// A webhook's JSON body: values escaped as the inside of a JSON
+    /// string, so a commit subject cannot add keys; `{{json x}}` writes
+    /// JSON as it is.
+    Json,
+}
+
+/// A strict registry with gitpulse's helpers, escaping for `part`.
+fn registry(part: Part) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
-    if !html {
-        hb.register_escape_fn(no_escape);
+    match part {
+        Part::Text => hb.register_escape_fn(no_escape),
+        Part::Html => {}
+        Part::Json => hb.register_escape_fn(json_string_escape),
     }
     hb.register_helper("short_sha", Box::new(short_sha));
     hb.register_helper("pluralize", Box::new(pluralize));
     hb.register_helper("duration", Box::new(duration));
     hb.register_helper("relative_time", Box::new(relative_time));
     hb.register_helper("truncate", Box::new(truncate));
-    hb.register_helper("json", Box::new(to_json));
+    match part {
+        Part::Json => hb.register_helper("json", Box::new(raw_json)),
+        _ => hb.register_helper("json", Box::new(to_json)),
+    }
     hb
+}
+
+/// `text` as the inside of a JSON string (quotes, backslashes and control
+/// characters escaped).
+fn json_string_escape(text: &str) -> String {
+    let quoted = serde_json::to_string(text).unwrap_or_default();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `{{json VALUE}}` in a JSON body: the value's JSON, not escaped again.
+fn raw_json(
+    h: &handlebars::Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let value = h
+        .param(0)
+        .ok_or(handlebars::RenderErrorReason::ParamNotFoundForIndex(
+            "json", 0,
+        ))?;
+    out.write(&serde_json::to_string(value.value()).unwrap_or_default())?;
+    Ok(())
 }
 
 /// The most a rendered part may weigh. Bigger is a template (or a
@@ -104,12 +149,17 @@ pub const MAX_OUTPUT: usize = 256 * 1024;
 /// (and abort the process), and a few that each include the previous twice
 /// render for ever. Without them a render is bounded by the template and
 /// the event; its output is bounded by [`MAX_OUTPUT`].
-pub fn render_one(template: &str, data: &Value, html: bool) -> Result<String, String> {
+pub fn render_one(template: &str, data: &Value, part: Part) -> Result<String, String> {
     // Built once: a registry with its helpers costs more than a small render.
-    static TEXT: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(false));
-    static HTML: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(true));
+    static TEXT: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(Part::Text));
+    static HTML: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(Part::Html));
+    static JSON: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(Part::Json));
     refuse_partials(template)?;
-    let registry = if html { &*HTML } else { &*TEXT };
+    let registry = match part {
+        Part::Text => &*TEXT,
+        Part::Html => &*HTML,
+        Part::Json => &*JSON,
+    };
     let out = registry
         .render_template(template, data)
         .map_err(|e| e.to_string())?;
@@ -121,6 +171,61 @@ pub fn render_one(template: &str, data: &Value, html: bool) -> Result<String, St
         ));
     }
     Ok(out)
+}
+
+/// Whether `body` is one JSON value whose objects have no duplicate keys
+/// (receivers disagree on which of two equal keys wins, so a body that
+/// has them is refused rather than sent).
+pub fn check_json(body: &str) -> Result<(), String> {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Unique;
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !keys.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    serde_json::from_str::<Unique>(body)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Compiles `template` without rendering, for `gitpulse validate`.
@@ -137,9 +242,14 @@ fn refuse_partials(template: &str) -> Result<(), String> {
     let mut rest = template;
     while let Some(open) = rest.find("{{") {
         let tag = rest[open + 2..].trim_start_matches(['{', '~', ' ', '\t', '\n', '\r']);
-        if tag.starts_with('>') || tag.starts_with("#>") || tag.starts_with('*') || tag.starts_with("#*") {
+        if tag.starts_with('>')
+            || tag.starts_with("#>")
+            || tag.starts_with('*')
+            || tag.starts_with("#*")
+        {
             return Err(
-                "partials (`{{> …}}`, `{{#*inline …}}`) are not supported in gitpulse templates".into(),
+                "partials (`{{> …}}`, `{{#*inline …}}`) are not supported in gitpulse templates"
+                    .into(),
             );
         }
         rest = &rest[open + 2..];
@@ -147,20 +257,21 @@ fn refuse_partials(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Renders `t` with `data` in strict mode.
-pub fn render(t: &Templates, data: &Value) -> Result<Rendered, String> {
+/// Renders `t` with `data` in strict mode; `body` is the body's part
+/// (text, or a webhook's JSON).
+pub fn render(t: &Templates, data: &Value, body: Part) -> Result<Rendered, String> {
     Ok(Rendered {
-        subject: render_one(&t.subject, data, false)?
+        subject: render_one(&t.subject, data, Part::Text)?
             .lines()
             .next()
             .unwrap_or_default()
             .trim()
             .to_string(),
-        body: render_one(&t.body, data, false)?,
+        body: render_one(&t.body, data, body)?,
         html: t
             .html
             .as_ref()
-            .map(|h| render_one(h, data, true))
+            .map(|h| render_one(h, data, Part::Html))
             .transpose()?,
     })
 }
@@ -286,11 +397,13 @@ mod tests {
             let mut e = Event::new(kind, RepoRef::default(), 1);
             e.detail = Some("d".into());
             let data = event_data(&e, "ops", &[]);
-            render(&default_for(kind, true), &data).unwrap_or_else(|err| panic!("{kind}: {err}"));
+            render(&default_for(kind, true), &data, Part::Text)
+                .unwrap_or_else(|err| panic!("{kind}: {err}"));
         }
         let r = render(
             &default_for(EventKind::Changed, true),
             &event_data(&changed(), "ops", &[]),
+            Part::Text,
         )
         .unwrap();
         assert_eq!(r.subject, "[gitpulse] app: 1 new commit");
@@ -313,48 +426,85 @@ mod tests {
         let digest = render(
             &default_digest(false),
             &digest_data("failed", "h", &[event_data(&changed(), "ops", &[])], "ops"),
+            Part::Text,
         )
         .unwrap();
         assert_eq!(digest.subject, "[gitpulse] 1 repositories on h failed");
     }
 
     #[test]
+    fn json_bodies_escape_values_and_refuse_duplicate_keys() {
+        let data = json!({ "subject": "x\", \"admin\": true, \"y\": \"", "labels": { "a": 1 } });
+        let body = render_one(
+            "{\"s\": \"{{subject}}\", \"l\": {{json labels}}}",
+            &data,
+            Part::Json,
+        )
+        .unwrap();
+        let sent: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            sent["s"], data["subject"],
+            "the value stayed inside its string"
+        );
+        assert!(sent.get("admin").is_none(), "{body}");
+        assert_eq!(sent["l"]["a"], 1, "json writes JSON as it is");
+        assert!(check_json(&body).is_ok());
+        let err = check_json("{\"a\": 1, \"b\": {\"c\": 1, \"c\": 2}}").unwrap_err();
+        assert!(err.contains("duplicate key `c`"), "{err}");
+        assert!(check_json("not json").is_err());
+    }
+
+    #[test]
     fn partials_are_refused_and_output_is_bounded() {
         let data = json!({ "x": "y".repeat(1000) });
         // Two inline partials that include each other: a stack overflow.
-        let recursive = "{{#*inline \"a\"}}{{> b}}{{/inline}}{{#*inline \"b\"}}{{> a}}{{/inline}}{{> a}}";
-        for t in [recursive, "{{> header}}", "{{~> header}}", "{{#> layout}}x{{/layout}}"] {
+        let recursive =
+            "{{#*inline \"a\"}}{{> b}}{{/inline}}{{#*inline \"b\"}}{{> a}}{{/inline}}{{> a}}";
+        for t in [
+            recursive,
+            "{{> header}}",
+            "{{~> header}}",
+            "{{#> layout}}x{{/layout}}",
+        ] {
             let err = check(t).unwrap_err();
             assert!(err.contains("partials"), "{t}: {err}");
-            assert!(render_one(t, &data, false).unwrap_err().contains("partials"));
+            assert!(render_one(t, &data, Part::Text)
+                .unwrap_err()
+                .contains("partials"));
         }
-        assert!(check("{{x}} > {{#if x}}a{{/if}}").is_ok(), "a `>` outside a tag is text");
+        assert!(
+            check("{{x}} > {{#if x}}a{{/if}}").is_ok(),
+            "a `>` outside a tag is text"
+        );
         let flood = "{{x}}".repeat(300);
-        let err = render_one(&flood, &data, false).unwrap_err();
+        let err = render_one(&flood, &data, Part::Text).unwrap_err();
         assert!(err.contains("more than the 256 KiB"), "{err}");
     }
 
     #[test]
     fn strict_mode_refuses_unknown_names_and_helpers_work() {
         let data = event_data(&changed(), "ops", &[("team".into(), "core".into())]);
-        assert!(render_one("{{nonsense}}", &data, false)
+        assert!(render_one("{{nonsense}}", &data, Part::Text)
             .unwrap_err()
             .contains("nonsense"));
-        assert_eq!(render_one("{{vars.team}}", &data, false).unwrap(), "core");
         assert_eq!(
-            render_one("{{pluralize 2 \"repo\"}}", &data, false).unwrap(),
+            render_one("{{vars.team}}", &data, Part::Text).unwrap(),
+            "core"
+        );
+        assert_eq!(
+            render_one("{{pluralize 2 \"repo\"}}", &data, Part::Text).unwrap(),
             "2 repos"
         );
         assert_eq!(
-            render_one("{{truncate \"abcdef\" 4}}", &data, false).unwrap(),
+            render_one("{{truncate \"abcdef\" 4}}", &data, Part::Text).unwrap(),
             "abc…"
         );
         assert_eq!(
-            render_one("{{duration 90000}}", &data, false).unwrap(),
+            render_one("{{duration 90000}}", &data, Part::Text).unwrap(),
             "1m 30s"
         );
         assert_eq!(
-            render_one("{{json repo.labels}}", &data, false).unwrap(),
+            render_one("{{json repo.labels}}", &data, Part::Text).unwrap(),
             "{}"
         );
         assert_eq!(relative(0, 3_600_000), "1 hour ago");
