@@ -162,6 +162,14 @@ impl SendError {
     }
 }
 
+/// The `X-Gitpulse-Signature-256` value: `sha256=<hex>` of the HMAC-SHA256
+/// of `TIMESTAMP.DELIVERY.BODY`.
+pub fn signed(secret: &[u8], timestamp: &str, delivery: i64, body: &[u8]) -> String {
+    let mut message = format!("{timestamp}.{delivery}.").into_bytes();
+    message.extend_from_slice(body);
+    signature(secret, &message)
+}
+
 /// The signature header value for `body`: `sha256=<hex of HMAC-SHA256>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     // HMAC takes keys of any length; new_from_slice cannot fail for it.
@@ -231,10 +239,19 @@ impl Senders {
             .header("X-Gitpulse-Delivery", letter.delivery_id.to_string());
         if let Some(secret) = &hook.secret {
             let secret = read_secret(secret).map_err(|e| SendError::new(DeliveryClass::Auth, e))?;
-            req = req.header(
-                "X-Gitpulse-Signature",
-                signature(secret.expose().as_bytes(), body),
-            );
+            let key = secret.expose().as_bytes();
+            let timestamp = (crate::model::now_ms() / 1000).to_string();
+            req = req
+                // Body only: kept for receivers written against it.
+                .header("X-Gitpulse-Signature", signature(key, body))
+                // Bound to the moment and the delivery: a receiver that
+                // checks the timestamp's age and drops repeated delivery
+                // ids cannot be replayed.
+                .header("X-Gitpulse-Timestamp", &timestamp)
+                .header(
+                    "X-Gitpulse-Signature-256",
+                    signed(key, &timestamp, letter.delivery_id, body),
+                );
         }
         for (k, v) in &hook.headers {
             req = req.header(k, v);
@@ -460,6 +477,18 @@ fn smtp_error(e: lettre::transport::smtp::Error) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bound_signature_covers_timestamp_delivery_and_body() {
+        let bound = signed(b"k", "1700000000", 42, b"{}");
+        assert_eq!(bound, signature(b"k", b"1700000000.42.{}"));
+        assert_ne!(
+            bound,
+            signed(b"k", "1700000001", 42, b"{}"),
+            "a replay later differs"
+        );
+        assert_ne!(bound, signed(b"k", "1700000000", 43, b"{}"));
+    }
 
     #[test]
     fn signature_is_hmac_sha256_in_hex() {

@@ -36,7 +36,9 @@ pub struct Delivery {
     /// Header names in lower case.
     pub headers: HashMap<String, String>,
     pub body: String,
-    /// Whether `X-Gitpulse-Signature` matched the body under the secret.
+    /// Whether `X-Gitpulse-Signature` matched the body and
+    /// `X-Gitpulse-Signature-256` matched `TIMESTAMP.DELIVERY.BODY` under
+    /// the secret.
     pub signature_ok: bool,
     /// Whether the receiver accepted it (answered 2xx).
     pub accepted: bool,
@@ -80,7 +82,25 @@ fn serve(mut stream: TcpStream, secret: &[u8], state: &Mutex<State>) {
             .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
             .collect();
         let signature = headers.get("x-gitpulse-signature").map(String::as_str);
-        let signature_ok = valid(secret, &request.body, signature);
+        // The replay-proof signature covers TIMESTAMP.DELIVERY.BODY.
+        let bound = match (
+            headers.get("x-gitpulse-timestamp"),
+            headers.get("x-gitpulse-delivery"),
+        ) {
+            (Some(ts), Some(id)) => {
+                let mut message = format!("{ts}.{id}.").into_bytes();
+                message.extend_from_slice(&request.body);
+                message
+            }
+            _ => Vec::new(),
+        };
+        let bound_ok = !bound.is_empty()
+            && valid(
+                secret,
+                &bound,
+                headers.get("x-gitpulse-signature-256").map(String::as_str),
+            );
+        let signature_ok = valid(secret, &request.body, signature) && bound_ok;
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let answer = st.answer;
         st.log.push(Delivery {
