@@ -686,6 +686,10 @@ fn starttls_required_refuses_a_server_without_it_and_opportunistic_goes_plain() 
         strict.code, 1,
         "no STARTTLS offered, nothing sent: {strict:?}"
     );
+    assert!(
+        strict.stderr.contains("does not offer STARTTLS") && strict.stderr.contains("required"),
+        "{strict:?}"
+    );
     assert!(smtp.messages().is_empty());
     let relaxed = run("relaxed");
     assert_eq!(relaxed.code, 0, "{relaxed:?}");

@@ -253,6 +253,7 @@ pub(super) struct RawNotifier {
     to: Option<Spanned<Vec<String>>>,
     cc: Option<Spanned<Vec<String>>>,
     ca_file: Option<Spanned<String>>,
+    allow_plain_login: Option<Spanned<bool>>,
     // webhook
     url: Option<Spanned<String>>,
     method: Option<Spanned<String>>,
@@ -307,7 +308,7 @@ pub(super) fn check_notifier(
     let field = |f: &str| format!("{label}.{f}");
 
     // Settings that belong to another kind are mistakes worth naming.
-    let email_only: [(&str, bool); 9] = [
+    let email_only: [(&str, bool); 10] = [
         ("server", r.server.is_some()),
         ("starttls", r.starttls.is_some()),
         ("username", r.username.is_some()),
@@ -317,6 +318,7 @@ pub(super) fn check_notifier(
         ("to", r.to.is_some()),
         ("cc", r.cc.is_some()),
         ("ca_file", r.ca_file.is_some()),
+        ("allow_plain_login", r.allow_plain_login.is_some()),
     ];
     let webhook_only: [(&str, bool); 5] = [
         ("url", r.url.is_some()),
@@ -619,6 +621,23 @@ fn check_email(
         env,
     );
     let username = r.username.as_ref().map(|u| u.get_ref().clone());
+    // Without TLS guaranteed, a login would send the password in clear to
+    // a server (or anyone in between) that does not offer STARTTLS.
+    let plain_allowed = r.allow_plain_login.as_ref().is_some_and(|a| *a.get_ref());
+    let tls_optional = matches!(
+        security,
+        SmtpSecurity::StartTlsOpportunistic | SmtpSecurity::Plain
+    );
+    if password.is_some() && tls_optional && !plain_allowed {
+        let at = r.starttls.as_ref().map(|s| check.line(s.span().start));
+        check.push(
+            at.unwrap_or(line),
+            field("starttls"),
+            "with a password, TLS must be required: the login would go in clear to a server \
+             without STARTTLS; use starttls = \"required\" or smtps://, or set \
+             allow_plain_login = true if the network is yours",
+        );
+    }
     if password.is_some() != username.is_some() {
         check.push(
             line,
@@ -797,6 +816,24 @@ mod tests {
             &|v| (v == "SECRET").then(|| "s".to_string()),
             crate::config::Scope::Environment,
         )
+    }
+
+    #[test]
+    fn a_login_without_required_tls_needs_an_explicit_opt_in() {
+        let mail = |starttls: &str, extra: &str| {
+            format!(
+                "[notifier.m]\nkind = \"email\"\nserver = \"smtp://mail.example.com\"\n\
+                 starttls = \"{starttls}\"\nusername = \"u\"\npassword_env = \"SECRET\"\n\
+                 from = \"a@example.com\"\nto = [\"b@example.com\"]\n{extra}"
+            )
+        };
+        for starttls in ["opportunistic", "off"] {
+            let err = parse(&mail(starttls, "")).unwrap_err();
+            assert_eq!(err.0[0].field, "notifier.m.starttls", "{err}");
+            assert!(err.0[0].message.contains("in clear"), "{err}");
+            assert!(parse(&mail(starttls, "allow_plain_login = true\n")).is_ok());
+        }
+        assert!(parse(&mail("required", "")).is_ok());
     }
 
     #[test]

@@ -434,6 +434,19 @@ fn send_email(email: &EmailConfig, letter: &Letter<'_>) -> Result<String, SendEr
         .port(email.port)
         .tls(tls)
         .timeout(Some(email.timeout));
+    let required = email.security == SmtpSecurity::StartTlsRequired;
+    let smtp_error = |e: lettre::transport::smtp::Error| {
+        let mut failure = smtp_error(e);
+        // lettre says "internal client error" when the server offers no
+        // STARTTLS and TLS is required: say what happened and what to do.
+        if required && failure.message.contains("internal client") {
+            failure.message = "the server does not offer STARTTLS and this notifier has \
+                               starttls = \"required\": nothing was sent; use smtps:// if \
+                               the server speaks TLS from the start"
+                .into();
+        }
+        failure
+    };
     if let (Some(user), Some(password)) = (&email.username, &email.password) {
         let password = read_secret(password).map_err(|e| SendError::new(DeliveryClass::Auth, e))?;
         transport = transport.credentials(Credentials::new(
