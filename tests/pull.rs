@@ -302,6 +302,18 @@ fn usage_errors_exit_2_and_touch_nothing() {
     assert!(run.stderr.contains("not supported over file://"), "{run:?}");
     assert!(!root.path().join("a").exists());
 
+    // A token over plain http to another machine would travel in clear.
+    let mut cmd = pull_command(
+        "http://git.example.com/app.git",
+        &root.path().join("a"),
+        &["--token-env", "GP_TEST_TOKEN"],
+    );
+    cmd.env("GP_TEST_TOKEN", "t0ken_in_clear");
+    let run = finish(cmd.output().unwrap());
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--allow-http-token"), "{run:?}");
+    assert!(!run.stderr.contains("t0ken_in_clear"));
+
     // A duration no clock can add is a usage error, not a panic.
     let run = pull(
         &up.file_url(),
@@ -397,4 +409,44 @@ fn submodules_are_left_alone_unless_asked() {
     let run = pull(&app.file_url(), &full, &["--submodules"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(full.join("vendor/lib/README").exists());
+}
+
+#[test]
+fn a_token_never_reaches_a_submodule_on_another_origin() {
+    let main_root = tempfile::tempdir().unwrap();
+    let other_root = tempfile::tempdir().unwrap();
+    let token = "tok_only_for_main";
+    let main = GitHttpServer::start_with_basic_auth(main_root.path(), "x-access-token", token);
+    Upstream::new(other_root.path(), "lib");
+    let other = GitHttpServer::start(other_root.path());
+    // The other origin records every login it is sent.
+    let spy = FaultProxy::start(other.addr());
+    let app = Upstream::new(main_root.path(), "app");
+    let work = app.bare.parent().unwrap().join("app.work");
+    git_ok(
+        &work,
+        &["submodule", "add", "-q", &spy.url("lib"), "vendor/lib"],
+    );
+    git_ok(&work, &["commit", "-qm", "a submodule on another server"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+
+    let dir = main_root.path().join("c");
+    let mut cmd = pull_command(
+        &main.url("app"),
+        &dir,
+        &["--submodules", "--token-env", "GP_TEST_TOKEN"],
+    );
+    cmd.env("GP_TEST_TOKEN", token);
+    let run = finish(cmd.output().unwrap());
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    assert!(
+        dir.join("vendor/lib/README").exists(),
+        "the submodule came, anonymously"
+    );
+    assert!(spy.requests() > 0);
+    assert_eq!(
+        spy.users_seen(),
+        Vec::<String>::new(),
+        "no login went to the other origin"
+    );
 }

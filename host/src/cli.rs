@@ -404,6 +404,9 @@ pub struct PullArgs {
     /// Read an HTTPS token from this file (surrounding whitespace is ignored)
     #[arg(long, value_name = "F")]
     pub token_file: Option<PathBuf>,
+    /// Send the token over plain http:// to another machine (in clear: only on a network you trust)
+    #[arg(long)]
+    pub allow_http_token: bool,
     /// SSH private key (without one, ssh-agent is used for SSH remotes)
     #[arg(long, value_name = "F")]
     pub ssh_key: Option<PathBuf>,
@@ -483,6 +486,9 @@ pub enum UsageError {
     #[error("--timeout must be greater than zero")]
     /// `--timeout 0`.
     ZeroTimeout,
+    #[error("{0}")]
+    /// A token would go over plain http to another machine.
+    InsecureToken(String),
     #[error("--depth: {0}")]
     /// `--depth` with a remote that cannot be pulled shallow.
     Depth(String),
@@ -532,6 +538,10 @@ impl PullArgs {
     }
 
     fn auth(&self) -> Result<Auth, UsageError> {
+        if self.token_env.is_some() || self.token_file.is_some() {
+            crate::git::check_token_transport(&self.url, self.allow_http_token)
+                .map_err(UsageError::InsecureToken)?;
+        }
         if let Some(var) = &self.token_env {
             let value = std::env::var(var).unwrap_or_default();
             if value.trim().is_empty() {

@@ -301,6 +301,7 @@ struct RawRepo {
     dir: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    allow_http_token: Option<Spanned<bool>>,
     ssh_key: Option<Spanned<String>>,
     known_hosts: Option<Spanned<String>>,
     labels: Option<Spanned<BTreeMap<String, String>>>,
@@ -804,6 +805,12 @@ pub fn parse(
         }
 
         let auth = check_auth(&mut check, r, &label, &resolve, env);
+        if let Some(token) = r.token_env.as_ref().or(r.token_file.as_ref()) {
+            let allowed = r.allow_http_token.as_ref().is_some_and(|a| *a.get_ref());
+            if let Err(e) = crate::git::check_token_transport(&url, allowed) {
+                check.at(token, label.clone(), e);
+            }
+        }
         let labels = r
             .labels
             .as_ref()
@@ -1169,6 +1176,24 @@ mode = "ff"
         assert!(old.same_settings(moved));
         let changed = parse_with(&one.replace("app.git", "other.git"), &[]).unwrap();
         assert!(!old.same_settings(changed.repo("app").unwrap()));
+    }
+
+    #[test]
+    fn a_token_over_plain_http_to_another_machine_needs_an_opt_in() {
+        let repo = |url: &str, extra: &str| {
+            format!("[[repo]]\nname = \"a\"\nurl = \"{url}\"\ntoken_env = \"T\"\n{extra}")
+        };
+        let vars = [("T", "t0ken")];
+        let err = parse_with(&repo("http://git.example.com/a.git", ""), &vars).unwrap_err();
+        assert!(err.to_string().contains("travel in clear"), "{err}");
+        assert!(!err.to_string().contains("t0ken"), "{err}");
+        let opted = repo("http://git.example.com/a.git", "allow_http_token = true\n");
+        assert!(parse_with(&opted, &vars).is_ok());
+        assert!(parse_with(&repo("https://git.example.com/a.git", ""), &vars).is_ok());
+        assert!(
+            parse_with(&repo("http://127.0.0.1:8080/a.git", ""), &vars).is_ok(),
+            "loopback"
+        );
     }
 
     #[test]

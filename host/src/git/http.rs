@@ -28,11 +28,23 @@ use crate::redact::Secret;
 
 const USER_AGENT: &str = concat!("git/2.0 (gitpulse/", env!("CARGO_PKG_VERSION"), ")");
 
-/// Basic-auth credentials for one remote.
+/// Basic-auth credentials for one remote, and the origin (scheme, host,
+/// port) they belong to: they are never sent anywhere else — not to a
+/// submodule's server, not to another port, not over a downgrade to http.
 #[derive(Debug, Clone)]
 pub(crate) struct Credentials {
     pub user: String,
     pub password: Secret,
+    pub origin: String,
+}
+
+/// `scheme://host:port` of `url` (the port spelled out), if it has one.
+pub(crate) fn origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    match parsed.origin() {
+        url::Origin::Tuple(scheme, host, port) => Some(format!("{scheme}://{host}:{port}")),
+        url::Origin::Opaque(_) => None,
+    }
 }
 
 /// Everything the transport needs for the requests of one attempt, and the
@@ -159,7 +171,13 @@ impl SmartSubtransport for HttpTransport {
             }
         };
         let (clean_url, url_credentials) = split_userinfo(url);
-        let credentials = session.credentials.clone().or(url_credentials);
+        // The configured credentials go to their own origin only; a URL
+        // that names its own (a submodule's, written by upstream) keeps them.
+        let own = session
+            .credentials
+            .clone()
+            .filter(|c| origin(url).as_deref() == Some(c.origin.as_str()));
+        let credentials = own.or(url_credentials);
         Ok(Box::new(HttpStream {
             session,
             credentials,
@@ -193,11 +211,13 @@ fn split_userinfo(url: &str) -> (String, Option<Credentials>) {
         Some(password) => Credentials {
             user,
             password: Secret::new(password),
+            origin: origin(url).unwrap_or_default(),
         },
         // `https://TOKEN@host/…`: the lone userinfo is the token.
         None => Credentials {
             user: "x-access-token".into(),
             password: Secret::new(user),
+            origin: origin(url).unwrap_or_default(),
         },
     };
     (parsed.to_string(), Some(credentials))

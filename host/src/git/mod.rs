@@ -61,6 +61,29 @@ pub fn check_depth(url: &str, depth: Option<u32>) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a token may be sent to `url`: over https, or over plain http to
+/// this machine (loopback never leaves it). Elsewhere plain http carries
+/// the token in clear, so it takes `allowed` (the user said so).
+pub fn check_token_transport(url: &str, allowed: bool) -> Result<(), String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(());
+    };
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if parsed.scheme() == "http" && !loopback && !allowed {
+        return Err(format!(
+            "`{}` is plain http: the token would travel in clear; use https://, \
+             or allow it explicitly (--allow-http-token, allow_http_token = true)",
+            crate::redact::url(url)
+        ));
+    }
+    Ok(())
+}
+
 /// The remote's host name (`github.com`), empty for file:// and bad URLs.
 pub fn remote_host(url: &str) -> String {
     check_remote_url(url)

@@ -52,6 +52,7 @@ pub fn sync(
         Auth::Token(token) => Some(Credentials {
             user: url_user(&spec.url).unwrap_or_else(|| "x-access-token".into()),
             password: token.clone(),
+            origin: http::origin(&spec.url).unwrap_or_default(),
         }),
         _ => None,
     };

@@ -46,6 +46,22 @@ impl Fault {
 struct Plan {
     queue: VecDeque<Fault>,
     always: Option<Fault>,
+    /// The basic-auth user of every request that carried one, in order.
+    users: Vec<String>,
+}
+
+/// The user of a `Basic` Authorization header.
+fn basic_user(req: &Request) -> Option<String> {
+    use base64::Engine as _;
+    let encoded = req.header("Authorization")?.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(
+        text.split_once(':')
+            .map_or(text.clone(), |(user, _)| user.to_string()),
+    )
 }
 
 /// A proxy in front of one server.
@@ -70,6 +86,9 @@ impl FaultProxy {
             r.fetch_add(1, Ordering::SeqCst);
             let fault = {
                 let mut plan = p.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(user) = basic_user(&req) {
+                    plan.users.push(user);
+                }
                 match plan.queue.iter().position(|fault| fault.fits(&req)) {
                     Some(i) => plan.queue.remove(i),
                     None => plan.always.clone().filter(|fault| fault.fits(&req)),
@@ -105,6 +124,16 @@ impl FaultProxy {
     /// forwards cleanly again).
     pub fn set_always(&self, fault: Option<Fault>) {
         self.plan.lock().unwrap_or_else(|e| e.into_inner()).always = fault;
+    }
+
+    /// The basic-auth user of every request that carried credentials: who
+    /// sent this origin a login it should never have had.
+    pub fn users_seen(&self) -> Vec<String> {
+        self.plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .users
+            .clone()
     }
 
     /// `http://127.0.0.1:PORT/NAME.git` through the proxy.
