@@ -405,10 +405,86 @@ fn submodules_are_left_alone_unless_asked() {
     assert_eq!(pull(&app.file_url(), &plain, &[]).code, 0);
     assert!(!plain.join("vendor/lib/README").exists());
 
+    // Upstream points the submodule at this machine's files: refused.
+    let refused = pull(
+        &app.file_url(),
+        &root.path().join("refused"),
+        &["--submodules"],
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("points at this machine"),
+        "{refused:?}"
+    );
+    assert!(
+        !root.path().join("refused").exists(),
+        "nothing half-made is left"
+    );
+
     let full = root.path().join("full");
-    let run = pull(&app.file_url(), &full, &["--submodules"]);
+    let run = pull(
+        &app.file_url(),
+        &full,
+        &["--submodules", "--allow-local-submodules"],
+    );
     assert_eq!(run.code, 0, "{run:?}");
     assert!(full.join("vendor/lib/README").exists());
+}
+
+#[test]
+fn a_submodule_that_cannot_be_cloned_touches_nothing_outside_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let lib = Upstream::new(root.path(), "lib");
+    let app = Upstream::new(root.path(), "app");
+    let work = app.bare.parent().unwrap().join("app.work");
+    let args = ["-c", "protocol.file.allow=always", "submodule", "add", "-q"];
+    let out = git(
+        &work,
+        &[&args[..], &[lib.file_url().as_str(), "vendor/lib"]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Then the submodule's upstream goes away.
+    git_ok(
+        &work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.vendor/lib.url",
+            "file:///nonexistent/lib.git",
+        ],
+    );
+    git_ok(
+        &work,
+        &["commit", "-qam", "a submodule that cannot be cloned"],
+    );
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+
+    // Run from a directory holding an unrelated `vendor/lib`.
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("vendor/lib")).unwrap();
+    std::fs::write(elsewhere.join("vendor/lib/keep.txt"), "not gitpulse's").unwrap();
+    let mut cmd = pull_command(
+        &app.file_url(),
+        &root.path().join("c"),
+        &[
+            "--submodules",
+            "--allow-local-submodules",
+            "--max-attempts",
+            "1",
+        ],
+    );
+    cmd.current_dir(&elsewhere);
+    let run = finish(cmd.output().unwrap());
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("vendor/lib/keep.txt")).unwrap(),
+        "not gitpulse's"
+    );
 }
 
 #[test]

@@ -372,6 +372,9 @@ pub struct PullArgs {
     /// Also update submodules (off by default)
     #[arg(long)]
     pub submodules: bool,
+    /// Let --submodules clone submodules that upstream points at this machine's files (file://, paths)
+    #[arg(long, requires = "submodules")]
+    pub allow_local_submodules: bool,
     #[arg(long, value_enum, default_value = "ff")]
     /// How the checkout is updated.
     pub mode: ModeArg,
@@ -517,6 +520,7 @@ impl PullArgs {
                 branch: self.branch.clone(),
                 depth: self.depth.map(NonZeroU32::get),
                 submodules: self.submodules,
+                local_submodules: self.allow_local_submodules,
                 mode: match self.mode {
                     ModeArg::Ff => Mode::FastForward,
                     ModeArg::Reset => Mode::Reset,

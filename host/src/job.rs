@@ -184,6 +184,7 @@ fn options(repo: &RepoConfig, auth: Auth) -> PullOptions {
             branch: repo.branch.clone(),
             depth: repo.depth,
             submodules: repo.submodules,
+            local_submodules: repo.local_submodules,
             mode: repo.mode,
             auth,
             lock_wait: repo.lock_wait,

@@ -216,6 +216,7 @@ mod tests {
                 branch: None,
                 depth: None,
                 submodules: false,
+                local_submodules: false,
                 mode: Mode::FastForward,
                 auth: Auth::None,
                 lock_wait: Duration::ZERO,

@@ -156,6 +156,8 @@ pub struct RepoConfig {
     pub depth: Option<u32>,
     /// Also update submodules.
     pub submodules: bool,
+    /// Submodules may be cloned from this machine (`file://`, paths).
+    pub local_submodules: bool,
     /// Limit of one attempt.
     pub timeout: Duration,
     /// Limit of a whole pull, waits included.
@@ -271,6 +273,7 @@ struct RawCommon {
     deadline: Option<Spanned<String>>,
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
+    allow_local_submodules: Option<Spanned<bool>>,
     depth: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     max_attempts: Option<Spanned<i64>>,
@@ -312,6 +315,7 @@ struct RawRepo {
     deadline: Option<Spanned<String>>,
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
+    allow_local_submodules: Option<Spanned<bool>>,
     depth: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     max_attempts: Option<Spanned<i64>>,
@@ -336,6 +340,10 @@ impl RawRepo {
                 .submodules
                 .clone()
                 .or_else(|| defaults.submodules.clone()),
+            allow_local_submodules: self
+                .allow_local_submodules
+                .clone()
+                .or_else(|| defaults.allow_local_submodules.clone()),
             depth: self.depth.clone().or_else(|| defaults.depth.clone()),
             mode: self.mode.clone().or_else(|| defaults.mode.clone()),
             max_attempts: self
@@ -741,6 +749,10 @@ pub fn parse(
             Duration::from_secs(30),
         );
         let submodules = c.submodules.as_ref().is_some_and(|b| *b.get_ref());
+        let local_submodules = c
+            .allow_local_submodules
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
         let backoff_base = duration_or(
             &mut check,
             c.backoff_base.clone(),
@@ -843,6 +855,7 @@ pub fn parse(
             mode,
             depth,
             submodules,
+            local_submodules,
             timeout,
             deadline,
             lock_wait,

@@ -136,6 +136,8 @@ pub struct SyncSpec {
     pub depth: Option<u32>,
     /// Also update submodules.
     pub submodules: bool,
+    /// Submodules may be cloned from this machine (`file://`, paths).
+    pub local_submodules: bool,
     /// How the checkout is updated.
     pub mode: Mode,
     /// Credentials.

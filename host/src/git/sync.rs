@@ -141,6 +141,11 @@ impl Drop for SocketLimit {
 
 /// The user a token is sent as: the one the URL names
 /// (`https://deploy@host/x.git`), which servers that check the user need.
+/// Whether `url` reads this machine's files: `file://` or a plain path.
+fn is_local(url: &str) -> bool {
+    url.starts_with("file:") || url.starts_with('/') || url.starts_with('.') || !url.contains(':')
+}
+
 fn url_user(url: &str) -> Option<String> {
     let parsed = url::Url::parse(url).ok()?;
     let user = parsed.username();
@@ -554,9 +559,40 @@ impl Attempt<'_> {
         }
         let mut ignore = |_: Transfer| {};
         for mut sub in repo.submodules()? {
+            let url = sub.url().ok().flatten().unwrap_or_default().to_string();
+            // A relative URL (`../lib.git`) lives where the superproject does.
+            let relative = url.starts_with("./") || url.starts_with("../");
+            let local = if relative {
+                is_local(&self.spec.url)
+            } else {
+                is_local(&url)
+            };
+            if !self.spec.local_submodules && local {
+                // What upstream names in .gitmodules must not read this
+                // machine's files (git refuses it too, since 2.38.1).
+                return Err(failure(
+                    FailureClass::Protocol,
+                    format!(
+                        "submodule {} points at this machine ({}); refused unless local submodules are allowed",
+                        sub.path().display(),
+                        redact::url(&url)
+                    ),
+                ));
+            }
             let mut options = git2::SubmoduleUpdateOptions::new();
             options.fetch(self.fetch_options(&mut ignore));
-            sub.update(true, Some(&mut options))?;
+            if sub.open().is_err() {
+                // Not cloned yet. libgit2's update would clone with the
+                // submodule's path relative to the process's working
+                // directory, and on failure delete that directory there:
+                // outside DIR. Its clone step takes the absolute path.
+                sub.init(false)?;
+                sub.repo_init(true)?;
+                sub.clone(Some(&mut options))?;
+                options = git2::SubmoduleUpdateOptions::new();
+                options.fetch(self.fetch_options(&mut ignore));
+            }
+            sub.update(false, Some(&mut options))?;
             let sub_repo = sub.open()?;
             self.update_submodules(&sub_repo, level + 1)?;
         }
