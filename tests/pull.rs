@@ -129,6 +129,23 @@ fn ff_mode_refuses_local_commits_and_reset_mode_discards_them() {
 }
 
 #[test]
+fn reset_mode_makes_the_checkout_equal_to_an_unchanged_remote() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    up.commit("a second file");
+    let dir = root.path().join("c");
+    assert_eq!(pull(&up.file_url(), &dir, &["--mode", "reset"]).code, 0);
+    std::fs::write(dir.join("README"), "edited by hand\n").unwrap();
+    std::fs::remove_file(dir.join("file2.txt")).unwrap();
+    std::fs::write(dir.join("stray.txt"), "untracked\n").unwrap();
+    let run = pull(&up.file_url(), &dir, &["--mode", "reset"]);
+    assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
+    assert_eq!(checkout_state(&dir), (up.head(), true), "clean and at the remote");
+    assert!(!dir.join("stray.txt").exists());
+    assert!(dir.join("file2.txt").exists());
+}
+
+#[test]
 fn ff_mode_refuses_to_overwrite_uncommitted_changes() {
     let root = tempfile::tempdir().unwrap();
     let mut up = Upstream::new(root.path(), "app");

@@ -141,6 +141,18 @@ impl Drop for SocketLimit {
 
 /// The user a token is sent as: the one the URL names
 /// (`https://deploy@host/x.git`), which servers that check the user need.
+/// Whether the worktree differs from HEAD: edits, deletions, untracked
+/// files (ignored ones and submodules aside).
+fn worktree_dirty(repo: &Repository) -> Result<bool, git2::Error> {
+    let mut options = git2::StatusOptions::new();
+    options
+        .include_untracked(true)
+        .recurse_untracked_dirs(false)
+        .include_ignored(false)
+        .exclude_submodules(true);
+    Ok(!repo.statuses(Some(&mut options))?.is_empty())
+}
+
 /// Whether `url` reads this machine's files: `file://` or a plain path.
 fn is_local(url: &str) -> bool {
     url.starts_with("file:") || url.starts_with('/') || url.starts_with('.') || !url.contains(':')
@@ -386,6 +398,23 @@ impl Attempt<'_> {
         if on_branch && old == Some(tip) {
             drop(connection);
             set_ref_if_changed(repo, &tracking_ref, tip)?;
+            // Reset makes the checkout equal to the remote even when the
+            // remote did not move: edits, deletions and untracked files go.
+            if self.spec.mode == Mode::Reset && worktree_dirty(repo)? {
+                journal::begin(
+                    repo,
+                    &Intent::Checkout {
+                        target: tip,
+                        branch: local_ref.clone(),
+                    },
+                )
+                .map_err(io_fail(repo.path()))?;
+                let mut checkout = CheckoutBuilder::new();
+                checkout.force().remove_untracked(true);
+                repo.checkout_tree(repo.find_commit(tip)?.as_object(), Some(&mut checkout))?;
+                journal::finish(repo).map_err(io_fail(repo.path()))?;
+                notices.push("reset mode: local changes and untracked files discarded".into());
+            }
             return Ok(Synced {
                 change: Change::Unchanged,
                 old: old.map(|o| o.to_string()),
