@@ -958,3 +958,41 @@ fn a_commit_subject_cannot_add_keys_to_a_webhook_body() {
     assert_eq!(body["text"], hostile, "{body}");
     assert_eq!(body["repo"], "app");
 }
+
+#[test]
+fn two_plugins_with_one_file_name_keep_their_own_state() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    let wasm = plugins::build("escalation-policy");
+    let config = notify_config(
+        root,
+        "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndedup_window = \"0s\"\n",
+    );
+    served.proxy.set_always(Some(Fault::Status(503)));
+    let state = root.join("own-state");
+    for team in ["a", "b"] {
+        let copy = root.join(team).join("escalation.wasm");
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(&wasm, &copy).unwrap();
+        let policy = [
+            "--policy",
+            copy.to_str().unwrap(),
+            "--plugin-config",
+            "threshold=2",
+        ];
+        let env = [("XDG_STATE_HOME", state.to_str().unwrap())];
+        let run = pull_notifying(&served.url(), &served.dir("app"), &config, &env, &policy);
+        assert_eq!(run.code, 1, "{run:?}");
+    }
+    let stores: Vec<String> = std::fs::read_dir(state.join("gitpulse/plugins"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(stores.len(), 2, "one store each: {stores:?}");
+    assert!(
+        stores.iter().all(|s| s.starts_with("escalation-")),
+        "{stores:?}"
+    );
+    // Each counted one failure: neither reached its threshold of two.
+    assert!(log_lines(&root.join("events.jsonl")).is_empty());
+}

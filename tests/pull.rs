@@ -140,7 +140,11 @@ fn reset_mode_makes_the_checkout_equal_to_an_unchanged_remote() {
     std::fs::write(dir.join("stray.txt"), "untracked\n").unwrap();
     let run = pull(&up.file_url(), &dir, &["--mode", "reset"]);
     assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
-    assert_eq!(checkout_state(&dir), (up.head(), true), "clean and at the remote");
+    assert_eq!(
+        checkout_state(&dir),
+        (up.head(), true),
+        "clean and at the remote"
+    );
     assert!(!dir.join("stray.txt").exists());
     assert!(dir.join("file2.txt").exists());
 }

@@ -464,14 +464,28 @@ fn policy_roles(args: &PullArgs) -> PolicyRef {
 fn load_pull_plugin(args: &PullArgs) -> Result<Plugin, plugin::LoadError> {
     let file = args.policy.clone().unwrap_or_default();
     let settings = authoring::parse_settings(&args.plugin.config).unwrap_or_default();
-    let name = policy_roles(args).retry.unwrap_or_default();
-    let kv = plugin_kv(&name).unwrap_or_else(|_| KvStore::in_memory());
+    let kv = plugin_kv(&kv_name(&file)).unwrap_or_else(|_| KvStore::in_memory());
     Plugin::load(
         &file,
         args.plugin.cache().as_deref(),
         args.plugin.sandbox(),
         PluginEnv::new(settings, args.seed).with_kv(kv),
     )
+}
+
+/// Whose key-value store a `--policy` file gets: its stem and where it
+/// lives, so two plugins that share a file name never share state (and an
+/// upgraded plugin at the same place keeps its own).
+fn kv_name(file: &Path) -> String {
+    use sha2::Digest as _;
+    let place = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let digest = sha2::Sha256::digest(place.as_os_str().as_encoded_bytes());
+    let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{stem}-{short}")
 }
 
 /// The persisted key-value store of the plugin `name` for `gitpulse pull`.

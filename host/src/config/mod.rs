@@ -447,6 +447,12 @@ impl Check<'_> {
         field: impl Into<String>,
         env: &dyn Fn(&str) -> Option<String>,
     ) {
+        let field = field.into();
+        if let Some(why) = not_a_variable_name(var.get_ref()) {
+            // Whatever was pasted here is never shown: it may be the secret.
+            self.at(var, field, why);
+            return;
+        }
         if self.scope == Scope::Structure {
             return;
         }
@@ -459,7 +465,15 @@ impl Check<'_> {
     /// `path` must be an existing file; a problem is reported at `at`.
     fn file_exists<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, path: &Path) {
         if self.scope == Scope::Environment && !path.is_file() {
-            let message = format!("{} does not exist or is not a file", path.display());
+            let shown = path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .filter(|n| looks_like_a_secret(n))
+                .map(|_| {
+                    "this path (it looks like a pasted secret, so it is not shown)".to_string()
+                })
+                .unwrap_or_else(|| path.display().to_string());
+            let message = format!("{shown} does not exist or is not a file");
             self.at(at, field, message);
         }
     }
@@ -507,7 +521,9 @@ pub fn parse(
         Ok(raw) => raw,
         Err(e) => {
             let line = e.span().map(|s| check.line(s.start)).unwrap_or(0);
-            check.push(line, "toml", e.message().trim().to_string());
+            // The parser quotes the values it refuses; a value may be a
+            // secret typed in the wrong place.
+            check.push(line, "toml", without_quoted_values(e.message().trim()));
             return Err(Problems(check.problems));
         }
     };
@@ -883,6 +899,54 @@ pub fn parse(
     })
 }
 
+/// Why `name` cannot be an environment variable's name, said without
+/// repeating it; `None` when it can.
+fn not_a_variable_name(name: &str) -> Option<String> {
+    let shaped = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if looks_like_a_secret(name) {
+        Some("must name an environment variable; this looks like a secret pasted in its place (not shown)".into())
+    } else if !shaped {
+        Some("must name an environment variable (letters, digits and `_`; not shown)".into())
+    } else {
+        None
+    }
+}
+
+/// A long mix of lower-case letters and digits with no separators, as
+/// tokens are and names and file names rarely are.
+fn looks_like_a_secret(text: &str) -> bool {
+    text.len() >= 20
+        && text.chars().any(|c| c.is_ascii_lowercase())
+        && text.chars().any(|c| c.is_ascii_digit())
+        && !text.contains(['.', '/', ' '])
+}
+
+/// A parser message with every quoted value replaced by `"…"`.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…");
+            }
+            quoted = !quoted;
+            if !quoted {
+                out.push('"');
+            }
+            continue;
+        }
+        if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `path` with `.` dropped and `..` applied to what precedes it, without
 /// asking the file system (the directory may not exist yet).
 fn lexical(path: &Path) -> PathBuf {
@@ -1207,6 +1271,23 @@ mode = "ff"
             parse_with(&repo("http://127.0.0.1:8080/a.git", ""), &vars).is_ok(),
             "loopback"
         );
+    }
+
+    #[test]
+    fn a_secret_pasted_in_the_wrong_place_is_never_echoed() {
+        let token = "ghp_9a8b7c6d5e4f3a2b1c0d";
+        let text = format!(
+            "[[repo]]\nname = \"a\"\nurl = \"https://h/a.git\"\ntoken_env = \"{token}\"\n\n\
+             [[repo]]\nname = \"b\"\nurl = \"https://h/b.git\"\ntoken_file = \"{token}\"\n\n\
+             [[repo]]\nname = \"c\"\nurl = \"https://bob:pa/ss#{token}@h/c.git\"\n"
+        );
+        let err = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(!err.contains(token) && !err.contains("pa/ss"), "{err}");
+        assert!(err.contains("looks like a secret"), "{err}");
+        let typed = format!("[daemon]\nmax_concurrent = \"{token}\"\n");
+        let err = parse_with(&typed, &[]).unwrap_err().to_string();
+        assert!(!err.contains(token), "{err}");
+        assert!(err.contains("gitpulse.toml:2"), "{err}");
     }
 
     #[test]
