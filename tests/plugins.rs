@@ -122,6 +122,80 @@ fn plugin_check_reports_roles_contract_and_size_and_uses_the_compile_cache() {
 }
 
 #[test]
+fn a_swapped_or_exposed_compile_cache_is_never_loaded() {
+    use sha2::Digest as _;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let (a, b) = (
+        plugins::build("retry-after-policy"),
+        plugins::build("escalation-policy"),
+    );
+    let check = |wasm: &Path| run(&["plugin", "check", path(wasm), "--cache-dir", dir]);
+    for wasm in [&a, &b] {
+        let (code, out, err) = check(wasm);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let entry = |wasm: &Path| {
+        let digest = sha2::Sha256::digest(std::fs::read(wasm).unwrap());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(&hex))
+            .unwrap()
+    };
+    // Someone puts one plugin's native code where the other's is cached.
+    std::fs::copy(entry(&a), entry(&b)).unwrap();
+    let (code, out, err) = check(&b);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("roles      notify"),
+        "the escalation plugin's own roles: {out}"
+    );
+    assert!(
+        out.contains("(compiled)"),
+        "the swapped artefact was refused: {out}"
+    );
+
+    // A cache of ours that others could read is closed before use.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, out, _) = check(&a);
+    assert_eq!(code, 0);
+    let mode = std::fs::metadata(cache.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "{out}");
+}
+
+#[test]
+#[cfg_attr(
+    not(gitpulse_tests_as_root),
+    ignore = "giving the cache directory to another user needs root"
+)]
+fn a_compile_cache_owned_by_another_user_is_not_used() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let a = plugins::build("retry-after-policy");
+    let check = || run(&["plugin", "check", path(&a), "--cache-dir", dir]);
+    assert_eq!(check().0, 0);
+    // Another user (nobody) owns it now: its artefacts could be anything.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534", dir])
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("(compiled)"),
+        "not loaded from another user's cache: {out}"
+    );
+}
+
+#[test]
 fn files_that_are_not_usable_plugins_are_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("readme.wasm");
