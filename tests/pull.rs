@@ -547,3 +547,20 @@ fn a_token_never_reaches_a_submodule_on_another_origin() {
         "no login went to the other origin"
     );
 }
+
+#[test]
+fn a_failed_clone_leaves_nothing_beside_dir() {
+    let root = tempfile::tempdir().unwrap();
+    Upstream::new(root.path(), "app");
+    let server = GitHttpServer::start(root.path());
+    let parent = root.path().join("checkouts");
+    std::fs::create_dir(&parent).unwrap();
+    let run = pull(&server.url("missing"), &parent.join("c"), &[]);
+    assert_eq!(run.classes(), ["not-found"], "{run:?}");
+    let left: Vec<String> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("gitpulse-clone"))
+        .collect();
+    assert!(left.is_empty(), "scratch clones left behind: {left:?}");
+}

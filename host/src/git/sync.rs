@@ -210,7 +210,11 @@ impl Attempt<'_> {
     fn run(&self, on_transfer: &mut dyn FnMut(Transfer)) -> Result<Synced, Fail> {
         match self.inspect()? {
             Found::Nothing => {
-                let synced = self.clone_beside(on_transfer)?;
+                let synced = self.clone_beside(on_transfer).inspect_err(|_| {
+                    // A failed clone leaves nothing behind (a retry starts
+                    // afresh); a killed one is swept by the next attempt.
+                    let _ = fs::remove_dir_all(self.lock.scratch_path("clone"));
+                })?;
                 self.swap_in(None)?;
                 Ok(synced)
             }
@@ -792,6 +796,12 @@ fn strip_userinfo(url: &str) -> (String, bool) {
                 && (!parsed.username().is_empty() || parsed.password().is_some()) =>
         {
             let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            (parsed.to_string(), true)
+        }
+        // ssh:// and git:// keep their user (ssh logs in as it); a password
+        // is never written to the repository's config, whatever the scheme.
+        Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(None);
             (parsed.to_string(), true)
         }
