@@ -564,3 +564,32 @@ fn a_failed_clone_leaves_nothing_beside_dir() {
         .collect();
     assert!(left.is_empty(), "scratch clones left behind: {left:?}");
 }
+
+#[test]
+#[cfg_attr(
+    not(gitpulse_tests_as_root),
+    ignore = "giving the checkout to another user needs root"
+)]
+fn a_checkout_owned_by_another_user_is_left_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let dir = root.path().join("c");
+    assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
+    std::fs::write(dir.join("their-work.txt"), "uncommitted\n").unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let run = pull(&up.file_url(), &dir, &[]);
+    assert_eq!(run.code, 2, "a permanent problem, not a repair: {run:?}");
+    assert!(run.stderr.contains("uid 65534"), "names the owner: {run:?}");
+    assert!(dir.join("their-work.txt").exists());
+    let aside: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("gitpulse-damaged"))
+        .collect();
+    assert!(aside.is_empty(), "nothing moved aside");
+}

@@ -239,8 +239,16 @@ pub struct GitFailure {
 /// Bad input that no retry can fix: the pull must not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("{0} exists and is not a git repository; refusing to touch it")]
+    /// DIR belongs to another user.
+    #[error("{path} belongs to {owner}, not to the user gitpulse runs as; refusing to touch it (run gitpulse as its owner)")]
+    ForeignOwner {
+        /// DIR.
+        path: PathBuf,
+        /// Who owns it.
+        owner: String,
+    },
     /// DIR exists and is not a git repository.
+    #[error("{0} exists and is not a git repository; refusing to touch it")]
     NotARepository(PathBuf),
     #[error("{0} is a bare repository but --mode is not mirror")]
     /// DIR is bare but the mode is not mirror.

@@ -141,6 +141,29 @@ impl Drop for SocketLimit {
 
 /// The user a token is sent as: the one the URL names
 /// (`https://deploy@host/x.git`), which servers that check the user need.
+/// The owner of `dir` (a name when the system knows one) if it is not the
+/// user this process runs as.
+fn foreign_owner(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = fs::metadata("/proc/self").ok()?.uid();
+    let owner = fs::metadata(dir).ok()?.uid();
+    if owner == me {
+        return None;
+    }
+    let name = fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let uid: u32 = fields.nth(1)?.parse().ok()?;
+            (uid == owner).then(|| name.to_string())
+        })
+    });
+    Some(match name {
+        Some(name) => format!("{name} (uid {owner})"),
+        None => format!("uid {owner}"),
+    })
+}
+
 /// Whether the worktree differs from HEAD: edits, deletions, untracked
 /// files (ignored ones and submodules aside).
 fn worktree_dirty(repo: &Repository) -> Result<bool, git2::Error> {
@@ -240,6 +263,14 @@ impl Attempt<'_> {
             .unwrap_or(false);
         if !dir.exists() || is_empty_dir {
             return Ok(Found::Nothing);
+        }
+        // Another user's checkout is theirs: not ours to "repair" (re-clone
+        // and move their work aside), whatever libgit2 thinks of it.
+        if let Some(owner) = foreign_owner(dir) {
+            return Err(Fail::Spec(SpecError::ForeignOwner {
+                path: dir.clone(),
+                owner,
+            }));
         }
         let bare_expected = self.spec.mode == Mode::Mirror;
         let looks_like_git = if bare_expected {
