@@ -7,7 +7,10 @@
 //! an earlier gitpulse died mid-change (we hold the repository lock, so it is
 //! not running), which makes two things safe that otherwise are not:
 //!
-//! - removing git's `*.lock` files, which can only be that process's;
+//! - removing the `*.lock` files of the step the journal names (a fetch
+//!   takes the remote-tracking refs' locks, a checkout the index's, HEAD's
+//!   and its branch's): those can only be that process's. Any other lock
+//!   may be a person's `git` started since, and stays (`lock-held`);
 //! - rolling the interrupted checkout forward to the recorded commit, so the
 //!   worktree, index and branch agree again.
 //!
@@ -110,14 +113,40 @@ fn collect_ref_locks(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// Removes what a dead gitpulse left in `git_dir`: lock files and libgit2's
-/// temporary pack files. Only call with the repository lock held and a
-/// pending intent.
-pub(crate) fn remove_leftovers(git_dir: &Path) -> io::Result<usize> {
-    let mut removed = 0;
+/// Whether the lock at `relative` (to the git directory) is one the step
+/// `intent` takes. In a bare mirror every ref is gitpulse's.
+fn taken_by(intent: &Intent, relative: &Path, bare: bool) -> bool {
+    let name = relative.to_string_lossy();
+    match intent {
+        Intent::Busy => {
+            ["packed-refs.lock", "shallow.lock", "FETCH_HEAD.lock"].contains(&name.as_ref())
+                || name.starts_with("refs/remotes/")
+                || (bare && name.starts_with("refs/"))
+        }
+        Intent::Checkout { branch, .. } => {
+            ["index.lock", "HEAD.lock", "ORIG_HEAD.lock"].contains(&name.as_ref())
+                || name == format!("{branch}.lock")
+        }
+    }
+}
+
+/// Removes what a dead gitpulse left in `git_dir` during the step `intent`
+/// names: that step's lock files and libgit2's temporary pack files. Only
+/// call with the repository lock held. Returns the lock files it left: not
+/// that step's, so possibly another process's.
+pub(crate) fn remove_leftovers(
+    git_dir: &Path,
+    intent: &Intent,
+    bare: bool,
+) -> io::Result<Vec<PathBuf>> {
+    let mut foreign = Vec::new();
     for lock in lock_files(git_dir) {
-        fs::remove_file(lock)?;
-        removed += 1;
+        let relative = lock.strip_prefix(git_dir).unwrap_or(&lock);
+        if taken_by(intent, relative, bare) {
+            fs::remove_file(&lock)?;
+        } else {
+            foreign.push(lock);
+        }
     }
     if let Ok(entries) = fs::read_dir(git_dir.join("objects/pack")) {
         for entry in entries.flatten() {
@@ -125,11 +154,10 @@ pub(crate) fn remove_leftovers(git_dir: &Path) -> io::Result<usize> {
             let name = name.to_string_lossy();
             if name.starts_with("pack_git2_") || name.starts_with("tmp_") {
                 fs::remove_file(entry.path())?;
-                removed += 1;
             }
         }
     }
-    Ok(removed)
+    Ok(foreign)
 }
 
 #[cfg(test)]
@@ -158,13 +186,42 @@ mod tests {
         assert_eq!(pending(repo.path()), None);
         begin(&repo, &Intent::Busy).unwrap();
         assert_eq!(pending(repo.path()), Some(Intent::Busy));
-        fs::write(repo.path().join("index.lock"), "").unwrap();
+        // The fetch's own lock, and one a person's `git commit` took since.
         fs::create_dir_all(repo.path().join("refs/remotes/origin")).unwrap();
         fs::write(repo.path().join("refs/remotes/origin/main.lock"), "").unwrap();
+        fs::write(repo.path().join("index.lock"), "").unwrap();
         assert_eq!(lock_files(repo.path()).len(), 2);
-        assert_eq!(remove_leftovers(repo.path()).unwrap(), 2);
-        assert!(lock_files(repo.path()).is_empty());
+        let foreign = remove_leftovers(repo.path(), &Intent::Busy, false).unwrap();
+        assert_eq!(foreign, [repo.path().join("index.lock")]);
+        assert_eq!(lock_files(repo.path()), [repo.path().join("index.lock")]);
         finish(&repo).unwrap();
         assert_eq!(pending(repo.path()), None);
+    }
+
+    #[test]
+    fn a_checkout_owns_the_index_head_and_its_branch_locks_only() {
+        let checkout = Intent::Checkout {
+            target: Oid::zero(),
+            branch: "refs/heads/main".into(),
+        };
+        for (lock, ours) in [
+            ("index.lock", true),
+            ("HEAD.lock", true),
+            ("refs/heads/main.lock", true),
+            ("refs/heads/topic.lock", false),
+            ("refs/remotes/origin/main.lock", false),
+            ("config.lock", false),
+        ] {
+            assert_eq!(taken_by(&checkout, Path::new(lock), false), ours, "{lock}");
+        }
+        assert!(
+            taken_by(&Intent::Busy, Path::new("refs/heads/x.lock"), true),
+            "a mirror's refs"
+        );
+        assert!(!taken_by(
+            &Intent::Busy,
+            Path::new("refs/heads/x.lock"),
+            false
+        ));
     }
 }

@@ -756,7 +756,18 @@ fn recover(repo: &Repository) -> Result<Option<String>, Fail> {
         }
         return Ok(None);
     };
-    journal::remove_leftovers(&git_dir).map_err(io_fail(&git_dir))?;
+    let foreign =
+        journal::remove_leftovers(&git_dir, &intent, repo.is_bare()).map_err(io_fail(&git_dir))?;
+    if let Some(lock) = foreign.first() {
+        return Err(failure(
+            FailureClass::LockHeld,
+            format!(
+                "another git process is working in this repository ({} exists); \
+                 if no git command is running, remove that file",
+                lock.display()
+            ),
+        ));
+    }
     let notice = match intent {
         Intent::Busy => "recovered from an interrupted fetch".to_string(),
         Intent::Checkout { target, branch } => {
