@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn a_checkout_owns_the_index_head_and_its_branch_locks_only() {
         let checkout = Intent::Checkout {
-            target: Oid::zero(),
+            target: Oid::ZERO_SHA1,
             branch: "refs/heads/main".into(),
         };
         for (lock, ours) in [
