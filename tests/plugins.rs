@@ -196,6 +196,29 @@ fn a_compile_cache_owned_by_another_user_is_not_used() {
 }
 
 #[test]
+fn a_plugin_that_sleeps_does_not_block_the_host() {
+    let wasm = plugins::build("misbehave-policy");
+    let (code, out, err) = run(&[
+        "plugin",
+        "check",
+        path(&wasm),
+        "--no-cache",
+        "--plugin-config",
+        "mode=sleep",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Every wait is ready at once: a three-second sleep takes no time, so
+    // no plugin can hold a host call (and the daemon) for as long as it likes.
+    let slept: Vec<u128> = out
+        .lines()
+        .filter_map(|l| l.split("misbehave: slept ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(!slept.is_empty(), "{out}");
+    assert!(slept.iter().all(|&ms| ms < 1000), "{slept:?}\n{out}");
+}
+
+#[test]
 fn files_that_are_not_usable_plugins_are_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("readme.wasm");

@@ -278,12 +278,40 @@ fn linker() -> Result<&'static Linker<PluginState>, String> {
         .get_or_init(|| {
             let mut linker = Linker::new(engine());
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+            never_block(&mut linker).map_err(|e| e.to_string())?;
             bindings::FullPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
                 .map_err(|e| e.to_string())?;
             Ok(linker)
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Makes every WASI pollable ready at once. A plugin that sleeps
+/// (`std::thread::sleep` is a monotonic-clock pollable it blocks on) or
+/// waits on anything would otherwise block inside a host call, where
+/// neither fuel nor the epoch deadline reaches: one such plugin could stall
+/// `plugin check` for minutes or the daemon for good. Now a wait returns at
+/// once and the plugin's own budget bounds whatever it does instead.
+/// (`now-ms` is the contract's clock; plugins have no reason to wait.)
+fn never_block(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |_, (_,): (Resource<DynPollable>,)| Ok(()),
+    )?;
+    poll.func_wrap(
+        "[method]pollable.ready",
+        |_, (_,): (Resource<DynPollable>,)| Ok((true,)),
+    )?;
+    poll.func_wrap("poll", |_, (list,): (Vec<Resource<DynPollable>>,)| {
+        Ok(((0..list.len() as u32).collect::<Vec<u32>>(),))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// What a plugin instance shares with the host across calls.

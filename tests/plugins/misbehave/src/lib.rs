@@ -3,6 +3,7 @@
 //! `years` (asks to wait ten years), `huge-reason` (a 1 MB stop reason),
 //! `huge-template` (a 1 MB template), `log` (logs a warning and behaves),
 //! `snoop` (tries files, environment and network, and logs what it got),
+//! `sleep` (sleeps three seconds, and logs how long that really took),
 //! anything else behaves like the standard policy.
 
 use gitpulse_plugin_sdk::types::*;
@@ -34,6 +35,14 @@ fn misbehave() {
         "trap" => panic!("misbehave: trap on purpose"),
         "log" => host::log(host::Level::Warn, "misbehave: a warning from the plugin"),
         "snoop" => snoop(),
+        "sleep" => {
+            let started = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            host::log(
+                host::Level::Warn,
+                &format!("misbehave: slept {} ms", started.elapsed().as_millis()),
+            );
+        }
         _ => {}
     }
 }
