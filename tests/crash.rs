@@ -222,3 +222,34 @@ fn ctrl_c_cancels_a_stalled_pull_promptly() {
     assert_eq!(run.json["reason"], "cancelled", "{run:?}");
     assert!(!dir.exists());
 }
+
+#[test]
+fn recovery_finishes_only_what_the_update_was_changing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    std::fs::write(root.path().join("app.work/notes.txt"), "shared notes\n").unwrap();
+    up.commit("a file the next update leaves alone");
+    let dir = root.path().join("checkout");
+    assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
+    let target = up.commit("adds a file");
+    // The state a gitpulse killed mid-checkout leaves: the target fetched,
+    // its intent journaled, the branch not moved yet.
+    git_ok(&dir, &["fetch", "-q", "origin"]);
+    std::fs::write(
+        dir.join(".git/gitpulse-intent"),
+        format!("checkout {target} refs/heads/main\n"),
+    )
+    .unwrap();
+    // Meanwhile the user edits a file the update does not touch.
+    std::fs::write(dir.join("notes.txt"), "my own notes\n").unwrap();
+
+    let run = pull(&up.file_url(), &dir, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(git_ok(&dir, &["rev-parse", "HEAD"]), target);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "my own notes\n",
+        "an edit the update did not touch survives recovery"
+    );
+    assert!(!dir.join(".git/gitpulse-intent").exists());
+}

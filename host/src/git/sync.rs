@@ -772,7 +772,33 @@ fn recover(repo: &Repository) -> Result<Option<String>, Fail> {
         Intent::Busy => "recovered from an interrupted fetch".to_string(),
         Intent::Checkout { target, branch } => {
             let commit = repo.find_commit(target)?;
-            repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))?;
+            let mut checkout = CheckoutBuilder::new();
+            checkout.force();
+            // Finish only what the update was changing: the paths that
+            // differ between where the branch still is and the target. A
+            // local edit anywhere else is the user's, and stays.
+            let mut changing = 0;
+            if let Ok(Some(old)) = head_commit(repo) {
+                let diff = repo.diff_tree_to_tree(
+                    Some(&repo.find_commit(old)?.tree()?),
+                    Some(&commit.tree()?),
+                    None,
+                )?;
+                for delta in diff.deltas() {
+                    for path in [delta.old_file().path(), delta.new_file().path()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        checkout.path(path);
+                        changing += 1;
+                    }
+                }
+            } else {
+                changing = usize::MAX; // no old commit: the whole tree
+            }
+            if changing > 0 {
+                repo.checkout_tree(commit.as_object(), Some(&mut checkout))?;
+            }
             move_branch(repo, &branch, target)?;
             format!("finished an interrupted update to {target}")
         }
