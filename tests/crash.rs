@@ -253,3 +253,26 @@ fn recovery_finishes_only_what_the_update_was_changing() {
     );
     assert!(!dir.join(".git/gitpulse-intent").exists());
 }
+
+#[test]
+fn damaged_copies_moved_aside_are_kept_a_week_then_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let dir = root.path().join("checkout");
+    let (old, recent) = (
+        root.path().join(".checkout.gitpulse-damaged-1700000000-1"),
+        root.path().join(".checkout.gitpulse-damaged-1800000000-2"),
+    );
+    for aside in [&old, &recent] {
+        std::fs::create_dir_all(aside.join(".git")).unwrap();
+    }
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "10 days ago"])
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
+    assert!(!old.exists(), "older than a week: removed");
+    assert!(recent.exists(), "still kept for inspection");
+}

@@ -77,7 +77,8 @@ impl RepoLock {
         }
     }
 
-    /// A fresh path beside the checkout for a clone in progress.
+    /// A fresh path beside the checkout for a clone in progress (or a
+    /// damaged copy moved aside).
     pub(crate) fn scratch_path(&self, purpose: &str) -> PathBuf {
         self.parent.join(format!(
             ".{}.gitpulse-{purpose}-{}",
@@ -87,13 +88,25 @@ impl RepoLock {
     }
 
     /// Removes half-finished clones left by a process that died holding the
-    /// lock. Safe because we hold the lock now.
+    /// lock, and damaged copies moved aside more than [`KEEP_ASIDE`] ago
+    /// (long enough to look at them; they would pile up otherwise). Safe
+    /// because we hold the lock now.
     pub(crate) fn sweep_leftovers(&self) -> io::Result<usize> {
-        let prefix = format!(".{}.gitpulse-clone-", self.name);
+        let clone = format!(".{}.gitpulse-clone-", self.name);
+        let aside = format!(".{}.gitpulse-damaged-", self.name);
         let mut removed = 0;
         for entry in fs::read_dir(&self.parent)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let expired = || {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > KEEP_ASIDE)
+            };
+            if name.starts_with(&clone) || (name.starts_with(&aside) && expired()) {
                 fs::remove_dir_all(entry.path())?;
                 removed += 1;
             }
@@ -101,6 +114,9 @@ impl RepoLock {
         Ok(removed)
     }
 }
+
+/// How long a damaged repository moved aside is kept for inspection.
+pub(crate) const KEEP_ASIDE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn parent_and_name(dir: &Path) -> Result<(PathBuf, String), GitFailure> {
     let absolute = std::path::absolute(dir).map_err(|e| io_failure(dir, e))?;
