@@ -332,16 +332,23 @@ fn a_broken_template_falls_back_to_the_default_and_reports_a_plugin_fault() {
     );
 }
 
-#[test]
-fn a_notify_plugin_suppresses_then_escalates_with_its_own_template() {
+/// A repo whose pulls fail (503), the escalation plugin, and a config with
+/// a `log` notifier writing `events.jsonl`.
+fn failing_with_escalation() -> (Served, PathBuf, PathBuf) {
     let served = Served::new("app");
-    let root = served.root.path();
     let wasm = plugins::build("escalation-policy");
     let config = notify_config(
-        root,
+        served.root.path(),
         "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndedup_window = \"0s\"\n",
     );
     served.proxy.set_always(Some(Fault::Status(503)));
+    (served, wasm, config)
+}
+
+#[test]
+fn a_notify_plugin_suppresses_then_escalates_with_its_own_template() {
+    let (served, wasm, config) = failing_with_escalation();
+    let root = served.root.path();
     // The plugin keeps its count per repository name in its key-value store.
     let dir = root.join(format!(
         "app-{}-{}",
@@ -961,14 +968,8 @@ fn a_commit_subject_cannot_add_keys_to_a_webhook_body() {
 
 #[test]
 fn two_plugins_with_one_file_name_keep_their_own_state() {
-    let served = Served::new("app");
+    let (served, wasm, config) = failing_with_escalation();
     let root = served.root.path();
-    let wasm = plugins::build("escalation-policy");
-    let config = notify_config(
-        root,
-        "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndedup_window = \"0s\"\n",
-    );
-    served.proxy.set_always(Some(Fault::Status(503)));
     let state = root.join("own-state");
     for team in ["a", "b"] {
         let copy = root.join(team).join("escalation.wasm");

@@ -23,6 +23,19 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `gitpulse plugin check` of `wasm`, uncached, with `mode=MODE`.
+fn check_in_mode(wasm: &Path, mode: &str) -> (i32, String, String) {
+    let config = format!("mode={mode}");
+    run(&[
+        "plugin",
+        "check",
+        path(wasm),
+        "--no-cache",
+        "--plugin-config",
+        &config,
+    ])
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -198,14 +211,7 @@ fn a_compile_cache_owned_by_another_user_is_not_used() {
 #[test]
 fn a_plugin_that_sleeps_does_not_block_the_host() {
     let wasm = plugins::build("misbehave-policy");
-    let (code, out, err) = run(&[
-        "plugin",
-        "check",
-        path(&wasm),
-        "--no-cache",
-        "--plugin-config",
-        "mode=sleep",
-    ]);
+    let (code, out, err) = check_in_mode(&wasm, "sleep");
     assert_eq!(code, 0, "{out}{err}");
     // Every wait is ready at once: a three-second sleep takes no time, so
     // no plugin can hold a host call (and the daemon) for as long as it likes.
@@ -257,15 +263,7 @@ fn misbehaving_plugins_are_bounded_and_named() {
     ];
     for (mode, needle) in cases {
         let started = Instant::now();
-        let config = format!("mode={mode}");
-        let (code, out, err) = run(&[
-            "plugin",
-            "check",
-            path(&wasm),
-            "--no-cache",
-            "--plugin-config",
-            &config,
-        ]);
+        let (code, out, err) = check_in_mode(&wasm, mode);
         assert_eq!(code, 1, "{mode}: {out}{err}");
         assert!(out.contains(needle), "{mode}: {out}");
         assert!(

@@ -436,14 +436,7 @@ impl Attempt<'_> {
             // Reset makes the checkout equal to the remote even when the
             // remote did not move: edits, deletions and untracked files go.
             if self.spec.mode == Mode::Reset && worktree_dirty(repo)? {
-                journal::begin(
-                    repo,
-                    &Intent::Checkout {
-                        target: tip,
-                        branch: local_ref.clone(),
-                    },
-                )
-                .map_err(io_fail(repo.path()))?;
+                begin_checkout(repo, tip, &local_ref)?;
                 let mut checkout = CheckoutBuilder::new();
                 checkout.force().remove_untracked(true);
                 repo.checkout_tree(repo.find_commit(tip)?.as_object(), Some(&mut checkout))?;
@@ -494,14 +487,7 @@ impl Attempt<'_> {
             }
         }
 
-        journal::begin(
-            repo,
-            &Intent::Checkout {
-                target: tip,
-                branch: local_ref.clone(),
-            },
-        )
-        .map_err(io_fail(repo.path()))?;
+        begin_checkout(repo, tip, &local_ref)?;
         let mut checkout = CheckoutBuilder::new();
         if fresh || self.spec.mode == Mode::Reset {
             checkout
@@ -737,6 +723,15 @@ impl Attempt<'_> {
         }
         callbacks
     }
+}
+
+/// Journals a checkout of `branch` to `target` before the worktree moves.
+fn begin_checkout(repo: &Repository, target: Oid, branch: &str) -> Result<(), Fail> {
+    let intent = Intent::Checkout {
+        target,
+        branch: branch.to_string(),
+    };
+    journal::begin(repo, &intent).map_err(io_fail(repo.path()))
 }
 
 /// Finishes or cleans up after a gitpulse that died in this repository.
