@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use git2::build::CheckoutBuilder;
@@ -737,32 +737,25 @@ fn begin_checkout(repo: &Repository, target: Oid, branch: &str) -> Result<(), Fa
 /// Finishes or cleans up after a gitpulse that died in this repository.
 fn recover(repo: &Repository) -> Result<Option<String>, Fail> {
     let git_dir = repo.path().to_path_buf();
-    let Some(intent) = journal::pending(&git_dir) else {
-        let locks = journal::lock_files(&git_dir);
-        if let Some(lock) = locks.first() {
-            return Err(failure(
-                FailureClass::LockHeld,
-                format!(
-                    "another git process is working in this repository ({} exists); \
-                     if no git command is running, remove that file",
-                    lock.display()
-                ),
-            ));
-        }
-        return Ok(None);
-    };
-    let foreign =
-        journal::remove_leftovers(&git_dir, &intent, repo.is_bare()).map_err(io_fail(&git_dir))?;
-    if let Some(lock) = foreign.first() {
-        return Err(failure(
+    // Lock files nobody of ours can explain: another process's, kept.
+    let someone_elses = |locks: Vec<PathBuf>| match locks.first() {
+        Some(lock) => Err(failure(
             FailureClass::LockHeld,
             format!(
                 "another git process is working in this repository ({} exists); \
                  if no git command is running, remove that file",
                 lock.display()
             ),
-        ));
-    }
+        )),
+        None => Ok(()),
+    };
+    let Some(intent) = journal::pending(&git_dir) else {
+        someone_elses(journal::lock_files(&git_dir))?;
+        return Ok(None);
+    };
+    someone_elses(
+        journal::remove_leftovers(&git_dir, &intent, repo.is_bare()).map_err(io_fail(&git_dir))?,
+    )?;
     let notice = match intent {
         Intent::Busy => "recovered from an interrupted fetch".to_string(),
         Intent::Checkout { target, branch } => {
