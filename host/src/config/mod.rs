@@ -1080,6 +1080,21 @@ fn check_policy(
         if name == "builtin" {
             continue;
         }
+        // A name is a file in the plugin directory, nothing outside it.
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !plain {
+            check.at(
+                p,
+                format!("{label}.policy"),
+                format!("`{name}`: a plugin name is a file name in plugin_dir (letters, digits, `-`, `_`, `.`)"),
+            );
+            continue;
+        }
         match plugin_dir {
             None => check.at(
                 p,
@@ -1346,6 +1361,22 @@ mode = "ff"
                 }
             }
         }
+    }
+
+    #[test]
+    fn plugin_names_stay_inside_the_plugin_directory() {
+        let text = |name: &str| {
+            format!(
+                "[daemon]\nplugin_dir = \"/nonexistent/plugins\"\n\n\
+                 [[repo]]\nname = \"a\"\nurl = \"https://h/a.git\"\npolicy = \"{name}\"\n"
+            )
+        };
+        for bad in ["../../etc/evil", "sub/p", ".."] {
+            let err = parse_scoped(&text(bad), &[], Scope::Structure).unwrap_err();
+            assert_eq!(err.0[0].field, "repo \"a\".policy", "{bad}: {err}");
+            assert!(err.to_string().contains("file name in plugin_dir"), "{err}");
+        }
+        assert!(parse_scoped(&text("retry-after"), &[], Scope::Structure).is_ok());
     }
 
     #[test]
