@@ -26,7 +26,7 @@ use crate::events::{EventKind, PullEvents, RepoRef};
 use crate::git::FailureClass;
 use crate::git::{Auth, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
-use crate::outcome::{AttemptRecord, Outcome, PullReport};
+use crate::outcome::{AttemptRecord, PullReport};
 use crate::plugin::{LoadError, Told, WasmPolicy};
 use crate::policy::{Backoff, Builtin, RetryPolicy, StopReason};
 use crate::pull::{self, Observer, PullOptions};
@@ -126,12 +126,6 @@ fn not_started(repo: &RepoConfig, e: &JobError) -> PullReport {
         JobError::Spec(_) | JobError::Plugin(_) => FailureClass::Other,
     };
     PullReport {
-        url: crate::redact::url(&repo.url),
-        dir: repo.dir.display().to_string(),
-        outcome: Outcome::Failed,
-        old: None,
-        new: None,
-        commits: 0,
         attempts: vec![AttemptRecord {
             n: 1,
             class,
@@ -140,10 +134,8 @@ fn not_started(repo: &RepoConfig, e: &JobError) -> PullReport {
             delay_ms: None,
             duration_ms: 0,
         }],
-        duration_ms: 0,
         reason: Some(StopReason::NotRetryable),
-        notices: Vec::new(),
-        plugin_faults: Vec::new(),
+        ..PullReport::failed(&repo.url, &repo.dir)
     }
 }
 

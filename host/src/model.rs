@@ -44,10 +44,21 @@ pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// Now, in unix milliseconds (0 before 1970: a clock that wrong has bigger
 /// problems than our timestamps).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_ms(SystemTime::now())
+}
+
+/// `t` in unix milliseconds (0 before 1970).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The user this process runs as (its `/proc/self` owner): who owns the
+/// caches and checkouts it may use.
+pub fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// The kinds of event, in the names the config and templates use.

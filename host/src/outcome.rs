@@ -55,6 +55,26 @@ fn class_name<S: Serializer>(class: &FailureClass, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(class.as_str())
 }
 
+impl PullReport {
+    /// A pull of `url` into `dir` that has not succeeded (yet): no
+    /// attempts, no commits. `url` is redacted here.
+    pub fn failed(url: &str, dir: &std::path::Path) -> PullReport {
+        PullReport {
+            url: crate::redact::url(url),
+            dir: dir.display().to_string(),
+            outcome: Outcome::Failed,
+            old: None,
+            new: None,
+            commits: 0,
+            attempts: Vec::new(),
+            duration_ms: 0,
+            reason: None,
+            notices: Vec::new(),
+            plugin_faults: Vec::new(),
+        }
+    }
+}
+
 fn reason_words<S: Serializer>(reason: &Option<StopReason>, s: S) -> Result<S::Ok, S::Error> {
     match reason {
         Some(r) => s.serialize_str(&r.to_string()),

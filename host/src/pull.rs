@@ -17,7 +17,6 @@ use crate::git::{
 };
 use crate::outcome::{AttemptRecord, Outcome, PullReport};
 use crate::policy::{clamp, AttemptContext, Decision, Limits, RetryPolicy, StopReason};
-use crate::redact;
 
 /// Everything `gitpulse pull` was asked to do.
 #[derive(Debug, Clone)]
@@ -85,19 +84,7 @@ fn pull_with(
     let mut attempts = Vec::new();
     let mut previous_delay = None;
     let mut next_timeout = None;
-    let mut report = PullReport {
-        url: redact::url(&options.sync.url),
-        dir: options.sync.dir.display().to_string(),
-        outcome: Outcome::Failed,
-        old: None,
-        new: None,
-        commits: 0,
-        attempts: Vec::new(),
-        duration_ms: 0,
-        reason: None,
-        notices: Vec::new(),
-        plugin_faults: Vec::new(),
-    };
+    let mut report = PullReport::failed(&options.sync.url, &options.sync.dir);
 
     for n in 1.. {
         observer.attempt_started(n);

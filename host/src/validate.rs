@@ -8,18 +8,31 @@
 //! (`status`, `history`, `outbox`, `trigger`) never come here, so they work
 //! in a shell without the secrets.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use std::collections::BTreeMap;
-
 use crate::config::{self, Config, Problem, Problems, Scope};
-use crate::plugin;
+use crate::plugin::{self, Registry, Sandbox};
 
 /// Loads `path` and checks everything a running daemon depends on; every
-/// problem at once, each with file:line and field.
+/// problem at once, each with file:line and field. Plugins are compiled
+/// into the daemon's compile cache, so its start finds them there.
 pub fn load(path: &Path) -> Result<Config, Problems> {
     let config = config::load(path, Scope::Environment)?;
-    let problems = check(&config);
+    let plugins = Registry::new(Some(config.daemon.compile_cache()), Sandbox::default());
+    checked(config, &plugins)
+}
+
+/// Like [`load`], compiling plugins into `plugins`: a running daemon's
+/// reload checks with the registry its pulls use, so nothing is compiled
+/// twice.
+pub fn load_with(path: &Path, plugins: &Registry) -> Result<Config, Problems> {
+    checked(config::load(path, Scope::Environment)?, plugins)
+}
+
+/// `config`, or every problem [`check`] finds.
+pub fn checked(config: Config, plugins: &Registry) -> Result<Config, Problems> {
+    let problems = check(&config, plugins);
     if problems.is_empty() {
         Ok(config)
     } else {
@@ -28,11 +41,11 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 }
 
 /// What a daemon needs beyond a well-formed file whose environment is in
-/// place: repositories, plugins that load and play their roles, templates
-/// that compile.
-pub fn check(config: &Config) -> Vec<Problem> {
+/// place: repositories, plugins that load (into `plugins`) and play their
+/// roles, templates that compile.
+pub fn check(config: &Config, plugins: &Registry) -> Vec<Problem> {
     let mut problems: Vec<Problem> = config.check_has_repos().into_iter().collect();
-    problems.extend(check_plugins(config));
+    problems.extend(check_plugins(config, plugins));
     problems.extend(crate::notify::check_templates(config));
     problems
 }
@@ -40,11 +53,10 @@ pub fn check(config: &Config) -> Vec<Problem> {
 /// Loads every plugin `config` names and checks it plays the role it is
 /// named for; one [`Problem`] per plugin that does not, at the line of the
 /// repo that names it.
-fn check_plugins(config: &Config) -> Vec<Problem> {
+fn check_plugins(config: &Config, plugins: &Registry) -> Vec<Problem> {
     let Some(dir) = &config.daemon.plugin_dir else {
         return Vec::new();
     };
-    let cache = plugin::default_cache_dir();
     let mut loaded: BTreeMap<String, Result<plugin::Roles, String>> = BTreeMap::new();
     let mut problems = Vec::new();
     for repo in &config.repos {
@@ -57,14 +69,13 @@ fn check_plugins(config: &Config) -> Vec<Problem> {
             let Some(name) = name else { continue };
             let roles = loaded.entry(name.clone()).or_insert_with(|| {
                 let settings = config.plugins.get(name).cloned().unwrap_or_default();
-                plugin::Plugin::load(
-                    &dir.join(format!("{name}.wasm")),
-                    cache.as_deref(),
-                    plugin::Sandbox::default(),
-                    plugin::PluginEnv::new(settings, None),
-                )
-                .map(|p| p.roles)
-                .map_err(|e| e.to_string())
+                plugins
+                    .get(
+                        &dir.join(format!("{name}.wasm")),
+                        plugin::PluginEnv::new(settings, None),
+                    )
+                    .map(|p| p.roles)
+                    .map_err(|e| e.to_string())
             });
             let message = match roles {
                 Err(e) => Some(e.clone()),

@@ -182,6 +182,13 @@ pub struct RepoConfig {
     pub line: usize,
 }
 
+impl DaemonSettings {
+    /// Where the daemon (and `validate`, for it) caches compiled plugins.
+    pub fn compile_cache(&self) -> PathBuf {
+        self.state_dir.join("cache")
+    }
+}
+
 impl RepoConfig {
     /// Whether `other` has the same settings: where the `[[repo]]` sits in
     /// the file is not a setting, so a reload that only moves it (a repo

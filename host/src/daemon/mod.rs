@@ -30,7 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::model::unix_ms;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -138,14 +140,19 @@ pub struct DaemonOptions {
 /// Loads the config (refusing to start on any problem), then runs until
 /// SIGTERM/SIGINT. Blocks the calling thread.
 pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
-    let config = crate::validate::load(&options.config_path).map_err(DaemonError::Config)?;
+    let config = config::load(&options.config_path, config::Scope::Environment)
+        .map_err(DaemonError::Config)?;
+    // Checking the plugins compiles them into the registry the pulls use.
+    // (The compile cache stays where the daemon started.)
+    let plugins = Registry::new(Some(config.daemon.compile_cache()), Sandbox::default());
+    let config = crate::validate::checked(config, &plugins).map_err(DaemonError::Config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(config.daemon.max_concurrent + 4)
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Runtime(e.to_string()))?;
-    runtime.block_on(serve(options, config))
+    runtime.block_on(serve(options, config, plugins))
 }
 
 /// Where the daemon keeps its SQLite state for `config`.
@@ -153,7 +160,11 @@ pub fn state_db(config: &Config) -> PathBuf {
     Store::path_in(&config.daemon.state_dir)
 }
 
-async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError> {
+async fn serve(
+    options: DaemonOptions,
+    config: Config,
+    plugins: Registry,
+) -> Result<(), DaemonError> {
     crate::model::private_dir(&config.daemon.state_dir)
         .map_err(|e| DaemonError::Runtime(format!("{}: {e}", config.daemon.state_dir.display())))?;
     let store = Store::open(&state_db(&config))?;
@@ -163,8 +174,6 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
             addr: config.daemon.listen.to_string(),
             source,
         })?;
-    // The compile cache stays where the daemon started.
-    let compile_cache = config.daemon.state_dir.join("cache");
     let shared = Arc::new(Shared {
         global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
         config: Mutex::new(Arc::new(config)),
@@ -172,7 +181,7 @@ async fn serve(options: DaemonOptions, config: Config) -> Result<(), DaemonError
         per_host: Mutex::default(),
         running: Mutex::default(),
         breakers: Mutex::default(),
-        plugins: Registry::new(Some(compile_cache), Sandbox::default()),
+        plugins,
         plugin_kv: Mutex::default(),
         cancel: Arc::new(AtomicBool::new(false)),
         pulls: TaskTracker::new(),
@@ -364,12 +373,6 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Records planned first runs (start-up, reload) in one transaction, off
 /// the scheduler's thread; later runs are recorded with each pull's result.
 async fn record_first_runs(shared: &Arc<Shared>, timetable: &Timetable, names: Vec<String>) {
@@ -390,7 +393,7 @@ async fn record_first_runs(shared: &Arc<Shared>, timetable: &Timetable, names: V
 /// were added, removed or changed, or `None` if the new config was refused.
 fn reload(shared: &Shared) -> Option<Vec<String>> {
     let old = shared.config();
-    match crate::validate::load(&old.path) {
+    match crate::validate::load_with(&old.path, &shared.plugins) {
         Err(problems) => {
             shared
                 .counters

@@ -145,7 +145,7 @@ impl Drop for SocketLimit {
 /// user this process runs as.
 fn foreign_owner(dir: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let me = fs::metadata("/proc/self").ok()?.uid();
+    let me = crate::model::current_uid()?;
     let owner = fs::metadata(dir).ok()?.uid();
     if owner == me {
         return None;

@@ -100,7 +100,7 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
 /// directory of ours that others may read is closed (0700); a key others
 /// may have read is replaced, which retires every artefact signed with it.
 fn trusted_key(dir: &Path) -> Option<Vec<u8>> {
-    let me = std::fs::metadata("/proc/self").ok()?.uid();
+    let me = crate::model::current_uid()?;
     let ours = |path: &Path| {
         std::fs::symlink_metadata(path)
             .ok()
