@@ -19,6 +19,7 @@
 //! This module never touches git; it speaks in failure classes and
 //! decisions.
 
+mod allowance;
 pub mod authoring;
 mod bindings;
 mod cache;
@@ -32,13 +33,14 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 use wasmtime::component::{HasSelf, Instance, InstancePre, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, Store, Trap};
 
 pub use bindings::{NotifyChoice, Told};
 pub use state::{KvStore, LogLine};
 
 use crate::events::RepoRef;
 use crate::policy::{AttemptContext, Builtin, Decision, RetryPolicy};
+use allowance::{Allowance, OverAllowance};
 use bindings::{backoff, notify, retry, wit, Level};
 use state::PluginState;
 
@@ -154,7 +156,7 @@ impl fmt::Display for Roles {
 pub struct Sandbox {
     /// CPU time per call.
     pub cpu: Duration,
-    /// Linear memory per instance.
+    /// Host memory per instance: its linear memories and tables together.
     pub memory: usize,
     /// Consecutive faults before the plugin is quarantined.
     pub quarantine_after: u32,
@@ -559,13 +561,7 @@ impl Plugin {
 
     fn live(&mut self) -> Result<&mut Live, Fault> {
         if self.live.is_none() {
-            let limits = StoreLimitsBuilder::new()
-                .memory_size(self.sandbox.memory)
-                .trap_on_grow_failure(true)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .build();
+            let limits = Allowance::new(self.sandbox.memory);
             let env = &self.env;
             let data = PluginState::new(
                 env.settings.clone(),
@@ -638,6 +634,7 @@ impl Plugin {
     fn fault(&self, e: wasmtime::Error) -> Fault {
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt | Trap::OutOfFuel) => Fault::Timeout(self.sandbox.cpu),
+            _ if e.downcast_ref::<OverAllowance>().is_some() => Fault::Memory(self.sandbox.memory),
             _ => {
                 let text = format!("{e:#}");
                 if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {

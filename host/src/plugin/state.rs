@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::allowance::{Allowance, MAX_RESOURCES};
 use wasmtime::component::ResourceTable;
-use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{gitpulse::policy::host, gitpulse::policy::types, Level};
@@ -129,7 +129,7 @@ pub(crate) struct PluginState {
     pub kv: Arc<Mutex<KvStore>>,
     pub rng: Arc<Mutex<fastrand::Rng>>,
     pub logs: Arc<Mutex<Vec<LogLine>>>,
-    pub limits: StoreLimits,
+    pub limits: Allowance,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -140,7 +140,7 @@ impl PluginState {
         kv: Arc<Mutex<KvStore>>,
         rng: Arc<Mutex<fastrand::Rng>>,
         logs: Arc<Mutex<Vec<LogLine>>>,
-        limits: StoreLimits,
+        limits: Allowance,
     ) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -154,7 +154,7 @@ impl PluginState {
             logs,
             limits,
             wasi,
-            table: ResourceTable::new(),
+            table: resource_table(),
         }
     }
 
@@ -250,4 +250,13 @@ mod tests {
         let err = KvStore::persisted(file).unwrap_err().to_string();
         assert!(err.contains("escalation.json"), "{err}");
     }
+}
+
+/// A resource table that stops growing at [`MAX_RESOURCES`] entries, so a
+/// plugin that opens pollables or streams in a loop faults instead of
+/// growing the host.
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
 }
