@@ -228,6 +228,15 @@ impl host::Host for PluginState {
     }
 }
 
+/// A resource table that stops growing at [`MAX_RESOURCES`] entries, so a
+/// plugin that opens pollables or streams in a loop faults instead of
+/// growing the host.
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,13 +259,4 @@ mod tests {
         let err = KvStore::persisted(file).unwrap_err().to_string();
         assert!(err.contains("escalation.json"), "{err}");
     }
-}
-
-/// A resource table that stops growing at [`MAX_RESOURCES`] entries, so a
-/// plugin that opens pollables or streams in a loop faults instead of
-/// growing the host.
-fn resource_table() -> ResourceTable {
-    let mut table = ResourceTable::new();
-    table.set_max_capacity(MAX_RESOURCES);
-    table
 }
