@@ -260,6 +260,11 @@ fn misbehaving_plugins_are_bounded_and_named() {
         ("years", "beyond the cap"),
         ("huge-reason", "stop reason (limit 512)"),
         ("huge-template", "limit 256 KiB"),
+        (
+            "text-template",
+            "notify template for changed on webhook (rendered with a sample event): \
+             the webhook body is not JSON",
+        ),
     ];
     for (mode, needle) in cases {
         let started = Instant::now();

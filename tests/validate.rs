@@ -195,3 +195,49 @@ fn templates_with_partials_are_refused_before_they_can_recurse() {
         "{err}"
     );
 }
+
+#[test]
+fn templates_are_rendered_with_a_sample_event_of_their_kind() {
+    let root = tempfile::tempdir().unwrap();
+    // Compiles, but a webhook body built like this is not JSON: the commit
+    // subject lands unquoted. Caught now, not at the first real change.
+    let unquoted = root.path().join("changed.hbs");
+    std::fs::write(&unquoted, "{\"subject\": {{commits.0.subject}}}").unwrap();
+    // Compiles, but `json` without an argument fails when it renders.
+    let broken = root.path().join("failed.hbs");
+    std::fs::write(&broken, "{{json}}").unwrap();
+    // Fine: values in a webhook template are escaped as JSON strings.
+    let good = root.path().join("recovered.hbs");
+    std::fs::write(&good, "{\"subject\": \"{{repo.name}} {{failure.message}}\"}").unwrap();
+    let config = ConfigFile::default()
+        .repo(Repo::new(
+            "app",
+            "https://git.example.com/app.git",
+            &root.path().join("c"),
+        ))
+        .notifier_toml(
+            "hook",
+            &format!(
+                "kind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
+                 templates.changed = {{ body = \"{}\" }}\n\
+                 templates.failed = {{ body = \"{}\" }}\n\
+                 templates.recovered = {{ body = \"{}\" }}",
+                unquoted.display(),
+                broken.display(),
+                good.display()
+            ),
+        )
+        .write_in(root.path());
+    let (code, _, err) = validate(&config, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("notifier.hook.templates.changed: rendering a sample changed event")
+            && err.contains("not JSON"),
+        "{err}"
+    );
+    assert!(
+        err.contains("notifier.hook.templates.failed: rendering a sample failed event"),
+        "{err}"
+    );
+    assert!(!err.contains("templates.recovered"), "{err}");
+}

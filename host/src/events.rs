@@ -211,6 +211,36 @@ impl Event {
         }
     }
 
+    /// An event of `kind` with every field its kind can carry filled in
+    /// (commits with quotes and markup in them, a failure, a detail), for
+    /// checking templates before a real event meets them.
+    pub fn sample(kind: EventKind, repo: RepoRef) -> Event {
+        let mut event = Event::new(kind, repo, 1_700_000_000_000);
+        event.old = Some("1".repeat(40));
+        event.new = Some("2".repeat(40));
+        event.commits = vec![Commit {
+            sha: "2".repeat(40),
+            author: "Ada <ada@example.com>".into(),
+            subject: "Quote \"this\", <b>escape</b> & go".into(),
+        }];
+        event.commit_count = 1;
+        event.files = Some(FilesSummary {
+            changed: 1,
+            insertions: Some(3),
+            deletions: Some(1),
+            paths: vec!["src/main.rs".into()],
+        });
+        event.compare_url = Some("https://github.com/example/app/compare/1...2".into());
+        event.failure = Some(Failure {
+            class: FailureClass::ServerError,
+            http_status: Some(503),
+            message: "HTTP 503 Service Unavailable".into(),
+        });
+        event.attempts = 3;
+        event.detail = Some("a sample detail".into());
+        event
+    }
+
     /// A host problem that is not about one repository (`repo.name` is
     /// empty) or is about `repo`.
     pub fn problem(kind: EventKind, repo: RepoRef, detail: impl Into<String>, at_ms: u64) -> Event {

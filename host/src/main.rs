@@ -594,7 +594,17 @@ fn plugin_check(args: &CheckArgs) -> Result<(), Failure> {
         max_attempts: 5,
         max_delay: Duration::from_secs(60),
     };
-    let smoke = authoring::smoke(&mut plugin, told);
+    let mut smoke = authoring::smoke(&mut plugin, told);
+    for t in &smoke.templates {
+        if let Err(e) =
+            gitpulse::notify::check_plugin_template(t.kind, t.channel, &t.subject, &t.body, &t.vars)
+        {
+            smoke.faults.push(format!(
+                "notify template for {} on {} (rendered with a sample event): {e}",
+                t.kind, t.channel
+            ));
+        }
+    }
     println!("\nsmoke trace: {} calls", smoke.calls);
     for line in &smoke.lines {
         println!("  {line}");

@@ -15,7 +15,6 @@
 //! This module does not decide which events a pull implies (`events`) or
 //! store anything itself (`store`).
 
-use std::collections::BTreeMap;
 
 use serde_json::Value;
 use tracing::{info, warn};
@@ -402,36 +401,105 @@ pub fn test_message(n: &NotifierConfig) -> Rendered {
     }
 }
 
-/// Problems with the templates a config names (they must compile), for
-/// `gitpulse validate` and reloads.
+/// Problems with the templates a config names, for `gitpulse validate` and
+/// reloads: each must compile, and render a sample event of its kind on its
+/// notifier's channel within the limits (a webhook body as JSON), so a
+/// template that would fall back to the default at its first real event is
+/// caught before it is in service.
 pub fn check_templates(config: &Config) -> Vec<crate::config::Problem> {
     let mut problems = Vec::new();
     for n in config.notifiers.values() {
-        let mut parts: BTreeMap<String, String> = BTreeMap::new();
+        let mut problem = |field: String, message: String| {
+            problems.push(crate::config::Problem {
+                file: config.path.clone(),
+                line: n.line,
+                field: format!("notifier.{}.{field}", n.name),
+                message,
+            })
+        };
         for (kind, o) in &n.templates {
+            let mut compiled = true;
             if let Some(s) = &o.subject {
-                parts.insert(format!("templates.{kind}.subject"), s.clone());
+                if let Err(e) = template::check(s) {
+                    problem(format!("templates.{kind}.subject"), e);
+                    compiled = false;
+                }
             }
             for (part, path) in [("body", &o.body), ("html", &o.html)] {
                 if let Some(p) = path {
                     if let Ok(text) = std::fs::read_to_string(p) {
-                        parts.insert(format!("templates.{kind}.{part} ({})", p.display()), text);
+                        if let Err(e) = template::check(&text) {
+                            problem(format!("templates.{kind}.{part} ({})", p.display()), e);
+                            compiled = false;
+                        }
                     }
                 }
             }
-        }
-        for (field, text) in parts {
-            if let Err(e) = template::check(&text) {
-                problems.push(crate::config::Problem {
-                    file: config.path.clone(),
-                    line: n.line,
-                    field: format!("notifier.{}.{field}", n.name),
-                    message: e,
-                });
+            let Ok(kind) = kind.parse::<EventKind>() else {
+                continue;
+            };
+            if compiled {
+                if let Err(e) = render_sample(n, kind, o) {
+                    problem(
+                        format!("templates.{kind}"),
+                        format!("rendering a sample {kind} event: {e}"),
+                    );
+                }
             }
         }
     }
     problems
+}
+
+/// Renders the sample event of `kind` with notifier `n`'s override `o`.
+fn render_sample(
+    n: &NotifierConfig,
+    kind: EventKind,
+    o: &crate::config::TemplateOverride,
+) -> Result<(), String> {
+    let webhook = matches!(n.channel, Channel::Webhook(_));
+    let email = matches!(n.channel, Channel::Email(_));
+    let templates = overridden(o, default_templates(kind, email, webhook))?;
+    // Plugin variables are unknown here; a JSON body that places one raw
+    // would fail only for want of it, so its JSON is checked at send time.
+    let webhook = webhook && !mentions_vars(&templates);
+    let data = template::event_data(&Event::sample(kind, sample_repo()), &n.name, &[]);
+    render_checked(&templates, &data, webhook).map(drop)
+}
+
+/// A notify plugin's own template (`subject`, `body`) rendered with the
+/// sample event of `kind` on a `channel` (`email`, `webhook`, `log`), as
+/// the daemon would render it, for `gitpulse plugin check`.
+pub fn check_plugin_template(
+    kind: EventKind,
+    channel: &str,
+    subject: &str,
+    body: &str,
+    vars: &[(String, String)],
+) -> Result<(), String> {
+    let templates = Templates {
+        subject: subject.to_string(),
+        body: body.to_string(),
+        html: None,
+    };
+    let data = template::event_data(&Event::sample(kind, sample_repo()), "smoke", vars);
+    render_checked(&templates, &data, channel == "webhook").map(drop)
+}
+
+fn sample_repo() -> RepoRef {
+    RepoRef::new(
+        "sample",
+        "https://github.com/example/app.git",
+        Some("main"),
+        Default::default(),
+    )
+}
+
+fn mentions_vars(t: &Templates) -> bool {
+    [Some(&t.subject), Some(&t.body), t.html.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|text| text.contains("vars."))
 }
 
 #[cfg(test)]

@@ -503,6 +503,24 @@ pub struct SmokeReport {
     pub faults: Vec<String>,
     /// What each role answered, for people.
     pub lines: Vec<String>,
+    /// The templates the plugin asked to send with, for the caller to
+    /// render (rendering is the notifier's business, not the plugin host's).
+    pub templates: Vec<SmokeTemplate>,
+}
+
+/// A template a notify plugin chose during the smoke trace.
+#[derive(Debug, Clone)]
+pub struct SmokeTemplate {
+    /// The event kind it was chosen for.
+    pub kind: EventKind,
+    /// The channel it was chosen for (`email`, `webhook`, `log`).
+    pub channel: &'static str,
+    /// Its subject template.
+    pub subject: String,
+    /// Its body template.
+    pub body: String,
+    /// The variables the plugin passed with it.
+    pub vars: Vec<(String, String)>,
 }
 
 /// Calls every role the plugin exports on a fixed trace: each failure class
@@ -564,10 +582,25 @@ pub fn smoke(plugin: &mut Plugin, told: Told) -> SmokeReport {
                 report.calls += 1;
                 let label = format!("{kind} on {channel}");
                 match plugin.notify(&event, "smoke", channel) {
-                    Ok(choice) => report.lines.push(format!(
-                        "notify  {label:<22} → {}",
-                        describe_choice(&choice)
-                    )),
+                    Ok(choice) => {
+                        report.lines.push(format!(
+                            "notify  {label:<22} → {}",
+                            describe_choice(&choice)
+                        ));
+                        if let NotifyChoice::Send {
+                            template: Some((subject, body)),
+                            vars,
+                        } = choice
+                        {
+                            report.templates.push(SmokeTemplate {
+                                kind,
+                                channel,
+                                subject,
+                                body,
+                                vars,
+                            });
+                        }
+                    }
                     Err(f) => report.faults.push(format!("notify.choose({label}): {f}")),
                 }
             }

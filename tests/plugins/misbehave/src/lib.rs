@@ -1,7 +1,8 @@
 //! A plugin that misbehaves on purpose, as its `mode` setting says:
 //! `loop` (never returns), `bomb` (allocates without end), `trap` (panics),
 //! `years` (asks to wait ten years), `huge-reason` (a 1 MB stop reason),
-//! `huge-template` (a 1 MB template), `log` (logs a warning and behaves),
+//! `huge-template` (a 1 MB template), `text-template` (a body that is
+//! not JSON, so wrong for webhooks), `log` (logs a warning and behaves),
 //! `snoop` (tries files, environment and network, and logs what it got),
 //! `sleep` (sleeps three seconds, and logs how long that really took),
 //! anything else behaves like the standard policy.
@@ -99,6 +100,13 @@ impl notify::Guest for Misbehave {
                 template: Some(Template {
                     subject: "s".into(),
                     body: "b".repeat(1 << 20),
+                }),
+                vars: vec![],
+            }),
+            "text-template" => NotifyChoice::Send(Message {
+                template: Some(Template {
+                    subject: "{{repo.name}}".into(),
+                    body: "Pulled {{repo.name}}".into(),
                 }),
                 vars: vec![],
             }),
