@@ -687,3 +687,41 @@ fn a_repo_whose_job_cannot_start_is_a_failed_pull_with_its_event() {
     assert!(!history.contains("t0ken"), "{history}");
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn a_notify_plugin_that_sleeps_cannot_stall_the_daemon() {
+    let served = Served::new("app");
+    misbehave_plugins(served.root.path(), &["sleepy"]);
+    let port = free_port();
+    let config = failing_with_policy(&served, port, table(&[("notify", "sleepy")]))
+        .plugin("sleepy", &[("mode", "sleep".into())])
+        .notifier("audit", &[("kind", "log".into())])
+        .write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    // The fixture sleeps 3 s a call and logs how long that really took; the
+    // host makes its clock's pollables ready at once, so "slept 0 ms".
+    wait_for("the notify plugin's call", Duration::from_secs(30), || {
+        d.log().contains("misbehave: slept")
+    });
+    assert!(
+        d.log().contains("misbehave: slept 0 ms"),
+        "the plugin blocked: {}",
+        d.log()
+    );
+    // While it keeps being called, the HTTP surface answers and pulls go on.
+    let failed = |config: &Path| {
+        history_kinds(config, "app")
+            .iter()
+            .filter(|k| *k == "failed")
+            .count()
+    };
+    let pulls_then = failed(&config);
+    for _ in 0..5 {
+        assert!(d.status()["repos"].is_array());
+    }
+    wait_for("two more pulls", Duration::from_secs(30), || {
+        failed(&config) >= pulls_then + 2
+    });
+    // And SIGTERM still stops it.
+    assert_eq!(d.stop(), 0);
+}

@@ -208,7 +208,11 @@ fn templates_are_rendered_with_a_sample_event_of_their_kind() {
     std::fs::write(&broken, "{{json}}").unwrap();
     // Fine: values in a webhook template are escaped as JSON strings.
     let good = root.path().join("recovered.hbs");
-    std::fs::write(&good, "{\"subject\": \"{{repo.name}} {{failure.message}}\"}").unwrap();
+    std::fs::write(
+        &good,
+        "{\"subject\": \"{{repo.name}} {{failure.message}}\"}",
+    )
+    .unwrap();
     let config = ConfigFile::default()
         .repo(Repo::new(
             "app",

@@ -15,7 +15,6 @@
 //! This module does not decide which events a pull implies (`events`) or
 //! store anything itself (`store`).
 
-
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -156,6 +155,11 @@ impl<'a> Router<'a> {
                 event: event.row(),
                 messages,
             });
+        }
+        if let (Some(p), Some(name)) = (&plugin, &plugin_name) {
+            for line in p.env().take_logs().into_iter().filter(|l| l.is_loud()) {
+                warn!(repo = repo_ref.name(), "plugin {name}: {}", line.message);
+            }
         }
         for detail in faults {
             warn!(repo = repo_ref.name(), "{detail}");

@@ -41,7 +41,7 @@ pub use state::{KvStore, LogLine};
 use crate::events::RepoRef;
 use crate::policy::{AttemptContext, Builtin, Decision, RetryPolicy};
 use allowance::{Allowance, OverAllowance};
-use bindings::{backoff, notify, retry, wit, Level};
+use bindings::{backoff, notify, retry, wit};
 use state::PluginState;
 
 /// The one place the accepted contract line is written: every minor
@@ -942,7 +942,7 @@ impl WasmPolicy {
     fn drain_plugin_logs(&mut self) {
         for plugin in self.retry.iter().chain(self.backoff.iter()) {
             for line in plugin.env.take_logs() {
-                if matches!(line.level, Level::Warn | Level::Error) {
+                if line.is_loud() {
                     self.notices
                         .push(format!("plugin {}: {}", plugin.name, line.message));
                 }

@@ -111,6 +111,12 @@ pub struct LogLine {
 }
 
 impl LogLine {
+    /// Whether it is a warning or an error, which the host passes on to
+    /// its own log (quieter lines stay with `plugin check`).
+    pub fn is_loud(&self) -> bool {
+        matches!(self.level, Level::Warn | Level::Error)
+    }
+
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub fn level_name(&self) -> &'static str {
         match self.level {
