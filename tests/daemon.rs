@@ -321,6 +321,14 @@ fn trigger_sighup_and_sigusr1() {
         .repo(Repo::new("b", &b.file_url(), &b_dir).set("schedule", "0 0 0 1 1 *"))
         .write(&config);
     let d = Daemon::start(&config, port, &[]);
+    // Never pulled: both are cloned at start, not in January.
+    wait_for("the first pulls", Duration::from_secs(30), || {
+        head_of(&a_dir).is_some() && head_of(&b_dir).is_some()
+    });
+    let (mut a, mut b) = (a, b);
+    let a_new = a.commit("for a");
+    let b_old = head_of(&b_dir);
+    let b_new = b.commit("for b");
     let out = gitpulse()
         .args(["trigger", "a", "--config"])
         .arg(&config)
@@ -332,9 +340,9 @@ fn trigger_sighup_and_sigusr1() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_for("a pulled on request", Duration::from_secs(30), || {
-        head_of(&a_dir).is_some()
+        head_of(&a_dir).as_deref() == Some(a_new.as_str())
     });
-    assert!(head_of(&b_dir).is_none(), "b is not due until January");
+    assert_eq!(head_of(&b_dir), b_old, "b is not due until January");
     let out = gitpulse()
         .args(["trigger", "nope", "--config"])
         .arg(&config)
@@ -350,7 +358,7 @@ fn trigger_sighup_and_sigusr1() {
     );
     d.signal("USR1");
     wait_for("b pulled on SIGUSR1", Duration::from_secs(30), || {
-        head_of(&b_dir).is_some()
+        head_of(&b_dir).as_deref() == Some(b_new.as_str())
     });
     assert_eq!(d.stop(), 0);
 }
@@ -405,8 +413,9 @@ fn commands_that_read_state_work_without_the_secrets() {
         "{}",
         String::from_utf8_lossy(&trigger.stderr)
     );
+    // The first pull ran at start; the triggered one is the second.
     wait_for("the triggered pull", Duration::from_secs(30), || {
-        head_of(&dir).is_some()
+        d.status()["counters"]["pulls"].as_u64() >= Some(2)
     });
     wait_for("its record", Duration::from_secs(30), || {
         !history_kinds(&config, "app").is_empty()
@@ -427,7 +436,7 @@ fn commands_that_read_state_work_without_the_secrets() {
     }
     let status: serde_json::Value =
         serde_json::from_slice(&without_secrets(&["status", "--json"], &config).stdout).unwrap();
-    assert_eq!(status[0]["state"]["last_result"], "cloned", "{status}");
+    assert_eq!(status[0]["state"]["last_result"], "unchanged", "{status}");
     assert_eq!(d.stop(), 0);
 }
 

@@ -226,30 +226,67 @@ fn history(args: &HistoryArgs) -> Result<(), Failure> {
 
 fn trigger(args: &TriggerArgs) -> Result<(), Failure> {
     let config = config::load(&args.config, Scope::Structure).map_err(usage)?;
+    let daemon = &config.daemon;
     let url = match &args.repo {
-        Some(repo) => format!("http://{}/trigger/{repo}", config.daemon.listen),
-        None => format!("http://{}/trigger", config.daemon.listen),
+        Some(repo) => format!("http://{}/v1/repos/{repo}/pull", daemon.listen),
+        None => format!("http://{}/v1/pull", daemon.listen),
     };
+    let token = api_token(daemon)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let mut response = agent.post(&url).send_empty().map_err(|e| {
-        failed(format!(
-            "cannot reach the daemon at {}: {e}",
-            config.daemon.listen
-        ))
-    })?;
+    let mut response = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {}", token.expose()))
+        .content_type("application/json")
+        .send("{}")
+        .map_err(|e| failed(format!("cannot reach the daemon at {}: {e}", daemon.listen)))?;
     let body = response.body_mut().read_to_string().unwrap_or_default();
+    let said = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| body.trim().to_string())
+    };
     match response.status().as_u16() {
         202 => {
-            print!("{body}");
+            match &args.repo {
+                Some(repo) => println!("pull of `{repo}` requested"),
+                None => println!("pull of every repository requested"),
+            }
             Ok(())
         }
-        404 => Err(usage(body.trim())),
-        s => Err(failed(format!("the daemon answered {s}: {}", body.trim()))),
+        404 => Err(usage(said(&body))),
+        401 => Err(failed(format!(
+            "the daemon refused the API token in {}: is it the daemon of this config?",
+            daemon.api_token_file().display()
+        ))),
+        s => Err(failed(format!("the daemon answered {s}: {}", said(&body)))),
     }
+}
+
+/// The daemon's API token, as a client of it: the variable or file the
+/// config names, else the one the daemon wrote to its state directory.
+fn api_token(daemon: &config::DaemonSettings) -> Result<gitpulse::redact::Secret, Failure> {
+    let token = match &daemon.api_token {
+        config::ApiToken::Env(var) => std::env::var(var).map_err(|_| {
+            failed(format!(
+                "the API token variable {var} is not set in this shell"
+            ))
+        })?,
+        _ => {
+            let file = daemon.api_token_file();
+            std::fs::read_to_string(&file).map_err(|e| {
+                failed(format!(
+                    "cannot read the daemon's API token at {}: {e} (is the daemon running, as this user?)",
+                    file.display()
+                ))
+            })?
+        }
+    };
+    Ok(gitpulse::redact::Secret::new(token.trim()))
 }
 
 fn validate(args: &ValidateArgs) -> Result<(), Failure> {

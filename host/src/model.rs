@@ -41,6 +41,33 @@ pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// `bytes` random bytes from the operating system, as lower-case hex: for
+/// tokens and keys (never `fastrand`, which is predictable).
+pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `content` to `path` readable by its owner only (mode 0600),
+/// replacing any old file whole: written beside it, then renamed.
+pub fn write_private(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut scratch = path.as_os_str().to_owned();
+    scratch.push(".new");
+    let scratch = std::path::PathBuf::from(scratch);
+    let _ = std::fs::remove_file(&scratch);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&scratch)?;
+    file.write_all(content)?;
+    file.sync_all()?;
+    std::fs::rename(&scratch, path)
+}
+
 /// Now, in unix milliseconds (0 before 1970: a clock that wrong has bigger
 /// problems than our timestamps).
 pub fn now_ms() -> u64 {

@@ -1,68 +1,311 @@
-//! The daemon's HTTP face: `/healthz`, `/status` (JSON), and the manual
-//! trigger API (`POST /trigger/REPO`, `POST /trigger` for all). Binds where
-//! `[daemon] listen` says (loopback by default). It reads state and sends
-//! commands; it never pulls or schedules by itself.
+//! The daemon's HTTP face, on `[daemon] listen` (loopback unless
+//! `listen_public = true`):
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `GET /healthz` | anyone | 200 while the scheduler loop answers |
+//! | `GET /readyz` | anyone | 200 once every required repo has been pulled, else 503 with what is missing |
+//! | `GET /metrics` | anyone | OpenMetrics text |
+//! | `GET /v1/status` | bearer token | every repository's state (JSON) |
+//! | `POST /v1/pull`, `POST /v1/repos/{name}/pull` | bearer token, JSON body | pull now |
+//!
+//! It owns HTTP concerns only: routing, the bearer token and Host checks,
+//! header-read timeouts and the connection cap. What it reads and asks
+//! for goes through [`Control`]; it never pulls or schedules by itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::sync::{oneshot, Semaphore};
+
+/// Connections served at once; more are closed as they arrive. Idle ones
+/// cost a task and a socket each, so the cap is generous: 500 idle
+/// connections leave room for health checks and the API.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A client must send a request's headers within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `/healthz` waits for the scheduler loop to answer.
+const LIVENESS_WAIT: Duration = Duration::from_secs(2);
 
 /// What the HTTP face may ask of whatever runs behind it (the daemon): the
-/// server depends on this, not on the daemon.
+/// server depends on this, not on the daemon. Methods that block (they read
+/// the state database) are called off the async workers.
 pub trait Control: Send + Sync + 'static {
     /// Whether a repository of that name is configured.
     fn has_repo(&self, name: &str) -> bool;
-    /// Asks for an immediate pull of `repo`, or of every repository.
-    fn trigger(&self, repo: Option<&str>);
-    /// Every repository's state and the counters, as JSON. Blocks (it reads
-    /// the state database): the server calls it off the async workers.
+    /// Asks for an immediate pull of `repo`, or of every repository; the
+    /// names of the repositories asked for.
+    fn trigger(&self, repo: Option<&str>) -> Vec<String>;
+    /// Every repository's state and the counters, as JSON. Blocks.
     fn status(&self) -> serde_json::Value;
+    /// Answered by the scheduler loop when it is alive.
+    fn ping(&self) -> oneshot::Receiver<()>;
+    /// What readiness still waits for (empty: ready). Blocks.
+    fn not_ready(&self) -> Vec<String>;
+    /// The metrics, as OpenMetrics text (`openmetrics`) or Prometheus
+    /// text 0.0.4. Blocks.
+    fn metrics(&self, openmetrics: bool) -> String;
+    /// Whether `token` is the API's bearer token (compared in constant time).
+    fn token_matches(&self, token: &str) -> bool;
+    /// Host names the API answers to, besides loopback and the listen
+    /// address.
+    fn host_names(&self) -> Vec<String>;
 }
 
 type View = Arc<dyn Control>;
 
 /// Serves until the listener fails; runs on the caller's runtime.
 pub async fn serve(listener: tokio::net::TcpListener, view: View) {
+    let listen = listener.local_addr().ok();
+    let api = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/pull", post(pull_all))
+        .route("/v1/repos/{name}/pull", post(pull_one))
+        .layer(middleware::from_fn_with_state(view.clone(), authorize))
+        .layer(middleware::from_fn_with_state(
+            (view.clone(), listen),
+            known_host,
+        ));
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/status", get(status))
-        .route("/trigger", post(trigger_all))
-        .route("/trigger/{repo}", post(trigger))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
         .with_state(view);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("HTTP server stopped: {e}");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, go on.
+                tracing::warn!("HTTP accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream); // over the cap: closed at once
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
+                });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            // Errors are the client's (it went away, it was too slow).
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        });
     }
 }
 
-async fn status(State(view): State<View>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
-    // The state lives in SQLite: read it off the async workers.
-    tokio::task::spawn_blocking(move || view.status())
-        .await
-        .map(Json)
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))
+async fn healthz(State(view): State<View>) -> (StatusCode, &'static str) {
+    match tokio::time::timeout(LIVENESS_WAIT, view.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n"),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduler loop does not answer\n",
+        ),
+    }
 }
 
-async fn trigger(State(view): State<View>, Path(repo): Path<String>) -> (StatusCode, String) {
-    if !view.has_repo(&repo) {
+async fn readyz(State(view): State<View>) -> Response {
+    match tokio::task::spawn_blocking(move || view.not_ready()).await {
+        Ok(missing) if missing.is_empty() => {
+            (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+        }
+        Ok(missing) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "waiting_for": missing })),
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else
+/// Prometheus text 0.0.4.
+async fn metrics(State(view): State<View>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    match tokio::task::spawn_blocking(move || view.metrics(openmetrics)).await {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn status(State(view): State<View>) -> Response {
+    match tokio::task::spawn_blocking(move || view.status()).await {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn pull_one(
+    State(view): State<View>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = json_only(&headers) {
+        return refused;
+    }
+    if !view.has_repo(&name) {
         return (
             StatusCode::NOT_FOUND,
-            format!("no repository named `{repo}` in the running config\n"),
-        );
+            Json(json!({ "error": format!("no repository named `{name}` in the running config") })),
+        )
+            .into_response();
     }
-    view.trigger(Some(&repo));
-    (
-        StatusCode::ACCEPTED,
-        format!("pull of `{repo}` requested\n"),
-    )
+    let asked = view.trigger(Some(&name));
+    (StatusCode::ACCEPTED, Json(json!({ "pulling": asked }))).into_response()
 }
 
-async fn trigger_all(State(view): State<View>) -> (StatusCode, String) {
-    view.trigger(None);
-    (
-        StatusCode::ACCEPTED,
-        "pull of every repository requested\n".to_string(),
-    )
+async fn pull_all(State(view): State<View>, headers: HeaderMap) -> Response {
+    if let Some(refused) = json_only(&headers) {
+        return refused;
+    }
+    let asked = view.trigger(None);
+    (StatusCode::ACCEPTED, Json(json!({ "pulling": asked }))).into_response()
+}
+
+/// A POST must say it carries JSON: a browser cannot send that type
+/// cross-site without a preflight, so a hostile page cannot post a form
+/// here.
+fn json_only(headers: &HeaderMap) -> Option<Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    (!json).then(|| {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Json(json!({ "error": "send Content-Type: application/json" })),
+        )
+            .into_response()
+    })
+}
+
+/// Requires `Authorization: Bearer <token>`.
+async fn authorize(State(view): State<View>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(token) if view.token_matches(token) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "send Authorization: Bearer <token> (the daemon's api-token)" })),
+        )
+            .into_response(),
+    }
+}
+
+/// Refuses a Host the daemon does not go by: a DNS-rebinding page reaches
+/// a loopback port under its own host name.
+async fn known_host(
+    State((view, listen)): State<(View, Option<SocketAddr>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if host_allowed(host, listen, &view.host_names()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(json!({ "error": "unknown Host: add it to [daemon] host_names" })),
+        )
+            .into_response()
+    }
+}
+
+/// Whether a Host header names this daemon: a loopback address or
+/// `localhost`, the listen address, or one of `names` (each with or
+/// without a port).
+fn host_allowed(host: &str, listen: Option<SocketAddr>, names: &[String]) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:8787`, `host:8787`; a bare IPv6 literal has no brackets.
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if name.is_empty() {
+        return false;
+    }
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        if ip.is_loopback() || listen.is_some_and(|l| l.ip() == ip) {
+            return true;
+        }
+    }
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_the_daemon_goes_by() {
+        let listen: Option<SocketAddr> = "10.0.0.5:8787".parse().ok();
+        let names = vec!["gitpulse.internal".to_string()];
+        for ok in [
+            "localhost",
+            "localhost:8787",
+            "127.0.0.1:8787",
+            "[::1]:8787",
+            "::1",
+            "10.0.0.5:8787",
+            "GitPulse.Internal:8787",
+        ] {
+            assert!(host_allowed(ok, listen, &names), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example:8787",
+            "localhost.evil.example",
+            "10.0.0.6",
+            "gitpulse.internal.evil",
+        ] {
+            assert!(!host_allowed(bad, listen, &names), "{bad}");
+        }
+    }
 }

@@ -122,6 +122,8 @@ pub struct Daemon {
     pub child: Child,
     log: PathBuf,
     pub port: u16,
+    /// Where the daemon writes its API token (per its config).
+    pub token_file: PathBuf,
 }
 
 impl Daemon {
@@ -146,7 +148,15 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut daemon = Daemon { child, log, port };
+        let token_file = gitpulse::config::load(config, gitpulse::config::Scope::Structure)
+            .map(|c| c.daemon.api_token_file())
+            .unwrap_or_default();
+        let mut daemon = Daemon {
+            child,
+            log,
+            port,
+            token_file,
+        };
         wait_for("the daemon to listen", Duration::from_secs(30), || {
             assert!(
                 daemon.child.try_wait().unwrap().is_none(),
@@ -207,15 +217,82 @@ impl Daemon {
         }
     }
 
+    /// `GET /v1/status` with the daemon's token.
     pub fn status(&self) -> serde_json::Value {
-        let body = ureq::get(&format!("http://127.0.0.1:{}/status", self.port))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
+        let (code, body) = self.request("GET", "/v1/status", Some(&self.token()), None);
+        assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
+
+    /// `GET path` with extra `headers`: `(status, body)`.
+    pub fn request_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut r = agent().get(&format!("http://127.0.0.1:{}{path}", self.port));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut response = r.call().unwrap();
+        let code = response.status().as_u16();
+        (
+            code,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    }
+
+    /// The API token the daemon wrote.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A request to the daemon: `(status, body)`. `token` goes in as a
+    /// bearer token; `json` is sent as the body with a JSON content type.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        json: Option<&str>,
+    ) -> (u16, String) {
+        let agent = agent();
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut response = match method {
+            "GET" => {
+                let mut r = agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match json {
+                    Some(body) => r.content_type("application/json").send(body),
+                    None => r.send_empty(),
+                }
+            }
+        }
+        .unwrap();
+        let code = response.status().as_u16();
+        (
+            code,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    }
+}
+
+/// An HTTP client that returns every status as an answer, not an error.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
 impl Drop for Daemon {

@@ -178,6 +178,9 @@ pub struct RepoConfig {
     pub policy: PolicyRef,
     /// The notifiers it tells (empty: every notifier whose filters accept).
     pub notifiers: Vec<String>,
+    /// Whether the daemon is ready (`/readyz`) only once this repository
+    /// has been pulled successfully.
+    pub required: bool,
     /// Where the `[[repo]]` starts in the file.
     pub line: usize,
 }
@@ -223,6 +226,34 @@ pub struct DaemonSettings {
     pub breaker_cool_down: Duration,
     /// How long pulls, attempts and events are kept in the state.
     pub retention: Duration,
+    /// Where the API's bearer token comes from.
+    pub api_token: ApiToken,
+    /// More host names the HTTP face answers to (besides the listen
+    /// address, `localhost` and loopback addresses).
+    pub host_names: Vec<String>,
+}
+
+/// Where the daemon's API token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiToken {
+    /// Made at start (random) and written to `api-token` in the state
+    /// directory, mode 0600, where `gitpulse trigger` and `status --live`
+    /// read it.
+    Generated,
+    /// An environment variable's value.
+    Env(String),
+    /// A file's content (trimmed).
+    File(PathBuf),
+}
+
+impl DaemonSettings {
+    /// Where a generated API token is written (and read by the CLI).
+    pub fn api_token_file(&self) -> PathBuf {
+        match &self.api_token {
+            ApiToken::File(path) => path.clone(),
+            _ => self.state_dir.join("api-token"),
+        }
+    }
 }
 
 /// A validated configuration, built once and swapped whole on reload.
@@ -269,6 +300,10 @@ struct RawDaemon {
     breaker_threshold: Option<Spanned<i64>>,
     breaker_cool_down: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
+    listen_public: Option<Spanned<bool>>,
+    api_token_env: Option<Spanned<String>>,
+    api_token_file: Option<Spanned<String>>,
+    host_names: Option<Spanned<Vec<String>>>,
 }
 
 /// Fields a `[[repo]]` may set and `[defaults]` may default.
@@ -315,6 +350,7 @@ struct RawRepo {
     ssh_key: Option<Spanned<String>>,
     known_hosts: Option<Spanned<String>>,
     labels: Option<Spanned<BTreeMap<String, String>>>,
+    required: Option<Spanned<bool>>,
     // The fields of `RawCommon`, repeated: serde's `flatten` would lose the
     // spans that give every problem its line.
     schedule: Option<Spanned<String>>,
@@ -562,7 +598,30 @@ pub fn parse(
         breaker_threshold: 5,
         breaker_cool_down: Duration::from_secs(30),
         retention: Duration::from_secs(30 * 24 * 3600),
+        api_token: ApiToken::Generated,
+        host_names: daemon_raw
+            .host_names
+            .as_ref()
+            .map(|h| h.get_ref().clone())
+            .unwrap_or_default(),
     };
+    match (&daemon_raw.api_token_env, &daemon_raw.api_token_file) {
+        (Some(_), Some(file)) => check.at(
+            file,
+            "daemon.api_token_file",
+            "use only one of api_token_env and api_token_file",
+        ),
+        (Some(var), None) => {
+            check.env_set(var, "daemon.api_token_env", env);
+            daemon.api_token = ApiToken::Env(var.get_ref().clone());
+        }
+        (None, Some(file)) => {
+            let path = resolve(file.get_ref());
+            check.file_exists(file, "daemon.api_token_file", &path);
+            daemon.api_token = ApiToken::File(path);
+        }
+        (None, None) => {}
+    }
     if let Some(raw) = &daemon_raw.retention {
         match check.duration(raw, "daemon.retention") {
             Some(d) if d < Duration::from_secs(3600) => {
@@ -615,6 +674,27 @@ pub fn parse(
                 format!("`{listen}` is not an address like 127.0.0.1:8787"),
             ),
         }
+    }
+    // Anything but loopback exposes the API, hooks and page to a network:
+    // an explicit choice, not a typo's consequence.
+    let public = daemon_raw
+        .listen_public
+        .as_ref()
+        .is_some_and(|p| *p.get_ref());
+    if !daemon.listen.ip().is_loopback() && !public {
+        let line = daemon_raw
+            .listen
+            .as_ref()
+            .map(|l| check.line(l.span().start))
+            .unwrap_or(0);
+        check.push(
+            line,
+            "daemon.listen",
+            format!(
+                "{} is not a loopback address: set `listen_public = true` in [daemon] to serve other machines",
+                daemon.listen
+            ),
+        );
     }
     if let Some(dir) = &daemon.plugin_dir {
         if scope == Scope::Environment && !dir.is_dir() {
@@ -892,6 +972,7 @@ pub fn parse(
             labels,
             policy,
             notifiers: notifier_names,
+            required: r.required.as_ref().is_none_or(|v| *v.get_ref()),
             line,
         });
     }

@@ -22,6 +22,7 @@
 //! a previous run left pending.
 
 mod breaker;
+mod metrics;
 mod sender;
 mod signals;
 mod timetable;
@@ -47,6 +48,7 @@ use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox};
 use crate::pull;
 use crate::store::{self, Store};
 use breaker::{Admission, Breaker, Change, Verdict};
+use metrics::{Format, Metrics, RepoGauges, Snapshot};
 use timetable::Timetable;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,8 @@ enum Command {
     TriggerAll,
     Reload,
     Shutdown,
+    /// Answered at once: the loop is alive (`/healthz`).
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Counters served on /status and logged at shutdown.
@@ -116,6 +120,11 @@ struct Shared {
     /// wake-up for the sender when messages are queued.
     senders: Senders,
     outbox_wake: tokio::sync::Notify,
+    metrics: Arc<Metrics>,
+    /// Repositories pulled successfully since start (`/readyz`).
+    pulled: Mutex<HashSet<String>>,
+    /// The API's bearer token.
+    api_token: crate::redact::Secret,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -168,6 +177,7 @@ async fn serve(
     crate::model::private_dir(&config.daemon.state_dir)
         .map_err(|e| DaemonError::Runtime(format!("{}: {e}", config.daemon.state_dir.display())))?;
     let store = Store::open(&state_db(&config))?;
+    let api_token = api_token(&config.daemon)?;
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -188,6 +198,9 @@ async fn serve(
         counters: Counters::default(),
         senders: Senders::default(),
         outbox_wake: tokio::sync::Notify::new(),
+        metrics: Arc::new(Metrics::new()),
+        pulled: Mutex::default(),
+        api_token,
     });
     let (tx, rx) = mpsc::unbounded_channel();
     signals::spawn_signal_handlers(tx.clone());
@@ -236,12 +249,21 @@ struct DaemonView {
 }
 
 impl crate::server::Control for DaemonView {
-    fn trigger(&self, repo: Option<&str>) {
-        let command = match repo {
-            Some(r) => Command::Trigger(r.to_string()),
-            None => Command::TriggerAll,
+    fn trigger(&self, repo: Option<&str>) -> Vec<String> {
+        let (command, asked) = match repo {
+            Some(r) => (Command::Trigger(r.to_string()), vec![r.to_string()]),
+            None => (
+                Command::TriggerAll,
+                self.shared
+                    .config()
+                    .repos
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect(),
+            ),
         };
         let _ = self.tx.send(CommandHandle(command));
+        asked
     }
 
     fn has_repo(&self, name: &str) -> bool {
@@ -274,6 +296,117 @@ impl crate::server::Control for DaemonView {
             "breakers_open": open,
         })
     }
+
+    fn ping(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(CommandHandle(Command::Ping(tx)));
+        rx
+    }
+
+    fn not_ready(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        if let Err(e) = lock(&self.shared.store).check_writable() {
+            missing.push(format!("the state database is not writable: {e}"));
+        }
+        let pulled = lock(&self.shared.pulled).clone();
+        let rows = lock(&self.shared.store).status().unwrap_or_default();
+        for repo in self.shared.config().repos.iter().filter(|r| r.required) {
+            if pulled.contains(&repo.name) {
+                continue;
+            }
+            let failing = rows
+                .iter()
+                .find(|s| s.repo == repo.name && s.failures_in_row > 0)
+                .and_then(|s| s.last_class.clone());
+            missing.push(match failing {
+                Some(class) => format!("repo {}: its pulls fail ({class})", repo.name),
+                None => format!("repo {}: first pull not done yet", repo.name),
+            });
+        }
+        missing
+    }
+
+    fn metrics(&self, openmetrics: bool) -> String {
+        let config = self.shared.config();
+        let rows = lock(&self.shared.store).status().unwrap_or_default();
+        let pulled = lock(&self.shared.pulled).clone();
+        let repos = config
+            .repos
+            .iter()
+            .map(|r| {
+                let row = rows.iter().find(|s| s.repo == r.name);
+                RepoGauges {
+                    repo: r.name.clone(),
+                    last_success_ms: row.and_then(|s| s.last_success_ms),
+                    last_attempt_ms: row.and_then(|s| s.last_pull_ms),
+                    failures_in_row: row.map(|s| s.failures_in_row).unwrap_or(0),
+                    ready: pulled.contains(&r.name),
+                }
+            })
+            .collect();
+        let breakers = lock(&self.shared.breakers)
+            .iter()
+            .map(|(host, b)| (host.clone(), b.is_open()))
+            .collect();
+        let counts = lock(&self.shared.store).outbox_counts().unwrap_or_default();
+        let snapshot = Snapshot {
+            repos,
+            breakers,
+            outbox: vec![
+                ("pending", counts.pending),
+                ("in-digest", counts.in_digest),
+                ("delivered", counts.delivered),
+                ("dead", counts.dead),
+            ],
+            oldest_pending: counts
+                .oldest_pending_ms
+                .map(|at| Duration::from_millis(store::now_ms().saturating_sub(at))),
+        };
+        let format = if openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        };
+        self.shared.metrics.encode(&snapshot, format)
+    }
+
+    fn token_matches(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(
+            token
+                .as_bytes()
+                .ct_eq(self.shared.api_token.expose().as_bytes()),
+        )
+    }
+
+    fn host_names(&self) -> Vec<String> {
+        self.shared.config().daemon.host_names.clone()
+    }
+}
+
+/// The API's bearer token: from the environment or a file when the config
+/// names one, else a new random one written to the state directory (mode
+/// 0600) for `gitpulse trigger` and `status --live` to read.
+fn api_token(daemon: &config::DaemonSettings) -> Result<crate::redact::Secret, DaemonError> {
+    let fail = |what: String| DaemonError::Runtime(format!("API token: {what}"));
+    let token = match &daemon.api_token {
+        config::ApiToken::Env(var) => std::env::var(var)
+            .map_err(|_| fail(format!("environment variable {var} is not set")))?,
+        config::ApiToken::File(path) => {
+            std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?
+        }
+        config::ApiToken::Generated => {
+            let token = crate::model::random_hex(32).map_err(|e| fail(e.to_string()))?;
+            crate::model::write_private(&daemon.api_token_file(), token.as_bytes())
+                .map_err(|e| fail(format!("{}: {e}", daemon.api_token_file().display())))?;
+            token
+        }
+    };
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        return Err(fail("shorter than 16 characters: too easy to guess".into()));
+    }
+    Ok(crate::redact::Secret::new(token))
 }
 
 /// A command on its way to the scheduler.
@@ -285,9 +418,20 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
     let mut timetable = Timetable::default();
     let mut reload_pending: Option<Instant> = None;
 
-    let plan_first = |repo: &RepoConfig, timetable: &mut Timetable, rng: &mut fastrand::Rng| {
+    let plan_first = |repo: &RepoConfig,
+                      recorded: &HashSet<String>,
+                      timetable: &mut Timetable,
+                      rng: &mut fastrand::Rng| {
         let now = SystemTime::now();
-        match crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..)) {
+        // Spreading first runs over the period is for checkouts that exist;
+        // one never pulled is wanted now (a sidecar's app waits on it).
+        let never_pulled = !repo.dir.join(".git").exists() || !recorded.contains(&repo.name);
+        let first = if never_pulled {
+            Some(now)
+        } else {
+            crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..))
+        };
+        match first {
             Some(at) => timetable.plan(&repo.name, at, Instant::now(), now),
             None => {
                 timetable.cancel(&repo.name);
@@ -296,8 +440,9 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
         }
     };
     let config = shared.config();
+    let recorded = with_pulls_on_record(&shared);
     for repo in &config.repos {
-        plan_first(repo, &mut timetable, &mut rng);
+        plan_first(repo, &recorded, &mut timetable, &mut rng);
     }
     let names = config.repos.iter().map(|r| r.name.clone()).collect();
     record_first_runs(&shared, &timetable, names).await;
@@ -317,6 +462,9 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
             _ = sleep => {}
             command = rx.recv() => match command.map(|c| c.0) {
                 None | Some(Command::Shutdown) => return,
+                Some(Command::Ping(answer)) => {
+                    let _ = answer.send(());
+                }
                 Some(Command::Trigger(name)) => {
                     if let Some(repo) = shared.config().repo(&name).cloned() {
                         launch(&shared, repo, None);
@@ -343,9 +491,10 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 });
             if let Some(changed) = reloaded {
                 let config = shared.config();
+                let recorded = with_pulls_on_record(&shared);
                 for name in &changed {
                     match config.repo(name) {
-                        Some(repo) => plan_first(repo, &mut timetable, &mut rng),
+                        Some(repo) => plan_first(repo, &recorded, &mut timetable, &mut rng),
                         None => timetable.cancel(name),
                     }
                 }
@@ -371,6 +520,17 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
             launch(&shared, repo, Some((due.planned, next)));
         }
     }
+}
+
+/// The repositories with a pull on record.
+fn with_pulls_on_record(shared: &Shared) -> HashSet<String> {
+    lock(&shared.store)
+        .status()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.last_pull_ms.is_some())
+        .map(|s| s.repo)
+        .collect()
 }
 
 /// Records planned first runs (start-up, reload) in one transaction, off
@@ -492,12 +652,12 @@ fn launch(
             lock(&shared.running).remove(&repo.name);
             return;
         };
-        let start_lag_ms = scheduled.map(|due| {
-            SystemTime::now()
-                .duration_since(due)
-                .unwrap_or_default()
-                .as_millis() as u64
-        });
+        let start_lag =
+            scheduled.map(|due| SystemTime::now().duration_since(due).unwrap_or_default());
+        if let Some(lag) = start_lag {
+            shared.metrics.pull_started_late(lag);
+        }
+        let start_lag_ms = start_lag.map(|lag| lag.as_millis() as u64);
         let job = shared.clone();
         let name = repo.name.clone();
         let report = tokio::task::spawn_blocking(move || {
@@ -552,6 +712,10 @@ fn record_events(shared: &Shared, config: &Config, audience: &Audience<'_>, even
 }
 
 fn finish(shared: &Shared, name: &str, host: &str, admission: Admission, report: &PullReport) {
+    shared.metrics.pull_finished(name, report);
+    if report.outcome.is_success() {
+        lock(&shared.pulled).insert(name.to_string());
+    }
     let verdict = match report.outcome {
         Outcome::Failed
             if report
@@ -638,6 +802,7 @@ fn load_plugin(
         .clone();
     let mut env = PluginEnv::new(config.plugins.get(name).cloned().unwrap_or_default(), None);
     env.kv = kv;
+    env.calls = Some(shared.metrics.clone());
     shared.plugins.get(&dir.join(format!("{name}.wasm")), env)
 }
 

@@ -37,7 +37,16 @@ pub(super) async fn send_loop(shared: Arc<Shared>, stop: CancellationToken) {
                     info!(rows = gone, "pruned history older than the retention");
                 }
             }
-            let stats = notify::deliver_due(&job.store, &config, &job.senders, BATCH)?;
+            let mut stats = notify::DeliveryStats::default();
+            for (notifier, s) in
+                notify::deliver_due_by_notifier(&job.store, &config, &job.senders, BATCH)?
+            {
+                job.metrics
+                    .delivered(&notifier, s.delivered, s.retrying, s.dead);
+                stats.delivered += s.delivered;
+                stats.retrying += s.retrying;
+                stats.dead += s.dead;
+            }
             let next = lock(&job.store).next_due_ms()?;
             Ok::<_, store::StoreError>((stats, next))
         })

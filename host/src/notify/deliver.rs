@@ -60,29 +60,51 @@ pub fn deliver_due(
     senders: &Senders,
     batch: usize,
 ) -> Result<DeliveryStats, StoreError> {
+    let mut stats = DeliveryStats::default();
+    for (_, s) in deliver_due_by_notifier(store, config, senders, batch)? {
+        stats.add(s);
+    }
+    Ok(stats)
+}
+
+/// [`deliver_due`], with what happened counted per notifier (for metrics).
+pub fn deliver_due_by_notifier(
+    store: &Mutex<Store>,
+    config: &Config,
+    senders: &Senders,
+    batch: usize,
+) -> Result<Vec<(String, DeliveryStats)>, StoreError> {
     let due = lock(store).due_messages(now_ms(), batch)?;
     let mut by_notifier: BTreeMap<String, Vec<OutboxMessage>> = BTreeMap::new();
     for m in due {
         by_notifier.entry(m.notifier.clone()).or_default().push(m);
     }
-    let mut stats = DeliveryStats::default();
-    let results: Vec<Result<DeliveryStats, StoreError>> = std::thread::scope(|scope| {
+    let results: Vec<(String, Result<DeliveryStats, StoreError>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = by_notifier
             .into_iter()
             .map(|(name, messages)| {
                 let notifier = config.notifiers.get(&name);
-                scope.spawn(move || deliver_all(store, notifier, &name, messages, senders))
+                let handle = scope.spawn({
+                    let name = name.clone();
+                    move || deliver_all(store, notifier, &name, messages, senders)
+                });
+                (name, handle)
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Ok(DeliveryStats::default())))
+            .map(|(name, h)| {
+                (
+                    name,
+                    h.join().unwrap_or_else(|_| Ok(DeliveryStats::default())),
+                )
+            })
             .collect()
     });
-    for r in results {
-        stats.add(r?);
-    }
-    Ok(stats)
+    results
+        .into_iter()
+        .map(|(name, r)| r.map(|stats| (name, stats)))
+        .collect()
 }
 
 fn deliver_all(

@@ -15,6 +15,8 @@
 //! This module does not decide which events a pull implies (`events`) or
 //! store anything itself (`store`).
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -27,7 +29,7 @@ mod deliver;
 pub mod send;
 pub(crate) mod template;
 
-pub use deliver::{deliver_due, DeliveryStats};
+pub use deliver::{deliver_due, deliver_due_by_notifier, DeliveryStats};
 pub use send::{signature, DeliveryClass, Letter, SendError, Senders};
 
 use template::{Rendered, Templates};
@@ -443,7 +445,7 @@ pub fn check_templates(config: &Config) -> Vec<crate::config::Problem> {
                 continue;
             };
             if compiled {
-                if let Err(e) = render_sample(n, kind, o) {
+                if let Err(e) = render_sample(config, n, kind, o) {
                     problem(
                         format!("templates.{kind}"),
                         format!("rendering a sample {kind} event: {e}"),
@@ -455,8 +457,13 @@ pub fn check_templates(config: &Config) -> Vec<crate::config::Problem> {
     problems
 }
 
-/// Renders the sample event of `kind` with notifier `n`'s override `o`.
+/// Renders the sample event of `kind` with notifier `n`'s override `o`,
+/// for a repository with every label the config's repositories use.
+/// Templates that use plugin variables are left to send time: which
+/// variables a plugin sets is known only when it runs, and templates
+/// render in strict mode.
 fn render_sample(
+    config: &Config,
     n: &NotifierConfig,
     kind: EventKind,
     o: &crate::config::TemplateOverride,
@@ -464,10 +471,22 @@ fn render_sample(
     let webhook = matches!(n.channel, Channel::Webhook(_));
     let email = matches!(n.channel, Channel::Email(_));
     let templates = overridden(o, default_templates(kind, email, webhook))?;
-    // Plugin variables are unknown here; a JSON body that places one raw
-    // would fail only for want of it, so its JSON is checked at send time.
-    let webhook = webhook && !mentions_vars(&templates);
-    let data = template::event_data(&Event::sample(kind, sample_repo()), &n.name, &[]);
+    if mentions_vars(&templates) {
+        return Ok(());
+    }
+    let mut labels = BTreeMap::new();
+    for repo in &config.repos {
+        for (k, v) in &repo.labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    let repo = RepoRef::new(
+        "sample",
+        "https://github.com/example/app.git",
+        Some("main"),
+        labels,
+    );
+    let data = template::event_data(&Event::sample(kind, repo), &n.name, &[]);
     render_checked(&templates, &data, webhook).map(drop)
 }
 
@@ -486,24 +505,22 @@ pub fn check_plugin_template(
         body: body.to_string(),
         html: None,
     };
-    let data = template::event_data(&Event::sample(kind, sample_repo()), "smoke", vars);
+    let repo = RepoRef::new(
+        "smoke",
+        "https://git.example.com/smoke.git",
+        Some("main"),
+        [("team".to_string(), "platform".to_string())].into(),
+    );
+    let data = template::event_data(&Event::sample(kind, repo), "smoke", vars);
     render_checked(&templates, &data, channel == "webhook").map(drop)
 }
 
-fn sample_repo() -> RepoRef {
-    RepoRef::new(
-        "sample",
-        "https://github.com/example/app.git",
-        Some("main"),
-        Default::default(),
-    )
-}
-
+/// Whether a template reads plugin variables (`vars.x`, `vars/x`, `@root.vars`).
 fn mentions_vars(t: &Templates) -> bool {
     [Some(&t.subject), Some(&t.body), t.html.as_ref()]
         .into_iter()
         .flatten()
-        .any(|text| text.contains("vars."))
+        .any(|text| text.contains("vars"))
 }
 
 #[cfg(test)]

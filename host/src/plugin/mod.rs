@@ -327,6 +327,28 @@ pub struct PluginEnv {
     pub rng: Arc<Mutex<fastrand::Rng>>,
     /// What it logged since the last take.
     pub logs: Arc<Mutex<Vec<LogLine>>>,
+    /// Told of every call (the daemon's metrics); none by default.
+    pub calls: Option<Arc<dyn CallObserver>>,
+}
+
+/// Hears of every plugin call: how long it took and how it faulted. The
+/// host above (the daemon's metrics) implements it; this module only calls.
+pub trait CallObserver: Send + Sync {
+    /// Plugin `plugin` answered (or faulted) after `took`.
+    fn called(&self, plugin: &str, took: Duration, fault: Option<&Fault>);
+}
+
+impl Fault {
+    /// The fault's kind in one word: `timeout`, `memory`, `trap`,
+    /// `invalid-output`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Timeout(_) => "timeout",
+            Fault::Memory(_) => "memory",
+            Fault::Trap(_) => "trap",
+            Fault::InvalidOutput(_) => "invalid-output",
+        }
+    }
 }
 
 impl PluginEnv {
@@ -339,6 +361,7 @@ impl PluginEnv {
                 seed.map(fastrand::Rng::with_seed).unwrap_or_default(),
             )),
             logs: Arc::default(),
+            calls: None,
         }
     }
 
@@ -661,17 +684,41 @@ impl Plugin {
         })
     }
 
+    /// Runs one role's call and tells the env's observer how long it took
+    /// and how it faulted (invalid answers included).
+    fn observed<T>(
+        &mut self,
+        call: impl FnOnce(&mut Self) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
+        let started = std::time::Instant::now();
+        let result = call(self);
+        if let Some(calls) = &self.env.calls {
+            calls.called(&self.name, started.elapsed(), result.as_ref().err());
+        }
+        result
+    }
+
     /// The plugin's `retry.decide`, validated against `told`.
     pub fn decide(&mut self, ctx: &wit::AttemptContext, told: &Told) -> Result<Decision, Fault> {
-        let raw = self.with_live(|live| match &live.retry {
-            Some(g) => g.call_decide(&mut live.store, ctx),
-            None => Err(wasmtime::Error::msg("the plugin has no retry role")),
-        })?;
-        bindings::decision_from_wit(raw, told).map_err(Fault::InvalidOutput)
+        self.observed(|p| {
+            let raw = p.with_live(|live| match &live.retry {
+                Some(g) => g.call_decide(&mut live.store, ctx),
+                None => Err(wasmtime::Error::msg("the plugin has no retry role")),
+            })?;
+            bindings::decision_from_wit(raw, told).map_err(Fault::InvalidOutput)
+        })
     }
 
     /// The plugin's `backoff.delay-ms`, validated against `told`.
     pub fn delay(&mut self, ctx: &wit::AttemptContext, told: &Told) -> Result<Duration, Fault> {
+        self.observed(|p| p.delay_unobserved(ctx, told))
+    }
+
+    fn delay_unobserved(
+        &mut self,
+        ctx: &wit::AttemptContext,
+        told: &Told,
+    ) -> Result<Duration, Fault> {
         let ms = self.with_live(|live| match &live.backoff {
             Some(g) => g.call_delay_ms(&mut live.store, ctx),
             None => Err(wasmtime::Error::msg("the plugin has no backoff role")),
@@ -695,11 +742,13 @@ impl Plugin {
         channel: &str,
         channel_kind: &str,
     ) -> Result<NotifyChoice, Fault> {
-        self.choose(
-            &bindings::event_to_wit(event),
-            &bindings::channel_to_wit(channel, channel_kind),
-        )
-        .map(bindings::choice_from_wit)
+        self.observed(|p| {
+            p.choose(
+                &bindings::event_to_wit(event),
+                &bindings::channel_to_wit(channel, channel_kind),
+            )
+            .map(bindings::choice_from_wit)
+        })
     }
 
     /// The plugin's `notify.choose`, in the generated types.

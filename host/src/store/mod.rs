@@ -60,6 +60,8 @@ pub struct RepoStatus {
     pub next_run_ms: Option<u64>,
     /// Scheduled runs skipped because the previous one was still running.
     pub skipped: u64,
+    /// Unix milliseconds of its last pull on record, whatever the result.
+    pub last_pull_ms: Option<u64>,
 }
 
 /// One row of `gitpulse history REPO`.
@@ -290,10 +292,18 @@ impl Store {
             .flatten())
     }
 
+    /// Whether a write would succeed now (a write lock taken and given
+    /// back): the disk is not read-only, the file not locked for good.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+        Ok(())
+    }
+
     /// Every repository the store knows, by name.
     pub fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, last_success_ms, last_result, last_class, last_good_commit, failures_in_row, next_run_ms, skipped
+            "SELECT name, last_success_ms, last_result, last_class, last_good_commit, failures_in_row, next_run_ms, skipped,
+                    (SELECT MAX(at_ms) FROM pulls WHERE pulls.repo = repos.name)
              FROM repos ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -306,6 +316,7 @@ impl Store {
                 failures_in_row: r.get(5)?,
                 next_run_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
                 skipped: r.get::<_, i64>(7)? as u64,
+                last_pull_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

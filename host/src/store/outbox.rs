@@ -236,6 +236,10 @@ pub struct OutboxCounts {
     pub delivered: u64,
     /// Given up on.
     pub dead: u64,
+    /// Waiting inside a digest that has not gone out yet.
+    pub in_digest: u64,
+    /// Unix milliseconds when the oldest pending message was queued.
+    pub oldest_pending_ms: Option<u64>,
 }
 
 /// Inserts events and their messages inside `tx`.
@@ -536,9 +540,18 @@ impl Store {
                 "pending" => counts.pending = n as u64,
                 "delivered" => counts.delivered = n as u64,
                 "dead" => counts.dead = n as u64,
+                "in-digest" => counts.in_digest = n as u64,
                 _ => {}
             }
         }
+        counts.oldest_pending_ms = self
+            .conn
+            .query_row(
+                "SELECT MIN(created_ms) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|v| v as u64);
         Ok(counts)
     }
 

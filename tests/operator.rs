@@ -1,0 +1,330 @@
+//! The operator's surface of `gitpulse daemon`: `/metrics` (checked by
+//! promtool), `/healthz` and `/readyz`, the bearer-token API, the Host and
+//! content-type checks, connection limits, and that no secret leaks into
+//! any of it.
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn operator_config(port: u16) -> ConfigFile {
+    ConfigFile::daemon_on(port)
+        .defaults("schedule", "every 24h")
+        .defaults("backoff_base", "50ms")
+        .defaults("backoff_max", "200ms")
+}
+
+fn pulls(d: &Daemon) -> u64 {
+    d.status()["counters"]["pulls"].as_u64().unwrap_or(0)
+}
+
+/// `POST /v1/repos/NAME/pull`, then waits until the daemon has finished
+/// `total` pulls.
+fn pull_now(d: &Daemon, repo: &str, total: u64) {
+    let (code, body) = d.request(
+        "POST",
+        &format!("/v1/repos/{repo}/pull"),
+        Some(&d.token()),
+        Some("{}"),
+    );
+    assert_eq!(code, 202, "{body}");
+    wait_for(&format!("pull {total}"), Duration::from_secs(30), || {
+        pulls(d) >= total
+    });
+}
+
+/// The value of the sample whose line starts with `series` (name and
+/// labels, exactly as encoded).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `promtool check metrics` on `text`: its exit status and what it said.
+fn promtool(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn metrics_count_known_pulls_and_pass_promtool() {
+    let mut served = Served::new("app");
+    let port = free_port();
+    let config = operator_config(port)
+        .repo(Repo::new("app", &served.url(), &served.dir("c")))
+        .write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    // Never pulled: cloned at start.
+    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    served.up.commit("second");
+    pull_now(&d, "app", 2); // updated
+    pull_now(&d, "app", 3); // unchanged
+    served.proxy.push_times(Fault::Status(503), 1);
+    pull_now(&d, "app", 4); // 503, then unchanged
+
+    let (code, text) = d.request("GET", "/metrics", None, None);
+    assert_eq!(code, 200);
+    let repo = "{repo=\"app\"";
+    for (series, value) in [
+        ("gitpulse_pulls_total{repo=\"app\",outcome=\"cloned\"}", 1.0),
+        (
+            "gitpulse_pulls_total{repo=\"app\",outcome=\"updated\"}",
+            1.0,
+        ),
+        (
+            "gitpulse_pulls_total{repo=\"app\",outcome=\"unchanged\"}",
+            2.0,
+        ),
+        (
+            "gitpulse_pull_attempt_failures_total{repo=\"app\",class=\"server-error\"}",
+            1.0,
+        ),
+        ("gitpulse_pull_duration_seconds_count{repo=\"app\"}", 4.0),
+        ("gitpulse_consecutive_failures{repo=\"app\"}", 0.0),
+        ("gitpulse_repo_ready{repo=\"app\"}", 1.0),
+        ("gitpulse_schedule_lag_seconds_count", 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    let last = sample(
+        &text,
+        &format!("gitpulse_last_success_timestamp_seconds{repo}}}"),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - last).abs() < 120.0, "last success {last}, now {now}");
+    assert!(text.contains("gitpulse_build_info{version=\""), "{text}");
+    let (ok, said) = promtool(&text);
+    assert!(ok, "promtool: {said}\n{text}");
+    // What Prometheus itself asks for: OpenMetrics, with the same samples.
+    let (code, open) = d.request_with(
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )],
+    );
+    assert_eq!(code, 200);
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert_eq!(
+        sample(
+            &open,
+            "gitpulse_pulls_total{repo=\"app\",outcome=\"unchanged\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn readiness_waits_for_every_required_repo_and_says_which() {
+    let good = Served::new("good");
+    let bad = Served::new("bad");
+    bad.proxy.set_always(Some(Fault::Status(503)));
+    let port = free_port();
+    let config = operator_config(port)
+        .defaults("max_attempts", 1)
+        .repo(Repo::new("good", &good.url(), &good.dir("good")))
+        .repo(Repo::new("bad", &bad.url(), &good.dir("bad")))
+        .repo(Repo::new("optional", &bad.url(), &good.dir("optional")).set("required", false))
+        .write_in(good.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    let (code, body) = d.request("GET", "/healthz", None, None);
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    wait_for("the first pulls", Duration::from_secs(30), || {
+        pulls(&d) >= 3
+    });
+    let (code, body) = d.request("GET", "/readyz", None, None);
+    assert_eq!(code, 503, "{body}");
+    let said: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let waiting: Vec<&str> = said["waiting_for"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        waiting,
+        ["repo bad: its pulls fail (server-error)"],
+        "{body}"
+    );
+
+    // The failing repo recovers: ready.
+    bad.proxy.set_always(None);
+    pull_now(&d, "bad", 4);
+    let (code, body) = d.request("GET", "/readyz", None, None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn the_api_wants_the_token_json_and_a_known_host() {
+    let served = Served::new("app");
+    let port = free_port();
+    let config = operator_config(port)
+        .repo(Repo::new("app", &served.url(), &served.dir("c")))
+        .write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    let token = d.token();
+    assert!(token.len() >= 32, "a long random token: {token}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.token_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let (code, _) = d.request("GET", "/v1/status", None, None);
+    assert_eq!(code, 401);
+    let (code, _) = d.request("GET", "/v1/status", Some("not-the-token"), None);
+    assert_eq!(code, 401);
+    let (code, body) = d.request("GET", "/v1/status", Some(&token), None);
+    assert_eq!(code, 200, "{body}");
+    // A cross-site form post cannot carry a JSON content type.
+    let (code, _) = d.request("POST", "/v1/pull", Some(&token), None);
+    assert_eq!(code, 415);
+    let (code, body) = d.request("POST", "/v1/repos/nope/pull", Some(&token), Some("{}"));
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = d.request("POST", "/v1/pull", Some(&token), Some("{}"));
+    assert_eq!(code, 202, "{body}");
+    assert!(body.contains("\"app\""), "{body}");
+
+    // DNS rebinding: a page served as evil.example reaching this port.
+    let answer = raw_request(
+        port,
+        &format!("GET /v1/status HTTP/1.1\r\nHost: evil.example:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    assert_eq!(d.stop(), 0);
+}
+
+/// Sends `request` as is and reads the answer until the server closes.
+fn raw_request(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn idle_and_slow_connections_do_not_starve_health_or_pulls() {
+    let mut served = Served::new("app");
+    let port = free_port();
+    let config = operator_config(port)
+        .repo(Repo::new("app", &served.url(), &served.dir("c")))
+        .write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    // 500 connections that send nothing, and one slow-loris sending half a
+    // request's headers.
+    let idle: Vec<TcpStream> = (0..500)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut loris = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    loris
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+        .unwrap();
+
+    let (code, _) = d.request("GET", "/healthz", None, None);
+    assert_eq!(code, 200);
+    served.up.commit("while idle connections are held");
+    pull_now(&d, "app", 2);
+
+    // The server gives up on the half-sent headers (10 s) and closes.
+    loris
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let closed = match loris.read(&mut buf) {
+        Ok(n) => n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the slow-loris connection was kept open");
+    drop(idle);
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn no_secret_reaches_logs_metrics_or_the_api() {
+    let served = Served::new("app");
+    served.proxy.push_times(Fault::Status(401), 1);
+    let port = free_port();
+    let canary = "canary-TOKEN-5f3a9c2e1d7b";
+    let config = operator_config(port)
+        .repo(
+            Repo::new("app", &served.url(), &served.dir("c"))
+                .set("token_env", "APP_TOKEN")
+                .set("allow_http_token", true),
+        )
+        .write_in(served.root.path());
+    let d = Daemon::start_with_env(&config, port, &[], &[("APP_TOKEN", canary)]);
+    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    let token = d.token();
+    let (_, metrics) = d.request("GET", "/metrics", None, None);
+    let (_, status) = d.request("GET", "/v1/status", Some(&token), None);
+    let (_, ready) = d.request("GET", "/readyz", None, None);
+    for (what, text) in [
+        ("metrics", &metrics),
+        ("status", &status),
+        ("readyz", &ready),
+        ("log", &d.log()),
+    ] {
+        assert!(
+            !text.contains(canary),
+            "{what} holds the repo token:\n{text}"
+        );
+        assert!(
+            !text.contains(&token),
+            "{what} holds the API token:\n{text}"
+        );
+    }
+    assert_eq!(d.stop(), 0);
+    assert!(!d_log_after_stop(&config).contains(canary));
+}
+
+/// Every file the daemon wrote in its state directory, as text.
+fn d_log_after_stop(config: &Path) -> String {
+    let state = config.parent().unwrap().join("state");
+    let mut all = String::new();
+    for entry in std::fs::read_dir(state).unwrap().flatten() {
+        if entry.file_name() == "api-token" {
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(entry.path()) {
+            all.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    all
+}
