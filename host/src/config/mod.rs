@@ -1485,6 +1485,26 @@ mode = "ff"
     }
 
     #[test]
+    fn a_public_listen_address_must_be_asked_for() {
+        let err = parse_with("[daemon]\nlisten = \"0.0.0.0:8787\"\n", &[]).unwrap_err();
+        assert_eq!(err.0[0].field, "daemon.listen", "{err}");
+        assert!(err.to_string().contains("listen_public = true"), "{err}");
+        let ok = parse_with(
+            "[daemon]\nlisten = \"0.0.0.0:8787\"\nlisten_public = true\n",
+            &[],
+        );
+        assert!(ok.is_ok());
+        let env_override = parse_with("", &[("GITPULSE_LISTEN", "10.1.2.3:80")]);
+        assert!(env_override.is_err(), "the environment is held to it too");
+        let token = parse_with(
+            "[daemon]\napi_token_env = \"API_T\"\napi_token_file = \"t\"\n",
+            &[("API_T", "x")],
+        )
+        .unwrap_err();
+        assert_eq!(token.0[0].field, "daemon.api_token_file", "{token}");
+    }
+
+    #[test]
     fn names_dirs_and_durations_that_cannot_work_are_refused() {
         let err = parse_with(
             r#"[daemon]

@@ -214,6 +214,9 @@ async fn serve(
     let sender = tokio::spawn(sender::send_loop(shared.clone(), stop_sender.clone()));
     let config = shared.config();
     info!(repos = config.repos.len(), listen = %config.daemon.listen, "gitpulse daemon started");
+    if !config.daemon.listen.ip().is_loopback() {
+        warn!(listen = %config.daemon.listen, "listening beyond loopback (listen_public = true): /metrics, /healthz and /readyz are open to that network; the API needs the token");
+    }
     schedule_loop(shared.clone(), rx).await;
 
     // Shutdown: no new pulls; running ones get the grace period, then are cancelled.
