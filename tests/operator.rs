@@ -328,3 +328,42 @@ fn d_log_after_stop(config: &Path) -> String {
     }
     all
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_pull_fields() {
+    let mut served = Served::new("app");
+    served.proxy.push_times(Fault::Status(503), 1);
+    let port = free_port();
+    let config = operator_config(port)
+        .daemon("log_format", "json")
+        .repo(Repo::new("app", &served.url(), &served.dir("c")))
+        .write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    let lines: Vec<serde_json::Value> = d
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let retried = lines
+        .iter()
+        .find(|l| l["attempt"] == 1)
+        .unwrap_or_else(|| panic!("no attempt line: {lines:?}"));
+    assert_eq!(retried["repo"], "app");
+    assert_eq!(retried["class"], "server-error");
+    assert_eq!(retried["http_status"], 503);
+    assert!(retried["delay_ms"].as_u64().is_some(), "{retried}");
+    assert_eq!(retried["level"], "INFO");
+    served.up.commit("next");
+    pull_now(&d, "app", 2);
+    let pulled = d
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "pulled" && l["outcome"] == "updated")
+        .expect("the update's line");
+    assert_eq!(pulled["new"].as_str().map(str::len), Some(40), "{pulled}");
+    assert_eq!(pulled["old"].as_str().map(str::len), Some(40), "{pulled}");
+    assert!(pulled["duration_ms"].as_u64().is_some(), "{pulled}");
+    assert_eq!(d.stop(), 0);
+}

@@ -149,6 +149,11 @@ pub struct DaemonArgs {
     /// How long running pulls may finish after SIGTERM before they are cancelled
     #[arg(long, value_name = "D", default_value = "30s", value_parser = duration)]
     pub grace: Duration,
+    /// Log lines as text for people or JSON for collectors (one object a
+    /// line: time, level, message, repo, attempt, class, delay_ms, old,
+    /// new, plugin, duration_ms …). Default: `[daemon] log_format`, else text
+    #[arg(long, env = "GITPULSE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
 }
 
 #[derive(Debug, Args)]

@@ -106,11 +106,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn daemon(args: &DaemonArgs) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GITPULSE_LOG")
         .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
+    // The flag, else the config's setting (a config with problems is
+    // reported by the daemon itself, in the default format).
+    let format = args.log_format.unwrap_or_else(|| {
+        config::load(&args.config, Scope::Structure)
+            .map(|c| c.daemon.log_format)
+            .unwrap_or_default()
+    });
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => log.json().flatten_event(true).init(),
+        config::LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let options = gitpulse::daemon::DaemonOptions {
         config_path: args.config.clone(),
         grace: args.grace,

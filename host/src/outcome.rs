@@ -25,6 +25,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Its name, as in JSON: `cloned`, `updated`, `unchanged`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Cloned => "cloned",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed => "failed",
+        }
+    }
+
     /// Whether the checkout is current after it.
     pub fn is_success(self) -> bool {
         self != Outcome::Failed

@@ -231,6 +231,18 @@ pub struct DaemonSettings {
     /// More host names the HTTP face answers to (besides the listen
     /// address, `localhost` and loopback addresses).
     pub host_names: Vec<String>,
+    /// How the daemon writes its log.
+    pub log_format: LogFormat,
+}
+
+/// How the daemon writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line of text per event.
+    #[default]
+    Text,
+    /// For collectors: one JSON object per line.
+    Json,
 }
 
 /// Where the daemon's API token comes from.
@@ -304,6 +316,7 @@ struct RawDaemon {
     api_token_env: Option<Spanned<String>>,
     api_token_file: Option<Spanned<String>>,
     host_names: Option<Spanned<Vec<String>>>,
+    log_format: Option<Spanned<String>>,
 }
 
 /// Fields a `[[repo]]` may set and `[defaults]` may default.
@@ -599,12 +612,24 @@ pub fn parse(
         breaker_cool_down: Duration::from_secs(30),
         retention: Duration::from_secs(30 * 24 * 3600),
         api_token: ApiToken::Generated,
+        log_format: LogFormat::Text,
         host_names: daemon_raw
             .host_names
             .as_ref()
             .map(|h| h.get_ref().clone())
             .unwrap_or_default(),
     };
+    if let Some(format) = &daemon_raw.log_format {
+        match format.get_ref().as_str() {
+            "text" => daemon.log_format = LogFormat::Text,
+            "json" => daemon.log_format = LogFormat::Json,
+            other => check.at(
+                format,
+                "daemon.log_format",
+                format!("`{other}`: use \"text\" or \"json\""),
+            ),
+        }
+    }
     match (&daemon_raw.api_token_env, &daemon_raw.api_token_file) {
         (Some(_), Some(file)) => check.at(
             file,

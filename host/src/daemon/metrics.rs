@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::outcome::{Outcome, PullReport};
+use crate::outcome::PullReport;
 use crate::plugin::{CallObserver, Fault};
 
 /// Pull durations, 50 ms to 10 min.
@@ -236,12 +236,7 @@ impl Metrics {
     /// Counts a finished pull of `repo`: its outcome, its failed attempts
     /// and its duration.
     pub fn pull_finished(&self, repo: &str, report: &PullReport) {
-        let outcome = match report.outcome {
-            Outcome::Cloned => "cloned",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Failed => "failed",
-        };
+        let outcome = report.outcome.as_str();
         self.pulls
             .get_or_create(&RepoOutcome {
                 repo: repo.to_string(),
@@ -399,7 +394,7 @@ fn gauges(snapshot: &Snapshot) -> Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::AttemptRecord;
+    use crate::outcome::{AttemptRecord, Outcome};
 
     fn sample(line_start: &str, text: &str) -> Option<f64> {
         text.lines()

@@ -769,9 +769,11 @@ fn finish(shared: &Shared, name: &str, host: &str, admission: Admission, report:
         Outcome::Unchanged => tracing::debug!(repo = name, "unchanged"),
         outcome => info!(
             repo = name,
-            ?outcome,
+            outcome = outcome.as_str(),
             commits = report.commits,
+            old = report.old.as_deref().unwrap_or(""),
             new = report.new.as_deref().unwrap_or(""),
+            duration_ms = report.duration_ms,
             "pulled"
         ),
     }
@@ -823,8 +825,17 @@ impl pull::Observer for LogObserver<'_> {
         record: &crate::outcome::AttemptRecord,
         decision: &crate::policy::Decision,
     ) {
+        let delay_ms = match decision {
+            crate::policy::Decision::RetryAfter { delay, .. } => Some(delay.as_millis() as u64),
+            crate::policy::Decision::Stop(_) => None,
+        };
         info!(
             repo = self.repo.name,
+            attempt = record.n,
+            class = record.class.as_str(),
+            http_status = record.http_status,
+            delay_ms,
+            duration_ms = record.duration_ms,
             "{}",
             crate::ui::attempt_line(record, decision)
         );
