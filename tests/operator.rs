@@ -367,3 +367,36 @@ fn json_logs_are_one_object_a_line_with_the_pull_fields() {
     assert!(pulled["duration_ms"].as_u64().is_some(), "{pulled}");
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn bash_completes_subcommands_and_the_man_page_names_them() {
+    let script = gitpulse().args(["completions", "bash"]).output().unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gitpulse.bash");
+    std::fs::write(&file, &script.stdout).unwrap();
+    // Ask bash's completion function what `gitpulse da` completes to.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}'; COMP_WORDS=(gitpulse da); COMP_CWORD=1; _gitpulse gitpulse da gitpulse; echo \"${{COMPREPLY[@]}}\"",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "daemon",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let man = gitpulse().arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(man.status.success());
+    assert!(page.contains(".TH gitpulse 1"), "{page}");
+    for sub in ["pull", "daemon", "validate", "trigger"] {
+        assert!(page.contains(sub), "{sub} missing from the man page");
+    }
+    let bad = gitpulse().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

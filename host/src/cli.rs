@@ -91,6 +91,18 @@ pub enum Command {
     /// Send a test message through a configured notifier and print the receiver's answer.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Print a shell completion script.
+    ///
+    /// bash: `gitpulse completions bash > /etc/bash_completion.d/gitpulse`;
+    /// zsh: `gitpulse completions zsh > "${fpath[1]}/_gitpulse"`;
+    /// fish: `gitpulse completions fish > ~/.config/fish/completions/gitpulse.fish`.
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `gitpulse man | man -l -`, or install it
+    /// as gitpulse.1.
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -100,6 +100,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trigger(args) => trigger(&args),
         Command::Outbox(args) => outbox(&args),
         Command::Notify(NotifyCommand::Test { name, config }) => notify_test(&name, &config),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "gitpulse", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .map_err(|e| failed(format!("writing the man page: {e}")))
+        }
     }
 }
 
