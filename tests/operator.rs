@@ -400,3 +400,250 @@ fn bash_completes_subcommands_and_the_man_page_names_them() {
     let bad = gitpulse().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// A daemon whose repo `app` (branch main) has one receiver of each kind,
+/// all with the secret `s3cret`; the first pull is done.
+fn with_receivers(served: &Served) -> Daemon {
+    let port = free_port();
+    let secret = served.root.path().join("hook.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let mut config = operator_config(port)
+        .repo(Repo::new("app", &served.url(), &served.dir("c")).set("branch", "main"));
+    for kind in ["github", "gitlab", "gitea", "bitbucket", "generic-hmac"] {
+        config = config.receiver(&[
+            ("name", kind.into()),
+            ("kind", kind.into()),
+            ("secret_file", secret.display().to_string().into()),
+        ]);
+    }
+    let config = config.write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    d
+}
+
+fn github_push(url: &str, branch_ref: &str, deleted: bool) -> String {
+    serde_json::json!({
+        "ref": branch_ref,
+        "deleted": deleted,
+        "repository": { "clone_url": url, "default_branch": "main" },
+    })
+    .to_string()
+}
+
+/// Sends a GitHub push signed with `secret` as delivery `id`.
+fn send_github(d: &Daemon, body: &str, secret: &str, event: &str, id: &str) -> (u16, String) {
+    let signature = format!(
+        "sha256={}",
+        hmac_sha256_hex(secret.as_bytes(), body.as_bytes())
+    );
+    d.post_raw(
+        "/hooks/github",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", id),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn a_signed_github_push_pulls_at_once_and_nothing_else_does() {
+    let mut served = Served::new("app");
+    let d = with_receivers(&served);
+    let url = served.url();
+    let new = served.up.commit("pushed");
+    let push = github_push(&url, "refs/heads/main", false);
+
+    // Refused, and nothing pulled: a wrong secret, no signature, unknown.
+    let (code, body) = send_github(&d, &push, "wrong", "push", "d-1");
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = d.post_raw(
+        "/hooks/github",
+        &[("X-GitHub-Event", "push")],
+        push.as_bytes(),
+    );
+    assert_eq!(code, 401);
+    let (code, _) = d.post_raw("/hooks/nobody", &[], b"{}");
+    assert_eq!(code, 404);
+    // Accepted, nothing to pull: ping, deletion, tag, another branch.
+    for (body, event, why) in [
+        ("{\"zen\":\"hi\"}".to_string(), "ping", "ping"),
+        (
+            github_push(&url, "refs/heads/main", true),
+            "push",
+            "deleted",
+        ),
+        (github_push(&url, "refs/tags/v1", false), "push", "tag"),
+        (
+            github_push(&url, "refs/heads/feature", false),
+            "push",
+            "not a branch",
+        ),
+        (push.clone(), "issues", "not a push"),
+    ] {
+        let (code, said) = send_github(&d, &body, "s3cret", event, &format!("d-{why}"));
+        assert_eq!(code, 200, "{why}: {said}");
+        assert!(said.contains(why), "{why}: {said}");
+    }
+    assert_eq!(pulls(&d), 1, "nothing above pulled");
+
+    // A good push: 202 naming the repo, then the pull.
+    let (code, said) = send_github(&d, &push, "s3cret", "push", "d-2");
+    assert_eq!(code, 202, "{said}");
+    assert_eq!(said, "{\"woken\":[\"app\"]}");
+    wait_for("the pushed commit", Duration::from_secs(30), || {
+        git_ok(&served.dir("c"), &["rev-parse", "HEAD"]).trim() == new
+    });
+    // GitHub redelivers the same delivery: answered, not pulled again.
+    let (code, said) = send_github(&d, &push, "s3cret", "push", "d-2");
+    assert_eq!(code, 200, "{said}");
+    assert!(said.contains("redelivery"), "{said}");
+
+    let (_, metrics) = d.request("GET", "/metrics", None, None);
+    for (result, n) in [("woken", 1.0), ("unauthorized", 2.0), ("repeat", 1.0)] {
+        let series =
+            format!("gitpulse_webhook_requests_total{{receiver=\"github\",result=\"{result}\"}}");
+        assert_eq!(sample(&metrics, &series), Some(n), "{series}\n{metrics}");
+    }
+    // Too big: refused before it is read.
+    let huge = vec![b' '; 26 << 20];
+    let (code, _) = d.post_raw("/hooks/github", &[("X-GitHub-Event", "push")], &huge);
+    assert_eq!(code, 413);
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn every_forge_kind_verifies_its_own_signature() {
+    let served = Served::new("app");
+    let d = with_receivers(&served);
+    let url = served.url();
+    let hex = |body: &str| hmac_sha256_hex(b"s3cret", body.as_bytes());
+    let gitlab = serde_json::json!({
+        "object_kind": "push", "ref": "refs/heads/main",
+        "after": "1111111111111111111111111111111111111111",
+        "project": { "git_http_url": url, "default_branch": "main" },
+    })
+    .to_string();
+    let gitea_json = github_push(&url, "refs/heads/main", false);
+    let gitea_form = format!("payload={}", url_encode(&gitea_json));
+    let bitbucket = serde_json::json!({
+        "repository": { "links": { "html": { "href": url } } },
+        "push": { "changes": [ { "new": { "type": "branch", "name": "main" }, "old": null } ] },
+    })
+    .to_string();
+    let generic = serde_json::json!({ "url": url, "ref": "refs/heads/main" }).to_string();
+    /// Receiver, body, headers signed right, headers signed wrong.
+    type Case = (&'static str, String, Headers, Headers);
+    let cases: Vec<Case> = vec![
+        (
+            "gitlab",
+            gitlab.clone(),
+            vec![
+                ("X-Gitlab-Event", "Push Hook".into()),
+                ("X-Gitlab-Token", "s3cret".into()),
+            ],
+            vec![
+                ("X-Gitlab-Event", "Push Hook".into()),
+                ("X-Gitlab-Token", "nope".into()),
+            ],
+        ),
+        (
+            "gitea",
+            gitea_form.clone(),
+            vec![
+                ("X-Gitea-Event", "push".into()),
+                ("Content-Type", "application/x-www-form-urlencoded".into()),
+                ("X-Gitea-Signature", hex(&gitea_form)),
+            ],
+            vec![
+                ("X-Gitea-Event", "push".into()),
+                ("Content-Type", "application/x-www-form-urlencoded".into()),
+                ("X-Gitea-Signature", hex(&gitea_json)),
+            ],
+        ),
+        (
+            "bitbucket",
+            bitbucket.clone(),
+            vec![
+                ("X-Event-Key", "repo:push".into()),
+                ("X-Hub-Signature", format!("sha256={}", hex(&bitbucket))),
+            ],
+            vec![
+                ("X-Event-Key", "repo:push".into()),
+                ("X-Hub-Signature", hex(&bitbucket)),
+            ],
+        ),
+        (
+            "generic-hmac",
+            generic.clone(),
+            vec![("X-Signature", format!("sha256={}", hex(&generic)))],
+            vec![("X-Signature", format!("sha256={}", hex("something else")))],
+        ),
+    ];
+    for (kind, body, good, bad) in cases {
+        let send = |headers: &[(&str, String)]| {
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            d.post_raw(&format!("/hooks/{kind}"), &pairs, body.as_bytes())
+        };
+        let (code, said) = send(&bad);
+        assert_eq!(code, 401, "{kind} wrongly signed: {said}");
+        let (code, said) = send(&good);
+        assert_eq!(code, 202, "{kind}: {said}");
+        assert!(said.contains("\"app\""), "{kind}: {said}");
+    }
+    assert_eq!(d.stop(), 0);
+}
+
+type Headers = Vec<(&'static str, String)>;
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn pushes_during_a_pull_coalesce_into_one_more_pull() {
+    let mut served = Served::new("app");
+    let d = with_receivers(&served);
+    let url = served.url();
+    let new = served.up.commit("pushed");
+    // The next pull crawls, so the pushes below arrive while it runs.
+    served.proxy.push_times(
+        Fault::Slow {
+            chunk: 64,
+            pause: Duration::from_millis(100),
+        },
+        1,
+    );
+    let push = github_push(&url, "refs/heads/main", false);
+    let (code, _) = send_github(&d, &push, "s3cret", "push", "c-0");
+    assert_eq!(code, 202);
+    wait_for("the pull to run", Duration::from_secs(30), || {
+        d.status()["repos"][0]["running"] == true
+    });
+    for n in 1..=3 {
+        let (code, said) = send_github(&d, &push, "s3cret", "push", &format!("c-{n}"));
+        assert_eq!(code, 202, "{said}");
+    }
+    wait_for(
+        "the running pull and one more",
+        Duration::from_secs(60),
+        || pulls(&d) >= 3 && d.status()["repos"][0]["running"] == false,
+    );
+    assert_eq!(
+        pulls(&d),
+        3,
+        "the first pull, the pushed one, one more for three pushes"
+    );
+    assert_eq!(git_ok(&served.dir("c"), &["rev-parse", "HEAD"]).trim(), new);
+    assert_eq!(d.stop(), 0);
+}

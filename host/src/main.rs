@@ -537,7 +537,7 @@ fn kv_name(file: &Path) -> String {
     use sha2::Digest as _;
     let place = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let digest = sha2::Sha256::digest(place.as_os_str().as_encoded_bytes());
-    let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let short = hex::encode(&digest[..6]);
     let stem = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -46,7 +46,7 @@ pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(buf))
 }
 
 /// Writes `content` to `path` readable by its owner only (mode 0600),

@@ -8,6 +8,7 @@
 //! | `GET /metrics` | anyone | OpenMetrics text |
 //! | `GET /v1/status` | bearer token | every repository's state (JSON) |
 //! | `POST /v1/pull`, `POST /v1/repos/{name}/pull` | bearer token, JSON body | pull now |
+//! | `POST /hooks/{name}` | the receiver's signature | a push: wake the repos it concerns |
 //!
 //! It owns HTTP concerns only: routing, the bearer token and Host checks,
 //! header-read timeouts and the connection cap. What it reads and asks
@@ -18,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -26,7 +29,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
+
+use crate::config::HookKind;
+use crate::hooks::{self, Delivery, Verdict};
+use crate::redact::Secret;
 
 /// Connections served at once; more are closed as they arrive. Idle ones
 /// cost a task and a socket each, so the cap is generous: 500 idle
@@ -60,28 +70,71 @@ pub trait Control: Send + Sync + 'static {
     /// Host names the API answers to, besides loopback and the listen
     /// address.
     fn host_names(&self) -> Vec<String>;
+    /// The `[[receiver]]` named `name`, with its secret read now (an
+    /// error says which variable or file is missing).
+    fn receiver(&self, name: &str) -> Option<Result<Receiver, String>>;
+    /// The configured repositories, for matching pushes.
+    fn targets(&self) -> Vec<hooks::Target>;
+    /// Pull `repos` now, within the breaker; coalesced with running pulls.
+    fn wake(&self, repos: &[String]);
+    /// Counts a push delivery to `receiver` answered with `result`.
+    fn hook_answered(&self, receiver: &str, result: &'static str);
 }
+
+/// A receiver as a delivery needs it.
+pub struct Receiver {
+    /// How its deliveries are signed and shaped.
+    pub kind: HookKind,
+    /// Its shared secret.
+    pub secret: Secret,
+    /// The repositories it may wake (empty: any that match).
+    pub repos: Vec<String>,
+}
+
+/// Redeliveries seen and each receiver's rate limit.
+#[derive(Default)]
+struct HookState {
+    seen: hooks::Seen,
+    limits: HashMap<String, hooks::RateLimit>,
+}
+
+/// Deliveries one receiver may send at once, and per minute after that.
+const HOOK_BURST: u32 = 30;
+const HOOK_PER_MINUTE: u32 = 120;
+/// Manual pulls through the API: at once, and per minute after that.
+const API_BURST: u32 = 10;
+const API_PER_MINUTE: u32 = 30;
 
 type View = Arc<dyn Control>;
 
 /// Serves until the listener fails; runs on the caller's runtime.
 pub async fn serve(listener: tokio::net::TcpListener, view: View) {
     let listen = listener.local_addr().ok();
-    let api = Router::new()
-        .route("/v1/status", get(status))
+    let manual = Arc::new(Mutex::new(hooks::RateLimit::new(API_BURST, API_PER_MINUTE)));
+    let pulls = Router::new()
         .route("/v1/pull", post(pull_all))
         .route("/v1/repos/{name}/pull", post(pull_one))
+        .layer(middleware::from_fn_with_state(manual, rate_limited));
+    let api = Router::new()
+        .route("/v1/status", get(status))
+        .merge(pulls)
         .layer(middleware::from_fn_with_state(view.clone(), authorize))
         .layer(middleware::from_fn_with_state(
             (view.clone(), listen),
             known_host,
         ));
+    let hooks_state = Arc::new(Mutex::new(HookState::default()));
+    let push = Router::new()
+        .route("/hooks/{name}", post(hook))
+        .layer(DefaultBodyLimit::max(hooks::MAX_BODY))
+        .with_state((view.clone(), hooks_state));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
-        .with_state(view);
+        .with_state(view)
+        .merge(push);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -207,6 +260,28 @@ fn json_only(headers: &HeaderMap) -> Option<Response> {
     })
 }
 
+/// Refuses manual pulls beyond the API's rate (each may start pulls of
+/// every repository).
+async fn rate_limited(
+    State(limit): State<Arc<Mutex<hooks::RateLimit>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = limit
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allow(Instant::now());
+    if allowed {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({ "error": "too many manual pulls: slow down" })),
+        )
+            .into_response()
+    }
+}
+
 /// Requires `Authorization: Bearer <token>`.
 async fn authorize(State(view): State<View>, request: Request, next: Next) -> Response {
     let given = request
@@ -273,6 +348,124 @@ fn host_allowed(host: &str, listen: Option<SocketAddr>, names: &[String]) -> boo
         }
     }
     names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+type HookView = (View, Arc<Mutex<HookState>>);
+
+/// A push delivery: verified on the raw body, then read and matched. The
+/// answer (202 with the repos woken, 2xx saying why nothing was) goes out
+/// before any pull runs.
+async fn hook(
+    State((view, state)): State<HookView>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let answer = |code: StatusCode, result: &'static str, body: serde_json::Value| {
+        view.hook_answered(&name, result);
+        (code, Json(body)).into_response()
+    };
+    let receiver = match view.receiver(&name) {
+        None => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": format!("no receiver named `{name}`") })),
+            )
+                .into_response()
+        }
+        Some(Err(why)) => {
+            tracing::error!(receiver = name, "its secret cannot be read: {why}");
+            return answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "error",
+                json!({ "error": "the receiver's secret cannot be read (see the daemon's log)" }),
+            );
+        }
+        Some(Ok(r)) => r,
+    };
+    let allowed = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .limits
+            .entry(name.clone())
+            .or_insert_with(|| hooks::RateLimit::new(HOOK_BURST, HOOK_PER_MINUTE))
+            .allow(Instant::now())
+    };
+    if !allowed {
+        return answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            json!({ "error": "too many deliveries: slow down" }),
+        );
+    }
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    if let Err(refused) = hooks::verify(receiver.kind, &pairs, &body, receiver.secret.expose()) {
+        tracing::warn!(receiver = name, "delivery refused: {refused}");
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            json!({ "error": refused.to_string() }),
+        );
+    }
+    if let Some(id) = hooks::delivery_id(&pairs) {
+        let key = format!("{name}/{id}");
+        let repeat = state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .repeat(&key, Instant::now());
+        if repeat {
+            return answer(
+                StatusCode::OK,
+                "repeat",
+                json!({ "woken": [], "why": "a redelivery of a delivery already acted on" }),
+            );
+        }
+    }
+    let push = match hooks::read(receiver.kind, &pairs, &body) {
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "bad-payload",
+                json!({ "error": e }),
+            )
+        }
+        Ok(Delivery::Ping) => {
+            return answer(
+                StatusCode::OK,
+                "ping",
+                json!({ "woken": [], "why": "ping" }),
+            )
+        }
+        Ok(Delivery::Other(event)) => {
+            return answer(
+                StatusCode::OK,
+                "ignored",
+                json!({ "woken": [], "why": format!("`{event}` is not a push") }),
+            )
+        }
+        Ok(Delivery::Push(push)) => push,
+    };
+    let targets: Vec<hooks::Target> = view
+        .targets()
+        .into_iter()
+        .filter(|t| receiver.repos.is_empty() || receiver.repos.contains(&t.name))
+        .collect();
+    match hooks::matching(&push, &targets) {
+        Verdict::Wake(repos) => {
+            view.wake(&repos);
+            tracing::info!(receiver = name, repos = ?repos, "push: pulling now");
+            answer(StatusCode::ACCEPTED, "woken", json!({ "woken": repos }))
+        }
+        Verdict::Ignore(why) => answer(
+            StatusCode::OK,
+            "ignored",
+            json!({ "woken": [], "why": why }),
+        ),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {

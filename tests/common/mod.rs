@@ -238,6 +238,20 @@ impl Daemon {
         )
     }
 
+    /// `POST path` with `headers` and `body` as is: `(status, body)`.
+    pub fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+        let mut r = agent().post(&format!("http://127.0.0.1:{}{path}", self.port));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut response = r.send(body).unwrap();
+        let code = response.status().as_u16();
+        (
+            code,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    }
+
     /// The API token the daemon wrote.
     pub fn token(&self) -> String {
         std::fs::read_to_string(&self.token_file)

@@ -49,10 +49,12 @@ use crate::git::Mode;
 pub use crate::schedule::{Cron, Schedule};
 
 mod notifier;
+mod receiver;
 pub use notifier::{
     read_secret, Channel, Delivery, EmailConfig, Filter, HttpMethod, LogConfig, NotifierConfig,
     SecretRef, SmtpSecurity, TemplateOverride, WebhookConfig,
 };
+pub use receiver::{HookKind, ReceiverConfig};
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,6 +283,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, BTreeMap<String, String>>,
     /// `[notifier.NAME]`, validated.
     pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// `[[receiver]]`: push webhooks.
+    pub receivers: Vec<ReceiverConfig>,
 }
 
 impl Config {
@@ -436,6 +440,8 @@ struct RawConfig {
     plugin: BTreeMap<String, Spanned<toml::Table>>,
     #[serde(default)]
     notifier: BTreeMap<String, Spanned<notifier::RawNotifier>>,
+    #[serde(default)]
+    receiver: Vec<Spanned<receiver::RawReceiver>>,
 }
 
 /// How much a load looks at beyond the file itself.
@@ -1002,6 +1008,28 @@ pub fn parse(
         });
     }
 
+    let repo_names: Vec<String> = repos.iter().map(|r| r.name.clone()).collect();
+    let mut receivers: Vec<ReceiverConfig> = Vec::new();
+    for spanned in &raw.receiver {
+        let line = check.line(spanned.span().start);
+        let found = receiver::check_receiver(
+            &mut check,
+            line,
+            spanned.get_ref(),
+            &repo_names,
+            &resolve,
+            env,
+        );
+        if let Some(r) = found {
+            if let Some(first) = receivers.iter().find(|o| o.name == r.name) {
+                let message = format!("duplicate name (first defined on line {})", first.line);
+                check.push(line, format!("receiver \"{}\".name", r.name), message);
+            } else {
+                receivers.push(r);
+            }
+        }
+    }
+
     if !check.problems.is_empty() {
         check.problems.sort_by_key(|p| p.line);
         return Err(Problems(check.problems));
@@ -1012,6 +1040,7 @@ pub fn parse(
         repos,
         plugins,
         notifiers,
+        receivers,
     })
 }
 

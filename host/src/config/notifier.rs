@@ -501,7 +501,7 @@ pub(super) fn check_notifier(
     })
 }
 
-fn check_secret(
+pub(super) fn check_secret(
     check: &mut Check<'_>,
     label: &str,
     from_env: &Option<Spanned<String>>,

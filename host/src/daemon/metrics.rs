@@ -2,7 +2,8 @@
 //! `/metrics`.
 //!
 //! Two kinds live here. Counters and histograms of things that happen
-//! (pulls, failed attempts, deliveries, plugin calls, schedule lag) are updated as they happen, by the daemon. Gauges of state
+//! (pulls, failed attempts, deliveries, plugin calls, push webhooks,
+//! schedule lag) are updated as they happen, by the daemon. Gauges of state
 //! (last success, failure streak, readiness, breakers, the outbox) are read
 //! from a [`Snapshot`] at scrape time, so they cannot drift from what the
 //! store and the breakers say. This module owns names, labels and
@@ -68,6 +69,12 @@ struct PluginKind {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NotifierResult {
     notifier: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverResult {
+    receiver: String,
     result: &'static str,
 }
 
@@ -148,6 +155,7 @@ pub struct Metrics {
     plugin_calls: Family<PluginLabel, Histogram, Buckets>,
     plugin_faults: Family<PluginKind, Counter>,
     notifications: Family<NotifierResult, Counter>,
+    webhook_requests: Family<ReceiverResult, Counter>,
     /// Encoding is not reentrant-safe across the two registries.
     scrape: Mutex<()>,
 }
@@ -207,6 +215,12 @@ impl Metrics {
             "Notification deliveries, by notifier and result (delivered, retrying, dead)",
             notifications.clone(),
         );
+        let webhook_requests = Family::<ReceiverResult, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Push webhook deliveries, by receiver and result (woken, ignored, ping, repeat, unauthorized, rate-limited, bad-payload, error)",
+            webhook_requests.clone(),
+        );
         // A gauge at 1, not an OpenMetrics info: Prometheus' own text
         // parser (promtool, older servers) knows no `info` type.
         let build_info = Family::<VersionLabel, Gauge>::default();
@@ -229,6 +243,7 @@ impl Metrics {
             plugin_calls,
             plugin_faults,
             notifications,
+            webhook_requests,
             scrape: Mutex::new(()),
         }
     }
@@ -279,6 +294,16 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    /// A push delivery to `receiver` was answered with `result`.
+    pub fn webhook_request(&self, receiver: &str, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&ReceiverResult {
+                receiver: receiver.to_string(),
+                result,
+            })
+            .inc();
     }
 
     /// Everything counted plus `snapshot`'s gauges, in `format`.

@@ -78,6 +78,8 @@ pub enum DaemonError {
 enum Command {
     Trigger(String),
     TriggerAll,
+    /// A push webhook: pull these now, within the breaker.
+    Wake(Vec<String>),
     Reload,
     Shutdown,
     /// Answered at once: the loop is alive (`/healthz`).
@@ -105,6 +107,8 @@ struct Shared {
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     running: Mutex<HashSet<String>>,
+    /// Running repositories asked for again meanwhile: pulled once more.
+    rerun: Mutex<HashSet<String>>,
     breakers: Mutex<HashMap<String, Breaker>>,
     /// Compiled plugins with their fault records, shared by every pull.
     plugins: Registry,
@@ -190,6 +194,7 @@ async fn serve(
         store: Mutex::new(store),
         per_host: Mutex::default(),
         running: Mutex::default(),
+        rerun: Mutex::default(),
         breakers: Mutex::default(),
         plugins,
         plugin_kv: Mutex::default(),
@@ -385,6 +390,39 @@ impl crate::server::Control for DaemonView {
     fn host_names(&self) -> Vec<String> {
         self.shared.config().daemon.host_names.clone()
     }
+
+    fn receiver(&self, name: &str) -> Option<Result<crate::server::Receiver, String>> {
+        let config = self.shared.config();
+        let r = config.receivers.iter().find(|r| r.name == name)?;
+        Some(
+            config::read_secret(&r.secret).map(|secret| crate::server::Receiver {
+                kind: r.kind,
+                secret,
+                repos: r.repos.clone(),
+            }),
+        )
+    }
+
+    fn targets(&self) -> Vec<crate::hooks::Target> {
+        self.shared
+            .config()
+            .repos
+            .iter()
+            .map(|r| crate::hooks::Target {
+                name: r.name.clone(),
+                url: r.url.clone(),
+                branch: r.branch.clone(),
+            })
+            .collect()
+    }
+
+    fn wake(&self, repos: &[String]) {
+        let _ = self.tx.send(CommandHandle(Command::Wake(repos.to_vec())));
+    }
+
+    fn hook_answered(&self, receiver: &str, result: &'static str) {
+        self.shared.metrics.webhook_request(receiver, result);
+    }
 }
 
 /// The API's bearer token: from the environment or a file when the config
@@ -470,12 +508,20 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 }
                 Some(Command::Trigger(name)) => {
                     if let Some(repo) = shared.config().repo(&name).cloned() {
-                        launch(&shared, repo, None);
+                        launch(&shared, repo, Start::Manual);
                     }
                 }
                 Some(Command::TriggerAll) => {
                     for repo in shared.config().repos.clone() {
-                        launch(&shared, repo, None);
+                        launch(&shared, repo, Start::Manual);
+                    }
+                }
+                Some(Command::Wake(names)) => {
+                    let config = shared.config();
+                    for name in names {
+                        if let Some(repo) = config.repo(&name).cloned() {
+                            launch(&shared, repo, Start::Push);
+                        }
                     }
                 }
                 // Debounce: editors write in bursts.
@@ -520,7 +566,14 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                     "its schedule fires no more: this is its last run"
                 ),
             }
-            launch(&shared, repo, Some((due.planned, next)));
+            launch(
+                &shared,
+                repo,
+                Start::Scheduled {
+                    due: due.planned,
+                    next,
+                },
+            );
         }
     }
 }
@@ -603,18 +656,37 @@ fn reload(shared: &Shared) -> Option<Vec<String>> {
     }
 }
 
-/// Starts a pull of `repo` unless it is running already or its host's
-/// breaker holds it back. `schedule` is when a scheduled run was due and
-/// when the next one is; a manual trigger (`None`) passes the breaker.
-fn launch(
-    shared: &Arc<Shared>,
-    repo: RepoConfig,
-    schedule: Option<(SystemTime, Option<SystemTime>)>,
-) {
-    let manual = schedule.is_none();
-    let scheduled = schedule.map(|(due, _)| due);
-    let next_run_ms = schedule.and_then(|(_, next)| next).map(unix_ms);
+/// Why a pull starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Its schedule: when it was due, and when the next run is.
+    Scheduled {
+        due: SystemTime,
+        next: Option<SystemTime>,
+    },
+    /// A person asked (API, `gitpulse trigger`, SIGUSR1): passes an open
+    /// breaker, as a deliberate probe.
+    Manual,
+    /// A push webhook: held back by an open breaker like a scheduled run.
+    Push,
+}
+
+/// Starts a pull of `repo` unless its host's breaker holds it back. A
+/// scheduled run of a repository still running is skipped; a manual or
+/// push one is coalesced into one more pull after the running one, so a
+/// push that arrived mid-pull is not lost.
+fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
+    let manual = matches!(start, Start::Manual);
+    let (scheduled, next_run_ms) = match start {
+        Start::Scheduled { due, next } => (Some(due), next.map(unix_ms)),
+        _ => (None, None),
+    };
     if !lock(&shared.running).insert(repo.name.clone()) {
+        if !matches!(start, Start::Scheduled { .. }) {
+            lock(&shared.rerun).insert(repo.name.clone());
+            info!(repo = repo.name, "running: one more pull when it ends");
+            return;
+        }
         shared
             .counters
             .skipped_running
@@ -701,6 +773,11 @@ fn launch(
             Err(e) => error!(repo = name, "pull task failed: {e}"),
         }
         lock(&shared.running).remove(&name);
+        if lock(&shared.rerun).remove(&name) {
+            if let Some(repo) = shared.config().repo(&name).cloned() {
+                launch(&shared, repo, Start::Push);
+            }
+        }
     });
 }
 

@@ -179,7 +179,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     };
     mac.update(body);
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(digest);
     format!("sha256={hex}")
 }
 

@@ -47,7 +47,7 @@ pub(super) fn load(
     engine.precompile_compatibility_hash().hash(&mut hasher);
     env!("CARGO_PKG_VERSION").hash(&mut hasher);
     let digest = Sha256::digest(bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(digest);
     let file = dir.join(format!("{:016x}-{hex}.cwasm", hasher.finish()));
     if let Ok(stored) = std::fs::read(&file) {
         let tag = mac(&key)

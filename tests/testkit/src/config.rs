@@ -48,6 +48,7 @@ pub struct ConfigFile {
     defaults: Table,
     repos: Vec<Repo>,
     sections: Vec<(String, String, Table)>,
+    receivers: Vec<Table>,
 }
 
 impl ConfigFile {
@@ -79,6 +80,17 @@ impl ConfigFile {
     /// `[notifier.NAME]` with `settings`.
     pub fn notifier(self, name: &str, settings: &[(&str, Value)]) -> ConfigFile {
         self.section("notifier", name, settings)
+    }
+
+    /// A `[[receiver]]` (push webhook) with these settings.
+    pub fn receiver(mut self, settings: &[(&str, Value)]) -> ConfigFile {
+        self.receivers.push(
+            settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        self
     }
 
     /// `[notifier.NAME]` with settings written as TOML (templates and
@@ -117,6 +129,10 @@ impl ConfigFile {
         if !self.repos.is_empty() {
             let repos = self.repos.iter().map(|r| Value::Table(r.table.clone()));
             root.insert("repo".into(), Value::Array(repos.collect()));
+        }
+        if !self.receivers.is_empty() {
+            let receivers = self.receivers.iter().cloned().map(Value::Table);
+            root.insert("receiver".into(), Value::Array(receivers.collect()));
         }
         for (kind, name, table) in &self.sections {
             let group = root

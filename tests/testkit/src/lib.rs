@@ -38,7 +38,7 @@ pub use proxy::{Fault, FaultProxy};
 pub use silent::SilentServer;
 pub use smtp::{Mail, SmtpServer, SmtpTls};
 pub use sshd::Sshd;
-pub use webhook::{Answer, Delivery, WebhookReceiver};
+pub use webhook::{hmac_sha256_hex, Answer, Delivery, WebhookReceiver};
 
 /// A loopback port that was free a moment ago (for servers that cannot be
 /// handed a listening socket, like `git daemon`).

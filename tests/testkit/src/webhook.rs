@@ -57,20 +57,21 @@ pub struct WebhookReceiver {
 }
 
 fn valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex) = header.and_then(|h| h.strip_prefix("sha256=")) else {
-        return false;
-    };
+    header.and_then(|h| h.strip_prefix("sha256=")) == Some(hmac_sha256_hex(secret, body).as_str())
+}
+
+/// HMAC-SHA256 of `body` under `secret`, as lower-case hex: how webhook
+/// senders sign (GitHub, Gitea, Bitbucket, gitpulse's own notifier).
+pub fn hmac_sha256_hex(secret: &[u8], body: &[u8]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
+        return String::new();
     };
     mac.update(body);
-    let expected: String = mac
-        .finalize()
+    mac.finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
-    expected == hex
+        .collect()
 }
 
 /// Answers requests on one connection until the client closes it.
