@@ -647,3 +647,76 @@ fn pushes_during_a_pull_coalesce_into_one_more_pull() {
     assert_eq!(git_ok(&served.dir("c"), &["rev-parse", "HEAD"]).trim(), new);
     assert_eq!(d.stop(), 0);
 }
+
+/// Chromium, headless, as Debian ships it (.ci/run installs it), with a
+/// fresh profile and no background traffic.
+fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium (Debian package `chromium`; .ci/run installs it)")
+}
+
+#[test]
+fn the_status_page_shows_every_repo_and_its_state_in_a_browser() {
+    let good = Served::new("good");
+    let bad = Served::new("bad");
+    bad.proxy.set_always(Some(Fault::Status(503)));
+    let port = free_port();
+    let config = operator_config(port)
+        .defaults("max_attempts", 1)
+        .repo(Repo::new("good", &good.url(), &good.dir("good")))
+        .repo(Repo::new("bad", &bad.url(), &good.dir("bad")))
+        .write_in(good.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("the first pulls", Duration::from_secs(30), || {
+        pulls(&d) >= 2
+    });
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = chromium(profile.path(), &["--dump-dom", &url]);
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(dom.contains(r#"data-repo="good" data-state="ok""#), "{dom}");
+    assert!(
+        dom.contains(r#"data-repo="bad" data-state="failing""#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("server-error"),
+        "the last error's class: {dom}"
+    );
+    assert!(dom.contains("<svg"), "the durations chart: {dom}");
+    assert!(dom.contains("<title>gitpulse: 1 failing</title>"), "{dom}");
+
+    let shot = profile.path().join("status.png");
+    let out = chromium(
+        profile.path(),
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,400",
+            &url,
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    assert!(png.len() > 5_000, "a page with something on it");
+    assert_eq!(d.stop(), 0);
+}

@@ -64,6 +64,7 @@ pub mod job;
 mod model;
 pub mod notify;
 pub mod outcome;
+mod page;
 pub mod plugin;
 pub mod policy;
 pub mod pull;

@@ -3,6 +3,7 @@
 //!
 //! | route | who | what |
 //! |---|---|---|
+//! | `GET /` | anyone (Host checked) | the status page (HTML) |
 //! | `GET /healthz` | anyone | 200 while the scheduler loop answers |
 //! | `GET /readyz` | anyone | 200 once every required repo has been pulled, else 503 with what is missing |
 //! | `GET /metrics` | anyone | OpenMetrics text |
@@ -70,6 +71,8 @@ pub trait Control: Send + Sync + 'static {
     /// Host names the API answers to, besides loopback and the listen
     /// address.
     fn host_names(&self) -> Vec<String>;
+    /// The status page, as HTML. Blocks.
+    fn page(&self) -> String;
     /// The `[[receiver]]` named `name`, with its secret read now (an
     /// error says which variable or file is missing).
     fn receiver(&self, name: &str) -> Option<Result<Receiver, String>>;
@@ -115,6 +118,14 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
         .route("/v1/pull", post(pull_all))
         .route("/v1/repos/{name}/pull", post(pull_one))
         .layer(middleware::from_fn_with_state(manual, rate_limited));
+    // Read-only and unauthenticated (loopback by default), but behind the
+    // Host check: a rebinding page must not read it.
+    let page = Router::new()
+        .route("/", get(page))
+        .layer(middleware::from_fn_with_state(
+            (view.clone(), listen),
+            known_host,
+        ));
     let api = Router::new()
         .route("/v1/status", get(status))
         .merge(pulls)
@@ -132,6 +143,7 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(page)
         .merge(api)
         .with_state(view)
         .merge(push);
@@ -204,6 +216,24 @@ async fn metrics(State(view): State<View>, headers: HeaderMap) -> Response {
     };
     match tokio::task::spawn_blocking(move || view.metrics(openmetrics)).await {
         Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn page(State(view): State<View>) -> Response {
+    match tokio::task::spawn_blocking(move || view.page()).await {
+        Ok(html) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                // Nothing on the page loads or runs anything.
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                ),
+            ],
+            html,
+        )
+            .into_response(),
         Err(e) => internal(e),
     }
 }

@@ -391,6 +391,51 @@ impl crate::server::Control for DaemonView {
         self.shared.config().daemon.host_names.clone()
     }
 
+    fn page(&self) -> String {
+        use crate::page::{RepoRow, RepoState};
+        let config = self.shared.config();
+        let running = lock(&self.shared.running).clone();
+        let open: HashSet<String> = lock(&self.shared.breakers)
+            .iter()
+            .filter(|(_, b)| b.is_open())
+            .map(|(host, _)| host.clone())
+            .collect();
+        let store = lock(&self.shared.store);
+        let rows = store.status().unwrap_or_default();
+        let repos: Vec<RepoRow> = config
+            .repos
+            .iter()
+            .map(|r| {
+                let row = rows.iter().find(|s| s.repo == r.name);
+                let failures_in_row = row.map(|s| s.failures_in_row).unwrap_or(0);
+                let state = if open.contains(&crate::git::remote_host(&r.url)) {
+                    RepoState::BreakerOpen
+                } else if failures_in_row > 0 {
+                    RepoState::Failing
+                } else if running.contains(&r.name) {
+                    RepoState::Running
+                } else if row.and_then(|s| s.last_result.as_ref()).is_none() {
+                    RepoState::Waiting
+                } else {
+                    RepoState::Ok
+                };
+                RepoRow {
+                    name: r.name.clone(),
+                    state,
+                    last_success_ms: row.and_then(|s| s.last_success_ms),
+                    next_run_ms: row.and_then(|s| s.next_run_ms),
+                    failures_in_row,
+                    last_class: row.and_then(|s| s.last_class.clone()),
+                    last_error: store.last_failure_message(&r.name).ok().flatten(),
+                    events: store.recent_events(&r.name, 5).unwrap_or_default(),
+                    pulls: store.recent_pulls(&r.name, 50).unwrap_or_default(),
+                }
+            })
+            .collect();
+        drop(store);
+        crate::page::render(&repos, store::now_ms())
+    }
+
     fn receiver(&self, name: &str) -> Option<Result<crate::server::Receiver, String>> {
         let config = self.shared.config();
         let r = config.receivers.iter().find(|r| r.name == name)?;

@@ -64,6 +64,17 @@ pub struct RepoStatus {
     pub last_pull_ms: Option<u64>,
 }
 
+/// One pull, as the status page charts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullPoint {
+    /// When it ended, in unix milliseconds.
+    pub at_ms: u64,
+    /// `cloned`, `updated`, `unchanged` or `failed`.
+    pub outcome: String,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
 /// One row of `gitpulse history REPO`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryEntry {
@@ -379,6 +390,53 @@ impl Store {
         }
         tx.commit()?;
         Ok(gone)
+    }
+
+    /// The last `limit` pulls of `repo`, oldest first: when, the outcome
+    /// and how long (for the status page's chart).
+    pub fn recent_pulls(&self, repo: &str, limit: usize) -> Result<Vec<PullPoint>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at_ms, outcome, duration_ms FROM
+               (SELECT id, at_ms, outcome, duration_ms FROM pulls WHERE repo = ?1 ORDER BY id DESC LIMIT ?2)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![repo, limit as i64], |r| {
+            Ok(PullPoint {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                outcome: r.get(1)?,
+                duration_ms: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last `limit` events of `repo`, newest first: when and what kind.
+    pub fn recent_events(
+        &self,
+        repo: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at_ms, kind FROM events WHERE repo = ?1 ORDER BY id DESC LIMIT ?2")?;
+        let rows = stmt.query_map(params![repo, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The message of `repo`'s most recent failed attempt.
+    pub fn last_failure_message(&self, repo: &str) -> Result<Option<String>, StoreError> {
+        let found = self.conn.query_row(
+            "SELECT message FROM attempts WHERE repo = ?1 ORDER BY id DESC LIMIT 1",
+            params![repo],
+            |r| r.get(0),
+        );
+        match found {
+            Ok(message) => Ok(Some(message)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Events with an id above `after`, oldest first.
