@@ -125,10 +125,9 @@ th,td{{text-align:left;padding:.4em .6em;border-bottom:1px solid #ddd;vertical-a
             .take(5)
             .map(|(at, kind)| format!("{} {}", escape(kind), escape(&crate::ui::when(Some(*at)))))
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             html,
-            r#"<tr class="repo" data-repo="{name}" data-state="{class}"><td>{name}</td><td><span class="state {class}">{label}</span></td><td>{success}</td><td>{next}</td><td>{streak}</td><td class="err">{error}</td><td>{chart}</td><td class="events">{events}</td></tr>
-"#,
+            r#"<tr class="repo" data-repo="{name}" data-state="{class}"><td>{name}</td><td><span class="state {class}">{label}</span></td><td>{success}</td><td>{next}</td><td>{streak}</td><td class="err">{error}</td><td>{chart}</td><td class="events">{events}</td></tr>"#,
             name = escape(&r.name),
             class = r.state.class(),
             label = r.state.label(),
