@@ -218,6 +218,19 @@ fn the_api_wants_the_token_json_and_a_known_host() {
     let (code, body) = d.request("POST", "/v1/pull", Some(&token), Some("{}"));
     assert_eq!(code, 202, "{body}");
     assert!(body.contains("\"app\""), "{body}");
+    // The CLI finds the token the daemon wrote.
+    let live = gitpulse()
+        .args(["status", "--live", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&live.stdout);
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    assert!(table.lines().any(|l| l.starts_with("app ")), "{table}");
 
     // DNS rebinding: a page served as evil.example reaching this port.
     let answer = raw_request(

@@ -75,7 +75,7 @@ pub enum Command {
     /// running pulls finish within --grace, then cancel them; exit 0.
     Daemon(DaemonArgs),
     /// Show each repository's last success, last result, next run and failures in a row.
-    Status(StateArgs),
+    Status(StatusArgs),
     /// List a repository's recent pulls and failed attempts, newest first.
     History(HistoryArgs),
     /// Ask the running daemon to pull a repository (or all, with --all) now.
@@ -177,6 +177,18 @@ pub struct StateArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+/// `gitpulse status`.
+pub struct StatusArgs {
+    #[command(flatten)]
+    /// The config and output format.
+    pub state: StateArgs,
+    /// Ask the running daemon (`GET /v1/status` with its API token) instead
+    /// of reading the state database: shows which pulls are running now
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,14 +17,14 @@ use clap::Parser;
 use gitpulse::cli::{
     CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, NewArgs, NotifyCommand, OutboxAction,
     OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs, StateArgs,
-    TriggerArgs, ValidateArgs,
+    StatusArgs, TriggerArgs, ValidateArgs,
 };
 use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
 use gitpulse::daemon::DaemonError;
 use gitpulse::events::RepoRef;
 use gitpulse::plugin::{self, authoring, KvStore, Plugin, PluginEnv, Told, WasmPolicy};
 use gitpulse::policy::{Backoff, Builtin};
-use gitpulse::store::{OutboxState, Store, StoreError};
+use gitpulse::store::{self, OutboxState, Store, StoreError};
 use gitpulse::{job, pull, ui};
 
 const EXIT_FAILED: u8 = 1;
@@ -155,7 +155,11 @@ fn open_state(config_path: &Path) -> Result<(Config, Store), Failure> {
     Ok((config, Store::open(&db)?))
 }
 
-fn status(args: &StateArgs) -> Result<(), Failure> {
+fn status(args: &StatusArgs) -> Result<(), Failure> {
+    if args.live {
+        return status_live(&args.state);
+    }
+    let args = &args.state;
     let (config, store) = open_state(&args.config)?;
     let rows = store.status()?;
     let configured: Vec<_> = config
@@ -165,23 +169,84 @@ fn status(args: &StateArgs) -> Result<(), Failure> {
             (
                 r.name.clone(),
                 rows.iter().find(|s| s.repo == r.name).cloned(),
+                false,
             )
         })
         .collect();
     if args.json {
         let list: Vec<_> = configured
             .iter()
-            .map(|(name, row)| serde_json::json!({ "repo": name, "state": row }))
+            .map(|(name, row, _)| serde_json::json!({ "repo": name, "state": row }))
             .collect();
         println!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
+    print_status(&configured);
+    let counts = store.outbox_counts()?;
+    if counts.pending > 0 || counts.dead > 0 {
+        println!(
+            "\nnotifications: {} pending, {} dead (`gitpulse outbox --config {}`)",
+            counts.pending,
+            counts.dead,
+            args.config.display()
+        );
+    }
+    Ok(())
+}
+
+/// `status --live`: the running daemon's own view, running pulls included.
+fn status_live(args: &StateArgs) -> Result<(), Failure> {
+    let config = config::load(&args.config, Scope::Structure).map_err(usage)?;
+    let daemon = &config.daemon;
+    let token = api_token(daemon)?;
+    let url = format!("http://{}/v1/status", daemon.listen);
+    let mut response = http_agent()
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", token.expose()))
+        .call()
+        .map_err(|e| failed(format!("cannot reach the daemon at {}: {e}", daemon.listen)))?;
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    if response.status().as_u16() != 200 {
+        return Err(failed(format!(
+            "the daemon answered {}: {}",
+            response.status().as_u16(),
+            body.trim()
+        )));
+    }
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| failed(format!("the daemon's answer is not JSON: {e}")))?;
+    let configured: Vec<_> = value["repos"]
+        .as_array()
+        .map(|repos| {
+            repos
+                .iter()
+                .map(|r| {
+                    (
+                        r["repo"].as_str().unwrap_or("?").to_string(),
+                        serde_json::from_value::<store::RepoStatus>(r["state"].clone()).ok(),
+                        r["running"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print_status(&configured);
+    Ok(())
+}
+
+/// The status table: each repo's last success, last result, next run,
+/// failures in a row, and whether it is being pulled now.
+fn print_status(repos: &[(String, Option<store::RepoStatus>, bool)]) {
     println!(
         "{:<20} {:<16} {:<22} {:<14} {:>9}",
         "REPO", "LAST SUCCESS", "LAST RESULT", "NEXT RUN", "FAILURES"
     );
-    for (name, row) in configured {
-        let (success, result, next, failures) = match &row {
+    for (name, row, running) in repos {
+        let (success, result, next, failures) = match row {
             Some(s) => (
                 ui::when(s.last_success_ms),
                 match (&s.last_result, &s.last_class) {
@@ -194,18 +259,13 @@ fn status(args: &StateArgs) -> Result<(), Failure> {
             ),
             None => ("-".into(), "never run".into(), "-".into(), 0),
         };
+        let result = if *running {
+            format!("running; last {result}")
+        } else {
+            result
+        };
         println!("{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}");
     }
-    let counts = store.outbox_counts()?;
-    if counts.pending > 0 || counts.dead > 0 {
-        println!(
-            "\nnotifications: {} pending, {} dead (`gitpulse outbox --config {}`)",
-            counts.pending,
-            counts.dead,
-            args.config.display()
-        );
-    }
-    Ok(())
 }
 
 fn history(args: &HistoryArgs) -> Result<(), Failure> {
@@ -252,12 +312,7 @@ fn trigger(args: &TriggerArgs) -> Result<(), Failure> {
         None => format!("http://{}/v1/pull", daemon.listen),
     };
     let token = api_token(daemon)?;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut response = agent
+    let mut response = http_agent()
         .post(&url)
         .header("Authorization", &format!("Bearer {}", token.expose()))
         .content_type("application/json")
@@ -285,6 +340,15 @@ fn trigger(args: &TriggerArgs) -> Result<(), Failure> {
         ))),
         s => Err(failed(format!("the daemon answered {s}: {}", said(&body)))),
     }
+}
+
+/// A client for the daemon's API: statuses are answers, not errors.
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
 /// The daemon's API token, as a client of it: the variable or file the

@@ -42,7 +42,7 @@ pub enum StoreError {
 }
 
 /// What `gitpulse status` shows for one repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RepoStatus {
     /// The repository.
     pub repo: String,
