@@ -308,10 +308,13 @@ fn no_secret_reaches_logs_metrics_or_the_api() {
     let (_, metrics) = d.request("GET", "/metrics", None, None);
     let (_, status) = d.request("GET", "/v1/status", Some(&token), None);
     let (_, ready) = d.request("GET", "/readyz", None, None);
+    let (_, page) = d.request("GET", "/", None, None);
+    assert!(page.contains("data-repo=\"app\""), "{page}");
     for (what, text) in [
         ("metrics", &metrics),
         ("status", &status),
         ("readyz", &ready),
+        ("page", &page),
         ("log", &d.log()),
     ] {
         assert!(
