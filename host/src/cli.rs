@@ -449,6 +449,10 @@ pub struct PullArgs {
     /// Print exactly one JSON object on stdout: url, dir, outcome, old, new, commits, attempts, duration_ms, reason
     #[arg(long)]
     pub json: bool,
+    /// In GitHub Actions (GITHUB_ACTIONS=true), leave $GITHUB_STEP_SUMMARY alone; outputs,
+    /// masks and annotations are written all the same
+    #[arg(long)]
+    pub no_step_summary: bool,
 
     /// A policy plugin (.wasm component) deciding retries and delays; the built-in policy covers what it lacks
     #[arg(long, value_name = "FILE.wasm")]

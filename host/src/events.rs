@@ -510,6 +510,29 @@ pub fn read_changes(
     Ok(Changes { commits, files })
 }
 
+/// The paths that differ between `old` and `new` (every file of `new`
+/// when there is no `old`), at most `max`.
+pub fn changed_paths(
+    dir: &std::path::Path,
+    old: Option<&str>,
+    new: &str,
+    max: usize,
+) -> Result<Vec<String>, git2::Error> {
+    let repo = git2::Repository::open(dir)?;
+    let new_tree = repo.find_commit(git2::Oid::from_str(new)?)?.tree()?;
+    let old_tree = match old {
+        Some(old) => Some(repo.find_commit(git2::Oid::from_str(old)?)?.tree()?),
+        None => None,
+    };
+    let diff = repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
+    Ok(diff
+        .deltas()
+        .take(max)
+        .filter_map(|d| d.new_file().path().or_else(|| d.old_file().path()))
+        .map(|p| crate::redact::printable(&p.to_string_lossy(), 4096))
+        .collect())
+}
+
 /// A web page comparing `old` and `new`, for the forges whose URL shape is
 /// known (GitHub, GitLab, Gitea/Codeberg, Bitbucket); none otherwise.
 pub fn compare_url(remote: &str, old: &str, new: &str) -> Option<String> {

@@ -59,6 +59,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 mod git;
+pub mod github;
 pub mod hooks;
 pub mod job;
 mod model;

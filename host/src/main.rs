@@ -509,6 +509,10 @@ fn notify_test(name: &str, config_path: &Path) -> Result<(), Failure> {
 
 fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let (options, builtin) = args.options().map_err(usage)?;
+    let workflow = gitpulse::github::Workflow::from_env(!args.no_step_summary);
+    if let (Some(w), gitpulse::Auth::Token(token)) = (&workflow, &options.sync.auth) {
+        w.mask(token.expose());
+    }
     // A bad notification config stops the pull before it starts.
     let notify_config = match &args.notify_config {
         None => None,
@@ -537,7 +541,34 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
     force_exit_if_cancel_stalls(cancel.clone(), args);
     let mut terminal = ui::Terminal::new(!args.json && std::io::stderr().is_terminal());
-    let result = pull::pull(&options, policy.as_mut(), &mut terminal, cancel).map_err(usage)?;
+    let result = match &workflow {
+        Some(_) => {
+            let mut observer = gitpulse::github::ActionsObserver::new(&mut terminal);
+            pull::pull(&options, policy.as_mut(), &mut observer, cancel)
+        }
+        None => pull::pull(&options, policy.as_mut(), &mut terminal, cancel),
+    }
+    .map_err(usage)?;
+    if let Some(w) = &workflow {
+        let (commits, files) = match &result.new {
+            Some(new) if result.new != result.old => (
+                gitpulse::events::read_changes(&options.sync.dir, result.old.as_deref(), new)
+                    .map(|c| c.commits)
+                    .unwrap_or_default(),
+                gitpulse::events::changed_paths(
+                    &options.sync.dir,
+                    result.old.as_deref(),
+                    new,
+                    gitpulse::github::MAX_CHANGED_FILES,
+                )
+                .unwrap_or_default(),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        if let Err(e) = w.finish(&result, &commits, &files) {
+            eprintln!("warning: writing the GitHub step outputs: {e}");
+        }
+    }
     if args.json {
         let line = serde_json::to_string(&result)
             .map_err(|e| failed(format!("cannot encode the result: {e}")))?;
