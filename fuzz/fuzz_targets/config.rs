@@ -11,7 +11,12 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|text: &str| {
     let secret = "ghp_CANARY0123456789abcdefCANARY";
     let planted = text.replace("SECRET", secret);
-    if let Err(problems) = config::parse(Path::new("fuzz.toml"), &planted, &|_| None, Scope::Structure) {
+    if let Err(problems) = config::parse(
+        Path::new("fuzz.toml"),
+        &planted,
+        &|_| None,
+        Scope::Structure,
+    ) {
         let report = problems.to_string();
         assert!(!report.contains(secret), "{planted:?} -> {report}");
     }
