@@ -103,6 +103,75 @@ pub enum Command {
     /// Print the man page (roff): `gitpulse man | man -l -`, or install it
     /// as gitpulse.1.
     Man,
+    /// Git hooks in your own repository: tell gitpulse's notifiers when a
+    /// `git pull`, `checkout` or `commit --amend` moves your checkout.
+    ///
+    /// `install` writes small shims (a hook already there is kept and run
+    /// first); `run` is what they call. With no config (`--config`,
+    /// GITPULSE_CONFIG or a `.gitpulse.toml` at the top of the worktree),
+    /// `run` does nothing. GITPULSE_HOOKS=0 turns the shims off.
+    #[command(subcommand)]
+    Hook(HookCommand),
+}
+
+/// `gitpulse hook …`
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Install the shims into the repository's hooks directory
+    Install {
+        /// The repository (default: the current directory's)
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        repo: PathBuf,
+        /// The hooks to install
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "post-merge,post-checkout,post-rewrite"
+        )]
+        hooks: Vec<String>,
+        /// Also install reference-transaction (sees every update of the
+        /// checked-out branch, e.g. `git reset`)
+        #[arg(long)]
+        reference_transaction: bool,
+        /// Install into the directory core.hooksPath names (beside another
+        /// tool's hooks) instead of refusing
+        #[arg(long)]
+        into_hooks_path: bool,
+        /// Replace existing hooks instead of chaining them (they are kept
+        /// aside and restored by `uninstall`)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove gitpulse's shims and put back what was there before, byte for byte
+    Uninstall {
+        /// The repository (default: the current directory's)
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Show each hook: ours, chained, foreign, shadowed by core.hooksPath, not executable
+    Status {
+        /// The repository (default: the current directory's)
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        repo: PathBuf,
+    },
+    /// What the shims call: read what git says changed and record its events
+    Run {
+        /// The hook (post-merge, post-checkout, post-rewrite, reference-transaction)
+        name: String,
+        /// The hook's arguments, as git passed them
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// The config (default: GITPULSE_CONFIG, else .gitpulse.toml at the top of the worktree)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Deliver the outbox of CONFIG for a while (started, detached, by `run`)
+    #[command(hide = true)]
+    Deliver {
+        /// The config file
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -265,6 +265,28 @@ fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Plugin `name` from `config`'s plugin directory through `registry`, with
+/// its settings and its key-value store persisted in the state directory:
+/// for one-shot commands (a git hook), which share nothing across runs.
+pub fn plugin_in_dir(
+    config: &Config,
+    registry: &crate::plugin::Registry,
+    name: &str,
+) -> Result<crate::plugin::Plugin, crate::plugin::LoadError> {
+    let dir = config.daemon.plugin_dir.clone().unwrap_or_default();
+    let kv_file = config
+        .daemon
+        .state_dir
+        .join("plugins")
+        .join(format!("{name}.json"));
+    let mut env =
+        crate::plugin::PluginEnv::new(config.plugins.get(name).cloned().unwrap_or_default(), None);
+    if let Ok(kv) = crate::plugin::KvStore::persisted(kv_file) {
+        env = env.with_kv(kv);
+    }
+    registry.get(&dir.join(format!("{name}.wasm")), env)
+}
+
 /// What `gitpulse pull --notify-config` did with its notifications.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PullNotified {
@@ -290,6 +312,23 @@ pub fn record_and_deliver(
     load_plugin: PluginLoader<'_>,
     wait: Duration,
 ) -> Result<PullNotified, StoreError> {
+    let events = record_only(config, repo, dir, report, audience, load_plugin)?;
+    let mut result = deliver_pending(config, wait)?;
+    result.events = events;
+    Ok(result)
+}
+
+/// Records the events of `report` (a pull, or a change a git hook saw) and
+/// their messages in `config`'s state database; returns how many events.
+/// Delivery is left to the daemon or [`deliver_pending`].
+pub fn record_only(
+    config: &Config,
+    repo: &RepoRef,
+    dir: &Path,
+    report: &PullReport,
+    audience: &Audience<'_>,
+    load_plugin: PluginLoader<'_>,
+) -> Result<usize, StoreError> {
     let router = Router::new(config, load_plugin).without_digests();
     let with_retries = router.wants(EventKind::Retrying, audience);
     let pull_events = PullEvents::read(repo, dir, report, with_retries);
@@ -303,10 +342,14 @@ pub fn record_and_deliver(
         report,
         Timing::default(),
     )?;
-    let mut result = PullNotified {
-        events: recorded.len(),
-        ..PullNotified::default()
-    };
+    Ok(recorded.len())
+}
+
+/// Delivers what is due in `config`'s outbox until nothing is or `wait`
+/// has passed.
+pub fn deliver_pending(config: &Config, wait: Duration) -> Result<PullNotified, StoreError> {
+    let store = Mutex::new(Store::open(&Store::path_in(&config.daemon.state_dir))?);
+    let mut result = PullNotified::default();
     let senders = crate::notify::Senders::default();
     let until = Instant::now() + wait;
     loop {

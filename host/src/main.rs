@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
 use gitpulse::cli::{
-    CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, NewArgs, NotifyCommand, OutboxAction,
-    OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs, StateArgs,
-    StatusArgs, TriggerArgs, ValidateArgs,
+    CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, HookCommand, NewArgs, NotifyCommand,
+    OutboxAction, OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs,
+    StateArgs, StatusArgs, TriggerArgs, ValidateArgs,
 };
 use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
 use gitpulse::daemon::DaemonError;
@@ -25,7 +25,7 @@ use gitpulse::events::RepoRef;
 use gitpulse::plugin::{self, authoring, KvStore, Plugin, PluginEnv, Told, WasmPolicy};
 use gitpulse::policy::{Backoff, Builtin};
 use gitpulse::store::{self, OutboxState, Store, StoreError};
-use gitpulse::{job, pull, ui};
+use gitpulse::{githook, job, pull, ui};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -111,6 +111,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .render(&mut std::io::stdout())
                 .map_err(|e| failed(format!("writing the man page: {e}")))
         }
+        Command::Hook(command) => hook(command),
     }
 }
 
@@ -467,6 +468,207 @@ fn outbox(args: &OutboxArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+fn hook(command: HookCommand) -> Result<(), Failure> {
+    match command {
+        HookCommand::Install {
+            repo,
+            mut hooks,
+            reference_transaction,
+            into_hooks_path,
+            force,
+        } => {
+            let location = githook::locate(&repo).map_err(usage)?;
+            let dir = match &location.hooks_path {
+                Some(setting) if !into_hooks_path => {
+                    return Err(usage(githook::HookError::HooksPath {
+                        value: setting.value.clone(),
+                        scope: setting.scope.clone(),
+                        origin: setting.origin.clone(),
+                    }))
+                }
+                Some(setting) => setting.dir.clone(),
+                None => location.own.clone(),
+            };
+            if reference_transaction && !hooks.iter().any(|h| h == "reference-transaction") {
+                hooks.push("reference-transaction".into());
+            }
+            let binary = std::env::current_exe()
+                .and_then(|p| p.canonicalize())
+                .map_err(|e| failed(format!("where this gitpulse is: {e}")))?;
+            let done = githook::install(&dir, &hooks, &binary, force).map_err(usage)?;
+            for (name, what) in done {
+                let said = match what {
+                    githook::Installed::New => "installed",
+                    githook::Installed::Updated => "updated",
+                    githook::Installed::Chained => "installed; the hook that was there runs first",
+                    githook::Installed::Replaced => {
+                        "installed; the hook that was there is kept aside (not run)"
+                    }
+                };
+                println!("{name}: {said} ({})", dir.join(&name).display());
+            }
+            Ok(())
+        }
+        HookCommand::Uninstall { repo } => {
+            let location = githook::locate(&repo).map_err(usage)?;
+            let mut dirs = vec![location.own.clone()];
+            dirs.extend(location.hooks_path.map(|h| h.dir));
+            let mut any = false;
+            for dir in dirs {
+                for name in githook::uninstall(&dir).map_err(failed)? {
+                    println!("{name}: removed ({})", dir.join(&name).display());
+                    any = true;
+                }
+            }
+            if !any {
+                println!("no gitpulse hooks installed");
+            }
+            Ok(())
+        }
+        HookCommand::Status { repo } => {
+            let location = githook::locate(&repo).map_err(usage)?;
+            if let Some(h) = &location.hooks_path {
+                println!(
+                    "core.hooksPath = {} ({} config, {}): git runs hooks from {}",
+                    h.value,
+                    h.scope,
+                    h.origin,
+                    h.dir.display()
+                );
+            }
+            for (name, path, state) in githook::status(&location) {
+                let said = match state {
+                    githook::HookState::Ours => "gitpulse".to_string(),
+                    githook::HookState::Chained => {
+                        "gitpulse, running the previous hook first".into()
+                    }
+                    githook::HookState::Foreign => "another tool's or yours (not gitpulse)".into(),
+                    githook::HookState::NotExecutable => {
+                        "not executable: git does not run it".into()
+                    }
+                    githook::HookState::Shadowed(active) => format!(
+                        "gitpulse, but shadowed: core.hooksPath makes git run {} instead",
+                        active.display()
+                    ),
+                    githook::HookState::Missing => "none".into(),
+                };
+                println!("{name:<22} {said} ({})", path.display());
+            }
+            Ok(())
+        }
+        HookCommand::Run { name, args, config } => {
+            // Fail open: whatever goes wrong is one line, and git goes on.
+            if let Err(e) = hook_run(&name, &args, config) {
+                eprintln!("gitpulse {name} hook: {e} (ignored; the git command went through)");
+            }
+            Ok(())
+        }
+        HookCommand::Deliver { config } => {
+            let config = config::load(&config, Scope::Structure).map_err(usage)?;
+            job::deliver_pending(&config, Duration::from_secs(30))?;
+            Ok(())
+        }
+    }
+}
+
+/// `hook run`: the change git reports, recorded as a pull of the worktree's
+/// repository would be (events, notify plugin, outbox), then delivered by
+/// a detached process so git does not wait.
+fn hook_run(name: &str, args: &[String], config: Option<PathBuf>) -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+    let top = PathBuf::from(
+        githook::git(&cwd, &["rev-parse", "--show-toplevel"]).map_err(|e| e.to_string())?,
+    );
+    let config_path = config
+        .or_else(|| std::env::var_os("GITPULSE_CONFIG").map(PathBuf::from))
+        .or_else(|| Some(top.join(".gitpulse.toml")).filter(|p| p.is_file()));
+    let Some(config_path) = config_path else {
+        return Ok(()); // nothing configured: nothing to do
+    };
+    let mut stdin = String::new();
+    if matches!(name, "post-rewrite" | "reference-transaction") {
+        use std::io::Read as _;
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut stdin)
+            .map_err(|e| e.to_string())?;
+    }
+    let Some(change) = githook::change(name, args, &stdin, &top).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let config = config::load(&config_path, Scope::Structure).map_err(|p| p.to_string())?;
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let here = canonical(&top);
+    let (repo, audience_notifiers, plugin) =
+        match config.repos.iter().find(|r| canonical(&r.dir) == here) {
+            Some(r) => (
+                job::identity(r),
+                r.notifiers.clone(),
+                r.policy.notify.clone(),
+            ),
+            None => {
+                let url = githook::git(&top, &["remote", "get-url", "origin"]).unwrap_or_default();
+                let branch = githook::git(&top, &["symbolic-ref", "-q", "--short", "HEAD"]).ok();
+                let name = top
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "repo".into());
+                (
+                    RepoRef::new(&name, &url, branch.as_deref(), Default::default()),
+                    Vec::new(),
+                    None,
+                )
+            }
+        };
+    let commits = match &change.old {
+        Some(old) => githook::git(
+            &top,
+            &["rev-list", "--count", &format!("{old}..{}", change.new)],
+        )
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0),
+        None => githook::git(&top, &["rev-list", "--count", &change.new])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+    };
+    let mut report = gitpulse::outcome::PullReport::failed(repo.url(), &top);
+    report.outcome = gitpulse::outcome::Outcome::Updated;
+    report.old = change.old.clone();
+    report.new = Some(change.new.clone());
+    report.commits = commits;
+    let audience = gitpulse::notify::Audience {
+        notifiers: &audience_notifiers,
+        plugin: plugin.as_deref(),
+    };
+    let registry = plugin::Registry::new(Some(config.daemon.compile_cache()), Default::default());
+    let load = |name: &str| job::plugin_in_dir(&config, &registry, name);
+    let events = job::record_only(&config, &repo, &top, &report, &audience, &load)
+        .map_err(|e| e.to_string())?;
+    if events > 0 && !config.notifiers.is_empty() {
+        spawn_deliverer(&config_path);
+    }
+    Ok(())
+}
+
+/// Starts `gitpulse hook deliver` in its own process group, detached from
+/// git's: the hook returns at once, delivery goes on.
+fn spawn_deliverer(config: &Path) {
+    use std::os::unix::process::CommandExt as _;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let _ = std::process::Command::new(exe)
+        .args(["hook", "deliver", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
 }
 
 fn notify_test(name: &str, config_path: &Path) -> Result<(), Failure> {

@@ -36,7 +36,7 @@ use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::HookKind;
-use crate::hooks::{self, Delivery, Verdict};
+use crate::receiver::{self, Delivery, Verdict};
 use crate::redact::Secret;
 
 /// Connections served at once; more are closed as they arrive. Idle ones
@@ -77,7 +77,7 @@ pub trait Control: Send + Sync + 'static {
     /// error says which variable or file is missing).
     fn receiver(&self, name: &str) -> Option<Result<Receiver, String>>;
     /// The configured repositories, for matching pushes.
-    fn targets(&self) -> Vec<hooks::Target>;
+    fn targets(&self) -> Vec<receiver::Target>;
     /// Pull `repos` now, within the breaker; coalesced with running pulls.
     fn wake(&self, repos: &[String]);
     /// Counts a push delivery to `receiver` answered with `result`.
@@ -97,8 +97,8 @@ pub struct Receiver {
 /// Redeliveries seen and each receiver's rate limit.
 #[derive(Default)]
 struct HookState {
-    seen: hooks::Seen,
-    limits: HashMap<String, hooks::RateLimit>,
+    seen: receiver::Seen,
+    limits: HashMap<String, receiver::RateLimit>,
 }
 
 /// Deliveries one receiver may send at once, and per minute after that.
@@ -113,7 +113,10 @@ type View = Arc<dyn Control>;
 /// Serves until the listener fails; runs on the caller's runtime.
 pub async fn serve(listener: tokio::net::TcpListener, view: View) {
     let listen = listener.local_addr().ok();
-    let manual = Arc::new(Mutex::new(hooks::RateLimit::new(API_BURST, API_PER_MINUTE)));
+    let manual = Arc::new(Mutex::new(receiver::RateLimit::new(
+        API_BURST,
+        API_PER_MINUTE,
+    )));
     let pulls = Router::new()
         .route("/v1/pull", post(pull_all))
         .route("/v1/repos/{name}/pull", post(pull_one))
@@ -137,7 +140,7 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
     let hooks_state = Arc::new(Mutex::new(HookState::default()));
     let push = Router::new()
         .route("/hooks/{name}", post(hook))
-        .layer(DefaultBodyLimit::max(hooks::MAX_BODY))
+        .layer(DefaultBodyLimit::max(receiver::MAX_BODY))
         .with_state((view.clone(), hooks_state));
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -293,7 +296,7 @@ fn json_only(headers: &HeaderMap) -> Option<Response> {
 /// Refuses manual pulls beyond the API's rate (each may start pulls of
 /// every repository).
 async fn rate_limited(
-    State(limit): State<Arc<Mutex<hooks::RateLimit>>>,
+    State(limit): State<Arc<Mutex<receiver::RateLimit>>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -418,7 +421,7 @@ async fn hook(
         state
             .limits
             .entry(name.clone())
-            .or_insert_with(|| hooks::RateLimit::new(HOOK_BURST, HOOK_PER_MINUTE))
+            .or_insert_with(|| receiver::RateLimit::new(HOOK_BURST, HOOK_PER_MINUTE))
             .allow(Instant::now())
     };
     if !allowed {
@@ -432,7 +435,7 @@ async fn hook(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
         .collect();
-    if let Err(refused) = hooks::verify(receiver.kind, &pairs, &body, receiver.secret.expose()) {
+    if let Err(refused) = receiver::verify(receiver.kind, &pairs, &body, receiver.secret.expose()) {
         tracing::warn!(receiver = name, "delivery refused: {refused}");
         return answer(
             StatusCode::UNAUTHORIZED,
@@ -440,7 +443,7 @@ async fn hook(
             json!({ "error": refused.to_string() }),
         );
     }
-    if let Some(id) = hooks::delivery_id(&pairs) {
+    if let Some(id) = receiver::delivery_id(&pairs) {
         let key = format!("{name}/{id}");
         let repeat = state
             .lock()
@@ -455,7 +458,7 @@ async fn hook(
             );
         }
     }
-    let push = match hooks::read(receiver.kind, &pairs, &body) {
+    let push = match receiver::read(receiver.kind, &pairs, &body) {
         Err(e) => {
             return answer(
                 StatusCode::BAD_REQUEST,
@@ -479,12 +482,12 @@ async fn hook(
         }
         Ok(Delivery::Push(push)) => push,
     };
-    let targets: Vec<hooks::Target> = view
+    let targets: Vec<receiver::Target> = view
         .targets()
         .into_iter()
         .filter(|t| receiver.repos.is_empty() || receiver.repos.contains(&t.name))
         .collect();
-    match hooks::matching(&push, &targets) {
+    match receiver::matching(&push, &targets) {
         Verdict::Wake(repos) => {
             view.wake(&repos);
             tracing::info!(receiver = name, repos = ?repos, "push: pulling now");

@@ -448,12 +448,12 @@ impl crate::server::Control for DaemonView {
         )
     }
 
-    fn targets(&self) -> Vec<crate::hooks::Target> {
+    fn targets(&self) -> Vec<crate::receiver::Target> {
         self.shared
             .config()
             .repos
             .iter()
-            .map(|r| crate::hooks::Target {
+            .map(|r| crate::receiver::Target {
                 name: r.name.clone(),
                 url: r.url.clone(),
                 branch: r.branch.clone(),
