@@ -131,23 +131,28 @@ fn pulls_checkouts_rebases_and_amends_record_exactly_their_changes() {
         },
     );
 
+    // `pull --rebase` without local commits (git fast-forwards): one.
+    s.up.commit("upstream again");
+    s.git_ok(&["pull", "-q", "--rebase"]);
+    assert_eq!(s.recorded(), 2);
+
     // A rebase over upstream with a local commit: one change, not two.
     s.git_ok(&["commit", "-q", "--allow-empty", "-m", "local work"]);
     s.up.commit("more upstream work");
     s.git_ok(&["pull", "-q", "--rebase"]);
-    assert_eq!(s.recorded(), 2);
+    assert_eq!(s.recorded(), 3);
 
     // A branch checkout at the same commit: nothing; at another commit: one.
     s.git_ok(&["checkout", "-q", "-b", "topic"]);
-    assert_eq!(s.recorded(), 2);
-    s.git_ok(&["checkout", "-q", "HEAD~1"]);
     assert_eq!(s.recorded(), 3);
+    s.git_ok(&["checkout", "-q", "HEAD~1"]);
+    assert_eq!(s.recorded(), 4);
     s.git_ok(&["checkout", "-q", "topic"]);
-    assert_eq!(s.recorded(), 4, "back again is a change too");
+    assert_eq!(s.recorded(), 5, "back again is a change too");
 
     // A file checkout: nothing. An amend: one.
     s.git_ok(&["checkout", "-q", "HEAD", "--", "README"]);
-    assert_eq!(s.recorded(), 4);
+    assert_eq!(s.recorded(), 5);
     s.git_ok(&[
         "commit",
         "-q",
@@ -156,7 +161,7 @@ fn pulls_checkouts_rebases_and_amends_record_exactly_their_changes() {
         "-m",
         "local work, amended",
     ]);
-    assert_eq!(s.recorded(), 5);
+    assert_eq!(s.recorded(), 6);
 }
 
 #[test]
