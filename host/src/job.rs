@@ -332,7 +332,7 @@ pub fn record_only(
     let router = Router::new(config, load_plugin).without_digests();
     let with_retries = router.wants(EventKind::Retrying, audience);
     let pull_events = PullEvents::read(repo, dir, report, with_retries);
-    let store = Mutex::new(Store::open(&Store::path_in(&config.daemon.state_dir))?);
+    let store = open_store(config)?;
     let recorded = record(
         &store,
         &router,
@@ -345,10 +345,14 @@ pub fn record_only(
     Ok(recorded.len())
 }
 
+fn open_store(config: &Config) -> Result<Mutex<Store>, StoreError> {
+    Ok(Mutex::new(Store::open(&Store::path_in(&config.daemon.state_dir))?))
+}
+
 /// Delivers what is due in `config`'s outbox until nothing is or `wait`
 /// has passed.
 pub fn deliver_pending(config: &Config, wait: Duration) -> Result<PullNotified, StoreError> {
-    let store = Mutex::new(Store::open(&Store::path_in(&config.daemon.state_dir))?);
+    let store = open_store(config)?;
     let mut result = PullNotified::default();
     let senders = crate::notify::Senders::default();
     let until = Instant::now() + wait;

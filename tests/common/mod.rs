@@ -8,6 +8,35 @@ use std::time::{Duration, Instant};
 
 pub use gitpulse_testkit::*;
 
+/// What a process printed: stdout, then stderr.
+pub fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a checker the tests rely on (promtool, hadolint, actionlint …)
+/// from the repository's root, with `stdin` fed to it: whether it passed,
+/// and what it said. `hint` says where the tool comes from when missing.
+pub fn check_with(program: &str, args: &[&str], stdin: Option<&str>, hint: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} ({hint})"));
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), said(&out))
+}
+
 /// The binary under test.
 pub fn gitpulse() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitpulse"));
