@@ -19,6 +19,21 @@ fn operator_config(port: u16) -> ConfigFile {
         .defaults("backoff_max", "200ms")
 }
 
+/// A daemon whose one repo `app` is `served`'s upstream, with `adjust`
+/// applied to its config; returned once the first pull (at start) is done.
+fn app_daemon(
+    served: &Served,
+    adjust: impl FnOnce(ConfigFile) -> ConfigFile,
+) -> (Daemon, std::path::PathBuf) {
+    let port = free_port();
+    let config = adjust(operator_config(port))
+        .repo(Repo::new("app", &served.url(), &served.dir("c")))
+        .write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    (d, config)
+}
+
 fn pulls(d: &Daemon) -> u64 {
     d.status()["counters"]["pulls"].as_u64().unwrap_or(0)
 }
@@ -60,13 +75,8 @@ fn promtool(text: &str) -> (bool, String) {
 #[test]
 fn metrics_count_known_pulls_and_pass_promtool() {
     let mut served = Served::new("app");
-    let port = free_port();
-    let config = operator_config(port)
-        .repo(Repo::new("app", &served.url(), &served.dir("c")))
-        .write_in(served.root.path());
-    let d = Daemon::start(&config, port, &[]);
     // Never pulled: cloned at start.
-    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    let (d, _) = app_daemon(&served, |c| c);
     served.up.commit("second");
     pull_now(&d, "app", 2); // updated
     pull_now(&d, "app", 3); // unchanged
@@ -174,11 +184,8 @@ fn readiness_waits_for_every_required_repo_and_says_which() {
 #[test]
 fn the_api_wants_the_token_json_and_a_known_host() {
     let served = Served::new("app");
-    let port = free_port();
-    let config = operator_config(port)
-        .repo(Repo::new("app", &served.url(), &served.dir("c")))
-        .write_in(served.root.path());
-    let d = Daemon::start(&config, port, &[]);
+    let (d, config) = app_daemon(&served, |c| c);
+    let port = d.port;
     let token = d.token();
     assert!(token.len() >= 32, "a long random token: {token}");
     use std::os::unix::fs::PermissionsExt;
@@ -238,12 +245,8 @@ fn raw_request(port: u16, request: &str) -> String {
 #[test]
 fn idle_and_slow_connections_do_not_starve_health_or_pulls() {
     let mut served = Served::new("app");
-    let port = free_port();
-    let config = operator_config(port)
-        .repo(Repo::new("app", &served.url(), &served.dir("c")))
-        .write_in(served.root.path());
-    let d = Daemon::start(&config, port, &[]);
-    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    let (d, _) = app_daemon(&served, |c| c);
+    let port = d.port;
     // 500 connections that send nothing, and one slow-loris sending half a
     // request's headers.
     let idle: Vec<TcpStream> = (0..500)
@@ -333,13 +336,7 @@ fn d_log_after_stop(config: &Path) -> String {
 fn json_logs_are_one_object_a_line_with_the_pull_fields() {
     let mut served = Served::new("app");
     served.proxy.push_times(Fault::Status(503), 1);
-    let port = free_port();
-    let config = operator_config(port)
-        .daemon("log_format", "json")
-        .repo(Repo::new("app", &served.url(), &served.dir("c")))
-        .write_in(served.root.path());
-    let d = Daemon::start(&config, port, &[]);
-    wait_for("the first pull", Duration::from_secs(30), || pulls(&d) >= 1);
+    let (d, _) = app_daemon(&served, |c| c.daemon("log_format", "json"));
     let lines: Vec<serde_json::Value> = d
         .log()
         .lines()

@@ -346,7 +346,9 @@ pub fn record_only(
 }
 
 fn open_store(config: &Config) -> Result<Mutex<Store>, StoreError> {
-    Ok(Mutex::new(Store::open(&Store::path_in(&config.daemon.state_dir))?))
+    Ok(Mutex::new(Store::open(&Store::path_in(
+        &config.daemon.state_dir,
+    ))?))
 }
 
 /// Delivers what is due in `config`'s outbox until nothing is or `wait`
