@@ -617,7 +617,7 @@ fn pushes_during_a_pull_coalesce_into_one_more_pull() {
     served.proxy.push_times(
         Fault::Slow {
             chunk: 64,
-            pause: Duration::from_millis(100),
+            pause: Duration::from_millis(300),
         },
         1,
     );

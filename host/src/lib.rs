@@ -2,11 +2,13 @@
 //!
 //! The library does all the work; the `gitpulse` binary only parses the
 //! command line, calls in, prints and maps failures to exit codes. Every
-//! entry point — `gitpulse pull`, the daemon's scheduler, a trigger — runs
-//! the same pull job, and data flows one way through it:
+//! entry point — `gitpulse pull`, the daemon's scheduler, a trigger or a
+//! push webhook, a git hook — runs the same pull job, and data flows one
+//! way through it:
 //!
 //! ```text
-//! entry:  cli pull │ daemon timetable (breaker, admission) │ trigger (server ─► Control)
+//! entry:  cli pull │ daemon timetable (breaker, admission) │ trigger, push (server ─► Control)
+//!         │ git hook (githook: the change git made; recorded, not pulled)
 //!                  ▼
 //! job:    policy for the repo (plugin registry, one plugin per role)
 //!         ─► pull (attempt loop) ─► git (one attempt, classified) ─► outcome
@@ -32,7 +34,11 @@
 //!   the same trait; [`plugin::authoring`] serves plugin authors.
 //! - [`events`] decides what a finished pull means; [`notify`] renders and
 //!   delivers; [`store`] remembers (SQLite, versioned schema, outbox).
-//! - [`daemon`] schedules and limits; `server` is its HTTP face.
+//! - [`daemon`] schedules and limits, and keeps the metrics; `server` is
+//!   its HTTP face (health, metrics, the API, push webhooks, the status
+//!   page `page`), [`receiver`] verifies and reads push webhooks.
+//! - [`github`] is `gitpulse pull` as an Actions step; [`githook`] manages
+//!   git hooks and reads what git changed.
 //! - [`ui`] is terminal output; [`redact`] keeps credentials out of every
 //!   message.
 //!
