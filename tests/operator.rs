@@ -809,3 +809,74 @@ fn the_kubernetes_sidecar_validates_and_its_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_failing_host_shares_one_retry_budget_and_a_healthy_host_is_unaffected() {
+    let bad = Served::new("bad");
+    bad.proxy.set_always(Some(Fault::Status(503)));
+    let good = Served::new("good");
+    good.proxy.push_times(Fault::Status(503), 1);
+    let port = free_port();
+    let mut config = operator_config(port)
+        .daemon("retry_budget_ratio", 0.2)
+        .daemon("retry_budget_min", 2)
+        // The breaker would hold the host's repos back: watch the budget alone.
+        .daemon("breaker_threshold", 10_000)
+        .defaults("max_attempts", 5);
+    for i in 0..50 {
+        let name = format!("r{i}");
+        config = config.repo(Repo::new(&name, &bad.url(), &bad.dir(&name)));
+    }
+    // Another host name for the same loopback: its own budget.
+    let good_url = good.url().replace("127.0.0.1", "localhost");
+    let config = config
+        .repo(Repo::new("healthy", &good_url, &good.dir("healthy")))
+        .write_in(bad.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    wait_for("every first pull", Duration::from_secs(120), || {
+        pulls(&d) >= 51
+    });
+
+    let (_, metrics) = d.request("GET", "/metrics", None, None);
+    let failed_attempts: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gitpulse_pull_attempt_failures_total{repo=\"r"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let retries = failed_attempts - 50.0;
+    // Without the budget: up to 4 retries each, 200 in all.
+    assert!(
+        (2.0..=10.0).contains(&retries),
+        "{retries} retries to the failing host (20 % of 50 pulls is 10)"
+    );
+    let status = d.status();
+    let budget = &status["retry_budgets"]["127.0.0.1"];
+    assert_eq!(budget["pulls"], 50, "{status}");
+    assert!(budget["denied"].as_u64() >= Some(40), "{status}");
+    assert!(
+        sample(
+            &metrics,
+            "gitpulse_retries_denied_total{host=\"127.0.0.1\"}"
+        ) >= Some(40.0),
+        "{metrics}"
+    );
+    // The healthy host retried its one 503 and cloned.
+    assert_eq!(
+        sample(
+            &metrics,
+            "gitpulse_pulls_total{repo=\"healthy\",outcome=\"cloned\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let any_budget_stop = (0..50).any(|i| {
+        let out = gitpulse()
+            .args(["history", &format!("r{i}"), "--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("retry budget spent")
+    });
+    assert!(any_budget_stop, "no pull stopped with `retry budget spent`");
+    assert_eq!(d.stop(), 0);
+}

@@ -28,7 +28,7 @@ use crate::git::{Auth, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
 use crate::outcome::{AttemptRecord, PullReport};
 use crate::plugin::{LoadError, Told, WasmPolicy};
-use crate::policy::{Backoff, Builtin, RetryPolicy, StopReason};
+use crate::policy::{Backoff, Budgeted, Builtin, RetryBudget, RetryPolicy, StopReason};
 use crate::pull::{self, Observer, PullOptions};
 use crate::store::{Store, StoreError, StoredEvent};
 
@@ -59,6 +59,9 @@ pub struct Job<'a> {
     pub store: &'a Mutex<Store>,
     /// Set to stop the pull at its next check.
     pub cancel: Arc<AtomicBool>,
+    /// The retry budget of the repository's host, shared with the other
+    /// repositories on it (the daemon's); none: retries are not budgeted.
+    pub budget: Option<Arc<Mutex<RetryBudget>>>,
 }
 
 impl Job<'_> {
@@ -109,6 +112,13 @@ impl Job<'_> {
             max_delay: repo.backoff_max,
         };
         let mut policy = policy(&repo.policy, builtin, identity(repo), told, self.plugins)?;
+        if let Some(budget) = &self.budget {
+            budget
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pull_started(std::time::Instant::now());
+            policy = Box::new(Budgeted::new(policy, budget.clone()));
+        }
         Ok(pull::pull(
             &options(repo, auth(repo)?),
             policy.as_mut(),

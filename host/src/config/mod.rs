@@ -208,7 +208,7 @@ impl RepoConfig {
 }
 
 /// `[daemon]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
     /// Where state.db, plugin stores and the compile cache live.
     pub state_dir: PathBuf,
@@ -235,6 +235,11 @@ pub struct DaemonSettings {
     pub host_names: Vec<String>,
     /// How the daemon writes its log.
     pub log_format: LogFormat,
+    /// Retries to one host may add at most this share of its pulls in a
+    /// minute …
+    pub retry_budget_ratio: f64,
+    /// … and at least this many retries a minute are allowed.
+    pub retry_budget_min: u32,
 }
 
 /// How the daemon writes its log lines.
@@ -321,6 +326,8 @@ struct RawDaemon {
     api_token_file: Option<Spanned<String>>,
     host_names: Option<Spanned<Vec<String>>>,
     log_format: Option<Spanned<String>>,
+    retry_budget_ratio: Option<Spanned<f64>>,
+    retry_budget_min: Option<Spanned<i64>>,
 }
 
 /// Fields a `[[repo]]` may set and `[defaults]` may default.
@@ -619,12 +626,39 @@ pub fn parse(
         retention: Duration::from_secs(30 * 24 * 3600),
         api_token: ApiToken::Generated,
         log_format: LogFormat::Text,
+        retry_budget_ratio: 0.2,
+        retry_budget_min: 10,
         host_names: daemon_raw
             .host_names
             .as_ref()
             .map(|h| h.get_ref().clone())
             .unwrap_or_default(),
     };
+    if let Some(ratio) = &daemon_raw.retry_budget_ratio {
+        let r = *ratio.get_ref();
+        if (0.0..=1.0).contains(&r) {
+            daemon.retry_budget_ratio = r;
+        } else {
+            check.at(
+                ratio,
+                "daemon.retry_budget_ratio",
+                format!("{r} is out of range (0.0 to 1.0: the share of pulls retries may add)"),
+            );
+        }
+    }
+    if let Some(n) = &daemon_raw.retry_budget_min {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if v <= 100_000 => daemon.retry_budget_min = v,
+            _ => check.at(
+                n,
+                "daemon.retry_budget_min",
+                format!(
+                    "{} is out of range (0 to 100000 retries a minute)",
+                    n.get_ref()
+                ),
+            ),
+        }
+    }
     if let Some(format) = &daemon_raw.log_format {
         match format.get_ref().as_str() {
             "text" => daemon.log_format = LogFormat::Text,

@@ -142,6 +142,8 @@ pub struct Snapshot {
     pub outbox: Vec<(&'static str, u64)>,
     /// Age of the oldest pending message.
     pub oldest_pending: Option<Duration>,
+    /// Each host's retry budget.
+    pub budgets: Vec<(String, crate::policy::BudgetState)>,
 }
 
 /// Everything counted while the daemon runs.
@@ -398,6 +400,30 @@ fn gauges(snapshot: &Snapshot) -> Registry {
         "1 while the host's circuit is open (its repositories held back)",
         breakers,
     );
+    let allowed = Family::<HostLabel, Gauge>::default();
+    let used = Family::<HostLabel, Gauge>::default();
+    let denied = Family::<HostLabel, Counter>::default();
+    for (host, b) in &snapshot.budgets {
+        let label = HostLabel { host: host.clone() };
+        allowed.get_or_create(&label).set(i64::from(b.allowed));
+        used.get_or_create(&label).set(i64::from(b.retries));
+        denied.get_or_create(&label).inc_by(b.denied);
+    }
+    registry.register(
+        "retry_budget_allowed",
+        "Retries the host's budget allows in the current minute",
+        allowed,
+    );
+    registry.register(
+        "retry_budget_used",
+        "Retries to the host in the current minute",
+        used,
+    );
+    registry.register(
+        "retries_denied",
+        "Retries the host's budget refused (the pull stopped with `budget`)",
+        denied,
+    );
     let outbox = Family::<StateLabel, Gauge>::default();
     for (state, n) in &snapshot.outbox {
         outbox
@@ -496,6 +522,15 @@ mod tests {
             breakers: vec![("git.example.com".into(), true)],
             outbox: vec![("pending", 3), ("dead", 1)],
             oldest_pending: Some(Duration::from_secs(42)),
+            budgets: vec![(
+                "git.example.com".into(),
+                crate::policy::BudgetState {
+                    pulls: 50,
+                    retries: 10,
+                    allowed: 10,
+                    denied: 7,
+                },
+            )],
         };
         let text = m.encode(&snapshot, Format::OpenMetrics);
         assert_eq!(
@@ -524,6 +559,13 @@ mod tests {
         assert_eq!(
             sample("gitpulse_outbox_oldest_pending_age_seconds ", &text),
             Some(42.0)
+        );
+        assert_eq!(
+            sample(
+                "gitpulse_retries_denied_total{host=\"git.example.com\"}",
+                &text
+            ),
+            Some(7.0)
         );
         assert_eq!(text.matches("# EOF").count(), 1);
     }

@@ -27,7 +27,7 @@ mod sender;
 mod signals;
 mod timetable;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,7 @@ use crate::events::{self, Event, EventKind, RepoRef};
 use crate::notify::{Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
 use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox};
+use crate::policy::{BudgetState, RetryBudget};
 use crate::pull;
 use crate::store::{self, Store};
 use breaker::{Admission, Breaker, Change, Verdict};
@@ -107,6 +108,8 @@ struct Shared {
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     running: Mutex<HashSet<String>>,
+    /// Each remote host's retry budget, shared by its repositories.
+    budgets: Mutex<HashMap<String, Arc<Mutex<RetryBudget>>>>,
     /// Running repositories asked for again meanwhile: pulled once more.
     rerun: Mutex<HashSet<String>>,
     breakers: Mutex<HashMap<String, Breaker>>,
@@ -195,6 +198,7 @@ async fn serve(
         per_host: Mutex::default(),
         running: Mutex::default(),
         rerun: Mutex::default(),
+        budgets: Mutex::default(),
         breakers: Mutex::default(),
         plugins,
         plugin_kv: Mutex::default(),
@@ -302,6 +306,7 @@ impl crate::server::Control for DaemonView {
             },
             "outbox": lock(&self.shared.store).outbox_counts().ok(),
             "breakers_open": open,
+            "retry_budgets": self.budgets().into_iter().collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -366,6 +371,7 @@ impl crate::server::Control for DaemonView {
                 ("delivered", counts.delivered),
                 ("dead", counts.dead),
             ],
+            budgets: self.budgets(),
             oldest_pending: counts
                 .oldest_pending_ms
                 .map(|at| Duration::from_millis(store::now_ms().saturating_sub(at))),
@@ -467,6 +473,17 @@ impl crate::server::Control for DaemonView {
 
     fn hook_answered(&self, receiver: &str, result: &'static str) {
         self.shared.metrics.webhook_request(receiver, result);
+    }
+}
+
+impl DaemonView {
+    /// Every host's retry budget now.
+    fn budgets(&self) -> Vec<(String, BudgetState)> {
+        let now = Instant::now();
+        lock(&self.shared.budgets)
+            .iter()
+            .map(|(host, b)| (host.clone(), lock(b).state(now)))
+            .collect()
     }
 }
 
@@ -746,6 +763,18 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
         return;
     }
     let host = crate::git::remote_host(&repo.url);
+    let budget = {
+        let daemon = &shared.config().daemon;
+        lock(&shared.budgets)
+            .entry(host.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(RetryBudget::new(
+                    daemon.retry_budget_ratio,
+                    daemon.retry_budget_min,
+                )))
+            })
+            .clone()
+    };
     let admission = lock(&shared.breakers)
         .entry(host.clone())
         .or_default()
@@ -798,6 +827,7 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
                 plugins: &load,
                 store: &job.store,
                 cancel: job.cancel.clone(),
+                budget: Some(budget),
             };
             let (report, recorded) = pull_job.run(&mut observer, timing);
             match recorded {

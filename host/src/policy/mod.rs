@@ -7,8 +7,11 @@
 //! [`crate::plugin::WasmPolicy`] runs plugin components behind the same trait. This
 //! module never touches git: it sees failure classes, not errors.
 
+mod budget;
+
 use std::time::Duration;
 
+pub use budget::{BudgetState, Budgeted, RetryBudget};
 pub use gitpulse_policy_core::{AttemptContext, Backoff, Decision, StopReason};
 
 /// Something that decides after each failed attempt.
