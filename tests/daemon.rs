@@ -734,3 +734,22 @@ fn a_notify_plugin_that_sleeps_cannot_stall_the_daemon() {
     // And SIGTERM still stops it.
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn plugins_see_their_hosts_real_retry_budget() {
+    let served = Served::new("app");
+    misbehave_plugins(served.root.path(), &["teller"]);
+    let port = free_port();
+    let config = failing_with_policy(&served, port, "teller")
+        .plugin("teller", &[("mode", "budget".into())])
+        .daemon("retry_budget_min", 7)
+        .write_in(served.root.path());
+    let d = Daemon::start(&config, port, &[]);
+    // One repo, no share of pulls yet: the floor of 7 a minute, all left.
+    // (A one-shot pull would say 1/2: its own attempts.)
+    wait_for("the plugin's report", Duration::from_secs(30), || {
+        d.log().contains("misbehave: budget")
+    });
+    assert!(d.log().contains("misbehave: budget 7/7"), "{}", d.log());
+    assert_eq!(d.stop(), 0);
+}

@@ -83,8 +83,8 @@ pub(crate) fn context_to_wit(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         },
-        // Per-host budgets arrive with the daemon; a single pull has the
-        // whole of its attempts.
+        // A one-shot pull has the whole of its attempts; the daemon
+        // replaces this with its host's real budget (`note_budget`).
         budget: wit::Budget {
             remaining: told.max_attempts.saturating_sub(ctx.attempt),
             capacity: told.max_attempts,

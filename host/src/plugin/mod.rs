@@ -914,6 +914,9 @@ pub struct WasmPolicy {
     /// Faults since the last `take_faults`, also among the notices.
     fault_log: Vec<String>,
     last_message: String,
+    /// The host's retry budget (remaining, capacity), when the daemon
+    /// budgets this host's retries.
+    budget: Option<(u32, u32)>,
 }
 
 impl WasmPolicy {
@@ -946,6 +949,7 @@ impl WasmPolicy {
             notices: Vec::new(),
             fault_log: Vec::new(),
             last_message: String::new(),
+            budget: None,
         }
     }
 
@@ -1051,7 +1055,13 @@ impl RetryPolicy for WasmPolicy {
     }
 
     fn decide(&mut self, ctx: &AttemptContext) -> Decision {
-        let wit_ctx = bindings::context_to_wit(ctx, &self.last_message, &self.repo, &self.told);
+        let mut wit_ctx = bindings::context_to_wit(ctx, &self.last_message, &self.repo, &self.told);
+        if let Some((remaining, capacity)) = self.budget {
+            wit_ctx.budget = wit::Budget {
+                remaining,
+                capacity,
+            };
+        }
         let decision = self.eligibility(ctx, &wit_ctx);
         let decision = self.shaped(decision, &wit_ctx);
         self.drain_plugin_logs();
@@ -1068,6 +1078,10 @@ impl RetryPolicy for WasmPolicy {
 
     fn note_failure_message(&mut self, message: &str) {
         self.set_failure_message(message);
+    }
+
+    fn note_budget(&mut self, remaining: u32, capacity: u32) {
+        self.budget = Some((remaining, capacity));
     }
 }
 

@@ -119,6 +119,15 @@ impl RetryPolicy for Budgeted {
     }
 
     fn decide(&mut self, ctx: &AttemptContext) -> Decision {
+        let before = self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state(Instant::now());
+        self.inner.note_budget(
+            before.allowed.saturating_sub(before.retries),
+            before.allowed,
+        );
         match self.inner.decide(ctx) {
             Decision::RetryAfter { delay, timeout } => {
                 let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
@@ -142,6 +151,10 @@ impl RetryPolicy for Budgeted {
 
     fn note_failure_message(&mut self, message: &str) {
         self.inner.note_failure_message(message)
+    }
+
+    fn note_budget(&mut self, remaining: u32, capacity: u32) {
+        self.inner.note_budget(remaining, capacity)
     }
 }
 

@@ -32,6 +32,9 @@ pub trait RetryPolicy {
     }
     /// The (redacted) message of the failure about to be decided on.
     fn note_failure_message(&mut self, _message: &str) {}
+    /// The host's retry budget before this decision: retries `remaining`
+    /// of `capacity` in the current window (plugins see it as `budget`).
+    fn note_budget(&mut self, _remaining: u32, _capacity: u32) {}
 }
 
 /// The standard policy: transient classes retried with capped exponential

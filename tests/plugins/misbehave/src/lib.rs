@@ -5,6 +5,7 @@
 //! not JSON, so wrong for webhooks), `log` (logs a warning and behaves),
 //! `snoop` (tries files, environment and network, and logs what it got),
 //! `sleep` (sleeps three seconds, and logs how long that really took),
+//! `budget` (logs the retry budget it is told, then behaves),
 //! anything else behaves like the standard policy.
 
 use gitpulse_plugin_sdk::types::*;
@@ -71,6 +72,15 @@ fn snoop() {
 impl retry::Guest for Misbehave {
     fn decide(ctx: AttemptContext) -> Decision {
         misbehave();
+        if mode() == "budget" {
+            host::log(
+                host::Level::Warn,
+                &format!(
+                    "misbehave: budget {}/{}",
+                    ctx.budget.remaining, ctx.budget.capacity
+                ),
+            );
+        }
         match mode().as_str() {
             "years" => Decision::Retry(RetryAfter {
                 delay_ms: 10 * 365 * 86_400_000,
