@@ -593,3 +593,39 @@ fn a_checkout_owned_by_another_user_is_left_alone() {
         .collect();
     assert!(aside.is_empty(), "nothing moved aside");
 }
+
+#[test]
+fn a_deeper_depth_deepens_and_no_depth_unshallows() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    for i in 0..5 {
+        up.commit(&format!("c{i}"));
+    }
+    let server = GitHttpServer::start(root.path());
+    let dir = root.path().join("c");
+    assert_eq!(pull(&server.url("app"), &dir, &["--depth", "1"]).code, 0);
+    assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
+
+    let run = pull(&server.url("app"), &dir, &["--depth", "3"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        git_ok(&dir, &["rev-list", "--count", "HEAD"]),
+        "3",
+        "deepened"
+    );
+
+    // No depth, or depth 0: the whole history.
+    let other = root.path().join("d");
+    assert_eq!(pull(&server.url("app"), &other, &["--depth", "1"]).code, 0);
+    for (dir, extra) in [(&dir, &[][..]), (&other, &["--depth", "0"][..])] {
+        let run = pull(&server.url("app"), dir, extra);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(
+            git_ok(dir, &["rev-parse", "--is-shallow-repository"]),
+            "false",
+            "{extra:?}: the whole history"
+        );
+        assert_eq!(git_ok(dir, &["rev-list", "--count", "HEAD"]), "6");
+        assert!(fsck_ok(dir));
+    }
+}

@@ -1,7 +1,6 @@
 //! Command-line definitions (clap) and their translation into library
 //! options. No work happens here: `main` dispatches, the library pulls.
 
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -464,9 +463,11 @@ pub struct PullArgs {
     /// Branch to follow [default: the branch DIR has checked out, else the remote's HEAD]
     #[arg(long, short)]
     pub branch: Option<String>,
-    /// Shallow history: fetch only the last N commits
+    /// Shallow history: fetch only the last N commits. A larger N deepens
+    /// an existing shallow checkout; 0 (or leaving it out) fetches the whole
+    /// history, unshallowing it
     #[arg(long, value_name = "N")]
-    pub depth: Option<NonZeroU32>,
+    pub depth: Option<u32>,
     /// Also update submodules (off by default)
     #[arg(long)]
     pub submodules: bool,
@@ -606,7 +607,7 @@ impl PullArgs {
         if self.timeout.is_zero() {
             return Err(UsageError::ZeroTimeout);
         }
-        crate::git::check_depth(&self.url, self.depth.map(NonZeroU32::get))
+        crate::git::check_depth(&self.url, self.depth.filter(|d| *d > 0))
             .map_err(UsageError::Depth)?;
         if self.backoff_base > self.backoff_max {
             return Err(UsageError::Backoff {
@@ -620,7 +621,7 @@ impl PullArgs {
                 url: self.url.clone(),
                 dir: self.dir.clone(),
                 branch: self.branch.clone(),
-                depth: self.depth.map(NonZeroU32::get),
+                depth: self.depth.filter(|d| *d > 0),
                 submodules: self.submodules,
                 local_submodules: self.allow_local_submodules,
                 mode: match self.mode {

@@ -943,9 +943,11 @@ pub fn parse(
                 "is larger than backoff_max",
             );
         }
+        // 0: the whole history (unshallows a shallow checkout).
         let depth = c
             .depth
             .clone()
+            .filter(|d| *d.get_ref() != 0)
             .and_then(|d| check.positive(&d, &format!("{label}.depth"), i32::MAX as i64))
             .map(|d| d as u32);
         if let (Some(d), Err(e)) = (&c.depth, crate::git::check_depth(&url, depth)) {

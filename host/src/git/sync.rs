@@ -430,7 +430,10 @@ impl Attempt<'_> {
         let tracking_ref = format!("refs/remotes/origin/{branch}");
         let on_branch = current_branch.as_deref() == Some(branch.as_str());
 
-        if on_branch && old == Some(tip) {
+        // A depth that changed reshapes the history even when the tip did
+        // not move: deepen to the new depth, or unshallow without one.
+        let reshape = self.reshape(repo, tip);
+        if on_branch && old == Some(tip) && reshape.is_none() {
             drop(connection);
             set_ref_if_changed(repo, &tracking_ref, tip)?;
             // Reset makes the checkout equal to the remote even when the
@@ -452,10 +455,13 @@ impl Attempt<'_> {
             });
         }
 
-        if repo.find_commit(tip).is_err() {
+        if repo.find_commit(tip).is_err() || reshape.is_some() {
             journal::begin(repo, &Intent::Busy).map_err(io_fail(repo.path()))?;
             let refspec = format!("+{remote_ref}:{tracking_ref}");
             let mut options = self.fetch_options(on_transfer);
+            if let Some(depth) = reshape {
+                options.depth(depth);
+            }
             connection
                 .remote()
                 .download(&[refspec.as_str()], Some(&mut options))?;
@@ -649,6 +655,26 @@ impl Attempt<'_> {
         Ok(())
     }
 
+    /// The depth to fetch with when the checkout's history no longer has
+    /// the shape asked for: deeper than it is (`--depth` grew), or whole
+    /// (no `--depth` any more, `UNSHALLOW`). `None`: as it should be.
+    fn reshape(&self, repo: &Repository, tip: Oid) -> Option<i32> {
+        /// libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
+        const UNSHALLOW: i32 = i32::MAX;
+        if !repo.is_shallow() || repo.find_commit(tip).is_err() {
+            return None;
+        }
+        match self.spec.depth {
+            None | Some(0) => Some(UNSHALLOW),
+            Some(depth) => {
+                let mut walk = repo.revwalk().ok()?;
+                walk.push(tip).ok()?;
+                let have = walk.take(depth as usize).count();
+                (have < depth as usize).then(|| depth.min(i32::MAX as u32 - 1) as i32)
+            }
+        }
+    }
+
     fn fetch_options<'cb>(
         &'cb self,
         on_transfer: &'cb mut dyn FnMut(Transfer),
@@ -658,7 +684,7 @@ impl Attempt<'_> {
             .remote_callbacks(self.callbacks(Some(on_transfer)))
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
-        if let Some(depth) = self.spec.depth {
+        if let Some(depth) = self.spec.depth.filter(|d| *d > 0) {
             options.depth(depth.min(i32::MAX as u32) as i32);
         }
         options
