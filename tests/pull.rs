@@ -74,8 +74,14 @@ fn follows_the_requested_branch() {
     assert_eq!(run.new_sha(), Some(next.as_str()), "{run:?}");
 }
 
-#[test]
-fn a_shallow_clone_has_only_the_requested_depth() {
+/// An upstream of 6 commits served over smart HTTP, cloned with depth 1
+/// into `c`.
+fn shallow_clone() -> (
+    tempfile::TempDir,
+    Upstream,
+    GitHttpServer,
+    std::path::PathBuf,
+) {
     let root = tempfile::tempdir().unwrap();
     let mut up = Upstream::new(root.path(), "app");
     for i in 0..5 {
@@ -85,6 +91,13 @@ fn a_shallow_clone_has_only_the_requested_depth() {
     let dir = root.path().join("c");
     let run = pull(&server.url("app"), &dir, &["--depth", "1"]);
     assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
+    (root, up, server, dir)
+}
+
+#[test]
+fn a_shallow_clone_has_only_the_requested_depth() {
+    let (root, mut up, server, dir) = shallow_clone();
     assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
     assert_eq!(
         git_ok(&dir, &["rev-parse", "--is-shallow-repository"]),
@@ -596,15 +609,7 @@ fn a_checkout_owned_by_another_user_is_left_alone() {
 
 #[test]
 fn a_deeper_depth_deepens_and_no_depth_unshallows() {
-    let root = tempfile::tempdir().unwrap();
-    let mut up = Upstream::new(root.path(), "app");
-    for i in 0..5 {
-        up.commit(&format!("c{i}"));
-    }
-    let server = GitHttpServer::start(root.path());
-    let dir = root.path().join("c");
-    assert_eq!(pull(&server.url("app"), &dir, &["--depth", "1"]).code, 0);
-    assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
+    let (root, _up, server, dir) = shallow_clone();
 
     let run = pull(&server.url("app"), &dir, &["--depth", "3"]);
     assert_eq!(run.code, 0, "{run:?}");

@@ -164,6 +164,18 @@ policy = "absent"
     );
 }
 
+/// A config with repo `app` (labelled team = platform) and notifier `name`
+/// whose settings are `toml`, written in `root`.
+fn with_notifier(root: &std::path::Path, name: &str, toml: &str) -> std::path::PathBuf {
+    ConfigFile::default()
+        .repo(
+            Repo::new("app", "https://git.example.com/app.git", &root.join("c"))
+                .set("labels", table(&[("team", "platform")])),
+        )
+        .notifier_toml(name, toml)
+        .write_in(root)
+}
+
 #[test]
 fn templates_with_partials_are_refused_before_they_can_recurse() {
     let root = tempfile::tempdir().unwrap();
@@ -174,20 +186,14 @@ fn templates_with_partials_are_refused_before_they_can_recurse() {
         "{{#*inline \"a\"}}{{> b}}{{/inline}}{{#*inline \"b\"}}{{> a}}{{/inline}}{{> a}}",
     )
     .unwrap();
-    let config = ConfigFile::default()
-        .repo(Repo::new(
-            "app",
-            "https://git.example.com/app.git",
-            &root.path().join("c"),
-        ))
-        .notifier_toml(
-            "audit",
-            &format!(
-                "kind = \"log\"\ntemplates.failed = {{ body = \"{}\" }}",
-                body.display()
-            ),
-        )
-        .write_in(root.path());
+    let config = with_notifier(
+        root.path(),
+        "audit",
+        &format!(
+            "kind = \"log\"\ntemplates.failed = {{ body = \"{}\" }}",
+            body.display()
+        ),
+    );
     let (code, _, err) = validate(&config, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -206,32 +212,27 @@ fn templates_are_rendered_with_a_sample_event_of_their_kind() {
     // Compiles, but `json` without an argument fails when it renders.
     let broken = root.path().join("failed.hbs");
     std::fs::write(&broken, "{{json}}").unwrap();
-    // Fine: values in a webhook template are escaped as JSON strings.
+    // Fine: values in a webhook template are escaped as JSON strings, and a
+    // label the config's repos carry is there (rendering is strict).
     let good = root.path().join("recovered.hbs");
     std::fs::write(
         &good,
-        "{\"subject\": \"{{repo.name}} {{failure.message}}\"}",
+        "{\"subject\": \"{{repo.name}} {{failure.message}} {{repo.labels.team}}\"}",
     )
     .unwrap();
-    let config = ConfigFile::default()
-        .repo(Repo::new(
-            "app",
-            "https://git.example.com/app.git",
-            &root.path().join("c"),
-        ))
-        .notifier_toml(
-            "hook",
-            &format!(
-                "kind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
-                 templates.changed = {{ body = \"{}\" }}\n\
-                 templates.failed = {{ body = \"{}\" }}\n\
-                 templates.recovered = {{ body = \"{}\" }}",
-                unquoted.display(),
-                broken.display(),
-                good.display()
-            ),
-        )
-        .write_in(root.path());
+    let config = with_notifier(
+        root.path(),
+        "hook",
+        &format!(
+            "kind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
+             templates.changed = {{ body = \"{}\" }}\n\
+             templates.failed = {{ body = \"{}\" }}\n\
+             templates.recovered = {{ body = \"{}\" }}",
+            unquoted.display(),
+            broken.display(),
+            good.display()
+        ),
+    );
     let (code, _, err) = validate(&config, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
