@@ -97,7 +97,7 @@ fn shallow_clone() -> (
 
 #[test]
 fn a_shallow_clone_has_only_the_requested_depth() {
-    let (root, mut up, server, dir) = shallow_clone();
+    let (_root, mut up, server, dir) = shallow_clone();
     assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
     assert_eq!(
         git_ok(&dir, &["rev-parse", "--is-shallow-repository"]),
