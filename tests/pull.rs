@@ -290,6 +290,44 @@ fn a_token_is_sent_as_the_user_the_url_names() {
 }
 
 #[test]
+fn username_goes_with_the_token_to_servers_that_check_it() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let token = "tok_for_deploy";
+    let server = GitHttpServer::start_with_basic_auth(root.path(), "deploy", token);
+    let run_with = |dir: &str, extra: &[&str]| {
+        let mut args = vec!["--token-env", "GP_TEST_TOKEN"];
+        args.extend(extra);
+        let mut cmd = pull_command(&server.url("app"), &root.path().join(dir), &args);
+        cmd.env("GP_TEST_TOKEN", token);
+        finish(cmd.output().unwrap())
+    };
+    // The default user (x-access-token) is refused here.
+    assert_eq!(run_with("a", &[]).classes(), ["auth"]);
+    let run = run_with("b", &["--username", "deploy"]);
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    assert_eq!(run.new_sha(), Some(up.head().as_str()));
+    // Without a token there is nothing to send it with; `:` cannot be in it.
+    for (extra, said) in [
+        (
+            &["--username", "deploy"][..],
+            "add --token-env or --token-file",
+        ),
+        (
+            &["--username", "a:b", "--token-env", "GP_TEST_TOKEN"][..],
+            "cannot hold `:`",
+        ),
+    ] {
+        let mut cmd = pull_command(&server.url("app"), &root.path().join("c"), extra);
+        cmd.env("GP_TEST_TOKEN", token);
+        let run = finish(cmd.output().unwrap());
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains(said), "{run:?}");
+        assert!(!root.path().join("c").exists());
+    }
+}
+
+#[test]
 fn usage_errors_exit_2_and_touch_nothing() {
     let root = tempfile::tempdir().unwrap();
     let up = Upstream::new(root.path(), "app");

@@ -503,6 +503,10 @@ pub struct PullArgs {
     /// Read an HTTPS token from this environment variable
     #[arg(long, value_name = "VAR", conflicts_with = "token_file")]
     pub token_env: Option<String>,
+    /// The user to send with the token, for servers that check it (Bitbucket, Gitea,
+    /// htpasswd); default: the URL's user, else x-access-token
+    #[arg(long, value_name = "NAME")]
+    pub username: Option<String>,
     /// Read an HTTPS token from this file (surrounding whitespace is ignored)
     #[arg(long, value_name = "F")]
     pub token_file: Option<PathBuf>,
@@ -548,6 +552,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// A problem with the command line that no retry can fix (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
+    #[error("--username: {0}")]
+    /// `--username` without a token, or one that cannot be a basic-auth user.
+    Username(&'static str),
     #[error("--token-env {0}: the environment variable is not set or empty")]
     /// `--token-env` names an unset or empty variable.
     TokenEnvMissing(String),
@@ -630,6 +637,7 @@ impl PullArgs {
                     ModeArg::Mirror => Mode::Mirror,
                 },
                 auth,
+                username: self.username.clone(),
                 lock_wait: self.lock_wait,
             },
             timeout: self.timeout,
@@ -645,6 +653,16 @@ impl PullArgs {
     }
 
     fn auth(&self) -> Result<Auth, UsageError> {
+        if let Some(user) = &self.username {
+            if let Some(why) = crate::git::bad_username(user) {
+                return Err(UsageError::Username(why));
+            }
+            if self.token_env.is_none() && self.token_file.is_none() {
+                return Err(UsageError::Username(
+                    "it is sent with a token: add --token-env or --token-file",
+                ));
+            }
+        }
         if self.token_env.is_some() || self.token_file.is_some() {
             crate::git::check_token_transport(&self.url, self.allow_http_token)
                 .map_err(UsageError::InsecureToken)?;

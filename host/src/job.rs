@@ -189,6 +189,7 @@ fn options(repo: &RepoConfig, auth: Auth) -> PullOptions {
             local_submodules: repo.local_submodules,
             mode: repo.mode,
             auth,
+            username: repo.username.clone(),
             lock_wait: repo.lock_wait,
         },
         timeout: repo.timeout,

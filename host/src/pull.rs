@@ -206,6 +206,7 @@ mod tests {
                 local_submodules: false,
                 mode: Mode::FastForward,
                 auth: Auth::None,
+                username: None,
                 lock_wait: Duration::ZERO,
             },
             timeout: Duration::from_secs(5),

@@ -174,6 +174,9 @@ pub struct RepoConfig {
     pub backoff_max: Duration,
     /// How it authenticates (names only).
     pub auth: AuthRef,
+    /// The user sent with its token (`username`); default: the URL's, else
+    /// `x-access-token`.
+    pub username: Option<String>,
     /// Free labels, for notifier filters and plugins.
     pub labels: BTreeMap<String, String>,
     /// Which plugin plays which role.
@@ -370,6 +373,7 @@ struct RawRepo {
     dir: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
     allow_http_token: Option<Spanned<bool>>,
     ssh_key: Option<Spanned<String>>,
     known_hosts: Option<Spanned<String>>,
@@ -990,6 +994,17 @@ pub fn parse(
         }
 
         let auth = check_auth(&mut check, r, &label, &resolve, env);
+        if let Some(user) = &r.username {
+            if let Some(why) = crate::git::bad_username(user.get_ref()) {
+                check.at(user, format!("{label}.username"), why);
+            } else if !matches!(auth, AuthRef::TokenEnv(_) | AuthRef::TokenFile(_)) {
+                check.at(
+                    user,
+                    format!("{label}.username"),
+                    "it is sent with a token: add token_env or token_file",
+                );
+            }
+        }
         if let Some(token) = r.token_env.as_ref().or(r.token_file.as_ref()) {
             let allowed = r.allow_http_token.as_ref().is_some_and(|a| *a.get_ref());
             if let Err(e) = crate::git::check_token_transport(&url, allowed) {
@@ -1040,6 +1055,7 @@ pub fn parse(
             policy,
             notifiers: notifier_names,
             required: r.required.as_ref().is_none_or(|v| *v.get_ref()),
+            username: r.username.as_ref().map(|u| u.get_ref().clone()),
             line,
         });
     }
@@ -1572,6 +1588,26 @@ mode = "ff"
         let err = parse_with(&typed, &[]).unwrap_err().to_string();
         assert!(!err.contains(token), "{err}");
         assert!(err.contains("gitpulse.toml:2"), "{err}");
+    }
+
+    #[test]
+    fn a_username_needs_a_token_and_no_colon() {
+        let repo =
+            |extra: &str| format!("[[repo]]\nname = \"a\"\nurl = \"https://h/a.git\"\n{extra}");
+        let ok = parse_with(
+            &repo("token_env = \"T\"\nusername = \"deploy\"\n"),
+            &[("T", "x")],
+        )
+        .unwrap();
+        assert_eq!(ok.repos[0].username.as_deref(), Some("deploy"));
+        for (extra, said) in [
+            ("username = \"deploy\"\n", "add token_env or token_file"),
+            ("token_env = \"T\"\nusername = \"a:b\"\n", "cannot hold `:`"),
+        ] {
+            let err = parse_with(&repo(extra), &[("T", "x")]).unwrap_err();
+            assert_eq!(err.0[0].field, "repo \"a\".username", "{err}");
+            assert!(err.to_string().contains(said), "{err}");
+        }
     }
 
     #[test]

@@ -92,6 +92,19 @@ pub fn remote_host(url: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Why `user` cannot be sent as a basic-auth user name, if it cannot.
+pub fn bad_username(user: &str) -> Option<&'static str> {
+    if user.is_empty() {
+        Some("empty")
+    } else if user.contains(':') {
+        Some("a basic-auth user name cannot hold `:`")
+    } else if user.chars().any(char::is_control) || user.len() > 256 {
+        Some("control characters or more than 256 bytes")
+    } else {
+        None
+    }
+}
+
 /// How the checkout follows the remote branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -110,8 +123,8 @@ pub enum Mode {
 pub enum Auth {
     /// Anonymous, or whatever userinfo the URL carries.
     None,
-    /// An HTTPS token, sent as basic auth (user from the URL, else
-    /// `x-access-token`).
+    /// An HTTPS token, sent as basic auth (user: `SyncSpec::username`,
+    /// else from the URL, else `x-access-token`).
     Token(Secret),
     /// An SSH private key; the host key is checked against `known_hosts`
     /// when given, else against the user's `~/.ssh/known_hosts`.
@@ -142,6 +155,9 @@ pub struct SyncSpec {
     pub mode: Mode,
     /// Credentials.
     pub auth: Auth,
+    /// The user sent with a token, for servers that check it (Bitbucket,
+    /// Gitea, htpasswd); default: the URL's user, else `x-access-token`.
+    pub username: Option<String>,
     /// How long to wait for another process's lock on DIR.
     pub lock_wait: Duration,
 }

@@ -50,7 +50,11 @@ pub fn sync(
     };
     let credentials = match &spec.auth {
         Auth::Token(token) => Some(Credentials {
-            user: url_user(&spec.url).unwrap_or_else(|| "x-access-token".into()),
+            user: spec
+                .username
+                .clone()
+                .or_else(|| url_user(&spec.url))
+                .unwrap_or_else(|| "x-access-token".into()),
             password: token.clone(),
             origin: http::origin(&spec.url).unwrap_or_default(),
         }),
