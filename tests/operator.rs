@@ -140,8 +140,9 @@ fn metrics_count_known_pulls_and_pass_promtool() {
     assert_eq!(d.stop(), 0);
 }
 
-#[test]
-fn readiness_waits_for_every_required_repo_and_says_which() {
+/// Repo `good` on a healthy server and repo `bad` on one that answers 503,
+/// one attempt each, for a daemon on `port`.
+fn good_and_bad() -> (Served, Served, u16, ConfigFile) {
     let good = Served::new("good");
     let bad = Served::new("bad");
     bad.proxy.set_always(Some(Fault::Status(503)));
@@ -149,7 +150,14 @@ fn readiness_waits_for_every_required_repo_and_says_which() {
     let config = operator_config(port)
         .defaults("max_attempts", 1)
         .repo(Repo::new("good", &good.url(), &good.dir("good")))
-        .repo(Repo::new("bad", &bad.url(), &good.dir("bad")))
+        .repo(Repo::new("bad", &bad.url(), &good.dir("bad")));
+    (good, bad, port, config)
+}
+
+#[test]
+fn readiness_waits_for_every_required_repo_and_says_which() {
+    let (good, bad, port, config) = good_and_bad();
+    let config = config
         .repo(Repo::new("optional", &bad.url(), &good.dir("optional")).set("required", false))
         .write_in(good.root.path());
     let d = Daemon::start(&config, port, &[]);
@@ -668,15 +676,8 @@ fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_status_page_shows_every_repo_and_its_state_in_a_browser() {
-    let good = Served::new("good");
-    let bad = Served::new("bad");
-    bad.proxy.set_always(Some(Fault::Status(503)));
-    let port = free_port();
-    let config = operator_config(port)
-        .defaults("max_attempts", 1)
-        .repo(Repo::new("good", &good.url(), &good.dir("good")))
-        .repo(Repo::new("bad", &bad.url(), &good.dir("bad")))
-        .write_in(good.root.path());
+    let (good, _bad, port, config) = good_and_bad();
+    let config = config.write_in(good.root.path());
     let d = Daemon::start(&config, port, &[]);
     wait_for("the first pulls", Duration::from_secs(30), || {
         pulls(&d) >= 2

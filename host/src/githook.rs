@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::job::LocalChange;
+
 /// The hooks installed by default: those that run after the checkout moved.
 pub const DEFAULT_HOOKS: [&str; 3] = ["post-merge", "post-checkout", "post-rewrite"];
 /// Every hook `hook run` understands.
@@ -279,14 +281,7 @@ pub fn install(
 }
 
 fn write_executable(path: &Path, text: &str) -> Result<(), HookError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut scratch = path.as_os_str().to_owned();
-    scratch.push(".gitpulse-new");
-    let scratch = PathBuf::from(scratch);
-    std::fs::write(&scratch, text).map_err(io(&scratch))?;
-    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755))
-        .map_err(io(&scratch))?;
-    std::fs::rename(&scratch, path).map_err(io(path))
+    crate::model::write_replacing(path, text.as_bytes(), 0o755).map_err(io(path))
 }
 
 /// Removes our shims from `dir` and puts back what they replaced (a rename:
@@ -484,6 +479,29 @@ pub fn change(
         }
         other => return Err(HookError::UnknownHook(other.to_string())),
     })
+}
+
+/// Reads from git what a configured repository would otherwise say: the
+/// commit count of `change`, the worktree's origin and branch.
+pub fn describe(top: &Path, change: &Change) -> LocalChange {
+    let range = match &change.old {
+        Some(old) => format!("{old}..{}", change.new),
+        None => change.new.clone(),
+    };
+    LocalChange {
+        old: change.old.clone(),
+        new: change.new.clone(),
+        commits: git(top, &["rev-list", "--count", &range])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        name: top
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "repo".into()),
+        url: git(top, &["remote", "get-url", "origin"]).unwrap_or_default(),
+        branch: git(top, &["symbolic-ref", "-q", "--short", "HEAD"]).ok(),
+    }
 }
 
 /// Whether a rebase is under way in the repository at `top`.

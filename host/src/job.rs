@@ -16,7 +16,7 @@
 //! it does not pull (`pull`), decide events (`events`), render (`notify`),
 //! store (`store`) or load plugins (its callers hand it a loader).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,6 +276,65 @@ fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A change made in a worktree by hand (`git pull`, `checkout`, …), as a
+/// git hook reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalChange {
+    /// Before (none: the worktree had no commit).
+    pub old: Option<String>,
+    /// After.
+    pub new: String,
+    /// Commits from `old` to `new` (0 when the checkout went back).
+    pub commits: u64,
+    /// The worktree's name (its directory's).
+    pub name: String,
+    /// Its `origin` URL, if any.
+    pub url: String,
+    /// The checked-out branch, if any.
+    pub branch: Option<String>,
+}
+
+/// Records a change a git hook saw in the worktree `top` as a pull of it
+/// would be: the `[[repo]]` whose `dir` is `top` gives its name, labels,
+/// notifiers and notify plugin; otherwise the change's own name, URL and
+/// branch. Returns how many events were recorded; delivery is left to the
+/// caller.
+pub fn record_change(config: &Config, top: &Path, seen: &LocalChange) -> Result<usize, StoreError> {
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let here = canonical(top);
+    let configured = config.repos.iter().find(|r| canonical(&r.dir) == here);
+    let (repo, notifiers, plugin) = match configured {
+        Some(r) => (identity(r), r.notifiers.clone(), r.policy.notify.clone()),
+        None => (
+            RepoRef::new(
+                &seen.name,
+                &seen.url,
+                seen.branch.as_deref(),
+                Default::default(),
+            ),
+            Vec::new(),
+            None,
+        ),
+    };
+    let report = PullReport {
+        outcome: crate::outcome::Outcome::Updated,
+        old: seen.old.clone(),
+        new: Some(seen.new.clone()),
+        commits: seen.commits,
+        ..PullReport::failed(repo.url(), top)
+    };
+    let audience = Audience {
+        notifiers: &notifiers,
+        plugin: plugin.as_deref(),
+    };
+    let registry = crate::plugin::Registry::new(
+        Some(config.daemon.compile_cache()),
+        crate::plugin::Sandbox::default(),
+    );
+    let load = |name: &str| plugin_in_dir(config, &registry, name);
+    record_only(config, &repo, top, &report, &audience, &load)
+}
+
 /// Plugin `name` from `config`'s plugin directory through `registry`, with
 /// its settings and its key-value store persisted in the state directory:
 /// for one-shot commands (a git hook), which share nothing across runs.
@@ -284,18 +343,25 @@ pub fn plugin_in_dir(
     registry: &crate::plugin::Registry,
     name: &str,
 ) -> Result<crate::plugin::Plugin, crate::plugin::LoadError> {
-    let dir = config.daemon.plugin_dir.clone().unwrap_or_default();
-    let kv_file = config
-        .daemon
-        .state_dir
-        .join("plugins")
-        .join(format!("{name}.json"));
+    let (wasm, kv_file) = plugin_files(config, name);
     let mut env =
         crate::plugin::PluginEnv::new(config.plugins.get(name).cloned().unwrap_or_default(), None);
     if let Ok(kv) = crate::plugin::KvStore::persisted(kv_file) {
         env = env.with_kv(kv);
     }
-    registry.get(&dir.join(format!("{name}.wasm")), env)
+    registry.get(&wasm, env)
+}
+
+/// Where plugin `name` of `config` lives (`plugin_dir/NAME.wasm`) and where
+/// its key-value store is kept (`state_dir/plugins/NAME.json`).
+pub fn plugin_files(config: &Config, name: &str) -> (PathBuf, PathBuf) {
+    let dir = config.daemon.plugin_dir.clone().unwrap_or_default();
+    let kv = config
+        .daemon
+        .state_dir
+        .join("plugins")
+        .join(format!("{name}.json"));
+    (dir.join(format!("{name}.wasm")), kv)
 }
 
 /// What `gitpulse pull --notify-config` did with its notifications.

@@ -599,55 +599,8 @@ fn hook_run(name: &str, args: &[String], config: Option<PathBuf>) -> Result<(), 
         return Ok(());
     };
     let config = config::load(&config_path, Scope::Structure).map_err(|p| p.to_string())?;
-    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    let here = canonical(&top);
-    let (repo, audience_notifiers, plugin) =
-        match config.repos.iter().find(|r| canonical(&r.dir) == here) {
-            Some(r) => (
-                job::identity(r),
-                r.notifiers.clone(),
-                r.policy.notify.clone(),
-            ),
-            None => {
-                let url = githook::git(&top, &["remote", "get-url", "origin"]).unwrap_or_default();
-                let branch = githook::git(&top, &["symbolic-ref", "-q", "--short", "HEAD"]).ok();
-                let name = top
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "repo".into());
-                (
-                    RepoRef::new(&name, &url, branch.as_deref(), Default::default()),
-                    Vec::new(),
-                    None,
-                )
-            }
-        };
-    let commits = match &change.old {
-        Some(old) => githook::git(
-            &top,
-            &["rev-list", "--count", &format!("{old}..{}", change.new)],
-        )
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0),
-        None => githook::git(&top, &["rev-list", "--count", &change.new])
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-    };
-    let mut report = gitpulse::outcome::PullReport::failed(repo.url(), &top);
-    report.outcome = gitpulse::outcome::Outcome::Updated;
-    report.old = change.old.clone();
-    report.new = Some(change.new.clone());
-    report.commits = commits;
-    let audience = gitpulse::notify::Audience {
-        notifiers: &audience_notifiers,
-        plugin: plugin.as_deref(),
-    };
-    let registry = plugin::Registry::new(Some(config.daemon.compile_cache()), Default::default());
-    let load = |name: &str| job::plugin_in_dir(&config, &registry, name);
-    let events = job::record_only(&config, &repo, &top, &report, &audience, &load)
-        .map_err(|e| e.to_string())?;
+    let seen = githook::describe(&top, &change);
+    let events = job::record_change(&config, &top, &seen).map_err(|e| e.to_string())?;
     if events > 0 && !config.notifiers.is_empty() {
         spawn_deliverer(&config_path);
     }

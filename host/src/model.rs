@@ -50,18 +50,25 @@ pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
 }
 
 /// Writes `content` to `path` readable by its owner only (mode 0600),
-/// replacing any old file whole: written beside it, then renamed.
+/// replacing any old file whole.
 pub fn write_private(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    write_replacing(path, content, 0o600)
+}
+
+/// Writes `content` to `path` with `mode`, replacing any old file whole:
+/// written beside it (`NAME.gitpulse-new`), then renamed over it, so a
+/// reader sees the old file or the new one, never half of one.
+pub fn write_replacing(path: &std::path::Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let mut scratch = path.as_os_str().to_owned();
-    scratch.push(".new");
+    scratch.push(".gitpulse-new");
     let scratch = std::path::PathBuf::from(scratch);
     let _ = std::fs::remove_file(&scratch);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&scratch)?;
     file.write_all(content)?;
     file.sync_all()?;

@@ -284,7 +284,7 @@ impl crate::server::Control for DaemonView {
 
     fn status(&self) -> serde_json::Value {
         let config = self.shared.config();
-        let rows = lock(&self.shared.store).status().unwrap_or_default();
+        let rows = rows_by_name(&lock(&self.shared.store));
         let running = lock(&self.shared.running).clone();
         let open: Vec<String> = lock(&self.shared.breakers)
             .iter()
@@ -294,7 +294,7 @@ impl crate::server::Control for DaemonView {
         let c = &self.shared.counters;
         serde_json::json!({
             "repos": config.repos.iter().map(|r| {
-                let row = rows.iter().find(|s| s.repo == r.name);
+                let row = rows.get(&r.name);
                 serde_json::json!({ "repo": r.name, "running": running.contains(&r.name), "state": row })
             }).collect::<Vec<_>>(),
             "counters": {
@@ -322,14 +322,14 @@ impl crate::server::Control for DaemonView {
             missing.push(format!("the state database is not writable: {e}"));
         }
         let pulled = lock(&self.shared.pulled).clone();
-        let rows = lock(&self.shared.store).status().unwrap_or_default();
+        let rows = rows_by_name(&lock(&self.shared.store));
         for repo in self.shared.config().repos.iter().filter(|r| r.required) {
             if pulled.contains(&repo.name) {
                 continue;
             }
             let failing = rows
-                .iter()
-                .find(|s| s.repo == repo.name && s.failures_in_row > 0)
+                .get(&repo.name)
+                .filter(|s| s.failures_in_row > 0)
                 .and_then(|s| s.last_class.clone());
             missing.push(match failing {
                 Some(class) => format!("repo {}: its pulls fail ({class})", repo.name),
@@ -341,13 +341,13 @@ impl crate::server::Control for DaemonView {
 
     fn metrics(&self, openmetrics: bool) -> String {
         let config = self.shared.config();
-        let rows = lock(&self.shared.store).status().unwrap_or_default();
+        let rows = rows_by_name(&lock(&self.shared.store));
         let pulled = lock(&self.shared.pulled).clone();
         let repos = config
             .repos
             .iter()
             .map(|r| {
-                let row = rows.iter().find(|s| s.repo == r.name);
+                let row = rows.get(&r.name);
                 RepoGauges {
                     repo: r.name.clone(),
                     last_success_ms: row.and_then(|s| s.last_success_ms),
@@ -407,12 +407,12 @@ impl crate::server::Control for DaemonView {
             .map(|(host, _)| host.clone())
             .collect();
         let store = lock(&self.shared.store);
-        let rows = store.status().unwrap_or_default();
+        let rows = rows_by_name(&store);
         let repos: Vec<RepoRow> = config
             .repos
             .iter()
             .map(|r| {
-                let row = rows.iter().find(|s| s.repo == r.name);
+                let row = rows.get(&r.name);
                 let failures_in_row = row.map(|s| s.failures_in_row).unwrap_or(0);
                 let state = if open.contains(&crate::git::remote_host(&r.url)) {
                     RepoState::BreakerOpen
@@ -474,6 +474,17 @@ impl crate::server::Control for DaemonView {
     fn hook_answered(&self, receiver: &str, result: &'static str) {
         self.shared.metrics.webhook_request(receiver, result);
     }
+}
+
+/// The store's rows by repository name: one lookup per repo, not a scan
+/// (a scrape of 10,000 repositories must not compare 10⁸ names).
+fn rows_by_name(store: &Store) -> HashMap<String, store::RepoStatus> {
+    store
+        .status()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|row| (row.repo.clone(), row))
+        .collect()
 }
 
 impl DaemonView {
@@ -939,28 +950,25 @@ fn load_plugin(
     config: &Config,
     name: &str,
 ) -> Result<Plugin, crate::plugin::LoadError> {
-    let dir = config.daemon.plugin_dir.clone().unwrap_or_default();
+    let (wasm, kv_file) = crate::job::plugin_files(config, name);
     let kv = lock(&shared.plugin_kv)
         .entry(name.to_string())
         .or_insert_with(|| {
-            let file = config
-                .daemon
-                .state_dir
-                .join("plugins")
-                .join(format!("{name}.json"));
-            Arc::new(Mutex::new(KvStore::persisted(file).unwrap_or_else(|e| {
-                warn!(
-                    plugin = name,
-                    "plugin state unreadable, starting empty: {e}"
-                );
-                KvStore::in_memory()
-            })))
+            Arc::new(Mutex::new(KvStore::persisted(kv_file).unwrap_or_else(
+                |e| {
+                    warn!(
+                        plugin = name,
+                        "plugin state unreadable, starting empty: {e}"
+                    );
+                    KvStore::in_memory()
+                },
+            )))
         })
         .clone();
     let mut env = PluginEnv::new(config.plugins.get(name).cloned().unwrap_or_default(), None);
     env.kv = kv;
     env.calls = Some(shared.metrics.clone());
-    shared.plugins.get(&dir.join(format!("{name}.wasm")), env)
+    shared.plugins.get(&wasm, env)
 }
 
 /// Attempt lines and notices go to the daemon's log; a failed attempt that
