@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::git::{Auth, Mode, SyncSpec};
+use crate::git::{Auth, Follow, Mode, SyncSpec};
 use crate::policy::{Backoff, Builtin};
 use crate::pull::PullOptions;
 use crate::redact::Secret;
@@ -463,6 +463,18 @@ pub struct PullArgs {
     /// Branch to follow [default: the branch DIR has checked out, else the remote's HEAD]
     #[arg(long, short)]
     pub branch: Option<String>,
+    /// What to check out instead of a branch: a tag (followed when upstream
+    /// moves it: forward in ff mode, anywhere in reset mode), a commit SHA
+    /// or unique prefix (pinned), `HEAD` (the remote's default branch, even
+    /// when it changes), or a full ref name. Tags and commits leave HEAD
+    /// detached. Beats --branch; a commit also beats --semver
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+    /// Check out the highest tag matching this semver range, e.g.
+    /// ">=1.2, <2" (a leading `v` on tags is fine; pre-releases only when
+    /// the range names one). Beats --branch and a tag given with --ref
+    #[arg(long, value_name = "RANGE")]
+    pub semver: Option<String>,
     /// Shallow history: fetch only the last N commits. A larger N deepens
     /// an existing shallow checkout; 0 (or leaving it out) fetches the whole
     /// history, unshallowing it
@@ -602,6 +614,9 @@ pub enum UsageError {
     #[error("{0}")]
     /// A token would go over plain http to another machine.
     InsecureToken(String),
+    #[error("--{0}: {1}")]
+    /// `--ref`, `--branch` or `--semver` that cannot name anything.
+    Follow(&'static str, String),
     #[error("--depth: {0}")]
     /// `--depth` with a remote that cannot be pulled shallow.
     Depth(String),
@@ -627,7 +642,7 @@ impl PullArgs {
             sync: SyncSpec {
                 url: self.url.clone(),
                 dir: self.dir.clone(),
-                branch: self.branch.clone(),
+                follow: self.follow()?,
                 depth: self.depth.filter(|d| *d > 0),
                 submodules: self.submodules,
                 local_submodules: self.allow_local_submodules,
@@ -650,6 +665,40 @@ impl PullArgs {
             max: self.backoff_max,
         };
         Ok((options, Builtin::new(backoff, self.max_attempts, self.seed)))
+    }
+
+    fn follow(&self) -> Result<Follow, UsageError> {
+        let mirror = self.mode == ModeArg::Mirror;
+        for (flag, value) in [("branch", &self.branch), ("ref", &self.reference)] {
+            if let Some(value) = value {
+                if let Some(why) = crate::git::bad_ref(value) {
+                    return Err(UsageError::Follow(flag, format!("`{value}`: {why}")));
+                }
+                if mirror {
+                    return Err(UsageError::Follow(
+                        flag,
+                        "a mirror takes every ref: drop it or --mode mirror".into(),
+                    ));
+                }
+            }
+        }
+        let semver = match &self.semver {
+            None => None,
+            Some(_) if mirror => {
+                return Err(UsageError::Follow(
+                    "semver",
+                    "a mirror takes every ref: drop it or --mode mirror".into(),
+                ))
+            }
+            Some(range) => {
+                Some(crate::git::parse_semver(range).map_err(|e| UsageError::Follow("semver", e))?)
+            }
+        };
+        Ok(Follow {
+            branch: self.branch.clone(),
+            reference: self.reference.clone(),
+            semver,
+        })
     }
 
     fn auth(&self) -> Result<Auth, UsageError> {

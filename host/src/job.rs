@@ -154,7 +154,7 @@ pub fn identity(repo: &RepoConfig) -> RepoRef {
     RepoRef::new(
         &repo.name,
         &repo.url,
-        repo.branch.as_deref(),
+        Some(repo.follow.describe().as_str()).filter(|f| !f.is_empty()),
         repo.labels.clone(),
     )
 }
@@ -183,7 +183,7 @@ fn options(repo: &RepoConfig, auth: Auth) -> PullOptions {
         sync: SyncSpec {
             url: repo.url.clone(),
             dir: repo.dir.clone(),
-            branch: repo.branch.clone(),
+            follow: repo.follow.clone(),
             depth: repo.depth,
             submodules: repo.submodules,
             local_submodules: repo.local_submodules,

@@ -683,7 +683,7 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let repo = RepoRef::new(
         &repo_name(&options),
         &args.url,
-        args.branch.as_deref(),
+        Some(options.sync.follow.describe().as_str()).filter(|f| !f.is_empty()),
         Default::default(),
     );
     let told = Told {

@@ -200,7 +200,7 @@ mod tests {
             sync: SyncSpec {
                 url: "https://user:secret@git.example.com/app.git".into(),
                 dir: "/nonexistent/app".into(),
-                branch: None,
+                follow: Default::default(),
                 depth: None,
                 submodules: false,
                 local_submodules: false,

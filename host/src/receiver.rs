@@ -14,6 +14,7 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::config::HookKind;
+use crate::git::Follow;
 
 /// Deliveries bigger than this are refused (GitHub caps payloads at 25 MB).
 pub const MAX_BODY: usize = 25 << 20;
@@ -132,12 +133,6 @@ pub struct Moved {
     pub name: String,
     /// Whether the push deleted it.
     pub deleted: bool,
-}
-
-impl Moved {
-    fn branch(&self) -> Option<&str> {
-        self.name.strip_prefix("refs/heads/")
-    }
 }
 
 /// Reads a verified body. `content_type` matters for Gitea's form-encoded
@@ -300,8 +295,32 @@ pub struct Target {
     pub name: String,
     /// Its remote URL.
     pub url: String,
-    /// The branch it follows (`None`: the remote's default).
-    pub branch: Option<String>,
+    /// What it follows.
+    pub follow: Follow,
+}
+
+/// Whether a push that moved `moved` (a full ref name) can move what
+/// `follow` checks out, on a remote whose default branch is `default`
+/// (`None`: the payload does not say).
+fn moves(follow: &Follow, moved: &str, default: Option<&str>) -> bool {
+    let branch = moved.strip_prefix("refs/heads/");
+    let tag = moved.strip_prefix("refs/tags/");
+    let is_default = |b: &str| default.is_none_or(|d| d == b);
+    match (&follow.reference, &follow.semver) {
+        // A tag of that name, a branch of that name, or else a pinned
+        // commit, which no push moves.
+        (Some(r), _) if r == "HEAD" => branch.is_some_and(is_default),
+        (Some(r), _) if r.starts_with("refs/") => moved == r,
+        (Some(r), None) => branch == Some(r.as_str()) || tag == Some(r.as_str()),
+        (Some(r), Some(_)) => tag.is_some() || branch == Some(r.as_str()),
+        (None, Some(_)) => tag.is_some(),
+        // Following the remote's default branch, with a payload that does
+        // not say which it is: a spare pull is cheap, a missed one is not.
+        (None, None) => match &follow.branch {
+            Some(b) => branch == Some(b.as_str()),
+            None => branch.is_some_and(is_default),
+        },
+    }
 }
 
 /// What a push does: the repositories to pull now, or why none.
@@ -328,25 +347,19 @@ pub fn matching(push: &Push, targets: &[Target]) -> Verdict {
     if live.is_empty() {
         return Verdict::Ignore("the push deleted the ref: nothing to pull".into());
     }
-    let branches: Vec<&str> = live.iter().filter_map(|m| m.branch()).collect();
-    if branches.is_empty() {
-        return Verdict::Ignore("a tag push: repositories follow branches".into());
-    }
     let woken: Vec<String> = same_repo
         .iter()
         .filter(|t| {
-            let followed = t.branch.as_deref().or(push.default_branch.as_deref());
-            // Following the remote's default branch, with a payload that
-            // does not say which it is: a spare pull is cheap, a missed one
-            // is not.
-            followed.is_none_or(|b| branches.contains(&b))
+            live.iter()
+                .any(|m| moves(&t.follow, &m.name, push.default_branch.as_deref()))
         })
         .map(|t| t.name.clone())
         .collect();
     if woken.is_empty() {
+        let names: Vec<&str> = live.iter().map(|m| m.name.as_str()).collect();
         Verdict::Ignore(format!(
-            "pushed to {}: not a branch the matching repositories follow",
-            branches.join(", ")
+            "pushed {}: not a branch or tag the matching repositories follow",
+            names.join(", ")
         ))
     } else {
         Verdict::Wake(woken)
@@ -547,22 +560,22 @@ mod tests {
             Target {
                 name: "app".into(),
                 url: "git@github.com:org/app.git".into(),
-                branch: Some("main".into()),
+                follow: Follow::branch("main"),
             },
             Target {
                 name: "app-release".into(),
                 url: "https://github.com/org/app.git".into(),
-                branch: Some("release".into()),
+                follow: Follow::branch("release"),
             },
             Target {
                 name: "app-default".into(),
                 url: "https://github.com/org/app".into(),
-                branch: None,
+                follow: Follow::default(),
             },
             Target {
                 name: "other".into(),
                 url: "https://github.com/org/other.git".into(),
-                branch: Some("main".into()),
+                follow: Follow::branch("main"),
             },
         ]
     }
@@ -594,7 +607,7 @@ mod tests {
         for (refs, why) in [
             (vec![("refs/heads/feature", false)], "not a branch"),
             (vec![("refs/heads/main", true)], "deleted"),
-            (vec![("refs/tags/v1", false)], "tag push"),
+            (vec![("refs/tags/v1", false)], "not a branch or tag"),
         ] {
             match matching(&push(&refs), &targets()) {
                 Verdict::Ignore(said) => assert!(said.contains(why), "{said}"),
@@ -607,6 +620,30 @@ mod tests {
             matching(&elsewhere, &targets()),
             Verdict::Ignore(_)
         ));
+    }
+
+    #[test]
+    fn tag_pushes_wake_repos_following_tags_and_no_push_moves_a_pin() {
+        let follow = |reference: Option<&str>, semver: Option<&str>| Follow {
+            branch: None,
+            reference: reference.map(String::from),
+            semver: semver.map(|s| crate::git::parse_semver(s).unwrap()),
+        };
+        let tag = follow(Some("v1"), None);
+        assert!(moves(&tag, "refs/tags/v1", None));
+        assert!(!moves(&tag, "refs/tags/v2", None));
+        let range = follow(None, Some(">=1"));
+        assert!(moves(&range, "refs/tags/v2.0.0", None));
+        assert!(!moves(&range, "refs/heads/main", None));
+        let pin = follow(Some("0123abcd"), None);
+        assert!(!moves(&pin, "refs/heads/main", Some("main")));
+        let head = follow(Some("HEAD"), None);
+        assert!(moves(&head, "refs/heads/main", Some("main")));
+        assert!(!moves(&head, "refs/heads/dev", Some("main")));
+        assert!(
+            moves(&head, "refs/heads/dev", None),
+            "default unknown: pull"
+        );
     }
 
     #[test]

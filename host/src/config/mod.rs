@@ -45,7 +45,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::git::Mode;
+use crate::git::{Follow, Mode};
 pub use crate::schedule::{Cron, Schedule};
 
 mod notifier;
@@ -146,8 +146,9 @@ pub struct RepoConfig {
     pub name: String,
     /// The remote (credentials never in it).
     pub url: String,
-    /// `None`: the branch the checkout has, else the remote's HEAD.
-    pub branch: Option<String>,
+    /// What the checkout follows (`branch`, `ref`, `semver`); all unset:
+    /// the branch the checkout has, else the remote's HEAD.
+    pub follow: Follow,
     /// The checkout.
     pub dir: PathBuf,
     /// When it is pulled.
@@ -370,6 +371,9 @@ struct RawRepo {
     name: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
     branch: Option<Spanned<String>>,
+    #[serde(rename = "ref")]
+    reference: Option<Spanned<String>>,
+    semver: Option<Spanned<String>>,
     dir: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
@@ -957,6 +961,7 @@ pub fn parse(
         if let (Some(d), Err(e)) = (&c.depth, crate::git::check_depth(&url, depth)) {
             check.at(d, format!("{label}.depth"), e);
         }
+        let follow = check_follow(&mut check, r, &label, mode);
         let max_attempts = c
             .max_attempts
             .clone()
@@ -1037,7 +1042,7 @@ pub fn parse(
         repos.push(RepoConfig {
             name: n,
             url,
-            branch: r.branch.as_ref().map(|b| b.get_ref().clone()),
+            follow,
             dir,
             schedule,
             mode,
@@ -1194,6 +1199,44 @@ fn check_url(url: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `branch`, `ref` and `semver`: each well formed, and none with a mirror
+/// (which takes every ref).
+fn check_follow(check: &mut Check, r: &RawRepo, label: &str, mode: Mode) -> Follow {
+    let mut follow = Follow::default();
+    for (field, value) in [("branch", &r.branch), ("ref", &r.reference)] {
+        let Some(value) = value else { continue };
+        if let Some(why) = crate::git::bad_ref(value.get_ref()) {
+            check.at(
+                value,
+                format!("{label}.{field}"),
+                format!("`{}`: {why}", value.get_ref()),
+            );
+        } else if mode == Mode::Mirror {
+            check.at(
+                value,
+                format!("{label}.{field}"),
+                "a mirror takes every ref: drop it or the mirror mode",
+            );
+        } else if field == "branch" {
+            follow.branch = Some(value.get_ref().clone());
+        } else {
+            follow.reference = Some(value.get_ref().clone());
+        }
+    }
+    if let Some(range) = &r.semver {
+        match crate::git::parse_semver(range.get_ref()) {
+            Err(e) => check.at(range, format!("{label}.semver"), e),
+            Ok(_) if mode == Mode::Mirror => check.at(
+                range,
+                format!("{label}.semver"),
+                "a mirror takes every ref: drop it or the mirror mode",
+            ),
+            Ok(req) => follow.semver = Some(req),
+        }
+    }
+    follow
 }
 
 fn check_auth(
@@ -1588,6 +1631,29 @@ mode = "ff"
         let err = parse_with(&typed, &[]).unwrap_err().to_string();
         assert!(!err.contains(token), "{err}");
         assert!(err.contains("gitpulse.toml:2"), "{err}");
+    }
+
+    #[test]
+    fn ref_and_semver_are_checked_where_they_are_written() {
+        let repo =
+            |extra: &str| format!("[[repo]]\nname = \"a\"\nurl = \"https://h/a.git\"\n{extra}");
+        let ok = parse_with(&repo("ref = \"v1.2\"\nsemver = \">=1.2, <2\"\n"), &[]).unwrap();
+        assert_eq!(ok.repos[0].follow.reference.as_deref(), Some("v1.2"));
+        assert_eq!(ok.repos[0].follow.describe(), "semver >=1.2, <2");
+        for (extra, field, said) in [
+            ("ref = \"a..b\"\n", "ref", "not a valid git ref name"),
+            ("semver = \"latest\"\n", "semver", "not a semver range"),
+            (
+                "branch = \"x\"\nmode = \"mirror\"\n",
+                "branch",
+                "a mirror takes every ref",
+            ),
+        ] {
+            let err = parse_with(&repo(extra), &[]).unwrap_err();
+            assert_eq!(err.0[0].field, format!("repo \"a\".{field}"), "{err}");
+            assert_eq!(err.0[0].line, 4, "{err}");
+            assert!(err.to_string().contains(said), "{err}");
+        }
     }
 
     #[test]

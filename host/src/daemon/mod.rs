@@ -462,7 +462,7 @@ impl crate::server::Control for DaemonView {
             .map(|r| crate::receiver::Target {
                 name: r.name.clone(),
                 url: r.url.clone(),
-                branch: r.branch.clone(),
+                follow: r.follow.clone(),
             })
             .collect()
     }

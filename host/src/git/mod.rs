@@ -18,6 +18,7 @@ mod journal;
 mod lock;
 mod ssh;
 mod sync;
+mod target;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 pub use gitpulse_policy_core::FailureClass;
 pub use sync::sync;
+pub use target::{bad_ref, parse_semver, Follow};
 
 use crate::redact::Secret;
 
@@ -143,8 +145,9 @@ pub struct SyncSpec {
     pub url: String,
     /// The checkout.
     pub dir: PathBuf,
-    /// `None`: the branch DIR already has checked out, else the remote's HEAD.
-    pub branch: Option<String>,
+    /// What the checkout follows: a branch (default: the one DIR has
+    /// checked out, else the remote's HEAD), a tag, a commit, a semver range.
+    pub follow: Follow,
     /// Shallow history of this many commits.
     pub depth: Option<u32>,
     /// Also update submodules.

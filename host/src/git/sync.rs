@@ -23,6 +23,7 @@ use super::classify::classify;
 use super::http::{self, Credentials, HttpSession};
 use super::journal::{self, Intent};
 use super::lock::{io_failure, RepoLock};
+use super::target::{self, Advertised, Target};
 use super::{
     AttemptControl, AttemptError, Auth, Change, FailureClass, GitFailure, Mode, SpecError,
     SyncSpec, Synced, Transfer,
@@ -374,62 +375,102 @@ impl Attempt<'_> {
             .and_then(|h| h.symbolic_target().ok().flatten().map(String::from))
             .and_then(|t| t.strip_prefix("refs/heads/").map(String::from));
 
+        // A pinned commit the checkout already has needs no remote at all.
+        if self.spec.mode != Mode::Mirror {
+            if let Some(pin) = self.spec.follow.local_pin() {
+                if let Some(tip) = local_commit(repo, pin)? {
+                    return self.move_detached(repo, tip, old, notices);
+                }
+            }
+        }
+
         let mut remote = repo.remote_anonymous(&self.spec.url)?;
         let mut connection =
             remote.connect_auth(Direction::Fetch, Some(self.callbacks(None)), None)?;
-        let advertised: BTreeMap<String, Oid> = connection
-            .list()?
-            .iter()
-            .filter(|h| h.name() != "HEAD" && !h.name().ends_with("^{}"))
-            .map(|h| (h.name().to_string(), h.oid()))
-            .collect();
         let remote_head = connection
             .default_branch()
             .ok()
             .and_then(|b| b.as_str().ok().map(String::from));
+        let ads = Advertised::from_heads(
+            connection.list()?.iter().map(|h| (h.name(), h.oid())),
+            remote_head,
+        );
 
         if self.spec.mode == Mode::Mirror {
             return self.update_mirror(
                 repo,
                 connection.remote(),
-                advertised,
-                remote_head,
+                ads.refs,
+                ads.head,
                 old,
                 notices,
                 on_transfer,
             );
         }
 
-        let branch = match (&self.spec.branch, &current_branch, &remote_head) {
-            (Some(b), _, _) => b.clone(),
-            (None, Some(b), _) if old.is_some() => b.clone(),
-            (None, _, Some(head)) => head.trim_start_matches("refs/heads/").to_string(),
-            (None, _, None) => {
-                return Err(failure(
-                    FailureClass::RefNotFound,
-                    "the remote has no default branch (empty repository?); pass --branch".into(),
-                ))
+        let on_a_branch = current_branch.as_deref().filter(|_| old.is_some());
+        let target = target::resolve(&self.spec.follow, &ads, on_a_branch)
+            .map_err(|message| failure(FailureClass::RefNotFound, message))?;
+        let (branch, tip) = match target {
+            Target::Branch { name, tip } => (name, tip),
+            Target::Tag {
+                name,
+                object,
+                peeled: _,
+            } => {
+                let local_tag = format!("refs/tags/{name}");
+                if repo.find_object(object, None).is_err() {
+                    journal::begin(repo, &Intent::Busy).map_err(io_fail(repo.path()))?;
+                    let refspec = format!("+{local_tag}:{local_tag}");
+                    let mut options = self.fetch_options(on_transfer);
+                    connection
+                        .remote()
+                        .download(&[refspec.as_str()], Some(&mut options))?;
+                    connection.remote().disconnect()?;
+                }
+                drop(connection);
+                let tip = repo.find_object(object, None)?.peel_to_commit()?.id();
+                self.check_tag_move(repo, &name, object, tip)?;
+                let synced = self.move_detached(repo, tip, old, notices)?;
+                set_ref_if_changed(repo, &local_tag, object)?;
+                return Ok(synced);
+            }
+            Target::Commit(prefix) => {
+                if local_commit(repo, &prefix)?.is_none() {
+                    // A tip with exactly that SHA: fetch that ref alone;
+                    // else every branch and tag, and look again.
+                    let refspecs: Vec<String> =
+                        match ads.refs.iter().find(|(_, oid)| oid.to_string() == prefix) {
+                            Some((name, _)) => vec![name.clone()],
+                            None => vec![
+                                "+refs/heads/*:refs/remotes/origin/*".into(),
+                                "+refs/tags/*:refs/tags/*".into(),
+                            ],
+                        };
+                    let refspecs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
+                    journal::begin(repo, &Intent::Busy).map_err(io_fail(repo.path()))?;
+                    let mut options = self.fetch_options(on_transfer);
+                    connection
+                        .remote()
+                        .download(&refspecs, Some(&mut options))?;
+                    connection.remote().disconnect()?;
+                }
+                drop(connection);
+                let Some(tip) = local_commit(repo, &prefix)? else {
+                    journal::finish(repo).map_err(io_fail(repo.path()))?;
+                    let shallow = match self.spec.depth {
+                        Some(depth) => format!(" (with depth {depth}, only the last {depth} commits of each are fetched)"),
+                        None => String::new(),
+                    };
+                    return Err(failure(
+                        FailureClass::RefNotFound,
+                        format!("commit `{prefix}` not found on the remote: no branch or tag it advertises reaches it{shallow}"),
+                    ));
+                };
+                return self.move_detached(repo, tip, old, notices);
             }
         };
         let remote_ref = format!("refs/heads/{branch}");
-        let Some(&tip) = advertised.get(&remote_ref) else {
-            let branches: Vec<&str> = advertised
-                .keys()
-                .filter_map(|r| r.strip_prefix("refs/heads/"))
-                .take(10)
-                .collect();
-            return Err(failure(
-                FailureClass::RefNotFound,
-                format!(
-                    "branch `{branch}` not found on the remote (it has: {})",
-                    if branches.is_empty() {
-                        "no branches".into()
-                    } else {
-                        branches.join(", ")
-                    }
-                ),
-            ));
-        };
         let local_ref = format!("refs/heads/{branch}");
         let tracking_ref = format!("refs/remotes/origin/{branch}");
         let on_branch = current_branch.as_deref() == Some(branch.as_str());
@@ -498,6 +539,101 @@ impl Attempt<'_> {
         }
 
         begin_checkout(repo, tip, &local_ref)?;
+        self.checkout(repo, tip, fresh)?;
+        move_branch(repo, &local_ref, tip)?;
+        journal::finish(repo).map_err(io_fail(repo.path()))?;
+
+        if self.spec.submodules {
+            self.update_submodules(repo, 0)?;
+        }
+        Ok(Synced {
+            change: Change::Updated,
+            old: old.map(|o| o.to_string()),
+            new: tip.to_string(),
+            commits: count_new(repo, tip, old),
+            notices,
+        })
+    }
+
+    /// Refuses, in fast-forward mode, a tag that upstream moved to a
+    /// commit not descending from where it was: following it backwards
+    /// takes `--mode reset`. A tag seen for the first time is followed.
+    fn check_tag_move(
+        &self,
+        repo: &Repository,
+        name: &str,
+        object: Oid,
+        tip: Oid,
+    ) -> Result<(), Fail> {
+        if self.spec.mode != Mode::FastForward {
+            return Ok(());
+        }
+        let Ok(before) = repo.refname_to_id(&format!("refs/tags/{name}")) else {
+            return Ok(());
+        };
+        if before == object {
+            return Ok(());
+        }
+        let was = repo.find_object(before, None)?.peel_to_commit()?.id();
+        if was != tip && !repo.graph_descendant_of(tip, was)? {
+            return Err(failure(
+                FailureClass::Diverged,
+                format!(
+                    "tag `{name}` moved upstream from {was} to {tip}, which does not descend from it; \
+                     fast-forward impossible — use --mode reset to follow the tag wherever it goes"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves the checkout to `tip` with HEAD detached (a tag or a commit
+    /// is followed, not a branch). Local edits block it unless in reset
+    /// mode, as for a branch.
+    fn move_detached(
+        &self,
+        repo: &Repository,
+        tip: Oid,
+        old: Option<Oid>,
+        mut notices: Vec<String>,
+    ) -> Result<Synced, Fail> {
+        let detached = repo.head_detached().unwrap_or(false);
+        if detached && old == Some(tip) {
+            if self.spec.mode == Mode::Reset && worktree_dirty(repo)? {
+                begin_checkout(repo, tip, "HEAD")?;
+                let mut checkout = CheckoutBuilder::new();
+                checkout.force().remove_untracked(true);
+                repo.checkout_tree(repo.find_commit(tip)?.as_object(), Some(&mut checkout))?;
+                notices.push("reset mode: local changes and untracked files discarded".into());
+            }
+            journal::finish(repo).map_err(io_fail(repo.path()))?;
+            return Ok(Synced {
+                change: Change::Unchanged,
+                old: old.map(|o| o.to_string()),
+                new: tip.to_string(),
+                commits: 0,
+                notices,
+            });
+        }
+        begin_checkout(repo, tip, "HEAD")?;
+        self.checkout(repo, tip, old.is_none())?;
+        move_branch(repo, "HEAD", tip)?;
+        journal::finish(repo).map_err(io_fail(repo.path()))?;
+        if self.spec.submodules {
+            self.update_submodules(repo, 0)?;
+        }
+        Ok(Synced {
+            change: Change::Updated,
+            old: old.map(|o| o.to_string()),
+            new: tip.to_string(),
+            commits: count_new(repo, tip, old),
+            notices,
+        })
+    }
+
+    /// Writes `tip`'s tree to the worktree: forced for a fresh clone or in
+    /// reset mode, else safe (local edits refuse it as `diverged`).
+    fn checkout(&self, repo: &Repository, tip: Oid, fresh: bool) -> Result<(), Fail> {
         let mut checkout = CheckoutBuilder::new();
         if fresh || self.spec.mode == Mode::Reset {
             checkout
@@ -522,19 +658,7 @@ impl Attempt<'_> {
             }
             return Err(err.into());
         }
-        move_branch(repo, &local_ref, tip)?;
-        journal::finish(repo).map_err(io_fail(repo.path()))?;
-
-        if self.spec.submodules {
-            self.update_submodules(repo, 0)?;
-        }
-        Ok(Synced {
-            change: Change::Updated,
-            old: old.map(|o| o.to_string()),
-            new: tip.to_string(),
-            commits: count_new(repo, tip, old),
-            notices,
-        })
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -825,6 +949,22 @@ fn recover(repo: &Repository) -> Result<Option<String>, Fail> {
     Ok(Some(notice))
 }
 
+/// The commit `sha` (full or a unique prefix) names, if the repository
+/// has it. An ambiguous prefix is `ref-not-found`: no guess is safe.
+fn local_commit(repo: &Repository, sha: &str) -> Result<Option<Oid>, Fail> {
+    match repo.revparse_single(sha) {
+        Ok(object) if object.id().to_string().starts_with(sha) => {
+            Ok(object.peel_to_commit().ok().map(|c| c.id()))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.code() == git2::ErrorCode::Ambiguous => Err(failure(
+            FailureClass::RefNotFound,
+            format!("commit prefix `{sha}` is ambiguous; give more of the SHA"),
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The commit HEAD points at; `None` for a new repository. A HEAD naming a
 /// missing object means the repository is damaged.
 fn head_commit(repo: &Repository) -> Result<Option<Oid>, Fail> {
@@ -848,7 +988,12 @@ fn set_ref_if_changed(repo: &Repository, name: &str, target: Oid) -> Result<(), 
     Ok(())
 }
 
+/// Moves `branch_ref` and HEAD to `target`; `HEAD` itself detaches it.
 fn move_branch(repo: &Repository, branch_ref: &str, target: Oid) -> Result<(), Fail> {
+    if branch_ref == "HEAD" {
+        repo.set_head_detached(target)?;
+        return Ok(());
+    }
     repo.reference(branch_ref, target, true, "gitpulse: update")?;
     repo.set_head(branch_ref)?;
     Ok(())

@@ -98,6 +98,28 @@ impl Upstream {
         git_ok(w, &["rev-parse", "HEAD"])
     }
 
+    /// Points tag `name` at `commit` (moving it if it exists), annotated or
+    /// lightweight, and force-pushes it.
+    pub fn tag(&mut self, name: &str, commit: &str, annotated: bool) {
+        let w = &self.work;
+        let mut args = vec!["tag", "-f"];
+        if annotated {
+            args.extend(["-a", "-m", name]);
+        }
+        args.extend([name, commit]);
+        git_ok(w, &args);
+        git_ok(
+            w,
+            &["push", "-q", "-f", "origin", &format!("refs/tags/{name}")],
+        );
+    }
+
+    /// Makes `branch` the remote's default (its HEAD).
+    pub fn set_default_branch(&self, branch: &str) {
+        let target = format!("refs/heads/{branch}");
+        git_ok(&self.bare, &["symbolic-ref", "HEAD", &target]);
+    }
+
     /// The SHA `main` points at in the bare repository.
     pub fn head(&self) -> String {
         git_ok(&self.bare, &["rev-parse", "main"])
