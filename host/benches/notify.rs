@@ -122,7 +122,7 @@ fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
         store
             .lock()
             .unwrap()
-            .record_pull(&r.dir, &r, None, None, previous, outgoing)
+            .record_pull(&r.dir, &r, None, None, previous, outgoing, &[])
             .unwrap();
     }
     let recorded_seconds = start.elapsed().as_secs_f64();

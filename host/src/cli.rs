@@ -10,6 +10,7 @@ use crate::git::{Auth, Follow, Mode, SyncSpec};
 use crate::policy::{Backoff, Builtin};
 use crate::pull::PullOptions;
 use crate::redact::Secret;
+use crate::step::{Program, Step, When};
 
 macro_rules! exit_codes {
     () => {
@@ -270,6 +271,9 @@ pub struct HistoryArgs {
     /// How many entries
     #[arg(long, value_name = "N", default_value = "20")]
     pub limit: usize,
+    /// Lines of each step's output shown (the tail; --json has all that is kept)
+    #[arg(long, value_name = "N", default_value = "5")]
+    pub output_lines: usize,
 }
 
 #[derive(Debug, Args)]
@@ -470,6 +474,27 @@ pub struct PullArgs {
     /// detached. Beats --branch; a commit also beats --semver
     #[arg(long = "ref", value_name = "REF")]
     pub reference: Option<String>,
+    /// Run PROGRAM after a pull that changed the checkout (cloned or
+    /// updated), in DIR, with GITPULSE_REPO, _DIR, _OLD, _NEW, _REF and
+    /// _CHANGED_FILES (a file listing the changed paths) set. Its arguments
+    /// follow as --step-arg. Repeatable; steps run in order, and the pull
+    /// exits 1 when one fails
+    #[arg(long, value_name = "PROGRAM", help_heading = "Steps")]
+    pub step: Vec<String>,
+    /// One argument of the --step before it (repeatable)
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        help_heading = "Steps"
+    )]
+    pub step_arg: Vec<String>,
+    /// Like --step, a string run with `sh -c`
+    #[arg(long, value_name = "SCRIPT", help_heading = "Steps")]
+    pub step_shell: Vec<String>,
+    /// Limit of each step; it is killed, with what it started, after it
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = duration, help_heading = "Steps")]
+    pub step_timeout: Duration,
     /// Check out the highest tag matching this semver range, e.g.
     /// ">=1.2, <2" (a leading `v` on tags is fine; pre-releases only when
     /// the range names one). Beats --branch and a tag given with --ref
@@ -614,6 +639,9 @@ pub enum UsageError {
     #[error("{0}")]
     /// A token would go over plain http to another machine.
     InsecureToken(String),
+    #[error("{0}")]
+    /// `--step`, `--step-arg` or `--step-shell` misused.
+    Steps(String),
     #[error("--{0}: {1}")]
     /// `--ref`, `--branch` or `--semver` that cannot name anything.
     Follow(&'static str, String),
@@ -665,6 +693,62 @@ impl PullArgs {
             max: self.backoff_max,
         };
         Ok((options, Builtin::new(backoff, self.max_attempts, self.seed)))
+    }
+
+    /// The steps of `--step`/`--step-arg`/`--step-shell`, in command-line
+    /// order; `matches` are this subcommand's (they know the order).
+    pub fn steps(&self, matches: &clap::ArgMatches) -> Result<Vec<Step>, UsageError> {
+        let at = |id: &str| -> Vec<usize> {
+            matches
+                .indices_of(id)
+                .map(|i| i.collect())
+                .unwrap_or_default()
+        };
+        let mut ordered: Vec<(usize, Program)> = at("step")
+            .into_iter()
+            .zip(&self.step)
+            .map(|(i, program)| (i, Program::Argv(vec![program.clone()])))
+            .chain(
+                at("step_shell")
+                    .into_iter()
+                    .zip(&self.step_shell)
+                    .map(|(i, script)| (i, Program::Shell(script.clone()))),
+            )
+            .collect();
+        ordered.sort_by_key(|(i, _)| *i);
+        for (index, arg) in at("step_arg").into_iter().zip(&self.step_arg) {
+            let owner = ordered
+                .iter_mut()
+                .rev()
+                .find(|(i, _)| *i < index)
+                .map(|(_, program)| program);
+            match owner {
+                Some(Program::Argv(argv)) => argv.push(arg.clone()),
+                _ => {
+                    return Err(UsageError::Steps(format!(
+                        "--step-arg {arg:?} follows no --step (it gives the arguments of the --step before it)"
+                    )))
+                }
+            }
+        }
+        let mut steps = Vec::new();
+        for (_, program) in ordered {
+            let name = match &program {
+                Program::Argv(argv) => argv.join(" "),
+                Program::Shell(script) => script.clone(),
+            };
+            if name.trim().is_empty() {
+                return Err(UsageError::Steps("a step is empty".into()));
+            }
+            steps.push(Step {
+                name: crate::redact::printable(&name, 60),
+                program,
+                when: When::Changed,
+                paths: Vec::new(),
+                timeout: self.step_timeout,
+            });
+        }
+        Ok(steps)
     }
 
     fn follow(&self) -> Result<Follow, UsageError> {

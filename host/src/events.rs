@@ -282,6 +282,12 @@ impl Event {
             EventKind::PluginFault | EventKind::ConfigRejected => {
                 self.detail.clone().unwrap_or_default()
             }
+            // One message per step and revision, however often it is tried.
+            EventKind::StepFailed => format!(
+                "{}@{}",
+                self.detail.as_deref().unwrap_or_default(),
+                self.new.as_deref().unwrap_or_default()
+            ),
         };
         format!("{}|{}|{}", self.kind, self.repo.name(), what)
     }

@@ -26,11 +26,13 @@ use crate::events::{EventKind, PullEvents, RepoRef};
 use crate::git::FailureClass;
 use crate::git::{Auth, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
+use crate::outcome::Outcome;
 use crate::outcome::{AttemptRecord, PullReport};
 use crate::plugin::{LoadError, Told, WasmPolicy};
 use crate::policy::{Backoff, Budgeted, Builtin, RetryBudget, RetryPolicy, StopReason};
 use crate::pull::{self, Observer, PullOptions};
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::step::{self, Step};
+use crate::store::{OwedStep, Settle, StepRun, Store, StoreError, StoredEvent};
 
 /// Why a configured repository's job could not run. Nothing was pulled.
 #[derive(Debug, thiserror::Error)]
@@ -84,16 +86,65 @@ impl Job<'_> {
         // Retries were told as they happened (by the observer).
         let events = PullEvents::read(&identity, &self.repo.dir, &report, false);
         let router = Router::new(self.config, self.plugins);
+        let audience = Audience::of(self.repo);
+        let owed: Vec<String> = step::owed_by(&self.repo.steps, report.outcome)
+            .map(|s| s.name.clone())
+            .collect();
         let recorded = record(
             self.store,
             &router,
-            &Audience::of(self.repo),
+            &audience,
             &self.repo.name,
             &events,
             &report,
             timing,
+            &owed,
         );
+        // What is owed runs now: this pull's steps, and any left by a crash
+        // or waiting to be tried again.
+        let recorded = recorded.and_then(|mut events| {
+            events.extend(self.run_owed_steps(&router, &audience)?);
+            Ok(events)
+        });
         (report, recorded)
+    }
+
+    /// Runs the steps the repository owes that are due, one try each, and
+    /// records every try with what it settles. A step no longer configured
+    /// is forgotten.
+    fn run_owed_steps(
+        &self,
+        router: &Router<'_>,
+        audience: &Audience<'_>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let repo = self.repo;
+        let mut recorded = Vec::new();
+        // Read first: a guard in the loop head would live through the loop.
+        let owed_steps = lock(self.store).owed_steps(&repo.name)?;
+        for owed in owed_steps {
+            let Some(step) = repo.steps.iter().find(|s| s.name == owed.step) else {
+                lock(self.store).drop_owed_steps(&repo.name, &owed.step)?;
+                continue;
+            };
+            if owed.next_try_ms > crate::model::now_ms() {
+                continue;
+            }
+            if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let (run, settle, event) = try_owed_step(repo, step, &owed, &self.cancel);
+            let outgoing = router.outgoing(event.into_iter().collect(), audience);
+            recorded.extend(
+                lock(self.store).record_step_run(&repo.name, &owed, &run, settle, outgoing)?,
+            );
+        }
+        Ok(recorded)
+    }
+
+    /// When the repository's next owed step is due (unix ms), if it owes one.
+    pub fn next_step_due_ms(&self) -> Option<u64> {
+        let owed = lock(self.store).owed_steps(&self.repo.name).ok()?;
+        owed.iter().map(|o| o.next_try_ms).min()
     }
 
     /// The pull itself, under the repository's policy.
@@ -126,6 +177,194 @@ impl Job<'_> {
             self.cancel.clone(),
         )?)
     }
+}
+
+/// One try of a step `repo` owes: skipped when no changed file concerns it,
+/// else run in the checkout. A failure is told once per revision and tried
+/// again on the repository's backoff curve, `max_attempts` tries in all.
+fn try_owed_step(
+    repo: &RepoConfig,
+    step: &Step,
+    owed: &OwedStep,
+    cancel: &AtomicBool,
+) -> (StepRun, Settle, Option<crate::events::Event>) {
+    let pulled = owed.outcome != Outcome::Failed.as_str();
+    let changed = match (&owed.new, pulled) {
+        (Some(new), true) => {
+            crate::events::changed_paths(&repo.dir, owed.old.as_deref(), new, 1_000_000)
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    if pulled && !step::concerns(&step.paths, &changed).unwrap_or(true) {
+        let skipped = StepRun {
+            status: "skipped".into(),
+            exit_code: None,
+            duration_ms: 0,
+            output: format!("no changed file matches {}", step.paths.join(", ")),
+        };
+        return (skipped, Settle::Done, None);
+    }
+    let listed = changed_files_list(&repo.dir, &changed);
+    let revision = step::Revision {
+        repo: repo.name.clone(),
+        dir: repo.dir.clone(),
+        old: owed.old.clone(),
+        new: owed.new.clone(),
+        reference: repo.follow.describe(),
+        changed_files: listed.clone(),
+    };
+    let cwd = if repo.dir.is_dir() {
+        repo.dir.clone()
+    } else {
+        repo.dir.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let secret = match auth(repo) {
+        Ok(Auth::Token(token)) => Some(token),
+        _ => None,
+    };
+    let ran = step::run(
+        step,
+        &revision,
+        &cwd,
+        &secret.iter().collect::<Vec<_>>(),
+        cancel,
+    );
+    if let Some(listed) = listed {
+        let _ = std::fs::remove_file(listed);
+    }
+    let run = StepRun {
+        status: ran.status.as_str().to_string(),
+        exit_code: ran.status.exit_code(),
+        duration_ms: ran.duration.as_millis() as u64,
+        output: ran.output.clone(),
+    };
+    if ran.status.ok() {
+        return (run, Settle::Done, None);
+    }
+    if ran.status == step::Status::Cancelled {
+        return (run, Settle::Keep, None);
+    }
+    let tries = owed.tries + 1;
+    let settle = if tries >= repo.max_attempts {
+        Settle::Done
+    } else {
+        let wait = Backoff {
+            base: repo.backoff_base,
+            max: repo.backoff_max,
+        }
+        .ceiling(tries);
+        Settle::RetryAt(crate::model::now_ms() + wait.as_millis() as u64)
+    };
+    let event = (!owed.told || settle == Settle::Done).then(|| {
+        let mut event = crate::events::Event::new(
+            EventKind::StepFailed,
+            identity(repo),
+            crate::model::now_ms(),
+        );
+        let given_up = match settle {
+            Settle::Done => format!(", given up after {tries} tries"),
+            _ => String::new(),
+        };
+        event.detail = Some(format!("step `{}` {}{given_up}", step.name, ran.status));
+        event.old = owed.old.clone();
+        event.new = owed.new.clone();
+        event.attempts = tries;
+        event.failure = Some(crate::events::Failure {
+            class: FailureClass::Other,
+            http_status: None,
+            message: ran.output_tail(1000).to_string(),
+        });
+        event
+    });
+    (run, settle, event)
+}
+
+/// One step's run after a one-shot pull (`gitpulse pull --step`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    /// The step's name (its command).
+    pub name: String,
+    /// `succeeded`, `failed`, `timeout`, `killed`, `not-started`.
+    pub status: String,
+    /// Its exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// The tail of its output, redacted.
+    pub output: String,
+}
+
+/// Runs the `steps` a one-shot pull owes (by its outcome), once each, in
+/// order, in the checkout, with nothing remembered: `gitpulse pull --step`
+/// in CI, where the job is the retry. `secrets` never reach the output.
+pub fn run_steps_once(
+    name: &str,
+    spec: &crate::git::SyncSpec,
+    steps: &[Step],
+    report: &PullReport,
+    cancel: &AtomicBool,
+) -> Vec<StepReport> {
+    let owed: Vec<&Step> = step::owed_by(steps, report.outcome).collect();
+    if owed.is_empty() {
+        return Vec::new();
+    }
+    let changed = match &report.new {
+        Some(new) if report.outcome.is_success() => {
+            crate::events::changed_paths(&spec.dir, report.old.as_deref(), new, 1_000_000)
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let listed = changed_files_list(&spec.dir, &changed);
+    let revision = step::Revision {
+        repo: name.to_string(),
+        dir: spec.dir.clone(),
+        old: report.old.clone(),
+        new: report.new.clone(),
+        reference: spec.follow.describe(),
+        changed_files: listed.clone(),
+    };
+    let cwd = if spec.dir.is_dir() {
+        spec.dir.clone()
+    } else {
+        std::env::current_dir().unwrap_or_default()
+    };
+    let secrets: Vec<&crate::redact::Secret> = match &spec.auth {
+        Auth::Token(token) => vec![token],
+        _ => vec![],
+    };
+    let reports = owed
+        .into_iter()
+        .map(|step| {
+            let ran = step::run(step, &revision, &cwd, &secrets, cancel);
+            StepReport {
+                name: step.name.clone(),
+                status: ran.status.as_str().to_string(),
+                exit_code: ran.status.exit_code(),
+                duration_ms: ran.duration.as_millis() as u64,
+                output: ran.output,
+            }
+        })
+        .collect();
+    if let Some(listed) = listed {
+        let _ = std::fs::remove_file(listed);
+    }
+    reports
+}
+
+/// Writes the changed paths, one per line, into the checkout's git
+/// directory for `GITPULSE_CHANGED_FILES` (nothing is written outside the
+/// checkout); none when there is no repository.
+fn changed_files_list(dir: &Path, changed: &[String]) -> Option<PathBuf> {
+    let git_dir = git2::Repository::open(dir).ok()?.path().to_path_buf();
+    let path = git_dir.join("gitpulse-changed-files");
+    let mut text = changed.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(&path, text).ok()?;
+    Some(path)
 }
 
 /// The report of a job that could not start: one failed attempt that says
@@ -241,6 +480,7 @@ pub struct Timing {
 /// Records `report` for the repository `name` with the events `events`
 /// implies and their messages for `audience`. Blocks (SQLite, plugin
 /// calls): call it on a blocking thread.
+#[allow(clippy::too_many_arguments)]
 pub fn record(
     store: &Mutex<Store>,
     router: &Router<'_>,
@@ -249,6 +489,7 @@ pub fn record(
     events: &PullEvents<'_>,
     report: &PullReport,
     timing: Timing,
+    steps_owed: &[String],
 ) -> Result<Vec<StoredEvent>, StoreError> {
     // A moving streak means another writer; it settles within a few tries.
     const TRIES: usize = 3;
@@ -264,6 +505,7 @@ pub fn record(
             timing.next_run_ms,
             previous,
             outgoing,
+            steps_owed,
         ) {
             Err(StoreError::StreakChanged(_)) if tries < TRIES => continue,
             result => return result,
@@ -418,6 +660,7 @@ pub fn record_only(
         &pull_events,
         report,
         Timing::default(),
+        &[],
     )?;
     Ok(recorded.len())
 }

@@ -38,7 +38,9 @@
 //!   its HTTP face (health, metrics, the API, push webhooks, the status
 //!   page `page`), [`receiver`] verifies and reads push webhooks.
 //! - [`github`] is `gitpulse pull` as an Actions step; [`githook`] manages
-//!   git hooks and reads what git changed.
+//!   git hooks and reads what git changed. [`step`] runs the commands a
+//!   pull owes (`[[repo.step]]`, `--step`); the job decides what is owed
+//!   and the store remembers it.
 //! - [`ui`] is terminal output; [`redact`] keeps credentials out of every
 //!   message.
 //!
@@ -79,6 +81,7 @@ pub mod receiver;
 pub mod redact;
 mod schedule;
 mod server;
+pub mod step;
 pub mod store;
 pub mod ui;
 pub mod validate;

@@ -288,6 +288,8 @@ fn history(args: &HistoryArgs) -> Result<(), Failure> {
         "WHEN", "WHAT", "CLASS", "DELAY", "DURATION"
     );
     for e in entries {
+        // A step's output follows its line, indented.
+        let (first, output) = e.detail.split_once('\n').unwrap_or((&e.detail, ""));
         println!(
             "{:<14} {:<11} {:<14} {:>8} {:>10}  {}",
             ui::when(Some(e.at_ms)),
@@ -299,8 +301,12 @@ fn history(args: &HistoryArgs) -> Result<(), Failure> {
             e.duration_ms
                 .map(|d| format!("{d}ms"))
                 .unwrap_or_else(|| "-".into()),
-            e.detail
+            first
         );
+        let lines: Vec<&str> = output.lines().collect();
+        for line in &lines[lines.len().saturating_sub(args.output_lines)..] {
+            println!("{:>62}| {line}", "");
+        }
     }
     Ok(())
 }
@@ -664,6 +670,7 @@ fn notify_test(name: &str, config_path: &Path) -> Result<(), Failure> {
 
 fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let (options, builtin) = args.options().map_err(usage)?;
+    let steps = pull_steps(args)?;
     let workflow = gitpulse::github::Workflow::from_env(!args.no_step_summary);
     if let (Some(w), gitpulse::Auth::Token(token)) = (&workflow, &options.sync.auth) {
         w.mask(token.expose());
@@ -699,9 +706,9 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let result = match &workflow {
         Some(_) => {
             let mut observer = gitpulse::github::ActionsObserver::new(&mut terminal);
-            pull::pull(&options, policy.as_mut(), &mut observer, cancel)
+            pull::pull(&options, policy.as_mut(), &mut observer, cancel.clone())
         }
-        None => pull::pull(&options, policy.as_mut(), &mut terminal, cancel),
+        None => pull::pull(&options, policy.as_mut(), &mut terminal, cancel.clone()),
     }
     .map_err(usage)?;
     if let Some(w) = &workflow {
@@ -724,23 +731,69 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
             eprintln!("warning: writing the GitHub step outputs: {e}");
         }
     }
+    let ran = job::run_steps_once(repo.name(), &options.sync, &steps, &result, &cancel);
     if args.json {
-        let line = serde_json::to_string(&result)
+        let mut json = serde_json::to_value(&result)
             .map_err(|e| failed(format!("cannot encode the result: {e}")))?;
-        println!("{line}");
+        if !steps.is_empty() {
+            json["steps"] = serde_json::to_value(&ran).unwrap_or_default();
+        }
+        println!("{json}");
     } else if result.outcome.is_success() {
         println!("{}", ui::summary(&result));
     } else {
         eprintln!("error: {}", ui::summary(&result));
     }
+    let mut steps_failed = false;
+    for step in &ran {
+        if step.status == "succeeded" {
+            if !args.json {
+                println!("step `{}` succeeded in {} ms", step.name, step.duration_ms);
+            }
+            continue;
+        }
+        steps_failed = true;
+        let code = step
+            .exit_code
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default();
+        eprintln!("error: step `{}` {}{code}", step.name, step.status);
+        for line in step
+            .output
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            eprintln!("  | {line}");
+        }
+    }
     if let Some(config) = &notify_config {
         notify_after_pull(config, args, &repo, &options, &result);
     }
-    if result.outcome.is_success() {
+    if result.outcome.is_success() && !steps_failed {
         Ok(())
     } else {
         Err(Failure::Reported)
     }
+}
+
+/// The `--step` family, in command-line order (clap's derive keeps each
+/// flag's values apart; the matches know how they interleave).
+fn pull_steps(args: &PullArgs) -> Result<Vec<gitpulse::step::Step>, Failure> {
+    use clap::CommandFactory as _;
+    if args.step.is_empty() && args.step_shell.is_empty() && args.step_arg.is_empty() {
+        return Ok(Vec::new());
+    }
+    let matches = Cli::command()
+        .try_get_matches_from(std::env::args_os())
+        .map_err(|e| usage(anyhow::anyhow!("{e}")))?;
+    let Some(("pull", pull)) = matches.subcommand() else {
+        return Ok(Vec::new());
+    };
+    args.steps(pull).map_err(usage)
 }
 
 /// A one-shot pull's repository name: its checkout directory's.

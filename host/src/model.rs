@@ -111,17 +111,20 @@ pub enum EventKind {
     PluginFault,
     /// A reloaded config was refused.
     ConfigRejected,
+    /// A `[[repo.step]]` (or `--step`) failed: its status and output tail.
+    StepFailed,
 }
 
 impl EventKind {
     /// Every kind, in order.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Changed,
         EventKind::Failed,
         EventKind::Recovered,
         EventKind::Retrying,
         EventKind::PluginFault,
         EventKind::ConfigRejected,
+        EventKind::StepFailed,
     ];
 
     /// The name the config and templates use.
@@ -133,6 +136,7 @@ impl EventKind {
             EventKind::Retrying => "retrying",
             EventKind::PluginFault => "plugin-fault",
             EventKind::ConfigRejected => "config-rejected",
+            EventKind::StepFailed => "step-failed",
         }
     }
 
@@ -141,7 +145,9 @@ impl EventKind {
         match self {
             EventKind::Changed | EventKind::Recovered => Severity::Info,
             EventKind::Retrying | EventKind::PluginFault => Severity::Warning,
-            EventKind::Failed | EventKind::ConfigRejected => Severity::Error,
+            EventKind::Failed | EventKind::ConfigRejected | EventKind::StepFailed => {
+                Severity::Error
+            }
         }
     }
 }

@@ -47,6 +47,7 @@ use toml::Spanned;
 
 use crate::git::{Follow, Mode};
 pub use crate::schedule::{Cron, Schedule};
+use crate::step::{self, Step};
 
 mod notifier;
 mod receiver;
@@ -187,6 +188,8 @@ pub struct RepoConfig {
     /// Whether the daemon is ready (`/readyz`) only once this repository
     /// has been pulled successfully.
     pub required: bool,
+    /// Commands that run after its pulls (`[[repo.step]]`), in order.
+    pub steps: Vec<Step>,
     /// Where the `[[repo]]` starts in the file.
     pub line: usize,
 }
@@ -365,6 +368,25 @@ enum RawPolicy {
     },
 }
 
+/// `run = ["prog", "arg"]` or `run = "a shell string"` (with `shell = true`).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawRun {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Option<Spanned<String>>,
+    run: Option<Spanned<RawRun>>,
+    shell: Option<Spanned<bool>>,
+    when: Option<Spanned<String>>,
+    paths: Option<Spanned<Vec<String>>>,
+    timeout: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRepo {
@@ -383,6 +405,7 @@ struct RawRepo {
     known_hosts: Option<Spanned<String>>,
     labels: Option<Spanned<BTreeMap<String, String>>>,
     required: Option<Spanned<bool>>,
+    step: Option<Vec<Spanned<RawStep>>>,
     // The fields of `RawCommon`, repeated: serde's `flatten` would lose the
     // spans that give every problem its line.
     schedule: Option<Spanned<String>>,
@@ -962,6 +985,7 @@ pub fn parse(
             check.at(d, format!("{label}.depth"), e);
         }
         let follow = check_follow(&mut check, r, &label, mode);
+        let steps = check_steps(&mut check, r, &label, line);
         let max_attempts = c
             .max_attempts
             .clone()
@@ -1060,6 +1084,7 @@ pub fn parse(
             policy,
             notifiers: notifier_names,
             required: r.required.as_ref().is_none_or(|v| *v.get_ref()),
+            steps,
             username: r.username.as_ref().map(|u| u.get_ref().clone()),
             line,
         });
@@ -1199,6 +1224,127 @@ fn check_url(url: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A step's time limit unless it says.
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `[[repo.step]]`: named (unique in the repo), something to run, a known
+/// `when`, usable `paths`.
+fn check_steps(check: &mut Check, r: &RawRepo, label: &str, repo_line: usize) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for (i, spanned) in r.step.iter().flatten().enumerate() {
+        let raw = spanned.get_ref();
+        let line = check.line(spanned.span().start).max(repo_line);
+        let name = match &raw.name {
+            Some(n) if !n.get_ref().trim().is_empty() && n.get_ref().len() <= 64 => {
+                n.get_ref().clone()
+            }
+            Some(n) => {
+                check.at(
+                    n,
+                    format!("{label}.step[{i}].name"),
+                    "empty or longer than 64 characters",
+                );
+                continue;
+            }
+            None => {
+                check.push(line, format!("{label}.step[{i}]"), "missing field `name`");
+                continue;
+            }
+        };
+        let field = format!("{label}.step \"{name}\"");
+        if steps.iter().any(|s| s.name == name) {
+            check.push(
+                line,
+                format!("{field}.name"),
+                "duplicate step name in this repo",
+            );
+            continue;
+        }
+        let shell = raw.shell.as_ref().is_some_and(|s| *s.get_ref());
+        let program = match raw.run.as_ref().map(|r| (r, r.get_ref().clone())) {
+            None => {
+                check.push(
+                    line,
+                    format!("{field}.run"),
+                    "missing: an argv array, or a string with shell = true",
+                );
+                continue;
+            }
+            Some((at, RawRun::Argv(argv))) => {
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    check.at(at, format!("{field}.run"), "empty: name the program to run");
+                    continue;
+                }
+                if shell {
+                    check.at(
+                        at,
+                        format!("{field}.run"),
+                        "shell = true takes one string, not an array",
+                    );
+                    continue;
+                }
+                step::Program::Argv(argv)
+            }
+            Some((at, RawRun::Shell(script))) => {
+                if !shell {
+                    check.at(
+                        at,
+                        format!("{field}.run"),
+                        "a string runs only with shell = true (sh -c); or give an argv array: [\"prog\", \"arg\"]",
+                    );
+                    continue;
+                }
+                if script.trim().is_empty() {
+                    check.at(at, format!("{field}.run"), "empty");
+                    continue;
+                }
+                step::Program::Shell(script)
+            }
+        };
+        let when = match &raw.when {
+            None => step::When::Changed,
+            Some(w) => match step::When::parse(w.get_ref()) {
+                Some(when) => when,
+                None => {
+                    check.at(
+                        w,
+                        format!("{field}.when"),
+                        format!("`{}`: use changed, failed or always", w.get_ref()),
+                    );
+                    continue;
+                }
+            },
+        };
+        let paths = raw
+            .paths
+            .as_ref()
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_default();
+        if let (Some(at), Some(why)) = (&raw.paths, step::bad_paths(&paths)) {
+            check.at(at, format!("{field}.paths"), why);
+        }
+        let timeout = match &raw.timeout {
+            None => STEP_TIMEOUT,
+            Some(t) => match check.duration(t, &format!("{field}.timeout")) {
+                Some(d) if d.is_zero() => {
+                    check.at(t, format!("{field}.timeout"), "must be greater than zero");
+                    continue;
+                }
+                Some(d) => d,
+                None => continue,
+            },
+        };
+        steps.push(Step {
+            name,
+            program,
+            when,
+            paths,
+            timeout,
+        });
+    }
+    steps
 }
 
 /// `branch`, `ref` and `semver`: each well formed, and none with a mirror
@@ -1654,6 +1800,50 @@ mode = "ff"
             assert_eq!(err.0[0].line, 4, "{err}");
             assert!(err.to_string().contains(said), "{err}");
         }
+    }
+
+    #[test]
+    fn steps_are_checked_where_they_are_written() {
+        let repo = |step: &str| {
+            format!("[[repo]]\nname = \"a\"\nurl = \"https://h/a.git\"\n\n[[repo.step]]\n{step}")
+        };
+        let ok = parse_with(
+            &repo("name = \"reload\"\nrun = [\"systemctl\", \"reload\", \"nginx\"]\npaths = [\"conf/**\"]\ntimeout = \"30s\"\n"),
+            &[],
+        )
+        .unwrap();
+        let step = &ok.repos[0].steps[0];
+        assert_eq!(step.name, "reload");
+        assert_eq!(step.timeout, Duration::from_secs(30));
+        assert_eq!(step.when, step::When::Changed);
+        for (step, field, said) in [
+            (
+                "name = \"x\"\nrun = \"make\"\n",
+                "step \"x\".run",
+                "shell = true",
+            ),
+            ("name = \"x\"\nrun = []\n", "step \"x\".run", "empty"),
+            (
+                "name = \"x\"\nrun = [\"a\"]\nwhen = \"often\"\n",
+                "step \"x\".when",
+                "changed, failed or always",
+            ),
+            (
+                "name = \"x\"\nrun = [\"a\"]\ntimeout = \"0s\"\n",
+                "step \"x\".timeout",
+                "greater than zero",
+            ),
+            ("run = [\"a\"]\n", "step[0]", "missing field `name`"),
+        ] {
+            let err = parse_with(&repo(step), &[]).unwrap_err();
+            assert_eq!(err.0[0].field, format!("repo \"a\".{field}"), "{err}");
+            assert!(err.to_string().contains(said), "{err}");
+            assert!(err.0[0].line >= 5, "{err}");
+        }
+        let twice =
+            repo("name = \"x\"\nrun = [\"a\"]\n\n[[repo.step]]\nname = \"x\"\nrun = [\"b\"]\n");
+        let err = parse_with(&twice, &[]).unwrap_err();
+        assert!(err.to_string().contains("duplicate step name"), "{err}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::model::unix_ms;
 
@@ -85,6 +85,9 @@ enum Command {
     Shutdown,
     /// Answered at once: the loop is alive (`/healthz`).
     Ping(tokio::sync::oneshot::Sender<()>),
+    /// A step is owed again at this time: run the repository then, if its
+    /// schedule would not sooner.
+    RunBy(String, SystemTime),
 }
 
 /// Counters served on /status and logged at shutdown.
@@ -132,6 +135,8 @@ struct Shared {
     pulled: Mutex<HashSet<String>>,
     /// The API's bearer token.
     api_token: crate::redact::Secret,
+    /// The scheduler's inbox (a pull asks for an earlier run).
+    commands: mpsc::UnboundedSender<CommandHandle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -191,7 +196,9 @@ async fn serve(
             addr: config.daemon.listen.to_string(),
             source,
         })?;
+    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        commands: tx.clone(),
         global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
         config: Mutex::new(Arc::new(config)),
         store: Mutex::new(store),
@@ -211,7 +218,6 @@ async fn serve(
         pulled: Mutex::default(),
         api_token,
     });
-    let (tx, rx) = mpsc::unbounded_channel();
     signals::spawn_signal_handlers(tx.clone());
     let _watcher = signals::watch_files(&shared.config(), tx.clone());
     let view = Arc::new(DaemonView {
@@ -554,7 +560,12 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
         }
     };
     let config = shared.config();
-    let recorded = with_pulls_on_record(&shared);
+    let mut recorded = with_pulls_on_record(&shared);
+    // Steps a crash left owed run at start: the repository counts as never
+    // pulled, so it is pulled (and its steps run) now.
+    for owing in lock(&shared.store).repos_owing_steps().unwrap_or_default() {
+        recorded.remove(&owing);
+    }
     for repo in &config.repos {
         plan_first(repo, &recorded, &mut timetable, &mut rng);
     }
@@ -578,6 +589,11 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 None | Some(Command::Shutdown) => return,
                 Some(Command::Ping(answer)) => {
                     let _ = answer.send(());
+                }
+                Some(Command::RunBy(name, at)) => {
+                    if timetable.planned(&name).is_some_and(|planned| planned > at) {
+                        timetable.plan(&name, at, Instant::now(), SystemTime::now());
+                    }
                 }
                 Some(Command::Trigger(name)) => {
                     if let Some(repo) = shared.config().repo(&name).cloned() {
@@ -841,6 +857,14 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
                 budget: Some(budget),
             };
             let (report, recorded) = pull_job.run(&mut observer, timing);
+            if let Some(due) = pull_job.next_step_due_ms() {
+                // Never sooner than a second: an owed step is no busy loop.
+                let due = due.max(crate::model::now_ms() + 1000);
+                let at = UNIX_EPOCH + Duration::from_millis(due);
+                let _ = job
+                    .commands
+                    .send(CommandHandle(Command::RunBy(repo.name.clone(), at)));
+            }
             match recorded {
                 Ok(events) => {
                     for e in events {

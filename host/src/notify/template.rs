@@ -338,6 +338,14 @@ pub fn default_for(kind: EventKind, html: bool) -> Templates {
             "[gitpulse] plugin fault{{#if repo.name}} ({{repo.name}}){{/if}}",
             "A plugin or template misbehaved{{#if repo.name}} while serving {{repo.name}}{{/if}}; the built-in default stood in.\n\n{{detail}}\n",
         ),
+        EventKind::StepFailed => (
+            "[gitpulse] {{repo.name}}: a step failed",
+            concat!(
+                "{{detail}}\n",
+                "{{#if new}}Revision: {{short_sha new}}{{#if old}} (from {{short_sha old}}){{/if}}\n{{/if}}",
+                "{{#if failure}}\n{{failure.message}}\n{{/if}}",
+            ),
+        ),
         EventKind::ConfigRejected => (
             "[gitpulse] configuration rejected",
             "A new configuration was rejected; the previous one keeps running.\n\n{{detail}}\n",

@@ -161,6 +161,10 @@ pub(crate) fn event_to_wit(e: &crate::events::Event) -> wit::Event {
         K::Retrying => wit::EventKind::Retrying,
         K::PluginFault => wit::EventKind::PluginFault,
         K::ConfigRejected => wit::EventKind::ConfigRejected,
+        // Contract 0.x has no step kind: plugins see a failure (its class
+        // `other`, the step's status and output in the message). A kind of
+        // its own waits for the next WIT version.
+        K::StepFailed => wit::EventKind::Failed,
     };
     wit::Event {
         kind,

@@ -94,6 +94,49 @@ pub struct HistoryEntry {
     pub detail: String,
 }
 
+/// A step a repository owes for a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedStep {
+    /// The step's name.
+    pub step: String,
+    /// Where the revision started (the last one the step ran for).
+    pub old: Option<String>,
+    /// The revision (none: a failed pull with no checkout).
+    pub new: Option<String>,
+    /// The outcome of the pull that made it owed.
+    pub outcome: String,
+    /// Failed tries so far.
+    pub tries: u32,
+    /// Not before this time (unix ms).
+    pub next_try_ms: u64,
+    /// Whether its failure was already told (one `step-failed` per revision).
+    pub told: bool,
+}
+
+/// One try of a step, as history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRun {
+    /// `succeeded`, `failed`, `timeout`, `killed`, `not-started`, `skipped`.
+    pub status: String,
+    /// Its exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// The tail of its output, redacted.
+    pub output: String,
+}
+
+/// What a try settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Nothing more is owed for that revision (done, skipped or given up).
+    Done,
+    /// Try again, not before this time (unix ms).
+    RetryAt(u64),
+    /// It did not finish (shutdown): owed as before.
+    Keep,
+}
+
 /// An event a pull produced, for notifications.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredEvent {
@@ -175,6 +218,12 @@ impl Store {
     /// events recorded. `start_lag_ms` is how late a scheduled pull started
     /// and `next_run_ms` when the next one is planned (none for a manual
     /// run).
+    ///
+    /// `steps_owed` names the steps this pull owes; they are recorded in the
+    /// same transaction, so a crash right after cannot lose them. A step
+    /// still owed for an earlier revision now owes the newest one, from
+    /// where the earlier one started (its `old`).
+    #[allow(clippy::too_many_arguments)]
     pub fn record_pull(
         &mut self,
         repo: &str,
@@ -183,6 +232,7 @@ impl Store {
         next_run_ms: Option<u64>,
         previous_failures: u32,
         outgoing: Vec<Outgoing>,
+        steps_owed: &[String],
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
         let tx = self.conn.transaction()?;
@@ -251,9 +301,106 @@ impl Store {
                 params![repo, next as i64],
             )?;
         }
+        for step in steps_owed {
+            tx.execute(
+                "INSERT INTO steps_owed (repo, step, old, new, outcome) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(repo, step) DO UPDATE SET new = excluded.new, outcome = excluded.outcome,
+                    tries = 0, next_try_ms = 0, told = 0",
+                params![repo, step, report.old, report.new, outcome],
+            )?;
+        }
         let stored = outbox::insert(&tx, outgoing, at)?;
         tx.commit()?;
         Ok(stored)
+    }
+
+    /// The steps `repo` owes, oldest first.
+    pub fn owed_steps(&self, repo: &str) -> Result<Vec<OwedStep>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT step, old, new, outcome, tries, next_try_ms, told FROM steps_owed
+             WHERE repo = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![repo], |r| {
+            Ok(OwedStep {
+                step: r.get(0)?,
+                old: r.get(1)?,
+                new: r.get(2)?,
+                outcome: r.get(3)?,
+                tries: r.get(4)?,
+                next_try_ms: r.get::<_, i64>(5)? as u64,
+                told: r.get::<_, i64>(6)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The repositories that owe steps (the daemon runs them at start).
+    pub fn repos_owing_steps(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT repo FROM steps_owed ORDER BY repo")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records one try of an owed step and settles what is owed, with its
+    /// events, atomically. When a newer revision became owed while it ran
+    /// (`owed.new` no longer matches), the newer one stays owed as it is.
+    pub fn record_step_run(
+        &mut self,
+        repo: &str,
+        owed: &OwedStep,
+        run: &StepRun,
+        settle: Settle,
+        outgoing: Vec<Outgoing>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let at = now_ms();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO step_runs (repo, step, at_ms, old, new, status, exit_code, duration_ms, output)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                repo,
+                owed.step,
+                at as i64,
+                owed.old,
+                owed.new,
+                run.status,
+                run.exit_code,
+                run.duration_ms as i64,
+                run.output
+            ],
+        )?;
+        let same = "repo = ?1 AND step = ?2 AND new IS ?3";
+        match settle {
+            Settle::Done => {
+                tx.execute(
+                    &format!("DELETE FROM steps_owed WHERE {same}"),
+                    params![repo, owed.step, owed.new],
+                )?;
+            }
+            Settle::RetryAt(at_ms) => {
+                tx.execute(
+                    &format!(
+                        "UPDATE steps_owed SET tries = tries + 1, next_try_ms = ?4, told = 1 WHERE {same}"
+                    ),
+                    params![repo, owed.step, owed.new, at_ms as i64],
+                )?;
+            }
+            Settle::Keep => {}
+        }
+        let stored = outbox::insert(&tx, outgoing, at)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Forgets what `repo` owes for steps no longer configured.
+    pub fn drop_owed_steps(&mut self, repo: &str, step: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM steps_owed WHERE repo = ?1 AND step = ?2",
+            params![repo, step],
+        )?;
+        Ok(())
     }
 
     /// Records events that no pull result carries (a retry, a plugin fault,
@@ -344,6 +491,15 @@ impl Store {
                 UNION ALL
                 SELECT id, at_ms, 'attempt ' || n, class, http_status, delay_ms, duration_ms, message, 0
                 FROM attempts WHERE repo = ?1
+                UNION ALL
+                SELECT id, at_ms, 'step ' || step,
+                       CASE WHEN status IN ('succeeded', 'skipped') THEN NULL ELSE status END,
+                       NULL, NULL, duration_ms,
+                       status || CASE WHEN exit_code IS NOT NULL AND exit_code != 0 THEN ' (exit ' || exit_code || ')' ELSE '' END
+                         || CASE WHEN new IS NOT NULL THEN ' ' || substr(new, 1, 10) ELSE '' END
+                         || CASE WHEN output != '' THEN char(10) || output ELSE '' END,
+                       2
+                FROM step_runs WHERE repo = ?1
              ) ORDER BY at_ms DESC, ord DESC, id DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![repo, limit as i64], |r| {
@@ -382,7 +538,7 @@ impl Store {
     pub fn prune_history(&mut self, before_ms: u64) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let mut gone = 0;
-        for table in ["pulls", "attempts", "events"] {
+        for table in ["pulls", "attempts", "events", "step_runs"] {
             gone += tx.execute(
                 &format!("DELETE FROM {table} WHERE at_ms < ?1"),
                 params![before_ms as i64],
@@ -515,6 +671,34 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS events_by_time ON events (at_ms);
      CREATE INDEX IF NOT EXISTS pulls_by_time ON pulls (at_ms);
      CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (at_ms);",
+    // 4: steps owed (one row per repository and step: a newer revision
+    // replaces an older one not yet run, keeping where it started) and
+    // steps run.
+    "CREATE TABLE IF NOT EXISTS steps_owed (
+        repo TEXT NOT NULL,
+        step TEXT NOT NULL,
+        old TEXT,
+        new TEXT,
+        outcome TEXT NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        next_try_ms INTEGER NOT NULL DEFAULT 0,
+        told INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (repo, step)
+     );
+     CREATE TABLE IF NOT EXISTS step_runs (
+        id INTEGER PRIMARY KEY,
+        repo TEXT NOT NULL,
+        step TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        old TEXT,
+        new TEXT,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        duration_ms INTEGER NOT NULL,
+        output TEXT NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS step_runs_by_repo ON step_runs (repo, at_ms);
+     CREATE INDEX IF NOT EXISTS step_runs_by_time ON step_runs (at_ms);",
 ];
 
 /// The schema version this gitpulse writes.
@@ -601,7 +785,7 @@ mod tests {
                 messages: Vec::new(),
             })
             .collect();
-        store.record_pull("app", report, lag, next, previous, outgoing)
+        store.record_pull("app", report, lag, next, previous, outgoing, &[])
     }
 
     #[test]
@@ -612,7 +796,7 @@ mod tests {
         let seen = store.failures_in_row("app").unwrap();
         record(&mut store, &failed, None, None).unwrap();
         let err = store
-            .record_pull("app", &failed, None, None, seen, Vec::new())
+            .record_pull("app", &failed, None, None, seen, Vec::new(), &[])
             .unwrap_err();
         assert!(
             matches!(err, StoreError::StreakChanged(ref r) if r == "app"),

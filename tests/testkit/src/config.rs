@@ -29,6 +29,22 @@ impl Repo {
         self.table.insert(key.to_string(), value.into());
         self
     }
+
+    /// A `[[repo.step]]` with these settings (`name`, `run`, `when` …).
+    pub fn step(mut self, settings: &[(&str, Value)]) -> Repo {
+        let step: Table = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let steps = self
+            .table
+            .entry("step")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(steps) = steps {
+            steps.push(Value::Table(step));
+        }
+        self
+    }
 }
 
 /// An inline table value, such as `policy = { retry = "a" }`.

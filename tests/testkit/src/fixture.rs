@@ -84,6 +84,20 @@ impl Upstream {
         git_ok(w, &["rev-parse", "HEAD"])
     }
 
+    /// Adds a commit on `main` that writes `content` to `path` (directories
+    /// made as needed); returns its full SHA.
+    pub fn commit_file(&mut self, path: &str, content: &str, subject: &str) -> String {
+        let w = &self.work;
+        git_ok(w, &["checkout", "-q", "main"]);
+        let file = w.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, content).unwrap();
+        git_ok(w, &["add", "-A"]);
+        git_ok(w, &["commit", "-q", "-m", subject]);
+        git_ok(w, &["push", "-q", "origin", "main"]);
+        git_ok(w, &["rev-parse", "HEAD"])
+    }
+
     /// Replaces `main` with a commit unrelated to its history (a force push).
     pub fn rewrite_history(&mut self, subject: &str) -> String {
         let w = &self.work;
