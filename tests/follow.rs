@@ -5,6 +5,8 @@
 mod common;
 use common::*;
 
+use std::time::Duration;
+
 /// HEAD is detached at `sha`, and the worktree is clean.
 fn detached_at(dir: &std::path::Path, sha: &str) {
     assert_eq!(checkout_state(dir), (sha.to_string(), true));
@@ -204,4 +206,91 @@ fn a_missing_ref_publishes_nothing_and_bad_refs_are_usage_errors() {
         assert!(run.stderr.contains(says), "{args:?}: {run:?}");
         assert!(!dir.exists());
     }
+}
+
+#[test]
+fn submodules_get_their_own_origins_credentials_and_a_rotated_password_file_is_read_again() {
+    let root = tempfile::tempdir().unwrap();
+    let (a_root, b_root) = (root.path().join("a"), root.path().join("b"));
+    std::fs::create_dir_all(&a_root).unwrap();
+    std::fs::create_dir_all(&b_root).unwrap();
+    let a = GitHttpServer::start_with_basic_auth(&a_root, "alice", "token-for-a-only");
+    let b = GitHttpServer::start_with_basic_auth(&b_root, "bob", "password-for-b-only");
+    // Each origin records every login it is sent.
+    let (a_spy, b_spy) = (FaultProxy::start(a.addr()), FaultProxy::start(b.addr()));
+    Upstream::new(&b_root, "lib");
+    let app = Upstream::new(&a_root, "app");
+    let work = app.bare.parent().unwrap().join("app.work");
+    // Upstream names the submodule without credentials, as it should.
+    git_ok(
+        &work,
+        &[
+            "-c",
+            "protocol.allow=always",
+            "-c",
+            &format!(
+                "http.extraHeader=Authorization: Basic {}",
+                base64_of("bob:password-for-b-only")
+            ),
+            "submodule",
+            "add",
+            "-q",
+            &b_spy.url("lib"),
+            "vendor/lib",
+        ],
+    );
+    git_ok(&work, &["commit", "-qm", "a submodule on another server"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+
+    let token_file = root.path().join("a.token");
+    std::fs::write(&token_file, "a-stale-token\n").unwrap();
+    let password_file = root.path().join("b.password");
+    std::fs::write(&password_file, "password-for-b-only\n").unwrap();
+    let port = free_port();
+    let dir = root.path().join("c");
+    let mut config = ConfigFile::daemon_on(port)
+        .defaults("schedule", "every 1s jitter 0s")
+        .defaults("backoff_base", "50ms")
+        .defaults("backoff_max", "100ms")
+        .defaults("max_attempts", 1)
+        .repo(
+            Repo::new("app", &a_spy.url("app"), &dir)
+                .set("submodules", true)
+                .set("token_file", token_file.display().to_string())
+                .set("username", "alice"),
+        )
+        .text();
+    config.push_str(&format!(
+        "\n[[credential]]\nurl_prefix = \"http://{}/\"\nusername = \"bob\"\npassword_file = \"{}\"\n",
+        b_spy.addr(),
+        password_file.display()
+    ));
+    let config_path = root.path().join("gitpulse.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let daemon = Daemon::start(&config_path, port, &[]);
+
+    // The stale token fails; the rotated file is read at the next attempt.
+    wait_for("a refused pull", Duration::from_secs(30), || {
+        daemon.log().contains("pull failed")
+    });
+    assert!(!dir.exists());
+    std::fs::write(&token_file, "token-for-a-only\n").unwrap();
+    wait_for(
+        "the clone with its submodule",
+        Duration::from_secs(30),
+        || dir.join("vendor/lib/README").exists(),
+    );
+    assert_eq!(daemon.stop(), 0);
+    let logins = |spy: &FaultProxy| {
+        let mut users = spy.users_seen();
+        users.dedup();
+        users
+    };
+    assert_eq!(logins(&a_spy), ["alice"], "only alice's login went to a");
+    assert_eq!(logins(&b_spy), ["bob"], "only bob's login went to b");
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }

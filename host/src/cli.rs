@@ -681,6 +681,7 @@ impl PullArgs {
                 },
                 auth,
                 username: self.username.clone(),
+                credentials: Vec::new(),
                 lock_wait: self.lock_wait,
             },
             timeout: self.timeout,

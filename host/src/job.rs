@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::config::{self, AuthRef, Config, PolicyRef, RepoConfig, SecretRef};
 use crate::events::{EventKind, PullEvents, RepoRef};
 use crate::git::FailureClass;
-use crate::git::{Auth, SyncSpec};
+use crate::git::{Auth, OriginCredential, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
 use crate::outcome::Outcome;
 use crate::outcome::{AttemptRecord, PullReport};
@@ -171,7 +171,7 @@ impl Job<'_> {
             policy = Box::new(Budgeted::new(policy, budget.clone()));
         }
         Ok(pull::pull(
-            &options(repo, auth(repo)?),
+            &options(repo, auth(repo)?, &self.config.credentials),
             policy.as_mut(),
             observer,
             self.cancel.clone(),
@@ -367,6 +367,12 @@ fn changed_files_list(dir: &Path, changed: &[String]) -> Option<PathBuf> {
     Some(path)
 }
 
+/// The user a URL names (`https://deploy@host/…`).
+fn url_user(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    Some(parsed.username().to_string()).filter(|u| !u.is_empty())
+}
+
 /// The report of a job that could not start: one failed attempt that says
 /// why, not retried.
 fn not_started(repo: &RepoConfig, e: &JobError) -> PullReport {
@@ -416,8 +422,29 @@ fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
     })
 }
 
-/// What one pull of `repo` is asked to do.
-fn options(repo: &RepoConfig, auth: Auth) -> PullOptions {
+/// What one pull of `repo` is asked to do. Its own token (checked
+/// readable by `auth`) is read again at every attempt, as `[[credential]]`
+/// secrets are: a rotated file needs no restart.
+fn options(repo: &RepoConfig, auth: Auth, shared: &[OriginCredential]) -> PullOptions {
+    let own = match &repo.auth {
+        AuthRef::TokenEnv(var) => Some(SecretRef::Env(var.clone())),
+        AuthRef::TokenFile(path) => Some(SecretRef::File(path.clone())),
+        _ => None,
+    };
+    let (auth, own) = match own.and_then(|secret| {
+        let origin = url::Url::parse(&repo.url)
+            .ok()?
+            .origin()
+            .ascii_serialization();
+        Some(OriginCredential {
+            url_prefix: origin,
+            username: repo.username.clone().or_else(|| url_user(&repo.url)),
+            secret,
+        })
+    }) {
+        Some(own) => (Auth::None, Some(own)),
+        None => (auth, None),
+    };
     PullOptions {
         sync: SyncSpec {
             url: repo.url.clone(),
@@ -428,6 +455,7 @@ fn options(repo: &RepoConfig, auth: Auth) -> PullOptions {
             local_submodules: repo.local_submodules,
             mode: repo.mode,
             auth,
+            credentials: own.into_iter().chain(shared.iter().cloned()).collect(),
             username: repo.username.clone(),
             lock_wait: repo.lock_wait,
         },

@@ -207,6 +207,7 @@ mod tests {
                 mode: Mode::FastForward,
                 auth: Auth::None,
                 username: None,
+                credentials: Vec::new(),
                 lock_wait: Duration::ZERO,
             },
             timeout: Duration::from_secs(5),

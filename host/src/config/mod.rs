@@ -45,7 +45,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::git::{Follow, Mode};
+use crate::git::{Follow, Mode, OriginCredential};
 pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
@@ -297,6 +297,9 @@ pub struct Config {
     pub notifiers: BTreeMap<String, NotifierConfig>,
     /// `[[receiver]]`: push webhooks.
     pub receivers: Vec<ReceiverConfig>,
+    /// `[[credential]]`: HTTP(S) credentials by URL prefix, for remotes
+    /// and submodules on their own origins.
+    pub credentials: Vec<OriginCredential>,
 }
 
 impl Config {
@@ -399,6 +402,7 @@ struct RawRepo {
     dir: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     allow_http_token: Option<Spanned<bool>>,
     ssh_key: Option<Spanned<String>>,
@@ -480,6 +484,18 @@ struct RawConfig {
     notifier: BTreeMap<String, Spanned<notifier::RawNotifier>>,
     #[serde(default)]
     receiver: Vec<Spanned<receiver::RawReceiver>>,
+    #[serde(default)]
+    credential: Vec<Spanned<RawCredential>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    url_prefix: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
 }
 
 /// How much a load looks at beyond the file itself.
@@ -1034,7 +1050,12 @@ pub fn parse(
                 );
             }
         }
-        if let Some(token) = r.token_env.as_ref().or(r.token_file.as_ref()) {
+        if let Some(token) = r
+            .token_env
+            .as_ref()
+            .or(r.token_file.as_ref())
+            .or(r.password_file.as_ref())
+        {
             let allowed = r.allow_http_token.as_ref().is_some_and(|a| *a.get_ref());
             if let Err(e) = crate::git::check_token_transport(&url, allowed) {
                 check.at(token, label.clone(), e);
@@ -1112,6 +1133,22 @@ pub fn parse(
         }
     }
 
+    let mut credentials: Vec<OriginCredential> = Vec::new();
+    for spanned in &raw.credential {
+        let line = check.line(spanned.span().start);
+        if let Some(c) = check_credential(&mut check, line, spanned.get_ref(), &resolve, env) {
+            if credentials.iter().any(|o| o.url_prefix == c.url_prefix) {
+                check.push(
+                    line,
+                    "credential.url_prefix",
+                    "another [[credential]] has this url_prefix",
+                );
+            } else {
+                credentials.push(c);
+            }
+        }
+    }
+
     if !check.problems.is_empty() {
         check.problems.sort_by_key(|p| p.line);
         return Err(Problems(check.problems));
@@ -1123,6 +1160,94 @@ pub fn parse(
         plugins,
         notifiers,
         receivers,
+        credentials,
+    })
+}
+
+/// One `[[credential]]`: an http(s) prefix without userinfo (a token only
+/// travels in clear to loopback), one secret, a usable user name.
+fn check_credential(
+    check: &mut Check,
+    line: usize,
+    raw: &RawCredential,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<OriginCredential> {
+    let Some(prefix) = &raw.url_prefix else {
+        check.push(
+            line,
+            "credential",
+            "missing field `url_prefix` (e.g. \"https://git.example.com/org/\")",
+        );
+        return None;
+    };
+    let shown = crate::redact::url(prefix.get_ref());
+    match url::Url::parse(prefix.get_ref()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                check.at(prefix, "credential.url_prefix", format!("`{shown}`: no user or password in the prefix; use username and a secret field"));
+                return None;
+            }
+            if let Err(e) = crate::git::check_token_transport(prefix.get_ref(), false) {
+                check.at(prefix, "credential.url_prefix", e);
+                return None;
+            }
+        }
+        _ => {
+            check.at(
+                prefix,
+                "credential.url_prefix",
+                format!("`{shown}`: an http:// or https:// URL prefix"),
+            );
+            return None;
+        }
+    }
+    let field = format!("credential \"{shown}\"");
+    let secrets: Vec<(&str, &Spanned<String>)> = [
+        ("token_env", &raw.token_env),
+        ("token_file", &raw.token_file),
+        ("password_file", &raw.password_file),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| v.as_ref().map(|v| (name, v)))
+    .collect();
+    let secret = match secrets.as_slice() {
+        [] => {
+            check.push(
+                line,
+                field,
+                "give one of token_env, token_file and password_file",
+            );
+            return None;
+        }
+        [("token_env", var)] => {
+            check.env_set(var, format!("{field}.token_env"), env);
+            SecretRef::Env(var.get_ref().clone())
+        }
+        [(name, file)] => {
+            let path = resolve(file.get_ref());
+            check.file_exists(file, format!("{field}.{name}"), &path);
+            SecretRef::File(path)
+        }
+        [_, (_, second), ..] => {
+            check.at(
+                *second,
+                field,
+                "use only one of token_env, token_file and password_file",
+            );
+            return None;
+        }
+    };
+    if let Some(user) = &raw.username {
+        if let Some(why) = crate::git::bad_username(user.get_ref()) {
+            check.at(user, format!("{field}.username"), why);
+            return None;
+        }
+    }
+    Some(OriginCredential {
+        url_prefix: prefix.get_ref().clone(),
+        username: raw.username.as_ref().map(|u| u.get_ref().clone()),
+        secret,
     })
 }
 
@@ -1392,7 +1517,7 @@ fn check_auth(
     resolve: &dyn Fn(&str) -> PathBuf,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> AuthRef {
-    let given: Vec<&Spanned<String>> = [&r.token_env, &r.token_file, &r.ssh_key]
+    let given: Vec<&Spanned<String>> = [&r.token_env, &r.token_file, &r.password_file, &r.ssh_key]
         .into_iter()
         .flatten()
         .collect();
@@ -1400,7 +1525,7 @@ fn check_auth(
         check.at(
             given[1],
             label.to_string(),
-            "use only one of token_env, token_file and ssh_key",
+            "use only one of token_env, token_file, password_file and ssh_key",
         );
     }
     if let Some(var) = &r.token_env {
@@ -1414,6 +1539,10 @@ fn check_auth(
     };
     if let Some(f) = &r.token_file {
         return AuthRef::TokenFile(file(check, f, "token_file"));
+    }
+    // A password is sent as a token is (basic auth), with `username`.
+    if let Some(f) = &r.password_file {
+        return AuthRef::TokenFile(file(check, f, "password_file"));
     }
     if let Some(k) = &r.ssh_key {
         let key = file(check, k, "ssh_key");

@@ -50,14 +50,8 @@ use toml::Spanned;
 use super::Check;
 use crate::model::{EventKind, Severity};
 
-/// Where a secret comes from. The value itself is read at send time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretRef {
-    /// An environment variable.
-    Env(String),
-    /// A file (trailing whitespace dropped).
-    File(PathBuf),
-}
+/// Where a secret comes from. The value itself is read when it is used.
+pub use crate::git::SecretRef;
 
 /// How an SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -791,17 +785,7 @@ fn check_webhook(
 /// Reads a secret now. The error names where it should have been, never
 /// what it holds.
 pub fn read_secret(secret: &SecretRef) -> Result<crate::redact::Secret, String> {
-    match secret {
-        SecretRef::Env(var) => match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(crate::redact::Secret::new(v.trim())),
-            _ => Err(format!("environment variable {var} is not set")),
-        },
-        SecretRef::File(path) => match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Ok(crate::redact::Secret::new(v.trim())),
-            Ok(_) => Err(format!("{} is empty", path.display())),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        },
-    }
+    secret.read()
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub(crate) struct Credentials {
     pub user: String,
     pub password: Secret,
     pub origin: String,
+    /// Only URLs that start with this (at least the origin).
+    pub prefix: String,
 }
 
 /// `scheme://host:port` of `url` (the port spelled out), if it has one.
@@ -50,7 +52,7 @@ pub(crate) fn origin(url: &str) -> Option<String> {
 /// Everything the transport needs for the requests of one attempt, and the
 /// record of how the last one failed.
 pub(crate) struct HttpSession {
-    credentials: Option<Credentials>,
+    credentials: Vec<Credentials>,
     control: AttemptControl,
     agent: ureq::Agent,
     state: Mutex<SessionState>,
@@ -65,7 +67,7 @@ struct SessionState {
 }
 
 impl HttpSession {
-    pub(crate) fn new(credentials: Option<Credentials>, control: AttemptControl) -> Arc<Self> {
+    pub(crate) fn new(credentials: Vec<Credentials>, control: AttemptControl) -> Arc<Self> {
         // One agent per process: building one (TLS roots included) costs
         // more than a no-op pull itself.
         static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
@@ -159,7 +161,7 @@ impl SmartSubtransport for HttpTransport {
         let session = match &self.session {
             Some(s) => s.clone(),
             None => HttpSession::new(
-                None,
+                Vec::new(),
                 AttemptControl::new(Duration::from_secs(120), None, Arc::new(Default::default())),
             ),
         };
@@ -175,8 +177,11 @@ impl SmartSubtransport for HttpTransport {
         // that names its own (a submodule's, written by upstream) keeps them.
         let own = session
             .credentials
-            .clone()
-            .filter(|c| origin(url).as_deref() == Some(c.origin.as_str()));
+            .iter()
+            .filter(|c| origin(url).as_deref() == Some(c.origin.as_str()))
+            .filter_map(|c| covers(&c.prefix, &clean_url).map(|depth| (depth, c)))
+            .max_by_key(|(depth, _)| *depth)
+            .map(|(_, c)| c.clone());
         let credentials = own.or(url_credentials);
         Ok(Box::new(HttpStream {
             session,
@@ -192,6 +197,20 @@ impl SmartSubtransport for HttpTransport {
     fn close(&self) -> Result<(), git2::Error> {
         Ok(())
     }
+}
+
+/// Whether `prefix` covers `url`: the same origin, and `url`'s path under
+/// the prefix's (path segments compared whole: `/org` does not cover
+/// `/organisation`). Returns how specific the prefix is.
+pub(crate) fn covers(prefix: &str, url: &str) -> Option<usize> {
+    let (prefix, url) = (url::Url::parse(prefix).ok()?, url::Url::parse(url).ok()?);
+    if prefix.origin() != url.origin() {
+        return None;
+    }
+    let want = prefix.path().trim_end_matches('/');
+    let path = url.path();
+    let under = path == want || path.starts_with(&format!("{want}/"));
+    under.then_some(want.len())
 }
 
 /// `url` without userinfo, and the userinfo as credentials.
@@ -212,12 +231,14 @@ fn split_userinfo(url: &str) -> (String, Option<Credentials>) {
             user,
             password: Secret::new(password),
             origin: origin(url).unwrap_or_default(),
+            prefix: String::new(),
         },
         // `https://TOKEN@host/…`: the lone userinfo is the token.
         None => Credentials {
             user: "x-access-token".into(),
             password: Secret::new(user),
             origin: origin(url).unwrap_or_default(),
+            prefix: String::new(),
         },
     };
     (parsed.to_string(), Some(credentials))
@@ -477,6 +498,30 @@ impl Write for HttpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_covers_its_own_origin_and_path_only() {
+        let org = "https://git.example.com/org/";
+        assert_eq!(
+            covers(org, "https://git.example.com/org/app.git/info/refs"),
+            Some(4)
+        );
+        assert!(covers(org, "https://git.example.com:443/org/app.git").is_some());
+        assert_eq!(
+            covers(org, "https://git.example.com/organisation/app.git"),
+            None
+        );
+        assert_eq!(covers(org, "http://git.example.com/org/app.git"), None);
+        assert_eq!(
+            covers(org, "https://git.example.com:8443/org/app.git"),
+            None
+        );
+        assert_eq!(covers(org, "https://evil.example.com/org/app.git"), None);
+        assert_eq!(
+            covers("https://git.example.com", "https://git.example.com/x"),
+            Some(0)
+        );
+    }
 
     #[test]
     fn userinfo_becomes_credentials_and_leaves_the_url() {

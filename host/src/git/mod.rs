@@ -138,6 +138,47 @@ pub enum Auth {
     },
 }
 
+/// Where a secret comes from; the value is read each time it is needed,
+/// so a rotated file is picked up without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable.
+    Env(String),
+    /// A file (surrounding whitespace dropped).
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// The secret now, or why it cannot be read (never the value).
+    pub fn read(&self) -> Result<Secret, String> {
+        match self {
+            SecretRef::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                _ => Err(format!("environment variable {var} is not set")),
+            },
+            SecretRef::File(path) => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+                Ok(_) => Err(format!("{} is empty", path.display())),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            },
+        }
+    }
+}
+
+/// Basic-auth credentials for every HTTP(S) URL under `url_prefix`
+/// (`[[credential]]`, a repository's own token): sent to that origin and
+/// prefix only, whether for the main remote or a submodule, never to
+/// another origin. The most specific prefix wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginCredential {
+    /// `https://git.example.com/org/`: URLs starting with it.
+    pub url_prefix: String,
+    /// The user (default `x-access-token`).
+    pub username: Option<String>,
+    /// The token or password, read at every attempt.
+    pub secret: SecretRef,
+}
+
 /// What to pull and where.
 #[derive(Debug, Clone)]
 pub struct SyncSpec {
@@ -161,6 +202,9 @@ pub struct SyncSpec {
     /// The user sent with a token, for servers that check it (Bitbucket,
     /// Gitea, htpasswd); default: the URL's user, else `x-access-token`.
     pub username: Option<String>,
+    /// Credentials by URL prefix, read at each attempt (the repository's
+    /// own file-based token, `[[credential]]` entries for submodules).
+    pub credentials: Vec<OriginCredential>,
     /// How long to wait for another process's lock on DIR.
     pub lock_wait: Duration,
 }

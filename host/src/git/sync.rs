@@ -45,22 +45,43 @@ pub fn sync(
     lock.sweep_leftovers()
         .map_err(|e| io_failure(&spec.dir, e))?;
 
-    let secrets: Vec<&Secret> = match &spec.auth {
-        Auth::Token(t) => vec![t],
-        _ => vec![],
-    };
-    let credentials = match &spec.auth {
-        Auth::Token(token) => Some(Credentials {
+    let mut credentials: Vec<Credentials> = Vec::new();
+    if let Auth::Token(token) = &spec.auth {
+        let origin = http::origin(&spec.url).unwrap_or_default();
+        credentials.push(Credentials {
             user: spec
                 .username
                 .clone()
                 .or_else(|| url_user(&spec.url))
                 .unwrap_or_else(|| "x-access-token".into()),
             password: token.clone(),
-            origin: http::origin(&spec.url).unwrap_or_default(),
-        }),
-        _ => None,
-    };
+            prefix: origin.clone(),
+            origin,
+        });
+    }
+    // Read now, at every attempt: a rotated token file takes effect at the
+    // next attempt, without a restart.
+    for c in &spec.credentials {
+        let password = c.secret.read().map_err(|why| {
+            AttemptError::Failed(GitFailure {
+                class: FailureClass::Auth,
+                http_status: None,
+                retry_after: None,
+                message: format!("the credential for {}: {why}", redact::url(&c.url_prefix)),
+            })
+        })?;
+        credentials.push(Credentials {
+            user: c
+                .username
+                .clone()
+                .unwrap_or_else(|| "x-access-token".into()),
+            password,
+            origin: http::origin(&c.url_prefix).unwrap_or_default(),
+            prefix: c.url_prefix.clone(),
+        });
+    }
+    let shown: Vec<Secret> = credentials.iter().map(|c| c.password.clone()).collect();
+    let secrets: Vec<&Secret> = shown.iter().collect();
     let session = HttpSession::new(credentials, control.clone());
     let attempt = Attempt {
         spec,
