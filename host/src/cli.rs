@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::git::{Auth, Follow, Mode, SyncSpec};
+use crate::git::{Auth, Follow, Mode, Publish, SyncSpec};
 use crate::policy::{Backoff, Builtin};
 use crate::pull::PullOptions;
 use crate::redact::Secret;
@@ -456,6 +456,15 @@ pub enum ModeArg {
     Mirror,
 }
 
+/// How a revision reaches DIR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublishArg {
+    /// Update the checkout at DIR.
+    InPlace,
+    /// DIR is a symlink to the revision's worktree, flipped atomically.
+    Symlink,
+}
+
 #[derive(Debug, Args)]
 /// `gitpulse pull`.
 pub struct PullArgs {
@@ -514,6 +523,17 @@ pub struct PullArgs {
     #[arg(long, value_enum, default_value = "ff")]
     /// How the checkout is updated.
     pub mode: ModeArg,
+    /// How a revision reaches DIR: `in-place` updates the checkout;
+    /// `symlink` writes each revision whole into a worktree beside DIR
+    /// (under .DIR.gitpulse/) and flips DIR, a symlink, to it atomically, so
+    /// readers never see a half-updated tree. Switching an existing
+    /// checkout either way works
+    #[arg(long, value_enum, default_value = "in-place")]
+    pub publish: PublishArg,
+    /// With --publish symlink: earlier worktrees kept for readers still
+    /// inside them
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub keep_worktrees: usize,
 
     /// Time limit of one attempt (e.g. 250ms, 10s, 2m); a stalled server fails as `timeout`
     #[arg(long, value_name = "D", default_value = "2m", value_parser = duration)]
@@ -642,6 +662,9 @@ pub enum UsageError {
     #[error("{0}")]
     /// `--step`, `--step-arg` or `--step-shell` misused.
     Steps(String),
+    #[error("--publish symlink: a mirror has no worktree to publish")]
+    /// `--publish symlink` with `--mode mirror`.
+    Publish,
     #[error("--{0}: {1}")]
     /// `--ref`, `--branch` or `--semver` that cannot name anything.
     Follow(&'static str, String),
@@ -659,6 +682,9 @@ impl PullArgs {
         }
         crate::git::check_depth(&self.url, self.depth.filter(|d| *d > 0))
             .map_err(UsageError::Depth)?;
+        if self.mode == ModeArg::Mirror && self.publish == PublishArg::Symlink {
+            return Err(UsageError::Publish);
+        }
         if self.backoff_base > self.backoff_max {
             return Err(UsageError::Backoff {
                 base: humantime::format_duration(self.backoff_base).to_string(),
@@ -669,7 +695,7 @@ impl PullArgs {
         let options = PullOptions {
             sync: SyncSpec {
                 url: self.url.clone(),
-                dir: self.dir.clone(),
+                dir: self.publish().repo_dir(&self.dir),
                 follow: self.follow()?,
                 depth: self.depth.filter(|d| *d > 0),
                 submodules: self.submodules,
@@ -747,9 +773,20 @@ impl PullArgs {
                 when: When::Changed,
                 paths: Vec::new(),
                 timeout: self.step_timeout,
+                before_publish: false,
             });
         }
         Ok(steps)
+    }
+
+    /// `--publish` and `--keep-worktrees`.
+    pub fn publish(&self) -> Publish {
+        match self.publish {
+            PublishArg::InPlace => Publish::InPlace,
+            PublishArg::Symlink => Publish::Symlink {
+                keep: self.keep_worktrees,
+            },
+        }
     }
 
     fn follow(&self) -> Result<Follow, UsageError> {

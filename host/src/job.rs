@@ -24,13 +24,14 @@ use std::time::{Duration, Instant};
 use crate::config::{self, AuthRef, Config, PolicyRef, RepoConfig, SecretRef};
 use crate::events::{EventKind, PullEvents, RepoRef};
 use crate::git::FailureClass;
-use crate::git::{Auth, OriginCredential, SyncSpec};
+use crate::git::{Auth, GitFailure, Layout, OriginCredential, Publish, SyncSpec};
 use crate::notify::{Audience, PluginLoader, Router};
 use crate::outcome::Outcome;
 use crate::outcome::{AttemptRecord, PullReport};
 use crate::plugin::{LoadError, Told, WasmPolicy};
 use crate::policy::{Backoff, Budgeted, Builtin, RetryBudget, RetryPolicy, StopReason};
 use crate::pull::{self, Observer, PullOptions};
+use crate::redact::Secret;
 use crate::step::{self, Step};
 use crate::store::{OwedStep, Settle, StepRun, Store, StoreError, StoredEvent};
 
@@ -46,6 +47,9 @@ pub enum JobError {
     /// A plugin it names will not load.
     #[error(transparent)]
     Plugin(#[from] LoadError),
+    /// DIR cannot be readied for its publication mode.
+    #[error(transparent)]
+    Publish(GitFailure),
 }
 
 /// A configured repository's pull job: pull under its policy, then record
@@ -79,14 +83,30 @@ impl Job<'_> {
         observer: &mut dyn Observer,
         timing: Timing,
     ) -> (PullReport, Result<Vec<StoredEvent>, StoreError>) {
+        let repo = self.repo;
         let report = self
             .pull(observer)
-            .unwrap_or_else(|e| not_started(self.repo, &e));
-        let identity = identity(self.repo);
+            .unwrap_or_else(|e| not_started(repo, &e));
+        let spec = options(repo, Auth::None, &self.config.credentials).sync;
+        let (report, gates) = publish(
+            &repo.name,
+            &spec,
+            &repo.dir,
+            repo.publish,
+            &repo.steps,
+            report,
+            &self.cancel,
+        );
+        let identity = identity(repo);
         // Retries were told as they happened (by the observer).
-        let events = PullEvents::read(&identity, &self.repo.dir, &report, false);
+        let events = PullEvents::read(&identity, &spec.dir, &report, false);
         let router = Router::new(self.config, self.plugins);
-        let audience = Audience::of(self.repo);
+        let audience = Audience::of(repo);
+        let told: Vec<_> = gates.iter().map(|g| gate_event(repo, &report, g)).collect();
+        let gated = match told.is_empty() {
+            true => Ok(Vec::new()),
+            false => lock(self.store).record_events(router.outgoing(told, &audience)),
+        };
         let owed: Vec<String> = step::owed_by(&self.repo.steps, report.outcome)
             .map(|s| s.name.clone())
             .collect();
@@ -103,6 +123,7 @@ impl Job<'_> {
         // What is owed runs now: this pull's steps, and any left by a crash
         // or waiting to be tried again.
         let recorded = recorded.and_then(|mut events| {
+            events.extend(gated?);
             events.extend(self.run_owed_steps(&router, &audience)?);
             Ok(events)
         });
@@ -162,6 +183,7 @@ impl Job<'_> {
             max_attempts: repo.max_attempts,
             max_delay: repo.backoff_max,
         };
+        prepare_dir(&repo.dir, repo.publish).map_err(JobError::Publish)?;
         let mut policy = policy(&repo.policy, builtin, identity(repo), told, self.plugins)?;
         if let Some(budget) = &self.budget {
             budget
@@ -190,10 +212,13 @@ fn try_owed_step(
 ) -> (StepRun, Settle, Option<crate::events::Event>) {
     let pulled = owed.outcome != Outcome::Failed.as_str();
     let changed = match (&owed.new, pulled) {
-        (Some(new), true) => {
-            crate::events::changed_paths(&repo.dir, owed.old.as_deref(), new, 1_000_000)
-                .unwrap_or_default()
-        }
+        (Some(new), true) => crate::events::changed_paths(
+            &repo.publish.repo_dir(&repo.dir),
+            owed.old.as_deref(),
+            new,
+            1_000_000,
+        )
+        .unwrap_or_default(),
         _ => Vec::new(),
     };
     if pulled && !step::concerns(&step.paths, &changed).unwrap_or(true) {
@@ -205,7 +230,7 @@ fn try_owed_step(
         };
         return (skipped, Settle::Done, None);
     }
-    let listed = changed_files_list(&repo.dir, &changed);
+    let listed = changed_files_list(&repo.publish.repo_dir(&repo.dir), &changed);
     let revision = step::Revision {
         repo: repo.name.clone(),
         dir: repo.dir.clone(),
@@ -280,6 +305,191 @@ fn try_owed_step(
     (run, settle, event)
 }
 
+/// Readies DIR for a pull under `publish`: symlink mode turns an in-place
+/// checkout into the store beside DIR (publishing its commit first); in
+/// place undoes symlink mode. DIR is never missing meanwhile.
+pub fn prepare_dir(dir: &Path, publish: Publish) -> Result<(), GitFailure> {
+    let layout = Layout::of(dir);
+    match publish {
+        Publish::Symlink { .. } => layout.prepare(),
+        Publish::InPlace => layout.undo().map(|_| ()),
+    }
+}
+
+/// A gate (`before_publish` step) that failed.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The revision it kept from DIR.
+    pub revision: String,
+    /// The step.
+    pub step: Step,
+    /// How it ran.
+    pub ran: step::Ran,
+}
+
+/// Publishes the revision a successful pull left in the store (symlink
+/// mode): writes its worktree, runs the `before_publish` steps in it, and
+/// flips DIR to it only if they all succeed; then prunes old worktrees.
+/// Returns the report as DIR sees it (old: what DIR showed, new: what it
+/// shows now) and the gates that failed. In place, `report` is returned
+/// as it is.
+pub fn publish(
+    name: &str,
+    spec: &crate::git::SyncSpec,
+    dir: &Path,
+    publish: Publish,
+    steps: &[Step],
+    mut report: PullReport,
+    cancel: &AtomicBool,
+) -> (PullReport, Vec<Gate>) {
+    let Publish::Symlink { keep } = publish else {
+        return (report, Vec::new());
+    };
+    let (true, Some(new)) = (report.outcome.is_success(), report.new.clone()) else {
+        return (report, Vec::new());
+    };
+    let layout = Layout::of(dir);
+    let store = layout.store();
+    let before = layout.published();
+    report.dir = dir.display().to_string();
+    if before.as_deref() != Some(new.as_str()) {
+        let worktree = match layout.write(&new) {
+            Ok(worktree) => worktree,
+            Err(failure) => return (not_published(report, failure), Vec::new()),
+        };
+        let changed = crate::events::changed_paths(&store, before.as_deref(), &new, 1_000_000)
+            .unwrap_or_default();
+        let listed = changed_files_list(&store, &changed);
+        let revision = step::Revision {
+            repo: name.to_string(),
+            dir: worktree.clone(),
+            old: before.clone(),
+            new: Some(new.clone()),
+            reference: spec.follow.describe(),
+            changed_files: listed.clone(),
+        };
+        let secrets: Vec<Secret> = secrets_of(spec);
+        let shown: Vec<&Secret> = secrets.iter().collect();
+        let mut failed = Vec::new();
+        for gate in steps.iter().filter(|s| s.before_publish) {
+            if !step::concerns(&gate.paths, &changed).unwrap_or(true) {
+                continue;
+            }
+            let ran = step::run(gate, &revision, &worktree, &shown, cancel);
+            if !ran.status.ok() {
+                failed.push(Gate {
+                    revision: new.clone(),
+                    step: gate.clone(),
+                    ran,
+                });
+                break;
+            }
+        }
+        if let Some(listed) = listed {
+            let _ = std::fs::remove_file(listed);
+        }
+        if !failed.is_empty() {
+            // The old revision stays published; the next pull tries again.
+            return match before {
+                Some(before) => {
+                    report.outcome = crate::outcome::Outcome::Unchanged;
+                    report.commits = 0;
+                    report.old = Some(before.clone());
+                    report.new = Some(before);
+                    (report, failed)
+                }
+                None => {
+                    let why = format!(
+                        "step `{}` {}: nothing published",
+                        failed[0].step.name, failed[0].ran.status
+                    );
+                    (
+                        not_published(
+                            report,
+                            crate::git::GitFailure {
+                                class: FailureClass::Other,
+                                http_status: None,
+                                retry_after: None,
+                                message: why,
+                            },
+                        ),
+                        failed,
+                    )
+                }
+            };
+        }
+        if let Err(failure) = layout.flip(&new) {
+            return (not_published(report, failure), Vec::new());
+        }
+    }
+    if let Err(failure) = layout.prune(keep) {
+        report
+            .notices
+            .push(format!("pruning old worktrees: {}", failure.message));
+    }
+    report.outcome = match (&before, before.as_deref() == Some(new.as_str())) {
+        (None, _) => crate::outcome::Outcome::Cloned,
+        (Some(_), true) => crate::outcome::Outcome::Unchanged,
+        (Some(_), false) => crate::outcome::Outcome::Updated,
+    };
+    report.commits = match report.outcome {
+        crate::outcome::Outcome::Unchanged => 0,
+        _ => crate::git::commits_between(&store, before.as_deref(), &new),
+    };
+    report.old = before;
+    (report, Vec::new())
+}
+
+/// The `step-failed` event of a gate that kept a revision from DIR.
+fn gate_event(repo: &RepoConfig, report: &PullReport, gate: &Gate) -> crate::events::Event {
+    let mut event = crate::events::Event::new(
+        EventKind::StepFailed,
+        identity(repo),
+        crate::model::now_ms(),
+    );
+    event.detail = Some(format!(
+        "step `{}` {}: the new revision was not published",
+        gate.step.name, gate.ran.status
+    ));
+    event.old = report.old.clone();
+    event.new = Some(gate.revision.clone());
+    event.failure = Some(crate::events::Failure {
+        class: FailureClass::Other,
+        http_status: None,
+        message: gate.ran.output_tail(1000).to_string(),
+    });
+    event
+}
+
+/// `report` turned into a failure that says why nothing was published.
+fn not_published(mut report: PullReport, failure: GitFailure) -> PullReport {
+    report.attempts.push(AttemptRecord {
+        n: report.attempts.len() as u32 + 1,
+        class: failure.class,
+        http_status: None,
+        message: failure.message,
+        delay_ms: None,
+        duration_ms: 0,
+    });
+    report.outcome = crate::outcome::Outcome::Failed;
+    report.reason = Some(StopReason::NotRetryable);
+    report.new = None;
+    report
+}
+
+/// The secrets a pull of `spec` may send (kept out of step output).
+fn secrets_of(spec: &crate::git::SyncSpec) -> Vec<Secret> {
+    let mut secrets: Vec<Secret> = spec
+        .credentials
+        .iter()
+        .filter_map(|c| c.secret.read().ok())
+        .collect();
+    if let Auth::Token(token) = &spec.auth {
+        secrets.push(token.clone());
+    }
+    secrets
+}
+
 /// One step's run after a one-shot pull (`gitpulse pull --step`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepReport {
@@ -301,6 +511,7 @@ pub struct StepReport {
 pub fn run_steps_once(
     name: &str,
     spec: &crate::git::SyncSpec,
+    dir: &Path,
     steps: &[Step],
     report: &PullReport,
     cancel: &AtomicBool,
@@ -319,14 +530,14 @@ pub fn run_steps_once(
     let listed = changed_files_list(&spec.dir, &changed);
     let revision = step::Revision {
         repo: name.to_string(),
-        dir: spec.dir.clone(),
+        dir: dir.to_path_buf(),
         old: report.old.clone(),
         new: report.new.clone(),
         reference: spec.follow.describe(),
         changed_files: listed.clone(),
     };
-    let cwd = if spec.dir.is_dir() {
-        spec.dir.clone()
+    let cwd = if dir.is_dir() {
+        dir.to_path_buf()
     } else {
         std::env::current_dir().unwrap_or_default()
     };
@@ -378,6 +589,7 @@ fn url_user(url: &str) -> Option<String> {
 fn not_started(repo: &RepoConfig, e: &JobError) -> PullReport {
     let class = match e {
         JobError::Auth(_) => FailureClass::Auth,
+        JobError::Publish(f) => f.class,
         JobError::Spec(_) | JobError::Plugin(_) => FailureClass::Other,
     };
     PullReport {
@@ -448,7 +660,7 @@ fn options(repo: &RepoConfig, auth: Auth, shared: &[OriginCredential]) -> PullOp
     PullOptions {
         sync: SyncSpec {
             url: repo.url.clone(),
-            dir: repo.dir.clone(),
+            dir: repo.publish.repo_dir(&repo.dir),
             follow: repo.follow.clone(),
             depth: repo.depth,
             submodules: repo.submodules,

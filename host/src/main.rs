@@ -702,6 +702,7 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         job::policy(&policy_roles(args), builtin, repo.clone(), told, &load).map_err(usage)?;
     let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
     force_exit_if_cancel_stalls(cancel.clone(), args);
+    job::prepare_dir(&args.dir, args.publish()).map_err(|e| usage(e.message))?;
     let mut terminal = ui::Terminal::new(!args.json && std::io::stderr().is_terminal());
     let result = match &workflow {
         Some(_) => {
@@ -711,6 +712,16 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         None => pull::pull(&options, policy.as_mut(), &mut terminal, cancel.clone()),
     }
     .map_err(usage)?;
+    // `gitpulse pull` has no gating steps (those are [[repo.step]]s).
+    let (result, _) = job::publish(
+        repo.name(),
+        &options.sync,
+        &args.dir,
+        args.publish(),
+        &[],
+        result,
+        &cancel,
+    );
     if let Some(w) = &workflow {
         let (commits, files) = match &result.new {
             Some(new) if result.new != result.old => (
@@ -731,7 +742,14 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
             eprintln!("warning: writing the GitHub step outputs: {e}");
         }
     }
-    let ran = job::run_steps_once(repo.name(), &options.sync, &steps, &result, &cancel);
+    let ran = job::run_steps_once(
+        repo.name(),
+        &options.sync,
+        &args.dir,
+        &steps,
+        &result,
+        &cancel,
+    );
     if args.json {
         let mut json = serde_json::to_value(&result)
             .map_err(|e| failed(format!("cannot encode the result: {e}")))?;

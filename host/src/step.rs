@@ -77,11 +77,17 @@ pub struct Step {
     pub paths: Vec<String>,
     /// Killed (with everything it started) after this long.
     pub timeout: Duration,
+    /// Runs in the new revision before it is published and gates the
+    /// publication (`publish = "symlink"` only).
+    pub before_publish: bool,
 }
 
-/// The steps a pull that ended in `outcome` owes, in order.
+/// The steps a pull that ended in `outcome` owes, in order (those that
+/// gate a publication run before it, not after).
 pub fn owed_by(steps: &[Step], outcome: Outcome) -> impl Iterator<Item = &Step> {
-    steps.iter().filter(move |s| s.when.follows(outcome))
+    steps
+        .iter()
+        .filter(move |s| !s.before_publish && s.when.follows(outcome))
 }
 
 /// Whether `changed` concerns a step with these `paths` (git pathspecs, as
@@ -383,6 +389,7 @@ mod tests {
             when: When::Changed,
             paths: vec![],
             timeout,
+            before_publish: false,
         }
     }
 

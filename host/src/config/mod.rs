@@ -45,7 +45,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::git::{Follow, Mode, OriginCredential};
+use crate::git::{Follow, Mode, OriginCredential, Publish};
 pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
@@ -190,6 +190,8 @@ pub struct RepoConfig {
     pub required: bool,
     /// Commands that run after its pulls (`[[repo.step]]`), in order.
     pub steps: Vec<Step>,
+    /// How a pulled revision reaches `dir`.
+    pub publish: Publish,
     /// Where the `[[repo]]` starts in the file.
     pub line: usize,
 }
@@ -388,6 +390,7 @@ struct RawStep {
     when: Option<Spanned<String>>,
     paths: Option<Spanned<Vec<String>>>,
     timeout: Option<Spanned<String>>,
+    before_publish: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -410,6 +413,8 @@ struct RawRepo {
     labels: Option<Spanned<BTreeMap<String, String>>>,
     required: Option<Spanned<bool>>,
     step: Option<Vec<Spanned<RawStep>>>,
+    publish: Option<Spanned<String>>,
+    keep_worktrees: Option<Spanned<i64>>,
     // The fields of `RawCommon`, repeated: serde's `flatten` would lose the
     // spans that give every problem its line.
     schedule: Option<Spanned<String>>,
@@ -1001,7 +1006,8 @@ pub fn parse(
             check.at(d, format!("{label}.depth"), e);
         }
         let follow = check_follow(&mut check, r, &label, mode);
-        let steps = check_steps(&mut check, r, &label, line);
+        let publish = check_publish(&mut check, r, &label, mode);
+        let steps = check_steps(&mut check, r, &label, line, publish);
         let max_attempts = c
             .max_attempts
             .clone()
@@ -1106,6 +1112,7 @@ pub fn parse(
             notifiers: notifier_names,
             required: r.required.as_ref().is_none_or(|v| *v.get_ref()),
             steps,
+            publish,
             username: r.username.as_ref().map(|u| u.get_ref().clone()),
             line,
         });
@@ -1356,7 +1363,13 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `[[repo.step]]`: named (unique in the repo), something to run, a known
 /// `when`, usable `paths`.
-fn check_steps(check: &mut Check, r: &RawRepo, label: &str, repo_line: usize) -> Vec<Step> {
+fn check_steps(
+    check: &mut Check,
+    r: &RawRepo,
+    label: &str,
+    repo_line: usize,
+    publish: Publish,
+) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for (i, spanned) in r.step.iter().flatten().enumerate() {
         let raw = spanned.get_ref();
@@ -1461,15 +1474,85 @@ fn check_steps(check: &mut Check, r: &RawRepo, label: &str, repo_line: usize) ->
                 None => continue,
             },
         };
+        let before_publish = raw.before_publish.as_ref().is_some_and(|b| *b.get_ref());
+        if let Some(at) = raw.before_publish.as_ref().filter(|b| *b.get_ref()) {
+            if publish == Publish::InPlace {
+                check.at(
+                    at,
+                    format!("{field}.before_publish"),
+                    "gates a publication: it needs publish = \"symlink\" (in place, there is no new revision apart to run in)",
+                );
+                continue;
+            }
+            if when != step::When::Changed {
+                check.at(
+                    at,
+                    format!("{field}.before_publish"),
+                    "runs before a change is published: when must be \"changed\"",
+                );
+                continue;
+            }
+        }
         steps.push(Step {
             name,
             program,
             when,
             paths,
             timeout,
+            before_publish,
         });
     }
     steps
+}
+
+/// `publish` and `keep_worktrees`.
+fn check_publish(check: &mut Check, r: &RawRepo, label: &str, mode: Mode) -> Publish {
+    let keep = r
+        .keep_worktrees
+        .as_ref()
+        .and_then(|k| {
+            let v = *k.get_ref();
+            if !(0..=100).contains(&v) {
+                check.at(
+                    k,
+                    format!("{label}.keep_worktrees"),
+                    format!("{v} is out of range (0 to 100)"),
+                );
+                None
+            } else {
+                Some(v as usize)
+            }
+        })
+        .unwrap_or(1);
+    match r.publish.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None | Some((_, "in-place")) => {
+            if let Some(k) = &r.keep_worktrees {
+                check.at(
+                    k,
+                    format!("{label}.keep_worktrees"),
+                    "only meaningful with publish = \"symlink\"",
+                );
+            }
+            Publish::InPlace
+        }
+        Some((at, "symlink")) if mode == Mode::Mirror => {
+            check.at(
+                at,
+                format!("{label}.publish"),
+                "a mirror has no worktree to publish",
+            );
+            Publish::InPlace
+        }
+        Some((_, "symlink")) => Publish::Symlink { keep },
+        Some((at, other)) => {
+            check.at(
+                at,
+                format!("{label}.publish"),
+                format!("`{other}`: use in-place or symlink"),
+            );
+            Publish::InPlace
+        }
+    }
 }
 
 /// `branch`, `ref` and `semver`: each well formed, and none with a mirror

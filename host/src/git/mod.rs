@@ -16,6 +16,7 @@ mod http;
 pub use http::{request_failure, status_failure};
 mod journal;
 mod lock;
+mod publish;
 mod ssh;
 mod sync;
 mod target;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use gitpulse_policy_core::FailureClass;
+pub use publish::{Layout, Publish};
 pub use sync::sync;
 pub use target::{bad_ref, parse_semver, Follow};
 
@@ -92,6 +94,21 @@ pub fn remote_host(url: &str) -> String {
         .ok()
         .and_then(|u| u.host_str().map(String::from))
         .unwrap_or_default()
+}
+
+/// Commits reachable from `new` and not from `old` in the repository at
+/// `dir` (0 when it cannot be read, or `new` is behind `old`).
+pub fn commits_between(dir: &std::path::Path, old: Option<&str>, new: &str) -> u64 {
+    let count = || -> Result<u64, git2::Error> {
+        let repo = git2::Repository::open(dir)?;
+        let mut walk = repo.revwalk()?;
+        walk.push(git2::Oid::from_str(new)?)?;
+        if let Some(old) = old {
+            walk.hide(git2::Oid::from_str(old)?)?;
+        }
+        Ok(walk.count() as u64)
+    };
+    count().unwrap_or(0)
 }
 
 /// Why `user` cannot be sent as a basic-auth user name, if it cannot.

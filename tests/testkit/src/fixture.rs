@@ -98,6 +98,36 @@ impl Upstream {
         git_ok(w, &["rev-parse", "HEAD"])
     }
 
+    /// Adds a commit on `main` that writes `files` files under `dir/`, each
+    /// naming the commit (a tree big enough to take a while to write out).
+    pub fn commit_many(&mut self, dir: &str, files: usize, subject: &str) -> String {
+        let w = &self.work;
+        git_ok(w, &["checkout", "-q", "main"]);
+        let at = w.join(dir);
+        std::fs::create_dir_all(&at).unwrap();
+        for i in 0..files {
+            std::fs::write(
+                at.join(format!("f{i:04}.txt")),
+                format!("{subject} {i}\n").repeat(64),
+            )
+            .unwrap();
+        }
+        git_ok(w, &["add", "-A"]);
+        git_ok(w, &["commit", "-q", "-m", subject]);
+        git_ok(w, &["push", "-q", "origin", "main"]);
+        git_ok(w, &["rev-parse", "HEAD"])
+    }
+
+    /// Removes `path` in a commit on `main`.
+    pub fn remove(&mut self, path: &str, subject: &str) -> String {
+        let w = &self.work;
+        git_ok(w, &["checkout", "-q", "main"]);
+        git_ok(w, &["rm", "-rq", path]);
+        git_ok(w, &["commit", "-q", "-m", subject]);
+        git_ok(w, &["push", "-q", "origin", "main"]);
+        git_ok(w, &["rev-parse", "HEAD"])
+    }
+
     /// Replaces `main` with a commit unrelated to its history (a force push).
     pub fn rewrite_history(&mut self, subject: &str) -> String {
         let w = &self.work;

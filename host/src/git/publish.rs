@@ -1,0 +1,283 @@
+//! Atomic publication (`publish = "symlink"`), as git-sync does it: the
+//! repository lives beside DIR, each revision is written out whole into a
+//! worktree of its own, and DIR is a symlink flipped from one to the next
+//! by a rename, so a reader sees the old revision or the new one, never a
+//! mix, and a crash at any point leaves DIR on a complete revision.
+//!
+//! ```text
+//! PARENT/DIR -> .DIR.gitpulse/worktrees/<sha>     (the symlink readers use)
+//! PARENT/.DIR.gitpulse/repo                       (the repository gitpulse pulls)
+//! PARENT/.DIR.gitpulse/worktrees/<sha>            (published revisions, newest kept)
+//! ```
+//!
+//! Owns the layout, writing a worktree, the flip, switching an in-place
+//! checkout to symlinks and back, and pruning old worktrees. It does not
+//! pull (the store is an ordinary checkout `sync` keeps up to date) or run
+//! steps (the job gates the flip).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use git2::build::CheckoutBuilder;
+use git2::{Oid, Repository};
+
+use super::lock::io_failure;
+use super::{FailureClass, GitFailure};
+
+/// How a pulled revision reaches DIR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Publish {
+    /// DIR is the checkout, updated in place (the default).
+    #[default]
+    InPlace,
+    /// DIR is a symlink to a worktree of the revision, flipped atomically;
+    /// `keep` earlier worktrees stay for readers still inside them.
+    Symlink {
+        /// Earlier worktrees kept.
+        keep: usize,
+    },
+}
+
+impl Publish {
+    /// Where gitpulse pulls into for DIR: DIR itself, or the store beside it.
+    pub fn repo_dir(self, dir: &Path) -> PathBuf {
+        match self {
+            Publish::InPlace => dir.to_path_buf(),
+            Publish::Symlink { .. } => Layout::of(dir).store(),
+        }
+    }
+}
+
+/// Where DIR's repository and worktrees live in symlink mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// DIR: the symlink readers use.
+    pub dir: PathBuf,
+    /// `.DIR.gitpulse` beside it.
+    home: PathBuf,
+}
+
+impl Layout {
+    /// The layout for DIR.
+    pub fn of(dir: &Path) -> Layout {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        Layout {
+            dir: dir.to_path_buf(),
+            home: parent.join(format!(".{name}.gitpulse")),
+        }
+    }
+
+    /// The repository gitpulse pulls (an ordinary checkout).
+    pub fn store(&self) -> PathBuf {
+        self.home.join("repo")
+    }
+
+    fn worktrees(&self) -> PathBuf {
+        self.home.join("worktrees")
+    }
+
+    /// The worktree of `sha`.
+    pub fn worktree(&self, sha: &str) -> PathBuf {
+        self.worktrees().join(sha)
+    }
+
+    /// Where a symlink or a directory waits to be swapped with DIR.
+    fn swap(&self) -> PathBuf {
+        self.home.join("swap")
+    }
+
+    /// The commit DIR points at now, if it is one of ours.
+    pub fn published(&self) -> Option<String> {
+        let target = fs::read_link(&self.dir).ok()?;
+        let sha = target.file_name()?.to_string_lossy().into_owned();
+        (Oid::from_str(&sha).is_ok() && self.worktree(&sha).is_dir()).then_some(sha)
+    }
+
+    /// Makes the layout ready before a pull: finishes an interrupted switch
+    /// and turns an in-place checkout at DIR into the store, publishing its
+    /// commit first, so DIR is never missing and never half a tree.
+    pub fn prepare(&self) -> Result<(), GitFailure> {
+        fs::create_dir_all(self.worktrees()).map_err(|e| io_failure(&self.home, e))?;
+        let swap = self.swap();
+        // A switch that died after the exchange: the old checkout waits here.
+        if swap.join(".git").exists() && !self.store().exists() {
+            fs::rename(&swap, self.store()).map_err(|e| io_failure(&swap, e))?;
+        }
+        let is_real_dir = fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir());
+        if !is_real_dir {
+            return Ok(());
+        }
+        if !self.dir.join(".git").exists() {
+            return Err(GitFailure {
+                class: FailureClass::Other,
+                http_status: None,
+                retry_after: None,
+                message: format!(
+                    "{} is a directory but not a git checkout: refusing to replace it with a symlink",
+                    self.dir.display()
+                ),
+            });
+        }
+        if self.store().exists() {
+            return Err(GitFailure {
+                class: FailureClass::Other,
+                http_status: None,
+                retry_after: None,
+                message: format!(
+                    "{} is a checkout and {} exists too: move one of them away",
+                    self.dir.display(),
+                    self.store().display()
+                ),
+            });
+        }
+        // Publish what DIR has now, swap the symlink in, and keep the old
+        // checkout as the store.
+        let head = Repository::open(&self.dir)
+            .and_then(|r| r.head()?.peel_to_commit().map(|c| c.id()))
+            .map_err(git_failure)?;
+        self.write_worktree(&self.dir, head)?;
+        let link = self.new_link(&head.to_string())?;
+        exchange(&link, &self.dir).map_err(|e| io_failure(&self.dir, e))?;
+        fs::rename(&link, self.store()).map_err(|e| io_failure(&link, e))
+    }
+
+    /// Writes `sha` of the store out as a worktree, whole or not at all.
+    pub fn write(&self, sha: &str) -> Result<PathBuf, GitFailure> {
+        let oid = Oid::from_str(sha).map_err(git_failure)?;
+        self.write_worktree(&self.store(), oid)
+    }
+
+    fn write_worktree(&self, repo_dir: &Path, oid: Oid) -> Result<PathBuf, GitFailure> {
+        let target = self.worktree(&oid.to_string());
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let partial = self.worktrees().join(format!(".{oid}.partial"));
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(|e| io_failure(&partial, e))?;
+        }
+        fs::create_dir_all(&partial).map_err(|e| io_failure(&partial, e))?;
+        let repo = Repository::open(repo_dir).map_err(git_failure)?;
+        let commit = repo.find_commit(oid).map_err(git_failure)?;
+        // A tree of files of its own, not the store's index: the store's
+        // worktree and index are left as they are.
+        let mut index = git2::Index::new().map_err(git_failure)?;
+        index
+            .read_tree(&commit.tree().map_err(git_failure)?)
+            .map_err(git_failure)?;
+        let mut checkout = CheckoutBuilder::new();
+        checkout.force().target_dir(&partial);
+        repo.checkout_index(Some(&mut index), Some(&mut checkout))
+            .map_err(git_failure)?;
+        fs::rename(&partial, &target).map_err(|e| io_failure(&target, e))?;
+        Ok(target)
+    }
+
+    /// Points DIR at `sha`'s worktree (written by [`Layout::write`]) with
+    /// one rename: readers see the old tree or the new one.
+    pub fn flip(&self, sha: &str) -> Result<(), GitFailure> {
+        let link = self.new_link(sha)?;
+        fs::rename(&link, &self.dir).map_err(|e| io_failure(&self.dir, e))
+    }
+
+    /// A new symlink to `sha`'s worktree at the swap place (relative, so
+    /// the whole tree can move).
+    fn new_link(&self, sha: &str) -> Result<PathBuf, GitFailure> {
+        let link = self.swap();
+        if fs::symlink_metadata(&link).is_ok() {
+            let removed = if link.is_dir() && !link.is_symlink() {
+                fs::remove_dir_all(&link)
+            } else {
+                fs::remove_file(&link)
+            };
+            removed.map_err(|e| io_failure(&link, e))?;
+        }
+        let home_name = self.home.file_name().unwrap_or_default();
+        let target = Path::new(home_name).join("worktrees").join(sha);
+        std::os::unix::fs::symlink(target, &link).map_err(|e| io_failure(&link, e))?;
+        Ok(link)
+    }
+
+    /// Removes worktrees but the published one and the `keep` newest
+    /// others (readers may still be inside them), and unfinished ones.
+    pub fn prune(&self, keep: usize) -> Result<usize, GitFailure> {
+        let published = self.published();
+        let dir = self.worktrees();
+        let mut others: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(|e| io_failure(&dir, e))? {
+            let entry = entry.map_err(|e| io_failure(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if published.as_deref() == Some(name.as_str()) {
+                continue;
+            }
+            if name.ends_with(".partial") {
+                fs::remove_dir_all(entry.path()).map_err(|e| io_failure(&entry.path(), e))?;
+                removed += 1;
+                continue;
+            }
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            others.push((modified, entry.path()));
+        }
+        others.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+        for (_, path) in others.into_iter().skip(keep) {
+            fs::remove_dir_all(&path).map_err(|e| io_failure(&path, e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Turns symlink mode back into an in-place checkout at DIR: the store
+    /// is swapped in for the symlink in one exchange, then the worktrees go.
+    pub fn undo(&self) -> Result<bool, GitFailure> {
+        let is_link = fs::symlink_metadata(&self.dir).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link || !self.store().join(".git").exists() {
+            return Ok(false);
+        }
+        exchange(&self.store(), &self.dir).map_err(|e| io_failure(&self.dir, e))?;
+        fs::remove_dir_all(&self.home).map_err(|e| io_failure(&self.home, e))?;
+        Ok(true)
+    }
+}
+
+/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`): a
+/// directory and a symlink trade places with no moment where either is
+/// missing.
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes())?;
+    let b = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; the call only renames.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn git_failure(e: git2::Error) -> GitFailure {
+    GitFailure {
+        class: FailureClass::Other,
+        http_status: None,
+        retry_after: None,
+        message: format!("publishing: {}", e.message()),
+    }
+}
