@@ -294,3 +294,96 @@ fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// `git status --porcelain` is empty: git agrees with the checkout.
+fn git_agrees(dir: &std::path::Path) {
+    let status = git_ok(dir, &["status", "--porcelain"]);
+    assert_eq!(status, "", "git status in {}", dir.display());
+}
+
+#[test]
+fn sparse_checkouts_are_kept_across_updates_changed_with_the_setting_and_made_by_hand_respected() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    for (path, text) in [
+        ("docs/a.md", "a\n"),
+        ("charts/Chart.yaml", "chart\n"),
+        ("charts/app/values.yaml", "app\n"),
+        ("charts/other/values.yaml", "other\n"),
+        ("src/main.rs", "fn main() {}\n"),
+    ] {
+        up.commit_file(path, text, &format!("add {path}"));
+    }
+    let server = GitHttpServer::start(root.path());
+    let url = server.url("app");
+    let dir = root.path().join("c");
+    let cone = ["--sparse", "docs/", "--sparse", "charts/app"];
+
+    let run = pull(&url, &dir, &cone);
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    for present in [
+        "README",
+        "docs/a.md",
+        "charts/Chart.yaml",
+        "charts/app/values.yaml",
+    ] {
+        assert!(dir.join(present).exists(), "{present}");
+    }
+    for absent in ["src", "charts/other"] {
+        assert!(!dir.join(absent).exists(), "{absent}");
+    }
+    git_agrees(&dir);
+    assert_eq!(
+        git_ok(&dir, &["sparse-checkout", "list"]),
+        "charts/app\ndocs"
+    );
+
+    // Updates keep the set; a change outside it stays outside.
+    up.commit_file("src/main.rs", "fn main() { run() }\n", "src moves");
+    let docs = up.commit_file("docs/a.md", "a, revised\n", "docs move");
+    let run = pull(&url, &dir, &cone);
+    assert_eq!(
+        (run.outcome(), run.new_sha()),
+        ("updated", Some(docs.as_str())),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docs/a.md")).unwrap(),
+        "a, revised\n"
+    );
+    assert!(!dir.join("src").exists());
+    git_agrees(&dir);
+
+    // A new setting applies at once, even with nothing new upstream.
+    let run = pull(&url, &dir, &["--sparse", "src"]);
+    assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
+    assert!(dir.join("src/main.rs").exists() && !dir.join("docs").exists());
+    git_agrees(&dir);
+    let run = pull(
+        &url,
+        &dir,
+        &["--sparse-pattern", "/*", "--sparse-pattern", "!/charts/"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(dir.join("docs/a.md").exists() && !dir.join("charts").exists());
+    assert_eq!(
+        git_ok(&dir, &["config", "core.sparseCheckoutCone"]),
+        "false"
+    );
+    git_agrees(&dir);
+
+    // Made sparse by hand with git: respected, not refused as diverged.
+    git_ok(&dir, &["sparse-checkout", "set", "--cone", "docs"]);
+    let docs = up.commit_file("docs/b.md", "b\n", "more docs");
+    let run = pull(&url, &dir, &[]);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    assert_eq!(run.new_sha(), Some(docs.as_str()));
+    assert!(dir.join("docs/b.md").exists() && !dir.join("src").exists());
+    git_agrees(&dir);
+    // Reset mode does not mistake the absent files for local deletions.
+    let run = pull(&url, &dir, &["--mode", "reset"]);
+    assert_eq!(run.outcome(), "unchanged", "{run:?}");
+    assert!(run.json.get("notices").is_none(), "{run:?}");
+    assert!(!dir.join("src").exists());
+    assert!(fsck_ok(&dir));
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::git::{Auth, Follow, Mode, Publish, SyncSpec};
+use crate::git::{Auth, Follow, Mode, Publish, Sparse, SyncSpec};
 use crate::policy::{Backoff, Builtin};
 use crate::pull::PullOptions;
 use crate::redact::Secret;
@@ -523,6 +523,16 @@ pub struct PullArgs {
     #[arg(long, value_enum, default_value = "ff")]
     /// How the checkout is updated.
     pub mode: ModeArg,
+    /// Sparse checkout (cone mode): only this directory, plus the files in
+    /// the root and in its ancestors (repeatable). Kept and applied across
+    /// updates, recorded as `git sparse-checkout` does. Without it, a
+    /// sparse set made by hand in DIR is respected
+    #[arg(long, value_name = "DIR")]
+    pub sparse: Vec<String>,
+    /// Sparse checkout with non-cone patterns (gitignore syntax, `!` to
+    /// exclude; repeatable)
+    #[arg(long, value_name = "PATTERN", allow_hyphen_values = true)]
+    pub sparse_pattern: Vec<String>,
     /// How a revision reaches DIR: `in-place` updates the checkout;
     /// `symlink` writes each revision whole into a worktree beside DIR
     /// (under .DIR.gitpulse/) and flips DIR, a symlink, to it atomically, so
@@ -705,6 +715,7 @@ impl PullArgs {
                     ModeArg::Reset => Mode::Reset,
                     ModeArg::Mirror => Mode::Mirror,
                 },
+                sparse: self.sparse()?,
                 auth,
                 username: self.username.clone(),
                 credentials: Vec::new(),
@@ -777,6 +788,30 @@ impl PullArgs {
             });
         }
         Ok(steps)
+    }
+
+    /// `--sparse` (cone) or `--sparse-pattern` (non-cone).
+    fn sparse(&self) -> Result<Option<Sparse>, UsageError> {
+        let given = !self.sparse.is_empty() || !self.sparse_pattern.is_empty();
+        if given && self.mode == ModeArg::Mirror {
+            return Err(UsageError::Follow(
+                "sparse",
+                "a mirror has no worktree to make sparse".into(),
+            ));
+        }
+        match (self.sparse.is_empty(), self.sparse_pattern.is_empty()) {
+            (true, true) => Ok(None),
+            (false, true) => Sparse::cone(&self.sparse)
+                .map(Some)
+                .map_err(|e| UsageError::Follow("sparse", e)),
+            (true, false) => Sparse::patterns(&self.sparse_pattern)
+                .map(Some)
+                .map_err(|e| UsageError::Follow("sparse-pattern", e)),
+            (false, false) => Err(UsageError::Follow(
+                "sparse",
+                "give directories (--sparse) or patterns (--sparse-pattern), not both".into(),
+            )),
+        }
     }
 
     /// `--publish` and `--keep-worktrees`.

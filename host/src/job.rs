@@ -666,6 +666,7 @@ fn options(repo: &RepoConfig, auth: Auth, shared: &[OriginCredential]) -> PullOp
             submodules: repo.submodules,
             local_submodules: repo.local_submodules,
             mode: repo.mode,
+            sparse: repo.sparse.clone(),
             auth,
             credentials: own.into_iter().chain(shared.iter().cloned()).collect(),
             username: repo.username.clone(),

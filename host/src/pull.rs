@@ -205,6 +205,7 @@ mod tests {
                 submodules: false,
                 local_submodules: false,
                 mode: Mode::FastForward,
+                sparse: None,
                 auth: Auth::None,
                 username: None,
                 credentials: Vec::new(),

@@ -45,7 +45,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::git::{Follow, Mode, OriginCredential, Publish};
+use crate::git::{Follow, Mode, OriginCredential, Publish, Sparse};
 pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
@@ -192,6 +192,9 @@ pub struct RepoConfig {
     pub steps: Vec<Step>,
     /// How a pulled revision reaches `dir`.
     pub publish: Publish,
+    /// The sparse set (`sparse`, `sparse_patterns`); none: whatever the
+    /// checkout has.
+    pub sparse: Option<Sparse>,
     /// Where the `[[repo]]` starts in the file.
     pub line: usize,
 }
@@ -415,6 +418,8 @@ struct RawRepo {
     step: Option<Vec<Spanned<RawStep>>>,
     publish: Option<Spanned<String>>,
     keep_worktrees: Option<Spanned<i64>>,
+    sparse: Option<Spanned<Vec<String>>>,
+    sparse_patterns: Option<Spanned<Vec<String>>>,
     // The fields of `RawCommon`, repeated: serde's `flatten` would lose the
     // spans that give every problem its line.
     schedule: Option<Spanned<String>>,
@@ -1007,6 +1012,7 @@ pub fn parse(
         }
         let follow = check_follow(&mut check, r, &label, mode);
         let publish = check_publish(&mut check, r, &label, mode);
+        let sparse = check_sparse(&mut check, r, &label, mode);
         let steps = check_steps(&mut check, r, &label, line, publish);
         let max_attempts = c
             .max_attempts
@@ -1113,6 +1119,7 @@ pub fn parse(
             required: r.required.as_ref().is_none_or(|v| *v.get_ref()),
             steps,
             publish,
+            sparse,
             username: r.username.as_ref().map(|u| u.get_ref().clone()),
             line,
         });
@@ -1503,6 +1510,38 @@ fn check_steps(
         });
     }
     steps
+}
+
+/// `sparse` (cone directories) or `sparse_patterns`, not both, not with a mirror.
+fn check_sparse(check: &mut Check, r: &RawRepo, label: &str, mode: Mode) -> Option<Sparse> {
+    let (field, value, sparse) = match (&r.sparse, &r.sparse_patterns) {
+        (None, None) => return None,
+        (Some(_), Some(p)) => {
+            check.at(
+                p,
+                format!("{label}.sparse_patterns"),
+                "use sparse (directories) or sparse_patterns, not both",
+            );
+            return None;
+        }
+        (Some(d), None) => ("sparse", d, Sparse::cone(d.get_ref())),
+        (None, Some(p)) => ("sparse_patterns", p, Sparse::patterns(p.get_ref())),
+    };
+    if mode == Mode::Mirror {
+        check.at(
+            value,
+            format!("{label}.{field}"),
+            "a mirror has no worktree to make sparse",
+        );
+        return None;
+    }
+    match sparse {
+        Ok(sparse) => Some(sparse),
+        Err(e) => {
+            check.at(value, format!("{label}.{field}"), e);
+            None
+        }
+    }
 }
 
 /// `publish` and `keep_worktrees`.

@@ -17,6 +17,7 @@ pub use http::{request_failure, status_failure};
 mod journal;
 mod lock;
 mod publish;
+mod sparse;
 mod ssh;
 mod sync;
 mod target;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use gitpulse_policy_core::FailureClass;
 pub use publish::{Layout, Publish};
+pub use sparse::Sparse;
 pub use sync::sync;
 pub use target::{bad_ref, parse_semver, Follow};
 
@@ -214,6 +216,9 @@ pub struct SyncSpec {
     pub local_submodules: bool,
     /// How the checkout is updated.
     pub mode: Mode,
+    /// The sparse set to keep; `None`: whatever the checkout has (a sparse
+    /// set made by hand is respected).
+    pub sparse: Option<Sparse>,
     /// Credentials.
     pub auth: Auth,
     /// The user sent with a token, for servers that check it (Bitbucket,

@@ -23,6 +23,7 @@ use super::classify::classify;
 use super::http::{self, Credentials, HttpSession};
 use super::journal::{self, Intent};
 use super::lock::{io_failure, RepoLock};
+use super::sparse::{Matcher, Sparse};
 use super::target::{self, Advertised, Target};
 use super::{
     AttemptControl, AttemptError, Auth, Change, FailureClass, GitFailure, Mode, SpecError,
@@ -191,15 +192,21 @@ fn foreign_owner(dir: &Path) -> Option<String> {
 }
 
 /// Whether the worktree differs from HEAD: edits, deletions, untracked
-/// files (ignored ones and submodules aside).
-fn worktree_dirty(repo: &Repository) -> Result<bool, git2::Error> {
+/// files (ignored ones and submodules aside). Files a sparse set leaves
+/// out are not "deleted" (libgit2 does not read skip-worktree).
+fn worktree_dirty(repo: &Repository, sparse: Option<&Matcher>) -> Result<bool, git2::Error> {
     let mut options = git2::StatusOptions::new();
     options
         .include_untracked(true)
         .recurse_untracked_dirs(false)
         .include_ignored(false)
         .exclude_submodules(true);
-    Ok(!repo.statuses(Some(&mut options))?.is_empty())
+    let statuses = repo.statuses(Some(&mut options))?;
+    Ok(statuses.iter().any(|entry| {
+        let left_out = entry.status() == git2::Status::WT_DELETED
+            && sparse.is_some_and(|m| entry.path().is_ok_and(|p| !m.includes(p)));
+        !left_out
+    }))
 }
 
 /// Whether `url` reads this machine's files: `file://` or a plain path.
@@ -499,16 +506,14 @@ impl Attempt<'_> {
         // A depth that changed reshapes the history even when the tip did
         // not move: deepen to the new depth, or unshallow without one.
         let reshape = self.reshape(repo, tip);
-        if on_branch && old == Some(tip) && reshape.is_none() {
+        if on_branch && old == Some(tip) && reshape.is_none() && !self.sparse_changed(repo) {
             drop(connection);
             set_ref_if_changed(repo, &tracking_ref, tip)?;
             // Reset makes the checkout equal to the remote even when the
             // remote did not move: edits, deletions and untracked files go.
-            if self.spec.mode == Mode::Reset && worktree_dirty(repo)? {
+            if self.spec.mode == Mode::Reset && self.dirty(repo)? {
                 begin_checkout(repo, tip, &local_ref)?;
-                let mut checkout = CheckoutBuilder::new();
-                checkout.force().remove_untracked(true);
-                repo.checkout_tree(repo.find_commit(tip)?.as_object(), Some(&mut checkout))?;
+                self.checkout(repo, tip, true)?;
                 journal::finish(repo).map_err(io_fail(repo.path()))?;
                 notices.push("reset mode: local changes and untracked files discarded".into());
             }
@@ -567,8 +572,14 @@ impl Attempt<'_> {
         if self.spec.submodules {
             self.update_submodules(repo, 0)?;
         }
+        // Reshaped (depth, sparse set) without moving: nothing new to tell.
+        let change = if old == Some(tip) {
+            Change::Unchanged
+        } else {
+            Change::Updated
+        };
         Ok(Synced {
-            change: Change::Updated,
+            change,
             old: old.map(|o| o.to_string()),
             new: tip.to_string(),
             commits: count_new(repo, tip, old),
@@ -619,12 +630,10 @@ impl Attempt<'_> {
         mut notices: Vec<String>,
     ) -> Result<Synced, Fail> {
         let detached = repo.head_detached().unwrap_or(false);
-        if detached && old == Some(tip) {
-            if self.spec.mode == Mode::Reset && worktree_dirty(repo)? {
+        if detached && old == Some(tip) && !self.sparse_changed(repo) {
+            if self.spec.mode == Mode::Reset && self.dirty(repo)? {
                 begin_checkout(repo, tip, "HEAD")?;
-                let mut checkout = CheckoutBuilder::new();
-                checkout.force().remove_untracked(true);
-                repo.checkout_tree(repo.find_commit(tip)?.as_object(), Some(&mut checkout))?;
+                self.checkout(repo, tip, true)?;
                 notices.push("reset mode: local changes and untracked files discarded".into());
             }
             journal::finish(repo).map_err(io_fail(repo.path()))?;
@@ -643,8 +652,14 @@ impl Attempt<'_> {
         if self.spec.submodules {
             self.update_submodules(repo, 0)?;
         }
+        // Reshaped (depth, sparse set) without moving: nothing new to tell.
+        let change = if old == Some(tip) {
+            Change::Unchanged
+        } else {
+            Change::Updated
+        };
         Ok(Synced {
-            change: Change::Updated,
+            change,
             old: old.map(|o| o.to_string()),
             new: tip.to_string(),
             commits: count_new(repo, tip, old),
@@ -652,8 +667,45 @@ impl Attempt<'_> {
         })
     }
 
+    /// The sparse set the checkout keeps, recorded as git does when it is
+    /// configured; `None`: not sparse.
+    fn sparse(&self, repo: &Repository) -> Result<Option<Matcher>, Fail> {
+        let wanted = match &self.spec.sparse {
+            Some(sparse) => {
+                if Sparse::of_checkout(repo).as_ref() != Some(sparse) {
+                    sparse.write(repo)?;
+                }
+                sparse.clone()
+            }
+            None => match Sparse::of_checkout(repo) {
+                Some(by_hand) => by_hand,
+                None => return Ok(None),
+            },
+        };
+        Matcher::new(&wanted)
+            .map(Some)
+            .map_err(|why| failure(FailureClass::Other, format!("sparse checkout: {why}")))
+    }
+
+    /// Whether the worktree has local changes (see [`worktree_dirty`]).
+    fn dirty(&self, repo: &Repository) -> Result<bool, Fail> {
+        let sparse = self.sparse(repo)?;
+        Ok(worktree_dirty(repo, sparse.as_ref())?)
+    }
+
+    /// Whether the configured sparse set differs from the checkout's (it
+    /// must be applied even if the tip did not move).
+    fn sparse_changed(&self, repo: &Repository) -> bool {
+        self.spec
+            .sparse
+            .as_ref()
+            .is_some_and(|s| Sparse::of_checkout(repo).as_ref() != Some(s))
+    }
+
     /// Writes `tip`'s tree to the worktree: forced for a fresh clone or in
-    /// reset mode, else safe (local edits refuse it as `diverged`).
+    /// reset mode, else safe (local edits refuse it as `diverged`). A
+    /// sparse checkout writes only the paths its set includes, and marks
+    /// the rest skip-worktree in the index, as git does.
     fn checkout(&self, repo: &Repository, tip: Oid, fresh: bool) -> Result<(), Fail> {
         let mut checkout = CheckoutBuilder::new();
         if fresh || self.spec.mode == Mode::Reset {
@@ -664,6 +716,20 @@ impl Attempt<'_> {
             checkout.safe();
         }
         let commit = repo.find_commit(tip)?;
+        let sparse = self.sparse(repo)?;
+        if let Some(matcher) = &sparse {
+            let mut paths = tree_files(&commit.tree()?)?;
+            if let Some(old) = head_commit(repo)? {
+                paths.extend(tree_files(&repo.find_commit(old)?.tree()?)?);
+            }
+            paths.retain(|p| matcher.includes(p));
+            // No path at all would mean "every path" to libgit2.
+            paths.insert(".gitpulse-sparse-nothing".into());
+            checkout.disable_pathspec_match(true).recreate_missing(true);
+            for path in &paths {
+                checkout.path(path);
+            }
+        }
         if let Err(err) = repo.checkout_tree(commit.as_object(), Some(&mut checkout)) {
             // A refused safe checkout writes nothing: nothing to finish.
             journal::finish(repo).map_err(io_fail(repo.path()))?;
@@ -678,6 +744,9 @@ impl Attempt<'_> {
                 ));
             }
             return Err(err.into());
+        }
+        if let Some(matcher) = &sparse {
+            settle_sparse(repo, &commit, matcher)?;
         }
         Ok(())
     }
@@ -897,6 +966,73 @@ impl Attempt<'_> {
             });
         }
         callbacks
+    }
+}
+
+/// Every file path of `tree` (`/`-separated).
+fn tree_files(tree: &git2::Tree<'_>) -> Result<std::collections::BTreeSet<String>, Fail> {
+    let mut files = std::collections::BTreeSet::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        if entry.kind() != Some(git2::ObjectType::Tree) {
+            if let Ok(name) = entry.name() {
+                files.insert(format!("{root}{name}"));
+            }
+        }
+        git2::TreeWalkResult::Ok
+    })?;
+    Ok(files)
+}
+
+/// After a sparse checkout: the index holds the whole commit (so `git
+/// status` compares against HEAD), excluded entries are skip-worktree,
+/// and excluded files still on disk go unless someone changed them.
+fn settle_sparse(
+    repo: &Repository,
+    commit: &git2::Commit<'_>,
+    matcher: &Matcher,
+) -> Result<(), Fail> {
+    /// GIT_INDEX_ENTRY_SKIP_WORKTREE, in the extended flags.
+    const SKIP_WORKTREE: u16 = 1 << 14;
+    let workdir = repo.workdir().map(Path::to_path_buf).unwrap_or_default();
+    let mut index = repo.index()?;
+    let mut keep: BTreeMap<Vec<u8>, git2::IndexEntry> =
+        index.iter().map(|e| (e.path.clone(), e)).collect();
+    index.read_tree(&commit.tree()?)?;
+    let entries: Vec<git2::IndexEntry> = index.iter().collect();
+    for mut entry in entries {
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        if matcher.includes(&path) {
+            // Keep what the checkout recorded (its stat data) when it matches.
+            if let Some(mut known) = keep.remove(&entry.path).filter(|k| k.id == entry.id) {
+                known.flags_extended &= !SKIP_WORKTREE;
+                index.add(&known)?;
+            }
+            continue;
+        }
+        entry.flags_extended |= SKIP_WORKTREE;
+        let on_disk = workdir.join(&path);
+        if on_disk.is_file() {
+            let same =
+                Oid::hash_file(git2::ObjectType::Blob, &on_disk).is_ok_and(|id| id == entry.id);
+            if same {
+                fs::remove_file(&on_disk).map_err(io_fail(&on_disk))?;
+                remove_empty_parents(&workdir, &on_disk);
+            }
+        }
+        index.add(&entry)?;
+    }
+    index.write()?;
+    Ok(())
+}
+
+/// Removes the directories above `file` that became empty, up to `top`.
+fn remove_empty_parents(top: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir.filter(|d| *d != top && d.starts_with(top)) {
+        if fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
     }
 }
 
