@@ -246,3 +246,12 @@ fn templates_are_rendered_with_a_sample_event_of_their_kind() {
     );
     assert!(!err.contains("templates.recovered"), "{err}");
 }
+
+#[test]
+fn the_git_sync_example_config_validates() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs/gitsync.toml");
+    let (code, out, err) = validate(&example, &[("GITPULSE_EXAMPLE_TOKEN", "x")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok — 3 repos"), "{out}");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::git::{Auth, Follow, Mode, Publish, Sparse, SyncSpec};
+use crate::git::{Auth, Follow, Mode, OriginCredential, Publish, Sparse, SyncSpec};
 use crate::policy::{Backoff, Builtin};
 use crate::pull::PullOptions;
 use crate::redact::Secret;
@@ -574,8 +574,9 @@ pub struct PullArgs {
     /// htpasswd); default: the URL's user, else x-access-token
     #[arg(long, value_name = "NAME")]
     pub username: Option<String>,
-    /// Read an HTTPS token from this file (surrounding whitespace is ignored)
-    #[arg(long, value_name = "F")]
+    /// Read an HTTPS token from this file (surrounding whitespace is
+    /// ignored); read again at every attempt, so a rotated file is used
+    #[arg(long, value_name = "F", visible_alias = "password-file")]
     pub token_file: Option<PathBuf>,
     /// Send the token over plain http:// to another machine (in clear: only on a network you trust)
     #[arg(long)]
@@ -716,9 +717,13 @@ impl PullArgs {
                     ModeArg::Mirror => Mode::Mirror,
                 },
                 sparse: self.sparse()?,
-                auth,
+                credentials: self.token_file_credential(&auth),
+                auth: match (&auth, &self.token_file) {
+                    // Read at every attempt instead, as a credential.
+                    (Auth::Token(_), Some(_)) => Auth::None,
+                    _ => auth,
+                },
                 username: self.username.clone(),
-                credentials: Vec::new(),
                 lock_wait: self.lock_wait,
             },
             timeout: self.timeout,
@@ -788,6 +793,23 @@ impl PullArgs {
             });
         }
         Ok(steps)
+    }
+
+    /// `--token-file`, once read (checked by `auth`), as a credential for
+    /// the remote's origin read again at every attempt.
+    fn token_file_credential(&self, auth: &Auth) -> Vec<OriginCredential> {
+        let (Auth::Token(_), Some(file)) = (auth, &self.token_file) else {
+            return Vec::new();
+        };
+        let Ok(url) = url::Url::parse(&self.url) else {
+            return Vec::new();
+        };
+        let user = Some(url.username().to_string()).filter(|u| !u.is_empty());
+        vec![OriginCredential {
+            url_prefix: url.origin().ascii_serialization(),
+            username: self.username.clone().or(user),
+            secret: crate::git::SecretRef::File(file.clone()),
+        }]
     }
 
     /// `--sparse` (cone) or `--sparse-pattern` (non-cone).

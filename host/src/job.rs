@@ -477,8 +477,9 @@ fn not_published(mut report: PullReport, failure: GitFailure) -> PullReport {
     report
 }
 
-/// The secrets a pull of `spec` may send (kept out of step output).
-fn secrets_of(spec: &crate::git::SyncSpec) -> Vec<Secret> {
+/// The secrets a pull of `spec` may send (kept out of step output and
+/// masked in Actions logs).
+pub fn secrets_of(spec: &crate::git::SyncSpec) -> Vec<Secret> {
     let mut secrets: Vec<Secret> = spec
         .credentials
         .iter()
@@ -541,10 +542,8 @@ pub fn run_steps_once(
     } else {
         std::env::current_dir().unwrap_or_default()
     };
-    let secrets: Vec<&crate::redact::Secret> = match &spec.auth {
-        Auth::Token(token) => vec![token],
-        _ => vec![],
-    };
+    let owned = secrets_of(spec);
+    let secrets: Vec<&crate::redact::Secret> = owned.iter().collect();
     let reports = owed
         .into_iter()
         .map(|step| {

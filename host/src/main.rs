@@ -672,8 +672,10 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let (options, builtin) = args.options().map_err(usage)?;
     let steps = pull_steps(args)?;
     let workflow = gitpulse::github::Workflow::from_env(!args.no_step_summary);
-    if let (Some(w), gitpulse::Auth::Token(token)) = (&workflow, &options.sync.auth) {
-        w.mask(token.expose());
+    if let Some(w) = &workflow {
+        for secret in job::secrets_of(&options.sync) {
+            w.mask(secret.expose());
+        }
     }
     // A bad notification config stops the pull before it starts.
     let notify_config = match &args.notify_config {
