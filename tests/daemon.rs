@@ -753,3 +753,80 @@ fn plugins_see_their_hosts_real_retry_budget() {
     assert!(d.log().contains("misbehave: budget 7/7"), "{}", d.log());
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn attempt_limits_are_learnt_from_history_and_double_after_a_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    Upstream::new(root.path(), "app");
+    let http = GitHttpServer::start(root.path());
+    let proxy = FaultProxy::start(http.addr());
+    let port = free_port();
+    let config = root.path().join("gitpulse.toml");
+    let dir = root.path().join("c");
+    daemon_config(port)
+        .repo(
+            Repo::new("app", &proxy.url("app"), &dir)
+                .set("timeout", "60s")
+                .set("min_timeout", "1s")
+                .set("max_attempts", 2),
+        )
+        .write(&config);
+    let daemon = Daemon::start(&config, port, &[]);
+    let history = || {
+        let out = gitpulse()
+            .args(["history", "app", "--json", "--limit", "100", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        entries.as_array().unwrap().clone()
+    };
+    // The first pull has no history: the configured ceiling.
+    wait_for("three unchanged pulls", Duration::from_secs(30), || {
+        history()
+            .iter()
+            .filter(|e| e["kind"] == "unchanged")
+            .count()
+            >= 3
+    });
+    let entries = history();
+    let first = entries
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "cloned")
+        .unwrap();
+    assert_eq!(
+        (first["limit_ms"].as_u64(), first["limit_why"].as_str()),
+        (Some(60_000), Some("ceiling"))
+    );
+    let learnt = entries.iter().find(|e| e["kind"] == "unchanged").unwrap();
+    assert_eq!(learnt["limit_why"], "learnt", "{learnt}");
+
+    // A silent server is given up on at the learnt limit, not the
+    // minute; the retry gets twice that.
+    proxy.push_times(Fault::Stall(Duration::from_secs(30)), 2);
+    wait_for(
+        "a pull that timed out twice",
+        Duration::from_secs(60),
+        || history().iter().any(|e| e["kind"] == "failed"),
+    );
+    let entries = history();
+    let attempts: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("attempt")))
+        .collect();
+    let (second, first) = (attempts[0], attempts[1]);
+    assert_eq!(
+        (first["class"].as_str(), first["limit_why"].as_str()),
+        (Some("timeout"), Some("learnt")),
+        "{first}"
+    );
+    assert_eq!(second["limit_why"], "doubled", "{second}");
+    let first_limit = first["limit_ms"].as_u64().unwrap();
+    assert!(first_limit < 60_000, "{first}");
+    assert_eq!(
+        second["limit_ms"].as_u64(),
+        Some((first_limit * 2).min(60_000))
+    );
+    assert_eq!(daemon.stop(), 0);
+}

@@ -65,6 +65,8 @@ fn report(i: u64) -> PullReport {
         reason: None,
         notices: Vec::new(),
         plugin_faults: Vec::new(),
+        limit: None,
+        attempt_ms: None,
     }
 }
 

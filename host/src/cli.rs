@@ -545,7 +545,8 @@ pub struct PullArgs {
     #[arg(long, value_name = "N", default_value = "1")]
     pub keep_worktrees: usize,
 
-    /// Time limit of one attempt (e.g. 250ms, 10s, 2m); a stalled server fails as `timeout`
+    /// Time limit of one attempt (e.g. 250ms, 10s, 2m); a stalled server fails as `timeout`.
+    /// The daemon learns shorter limits per repository from its history, up to this
     #[arg(long, value_name = "D", default_value = "2m", value_parser = duration)]
     pub timeout: Duration,
     /// Time limit of the whole pull, waits included [default: none]
@@ -727,6 +728,8 @@ impl PullArgs {
                 lock_wait: self.lock_wait,
             },
             timeout: self.timeout,
+            min_timeout: crate::config::MIN_TIMEOUT,
+            learnt: Default::default(),
             deadline: self.deadline,
             max_attempts: self.max_attempts,
             max_delay: self.backoff_max,

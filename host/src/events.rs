@@ -582,6 +582,7 @@ mod tests {
                     message: "HTTP 503".into(),
                     delay_ms: None,
                     duration_ms: 3,
+                    limit: None,
                 }]
             } else {
                 Vec::new()
@@ -591,6 +592,8 @@ mod tests {
                 .then_some(crate::policy::StopReason::AttemptsExhausted),
             notices: Vec::new(),
             plugin_faults: Vec::new(),
+            limit: None,
+            attempt_ms: None,
         }
     }
 

@@ -344,6 +344,7 @@ mod tests {
             message: "HTTP 503 | <b>busy</b>".into(),
             delay_ms: Some(500),
             duration_ms: 20,
+            limit: None,
         }];
         r
     }
@@ -404,6 +405,7 @@ mod tests {
             message: "::add-mask::nothing\n::error::fake".into(),
             delay_ms: Some(1000),
             duration_ms: 5,
+            limit: None,
         };
         let out = attempt_group(
             &record,

@@ -192,8 +192,10 @@ impl Job<'_> {
                 .pull_started(std::time::Instant::now());
             policy = Box::new(Budgeted::new(policy, budget.clone()));
         }
+        let mut options = options(repo, auth(repo)?, &self.config.credentials);
+        options.learnt = lock(self.store).learnt(&repo.name).unwrap_or_default();
         Ok(pull::pull(
-            &options(repo, auth(repo)?, &self.config.credentials),
+            &options,
             policy.as_mut(),
             observer,
             self.cancel.clone(),
@@ -470,6 +472,7 @@ fn not_published(mut report: PullReport, failure: GitFailure) -> PullReport {
         message: failure.message,
         delay_ms: None,
         duration_ms: 0,
+        limit: None,
     });
     report.outcome = crate::outcome::Outcome::Failed;
     report.reason = Some(StopReason::NotRetryable);
@@ -599,6 +602,7 @@ fn not_started(repo: &RepoConfig, e: &JobError) -> PullReport {
             message: format!("could not start: {e}"),
             delay_ms: None,
             duration_ms: 0,
+            limit: None,
         }],
         reason: Some(StopReason::NotRetryable),
         ..PullReport::failed(&repo.url, &repo.dir)
@@ -672,6 +676,8 @@ fn options(repo: &RepoConfig, auth: Auth, shared: &[OriginCredential]) -> PullOp
             lock_wait: repo.lock_wait,
         },
         timeout: repo.timeout,
+        min_timeout: repo.min_timeout,
+        learnt: Default::default(),
         deadline: repo.deadline,
         max_attempts: repo.max_attempts,
         max_delay: repo.backoff_max,

@@ -5,6 +5,7 @@
 //! plus `reason` (why a failed pull stopped, else null). The URL in it is
 //! already redacted; nothing here holds a secret.
 
+use crate::policy::timeout::AttemptLimit;
 use serde::{Serialize, Serializer};
 
 use crate::git::FailureClass;
@@ -59,6 +60,9 @@ pub struct AttemptRecord {
     /// `pull --json` (whose attempt objects are a published format).
     #[serde(skip)]
     pub duration_ms: u64,
+    /// The limits it ran under, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<AttemptLimit>,
 }
 
 fn class_name<S: Serializer>(class: &FailureClass, s: S) -> Result<S::Ok, S::Error> {
@@ -81,6 +85,8 @@ impl PullReport {
             reason: None,
             notices: Vec::new(),
             plugin_faults: Vec::new(),
+            limit: None,
+            attempt_ms: None,
         }
     }
 }
@@ -122,4 +128,10 @@ pub struct PullReport {
     /// `plugin-fault` event). Not part of `pull --json`.
     #[serde(skip)]
     pub plugin_faults: Vec<String>,
+    /// The limits of the last attempt, and why (learnt, ceiling, doubled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<AttemptLimit>,
+    /// How long the successful attempt took (what the next limits learn from).
+    #[serde(skip)]
+    pub attempt_ms: Option<u64>,
 }

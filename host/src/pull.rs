@@ -16,6 +16,7 @@ use crate::git::{
     self, AttemptControl, AttemptError, Change, SpecError, SyncSpec, Synced, Transfer,
 };
 use crate::outcome::{AttemptRecord, Outcome, PullReport};
+use crate::policy::timeout::{AttemptLimit, Learnt};
 use crate::policy::{clamp, AttemptContext, Decision, Limits, RetryPolicy, StopReason};
 
 /// Everything `gitpulse pull` was asked to do.
@@ -23,8 +24,12 @@ use crate::policy::{clamp, AttemptContext, Decision, Limits, RetryPolicy, StopRe
 pub struct PullOptions {
     /// What to update and how.
     pub sync: SyncSpec,
-    /// Limit of one attempt.
+    /// Limit of one attempt: the ceiling of learnt limits.
     pub timeout: Duration,
+    /// The floor of learnt limits.
+    pub min_timeout: Duration,
+    /// What the repository's attempts took before (none: the ceiling).
+    pub learnt: Learnt,
     /// Limit of the whole pull, waits included.
     pub deadline: Option<Duration>,
     /// Attempts at most.
@@ -84,16 +89,30 @@ fn pull_with(
     let mut attempts = Vec::new();
     let mut previous_delay = None;
     let mut next_timeout = None;
+    let mut timed_out: Option<AttemptLimit> = None;
     let mut report = PullReport::failed(&options.sync.url, &options.sync.dir);
 
     for n in 1.. {
         observer.attempt_started(n);
-        let timeout = next_timeout.take().unwrap_or(options.timeout);
-        let control = AttemptControl::new(timeout, deadline, cancel.clone());
+        let mut limit = AttemptLimit::next(
+            &options.learnt,
+            options.min_timeout,
+            options.timeout,
+            timed_out.take().as_ref(),
+        );
+        // A policy that set this try's timeout overrides what was learnt.
+        if let Some(total) = next_timeout.take() {
+            limit.total = total;
+            limit.refs = limit.refs.min(total);
+        }
+        let control =
+            AttemptControl::new(limit.total, deadline, cancel.clone()).with_refs_limit(limit.refs);
         let attempt_started = Instant::now();
         let result = attempt(&options.sync, &control, &mut |t| observer.transfer(t));
+        report.limit = Some(limit);
         let failure = match result {
             Ok(synced) => {
+                report.attempt_ms = Some(attempt_started.elapsed().as_millis() as u64);
                 for notice in &synced.notices {
                     observer.notice(notice);
                 }
@@ -139,8 +158,12 @@ fn pull_with(
             report.plugin_faults.extend(policy.take_faults());
             decision
         };
+        if failure.class == git::FailureClass::Timeout {
+            timed_out = Some(limit);
+        }
         let record = AttemptRecord {
             n,
+            limit: Some(limit),
             duration_ms: attempt_started.elapsed().as_millis() as u64,
             class: failure.class,
             http_status: failure.http_status,
@@ -215,6 +238,8 @@ mod tests {
             deadline: None,
             max_attempts,
             max_delay: Duration::from_millis(20),
+            min_timeout: crate::config::MIN_TIMEOUT,
+            learnt: Default::default(),
         }
     }
 

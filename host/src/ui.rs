@@ -229,6 +229,7 @@ mod tests {
             message: "HTTP 503".into(),
             delay_ms: Some(1200),
             duration_ms: 40,
+            limit: None,
         };
         let retry = Decision::RetryAfter {
             delay: Duration::from_millis(1200),

@@ -162,8 +162,10 @@ pub struct RepoConfig {
     pub submodules: bool,
     /// Submodules may be cloned from this machine (`file://`, paths).
     pub local_submodules: bool,
-    /// Limit of one attempt.
+    /// Limit of one attempt: the ceiling of learnt limits.
     pub timeout: Duration,
+    /// The floor of learnt per-attempt limits.
+    pub min_timeout: Duration,
     /// Limit of a whole pull, waits included.
     pub deadline: Option<Duration>,
     /// How long to wait for another process's lock on the checkout.
@@ -351,6 +353,7 @@ struct RawDaemon {
 struct RawCommon {
     schedule: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    min_timeout: Option<Spanned<String>>,
     deadline: Option<Spanned<String>>,
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
@@ -424,6 +427,7 @@ struct RawRepo {
     // spans that give every problem its line.
     schedule: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    min_timeout: Option<Spanned<String>>,
     deadline: Option<Spanned<String>>,
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
@@ -443,6 +447,10 @@ impl RawRepo {
         RawCommon {
             schedule: self.schedule.clone().or_else(|| defaults.schedule.clone()),
             timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
+            min_timeout: self
+                .min_timeout
+                .clone()
+                .or_else(|| defaults.min_timeout.clone()),
             deadline: self.deadline.clone().or_else(|| defaults.deadline.clone()),
             lock_wait: self
                 .lock_wait
@@ -966,6 +974,13 @@ pub fn parse(
                 "must be longer than 0s",
             );
         }
+        // Learnt limits never go below this (a slow moment is not a stall).
+        let min_timeout = duration_or(
+            &mut check,
+            c.min_timeout.clone(),
+            "min_timeout",
+            MIN_TIMEOUT,
+        );
         let deadline = c
             .deadline
             .clone()
@@ -1107,6 +1122,7 @@ pub fn parse(
             submodules,
             local_submodules,
             timeout,
+            min_timeout,
             deadline,
             lock_wait,
             max_attempts,
@@ -1364,6 +1380,9 @@ fn check_url(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The floor of learnt attempt limits unless a repo says.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A step's time limit unless it says.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);

@@ -466,6 +466,7 @@ mod tests {
             message: "HTTP 503".into(),
             delay_ms: None,
             duration_ms: 5,
+            limit: None,
         };
         report.attempts = vec![attempt.clone(), attempt];
         m.pull_finished("app", &report);

@@ -297,8 +297,10 @@ impl HttpStream {
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }
+                // The ref advertisement: bounded by what such a request
+                // has taken before (the learnt limit), not the whole attempt.
                 req.config()
-                    .timeout_global(Some(session.control.remaining()))
+                    .timeout_global(Some(session.control.refs_remaining()))
                     .build()
                     .call()
             };

@@ -239,6 +239,9 @@ pub struct AttemptControl {
     /// attempt's own timeout: running out then means "cancelled".
     end_is_deadline: bool,
     cancel: Arc<AtomicBool>,
+    /// When asking for the remote's refs must be over (an HTTP ref
+    /// advertisement), at the latest `end`.
+    refs_end: Instant,
 }
 
 impl AttemptControl {
@@ -250,13 +253,28 @@ impl AttemptControl {
                 end: d,
                 end_is_deadline: true,
                 cancel,
+                refs_end: d,
             },
             _ => AttemptControl {
                 end: own_end,
                 end_is_deadline: false,
                 cancel,
+                refs_end: own_end,
             },
         }
+    }
+
+    /// Limits the ref advertisement to `refs` from now: a server that has
+    /// not said what it has by then is given up on, whatever the
+    /// attempt's whole limit.
+    pub fn with_refs_limit(mut self, refs: Duration) -> Self {
+        self.refs_end = self.end.min(Instant::now() + refs);
+        self
+    }
+
+    /// Time left to read the remote's refs.
+    pub fn refs_remaining(&self) -> Duration {
+        self.refs_end.saturating_duration_since(Instant::now())
     }
 
     /// Time left before the attempt must stop.

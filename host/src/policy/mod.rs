@@ -8,6 +8,7 @@
 //! module never touches git: it sees failure classes, not errors.
 
 mod budget;
+pub mod timeout;
 
 use std::time::Duration;
 

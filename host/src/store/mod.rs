@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::outcome::{Outcome, PullReport};
+use crate::policy::timeout::Learnt;
 
 pub mod outbox;
 pub use outbox::{
@@ -92,6 +93,12 @@ pub struct HistoryEntry {
     pub duration_ms: Option<u64>,
     /// The outcome's reason or the failure message.
     pub detail: String,
+    /// The time limit it ran under (pulls and attempts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_ms: Option<u64>,
+    /// Why that limit: `ceiling` (no history), `learnt`, `doubled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_why: Option<String>,
 }
 
 /// A step a repository owes for a revision.
@@ -238,8 +245,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         for a in &report.attempts {
             tx.execute(
-                "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, duration_ms, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, duration_ms, message, limit_ms, limit_why)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     repo,
                     at as i64,
@@ -248,15 +255,17 @@ impl Store {
                     a.http_status,
                     a.delay_ms.map(|d| d as i64),
                     a.duration_ms as i64,
-                    a.message
+                    a.message,
+                    a.limit.map(|l| l.total.as_millis() as i64),
+                    a.limit.map(|l| l.why.as_str())
                 ],
             )?;
         }
         let outcome = outcome_name(report.outcome);
         let last_class = report.attempts.last().map(|a| a.class.as_str().to_string());
         tx.execute(
-            "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms, limit_ms, limit_why)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 repo,
                 at as i64,
@@ -267,9 +276,30 @@ impl Store {
                 report.commits as i64,
                 report.duration_ms as i64,
                 report.reason.as_ref().map(ToString::to_string),
-                start_lag_ms.map(|l| l as i64)
+                start_lag_ms.map(|l| l as i64),
+                report.limit.map(|l| l.total.as_millis() as i64),
+                report.limit.map(|l| l.why.as_str())
             ],
         )?;
+        // What the successful attempt took teaches the next limits.
+        if let Some(ms) = report.attempt_ms.filter(|_| report.outcome.is_success()) {
+            let learnt: Learnt = tx
+                .query_row(
+                    "SELECT learnt FROM timings WHERE repo = ?1",
+                    params![repo],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_default();
+            let transferred = matches!(report.outcome, Outcome::Cloned | Outcome::Updated);
+            let learnt = learnt.learn(transferred, std::time::Duration::from_millis(ms));
+            tx.execute(
+                "INSERT INTO timings (repo, learnt) VALUES (?1, ?2)
+                 ON CONFLICT(repo) DO UPDATE SET learnt = ?2",
+                params![repo, serde_json::to_string(&learnt).unwrap_or_default()],
+            )?;
+        }
         let streak: u32 = tx
             .query_row(
                 "SELECT failures_in_row FROM repos WHERE name = ?1",
@@ -312,6 +342,21 @@ impl Store {
         let stored = outbox::insert(&tx, outgoing, at)?;
         tx.commit()?;
         Ok(stored)
+    }
+
+    /// What `repo`'s successful attempts took (its learnt limits).
+    pub fn learnt(&self, repo: &str) -> Result<Learnt, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT learnt FROM timings WHERE repo = ?1",
+                params![repo],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
     }
 
     /// The steps `repo` owes, oldest first.
@@ -483,13 +528,14 @@ impl Store {
     /// The newest `limit` pulls and failed attempts of `repo`, newest first.
     pub fn history(&self, repo: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT at_ms, kind, class, http_status, delay_ms, duration_ms, detail FROM (
+            "SELECT at_ms, kind, class, http_status, delay_ms, duration_ms, detail, limit_ms, limit_why FROM (
                 SELECT id, at_ms, outcome AS kind, class, NULL AS http_status, NULL AS delay_ms, duration_ms,
                        COALESCE(reason, '') || CASE WHEN new IS NOT NULL THEN ' ' || substr(new, 1, 10) ELSE '' END AS detail,
-                       1 AS ord
+                       1 AS ord, limit_ms, limit_why
                 FROM pulls WHERE repo = ?1
                 UNION ALL
-                SELECT id, at_ms, 'attempt ' || n, class, http_status, delay_ms, duration_ms, message, 0
+                SELECT id, at_ms, 'attempt ' || n, class, http_status, delay_ms, duration_ms, message, 0,
+                       limit_ms, limit_why
                 FROM attempts WHERE repo = ?1
                 UNION ALL
                 SELECT id, at_ms, 'step ' || step,
@@ -498,7 +544,7 @@ impl Store {
                        status || CASE WHEN exit_code IS NOT NULL AND exit_code != 0 THEN ' (exit ' || exit_code || ')' ELSE '' END
                          || CASE WHEN new IS NOT NULL THEN ' ' || substr(new, 1, 10) ELSE '' END
                          || CASE WHEN output != '' THEN char(10) || output ELSE '' END,
-                       2
+                       2, NULL, NULL
                 FROM step_runs WHERE repo = ?1
              ) ORDER BY at_ms DESC, ord DESC, id DESC LIMIT ?2",
         )?;
@@ -511,6 +557,8 @@ impl Store {
                 delay_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
                 duration_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
                 detail: r.get::<_, String>(6)?.trim().to_string(),
+                limit_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                limit_why: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -699,6 +747,13 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX IF NOT EXISTS step_runs_by_repo ON step_runs (repo, at_ms);
      CREATE INDEX IF NOT EXISTS step_runs_by_time ON step_runs (at_ms);",
+    // 5: attempt limits learnt per repository, and the limit each attempt
+    // and pull ran under.
+    "CREATE TABLE IF NOT EXISTS timings (repo TEXT PRIMARY KEY, learnt TEXT NOT NULL);
+     ALTER TABLE attempts ADD COLUMN limit_ms INTEGER;
+     ALTER TABLE attempts ADD COLUMN limit_why TEXT;
+     ALTER TABLE pulls ADD COLUMN limit_ms INTEGER;
+     ALTER TABLE pulls ADD COLUMN limit_why TEXT;",
 ];
 
 /// The schema version this gitpulse writes.
@@ -760,12 +815,15 @@ mod tests {
                     message: "HTTP 503".into(),
                     delay_ms: Some(100),
                     duration_ms: 7,
+                    limit: None,
                 })
                 .collect(),
             duration_ms: 12,
             reason: (!outcome.is_success()).then_some(crate::policy::StopReason::AttemptsExhausted),
             notices: vec![],
             plugin_faults: Vec::new(),
+            limit: None,
+            attempt_ms: None,
         }
     }
 
