@@ -20,15 +20,7 @@ fn head_of(dir: &Path) -> Option<String> {
 
 /// The kinds of `gitpulse history REPO --json`, newest first.
 fn history_kinds(config: &Path, repo: &str) -> Vec<String> {
-    let out = gitpulse()
-        .args(["history", repo, "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    history
-        .as_array()
-        .unwrap()
+    history(config, repo)
         .iter()
         .filter_map(|e| e["kind"].as_str().map(String::from))
         .collect()
@@ -772,15 +764,7 @@ fn attempt_limits_are_learnt_from_history_and_double_after_a_timeout() {
         )
         .write(&config);
     let daemon = Daemon::start(&config, port, &[]);
-    let history = || {
-        let out = gitpulse()
-            .args(["history", "app", "--json", "--limit", "100", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        entries.as_array().unwrap().clone()
-    };
+    let history = || history(&config, "app");
     // The first pull has no history: the configured ceiling.
     wait_for("three unchanged pulls", Duration::from_secs(30), || {
         history()

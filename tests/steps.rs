@@ -21,15 +21,7 @@ fn lines(path: &Path) -> Vec<String> {
 /// The step entries of `gitpulse history REPO --json`, oldest first:
 /// (kind, class, detail).
 fn step_history(config: &Path, repo: &str) -> Vec<(String, Option<String>, String)> {
-    let out = gitpulse()
-        .args(["history", repo, "--json", "--limit", "200", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut steps: Vec<_> = history
-        .as_array()
-        .unwrap()
+    let mut steps: Vec<_> = history(config, repo)
         .iter()
         .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("step ")))
         .map(|e| {
@@ -273,16 +265,7 @@ fn an_owed_step_survives_kill_9_runs_once_at_restart_and_coalesces_to_the_newest
     });
     assert_eq!(lines(&log)[1], format!("..{newest}"));
     // Done means done: more pulls, no more runs.
-    let unchanged = || {
-        let out = gitpulse()
-            .args(["history", "app", "--json", "--limit", "200", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .matches("\"kind\":\"unchanged\"")
-            .count()
-    };
+    let unchanged = || history_count(&config, "app", "unchanged");
     let before = unchanged();
     wait_for("three more pulls", Duration::from_secs(30), || {
         unchanged() >= before + 3

@@ -37,6 +37,26 @@ pub fn check_with(program: &str, args: &[&str], stdin: Option<&str>, hint: &str)
     (out.status.success(), said(&out))
 }
 
+/// `gitpulse history REPO --json` for `config`, newest first.
+pub fn history(config: &Path, repo: &str) -> Vec<serde_json::Value> {
+    let out = gitpulse()
+        .args(["history", repo, "--json", "--limit", "500", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("history: {e}: {}", said(&out)));
+    entries.as_array().cloned().unwrap_or_default()
+}
+
+/// How many entries of `repo`'s history have this `kind`.
+pub fn history_count(config: &Path, repo: &str, kind: &str) -> usize {
+    history(config, repo)
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .count()
+}
+
 /// The binary under test.
 pub fn gitpulse() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitpulse"));

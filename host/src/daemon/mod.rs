@@ -545,7 +545,8 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
         let now = SystemTime::now();
         // Spreading first runs over the period is for checkouts that exist;
         // one never pulled is wanted now (a sidecar's app waits on it).
-        let never_pulled = !repo.dir.join(".git").exists() || !recorded.contains(&repo.name);
+        let checkout = repo.publish.repo_dir(&repo.dir);
+        let never_pulled = !checkout.join(".git").exists() || !recorded.contains(&repo.name);
         let first = if never_pulled {
             Some(now)
         } else {

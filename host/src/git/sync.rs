@@ -509,21 +509,7 @@ impl Attempt<'_> {
         if on_branch && old == Some(tip) && reshape.is_none() && !self.sparse_changed(repo) {
             drop(connection);
             set_ref_if_changed(repo, &tracking_ref, tip)?;
-            // Reset makes the checkout equal to the remote even when the
-            // remote did not move: edits, deletions and untracked files go.
-            if self.spec.mode == Mode::Reset && self.dirty(repo)? {
-                begin_checkout(repo, tip, &local_ref)?;
-                self.checkout(repo, tip, true)?;
-                journal::finish(repo).map_err(io_fail(repo.path()))?;
-                notices.push("reset mode: local changes and untracked files discarded".into());
-            }
-            return Ok(Synced {
-                change: Change::Unchanged,
-                old: old.map(|o| o.to_string()),
-                new: tip.to_string(),
-                commits: 0,
-                notices,
-            });
+            return self.stay(repo, tip, &local_ref, notices);
         }
 
         if repo.find_commit(tip).is_err() || reshape.is_some() {
@@ -564,27 +550,7 @@ impl Attempt<'_> {
             }
         }
 
-        begin_checkout(repo, tip, &local_ref)?;
-        self.checkout(repo, tip, fresh)?;
-        move_branch(repo, &local_ref, tip)?;
-        journal::finish(repo).map_err(io_fail(repo.path()))?;
-
-        if self.spec.submodules {
-            self.update_submodules(repo, 0)?;
-        }
-        // Reshaped (depth, sparse set) without moving: nothing new to tell.
-        let change = if old == Some(tip) {
-            Change::Unchanged
-        } else {
-            Change::Updated
-        };
-        Ok(Synced {
-            change,
-            old: old.map(|o| o.to_string()),
-            new: tip.to_string(),
-            commits: count_new(repo, tip, old),
-            notices,
-        })
+        self.move_to(repo, tip, &local_ref, old, fresh, notices)
     }
 
     /// Refuses, in fast-forward mode, a tag that upstream moved to a
@@ -627,27 +593,53 @@ impl Attempt<'_> {
         repo: &Repository,
         tip: Oid,
         old: Option<Oid>,
-        mut notices: Vec<String>,
+        notices: Vec<String>,
     ) -> Result<Synced, Fail> {
         let detached = repo.head_detached().unwrap_or(false);
         if detached && old == Some(tip) && !self.sparse_changed(repo) {
-            if self.spec.mode == Mode::Reset && self.dirty(repo)? {
-                begin_checkout(repo, tip, "HEAD")?;
-                self.checkout(repo, tip, true)?;
-                notices.push("reset mode: local changes and untracked files discarded".into());
-            }
-            journal::finish(repo).map_err(io_fail(repo.path()))?;
-            return Ok(Synced {
-                change: Change::Unchanged,
-                old: old.map(|o| o.to_string()),
-                new: tip.to_string(),
-                commits: 0,
-                notices,
-            });
+            return self.stay(repo, tip, "HEAD", notices);
         }
-        begin_checkout(repo, tip, "HEAD")?;
-        self.checkout(repo, tip, old.is_none())?;
-        move_branch(repo, "HEAD", tip)?;
+        self.move_to(repo, tip, "HEAD", old, old.is_none(), notices)
+    }
+
+    /// The checkout is where it should be. Reset mode makes it equal to
+    /// `tip` even so: edits, deletions and untracked files go.
+    fn stay(
+        &self,
+        repo: &Repository,
+        tip: Oid,
+        reference: &str,
+        mut notices: Vec<String>,
+    ) -> Result<Synced, Fail> {
+        if self.spec.mode == Mode::Reset && self.dirty(repo)? {
+            begin_checkout(repo, tip, reference)?;
+            self.checkout(repo, tip, true)?;
+            notices.push("reset mode: local changes and untracked files discarded".into());
+        }
+        journal::finish(repo).map_err(io_fail(repo.path()))?;
+        Ok(Synced {
+            change: Change::Unchanged,
+            old: Some(tip.to_string()),
+            new: tip.to_string(),
+            commits: 0,
+            notices,
+        })
+    }
+
+    /// Moves the worktree and `reference` (a branch, or `HEAD` to detach
+    /// it) to `tip`, journalled so a crash can be finished; then submodules.
+    fn move_to(
+        &self,
+        repo: &Repository,
+        tip: Oid,
+        reference: &str,
+        old: Option<Oid>,
+        fresh: bool,
+        notices: Vec<String>,
+    ) -> Result<Synced, Fail> {
+        begin_checkout(repo, tip, reference)?;
+        self.checkout(repo, tip, fresh)?;
+        move_branch(repo, reference, tip)?;
         journal::finish(repo).map_err(io_fail(repo.path()))?;
         if self.spec.submodules {
             self.update_submodules(repo, 0)?;
