@@ -110,6 +110,31 @@ fn a_stalled_server_times_out_and_the_retry_succeeds() {
 }
 
 #[test]
+fn a_trickling_server_is_a_stall_long_before_the_attempt_limit() {
+    let s = setup();
+    s.proxy.push(Fault::Slow {
+        chunk: 16,
+        pause: Duration::from_millis(500),
+    });
+    let run = s.pull(&[
+        "--timeout",
+        "60s",
+        "--low-speed-limit",
+        "1000",
+        "--low-speed-time",
+        "2s",
+    ]);
+    assert_eq!(run.code, 0, "the retry, at full speed, succeeds: {run:?}");
+    assert_eq!(run.classes(), ["timeout"], "{run:?}");
+    let message = run.json["attempts"][0]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("stalled: fewer than 1000 bytes/s for 2s"),
+        "{run:?}"
+    );
+    assert_eq!(run.json["attempts"][0]["limit"]["total"], 60_000, "{run:?}");
+}
+
+#[test]
 fn a_truncated_pack_is_a_protocol_failure_and_leaves_no_damage() {
     let mut s = setup();
     // Enough history that the pack is larger than what the proxy lets through.

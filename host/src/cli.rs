@@ -545,6 +545,14 @@ pub struct PullArgs {
     #[arg(long, value_name = "N", default_value = "1")]
     pub keep_worktrees: usize,
 
+    /// A transfer slower than this many bytes a second for --low-speed-time
+    /// fails as `timeout` ("stalled"), whatever --timeout says, as git's
+    /// http.lowSpeedLimit does
+    #[arg(long, value_name = "BYTES", default_value = "1024")]
+    pub low_speed_limit: u64,
+    /// See --low-speed-limit; also how long a git:// or ssh:// socket may stay silent
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = duration)]
+    pub low_speed_time: Duration,
     /// Time limit of one attempt (e.g. 250ms, 10s, 2m); a stalled server fails as `timeout`.
     /// The daemon learns shorter limits per repository from its history, up to this
     #[arg(long, value_name = "D", default_value = "2m", value_parser = duration)]
@@ -729,6 +737,10 @@ impl PullArgs {
             },
             timeout: self.timeout,
             min_timeout: crate::config::MIN_TIMEOUT,
+            low_speed: crate::git::LowSpeed {
+                limit: self.low_speed_limit,
+                time: self.low_speed_time,
+            },
             learnt: Default::default(),
             deadline: self.deadline,
             max_attempts: self.max_attempts,

@@ -677,6 +677,7 @@ fn options(repo: &RepoConfig, auth: Auth, shared: &[OriginCredential]) -> PullOp
         },
         timeout: repo.timeout,
         min_timeout: repo.min_timeout,
+        low_speed: repo.low_speed,
         learnt: Default::default(),
         deadline: repo.deadline,
         max_attempts: repo.max_attempts,

@@ -28,6 +28,8 @@ pub struct PullOptions {
     pub timeout: Duration,
     /// The floor of learnt limits.
     pub min_timeout: Duration,
+    /// When a transfer counts as stalled.
+    pub low_speed: git::LowSpeed,
     /// What the repository's attempts took before (none: the ceiling).
     pub learnt: Learnt,
     /// Limit of the whole pull, waits included.
@@ -105,8 +107,9 @@ fn pull_with(
             limit.total = total;
             limit.refs = limit.refs.min(total);
         }
-        let control =
-            AttemptControl::new(limit.total, deadline, cancel.clone()).with_refs_limit(limit.refs);
+        let control = AttemptControl::new(limit.total, deadline, cancel.clone())
+            .with_refs_limit(limit.refs)
+            .with_low_speed(options.low_speed);
         let attempt_started = Instant::now();
         let result = attempt(&options.sync, &control, &mut |t| observer.transfer(t));
         report.limit = Some(limit);
@@ -239,6 +242,7 @@ mod tests {
             max_attempts,
             max_delay: Duration::from_millis(20),
             min_timeout: crate::config::MIN_TIMEOUT,
+            low_speed: Default::default(),
             learnt: Default::default(),
         }
     }

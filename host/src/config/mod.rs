@@ -166,6 +166,8 @@ pub struct RepoConfig {
     pub timeout: Duration,
     /// The floor of learnt per-attempt limits.
     pub min_timeout: Duration,
+    /// When a transfer counts as stalled (`low_speed_limit`, `low_speed_time`).
+    pub low_speed: crate::git::LowSpeed,
     /// Limit of a whole pull, waits included.
     pub deadline: Option<Duration>,
     /// How long to wait for another process's lock on the checkout.
@@ -354,6 +356,8 @@ struct RawCommon {
     schedule: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     min_timeout: Option<Spanned<String>>,
+    low_speed_limit: Option<Spanned<i64>>,
+    low_speed_time: Option<Spanned<String>>,
     deadline: Option<Spanned<String>>,
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
@@ -428,6 +432,8 @@ struct RawRepo {
     schedule: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     min_timeout: Option<Spanned<String>>,
+    low_speed_limit: Option<Spanned<i64>>,
+    low_speed_time: Option<Spanned<String>>,
     deadline: Option<Spanned<String>>,
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
@@ -451,6 +457,14 @@ impl RawRepo {
                 .min_timeout
                 .clone()
                 .or_else(|| defaults.min_timeout.clone()),
+            low_speed_limit: self
+                .low_speed_limit
+                .clone()
+                .or_else(|| defaults.low_speed_limit.clone()),
+            low_speed_time: self
+                .low_speed_time
+                .clone()
+                .or_else(|| defaults.low_speed_time.clone()),
             deadline: self.deadline.clone().or_else(|| defaults.deadline.clone()),
             lock_wait: self
                 .lock_wait
@@ -981,6 +995,20 @@ pub fn parse(
             "min_timeout",
             MIN_TIMEOUT,
         );
+        let low_speed = crate::git::LowSpeed {
+            limit: c
+                .low_speed_limit
+                .clone()
+                .and_then(|v| check.positive(&v, &format!("{label}.low_speed_limit"), 1 << 40))
+                .unwrap_or(1024),
+            time: duration_or(
+                &mut check,
+                c.low_speed_time.clone(),
+                "low_speed_time",
+                Duration::from_secs(30),
+            )
+            .max(Duration::from_secs(1)),
+        };
         let deadline = c
             .deadline
             .clone()
@@ -1123,6 +1151,7 @@ pub fn parse(
             local_submodules,
             timeout,
             min_timeout,
+            low_speed,
             deadline,
             lock_wait,
             max_attempts,

@@ -30,7 +30,7 @@ pub(crate) fn classify(
                 http_status: None,
                 retry_after: None,
                 message: if class == FailureClass::Timeout {
-                    "attempt timed out".into()
+                    control.timeout_message()
                 } else {
                     "cancelled".into()
                 },

@@ -267,7 +267,7 @@ impl HttpStream {
         let mut with_auth = session.lock().send_auth;
         loop {
             if let Some(class) = session.control.interrupted() {
-                return Err(session.record(interrupted(class)));
+                return Err(session.record(interrupted(class, &session.control)));
             }
             let auth = match (&self.credentials, with_auth) {
                 (Some(c), true) => Some(basic_auth(c)),
@@ -360,13 +360,13 @@ fn basic_auth(c: &Credentials) -> String {
     )
 }
 
-fn interrupted(class: FailureClass) -> GitFailure {
+fn interrupted(class: FailureClass, control: &AttemptControl) -> GitFailure {
     GitFailure {
         class,
         http_status: None,
         retry_after: None,
         message: match class {
-            FailureClass::Timeout => "attempt timed out".into(),
+            FailureClass::Timeout => control.timeout_message(),
             _ => "cancelled".into(),
         },
     }
@@ -466,13 +466,18 @@ impl Read for HttpStream {
             self.response = Some(reader);
         }
         if let Some(class) = self.session.control.interrupted() {
-            return Err(self.session.record(interrupted(class)));
+            return Err(self
+                .session
+                .record(interrupted(class, &self.session.control)));
         }
         let Some(reader) = self.response.as_mut() else {
             return Ok(0);
         };
         match reader.read(buf) {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.session.control.received(n as u64);
+                Ok(n)
+            }
             Err(e) => {
                 let failure = request_failure(ureq::Error::from(e), Some(&self.session.control));
                 let failure = GitFailure {

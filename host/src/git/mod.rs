@@ -231,6 +231,78 @@ pub struct SyncSpec {
     pub lock_wait: Duration,
 }
 
+/// When a transfer counts as stalled, as git's `http.lowSpeedLimit` and
+/// `http.lowSpeedTime`: fewer than `limit` bytes a second for `time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowSpeed {
+    /// Bytes a second.
+    pub limit: u64,
+    /// For this long.
+    pub time: Duration,
+}
+
+impl Default for LowSpeed {
+    fn default() -> Self {
+        LowSpeed {
+            limit: 1024,
+            time: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bytes received over a sliding window, to tell a slow transfer that
+/// moves from one that stalled. Pure: the caller gives the time.
+#[derive(Debug)]
+struct SpeedWindow {
+    low: LowSpeed,
+    start: Instant,
+    at_start: u64,
+    received: u64,
+    stalled: bool,
+}
+
+impl SpeedWindow {
+    fn new(low: LowSpeed, now: Instant) -> Self {
+        SpeedWindow {
+            low,
+            start: now,
+            at_start: 0,
+            received: 0,
+            stalled: false,
+        }
+    }
+
+    /// `bytes` more arrived.
+    fn add(&mut self, bytes: u64) {
+        self.received = self.received.saturating_add(bytes);
+    }
+
+    /// A source reports its running total (libgit2's transfer progress).
+    fn total(&mut self, total: u64) {
+        self.received = self.received.max(total);
+    }
+
+    /// Whether the last window moved too little; a window that moved
+    /// enough starts the next one.
+    fn stalled(&mut self, now: Instant) -> bool {
+        if self.stalled {
+            return true;
+        }
+        let span = now.saturating_duration_since(self.start);
+        if span < self.low.time {
+            return false;
+        }
+        let wanted = (self.low.limit as f64 * span.as_secs_f64()) as u64;
+        if self.received - self.at_start < wanted {
+            self.stalled = true;
+        } else {
+            self.start = now;
+            self.at_start = self.received;
+        }
+        self.stalled
+    }
+}
+
 /// The time limit and cancellation of one attempt.
 #[derive(Debug, Clone)]
 pub struct AttemptControl {
@@ -242,6 +314,8 @@ pub struct AttemptControl {
     /// When asking for the remote's refs must be over (an HTTP ref
     /// advertisement), at the latest `end`.
     refs_end: Instant,
+    /// Stall detection, shared by the clones the transport holds.
+    speed: Arc<std::sync::Mutex<SpeedWindow>>,
 }
 
 impl AttemptControl {
@@ -254,13 +328,59 @@ impl AttemptControl {
                 end_is_deadline: true,
                 cancel,
                 refs_end: d,
+                speed: Self::window(LowSpeed::default()),
             },
             _ => AttemptControl {
                 end: own_end,
                 end_is_deadline: false,
                 cancel,
                 refs_end: own_end,
+                speed: Self::window(LowSpeed::default()),
             },
+        }
+    }
+
+    fn window(low: LowSpeed) -> Arc<std::sync::Mutex<SpeedWindow>> {
+        Arc::new(std::sync::Mutex::new(SpeedWindow::new(low, Instant::now())))
+    }
+
+    /// Gives up on a transfer slower than `low` (default 1 KiB/s for 30 s).
+    pub fn with_low_speed(mut self, low: LowSpeed) -> Self {
+        self.speed = Self::window(low);
+        self
+    }
+
+    fn speed(&self) -> std::sync::MutexGuard<'_, SpeedWindow> {
+        self.speed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `bytes` more arrived (the HTTP transport's reads).
+    pub(crate) fn received(&self, bytes: u64) {
+        self.speed().add(bytes);
+    }
+
+    /// libgit2's running total of received bytes.
+    pub(crate) fn received_total(&self, total: u64) {
+        self.speed().total(total);
+    }
+
+    /// How long a socket may stay silent: the stall window, within the
+    /// time left.
+    pub(crate) fn idle_limit(&self) -> Duration {
+        self.remaining().min(self.speed().low.time)
+    }
+
+    /// Why a timeout happened, for people.
+    pub(crate) fn timeout_message(&self) -> String {
+        let speed = self.speed();
+        if speed.stalled {
+            format!(
+                "stalled: fewer than {} bytes/s for {}",
+                speed.low.limit,
+                humantime::format_duration(speed.low.time)
+            )
+        } else {
+            "attempt timed out".into()
         }
     }
 
@@ -292,6 +412,8 @@ impl AttemptControl {
             } else {
                 FailureClass::Timeout
             })
+        } else if self.speed().stalled(Instant::now()) {
+            Some(FailureClass::Timeout)
         } else {
             None
         }
@@ -393,4 +515,45 @@ pub enum AttemptError {
     #[error(transparent)]
     /// The pull must not start.
     Spec(#[from] SpecError),
+}
+
+#[cfg(test)]
+mod speed_tests {
+    use super::*;
+
+    const LOW: LowSpeed = LowSpeed {
+        limit: 1000,
+        time: Duration::from_secs(10),
+    };
+
+    #[test]
+    fn a_slow_transfer_that_moves_is_not_a_stall() {
+        let t0 = Instant::now();
+        let mut w = SpeedWindow::new(LOW, t0);
+        for second in 1..=60u64 {
+            w.add(1500);
+            assert!(!w.stalled(t0 + Duration::from_secs(second)), "{second}");
+        }
+    }
+
+    #[test]
+    fn too_few_bytes_for_the_whole_window_is_a_stall() {
+        let t0 = Instant::now();
+        let mut w = SpeedWindow::new(LOW, t0);
+        w.total(50_000);
+        assert!(
+            !w.stalled(t0 + Duration::from_secs(10)),
+            "the first window moved"
+        );
+        w.total(55_000);
+        assert!(
+            !w.stalled(t0 + Duration::from_secs(19)),
+            "not a whole window yet"
+        );
+        assert!(w.stalled(t0 + Duration::from_secs(20)), "5 KB in 10 s");
+        assert!(
+            w.stalled(t0 + Duration::from_secs(21)),
+            "a stall stays a stall"
+        );
+    }
 }

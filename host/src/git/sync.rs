@@ -121,7 +121,7 @@ pub fn sync(
 struct SocketTimeouts;
 
 /// Ends of the running attempts that use libgit2's sockets, by ticket.
-static RUNNING_ENDS: std::sync::Mutex<BTreeMap<u64, std::time::Instant>> =
+static RUNNING_ENDS: std::sync::Mutex<BTreeMap<u64, (std::time::Instant, std::time::Duration)>> =
     std::sync::Mutex::new(BTreeMap::new());
 
 /// An attempt counted in [`RUNNING_ENDS`] until dropped.
@@ -135,18 +135,28 @@ impl SocketTimeouts {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let ticket = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut ends = RUNNING_ENDS.lock().unwrap_or_else(|p| p.into_inner());
-        ends.insert(ticket, std::time::Instant::now() + control.remaining());
+        // A socket silent for the stall window is given up on, as git's
+        // lowSpeedTime does; never later than the attempt's end.
+        let idle = control.idle_limit();
+        ends.insert(
+            ticket,
+            (std::time::Instant::now() + control.remaining(), idle),
+        );
         SocketTimeouts::apply(&ends);
         SocketLimit(Some(ticket))
     }
 
     /// Sets libgit2's timeouts to the shortest time left (called with the
     /// lock held, so settings are never applied out of order).
-    fn apply(ends: &BTreeMap<u64, std::time::Instant>) {
-        let Some(end) = ends.values().min() else {
+    fn apply(ends: &BTreeMap<u64, (std::time::Instant, std::time::Duration)>) {
+        let now = std::time::Instant::now();
+        let Some(left) = ends
+            .values()
+            .map(|(end, idle)| end.saturating_duration_since(now).min(*idle))
+            .min()
+        else {
             return; // the last setting stays; the next attempt replaces it
         };
-        let left = end.saturating_duration_since(std::time::Instant::now());
         let millis = left.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: plain integer settings, written under RUNNING_ENDS's lock.
         unsafe {
@@ -908,6 +918,7 @@ impl Attempt<'_> {
         let mut callbacks = RemoteCallbacks::new();
         if let Some(on_transfer) = on_transfer {
             callbacks.transfer_progress(move |p| {
+                control.received_total(p.received_bytes() as u64);
                 on_transfer(Transfer {
                     received_objects: p.received_objects(),
                     total_objects: p.total_objects(),
