@@ -214,13 +214,26 @@ fn engine() -> &'static Engine {
 }
 
 /// The wall-clock backstop's clock: it ticks the engine's epoch every
-/// [`TICK`] while at least one plugin call runs, and sleeps otherwise, so an
-/// idle daemon with plugins loaded wakes nobody (a ticker running forever
-/// costs a thousand wake-ups a second).
+/// [`TICK`] while plugin calls run, and parks when none has run for
+/// [`LINGER`], so an idle daemon with plugins loaded wakes nobody (a
+/// ticker running forever costs a thousand wake-ups a second). Lingering
+/// keeps a burst of calls from paying a thread wake-up (a futex syscall,
+/// more than the call itself) each.
 struct Ticker {
-    active: Mutex<usize>,
+    state: Mutex<TickerState>,
     wake: std::sync::Condvar,
 }
+
+#[derive(Default)]
+struct TickerState {
+    /// Calls running now.
+    active: usize,
+    /// The clock waits for a call to wake it.
+    parked: bool,
+}
+
+/// How long the clock keeps ticking after the last call.
+const LINGER: Duration = Duration::from_millis(50);
 
 impl Ticker {
     fn get() -> &'static Ticker {
@@ -230,12 +243,19 @@ impl Ticker {
                 .name("gitpulse-epoch".into())
                 .spawn(|| {
                     let ticker = Ticker::get();
+                    let mut busy = std::time::Instant::now();
                     loop {
-                        let mut active = ticker.lock();
-                        while *active == 0 {
-                            active = ticker.wake.wait(active).unwrap_or_else(|p| p.into_inner());
+                        let mut state = ticker.lock();
+                        if state.active > 0 {
+                            busy = std::time::Instant::now();
+                        } else if busy.elapsed() >= LINGER {
+                            state.parked = true;
+                            while state.active == 0 {
+                                state = ticker.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                            }
+                            busy = std::time::Instant::now();
                         }
-                        drop(active);
+                        drop(state);
                         engine().increment_epoch();
                         std::thread::sleep(TICK);
                     }
@@ -245,21 +265,25 @@ impl Ticker {
                 tracing::warn!("plugin wall-clock backstop unavailable: {e}");
             }
             Ticker {
-                active: Mutex::new(0),
+                state: Mutex::new(TickerState::default()),
                 wake: std::sync::Condvar::new(),
             }
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, TickerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps the clock ticking until the guard is dropped.
+    /// Keeps the clock ticking until the guard is dropped; wakes it only
+    /// when it is parked.
     fn running() -> Running {
         let ticker = Ticker::get();
-        *ticker.lock() += 1;
-        ticker.wake.notify_one();
+        let mut state = ticker.lock();
+        state.active += 1;
+        if std::mem::take(&mut state.parked) {
+            ticker.wake.notify_one();
+        }
         Running(ticker)
     }
 }
@@ -269,8 +293,8 @@ struct Running(&'static Ticker);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut active = self.0.lock();
-        *active = active.saturating_sub(1);
+        let mut state = self.0.lock();
+        state.active = state.active.saturating_sub(1);
     }
 }
 
