@@ -442,6 +442,8 @@ Examples:
   GITPULSE_TOKEN=... gitpulse pull https://git.example.com/private.git ./p --token-env GITPULSE_TOKEN
   gitpulse pull ssh://git@git.example.com/app.git ./app --ssh-key ~/.ssh/deploy --known-hosts ./known_hosts
   gitpulse pull https://example.com/big.git ./big --depth 1 --timeout 5m --deadline 20m --json
+  gitpulse pull https://example.com/site.git /srv/site --semver '>=1.4, <2' --publish symlink --step-shell 'systemctl reload nginx'
+  gitpulse pull https://example.com/charts.git ./charts --ref 5f1c0a9 --sparse charts/app
   gitpulse pull https://git.example.com/app.git ./app --notify-config gitpulse.toml   # mail/webhook on change or failure\n\n", exit_codes!());
 
 /// How the checkout follows the remote.
