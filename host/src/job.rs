@@ -183,7 +183,7 @@ impl Job<'_> {
             max_attempts: repo.max_attempts,
             max_delay: repo.backoff_max,
         };
-        prepare_dir(&repo.dir, repo.publish).map_err(JobError::Publish)?;
+        prepare_dir(&repo.dir, repo.publish, repo.lock_wait).map_err(JobError::Publish)?;
         let mut policy = policy(&repo.policy, builtin, identity(repo), told, self.plugins)?;
         if let Some(budget) = &self.budget {
             budget
@@ -310,8 +310,13 @@ fn try_owed_step(
 /// Readies DIR for a pull under `publish`: symlink mode turns an in-place
 /// checkout into the store beside DIR (publishing its commit first); in
 /// place undoes symlink mode. DIR is never missing meanwhile.
-pub fn prepare_dir(dir: &Path, publish: Publish) -> Result<(), GitFailure> {
+pub fn prepare_dir(dir: &Path, publish: Publish, wait: Duration) -> Result<(), GitFailure> {
     let layout = Layout::of(dir);
+    let is_symlink = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+    if publish == Publish::InPlace && !is_symlink {
+        return Ok(()); // nothing to switch: no lock needed
+    }
+    let _lock = layout.lock(wait)?;
     match publish {
         Publish::Symlink { .. } => layout.prepare(),
         Publish::InPlace => layout.undo().map(|_| ()),
@@ -351,6 +356,10 @@ pub fn publish(
         return (report, Vec::new());
     };
     let layout = Layout::of(dir);
+    let _lock = match layout.lock(spec.lock_wait) {
+        Ok(lock) => lock,
+        Err(failure) => return (not_published(report, failure), Vec::new()),
+    };
     let store = layout.store();
     let before = layout.published();
     report.dir = dir.display().to_string();

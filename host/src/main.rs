@@ -704,7 +704,7 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         job::policy(&policy_roles(args), builtin, repo.clone(), told, &load).map_err(usage)?;
     let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
     force_exit_if_cancel_stalls(cancel.clone(), args);
-    job::prepare_dir(&args.dir, args.publish()).map_err(|e| usage(e.message))?;
+    job::prepare_dir(&args.dir, args.publish(), args.lock_wait).map_err(|e| usage(e.message))?;
     let mut terminal = ui::Terminal::new(!args.json && std::io::stderr().is_terminal());
     let result = match &workflow {
         Some(_) => {

@@ -58,7 +58,18 @@ pub struct Layout {
     home: PathBuf,
 }
 
+/// Held while DIR's layout changes: two gitpulse processes publishing the
+/// same DIR take turns (one could prune what the other is writing).
+#[derive(Debug)]
+pub struct PublishLock(#[allow(dead_code)] super::lock::RepoLock);
+
 impl Layout {
+    /// Takes DIR's lock, waiting up to `wait` for another holder.
+    pub fn lock(&self, wait: std::time::Duration) -> Result<PublishLock, GitFailure> {
+        let control = super::AttemptControl::new(wait, None, Default::default());
+        super::lock::RepoLock::acquire(&self.dir, wait, &control).map(PublishLock)
+    }
+
     /// The layout for DIR.
     pub fn of(dir: &Path) -> Layout {
         let name = dir
