@@ -5,7 +5,7 @@
 //!   linked natively;
 //! - loading a plugin: compiling it vs loading the compile cache.
 //!
-//! Prints a table with the targets (release build: ≤ 2 µs per component
+//! Prints a table with the targets (release build: ≤ 1 µs per component
 //! decision, ≤ 5 ms cached load).
 
 use std::collections::BTreeMap;
@@ -106,11 +106,11 @@ fn main() {
     println!("| benchmark | component | native built-in | ratio | target |");
     println!("|---|---:|---:|---:|---:|");
     println!(
-        "| decision latency | {:.2} µs | {:.3} µs | {:.0}× | ≤ 2 µs {} |",
+        "| decision latency | {:.2} µs | {:.3} µs | {:.0}× | ≤ 1 µs {} |",
         component_call.as_secs_f64() * 1e6,
         native_call.as_secs_f64() * 1e6,
         component_call.as_secs_f64() / native_call.as_secs_f64().max(1e-12),
-        if component_call <= Duration::from_micros(2) {
+        if component_call <= Duration::from_micros(1) {
             "✓"
         } else {
             "✗"
