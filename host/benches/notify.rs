@@ -66,7 +66,7 @@ fn report(i: u64) -> PullReport {
         notices: Vec::new(),
         plugin_faults: Vec::new(),
         limit: None,
-        attempt_ms: None,
+        learnt: None,
     }
 }
 

@@ -688,8 +688,8 @@ pub enum UsageError {
     /// `--publish symlink` with `--mode mirror`.
     Publish,
     #[error("--{0}: {1}")]
-    /// `--ref`, `--branch` or `--semver` that cannot name anything.
-    Follow(&'static str, String),
+    /// A flag whose value cannot be used (`--ref`, `--semver`, `--sparse` …).
+    Flag(&'static str, String),
     #[error("--depth: {0}")]
     /// `--depth` with a remote that cannot be pulled shallow.
     Depth(String),
@@ -818,22 +818,17 @@ impl PullArgs {
         let (Auth::Token(_), Some(file)) = (auth, &self.token_file) else {
             return Vec::new();
         };
-        let Ok(url) = url::Url::parse(&self.url) else {
-            return Vec::new();
-        };
-        let user = Some(url.username().to_string()).filter(|u| !u.is_empty());
-        vec![OriginCredential {
-            url_prefix: url.origin().ascii_serialization(),
-            username: self.username.clone().or(user),
-            secret: crate::git::SecretRef::File(file.clone()),
-        }]
+        let secret = crate::git::SecretRef::File(file.clone());
+        OriginCredential::for_remote(&self.url, self.username.clone(), secret)
+            .into_iter()
+            .collect()
     }
 
     /// `--sparse` (cone) or `--sparse-pattern` (non-cone).
     fn sparse(&self) -> Result<Option<Sparse>, UsageError> {
         let given = !self.sparse.is_empty() || !self.sparse_pattern.is_empty();
         if given && self.mode == ModeArg::Mirror {
-            return Err(UsageError::Follow(
+            return Err(UsageError::Flag(
                 "sparse",
                 "a mirror has no worktree to make sparse".into(),
             ));
@@ -842,11 +837,11 @@ impl PullArgs {
             (true, true) => Ok(None),
             (false, true) => Sparse::cone(&self.sparse)
                 .map(Some)
-                .map_err(|e| UsageError::Follow("sparse", e)),
+                .map_err(|e| UsageError::Flag("sparse", e)),
             (true, false) => Sparse::patterns(&self.sparse_pattern)
                 .map(Some)
-                .map_err(|e| UsageError::Follow("sparse-pattern", e)),
-            (false, false) => Err(UsageError::Follow(
+                .map_err(|e| UsageError::Flag("sparse-pattern", e)),
+            (false, false) => Err(UsageError::Flag(
                 "sparse",
                 "give directories (--sparse) or patterns (--sparse-pattern), not both".into(),
             )),
@@ -868,10 +863,10 @@ impl PullArgs {
         for (flag, value) in [("branch", &self.branch), ("ref", &self.reference)] {
             if let Some(value) = value {
                 if let Some(why) = crate::git::bad_ref(value) {
-                    return Err(UsageError::Follow(flag, format!("`{value}`: {why}")));
+                    return Err(UsageError::Flag(flag, format!("`{value}`: {why}")));
                 }
                 if mirror {
-                    return Err(UsageError::Follow(
+                    return Err(UsageError::Flag(
                         flag,
                         "a mirror takes every ref: drop it or --mode mirror".into(),
                     ));
@@ -881,13 +876,13 @@ impl PullArgs {
         let semver = match &self.semver {
             None => None,
             Some(_) if mirror => {
-                return Err(UsageError::Follow(
+                return Err(UsageError::Flag(
                     "semver",
                     "a mirror takes every ref: drop it or --mode mirror".into(),
                 ))
             }
             Some(range) => {
-                Some(crate::git::parse_semver(range).map_err(|e| UsageError::Follow("semver", e))?)
+                Some(crate::git::parse_semver(range).map_err(|e| UsageError::Flag("semver", e))?)
             }
         };
         Ok(Follow {

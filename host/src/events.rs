@@ -593,7 +593,7 @@ mod tests {
             notices: Vec::new(),
             plugin_faults: Vec::new(),
             limit: None,
-            attempt_ms: None,
+            learnt: None,
         }
     }
 

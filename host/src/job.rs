@@ -153,7 +153,8 @@ impl Job<'_> {
             if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            let (run, settle, event) = try_owed_step(repo, step, &owed, &self.cancel);
+            let (run, settle, event) =
+                try_owed_step(repo, &self.config.credentials, step, &owed, &self.cancel);
             let outgoing = router.outgoing(event.into_iter().collect(), audience);
             recorded.extend(
                 lock(self.store).record_step_run(&repo.name, &owed, &run, settle, outgoing)?,
@@ -208,21 +209,15 @@ impl Job<'_> {
 /// again on the repository's backoff curve, `max_attempts` tries in all.
 fn try_owed_step(
     repo: &RepoConfig,
+    shared: &[OriginCredential],
     step: &Step,
     owed: &OwedStep,
     cancel: &AtomicBool,
 ) -> (StepRun, Settle, Option<crate::events::Event>) {
     let pulled = owed.outcome != Outcome::Failed.as_str();
-    let changed = match (&owed.new, pulled) {
-        (Some(new), true) => crate::events::changed_paths(
-            &repo.publish.repo_dir(&repo.dir),
-            owed.old.as_deref(),
-            new,
-            1_000_000,
-        )
-        .unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    let git_dir = repo.publish.repo_dir(&repo.dir);
+    let new = owed.new.as_deref().filter(|_| pulled);
+    let changed = changed_paths(&git_dir, owed.old.as_deref(), new);
     if pulled && !step::concerns(&step.paths, &changed).unwrap_or(true) {
         let skipped = StepRun {
             status: "skipped".into(),
@@ -232,40 +227,23 @@ fn try_owed_step(
         };
         return (skipped, Settle::Done, None);
     }
-    let listed = changed_files_list(&repo.publish.repo_dir(&repo.dir), &changed);
+    let listed = ChangedFiles::write(&git_dir, &changed);
     let revision = step::Revision {
         repo: repo.name.clone(),
         dir: repo.dir.clone(),
         old: owed.old.clone(),
         new: owed.new.clone(),
         reference: repo.follow.describe(),
-        changed_files: listed.clone(),
+        changed_files: listed.path(),
     };
     let cwd = if repo.dir.is_dir() {
         repo.dir.clone()
     } else {
         repo.dir.parent().map(Path::to_path_buf).unwrap_or_default()
     };
-    let secret = match auth(repo) {
-        Ok(Auth::Token(token)) => Some(token),
-        _ => None,
-    };
-    let ran = step::run(
-        step,
-        &revision,
-        &cwd,
-        &secret.iter().collect::<Vec<_>>(),
-        cancel,
-    );
-    if let Some(listed) = listed {
-        let _ = std::fs::remove_file(listed);
-    }
-    let run = StepRun {
-        status: ran.status.as_str().to_string(),
-        exit_code: ran.status.exit_code(),
-        duration_ms: ran.duration.as_millis() as u64,
-        output: ran.output.clone(),
-    };
+    let spec = options(repo, Auth::None, shared).sync;
+    let ran = run_step(step, &revision, &cwd, &spec, cancel);
+    let run = recorded(&ran);
     if ran.status.ok() {
         return (run, Settle::Done, None);
     }
@@ -368,25 +346,22 @@ pub fn publish(
             Ok(worktree) => worktree,
             Err(failure) => return (not_published(report, failure), Vec::new()),
         };
-        let changed = crate::events::changed_paths(&store, before.as_deref(), &new, 1_000_000)
-            .unwrap_or_default();
-        let listed = changed_files_list(&store, &changed);
+        let changed = changed_paths(&store, before.as_deref(), Some(&new));
+        let listed = ChangedFiles::write(&store, &changed);
         let revision = step::Revision {
             repo: name.to_string(),
             dir: worktree.clone(),
             old: before.clone(),
             new: Some(new.clone()),
             reference: spec.follow.describe(),
-            changed_files: listed.clone(),
+            changed_files: listed.path(),
         };
-        let secrets: Vec<Secret> = secrets_of(spec);
-        let shown: Vec<&Secret> = secrets.iter().collect();
         let mut failed = Vec::new();
         for gate in steps.iter().filter(|s| s.before_publish) {
             if !step::concerns(&gate.paths, &changed).unwrap_or(true) {
                 continue;
             }
-            let ran = step::run(gate, &revision, &worktree, &shown, cancel);
+            let ran = run_step(gate, &revision, &worktree, spec, cancel);
             if !ran.status.ok() {
                 failed.push(Gate {
                     revision: new.clone(),
@@ -396,9 +371,7 @@ pub fn publish(
                 break;
             }
         }
-        if let Some(listed) = listed {
-            let _ = std::fs::remove_file(listed);
-        }
+        drop(listed);
         if !failed.is_empty() {
             // The old revision stays published; the next pull tries again.
             return match before {
@@ -508,14 +481,9 @@ pub fn secrets_of(spec: &crate::git::SyncSpec) -> Vec<Secret> {
 pub struct StepReport {
     /// The step's name (its command).
     pub name: String,
-    /// `succeeded`, `failed`, `timeout`, `killed`, `not-started`.
-    pub status: String,
-    /// Its exit status, when it exited.
-    pub exit_code: Option<i32>,
-    /// How long it ran.
-    pub duration_ms: u64,
-    /// The tail of its output, redacted.
-    pub output: String,
+    /// How it ran.
+    #[serde(flatten)]
+    pub run: StepRun,
 }
 
 /// Runs the `steps` a one-shot pull owes (by its outcome), once each, in
@@ -533,66 +501,101 @@ pub fn run_steps_once(
     if owed.is_empty() {
         return Vec::new();
     }
-    let changed = match &report.new {
-        Some(new) if report.outcome.is_success() => {
-            crate::events::changed_paths(&spec.dir, report.old.as_deref(), new, 1_000_000)
-                .unwrap_or_default()
-        }
-        _ => Vec::new(),
-    };
-    let listed = changed_files_list(&spec.dir, &changed);
+    let new = report
+        .new
+        .as_deref()
+        .filter(|_| report.outcome.is_success());
+    let changed = changed_paths(&spec.dir, report.old.as_deref(), new);
+    let listed = ChangedFiles::write(&spec.dir, &changed);
     let revision = step::Revision {
         repo: name.to_string(),
         dir: dir.to_path_buf(),
         old: report.old.clone(),
         new: report.new.clone(),
         reference: spec.follow.describe(),
-        changed_files: listed.clone(),
+        changed_files: listed.path(),
     };
     let cwd = if dir.is_dir() {
         dir.to_path_buf()
     } else {
         std::env::current_dir().unwrap_or_default()
     };
-    let owned = secrets_of(spec);
-    let secrets: Vec<&crate::redact::Secret> = owned.iter().collect();
-    let reports = owed
-        .into_iter()
-        .map(|step| {
-            let ran = step::run(step, &revision, &cwd, &secrets, cancel);
-            StepReport {
-                name: step.name.clone(),
-                status: ran.status.as_str().to_string(),
-                exit_code: ran.status.exit_code(),
-                duration_ms: ran.duration.as_millis() as u64,
-                output: ran.output,
-            }
+    owed.into_iter()
+        .map(|step| StepReport {
+            name: step.name.clone(),
+            run: recorded(&run_step(step, &revision, &cwd, spec, cancel)),
         })
-        .collect();
-    if let Some(listed) = listed {
-        let _ = std::fs::remove_file(listed);
-    }
-    reports
+        .collect()
 }
 
-/// Writes the changed paths, one per line, into the checkout's git
-/// directory for `GITPULSE_CHANGED_FILES` (nothing is written outside the
-/// checkout); none when there is no repository.
-fn changed_files_list(dir: &Path, changed: &[String]) -> Option<PathBuf> {
-    let git_dir = git2::Repository::open(dir).ok()?.path().to_path_buf();
-    let path = git_dir.join("gitpulse-changed-files");
-    let mut text = changed.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    std::fs::write(&path, text).ok()?;
-    Some(path)
+/// The paths that changed from `old` to `new` in the repository at
+/// `git_dir` (none without a `new`).
+fn changed_paths(git_dir: &Path, old: Option<&str>, new: Option<&str>) -> Vec<String> {
+    new.and_then(|new| crate::events::changed_paths(git_dir, old, new, 1_000_000).ok())
+        .unwrap_or_default()
 }
 
-/// The user a URL names (`https://deploy@host/…`).
-fn url_user(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    Some(parsed.username().to_string()).filter(|u| !u.is_empty())
+/// Runs `step` with every secret `spec` may send kept out of its output.
+fn run_step(
+    step: &Step,
+    revision: &step::Revision,
+    cwd: &Path,
+    spec: &crate::git::SyncSpec,
+    cancel: &AtomicBool,
+) -> step::Ran {
+    let secrets = secrets_of(spec);
+    step::run(
+        step,
+        revision,
+        cwd,
+        &secrets.iter().collect::<Vec<_>>(),
+        cancel,
+    )
+}
+
+/// A step's try as history keeps it.
+fn recorded(ran: &step::Ran) -> StepRun {
+    StepRun {
+        status: ran.status.as_str().to_string(),
+        exit_code: ran.status.exit_code(),
+        duration_ms: ran.duration.as_millis() as u64,
+        output: ran.output.clone(),
+    }
+}
+
+/// The changed paths, one per line, in the checkout's git directory for
+/// `GITPULSE_CHANGED_FILES` (nothing is written outside the checkout);
+/// removed when dropped.
+struct ChangedFiles(Option<PathBuf>);
+
+impl ChangedFiles {
+    /// Writes the list for the repository at `dir`; none when there is no
+    /// repository there.
+    fn write(dir: &Path, changed: &[String]) -> ChangedFiles {
+        let written = || -> Option<PathBuf> {
+            let git_dir = git2::Repository::open(dir).ok()?.path().to_path_buf();
+            let path = git_dir.join("gitpulse-changed-files");
+            let mut text = changed.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            std::fs::write(&path, text).ok()?;
+            Some(path)
+        };
+        ChangedFiles(written())
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        self.0.clone()
+    }
+}
+
+impl Drop for ChangedFiles {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The report of a job that could not start: one failed attempt that says
@@ -655,17 +658,8 @@ fn options(repo: &RepoConfig, auth: Auth, shared: &[OriginCredential]) -> PullOp
         AuthRef::TokenFile(path) => Some(SecretRef::File(path.clone())),
         _ => None,
     };
-    let (auth, own) = match own.and_then(|secret| {
-        let origin = url::Url::parse(&repo.url)
-            .ok()?
-            .origin()
-            .ascii_serialization();
-        Some(OriginCredential {
-            url_prefix: origin,
-            username: repo.username.clone().or_else(|| url_user(&repo.url)),
-            secret,
-        })
-    }) {
+    let own = own.and_then(|s| OriginCredential::for_remote(&repo.url, repo.username.clone(), s));
+    let (auth, own) = match own {
         Some(own) => (Auth::None, Some(own)),
         None => (auth, None),
     };

@@ -766,19 +766,24 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     }
     let mut steps_failed = false;
     for step in &ran {
-        if step.status == "succeeded" {
+        if step.run.status == "succeeded" {
             if !args.json {
-                println!("step `{}` succeeded in {} ms", step.name, step.duration_ms);
+                println!(
+                    "step `{}` succeeded in {} ms",
+                    step.name, step.run.duration_ms
+                );
             }
             continue;
         }
         steps_failed = true;
         let code = step
+            .run
             .exit_code
             .map(|c| format!(" (exit {c})"))
             .unwrap_or_default();
-        eprintln!("error: step `{}` {}{code}", step.name, step.status);
+        eprintln!("error: step `{}` {}{code}", step.name, step.run.status);
         for line in step
+            .run
             .output
             .lines()
             .rev()

@@ -5,7 +5,7 @@
 //! plus `reason` (why a failed pull stopped, else null). The URL in it is
 //! already redacted; nothing here holds a secret.
 
-use crate::policy::timeout::AttemptLimit;
+use crate::policy::timeout::{AttemptLimit, Learnt};
 use serde::{Serialize, Serializer};
 
 use crate::git::FailureClass;
@@ -86,7 +86,7 @@ impl PullReport {
             notices: Vec::new(),
             plugin_faults: Vec::new(),
             limit: None,
-            attempt_ms: None,
+            learnt: None,
         }
     }
 }
@@ -131,7 +131,8 @@ pub struct PullReport {
     /// The limits of the last attempt, and why (learnt, ceiling, doubled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<AttemptLimit>,
-    /// How long the successful attempt took (what the next limits learn from).
+    /// The repository's attempt limits with this pull's successful attempt
+    /// learnt (none when it failed or nobody told the pull its history).
     #[serde(skip)]
-    pub attempt_ms: Option<u64>,
+    pub learnt: Option<Learnt>,
 }

@@ -115,7 +115,9 @@ fn pull_with(
         report.limit = Some(limit);
         let failure = match result {
             Ok(synced) => {
-                report.attempt_ms = Some(attempt_started.elapsed().as_millis() as u64);
+                // What this attempt took teaches the repository's next limits.
+                let transferred = matches!(synced.change, Change::Cloned | Change::Updated);
+                report.learnt = Some(options.learnt.learn(transferred, attempt_started.elapsed()));
                 for notice in &synced.notices {
                     observer.notice(notice);
                 }

@@ -198,6 +198,27 @@ pub struct OriginCredential {
     pub secret: SecretRef,
 }
 
+impl OriginCredential {
+    /// A remote's own token: for the origin of `url`, sent as `username`,
+    /// else as the user the URL names; none for a URL without an origin.
+    pub fn for_remote(url: &str, username: Option<String>, secret: SecretRef) -> Option<Self> {
+        let parsed = url::Url::parse(url).ok()?;
+        Some(OriginCredential {
+            url_prefix: parsed.origin().ascii_serialization(),
+            username: username.or_else(|| url_user(url)),
+            secret,
+        })
+    }
+}
+
+/// The user a URL names (`https://deploy@host/…`), which servers that
+/// check the user need.
+pub(crate) fn url_user(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let user = parsed.username();
+    (!user.is_empty()).then(|| user.to_string())
+}
+
 /// What to pull and where.
 #[derive(Debug, Clone)]
 pub struct SyncSpec {

@@ -26,8 +26,8 @@ use super::lock::{io_failure, RepoLock};
 use super::sparse::{Matcher, Sparse};
 use super::target::{self, Advertised, Target};
 use super::{
-    AttemptControl, AttemptError, Auth, Change, FailureClass, GitFailure, Mode, SpecError,
-    SyncSpec, Synced, Transfer,
+    url_user, AttemptControl, AttemptError, Auth, Change, FailureClass, GitFailure, Mode,
+    SpecError, SyncSpec, Synced, Transfer,
 };
 use crate::redact::{self, Secret};
 
@@ -222,12 +222,6 @@ fn worktree_dirty(repo: &Repository, sparse: Option<&Matcher>) -> Result<bool, g
 /// Whether `url` reads this machine's files: `file://` or a plain path.
 fn is_local(url: &str) -> bool {
     url.starts_with("file:") || url.starts_with('/') || url.starts_with('.') || !url.contains(':')
-}
-
-fn url_user(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    let user = parsed.username();
-    (!user.is_empty()).then(|| user.to_string())
 }
 
 /// Why the attempt stopped, before classification.

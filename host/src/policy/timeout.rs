@@ -19,6 +19,9 @@ pub struct Estimate {
     pub variation_ms: f64,
 }
 
+// Built only from durations: never NaN, so equality is total.
+impl Eq for Estimate {}
+
 impl Estimate {
     /// The estimate after one more sample (α = 1/8, β = 1/4).
     pub fn with(self, sample: Duration) -> Estimate {
@@ -51,6 +54,8 @@ pub struct Learnt {
     /// Attempts that fetched objects (clones, updates).
     pub transfer: Option<Estimate>,
 }
+
+impl Eq for Learnt {}
 
 impl Learnt {
     /// The estimates after a successful attempt of `duration`.

@@ -121,7 +121,7 @@ pub struct OwedStep {
 }
 
 /// One try of a step, as history keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepRun {
     /// `succeeded`, `failed`, `timeout`, `killed`, `not-started`, `skipped`.
     pub status: String,
@@ -281,19 +281,8 @@ impl Store {
                 report.limit.map(|l| l.why.as_str())
             ],
         )?;
-        // What the successful attempt took teaches the next limits.
-        if let Some(ms) = report.attempt_ms.filter(|_| report.outcome.is_success()) {
-            let learnt: Learnt = tx
-                .query_row(
-                    "SELECT learnt FROM timings WHERE repo = ?1",
-                    params![repo],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()?
-                .and_then(|text| serde_json::from_str(&text).ok())
-                .unwrap_or_default();
-            let transferred = matches!(report.outcome, Outcome::Cloned | Outcome::Updated);
-            let learnt = learnt.learn(transferred, std::time::Duration::from_millis(ms));
+        // The limits the pull learnt, kept with its result.
+        if let Some(learnt) = &report.learnt {
             tx.execute(
                 "INSERT INTO timings (repo, learnt) VALUES (?1, ?2)
                  ON CONFLICT(repo) DO UPDATE SET learnt = ?2",
@@ -823,7 +812,7 @@ mod tests {
             notices: vec![],
             plugin_faults: Vec::new(),
             limit: None,
-            attempt_ms: None,
+            learnt: None,
         }
     }
 
