@@ -275,4 +275,13 @@ fn damaged_copies_moved_aside_are_kept_a_week_then_removed() {
     assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
     assert!(!old.exists(), "older than a week: removed");
     assert!(recent.exists(), "still kept for inspection");
+    // Later pulls find it in the lock file's ledger, not by listing.
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "8 days ago"])
+        .arg(&recent)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
+    assert!(!recent.exists(), "a week old now: removed");
 }

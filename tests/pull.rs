@@ -51,7 +51,84 @@ fn git_daemon_and_file_remotes_clone_and_update() {
         assert_eq!((run.code, run.outcome()), (0, "updated"), "{url}: {run:?}");
         assert_eq!(checkout_state(&dir), (up.head(), true));
         assert!(fsck_ok(&dir));
+        // The no-op check lists the remote's refs without the checkout.
+        let run = pull(&url, &dir, &[]);
+        assert_eq!(
+            (run.code, run.outcome()),
+            (0, "unchanged"),
+            "{url}: {run:?}"
+        );
     }
+}
+
+#[test]
+fn a_no_op_pull_asks_for_the_followed_branch_alone_and_falls_back_for_v0_servers() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    // Many tags: a protocol-v0 ref advertisement lists every one of them.
+    let tip = up.head();
+    let tags: String = (0..2000)
+        .map(|i| format!("create refs/tags/release-{i:04} {tip}\n"))
+        .collect();
+    let mut update = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&up.bare)
+        .args(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    update
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tags.as_bytes())
+        .unwrap();
+    assert!(update.wait().unwrap().success());
+    let server = GitHttpServer::start(root.path());
+    let proxy = FaultProxy::start(server.addr());
+    let url = proxy.url("app");
+    let dir = root.path().join("checkout");
+    assert_eq!(pull(&url, &dir, &[]).outcome(), "cloned");
+
+    proxy.clear_seen();
+    let run = pull(&url, &dir, &[]);
+    assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 1, "one request: {seen:?}");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].git_protocol.as_deref()),
+        ("POST", Some("version=2")),
+        "{seen:?}"
+    );
+    let listing = seen[0].answer_bytes;
+
+    // A server that knows only protocol v0: the full road, same answer.
+    proxy.set_always(Some(Fault::OnlyV0));
+    proxy.clear_seen();
+    let run = pull(&url, &dir, &[]);
+    assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
+    let seen = proxy.seen();
+    let advertisement = seen
+        .iter()
+        .find(|s| s.method == "GET")
+        .map(|s| s.answer_bytes)
+        .unwrap_or_else(|| panic!("the v0 advertisement: {seen:?}"));
+    assert!(
+        listing * 50 < advertisement,
+        "the listing ({listing} bytes) is small beside the whole advertisement ({advertisement} bytes)"
+    );
+    proxy.set_always(None);
+
+    // A new commit upstream, then a commit made by hand in the checkout:
+    // the check sees both and leaves them to the full sync.
+    up.commit("upstream moved");
+    let run = pull(&url, &dir, &[]);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    git_ok(&dir, &["commit", "-q", "--allow-empty", "-m", "local"]);
+    let run = pull(&url, &dir, &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.classes(), ["diverged"], "{run:?}");
 }
 
 #[test]

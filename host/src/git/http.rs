@@ -165,38 +165,57 @@ impl SmartSubtransport for HttpTransport {
                 AttemptControl::new(Duration::from_secs(120), None, Arc::new(Default::default())),
             ),
         };
-        let (service, suffix, post) = match action {
-            Service::UploadPackLs => ("upload-pack", "/info/refs?service=git-upload-pack", false),
-            Service::UploadPack => ("upload-pack", "/git-upload-pack", true),
+        let request = match action {
+            Service::UploadPackLs => Request::Advertisement,
+            Service::UploadPack => Request::UploadPack,
             Service::ReceivePackLs | Service::ReceivePack => {
                 return Err(git2::Error::from_str("gitpulse never pushes"));
             }
         };
-        let (clean_url, url_credentials) = split_userinfo(url);
-        // The configured credentials go to their own origin only; a URL
-        // that names its own (a submodule's, written by upstream) keeps them.
-        let own = session
-            .credentials
-            .iter()
-            .filter(|c| origin(url).as_deref() == Some(c.origin.as_str()))
-            .filter_map(|c| covers(&c.prefix, &clean_url).map(|depth| (depth, c)))
-            .max_by_key(|(depth, _)| *depth)
-            .map(|(_, c)| c.clone());
-        let credentials = own.or(url_credentials);
-        Ok(Box::new(HttpStream {
-            session,
-            credentials,
-            url: format!("{}{}", clean_url.trim_end_matches('/'), suffix),
-            service,
-            post,
-            request: Vec::new(),
-            response: None,
-        }))
+        Ok(Box::new(HttpStream::new(session, url, request)))
     }
 
     fn close(&self) -> Result<(), git2::Error> {
         Ok(())
     }
+}
+
+/// The most a protocol-v2 command's answer may be: a ref listing of a
+/// prefix is small, and a hostile server must not fill memory.
+const MAX_V2_ANSWER: u64 = 16 << 20;
+
+/// Sends one protocol-v2 command (`body`, pkt-lines) to the repository at
+/// `url` in a single request, with the session's credentials and limits,
+/// and returns the answer. A failure is classified as for libgit2's
+/// requests; the answer is not checked here.
+pub(crate) fn v2_command(
+    session: Arc<HttpSession>,
+    url: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, GitFailure> {
+    let mut stream = HttpStream::new(session.clone(), url, Request::LsRefs);
+    stream.request.extend_from_slice(body);
+    let mut answer = Vec::new();
+    let read = (&mut stream)
+        .take(MAX_V2_ANSWER + 1)
+        .read_to_end(&mut answer);
+    if let Err(err) = read {
+        return Err(session.failure().unwrap_or_else(|| GitFailure {
+            class: FailureClass::Protocol,
+            http_status: None,
+            retry_after: None,
+            message: err.to_string(),
+        }));
+    }
+    if answer.len() as u64 > MAX_V2_ANSWER {
+        return Err(GitFailure {
+            class: FailureClass::Protocol,
+            http_status: None,
+            retry_after: None,
+            message: format!("the server's ref listing is larger than {MAX_V2_ANSWER} bytes"),
+        });
+    }
+    Ok(answer)
 }
 
 /// Whether `prefix` covers `url`: the same origin, and `url`'s path under
@@ -251,17 +270,61 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The requests gitpulse makes (all of `git-upload-pack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// `GET info/refs`: the protocol-v0 ref advertisement.
+    Advertisement,
+    /// `POST git-upload-pack`: the pack negotiation.
+    UploadPack,
+    /// `POST git-upload-pack` with `Git-Protocol: version=2`: one
+    /// `ls-refs` command, no capability advertisement first.
+    LsRefs,
+}
+
+impl Request {
+    fn is_post(self) -> bool {
+        self != Request::Advertisement
+    }
+}
+
 struct HttpStream {
     session: Arc<HttpSession>,
     credentials: Option<Credentials>,
     url: String,
-    service: &'static str,
-    post: bool,
+    request_kind: Request,
     request: Vec<u8>,
     response: Option<ureq::BodyReader<'static>>,
 }
 
 impl HttpStream {
+    /// A request to the repository at `url` (its userinfo, if any, becomes
+    /// its credentials unless configured ones cover it).
+    fn new(session: Arc<HttpSession>, url: &str, request_kind: Request) -> HttpStream {
+        let (clean_url, url_credentials) = split_userinfo(url);
+        // The configured credentials go to their own origin only; a URL
+        // that names its own (a submodule's, written by upstream) keeps them.
+        let own = session
+            .credentials
+            .iter()
+            .filter(|c| origin(url).as_deref() == Some(c.origin.as_str()))
+            .filter_map(|c| covers(&c.prefix, &clean_url).map(|depth| (depth, c)))
+            .max_by_key(|(depth, _)| *depth)
+            .map(|(_, c)| c.clone());
+        let suffix = match request_kind {
+            Request::Advertisement => "/info/refs?service=git-upload-pack",
+            Request::UploadPack | Request::LsRefs => "/git-upload-pack",
+        };
+        HttpStream {
+            session,
+            credentials: own.or(url_credentials),
+            url: format!("{}{}", clean_url.trim_end_matches('/'), suffix),
+            request_kind,
+            request: Vec::new(),
+            response: None,
+        }
+    }
+
     fn send(&mut self) -> io::Result<ureq::BodyReader<'static>> {
         let session = self.session.clone();
         let mut with_auth = session.lock().send_auth;
@@ -273,23 +336,26 @@ impl HttpStream {
                 (Some(c), true) => Some(basic_auth(c)),
                 _ => None,
             };
-            let result = if self.post {
+            let result = if self.request_kind.is_post() {
                 let mut req = session
                     .agent
                     .post(&self.url)
-                    .header(
-                        "Content-Type",
-                        format!("application/x-git-{}-request", self.service),
-                    )
-                    .header(
-                        "Accept",
-                        format!("application/x-git-{}-result", self.service),
-                    );
+                    .header("Content-Type", "application/x-git-upload-pack-request")
+                    .header("Accept", "application/x-git-upload-pack-result");
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }
+                // Listing refs is the ref advertisement of protocol v2:
+                // bounded like it, by what it has taken before.
+                let limit = match self.request_kind {
+                    Request::LsRefs => {
+                        req = req.header("Git-Protocol", "version=2");
+                        session.control.refs_remaining()
+                    }
+                    _ => session.control.remaining(),
+                };
                 req.config()
-                    .timeout_global(Some(session.control.remaining()))
+                    .timeout_global(Some(limit))
                     .build()
                     .send(&self.request[..])
             } else {
@@ -326,10 +392,9 @@ impl HttpStream {
             if status != 200 {
                 return Err(session.record(status_failure(status, response.headers())));
             }
-            let expected = if self.post {
-                format!("application/x-git-{}-result", self.service)
-            } else {
-                format!("application/x-git-{}-advertisement", self.service)
+            let expected = match self.request_kind.is_post() {
+                true => "application/x-git-upload-pack-result",
+                false => "application/x-git-upload-pack-advertisement",
             };
             let content_type = response
                 .headers()
@@ -337,7 +402,7 @@ impl HttpStream {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            if !content_type.starts_with(&expected) {
+            if !content_type.starts_with(expected) {
                 return Err(session.record(GitFailure {
                     class: FailureClass::Protocol,
                     http_status: Some(status),

@@ -80,23 +80,39 @@ pub(crate) fn pending(git_dir: &Path) -> Option<Intent> {
     Some(Intent::decode(&text).unwrap_or(Intent::Busy))
 }
 
+/// git's lock files that are not under refs/.
+const WELL_KNOWN_LOCKS: [&str; 7] = [
+    "index.lock",
+    "HEAD.lock",
+    "config.lock",
+    "packed-refs.lock",
+    "shallow.lock",
+    "FETCH_HEAD.lock",
+    "ORIG_HEAD.lock",
+];
+
 /// git's lock files in `git_dir`: the well-known ones and any under refs/.
 pub(crate) fn lock_files(git_dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = [
-        "index.lock",
-        "HEAD.lock",
-        "config.lock",
-        "packed-refs.lock",
-        "shallow.lock",
-        "FETCH_HEAD.lock",
-        "ORIG_HEAD.lock",
-    ]
-    .iter()
-    .map(|name| git_dir.join(name))
-    .filter(|p| p.exists())
-    .collect();
+    let mut found: Vec<PathBuf> = WELL_KNOWN_LOCKS
+        .iter()
+        .map(|name| git_dir.join(name))
+        .filter(|p| p.exists())
+        .collect();
     collect_ref_locks(&git_dir.join("refs"), &mut found);
     found
+}
+
+/// Whether nothing is under way in `git_dir` as far as a look at a few
+/// files tells: no intent of ours, none of git's well-known locks, no lock
+/// on `branch`. Cheaper than [`lock_files`], which walks refs/.
+pub(crate) fn quiet(git_dir: &Path, branch: Option<&str>) -> bool {
+    let branch_lock = branch.map(|b| git_dir.join(format!("refs/heads/{b}.lock")));
+    !git_dir.join(FILE).exists()
+        && !WELL_KNOWN_LOCKS
+            .iter()
+            .map(|name| git_dir.join(name))
+            .chain(branch_lock)
+            .any(|p| p.exists())
 }
 
 fn collect_ref_locks(dir: &Path, found: &mut Vec<PathBuf>) {

@@ -16,6 +16,7 @@ mod http;
 pub use http::{request_failure, status_failure};
 mod journal;
 mod lock;
+mod probe;
 mod publish;
 mod sparse;
 mod ssh;

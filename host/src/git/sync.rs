@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use git2::build::CheckoutBuilder;
@@ -23,6 +24,7 @@ use super::classify::classify;
 use super::http::{self, Credentials, HttpSession};
 use super::journal::{self, Intent};
 use super::lock::{io_failure, RepoLock};
+use super::probe;
 use super::sparse::{Matcher, Sparse};
 use super::target::{self, Advertised, Target};
 use super::{
@@ -88,6 +90,8 @@ pub fn sync(
         spec,
         control,
         lock: &lock,
+        shape: probe::shape(spec, &strip_userinfo(&spec.url).0),
+        session: session.clone(),
     };
     let result = http::with_session(session.clone(), || attempt.run(on_transfer));
     result.map_err(|fail| match fail {
@@ -252,6 +256,12 @@ fn failure(class: FailureClass, message: String) -> Fail {
     })
 }
 
+/// An HTTP status by which a server refuses a protocol-v2 request as
+/// such, rather than the repository or the client.
+fn refuses_v2(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 408 | 429)
+}
+
 /// What DIR holds before the attempt.
 enum Found {
     Nothing,
@@ -264,10 +274,94 @@ struct Attempt<'a> {
     spec: &'a SyncSpec,
     control: &'a AttemptControl,
     lock: &'a RepoLock,
+    /// What the checkout looks like once synced, but for the tip (see
+    /// [`probe::shape`]).
+    shape: String,
+    session: Arc<HttpSession>,
 }
 
 impl Attempt<'_> {
     fn run(&self, on_transfer: &mut dyn FnMut(Transfer)) -> Result<Synced, Fail> {
+        if let Some(unchanged) = self.no_op()? {
+            return Ok(unchanged);
+        }
+        let synced = self.full(on_transfer)?;
+        if probe::applies(self.spec) {
+            // Without the stamp the next pull takes the full road again:
+            // slower, not wrong, so a write that fails is no failure.
+            let _ = probe::stamp(&self.spec.dir.join(".git"), &self.shape);
+        }
+        Ok(synced)
+    }
+
+    /// The no-op check ([`probe`]): `Some` when the remote's followed ref
+    /// is where the checkout already is, told without opening the
+    /// repository. `None`: the full sync decides.
+    fn no_op(&self) -> Result<Option<Synced>, Fail> {
+        if !probe::applies(self.spec) {
+            return Ok(None);
+        }
+        let git_dir = self.spec.dir.join(".git");
+        // Whatever the full sync would refuse or repair, it must see.
+        if !probe::stamped(&git_dir, &self.shape) || foreign_owner(&self.spec.dir).is_some() {
+            return Ok(None);
+        }
+        let Some(checkout) = probe::checkout_head(&git_dir) else {
+            return Ok(None);
+        };
+        if !journal::quiet(&git_dir, checkout.branch.as_deref()) {
+            return Ok(None);
+        }
+        let prefixes = probe::prefixes(&self.spec.follow, checkout.branch.as_deref());
+        let ads = if self.spec.url.starts_with("http://") || self.spec.url.starts_with("https://") {
+            let request = probe::ls_refs_request(&prefixes);
+            match http::v2_command(self.session.clone(), &self.spec.url, &request) {
+                Ok(answer) => match probe::parse_ls_refs(&answer) {
+                    Some(ads) => ads,
+                    None => return Ok(None),
+                },
+                // A server that refuses the request itself (not the
+                // repository, not the client) may only want protocol v0.
+                Err(f) if f.http_status.is_some_and(refuses_v2) => return Ok(None),
+                Err(f) => return Err(Fail::Failure(f)),
+            }
+        } else {
+            self.ls_remote()?
+        };
+        let Ok(target) = target::resolve(&self.spec.follow, &ads, checkout.branch.as_deref())
+        else {
+            // The full sync reports it, with the whole advertisement.
+            return Ok(None);
+        };
+        if !probe::is_current(&target, &checkout) {
+            return Ok(None);
+        }
+        let head = checkout.head.to_string();
+        Ok(Some(Synced {
+            change: Change::Unchanged,
+            old: Some(head.clone()),
+            new: head,
+            commits: 0,
+            notices: Vec::new(),
+        }))
+    }
+
+    /// The remote's refs, as `git ls-remote` lists them, without a
+    /// repository (ssh, git and local remotes).
+    fn ls_remote(&self) -> Result<Advertised, Fail> {
+        let mut remote = git2::Remote::create_detached(self.spec.url.as_str())?;
+        let connection = remote.connect_auth(Direction::Fetch, Some(self.callbacks(None)), None)?;
+        let head = connection
+            .default_branch()
+            .ok()
+            .and_then(|b| b.as_str().ok().map(String::from));
+        Ok(Advertised::from_heads(
+            connection.list()?.iter().map(|h| (h.name(), h.oid())),
+            head,
+        ))
+    }
+
+    fn full(&self, on_transfer: &mut dyn FnMut(Transfer)) -> Result<Synced, Fail> {
         match self.inspect()? {
             Found::Nothing => {
                 let synced = self.clone_beside(on_transfer).inspect_err(|_| {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 /// One parsed request, body included.
+#[derive(Clone)]
 pub(crate) struct Request {
     pub method: String,
     /// Path and query as sent.

@@ -34,7 +34,7 @@ pub use config::{table, ConfigFile, Repo};
 pub use daemon::GitDaemon;
 pub use fixture::{git, git_ok, Upstream};
 pub use http::GitHttpServer;
-pub use proxy::{Fault, FaultProxy};
+pub use proxy::{Fault, FaultProxy, Seen};
 pub use silent::SilentServer;
 pub use smtp::{Mail, SmtpServer, SmtpTls};
 pub use sshd::Sshd;

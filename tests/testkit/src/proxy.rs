@@ -29,6 +29,9 @@ pub enum Fault {
     /// Forward, but relay the answer `chunk` bytes at a time with a `pause`
     /// between chunks (a slow link, to catch a transfer in the middle).
     Slow { chunk: usize, pause: Duration },
+    /// Forward without the `Git-Protocol` header, as a server (or a proxy
+    /// in front of one) that knows only protocol v0.
+    OnlyV0,
 }
 
 impl Fault {
@@ -48,6 +51,21 @@ struct Plan {
     always: Option<Fault>,
     /// The basic-auth user of every request that carried one, in order.
     users: Vec<String>,
+    /// Every request, in order.
+    seen: Vec<Seen>,
+}
+
+/// A request the proxy received, and how much it relayed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// The `Git-Protocol` header, if sent.
+    pub git_protocol: Option<String>,
+    /// Bytes of the answer relayed to the client (head and body), once
+    /// it was relayed.
+    pub answer_bytes: u64,
 }
 
 /// The user of a `Basic` Authorization header.
@@ -84,20 +102,29 @@ impl FaultProxy {
                 return;
             };
             r.fetch_add(1, Ordering::SeqCst);
-            let fault = {
+            let (fault, index) = {
                 let mut plan = p.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(user) = basic_user(&req) {
                     plan.users.push(user);
                 }
-                match plan.queue.iter().position(|fault| fault.fits(&req)) {
+                plan.seen.push(Seen {
+                    method: req.method.clone(),
+                    target: req.target.clone(),
+                    git_protocol: req.header("Git-Protocol").map(String::from),
+                    answer_bytes: 0,
+                });
+                let index = plan.seen.len() - 1;
+                let fault = match plan.queue.iter().position(|fault| fault.fits(&req)) {
                     Some(i) => plan.queue.remove(i),
                     None => plan.always.clone().filter(|fault| fault.fits(&req)),
-                }
+                };
+                (fault, index)
             };
             if fault.is_some() {
                 f.fetch_add(1, Ordering::SeqCst);
             }
-            handle(client, req, fault, upstream);
+            let relayed = handle(client, req, fault, upstream);
+            p.lock().unwrap_or_else(|e| e.into_inner()).seen[index].answer_bytes = relayed;
         });
         FaultProxy {
             listener,
@@ -136,6 +163,24 @@ impl FaultProxy {
             .clone()
     }
 
+    /// Every request so far, with the size of its answer.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .clone()
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn clear_seen(&self) {
+        self.plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .clear();
+    }
+
     /// `http://127.0.0.1:PORT/NAME.git` through the proxy.
     pub fn url(&self, name: &str) -> String {
         format!("http://{}/{name}.git", self.listener.addr)
@@ -156,7 +201,8 @@ impl FaultProxy {
     }
 }
 
-fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: SocketAddr) {
+/// Answers `req` as `fault` says; returns the bytes relayed from upstream.
+fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: SocketAddr) -> u64 {
     match fault {
         Some(Fault::Status(status)) => respond(&mut client, status, &[], "injected fault\n"),
         Some(Fault::RateLimited { retry_after_secs }) => respond(
@@ -165,6 +211,11 @@ fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: S
             &[("Retry-After", retry_after_secs.to_string())],
             "slow down\n",
         ),
+        Some(Fault::OnlyV0) => {
+            let mut v0 = req.clone();
+            v0.raw = without_header(&req.raw, "git-protocol");
+            return forward(&mut client, &v0, upstream, None).unwrap_or(0);
+        }
         Some(Fault::Reset) => {
             let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
             drop(client);
@@ -177,15 +228,29 @@ fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: S
             drop(client);
         }
         Some(Fault::TruncatePack { keep_bytes }) => {
-            let _ = forward(&mut client, &req, upstream, Some(keep_bytes));
+            return forward(&mut client, &req, upstream, Some(keep_bytes)).unwrap_or(0);
         }
         Some(Fault::Slow { chunk, pause }) => {
             let _ = forward_slowly(&mut client, &req, upstream, chunk.max(1), pause);
         }
-        None => {
-            let _ = forward(&mut client, &req, upstream, None);
-        }
+        None => return forward(&mut client, &req, upstream, None).unwrap_or(0),
     }
+    0
+}
+
+/// `raw` (a whole request) without the header `name` (lower case).
+fn without_header(raw: &[u8], name: &str) -> Vec<u8> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 4);
+    let (head, body) = raw.split_at(split);
+    let head = String::from_utf8_lossy(head);
+    let kept: String = head
+        .split_inclusive("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with(&format!("{name}:")))
+        .collect();
+    [kept.as_bytes(), body].concat()
 }
 
 /// Sends `req` upstream and relays the answer, cutting the body after
@@ -195,13 +260,14 @@ fn forward(
     req: &Request,
     upstream: SocketAddr,
     limit: Option<usize>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut server = TcpStream::connect(upstream)?;
     server.set_read_timeout(Some(Duration::from_secs(60)))?;
     server.write_all(&req.raw)?;
     let Some(limit) = limit else {
-        io::copy(&mut server, client)?;
-        return client.flush();
+        let relayed = io::copy(&mut server, client)?;
+        client.flush()?;
+        return Ok(relayed);
     };
     // Relay the head untouched, then only `limit` body bytes.
     let mut head = Vec::new();
@@ -213,8 +279,9 @@ fn forward(
         head.push(byte[0]);
     }
     client.write_all(&head)?;
-    io::copy(&mut (&mut server).take(limit as u64), client)?;
-    client.flush()
+    let relayed = io::copy(&mut (&mut server).take(limit as u64), client)?;
+    client.flush()?;
+    Ok(head.len() as u64 + relayed)
 }
 
 fn forward_slowly(
