@@ -814,3 +814,47 @@ fn attempt_limits_are_learnt_from_history_and_double_after_a_timeout() {
     );
     assert_eq!(daemon.stop(), 0);
 }
+
+#[test]
+fn repositories_cloned_at_start_up_are_pulled_next_at_spread_times() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let port = free_port();
+    let mut config = ConfigFile::daemon_on(port)
+        .daemon("max_concurrent", 4)
+        .defaults("schedule", "every 10m jitter 0s");
+    for i in 0..12 {
+        let dir = root.path().join(format!("c{i}"));
+        config = config.repo(Repo::new(&format!("r{i}"), &up.file_url(), &dir));
+    }
+    let config = config.write_in(root.path());
+    let d = Daemon::start(&config, port, &[]);
+    let next_runs = || -> Vec<Option<u64>> {
+        let out = gitpulse()
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let rows = status.as_array().cloned().unwrap_or_default();
+        rows.iter()
+            .map(|r| {
+                let pulled = !r["state"]["last_result"].is_null();
+                pulled.then(|| r["state"]["next_run_ms"].as_u64()).flatten()
+            })
+            .collect()
+    };
+    wait_for("every first pull", Duration::from_secs(60), || {
+        let runs = next_runs();
+        runs.len() == 12 && runs.iter().all(Option::is_some)
+    });
+    let runs: Vec<u64> = next_runs().into_iter().flatten().collect();
+    let span = runs.iter().max().unwrap() - runs.iter().min().unwrap();
+    // All cloned within seconds of each other; without spreading, every
+    // next run would fall within those seconds, ten minutes later.
+    assert!(
+        span > 120_000,
+        "next runs spread over the 10-minute period, not bunched: {span} ms apart at most"
+    );
+    assert_eq!(d.stop(), 0);
+}

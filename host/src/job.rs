@@ -72,17 +72,13 @@ pub struct Job<'a> {
 
 impl Job<'_> {
     /// Runs the job; `observer` hears of each attempt. Returns the pull's
-    /// report and how recording it went (a pull that happened is reported
-    /// even when the state could not take it). A job that cannot start (a
-    /// token file gone, DIR not a repository, a plugin that will not load)
-    /// is recorded too, as a failed pull with its class and a `failed`
-    /// event, so `status` and notifiers see it. Blocks: call it on a
-    /// blocking thread.
-    pub fn run(
-        &self,
-        observer: &mut dyn Observer,
-        timing: Timing,
-    ) -> (PullReport, Result<Vec<StoredEvent>, StoreError>) {
+    /// report, how recording it went (a pull that happened is reported
+    /// even when the state could not take it) and when a step is owed
+    /// next. A job that cannot start (a token file gone, DIR not a
+    /// repository, a plugin that will not load) is recorded too, as a
+    /// failed pull with its class and a `failed` event, so `status` and
+    /// notifiers see it. Blocks: call it on a blocking thread.
+    pub fn run(&self, observer: &mut dyn Observer, timing: Timing) -> JobRun {
         let repo = self.repo;
         let report = self
             .pull(observer)
@@ -122,26 +118,40 @@ impl Job<'_> {
         );
         // What is owed runs now: this pull's steps, and any left by a crash
         // or waiting to be tried again.
+        let mut owing = false;
         let recorded = recorded.and_then(|mut events| {
             events.extend(gated?);
-            events.extend(self.run_owed_steps(&router, &audience)?);
+            let (ran, still_owing) = self.run_owed_steps(&router, &audience)?;
+            owing = still_owing;
+            events.extend(ran);
             Ok(events)
         });
-        (report, recorded)
+        let next_step_due_ms = match owing {
+            true => self.next_step_due_ms(),
+            false => None,
+        };
+        JobRun {
+            report,
+            recorded,
+            next_step_due_ms,
+        }
     }
 
     /// Runs the steps the repository owes that are due, one try each, and
     /// records every try with what it settles. A step no longer configured
     /// is forgotten.
+    /// Returns what was recorded, and whether anything was owed (a step
+    /// that ran may still be, to be tried again).
     fn run_owed_steps(
         &self,
         router: &Router<'_>,
         audience: &Audience<'_>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    ) -> Result<(Vec<StoredEvent>, bool), StoreError> {
         let repo = self.repo;
         let mut recorded = Vec::new();
         // Read first: a guard in the loop head would live through the loop.
         let owed_steps = lock(self.store).owed_steps(&repo.name)?;
+        let owed = !owed_steps.is_empty();
         for owed in owed_steps {
             let Some(step) = repo.steps.iter().find(|s| s.name == owed.step) else {
                 lock(self.store).drop_owed_steps(&repo.name, &owed.step)?;
@@ -160,11 +170,11 @@ impl Job<'_> {
                 lock(self.store).record_step_run(&repo.name, &owed, &run, settle, outgoing)?,
             );
         }
-        Ok(recorded)
+        Ok((recorded, owed))
     }
 
     /// When the repository's next owed step is due (unix ms), if it owes one.
-    pub fn next_step_due_ms(&self) -> Option<u64> {
+    fn next_step_due_ms(&self) -> Option<u64> {
         let owed = lock(self.store).owed_steps(&self.repo.name).ok()?;
         owed.iter().map(|o| o.next_try_ms).min()
     }
@@ -202,6 +212,17 @@ impl Job<'_> {
             self.cancel.clone(),
         )?)
     }
+}
+
+/// What a job did.
+pub struct JobRun {
+    /// The pull's report (reported even when the state could not take it).
+    pub report: PullReport,
+    /// How recording it went, and the events recorded.
+    pub recorded: Result<Vec<StoredEvent>, StoreError>,
+    /// When the repository's next owed step is due (unix ms), if it still
+    /// owes one.
+    pub next_step_due_ms: Option<u64>,
 }
 
 /// One try of a step `repo` owes: skipped when no changed file concerns it,

@@ -538,9 +538,14 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
     let mut timetable = Timetable::default();
     let mut reload_pending: Option<Instant> = None;
 
+    // Repositories run at once at start-up: their next run is spread over
+    // the period, as if their checkouts had existed. Otherwise a fleet
+    // started fresh would pull in one burst every period, for ever.
+    let mut spread_next: HashSet<String> = HashSet::new();
     let plan_first = |repo: &RepoConfig,
                       recorded: &HashSet<String>,
                       timetable: &mut Timetable,
+                      spread_next: &mut HashSet<String>,
                       rng: &mut fastrand::Rng| {
         let now = SystemTime::now();
         // Spreading first runs over the period is for checkouts that exist;
@@ -548,6 +553,7 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
         let checkout = repo.publish.repo_dir(&repo.dir);
         let never_pulled = !checkout.join(".git").exists() || !recorded.contains(&repo.name);
         let first = if never_pulled {
+            spread_next.insert(repo.name.clone());
             Some(now)
         } else {
             crate::schedule::first_run(&repo.schedule, &repo.name, now, rng.u64(..))
@@ -568,7 +574,7 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
         recorded.remove(&owing);
     }
     for repo in &config.repos {
-        plan_first(repo, &recorded, &mut timetable, &mut rng);
+        plan_first(repo, &recorded, &mut timetable, &mut spread_next, &mut rng);
     }
     let names = config.repos.iter().map(|r| r.name.clone()).collect();
     record_first_runs(&shared, &timetable, names).await;
@@ -633,7 +639,9 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 let recorded = with_pulls_on_record(&shared);
                 for name in &changed {
                     match config.repo(name) {
-                        Some(repo) => plan_first(repo, &recorded, &mut timetable, &mut rng),
+                        Some(repo) => {
+                            plan_first(repo, &recorded, &mut timetable, &mut spread_next, &mut rng)
+                        }
                         None => timetable.cancel(name),
                     }
                 }
@@ -647,8 +655,16 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 continue;
             };
             let now = SystemTime::now();
-            let next =
-                crate::schedule::next_run(&repo.schedule, &due.name, due.planned, now, rng.u64(..));
+            let next = match spread_next.remove(&due.name) {
+                true => crate::schedule::first_run(&repo.schedule, &due.name, now, rng.u64(..)),
+                false => crate::schedule::next_run(
+                    &repo.schedule,
+                    &due.name,
+                    due.planned,
+                    now,
+                    rng.u64(..),
+                ),
+            };
             match next {
                 Some(at) => timetable.plan(&due.name, at, Instant::now(), now),
                 None => warn!(
@@ -857,8 +873,12 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
                 cancel: job.cancel.clone(),
                 budget: Some(budget),
             };
-            let (report, recorded) = pull_job.run(&mut observer, timing);
-            if let Some(due) = pull_job.next_step_due_ms() {
+            let crate::job::JobRun {
+                report,
+                recorded,
+                next_step_due_ms,
+            } = pull_job.run(&mut observer, timing);
+            if let Some(due) = next_step_due_ms {
                 // Never sooner than a second: an owed step is no busy loop.
                 let due = due.max(crate::model::now_ms() + 1000);
                 let at = UNIX_EPOCH + Duration::from_millis(due);
@@ -866,21 +886,29 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
                     .commands
                     .send(CommandHandle(Command::RunBy(repo.name.clone(), at)));
             }
-            match recorded {
+            let told = match recorded {
                 Ok(events) => {
-                    for e in events {
+                    for e in &events {
                         info!(repo = repo.name, event = e.kind, "event");
                     }
+                    !events.is_empty()
                 }
-                Err(e) => error!(repo = repo.name, "recording the pull: {e}"),
-            }
-            report
+                Err(e) => {
+                    error!(repo = repo.name, "recording the pull: {e}");
+                    false
+                }
+            };
+            (report, told)
         })
         .await;
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
-        shared.outbox_wake.notify_one();
+        // The sender looks at the outbox only when there is news for it: a
+        // no-op pull records no event.
+        if report.as_ref().is_ok_and(|(_, told)| *told) {
+            shared.outbox_wake.notify_one();
+        }
         match report {
-            Ok(report) => finish(&shared, &name, &host, admission, &report),
+            Ok((report, _)) => finish(&shared, &name, &host, admission, &report),
             Err(e) => error!(repo = name, "pull task failed: {e}"),
         }
         lock(&shared.running).remove(&name);

@@ -73,12 +73,16 @@ impl HttpSession {
         static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
         let agent = AGENT
             .get_or_init(|| {
-                ureq::Agent::config_builder()
+                let config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .user_agent(USER_AGENT)
                     .max_redirects(5)
-                    .build()
-                    .into()
+                    .build();
+                ureq::Agent::with_parts(
+                    config,
+                    ureq::unversioned::transport::DefaultConnector::default(),
+                    CachingResolver::default(),
+                )
             })
             .clone();
         Arc::new(HttpSession {
@@ -104,6 +108,65 @@ impl HttpSession {
         let err = io::Error::other(failure.message.clone());
         self.lock().failure = Some(failure);
         err
+    }
+}
+
+/// How long a host name's addresses are reused.
+const RESOLVED_FOR: Duration = Duration::from_secs(30);
+
+/// Host names resolved as ureq does, but kept for [`RESOLVED_FOR`], and IP
+/// literals taken as they are. ureq's own resolver starts a thread for
+/// every lookup (to bound it by the request's timeout), literal addresses
+/// included: with thousands of polls a minute, that thread cost more than
+/// the rest of a no-op pull. A failed lookup is never kept.
+#[derive(Debug, Default)]
+struct CachingResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    resolved: Mutex<std::collections::HashMap<String, (std::time::Instant, ResolvedSocketAddrs)>>,
+}
+
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let Some(authority) = uri.authority() else {
+            return self.inner.resolve(uri, config, timeout);
+        };
+        let port = authority
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            let mut addrs = self.inner.empty();
+            addrs.push(std::net::SocketAddr::new(ip, port));
+            return Ok(addrs);
+        }
+        let key = format!("{host}:{port}");
+        let now = std::time::Instant::now();
+        let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        resolved.retain(|_, (at, _)| now.duration_since(*at) < RESOLVED_FOR);
+        if let Some((_, addrs)) = resolved.get(&key) {
+            return Ok(addrs.clone());
+        }
+        drop(resolved);
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (now, addrs.clone()));
+        Ok(addrs)
     }
 }
 

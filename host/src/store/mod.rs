@@ -192,6 +192,8 @@ impl Store {
                 .open(path);
         }
         let conn = Connection::open(path).map_err(open_err)?;
+        // Room for every statement a pull runs (see `Cached`).
+        conn.set_prepared_statement_cache_capacity(64);
         // journal_mode answers with the mode it set, so it is a query.
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .map_err(open_err)?;
@@ -208,7 +210,7 @@ impl Store {
     pub fn failures_in_row(&self, repo: &str) -> Result<u32, StoreError> {
         Ok(self
             .conn
-            .query_row(
+            .row(
                 "SELECT failures_in_row FROM repos WHERE name = ?1",
                 params![repo],
                 |r| r.get(0),
@@ -244,7 +246,7 @@ impl Store {
         let at = now_ms();
         let tx = self.conn.transaction()?;
         for a in &report.attempts {
-            tx.execute(
+            tx.run(
                 "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, duration_ms, message, limit_ms, limit_why)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
@@ -263,7 +265,7 @@ impl Store {
         }
         let outcome = outcome_name(report.outcome);
         let last_class = report.attempts.last().map(|a| a.class.as_str().to_string());
-        tx.execute(
+        tx.run(
             "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms, limit_ms, limit_why)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
@@ -283,14 +285,14 @@ impl Store {
         )?;
         // The limits the pull learnt, kept with its result.
         if let Some(learnt) = &report.learnt {
-            tx.execute(
+            tx.run(
                 "INSERT INTO timings (repo, learnt) VALUES (?1, ?2)
                  ON CONFLICT(repo) DO UPDATE SET learnt = ?2",
                 params![repo, serde_json::to_string(&learnt).unwrap_or_default()],
             )?;
         }
         let streak: u32 = tx
-            .query_row(
+            .row(
                 "SELECT failures_in_row FROM repos WHERE name = ?1",
                 params![repo],
                 |r| r.get(0),
@@ -301,27 +303,27 @@ impl Store {
             return Err(StoreError::StreakChanged(repo.to_string()));
         }
         if report.outcome.is_success() {
-            tx.execute(
+            tx.run(
                 "INSERT INTO repos (name, last_good_commit, last_success_ms, last_result, last_class, failures_in_row)
                  VALUES (?1, ?2, ?3, ?4, NULL, 0)
                  ON CONFLICT(name) DO UPDATE SET last_good_commit = ?2, last_success_ms = ?3, last_result = ?4, last_class = NULL, failures_in_row = 0",
                 params![repo, report.new, at as i64, outcome],
             )?;
         } else {
-            tx.execute(
+            tx.run(
                 "INSERT INTO repos (name, last_result, last_class, failures_in_row) VALUES (?1, 'failed', ?2, 1)
                  ON CONFLICT(name) DO UPDATE SET last_result = 'failed', last_class = ?2, failures_in_row = failures_in_row + 1",
                 params![repo, last_class],
             )?;
         }
         if let Some(next) = next_run_ms {
-            tx.execute(
+            tx.run(
                 "UPDATE repos SET next_run_ms = ?2 WHERE name = ?1",
                 params![repo, next as i64],
             )?;
         }
         for step in steps_owed {
-            tx.execute(
+            tx.run(
                 "INSERT INTO steps_owed (repo, step, old, new, outcome) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(repo, step) DO UPDATE SET new = excluded.new, outcome = excluded.outcome,
                     tries = 0, next_try_ms = 0, told = 0",
@@ -337,7 +339,7 @@ impl Store {
     pub fn learnt(&self, repo: &str) -> Result<Learnt, StoreError> {
         let text: Option<String> = self
             .conn
-            .query_row(
+            .row(
                 "SELECT learnt FROM timings WHERE repo = ?1",
                 params![repo],
                 |r| r.get(0),
@@ -350,7 +352,7 @@ impl Store {
 
     /// The steps `repo` owes, oldest first.
     pub fn owed_steps(&self, repo: &str) -> Result<Vec<OwedStep>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT step, old, new, outcome, tries, next_try_ms, told FROM steps_owed
              WHERE repo = ?1 ORDER BY rowid",
         )?;
@@ -696,6 +698,34 @@ const SCHEMA_V1: &str = "CREATE TABLE IF NOT EXISTS repos (
                 kind TEXT NOT NULL,
                 payload TEXT NOT NULL
             );";
+
+/// `execute` and `query_row` through the connection's statement cache.
+/// The daemon runs the same few statements for every pull, thousands of
+/// times a minute; compiling them each time cost more than running them.
+trait Cached {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
 
 /// Every version of the schema after the first, in order: version N+2 is
 /// `MIGRATIONS[N]`. `PRAGMA user_version` records the version a store has;
