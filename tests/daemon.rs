@@ -426,9 +426,16 @@ fn commands_that_read_state_work_without_the_secrets() {
         );
         assert!(!out.stdout.is_empty(), "{args:?} printed nothing");
     }
-    let status: serde_json::Value =
-        serde_json::from_slice(&without_secrets(&["status", "--json"], &config).stdout).unwrap();
-    assert_eq!(status[0]["state"]["last_result"], "unchanged", "{status}");
+    // A pull that changed nothing is written within a second (batched).
+    wait_for(
+        "the unchanged pull in the state",
+        Duration::from_secs(10),
+        || {
+            let out = without_secrets(&["status", "--json"], &config);
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            status[0]["state"]["last_result"] == "unchanged"
+        },
+    );
     assert_eq!(d.stop(), 0);
 }
 
@@ -625,10 +632,12 @@ fn an_idle_daemon_with_a_plugin_loaded_sleeps() {
         .write_in(served.root.path());
     let d = Daemon::start(&config, port, &[]);
     d.signal("USR1");
+    // Two pulls: the first at start (never pulled), then the one USR1
+    // asked for (after it, if the first was still running).
     wait_for(
-        "a pull decided by the plugin",
+        "both pulls decided by the plugin",
         Duration::from_secs(30),
-        || history_kinds(&config, "app").iter().any(|k| k == "failed"),
+        || history_count(&config, "app", "failed") >= 2,
     );
     let before = d.wakeups();
     thread::sleep(Duration::from_secs(2));

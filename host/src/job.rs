@@ -33,7 +33,9 @@ use crate::policy::{Backoff, Budgeted, Builtin, RetryBudget, RetryPolicy, StopRe
 use crate::pull::{self, Observer, PullOptions};
 use crate::redact::Secret;
 use crate::step::{self, Step};
-use crate::store::{OwedStep, Settle, StepRun, Store, StoreError, StoredEvent};
+use crate::store::{
+    OwedStep, QuietPull, QuietPulls, Settle, StepRun, Store, StoreError, StoredEvent,
+};
 
 /// Why a configured repository's job could not run. Nothing was pulled.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,9 @@ pub struct Job<'a> {
     /// The retry budget of the repository's host, shared with the other
     /// repositories on it (the daemon's); none: retries are not budgeted.
     pub budget: Option<Arc<Mutex<RetryBudget>>>,
+    /// Where quiet pulls wait to be written together (the daemon's);
+    /// none: every pull is written at once.
+    pub quiet: Option<&'a QuietPulls>,
 }
 
 impl Job<'_> {
@@ -108,6 +113,7 @@ impl Job<'_> {
             .collect();
         let recorded = record(
             self.store,
+            self.quiet,
             &router,
             &audience,
             &self.repo.name,
@@ -149,6 +155,11 @@ impl Job<'_> {
     ) -> Result<(Vec<StoredEvent>, bool), StoreError> {
         let repo = self.repo;
         let mut recorded = Vec::new();
+        if repo.steps.is_empty() {
+            // Nothing to run; what a removed step still owed is forgotten
+            // when the daemon starts.
+            return Ok((recorded, false));
+        }
         // Read first: a guard in the loop head would live through the loop.
         let owed_steps = lock(self.store).owed_steps(&repo.name)?;
         let owed = !owed_steps.is_empty();
@@ -751,9 +762,13 @@ pub struct Timing {
 /// Records `report` for the repository `name` with the events `events`
 /// implies and their messages for `audience`. Blocks (SQLite, plugin
 /// calls): call it on a blocking thread.
+///
+/// With `quiet`, a pull that changed nothing, told nobody and owes nothing
+/// joins its batch; anything else flushes the batch first.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
     store: &Mutex<Store>,
+    quiet: Option<&QuietPulls>,
     router: &Router<'_>,
     audience: &Audience<'_>,
     name: &str,
@@ -769,6 +784,24 @@ pub fn record(
         tries += 1;
         let previous = lock(store).failures_in_row(name)?;
         let outgoing = router.outgoing(events.given(previous), audience);
+        if let Some(quiet) = quiet {
+            let is_quiet = report.outcome == Outcome::Unchanged
+                && previous == 0
+                && outgoing.is_empty()
+                && steps_owed.is_empty();
+            if is_quiet {
+                let pull = QuietPull {
+                    repo: name.to_string(),
+                    report: report.clone(),
+                    start_lag_ms: timing.start_lag_ms,
+                    next_run_ms: timing.next_run_ms,
+                    at_ms: crate::model::now_ms(),
+                };
+                quiet.push(pull, store)?;
+                return Ok(Vec::new());
+            }
+            quiet.flush(store)?;
+        }
         match lock(store).record_pull(
             name,
             report,
@@ -925,6 +958,7 @@ pub fn record_only(
     let store = open_store(config)?;
     let recorded = record(
         &store,
+        None,
         &router,
         audience,
         repo.name(),

@@ -47,7 +47,7 @@ use crate::outcome::{Outcome, PullReport};
 use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox};
 use crate::policy::{BudgetState, RetryBudget};
 use crate::pull;
-use crate::store::{self, Store};
+use crate::store::{self, QuietPulls, Store};
 use breaker::{Admission, Breaker, Change, Verdict};
 use metrics::{Format, Metrics, RepoGauges, Snapshot};
 use timetable::Timetable;
@@ -108,6 +108,8 @@ pub struct Counters {
 struct Shared {
     config: Mutex<Arc<Config>>,
     store: Mutex<Store>,
+    /// Pulls that changed nothing, written once a second.
+    quiet: QuietPulls,
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     running: Mutex<HashSet<String>>,
@@ -202,6 +204,7 @@ async fn serve(
         global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
         config: Mutex::new(Arc::new(config)),
         store: Mutex::new(store),
+        quiet: QuietPulls::default(),
         per_host: Mutex::default(),
         running: Mutex::default(),
         rerun: Mutex::default(),
@@ -227,6 +230,7 @@ async fn serve(
     tokio::spawn(crate::server::serve(listener, view));
     let stop_sender = CancellationToken::new();
     let sender = tokio::spawn(sender::send_loop(shared.clone(), stop_sender.clone()));
+    let flusher = tokio::spawn(flush_quiet_pulls(shared.clone(), stop_sender.clone()));
     let config = shared.config();
     info!(repos = config.repos.len(), listen = %config.daemon.listen, "gitpulse daemon started");
     if !config.daemon.listen.ip().is_loopback() {
@@ -253,11 +257,32 @@ async fn serve(
     // Messages still pending stay in the outbox for the next start.
     stop_sender.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    let _ = flusher.await;
+    if let Err(e) = shared.quiet.flush(&shared.store) {
+        error!("recording the last quiet pulls: {e}");
+    }
     info!(
         pulls = shared.counters.pulls.load(Ordering::Relaxed),
         "gitpulse daemon stopped"
     );
     Ok(())
+}
+
+/// Writes the waiting quiet pulls once a second, until `stop`.
+async fn flush_quiet_pulls(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let job = shared.clone();
+        let flushed = tokio::task::spawn_blocking(move || job.quiet.flush(&job.store)).await;
+        if let Ok(Err(e)) = flushed {
+            error!("recording quiet pulls: {e}");
+        }
+    }
 }
 
 /// What the HTTP server may see and do (see [`crate::server::Control`]).
@@ -569,9 +594,20 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
     let config = shared.config();
     let mut recorded = with_pulls_on_record(&shared);
     // Steps a crash left owed run at start: the repository counts as never
-    // pulled, so it is pulled (and its steps run) now.
-    for owing in lock(&shared.store).repos_owing_steps().unwrap_or_default() {
-        recorded.remove(&owing);
+    // pulled, so it is pulled (and its steps run) now. A repository with no
+    // steps configured any more owes none (pulls do not look).
+    let owing = lock(&shared.store).repos_owing_steps().unwrap_or_default();
+    for owing in owing {
+        match config.repo(&owing).is_some_and(|r| !r.steps.is_empty()) {
+            true => {
+                recorded.remove(&owing);
+            }
+            false => {
+                if let Err(e) = lock(&shared.store).forget_owed_steps(&owing) {
+                    warn!(repo = owing, "forgetting steps no longer configured: {e}");
+                }
+            }
+        }
     }
     for repo in &config.repos {
         plan_first(repo, &recorded, &mut timetable, &mut spread_next, &mut rng);
@@ -703,7 +739,11 @@ async fn record_first_runs(shared: &Arc<Shared>, timetable: &Timetable, names: V
         .filter_map(|n| timetable.planned(n).map(|t| (n.clone(), unix_ms(t))))
         .collect();
     let shared = shared.clone();
-    let written = tokio::task::spawn_blocking(move || lock(&shared.store).set_next_runs(&runs));
+    // Quiet pulls carry the next runs planned before: written first.
+    let written = tokio::task::spawn_blocking(move || {
+        shared.quiet.flush(&shared.store)?;
+        lock(&shared.store).set_next_runs(&runs)
+    });
     match written.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("recording the next runs: {e}"),
@@ -870,6 +910,7 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
                 config: &config,
                 plugins: &load,
                 store: &job.store,
+                quiet: Some(&job.quiet),
                 cancel: job.cancel.clone(),
                 budget: Some(budget),
             };

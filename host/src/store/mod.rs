@@ -9,6 +9,7 @@
 //! schedule, pull, render or send; it remembers.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -245,52 +246,6 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
         let tx = self.conn.transaction()?;
-        for a in &report.attempts {
-            tx.run(
-                "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, duration_ms, message, limit_ms, limit_why)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    repo,
-                    at as i64,
-                    a.n,
-                    a.class.as_str(),
-                    a.http_status,
-                    a.delay_ms.map(|d| d as i64),
-                    a.duration_ms as i64,
-                    a.message,
-                    a.limit.map(|l| l.total.as_millis() as i64),
-                    a.limit.map(|l| l.why.as_str())
-                ],
-            )?;
-        }
-        let outcome = outcome_name(report.outcome);
-        let last_class = report.attempts.last().map(|a| a.class.as_str().to_string());
-        tx.run(
-            "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms, limit_ms, limit_why)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                repo,
-                at as i64,
-                outcome,
-                if report.outcome.is_success() { None } else { last_class.clone() },
-                report.old,
-                report.new,
-                report.commits as i64,
-                report.duration_ms as i64,
-                report.reason.as_ref().map(ToString::to_string),
-                start_lag_ms.map(|l| l as i64),
-                report.limit.map(|l| l.total.as_millis() as i64),
-                report.limit.map(|l| l.why.as_str())
-            ],
-        )?;
-        // The limits the pull learnt, kept with its result.
-        if let Some(learnt) = &report.learnt {
-            tx.run(
-                "INSERT INTO timings (repo, learnt) VALUES (?1, ?2)
-                 ON CONFLICT(repo) DO UPDATE SET learnt = ?2",
-                params![repo, serde_json::to_string(&learnt).unwrap_or_default()],
-            )?;
-        }
         let streak: u32 = tx
             .row(
                 "SELECT failures_in_row FROM repos WHERE name = ?1",
@@ -302,37 +257,35 @@ impl Store {
         if streak != previous_failures {
             return Err(StoreError::StreakChanged(repo.to_string()));
         }
-        if report.outcome.is_success() {
-            tx.run(
-                "INSERT INTO repos (name, last_good_commit, last_success_ms, last_result, last_class, failures_in_row)
-                 VALUES (?1, ?2, ?3, ?4, NULL, 0)
-                 ON CONFLICT(name) DO UPDATE SET last_good_commit = ?2, last_success_ms = ?3, last_result = ?4, last_class = NULL, failures_in_row = 0",
-                params![repo, report.new, at as i64, outcome],
-            )?;
-        } else {
-            tx.run(
-                "INSERT INTO repos (name, last_result, last_class, failures_in_row) VALUES (?1, 'failed', ?2, 1)
-                 ON CONFLICT(name) DO UPDATE SET last_result = 'failed', last_class = ?2, failures_in_row = failures_in_row + 1",
-                params![repo, last_class],
-            )?;
-        }
-        if let Some(next) = next_run_ms {
-            tx.run(
-                "UPDATE repos SET next_run_ms = ?2 WHERE name = ?1",
-                params![repo, next as i64],
-            )?;
-        }
+        write_pull(&tx, repo, report, start_lag_ms, next_run_ms, at)?;
         for step in steps_owed {
             tx.run(
                 "INSERT INTO steps_owed (repo, step, old, new, outcome) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(repo, step) DO UPDATE SET new = excluded.new, outcome = excluded.outcome,
                     tries = 0, next_try_ms = 0, told = 0",
-                params![repo, step, report.old, report.new, outcome],
+                params![repo, step, report.old, report.new, outcome_name(report.outcome)],
             )?;
         }
         let stored = outbox::insert(&tx, outgoing, at)?;
         tx.commit()?;
         Ok(stored)
+    }
+
+    /// Records quiet pulls (see [`QuietPulls`]) in one transaction.
+    pub fn record_quiet_pulls(&mut self, pulls: &[QuietPull]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for p in pulls {
+            write_pull(
+                &tx,
+                &p.repo,
+                &p.report,
+                p.start_lag_ms,
+                p.next_run_ms,
+                p.at_ms,
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// What `repo`'s successful attempts took (its learnt limits).
@@ -436,6 +389,13 @@ impl Store {
             "DELETE FROM steps_owed WHERE repo = ?1 AND step = ?2",
             params![repo, step],
         )?;
+        Ok(())
+    }
+
+    /// Forgets every step `repo` owes (it has none configured any more).
+    pub fn forget_owed_steps(&mut self, repo: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM steps_owed WHERE repo = ?1", params![repo])?;
         Ok(())
     }
 
@@ -699,6 +659,143 @@ const SCHEMA_V1: &str = "CREATE TABLE IF NOT EXISTS repos (
                 payload TEXT NOT NULL
             );";
 
+/// Writes one finished pull: its attempts, the pull, what it learnt, the
+/// repository's state and its next run.
+fn write_pull(
+    tx: &rusqlite::Transaction<'_>,
+    repo: &str,
+    report: &PullReport,
+    start_lag_ms: Option<u64>,
+    next_run_ms: Option<u64>,
+    at: u64,
+) -> Result<(), StoreError> {
+    for a in &report.attempts {
+        tx.run(
+            "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, duration_ms, message, limit_ms, limit_why)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                repo,
+                at as i64,
+                a.n,
+                a.class.as_str(),
+                a.http_status,
+                a.delay_ms.map(|d| d as i64),
+                a.duration_ms as i64,
+                a.message,
+                a.limit.map(|l| l.total.as_millis() as i64),
+                a.limit.map(|l| l.why.as_str())
+            ],
+        )?;
+    }
+    let outcome = outcome_name(report.outcome);
+    let last_class = report.attempts.last().map(|a| a.class.as_str().to_string());
+    tx.run(
+        "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms, limit_ms, limit_why)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            repo,
+            at as i64,
+            outcome,
+            if report.outcome.is_success() { None } else { last_class.clone() },
+            report.old,
+            report.new,
+            report.commits as i64,
+            report.duration_ms as i64,
+            report.reason.as_ref().map(ToString::to_string),
+            start_lag_ms.map(|l| l as i64),
+            report.limit.map(|l| l.total.as_millis() as i64),
+            report.limit.map(|l| l.why.as_str())
+        ],
+    )?;
+    // The limits the pull learnt, kept with its result.
+    if let Some(learnt) = &report.learnt {
+        tx.run(
+            "INSERT INTO timings (repo, learnt) VALUES (?1, ?2)
+             ON CONFLICT(repo) DO UPDATE SET learnt = ?2",
+            params![repo, serde_json::to_string(&learnt).unwrap_or_default()],
+        )?;
+    }
+    if report.outcome.is_success() {
+        tx.run(
+            "INSERT INTO repos (name, last_good_commit, last_success_ms, last_result, last_class, failures_in_row)
+             VALUES (?1, ?2, ?3, ?4, NULL, 0)
+             ON CONFLICT(name) DO UPDATE SET last_good_commit = ?2, last_success_ms = ?3, last_result = ?4, last_class = NULL, failures_in_row = 0",
+            params![repo, report.new, at as i64, outcome],
+        )?;
+    } else {
+        tx.run(
+            "INSERT INTO repos (name, last_result, last_class, failures_in_row) VALUES (?1, 'failed', ?2, 1)
+             ON CONFLICT(name) DO UPDATE SET last_result = 'failed', last_class = ?2, failures_in_row = failures_in_row + 1",
+            params![repo, last_class],
+        )?;
+    }
+    if let Some(next) = next_run_ms {
+        tx.run(
+            "UPDATE repos SET next_run_ms = ?2 WHERE name = ?1",
+            params![repo, next as i64],
+        )?;
+    }
+    Ok(())
+}
+
+/// A pull that changed nothing, told nobody and owes nothing: most of a
+/// daemon's pulls. Such pulls are written in batches ([`QuietPulls`]).
+#[derive(Debug, Clone)]
+pub struct QuietPull {
+    /// The repository.
+    pub repo: String,
+    /// The pull.
+    pub report: PullReport,
+    /// How late it started, if scheduled.
+    pub start_lag_ms: Option<u64>,
+    /// When the next one is planned, if scheduled.
+    pub next_run_ms: Option<u64>,
+    /// When it was recorded (unix ms).
+    pub at_ms: u64,
+}
+
+/// Quiet pulls waiting to be written together: one transaction a second
+/// instead of one a pull. Whoever records anything else about a repository
+/// flushes first, so the state is written in the order it happened. A
+/// process killed outright loses the quiet pulls of its last second; they
+/// told nothing and changed nothing.
+#[derive(Debug, Default)]
+pub struct QuietPulls {
+    waiting: Mutex<Vec<QuietPull>>,
+}
+
+impl QuietPulls {
+    /// Flushes on its own when this many wait.
+    const MOST: usize = 512;
+
+    /// Queues `pull`; writes the batch if it is full.
+    pub fn push(&self, pull: QuietPull, store: &Mutex<Store>) -> Result<(), StoreError> {
+        let full = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.push(pull);
+            waiting.len() >= Self::MOST
+        };
+        match full {
+            true => self.flush(store),
+            false => Ok(()),
+        }
+    }
+
+    /// Writes what waits. On failure the pulls are kept for the next try.
+    pub fn flush(&self, store: &Mutex<Store>) -> Result<(), StoreError> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_quiet_pulls(&waiting)?;
+        waiting.clear();
+        Ok(())
+    }
+}
+
 /// `execute` and `query_row` through the connection's statement cache.
 /// The daemon runs the same few statements for every pull, thousands of
 /// times a minute; compiling them each time cost more than running them.
@@ -863,6 +960,36 @@ mod tests {
             })
             .collect();
         store.record_pull("app", report, lag, next, previous, outgoing, &[])
+    }
+
+    #[test]
+    fn quiet_pulls_are_written_together_when_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Mutex::new(Store::open(&dir.path().join("state.db")).unwrap());
+        let quiet = QuietPulls::default();
+        for at_ms in [1_000, 2_000] {
+            let pull = QuietPull {
+                repo: "app".into(),
+                report: report(Outcome::Unchanged, 0, &[]),
+                start_lag_ms: Some(3),
+                next_run_ms: Some(60_000 + at_ms),
+                at_ms,
+            };
+            quiet.push(pull, &store).unwrap();
+        }
+        let read = |f: &dyn Fn(&Store) -> usize| f(&store.lock().unwrap());
+        assert_eq!(read(&|s| s.history("app", 10).unwrap().len()), 0, "waiting");
+        quiet.flush(&store).unwrap();
+        assert_eq!(read(&|s| s.history("app", 10).unwrap().len()), 2);
+        let status = store.lock().unwrap().status().unwrap();
+        assert_eq!(status[0].last_result.as_deref(), Some("unchanged"));
+        assert_eq!(status[0].next_run_ms, Some(62_000), "the later one last");
+        quiet.flush(&store).unwrap();
+        assert_eq!(
+            read(&|s| s.history("app", 10).unwrap().len()),
+            2,
+            "written once"
+        );
     }
 
     #[test]
