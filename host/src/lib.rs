@@ -89,6 +89,6 @@ pub mod validate;
 // The words of modules that stay private (how a pull is attempted, the
 // shared vocabulary, time math, the HTTP face) as far as the public API
 // needs them.
-pub use git::{bound_memory, Auth, FailureClass, Mode, SpecError, SyncSpec, Transfer};
+pub use git::{Auth, FailureClass, Mode, SpecError, SyncSpec, Transfer};
 pub use model::{now_ms, EventKind, Severity};
 pub use schedule::{Cron, Schedule};

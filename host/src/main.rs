@@ -61,7 +61,6 @@ impl From<StoreError> for Failure {
 }
 
 fn main() -> ExitCode {
-    gitpulse::bound_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => exit(failure),

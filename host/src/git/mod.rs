@@ -253,27 +253,6 @@ pub struct SyncSpec {
     pub lock_wait: Duration,
 }
 
-/// Bounds what libgit2 keeps in memory, process-wide. Its defaults suit
-/// a long-lived tool reading huge repositories: pack windows of 1 GiB up to
-/// 8 GiB mapped, and a 256 MiB object cache. A clone or a checkout reads
-/// each object about once, so large windows only add resident pages;
-/// smaller ones cost a few more `mmap` calls.
-///
-/// Call it first thing in `main`: libgit2 reads these settings unguarded,
-/// so they must be set before any other thread exists.
-pub fn bound_memory() {
-    const WINDOW: usize = 32 << 20;
-    const MAPPED: usize = 64 << 20;
-    const CACHE: isize = 16 << 20;
-    // SAFETY: called before any thread is spawned (see above), so nothing
-    // reads the settings while they change.
-    unsafe {
-        let _ = git2::opts::set_mwindow_size(WINDOW);
-        let _ = git2::opts::set_mwindow_mapped_limit(MAPPED);
-        let _ = git2::opts::set_cache_max_size(CACHE);
-    }
-}
-
 /// When a transfer counts as stalled, as git's `http.lowSpeedLimit` and
 /// `http.lowSpeedTime`: fewer than `limit` bytes a second for `time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
