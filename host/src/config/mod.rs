@@ -36,7 +36,7 @@
 //! base_ms = 500
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -309,12 +309,20 @@ pub struct Config {
     /// `[[credential]]`: HTTP(S) credentials by URL prefix, for remotes
     /// and submodules on their own origins.
     pub credentials: Vec<OriginCredential>,
+    /// Where each repository is in `repos`: the daemon looks one up for
+    /// every pull, and a fleet has thousands.
+    by_name: HashMap<String, usize>,
 }
 
 impl Config {
     /// The repository named `name`.
     pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
-        self.repos.iter().find(|r| r.name == name)
+        let indexed = self.by_name.get(name).and_then(|&i| self.repos.get(i));
+        // `repos` is public: a name the index no longer places is looked
+        // for in order.
+        indexed
+            .filter(|r| r.name == name)
+            .or_else(|| self.repos.iter().find(|r| r.name == name))
     }
 
     /// A daemon needs something to pull (`gitpulse pull --config` uses a
@@ -1212,6 +1220,11 @@ pub fn parse(
         check.problems.sort_by_key(|p| p.line);
         return Err(Problems(check.problems));
     }
+    let by_name = repos
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), i))
+        .collect();
     Ok(Config {
         path: path.to_path_buf(),
         daemon,
@@ -1220,6 +1233,7 @@ pub fn parse(
         notifiers,
         receivers,
         credentials,
+        by_name,
     })
 }
 
