@@ -266,22 +266,20 @@ fn damaged_copies_moved_aside_are_kept_a_week_then_removed() {
     for aside in [&old, &recent] {
         std::fs::create_dir_all(aside.join(".git")).unwrap();
     }
-    let touched = std::process::Command::new("touch")
-        .args(["-d", "10 days ago"])
-        .arg(&old)
-        .status()
-        .unwrap();
-    assert!(touched.success());
+    let age = |path: &std::path::Path, ago: &str| {
+        let touched = std::process::Command::new("touch")
+            .args(["-d", ago])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(touched.success());
+    };
+    age(&old, "10 days ago");
     assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
     assert!(!old.exists(), "older than a week: removed");
     assert!(recent.exists(), "still kept for inspection");
     // Later pulls find it in the lock file's ledger, not by listing.
-    let touched = std::process::Command::new("touch")
-        .args(["-d", "8 days ago"])
-        .arg(&recent)
-        .status()
-        .unwrap();
-    assert!(touched.success());
+    age(&recent, "8 days ago");
     assert_eq!(pull(&up.file_url(), &dir, &[]).code, 0);
     assert!(!recent.exists(), "a week old now: removed");
 }
