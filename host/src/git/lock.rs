@@ -44,15 +44,24 @@ impl RepoLock {
         control: &AttemptControl,
     ) -> Result<RepoLock, GitFailure> {
         let (parent, name) = parent_and_name(dir)?;
-        fs::create_dir_all(&parent).map_err(|e| io_failure(&parent, e))?;
         let path = parent.join(format!(".{name}.gitpulse.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_failure(&path, e))?;
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+        };
+        // The parent nearly always exists: create it only when missing.
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&parent).map_err(|e| io_failure(&parent, e))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| io_failure(&path, e))?;
         let give_up = Instant::now() + wait.min(control.remaining());
         loop {
             match file.try_lock() {
