@@ -39,18 +39,20 @@ use crate::redact::Secret;
 /// Whether gitpulse can pull from `url`: https, http, ssh, git, file, or
 /// scp-like `user@host:path`. The error shows the URL redacted.
 pub fn check_remote_url(url: &str) -> Result<url::Url, String> {
-    let shown = crate::redact::url(url);
+    // Redacted only for an error: the daemon checks a URL at every pull.
+    let shown = || crate::redact::url(url);
     if !url.contains("://") && url.contains(':') && url.contains('@') {
         let (user, rest) = url.split_once('@').unwrap_or_default();
         let (host, path) = rest.split_once(':').unwrap_or_default();
         return url::Url::parse(&format!("ssh://{user}@{host}/{path}"))
-            .map_err(|e| format!("`{shown}`: {e}"));
+            .map_err(|e| format!("`{}`: {e}", shown()));
     }
-    let parsed = url::Url::parse(url).map_err(|e| format!("`{shown}`: {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{}`: {e}", shown()))?;
     match parsed.scheme() {
         "http" | "https" | "ssh" | "git" | "file" => Ok(parsed),
         other => Err(format!(
-            "`{shown}`: unsupported scheme `{other}` (use https, http, ssh, git or file)"
+            "`{}`: unsupported scheme `{other}` (use https, http, ssh, git or file)",
+            shown()
         )),
     }
 }

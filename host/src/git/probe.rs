@@ -15,9 +15,12 @@
 //! answer's parsing, the prefixes, the stamp). It never moves the
 //! checkout: whenever it cannot be sure, `sync` takes the full road.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use git2::Oid;
 use sha2::{Digest, Sha256};
@@ -147,6 +150,50 @@ pub(crate) fn prefixes(follow: &Follow, branch: Option<&str>) -> Vec<String> {
     prefixes.sort();
     prefixes.dedup();
     prefixes
+}
+
+/// How long a server that did not answer a protocol-v2 listing is left
+/// alone: its pulls take the full road at once meanwhile.
+const ONLY_V0_FOR: Duration = Duration::from_secs(3600);
+
+/// Origins that answered a protocol-v2 listing with something else, and
+/// when. Process-wide: a daemon pulls many repositories of one server, and
+/// each would pay a refused request at every pull.
+fn only_v0() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
+    static ONLY_V0: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    ONLY_V0
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn origin_of(url: &str) -> Option<String> {
+    url::Url::parse(url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+}
+
+/// Whether `url`'s server recently did not answer a protocol-v2 listing.
+pub(crate) fn knows_only_v0(url: &str) -> bool {
+    let Some(origin) = origin_of(url) else {
+        return false;
+    };
+    let mut known = only_v0();
+    match known.get(&origin) {
+        Some(at) if at.elapsed() < ONLY_V0_FOR => true,
+        Some(_) => {
+            known.remove(&origin);
+            false
+        }
+        None => false,
+    }
+}
+
+/// Notes that `url`'s server did not answer a protocol-v2 listing.
+pub(crate) fn note_only_v0(url: &str) {
+    if let Some(origin) = origin_of(url) {
+        only_v0().insert(origin, Instant::now());
+    }
 }
 
 /// Appends one pkt-line holding `line`.

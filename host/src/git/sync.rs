@@ -313,17 +313,25 @@ impl Attempt<'_> {
             return Ok(None);
         }
         let prefixes = probe::prefixes(&self.spec.follow, checkout.branch.as_deref());
-        let ads = if self.spec.url.starts_with("http://") || self.spec.url.starts_with("https://") {
+        let url = &self.spec.url;
+        let ads = if url.starts_with("http://") || url.starts_with("https://") {
+            if probe::knows_only_v0(url) {
+                return Ok(None);
+            }
             let request = probe::ls_refs_request(&prefixes);
-            match http::v2_command(self.session.clone(), &self.spec.url, &request) {
-                Ok(answer) => match probe::parse_ls_refs(&answer) {
-                    Some(ads) => ads,
-                    None => return Ok(None),
-                },
+            let listed = match http::v2_command(self.session.clone(), url, &request) {
+                Ok(answer) => probe::parse_ls_refs(&answer),
                 // A server that refuses the request itself (not the
                 // repository, not the client) may only want protocol v0.
-                Err(f) if f.http_status.is_some_and(refuses_v2) => return Ok(None),
+                Err(f) if f.http_status.is_some_and(refuses_v2) => None,
                 Err(f) => return Err(Fail::Failure(f)),
+            };
+            match listed {
+                Some(ads) => ads,
+                None => {
+                    probe::note_only_v0(url);
+                    return Ok(None);
+                }
             }
         } else {
             self.ls_remote()?
