@@ -676,14 +676,9 @@ fn a_repo_whose_job_cannot_start_is_a_failed_pull_with_its_event() {
     wait_for("the failed event", Duration::from_secs(30), || {
         std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("\"kind\":\"failed\""))
     });
-    let out = gitpulse()
-        .args(["status", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status[0]["state"]["last_result"], "failed", "{status}");
-    assert_eq!(status[0]["state"]["last_class"], "auth", "{status}");
+    let status = status_rows(&config);
+    assert_eq!(status[0]["state"]["last_result"], "failed", "{status:?}");
+    assert_eq!(status[0]["state"]["last_class"], "auth", "{status:?}");
     let out = gitpulse()
         .args(["history", "app", "--json", "--config"])
         .arg(&config)
@@ -839,14 +834,8 @@ fn repositories_cloned_at_start_up_are_pulled_next_at_spread_times() {
     let config = config.write_in(root.path());
     let d = Daemon::start(&config, port, &[]);
     let next_runs = || -> Vec<Option<u64>> {
-        let out = gitpulse()
-            .args(["status", "--json", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let rows = status.as_array().cloned().unwrap_or_default();
-        rows.iter()
+        status_rows(&config)
+            .iter()
             .map(|r| {
                 let pulled = !r["state"]["last_result"].is_null();
                 pulled.then(|| r["state"]["next_run_ms"].as_u64()).flatten()

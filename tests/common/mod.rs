@@ -49,6 +49,18 @@ pub fn history(config: &Path, repo: &str) -> Vec<serde_json::Value> {
     entries.as_array().cloned().unwrap_or_default()
 }
 
+/// `gitpulse status --json` for `config`: one row per repository.
+pub fn status_rows(config: &Path) -> Vec<serde_json::Value> {
+    let out = gitpulse()
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status: {e}: {}", said(&out)));
+    rows.as_array().cloned().unwrap_or_default()
+}
+
 /// How many entries of `repo`'s history have this `kind`.
 pub fn history_count(config: &Path, repo: &str, kind: &str) -> usize {
     history(config, repo)
