@@ -37,28 +37,27 @@ pub fn check_with(program: &str, args: &[&str], stdin: Option<&str>, hint: &str)
     (out.status.success(), said(&out))
 }
 
-/// `gitpulse history REPO --json` for `config`, newest first.
-pub fn history(config: &Path, repo: &str) -> Vec<serde_json::Value> {
+/// What `gitpulse ARGS --config CONFIG` prints as a JSON array.
+fn json_rows(args: &[&str], config: &Path) -> Vec<serde_json::Value> {
     let out = gitpulse()
-        .args(["history", repo, "--json", "--limit", "500", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let entries: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("history: {e}: {}", said(&out)));
-    entries.as_array().cloned().unwrap_or_default()
-}
-
-/// `gitpulse status --json` for `config`: one row per repository.
-pub fn status_rows(config: &Path) -> Vec<serde_json::Value> {
-    let out = gitpulse()
-        .args(["status", "--json", "--config"])
+        .args(args)
+        .arg("--config")
         .arg(config)
         .output()
         .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("status: {e}: {}", said(&out)));
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", said(&out)));
     rows.as_array().cloned().unwrap_or_default()
+}
+
+/// `gitpulse history REPO --json` for `config`, newest first.
+pub fn history(config: &Path, repo: &str) -> Vec<serde_json::Value> {
+    json_rows(&["history", repo, "--json", "--limit", "500"], config)
+}
+
+/// `gitpulse status --json` for `config`: one row per repository.
+pub fn status_rows(config: &Path) -> Vec<serde_json::Value> {
+    json_rows(&["status", "--json"], config)
 }
 
 /// How many entries of `repo`'s history have this `kind`.

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 
 use super::{AttemptControl, FailureClass, GitFailure};
 use crate::redact::Secret;
@@ -124,8 +125,6 @@ struct CachingResolver {
     inner: ureq::unversioned::resolver::DefaultResolver,
     resolved: Mutex<std::collections::HashMap<String, (std::time::Instant, ResolvedSocketAddrs)>>,
 }
-
-use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 
 impl Resolver for CachingResolver {
     fn resolve(

@@ -160,7 +160,17 @@ impl RepoLock {
                 _ => {}
             }
         }
-        self.rewrite_ledger(&kept)?;
+        if kept.is_empty() {
+            // Only the first line stays: cutting is cheaper than
+            // rewriting, and this follows every clone.
+            self.recorded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.file.set_len(LEDGER.len() as u64)?;
+        } else {
+            self.rewrite_ledger(&kept)?;
+        }
         Ok(removed)
     }
 
@@ -207,21 +217,12 @@ impl RepoLock {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let mut file = &self.file;
-        if names.is_empty() && file.metadata()?.len() > LEDGER.len() as u64 {
-            // Only the first line stays: cutting is cheaper than rewriting,
-            // and this follows every clone.
-            file.seek(SeekFrom::Start(0))?;
-            let mut head = [0u8; LEDGER.len()];
-            if file.read_exact(&mut head).is_ok() && head == *LEDGER.as_bytes() {
-                return file.set_len(LEDGER.len() as u64);
-            }
-        }
         let mut text = LEDGER.to_string();
         for name in names {
             text.push_str(name);
             text.push('\n');
         }
+        let mut file = &self.file;
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         file.write_all(text.as_bytes())

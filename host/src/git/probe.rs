@@ -167,15 +167,9 @@ fn only_v0() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn origin_of(url: &str) -> Option<String> {
-    url::Url::parse(url)
-        .ok()
-        .map(|u| u.origin().ascii_serialization())
-}
-
 /// Whether `url`'s server recently did not answer a protocol-v2 listing.
 pub(crate) fn knows_only_v0(url: &str) -> bool {
-    let Some(origin) = origin_of(url) else {
+    let Some(origin) = super::http::origin(url) else {
         return false;
     };
     let mut known = only_v0();
@@ -191,7 +185,7 @@ pub(crate) fn knows_only_v0(url: &str) -> bool {
 
 /// Notes that `url`'s server did not answer a protocol-v2 listing.
 pub(crate) fn note_only_v0(url: &str) {
-    if let Some(origin) = origin_of(url) {
+    if let Some(origin) = super::http::origin(url) {
         only_v0().insert(origin, Instant::now());
     }
 }

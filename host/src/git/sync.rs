@@ -133,7 +133,7 @@ struct SocketLimit(Option<u64>);
 
 impl SocketTimeouts {
     fn enter(url: &str, control: &AttemptControl) -> SocketLimit {
-        if url.starts_with("http://") || url.starts_with("https://") {
+        if is_http(url) {
             return SocketLimit(None);
         }
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -224,6 +224,11 @@ fn worktree_dirty(repo: &Repository, sparse: Option<&Matcher>) -> Result<bool, g
 }
 
 /// Whether `url` reads this machine's files: `file://` or a plain path.
+/// Whether gitpulse's own transport serves `url`.
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 fn is_local(url: &str) -> bool {
     url.starts_with("file:") || url.starts_with('/') || url.starts_with('.') || !url.contains(':')
 }
@@ -314,7 +319,7 @@ impl Attempt<'_> {
         }
         let prefixes = probe::prefixes(&self.spec.follow, checkout.branch.as_deref());
         let url = &self.spec.url;
-        let ads = if url.starts_with("http://") || url.starts_with("https://") {
+        let ads = if is_http(url) {
             if probe::knows_only_v0(url) {
                 return Ok(None);
             }
