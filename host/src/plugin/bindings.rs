@@ -58,18 +58,17 @@ pub(crate) fn context_to_wit(
     repo: &RepoRef,
     told: &Told,
 ) -> wit::AttemptContext {
+    let mut wit_ctx = context_base(repo, told);
+    wit_ctx.failure.message = message.to_string();
+    refresh_context(&mut wit_ctx, ctx, told);
+    wit_ctx
+}
+
+/// A context whose repository part is filled in: it stays the same over a
+/// policy's decisions, so a policy builds it once and [`refresh_context`]s
+/// it for each attempt instead of copying every string each time.
+pub(crate) fn context_base(repo: &RepoRef, told: &Told) -> wit::AttemptContext {
     wit::AttemptContext {
-        attempt: ctx.attempt,
-        failure: wit::FailureDetail {
-            class: class_to_wit(ctx.class),
-            http_status: ctx.http_status,
-            retry_after_ms: ctx.retry_after.map(millis),
-            git_code: None,
-            message: message.to_string(),
-        },
-        elapsed_ms: millis(ctx.elapsed),
-        remaining_ms: ctx.remaining.map(millis),
-        previous_delay_ms: ctx.previous_delay.map(millis),
         max_attempts: told.max_attempts,
         max_delay_ms: millis(told.max_delay),
         repo: wit::Repo {
@@ -83,13 +82,58 @@ pub(crate) fn context_to_wit(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         },
-        // A one-shot pull has the whole of its attempts; the daemon
-        // replaces this with its host's real budget (`note_budget`).
-        budget: wit::Budget {
-            remaining: told.max_attempts.saturating_sub(ctx.attempt),
-            capacity: told.max_attempts,
-        },
+        ..EMPTY_CONTEXT
     }
+}
+
+/// A context with nothing in it (allocates nothing).
+pub(crate) const EMPTY_CONTEXT: wit::AttemptContext = wit::AttemptContext {
+    attempt: 0,
+    failure: wit::FailureDetail {
+        class: wit::FailureClass::Other,
+        http_status: None,
+        retry_after_ms: None,
+        git_code: None,
+        message: String::new(),
+    },
+    elapsed_ms: 0,
+    remaining_ms: None,
+    previous_delay_ms: None,
+    max_attempts: 0,
+    max_delay_ms: 0,
+    repo: wit::Repo {
+        name: String::new(),
+        url: String::new(),
+        remote_host: String::new(),
+        branch: String::new(),
+        labels: Vec::new(),
+    },
+    budget: wit::Budget {
+        remaining: 0,
+        capacity: 0,
+    },
+};
+
+/// Sets everything in `wit_ctx` that changes from one attempt to the next
+/// but the failure's message.
+pub(crate) fn refresh_context(
+    wit_ctx: &mut wit::AttemptContext,
+    ctx: &AttemptContext,
+    told: &Told,
+) {
+    wit_ctx.attempt = ctx.attempt;
+    wit_ctx.failure.class = class_to_wit(ctx.class);
+    wit_ctx.failure.http_status = ctx.http_status;
+    wit_ctx.failure.retry_after_ms = ctx.retry_after.map(millis);
+    wit_ctx.elapsed_ms = millis(ctx.elapsed);
+    wit_ctx.remaining_ms = ctx.remaining.map(millis);
+    wit_ctx.previous_delay_ms = ctx.previous_delay.map(millis);
+    // A one-shot pull has the whole of its attempts; the daemon replaces
+    // this with its host's real budget (`note_budget`).
+    wit_ctx.budget = wit::Budget {
+        remaining: told.max_attempts.saturating_sub(ctx.attempt),
+        capacity: told.max_attempts,
+    };
 }
 
 /// The longest policy text accepted in a stop reason.

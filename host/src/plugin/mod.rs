@@ -28,6 +28,7 @@ mod state;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -220,16 +221,13 @@ fn engine() -> &'static Engine {
 /// keeps a burst of calls from paying a thread wake-up (a futex syscall,
 /// more than the call itself) each.
 struct Ticker {
-    state: Mutex<TickerState>,
+    /// Calls running now. Counted without the lock: a call pays two atomic
+    /// operations, and the lock only when the clock is parked.
+    active: AtomicUsize,
+    /// The clock waits for a call to wake it (set and cleared under `parked_lock`).
+    parked: AtomicBool,
+    parked_lock: Mutex<()>,
     wake: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct TickerState {
-    /// Calls running now.
-    active: usize,
-    /// The clock waits for a call to wake it.
-    parked: bool,
 }
 
 /// How long the clock keeps ticking after the last call.
@@ -245,17 +243,12 @@ impl Ticker {
                     let ticker = Ticker::get();
                     let mut busy = std::time::Instant::now();
                     loop {
-                        let mut state = ticker.lock();
-                        if state.active > 0 {
+                        if ticker.active.load(Ordering::SeqCst) > 0 {
                             busy = std::time::Instant::now();
                         } else if busy.elapsed() >= LINGER {
-                            state.parked = true;
-                            while state.active == 0 {
-                                state = ticker.wake.wait(state).unwrap_or_else(|p| p.into_inner());
-                            }
+                            ticker.park();
                             busy = std::time::Instant::now();
                         }
-                        drop(state);
                         engine().increment_epoch();
                         std::thread::sleep(TICK);
                     }
@@ -265,23 +258,34 @@ impl Ticker {
                 tracing::warn!("plugin wall-clock backstop unavailable: {e}");
             }
             Ticker {
-                state: Mutex::new(TickerState::default()),
+                active: AtomicUsize::new(0),
+                parked: AtomicBool::new(false),
+                parked_lock: Mutex::new(()),
                 wake: std::sync::Condvar::new(),
             }
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, TickerState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Waits until a call runs. `parked` is raised before `active` is read
+    /// (both sequentially consistent), so a call that starts meanwhile
+    /// either is seen here or sees `parked` and wakes the clock; the lock
+    /// keeps its wake-up from falling between the check and the wait.
+    fn park(&self) {
+        let mut guard = self.parked_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.parked.store(true, Ordering::SeqCst);
+        while self.active.load(Ordering::SeqCst) == 0 {
+            guard = self.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+        self.parked.store(false, Ordering::SeqCst);
     }
 
     /// Keeps the clock ticking until the guard is dropped; wakes it only
     /// when it is parked.
     fn running() -> Running {
         let ticker = Ticker::get();
-        let mut state = ticker.lock();
-        state.active += 1;
-        if std::mem::take(&mut state.parked) {
+        ticker.active.fetch_add(1, Ordering::SeqCst);
+        if ticker.parked.load(Ordering::SeqCst) {
+            let _guard = ticker.parked_lock.lock().unwrap_or_else(|p| p.into_inner());
             ticker.wake.notify_one();
         }
         Running(ticker)
@@ -293,8 +297,7 @@ struct Running(&'static Ticker);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.active = state.active.saturating_sub(1);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -425,7 +428,7 @@ pub struct Plugin {
     sandbox: Sandbox,
     env: PluginEnv,
     /// Shared by every handle on the same loaded file (see [`Registry`]).
-    health: Arc<Mutex<Health>>,
+    health: Arc<Health>,
     pre: InstancePre<PluginState>,
     retry_idx: Option<retry::GuestIndices>,
     backoff_idx: Option<backoff::GuestIndices>,
@@ -599,11 +602,7 @@ impl Plugin {
 
     /// Whether the plugin is set aside after too many consecutive faults.
     pub fn is_quarantined(&self) -> bool {
-        self.health().quarantined
-    }
-
-    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner())
+        self.health.quarantined.load(Ordering::Relaxed)
     }
 
     fn live(&mut self) -> Result<&mut Live, Fault> {
@@ -714,9 +713,11 @@ impl Plugin {
         &mut self,
         call: impl FnOnce(&mut Self) -> Result<T, Fault>,
     ) -> Result<T, Fault> {
-        let started = std::time::Instant::now();
+        // The clock is read only for a listener: two reads are a tenth of
+        // a decision.
+        let started = self.env.calls.is_some().then(std::time::Instant::now);
         let result = call(self);
-        if let Some(calls) = &self.env.calls {
+        if let (Some(calls), Some(started)) = (&self.env.calls, started) {
             calls.called(&self.name, started.elapsed(), result.as_ref().err());
         }
         result
@@ -825,10 +826,26 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// Consecutive faults of a loaded plugin, and whether it is set aside.
 /// Kept with the compiled plugin, so a quarantine holds across pulls until
 /// the file changes.
+/// Atomics, not a lock: every decision reads and resets it.
 #[derive(Debug, Default)]
 struct Health {
-    consecutive_faults: u32,
-    quarantined: bool,
+    consecutive_faults: AtomicU32,
+    quarantined: AtomicBool,
+}
+
+impl Health {
+    fn succeeded(&self) {
+        if self.consecutive_faults.load(Ordering::Relaxed) != 0 {
+            self.consecutive_faults.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a fault; `Some(count)` when this fault quarantines the plugin.
+    fn faulted(&self, quarantine_after: u32) -> Option<u32> {
+        let count = self.consecutive_faults.fetch_add(1, Ordering::Relaxed) + 1;
+        (count >= quarantine_after && !self.quarantined.swap(true, Ordering::Relaxed))
+            .then_some(count)
+    }
 }
 
 /// Compiled plugins, held once per file content and shared by every pull
@@ -930,14 +947,15 @@ pub struct WasmPolicy {
     retry: Option<Plugin>,
     backoff: Option<Plugin>,
     builtin: Builtin,
-    repo: RepoRef,
     told: Told,
+    /// The context the plugins are called with, kept between decisions:
+    /// its repository strings are copied once, not at every decision.
+    context: wit::AttemptContext,
     /// Faults so far (the count reported in logs and metrics).
     pub faults: u64,
     notices: Vec<String>,
     /// Faults since the last `take_faults`, also among the notices.
     fault_log: Vec<String>,
-    last_message: String,
     /// The host's retry budget (remaining, capacity), when the daemon
     /// budgets this host's retries.
     budget: Option<(u32, u32)>,
@@ -967,12 +985,11 @@ impl WasmPolicy {
             retry: retry.filter(|p| p.roles.retry),
             backoff: backoff.filter(|p| p.roles.backoff),
             builtin,
-            repo,
+            context: bindings::context_base(&repo, &told),
             told,
             faults: 0,
             notices: Vec::new(),
             fault_log: Vec::new(),
-            last_message: String::new(),
             budget: None,
         }
     }
@@ -992,7 +1009,9 @@ impl WasmPolicy {
 
     /// The message of the failure being decided about (passed to the plugin).
     pub fn set_failure_message(&mut self, message: &str) {
-        self.last_message = message.to_string();
+        let kept = &mut self.context.failure.message;
+        kept.clear();
+        kept.push_str(message);
     }
 
     /// Counts a fault of `plugin` and reports it (and a new quarantine).
@@ -1002,16 +1021,12 @@ impl WasmPolicy {
             "plugin {} ({role}) {fault}; the built-in policy decided instead",
             plugin.name
         )];
-        let mut health = plugin.health();
-        health.consecutive_faults += 1;
-        if health.consecutive_faults >= plugin.sandbox.quarantine_after && !health.quarantined {
-            health.quarantined = true;
+        if let Some(count) = plugin.health.faulted(plugin.sandbox.quarantine_after) {
             said.push(format!(
-                "plugin {} quarantined after {} consecutive faults; the built-in policy decides until the plugin's file changes",
-                plugin.name, health.consecutive_faults
+                "plugin {} quarantined after {count} consecutive faults; the built-in policy decides until the plugin's file changes",
+                plugin.name
             ));
         }
-        drop(health);
         self.notices.extend(said.iter().cloned());
         self.fault_log.extend(said);
     }
@@ -1036,7 +1051,7 @@ impl WasmPolicy {
         };
         let decision = match plugin.decide(wit_ctx, &told) {
             Ok(d) => {
-                plugin.health().consecutive_faults = 0;
+                plugin.health.succeeded();
                 d
             }
             Err(fault) => {
@@ -1060,7 +1075,7 @@ impl WasmPolicy {
         };
         let shaped = match plugin.delay(wit_ctx, &told) {
             Ok(delay) => {
-                plugin.health().consecutive_faults = 0;
+                plugin.health.succeeded();
                 Decision::RetryAfter { delay, timeout }
             }
             Err(fault) => {
@@ -1079,7 +1094,9 @@ impl RetryPolicy for WasmPolicy {
     }
 
     fn decide(&mut self, ctx: &AttemptContext) -> Decision {
-        let mut wit_ctx = bindings::context_to_wit(ctx, &self.last_message, &self.repo, &self.told);
+        // Taken out for the calls (they borrow the policy), put back after.
+        let mut wit_ctx = std::mem::replace(&mut self.context, bindings::EMPTY_CONTEXT);
+        bindings::refresh_context(&mut wit_ctx, ctx, &self.told);
         if let Some((remaining, capacity)) = self.budget {
             wit_ctx.budget = wit::Budget {
                 remaining,
@@ -1088,6 +1105,7 @@ impl RetryPolicy for WasmPolicy {
         }
         let decision = self.eligibility(ctx, &wit_ctx);
         let decision = self.shaped(decision, &wit_ctx);
+        self.context = wit_ctx;
         self.drain_plugin_logs();
         decision
     }

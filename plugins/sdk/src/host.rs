@@ -7,6 +7,13 @@ pub use crate::bindings::gitpulse::policy::host::Level;
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::gitpulse::policy::host as imports;
 
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// Settings already asked for, absent ones included.
+    static SETTINGS: std::cell::RefCell<std::collections::BTreeMap<String, Option<String>>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
 /// Writes to the host's log, tagged with the plugin's name.
 pub fn log(level: Level, message: &str) {
     #[cfg(target_arch = "wasm32")]
@@ -17,9 +24,21 @@ pub fn log(level: Level, message: &str) {
 
 /// The plugin's setting `key` (from `[plugin.NAME]` in the host config, or
 /// `--plugin-config key=value`).
+///
+/// The host fixes an instance's settings when it creates the instance (a
+/// changed config means a new instance), so each key is asked for once and
+/// remembered: a policy that reads its settings at every decision does not
+/// pay a host call, and a string copied across the boundary, each time.
 pub fn config_get(key: &str) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
-    return imports::config_get(key);
+    return SETTINGS.with(|known| {
+        if let Some(value) = known.borrow().get(key) {
+            return value.clone();
+        }
+        let value = imports::config_get(key);
+        known.borrow_mut().insert(key.to_string(), value.clone());
+        value
+    });
     #[cfg(not(target_arch = "wasm32"))]
     crate::testing::with(|h| h.config.get(key).cloned())
 }
