@@ -1,6 +1,7 @@
 //! A smart-HTTP git server: a small HTTP/1.1 front end that runs the real
 //! `git http-backend` CGI for each request, one thread per connection,
-//! `Connection: close`.
+//! `Connection: close` (a benchmark's server may answer ref listings
+//! itself: [`GitHttpServer::start_listing_in_process`]).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -201,7 +202,19 @@ impl GitHttpServer {
         Self::start_inner(root.to_path_buf(), Some(expected))
     }
 
+    /// Serves `root` anonymously, answering protocol-v2 `ls-refs` requests
+    /// itself instead of through a `git http-backend` process each (see
+    /// the `listing` module): for benchmarks that poll thousands of
+    /// repositories, where a process per request is what would be measured.
+    pub fn start_listing_in_process(root: &Path) -> GitHttpServer {
+        Self::start_with(root.to_path_buf(), None, true)
+    }
+
     fn start_inner(root: PathBuf, auth: Option<String>) -> GitHttpServer {
+        Self::start_with(root, auth, false)
+    }
+
+    fn start_with(root: PathBuf, auth: Option<String>, list_in_process: bool) -> GitHttpServer {
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
         let listener = Listener::spawn(move |mut stream| {
@@ -219,6 +232,9 @@ impl GitHttpServer {
                     );
                     return;
                 }
+            }
+            if list_in_process && answer_listing(&root, &req, &mut stream) {
+                return;
             }
             serve_cgi(&root, req, &mut stream);
         });
@@ -238,6 +254,33 @@ impl GitHttpServer {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// Answers `req` when it is a protocol-v2 `ls-refs` for a repository
+/// under `root`; `false` leaves it to `git http-backend`.
+fn answer_listing(root: &Path, req: &Request, stream: &mut TcpStream) -> bool {
+    let v2 = req
+        .header("git-protocol")
+        .is_some_and(|p| p.split(':').any(|v| v == "version=2"));
+    let Some(repo) = req.target.strip_suffix("/git-upload-pack") else {
+        return false;
+    };
+    let repo = repo.trim_start_matches('/');
+    if req.method != "POST" || !v2 || repo.split('/').any(|c| c == ".." || c.is_empty()) {
+        return false;
+    }
+    let Some(answer) = crate::listing::ls_refs(&root.join(repo), &req.body) else {
+        return false;
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        answer.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&answer);
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    true
 }
 
 fn serve_cgi(root: &Path, req: Request, stream: &mut TcpStream) {

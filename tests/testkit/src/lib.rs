@@ -23,6 +23,7 @@ mod config;
 mod daemon;
 mod fixture;
 mod http;
+mod listing;
 pub mod plugins;
 mod proxy;
 mod silent;
