@@ -175,7 +175,14 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Runtime(e.to_string()))?;
-    runtime.block_on(serve(options, config, plugins))
+    // The daemon runs on the workers, not on this thread: a timer that
+    // falls due then wakes the worker that launches the pull, instead of
+    // this thread waking a worker for every pull.
+    runtime.block_on(async {
+        tokio::spawn(serve(options, config, plugins))
+            .await
+            .map_err(|e| DaemonError::Runtime(e.to_string()))?
+    })
 }
 
 /// Where the daemon keeps its SQLite state for `config`.

@@ -217,7 +217,7 @@ impl GitHttpServer {
     fn start_with(root: PathBuf, auth: Option<String>, list_in_process: bool) -> GitHttpServer {
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
-        let listener = Listener::spawn(move |mut stream| {
+        let listener = Listener::spawn(move |mut stream| loop {
             let Ok(Some(req)) = read_request(&mut stream) else {
                 return;
             };
@@ -233,10 +233,13 @@ impl GitHttpServer {
                     return;
                 }
             }
+            // A listing answered here keeps the connection for the
+            // client's next request; git's CGI answers end with the connection.
             if list_in_process && answer_listing(&root, &req, &mut stream) {
-                return;
+                continue;
             }
             serve_cgi(&root, req, &mut stream);
+            return;
         });
         GitHttpServer { listener, requests }
     }
@@ -257,7 +260,8 @@ impl GitHttpServer {
 }
 
 /// Answers `req` when it is a protocol-v2 `ls-refs` for a repository
-/// under `root`; `false` leaves it to `git http-backend`.
+/// under `root`, keeping the connection open as a hosting service's front
+/// end does; `false` leaves it to `git http-backend`.
 fn answer_listing(root: &Path, req: &Request, stream: &mut TcpStream) -> bool {
     let v2 = req
         .header("git-protocol")
@@ -273,13 +277,13 @@ fn answer_listing(root: &Path, req: &Request, stream: &mut TcpStream) -> bool {
         return false;
     };
     let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
         answer.len()
     );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&answer);
+    let mut whole = head.into_bytes();
+    whole.extend_from_slice(&answer);
+    let _ = stream.write_all(&whole);
     let _ = stream.flush();
-    let _ = stream.shutdown(std::net::Shutdown::Write);
     true
 }
 
