@@ -1,7 +1,9 @@
 //! gitpulse against `git` itself, in one run, through the same local
 //! smart-HTTP server (`git http-backend`):
 //!
-//! - a no-op pull of an unchanged repository vs `git fetch` + `git merge --ff-only`;
+//! - a no-op pull of an unchanged repository vs `git fetch` + `git merge --ff-only`,
+//!   once with every request through `git http-backend` and once with the
+//!   ref listing answered in the server's process;
 //! - a clone of a generated repository (default ~20k commits / ~100 MB) vs `git clone`.
 //!
 //! Prints a table: median wall time, peak RSS, and the gitpulse/git ratio.
@@ -135,6 +137,42 @@ struct Row {
     target: f64,
 }
 
+/// A no-op pull of `url` by gitpulse against `git fetch` + `git merge
+/// --ff-only` by git, each from its own clone under `dir`.
+fn noop(gitpulse: &str, url: &str, dir: &Path, runs: usize, name: &'static str) -> Row {
+    let ours_dir = dir.join("gitpulse");
+    let git_dir = dir.join("git");
+    measure(Command::new(gitpulse).args(["pull", url]).arg(&ours_dir));
+    measure(Command::new("git").args(["clone", "-q", url]).arg(&git_dir));
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours_rss, mut git_rss) = (0, 0);
+    for _ in 0..runs {
+        let (t, rss) = measure(Command::new(gitpulse).args(["pull", url]).arg(&ours_dir));
+        ours.push(t);
+        ours_rss = ours_rss.max(rss);
+        let (t1, r1) = measure(
+            Command::new("git")
+                .arg("-C")
+                .arg(&git_dir)
+                .args(["fetch", "-q", "origin"]),
+        );
+        let (t2, r2) = measure(Command::new("git").arg("-C").arg(&git_dir).args([
+            "merge",
+            "-q",
+            "--ff-only",
+            "origin/main",
+        ]));
+        theirs.push(t1 + t2);
+        git_rss = git_rss.max(r1).max(r2);
+    }
+    Row {
+        name,
+        ours: (median(ours), ours_rss),
+        git: (median(theirs), git_rss),
+        target: 0.3,
+    }
+}
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent: skip the heavy work.
     if !std::env::args().any(|a| a == "--bench") {
@@ -155,43 +193,25 @@ fn main() {
     let server = GitHttpServer::start(root.path());
     let mut rows = Vec::new();
 
-    // No-op pull of an unchanged repository.
-    let url = server.url("small");
-    let ours_dir = root.path().join("noop-gitpulse");
-    let git_dir = root.path().join("noop-git");
-    measure(Command::new(gitpulse).args(["pull", &url]).arg(&ours_dir));
-    measure(
-        Command::new("git")
-            .args(["clone", "-q", &url])
-            .arg(&git_dir),
-    );
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let (mut ours_rss, mut git_rss) = (0, 0);
-    for _ in 0..noop_runs {
-        let (t, rss) = measure(Command::new(gitpulse).args(["pull", &url]).arg(&ours_dir));
-        ours.push(t);
-        ours_rss = ours_rss.max(rss);
-        let (t1, r1) = measure(
-            Command::new("git")
-                .arg("-C")
-                .arg(&git_dir)
-                .args(["fetch", "-q", "origin"]),
-        );
-        let (t2, r2) = measure(Command::new("git").arg("-C").arg(&git_dir).args([
-            "merge",
-            "-q",
-            "--ff-only",
-            "origin/main",
-        ]));
-        theirs.push(t1 + t2);
-        git_rss = git_rss.max(r1).max(r2);
-    }
-    rows.push(Row {
-        name: "no-op pull (unchanged)",
-        ours: (median(ours), ours_rss),
-        git: (median(theirs), git_rss),
-        target: 0.3,
-    });
+    // No-op pull of an unchanged repository, through git's CGI for every
+    // request, then with the ref listing answered in the server's process
+    // (as a hosting service answers it): the second row leaves out the
+    // server's process start, which the first charges to both sides.
+    rows.push(noop(
+        gitpulse,
+        &server.url("small"),
+        &root.path().join("noop"),
+        noop_runs,
+        "no-op pull (unchanged)",
+    ));
+    let listing = GitHttpServer::start_listing_in_process(root.path());
+    rows.push(noop(
+        gitpulse,
+        &listing.url("small"),
+        &root.path().join("noop-listing"),
+        noop_runs,
+        "no-op pull, listing served in process",
+    ));
 
     // A one-shot clone of a small repository over file://: start-up
     // dominates (process start, config reads, the local transport).
@@ -248,7 +268,7 @@ fn main() {
     });
 
     println!();
-    println!("repository for the clone: {commits} commits, {:.0} MB on disk; server: git http-backend on 127.0.0.1", dir_size(&big) as f64 / 1e6);
+    println!("repository for the clone: {commits} commits, {:.0} MB on disk; server: git http-backend on 127.0.0.1 (the second no-op row answers ref listings in its own process)", dir_size(&big) as f64 / 1e6);
     println!("no-op: median of {noop_runs} runs; small clone: median of 7 alternating runs; clone: median of {clone_runs} runs; RSS: peak, children included");
     println!();
     println!("| benchmark | gitpulse | git | ratio (time) | target | gitpulse RSS | git RSS |");

@@ -176,7 +176,6 @@ thread_local! {
 /// Runs `f` with `session` serving every HTTP request libgit2 makes on this
 /// thread.
 pub(crate) fn with_session<T>(session: Arc<HttpSession>, f: impl FnOnce() -> T) -> T {
-    register();
     struct Reset(Option<Arc<HttpSession>>);
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -189,7 +188,11 @@ pub(crate) fn with_session<T>(session: Arc<HttpSession>, f: impl FnOnce() -> T) 
     f()
 }
 
-fn register() {
+/// Makes this transport libgit2's for http and https, once per process.
+/// Called before libgit2 is first asked to reach a remote, not sooner:
+/// registering initialises libgit2, which a no-op pull over HTTP never
+/// needs.
+pub(crate) fn register() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         for scheme in ["http", "https"] {

@@ -22,10 +22,9 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use git2::Oid;
 use sha2::{Digest, Sha256};
 
-use super::target::{Advertised, Follow, Target};
+use super::target::{Advertised, Follow, ObjectId, Target};
 use super::{Mode, SyncSpec};
 
 /// The shape stamp's file, in the checkout's git directory.
@@ -37,7 +36,7 @@ pub(crate) struct Checkout {
     /// The branch HEAD names; `None`: detached.
     pub branch: Option<String>,
     /// The commit HEAD resolves to.
-    pub head: Oid,
+    pub head: ObjectId,
 }
 
 /// Reads HEAD and, when it names a branch, that branch (a loose ref, else
@@ -68,14 +67,12 @@ pub(crate) fn checkout_head(git_dir: &Path) -> Option<Checkout> {
     })
 }
 
-fn full_oid(text: &str) -> Option<Oid> {
-    (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| Oid::from_str(text).ok())
-        .flatten()
+fn full_oid(text: &str) -> Option<ObjectId> {
+    ObjectId::from_hex(text)
 }
 
 /// `name`'s object in a `packed-refs` file.
-fn packed_ref(packed: &str, name: &str) -> Option<Oid> {
+fn packed_ref(packed: &str, name: &str) -> Option<ObjectId> {
     packed
         .lines()
         .filter(|l| !l.starts_with('#') && !l.starts_with('^'))
@@ -381,7 +378,7 @@ mod tests {
             checkout_head(git),
             Some(Checkout {
                 branch: None,
-                head: Oid::from_str(B).unwrap()
+                head: ObjectId::from_hex(B).unwrap()
             })
         );
         fs::write(git.join("HEAD"), "ref: refs/remotes/origin/main\n").unwrap();
@@ -390,7 +387,10 @@ mod tests {
 
     #[test]
     fn current_means_on_the_branch_at_its_tip_or_detached_at_the_tag() {
-        let (a, b) = (Oid::from_str(A).unwrap(), Oid::from_str(B).unwrap());
+        let (a, b) = (
+            ObjectId::from_hex(A).unwrap(),
+            ObjectId::from_hex(B).unwrap(),
+        );
         let on_main = Checkout {
             branch: Some("main".into()),
             head: a,

@@ -26,7 +26,7 @@ use super::journal::{self, Intent};
 use super::lock::{io_failure, RepoLock};
 use super::probe;
 use super::sparse::{Matcher, Sparse};
-use super::target::{self, Advertised, Target};
+use super::target::{self, Advertised, ObjectId, Target};
 use super::{
     url_user, AttemptControl, AttemptError, Auth, Change, FailureClass, GitFailure, Mode,
     SpecError, SyncSpec, Synced, Transfer,
@@ -290,6 +290,7 @@ impl Attempt<'_> {
         if let Some(unchanged) = self.no_op()? {
             return Ok(unchanged);
         }
+        http::register();
         let synced = self.full(on_transfer)?;
         if probe::applies(self.spec) {
             // Without the stamp the next pull takes the full road again:
@@ -369,7 +370,10 @@ impl Attempt<'_> {
             .ok()
             .and_then(|b| b.as_str().ok().map(String::from));
         Ok(Advertised::from_heads(
-            connection.list()?.iter().map(|h| (h.name(), h.oid())),
+            connection
+                .list()?
+                .iter()
+                .map(|h| (h.name(), ObjectId::from_git(h.oid()))),
             head,
         ))
     }
@@ -531,15 +535,23 @@ impl Attempt<'_> {
             .ok()
             .and_then(|b| b.as_str().ok().map(String::from));
         let ads = Advertised::from_heads(
-            connection.list()?.iter().map(|h| (h.name(), h.oid())),
+            connection
+                .list()?
+                .iter()
+                .map(|h| (h.name(), ObjectId::from_git(h.oid()))),
             remote_head,
         );
 
         if self.spec.mode == Mode::Mirror {
+            let advertised = ads
+                .refs
+                .into_iter()
+                .map(|(name, id)| Ok((name, id.to_git()?)))
+                .collect::<Result<_, git2::Error>>()?;
             return self.update_mirror(
                 repo,
                 connection.remote(),
-                ads.refs,
+                advertised,
                 ads.head,
                 old,
                 notices,
@@ -551,12 +563,13 @@ impl Attempt<'_> {
         let target = target::resolve(&self.spec.follow, &ads, on_a_branch)
             .map_err(|message| failure(FailureClass::RefNotFound, message))?;
         let (branch, tip) = match target {
-            Target::Branch { name, tip } => (name, tip),
+            Target::Branch { name, tip } => (name, tip.to_git()?),
             Target::Tag {
                 name,
                 object,
                 peeled: _,
             } => {
+                let object = object.to_git()?;
                 let local_tag = format!("refs/tags/{name}");
                 if repo.find_object(object, None).is_err() {
                     journal::begin(repo, &Intent::Busy).map_err(io_fail(repo.path()))?;

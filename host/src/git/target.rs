@@ -6,8 +6,47 @@
 //! checkout are [`sync`](super::sync)'s.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use git2::Oid;
+/// A (SHA-1) object name, parsed, printed and compared in Rust: the no-op
+/// check handles object names without touching libgit2, whose first use
+/// initialises it and, through libssh2, OpenSSL (a third of a millisecond,
+/// at every one-shot pull).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ObjectId([u8; 20]);
+
+impl ObjectId {
+    /// The 40 hex digits of a full object name; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<ObjectId> {
+        let mut bytes = [0u8; 20];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(ObjectId(bytes))
+    }
+
+    pub fn from_git(oid: git2::Oid) -> ObjectId {
+        let mut bytes = [0u8; 20];
+        let raw = oid.as_bytes();
+        let n = raw.len().min(20);
+        bytes[..n].copy_from_slice(&raw[..n]);
+        ObjectId(bytes)
+    }
+
+    pub fn to_git(self) -> Result<git2::Oid, git2::Error> {
+        git2::Oid::from_bytes(&self.0)
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
 
 /// What the checkout follows. Several may be given; the most precise wins,
 /// as in Flux: a commit, then a semver range, then a tag, then a branch.
@@ -89,9 +128,9 @@ fn is_commitish(text: &str) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Advertised {
     /// Ref name → object (for an annotated tag: the tag object).
-    pub refs: BTreeMap<String, Oid>,
+    pub refs: BTreeMap<String, ObjectId>,
     /// Annotated tag → the commit it points at (`refs/tags/v1^{}` lines).
-    pub peeled: BTreeMap<String, Oid>,
+    pub peeled: BTreeMap<String, ObjectId>,
     /// The branch the remote's HEAD names (`refs/heads/main`).
     pub head: Option<String>,
 }
@@ -99,7 +138,7 @@ pub(crate) struct Advertised {
 impl Advertised {
     /// Reads an advertisement as libgit2 lists it.
     pub fn from_heads<'a>(
-        heads: impl IntoIterator<Item = (&'a str, Oid)>,
+        heads: impl IntoIterator<Item = (&'a str, ObjectId)>,
         head: Option<String>,
     ) -> Advertised {
         let mut ads = Advertised {
@@ -127,14 +166,14 @@ impl Advertised {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
     /// Follow a branch: a local branch of the same name tracks it.
-    Branch { name: String, tip: Oid },
+    Branch { name: String, tip: ObjectId },
     /// A tag: HEAD detached at its commit. `object` is what the ref
     /// points at (a tag object when annotated), `peeled` its commit when
     /// the remote said.
     Tag {
         name: String,
-        object: Oid,
-        peeled: Option<Oid>,
+        object: ObjectId,
+        peeled: Option<ObjectId>,
     },
     /// A commit named by SHA or prefix: HEAD detached at it.
     Commit(String),
@@ -272,8 +311,27 @@ fn some_names(ads: &Advertised) -> String {
 mod tests {
     use super::*;
 
-    fn oid(n: u8) -> Oid {
-        Oid::from_bytes(&[n; 20]).unwrap()
+    fn oid(n: u8) -> ObjectId {
+        ObjectId([n; 20])
+    }
+
+    #[test]
+    fn object_names_read_and_print_as_git_writes_them() {
+        let hex = "0123456789abcdef0123456789ABCDEF01234567";
+        let id = ObjectId::from_hex(hex).unwrap();
+        assert_eq!(id.to_string(), hex.to_lowercase());
+        assert_eq!(ObjectId::from_git(id.to_git().unwrap()), id);
+        assert_eq!(id.to_git().unwrap().to_string(), hex.to_lowercase());
+        for bad in [
+            "",
+            "0123",
+            &hex[1..],
+            &format!("{hex}0"),
+            "g123456789abcdef0123456789abcdef01234567",
+            "+123456789abcdef0123456789abcdef01234567",
+        ] {
+            assert_eq!(ObjectId::from_hex(bad), None, "{bad:?}");
+        }
     }
 
     fn ads() -> Advertised {
