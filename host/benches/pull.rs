@@ -197,21 +197,24 @@ fn main() {
     // request, then with the ref listing answered in the server's process
     // (as a hosting service answers it): the second row leaves out the
     // server's process start, which the first charges to both sides.
-    rows.push(noop(
-        gitpulse,
-        &server.url("small"),
-        &root.path().join("noop"),
-        noop_runs,
-        "no-op pull (unchanged)",
-    ));
     let listing = GitHttpServer::start_listing_in_process(root.path());
-    rows.push(noop(
-        gitpulse,
-        &listing.url("small"),
-        &root.path().join("noop-listing"),
-        noop_runs,
-        "no-op pull, listing served in process",
-    ));
+    for (served_by, dir, name) in [
+        (&server, "noop", "no-op pull (unchanged)"),
+        (
+            &listing,
+            "noop-listing",
+            "no-op pull, listing served in process",
+        ),
+    ] {
+        let dir = root.path().join(dir);
+        rows.push(noop(
+            gitpulse,
+            &served_by.url("small"),
+            &dir,
+            noop_runs,
+            name,
+        ));
+    }
 
     // A one-shot clone of a small repository over file://: start-up
     // dominates (process start, config reads, the local transport).
