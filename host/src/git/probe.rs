@@ -49,12 +49,12 @@ pub(crate) fn checkout_head(git_dir: &Path) -> Option<Checkout> {
     let Some(target) = head.strip_prefix("ref: ") else {
         return Some(Checkout {
             branch: None,
-            head: full_oid(head)?,
+            head: ObjectId::from_hex(head)?,
         });
     };
     let branch = target.strip_prefix("refs/heads/")?;
     let oid = match fs::read_to_string(git_dir.join(target)) {
-        Ok(loose) => full_oid(loose.trim_end())?,
+        Ok(loose) => ObjectId::from_hex(loose.trim_end())?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let packed = fs::read_to_string(git_dir.join("packed-refs")).ok()?;
             packed_ref(&packed, target)?
@@ -67,10 +67,6 @@ pub(crate) fn checkout_head(git_dir: &Path) -> Option<Checkout> {
     })
 }
 
-fn full_oid(text: &str) -> Option<ObjectId> {
-    ObjectId::from_hex(text)
-}
-
 /// `name`'s object in a `packed-refs` file.
 fn packed_ref(packed: &str, name: &str) -> Option<ObjectId> {
     packed
@@ -78,7 +74,7 @@ fn packed_ref(packed: &str, name: &str) -> Option<ObjectId> {
         .filter(|l| !l.starts_with('#') && !l.starts_with('^'))
         .find_map(|l| {
             let (oid, refname) = l.split_once(' ')?;
-            (refname == name).then(|| full_oid(oid)).flatten()
+            (refname == name).then(|| ObjectId::from_hex(oid)).flatten()
         })
 }
 
@@ -228,7 +224,7 @@ pub(crate) fn parse_ls_refs(mut answer: &[u8]) -> Option<Advertised> {
         answer = &answer[len..];
         let line = std::str::from_utf8(line).ok()?.trim_end_matches('\n');
         let mut words = line.split(' ');
-        let oid = full_oid(words.next()?)?;
+        let oid = ObjectId::from_hex(words.next()?)?;
         let name = words.next()?;
         if name.is_empty() || name.bytes().any(|b| b.is_ascii_control()) {
             return None;
@@ -241,7 +237,8 @@ pub(crate) fn parse_ls_refs(mut answer: &[u8]) -> Option<Advertised> {
                     ads.refs.insert(target.to_string(), oid);
                 }
             } else if let Some(peeled) = attribute.strip_prefix("peeled:") {
-                ads.peeled.insert(name.to_string(), full_oid(peeled)?);
+                ads.peeled
+                    .insert(name.to_string(), ObjectId::from_hex(peeled)?);
             }
         }
         if name != "HEAD" {

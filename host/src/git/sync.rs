@@ -223,12 +223,27 @@ fn worktree_dirty(repo: &Repository, sparse: Option<&Matcher>) -> Result<bool, g
     }))
 }
 
-/// Whether `url` reads this machine's files: `file://` or a plain path.
+/// The refs a connected remote advertised, and the branch its HEAD names.
+fn advertised(connection: &git2::RemoteConnection<'_, '_, '_>) -> Result<Advertised, git2::Error> {
+    let head = connection
+        .default_branch()
+        .ok()
+        .and_then(|b| b.as_str().ok().map(String::from));
+    Ok(Advertised::from_heads(
+        connection
+            .list()?
+            .iter()
+            .map(|h| (h.name(), ObjectId::from_git(h.oid()))),
+        head,
+    ))
+}
+
 /// Whether gitpulse's own transport serves `url`.
 fn is_http(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 
+/// Whether `url` reads this machine's files: `file://` or a plain path.
 fn is_local(url: &str) -> bool {
     url.starts_with("file:") || url.starts_with('/') || url.starts_with('.') || !url.contains(':')
 }
@@ -365,17 +380,7 @@ impl Attempt<'_> {
     fn ls_remote(&self) -> Result<Advertised, Fail> {
         let mut remote = git2::Remote::create_detached(self.spec.url.as_str())?;
         let connection = remote.connect_auth(Direction::Fetch, Some(self.callbacks(None)), None)?;
-        let head = connection
-            .default_branch()
-            .ok()
-            .and_then(|b| b.as_str().ok().map(String::from));
-        Ok(Advertised::from_heads(
-            connection
-                .list()?
-                .iter()
-                .map(|h| (h.name(), ObjectId::from_git(h.oid()))),
-            head,
-        ))
+        Ok(advertised(&connection)?)
     }
 
     fn full(&self, on_transfer: &mut dyn FnMut(Transfer)) -> Result<Synced, Fail> {
@@ -530,17 +535,7 @@ impl Attempt<'_> {
         let mut remote = repo.remote_anonymous(&self.spec.url)?;
         let mut connection =
             remote.connect_auth(Direction::Fetch, Some(self.callbacks(None)), None)?;
-        let remote_head = connection
-            .default_branch()
-            .ok()
-            .and_then(|b| b.as_str().ok().map(String::from));
-        let ads = Advertised::from_heads(
-            connection
-                .list()?
-                .iter()
-                .map(|h| (h.name(), ObjectId::from_git(h.oid()))),
-            remote_head,
-        );
+        let ads = advertised(&connection)?;
 
         if self.spec.mode == Mode::Mirror {
             let advertised = ads
