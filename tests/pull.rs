@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::time::Duration;
 
 #[test]
 fn clones_then_updates_then_reports_unchanged_over_smart_http() {
@@ -94,6 +95,23 @@ fn a_no_op_pull_asks_for_the_followed_branch_alone_and_falls_back_for_v0_servers
     proxy.clear_seen();
     let run = pull(&url, &dir, &[]);
     assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
+    // The proxy counts an answer once it has relayed all of it, which may
+    // be just after the client has read it and exited.
+    let relayed = |method: &str| {
+        let method = method.to_string();
+        let proxy = &proxy;
+        move || {
+            proxy
+                .seen()
+                .iter()
+                .any(|s| s.method == method && s.answer_bytes > 0)
+        }
+    };
+    wait_for(
+        "the listing's size",
+        Duration::from_secs(10),
+        relayed("POST"),
+    );
     let seen = proxy.seen();
     assert_eq!(seen.len(), 1, "one request: {seen:?}");
     assert_eq!(
@@ -108,6 +126,11 @@ fn a_no_op_pull_asks_for_the_followed_branch_alone_and_falls_back_for_v0_servers
     proxy.clear_seen();
     let run = pull(&url, &dir, &[]);
     assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
+    wait_for(
+        "the advertisement's size",
+        Duration::from_secs(10),
+        relayed("GET"),
+    );
     let seen = proxy.seen();
     let advertisement = seen
         .iter()
