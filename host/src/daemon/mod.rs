@@ -900,82 +900,97 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
         .entry(host.clone())
         .or_insert_with(|| Arc::new(Semaphore::new(shared.config().daemon.per_host)))
         .clone();
-    let shared = shared.clone();
-    let pulls = shared.pulls.clone();
-    pulls.spawn(async move {
-        let (Ok(_global), Ok(_host)) = (
-            shared.global.clone().acquire_owned().await,
+    let pull = Pull {
+        shared: shared.clone(),
+        repo,
+        host,
+        admission,
+        budget,
+        scheduled,
+        next_run_ms,
+    };
+    // Uncontended (the usual case), the pull goes straight to a blocking
+    // thread and finishes there: no task on a worker to wake again when it
+    // ends. Otherwise a task waits for the permits first.
+    let permits = (
+        shared.global.clone().try_acquire_owned(),
+        host_permits.clone().try_acquire_owned(),
+    );
+    if let (Ok(global), Ok(host)) = permits {
+        shared
+            .pulls
+            .spawn_blocking(move || pull.run((global, host)));
+        return;
+    }
+    shared.pulls.spawn(async move {
+        let (Ok(global), Ok(host)) = (
+            pull.shared.global.clone().acquire_owned().await,
             host_permits.acquire_owned().await,
         ) else {
-            lock(&shared.running).remove(&repo.name);
+            lock(&pull.shared.running).remove(&pull.repo.name);
             return;
         };
+        let _ = tokio::task::spawn_blocking(move || pull.run((global, host))).await;
+    });
+}
+
+/// A pull that [`launch`] admitted, to run on a blocking thread.
+struct Pull {
+    shared: Arc<Shared>,
+    repo: RepoConfig,
+    host: String,
+    admission: Admission,
+    budget: Arc<Mutex<RetryBudget>>,
+    /// When a scheduled run was due (`None`: manual or push).
+    scheduled: Option<SystemTime>,
+    next_run_ms: Option<u64>,
+}
+
+impl Pull {
+    /// Runs the job and settles it (metrics, breaker, a coalesced rerun),
+    /// holding `_permits` throughout. Blocks.
+    fn run(
+        self,
+        _permits: (
+            tokio::sync::OwnedSemaphorePermit,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+    ) {
+        let Pull {
+            shared,
+            repo,
+            host,
+            admission,
+            budget,
+            scheduled,
+            next_run_ms,
+        } = self;
         let start_lag =
             scheduled.map(|due| SystemTime::now().duration_since(due).unwrap_or_default());
         if let Some(lag) = start_lag {
             shared.metrics.pull_started_late(lag);
         }
-        let start_lag_ms = start_lag.map(|lag| lag.as_millis() as u64);
-        let job = shared.clone();
+        let timing = crate::job::Timing {
+            start_lag_ms: start_lag.map(|lag| lag.as_millis() as u64),
+            next_run_ms,
+        };
         let name = repo.name.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            let config = job.config();
-            let load = |name: &str| load_plugin(&job, &config, name);
-            let mut observer = LogObserver {
-                shared: &job,
-                config: &config,
-                repo: &repo,
-            };
-            let timing = crate::job::Timing {
-                start_lag_ms,
-                next_run_ms,
-            };
-            let pull_job = crate::job::Job {
-                repo: &repo,
-                config: &config,
-                plugins: &load,
-                store: &job.store,
-                quiet: Some(&job.quiet),
-                cancel: job.cancel.clone(),
-                budget: Some(budget),
-            };
-            let crate::job::JobRun {
-                report,
-                recorded,
-                next_step_due_ms,
-            } = pull_job.run(&mut observer, timing);
-            if let Some(due) = next_step_due_ms {
-                // Never sooner than a second: an owed step is no busy loop.
-                let due = due.max(crate::model::now_ms() + 1000);
-                let at = UNIX_EPOCH + Duration::from_millis(due);
-                let _ = job
-                    .commands
-                    .send(CommandHandle(Command::RunBy(repo.name.clone(), at)));
-            }
-            let told = match recorded {
-                Ok(events) => {
-                    for e in &events {
-                        info!(repo = repo.name, event = e.kind, "event");
-                    }
-                    !events.is_empty()
-                }
-                Err(e) => {
-                    error!(repo = repo.name, "recording the pull: {e}");
-                    false
-                }
-            };
-            (report, told)
-        })
-        .await;
+        // A panicking pull must still leave `running`, or the repository
+        // would be skipped as still running for ever.
+        let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_job(&shared, &repo, budget, timing)
+        }));
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
-        // The sender looks at the outbox only when there is news for it: a
-        // no-op pull records no event.
-        if report.as_ref().is_ok_and(|(_, told)| *told) {
-            shared.outbox_wake.notify_one();
-        }
         match report {
-            Ok((report, _)) => finish(&shared, &name, &host, admission, &report),
-            Err(e) => error!(repo = name, "pull task failed: {e}"),
+            Ok((report, told)) => {
+                // The sender looks at the outbox only when there is news
+                // for it: a no-op pull records no event.
+                if told {
+                    shared.outbox_wake.notify_one();
+                }
+                finish(&shared, &name, &host, admission, &report);
+            }
+            Err(_) => error!(repo = name, "pull task failed: it panicked"),
         }
         lock(&shared.running).remove(&name);
         if lock(&shared.rerun).remove(&name) {
@@ -983,7 +998,59 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
                 launch(&shared, repo, Start::Push);
             }
         }
-    });
+    }
+}
+
+/// One pull job of `repo` under the daemon's config, store and plugins:
+/// its report, and whether it recorded news for the sender. Blocks.
+fn run_job(
+    shared: &Arc<Shared>,
+    repo: &RepoConfig,
+    budget: Arc<Mutex<RetryBudget>>,
+    timing: crate::job::Timing,
+) -> (PullReport, bool) {
+    let config = shared.config();
+    let load = |name: &str| load_plugin(shared, &config, name);
+    let mut observer = LogObserver {
+        shared,
+        config: &config,
+        repo,
+    };
+    let pull_job = crate::job::Job {
+        repo,
+        config: &config,
+        plugins: &load,
+        store: &shared.store,
+        quiet: Some(&shared.quiet),
+        cancel: shared.cancel.clone(),
+        budget: Some(budget),
+    };
+    let crate::job::JobRun {
+        report,
+        recorded,
+        next_step_due_ms,
+    } = pull_job.run(&mut observer, timing);
+    if let Some(due) = next_step_due_ms {
+        // Never sooner than a second: an owed step is no busy loop.
+        let due = due.max(crate::model::now_ms() + 1000);
+        let at = UNIX_EPOCH + Duration::from_millis(due);
+        let _ = shared
+            .commands
+            .send(CommandHandle(Command::RunBy(repo.name.clone(), at)));
+    }
+    let told = match recorded {
+        Ok(events) => {
+            for e in &events {
+                info!(repo = repo.name, event = e.kind, "event");
+            }
+            !events.is_empty()
+        }
+        Err(e) => {
+            error!(repo = repo.name, "recording the pull: {e}");
+            false
+        }
+    };
+    (report, told)
 }
 
 /// Records events that no pull result carries, with their messages.
