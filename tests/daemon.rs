@@ -882,3 +882,50 @@ fn a_server_that_speaks_only_protocol_v0_is_not_asked_for_v2_at_every_pull() {
     assert_eq!(v2.len(), 1, "{v2:?}");
     assert_eq!(d.stop(), 0);
 }
+
+/// Clones six repositories behind a proxy that answers slowly, with the
+/// daemon's limits `max_concurrent` and `per_host`; returns the most
+/// repositories the proxy answered requests for at once.
+fn peak_requests_with(max_concurrent: u32, per_host: u32) -> usize {
+    let root = tempfile::tempdir().unwrap();
+    let http = GitHttpServer::start(root.path());
+    let proxy = FaultProxy::start(http.addr());
+    // Every answer trickles in: each clone holds its permits a while.
+    proxy.set_always(Some(Fault::Slow {
+        chunk: 256,
+        pause: Duration::from_millis(25),
+    }));
+    let port = free_port();
+    let mut config = ConfigFile::daemon_on(port)
+        .daemon("max_concurrent", max_concurrent)
+        .daemon("per_host", per_host)
+        .defaults("schedule", "every 10m jitter 0s");
+    let dirs: Vec<_> = (0..6).map(|i| root.path().join(format!("c{i}"))).collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        Upstream::new(root.path(), &format!("r{i}"));
+        config = config.repo(Repo::new(
+            &format!("r{i}"),
+            &proxy.url(&format!("r{i}")),
+            dir,
+        ));
+    }
+    let config = config.write_in(root.path());
+    let daemon = Daemon::start(&config, port, &[]);
+    wait_for("all six clones", Duration::from_secs(60), || {
+        dirs.iter().all(|d| head_of(d).is_some())
+    });
+    assert_eq!(daemon.stop(), 0);
+    proxy.peak_repositories_in_flight()
+}
+
+#[test]
+fn no_more_pulls_run_at_once_than_max_concurrent() {
+    // Reaching the limit shows the pulls overlapped; not passing it, that
+    // the limit held for those started at once and those that waited.
+    assert_eq!(peak_requests_with(2, 8), 2);
+}
+
+#[test]
+fn no_more_pulls_run_at_once_on_one_host_than_per_host() {
+    assert_eq!(peak_requests_with(8, 2), 2);
+}

@@ -2,7 +2,7 @@
 //! proxy either forwards it to the real server or applies the next queued
 //! [`Fault`] that fits it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,6 +88,9 @@ pub struct FaultProxy {
     plan: Arc<Mutex<Plan>>,
     requests: Arc<AtomicUsize>,
     faults_applied: Arc<AtomicUsize>,
+    /// Repositories with a request being answered now (how many each),
+    /// and the most there ever were.
+    in_flight: InFlight,
 }
 
 impl FaultProxy {
@@ -96,12 +99,15 @@ impl FaultProxy {
         let plan = Arc::new(Mutex::new(Plan::default()));
         let requests = Arc::new(AtomicUsize::new(0));
         let faults_applied = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new((Mutex::new(HashMap::new()), AtomicUsize::new(0)));
         let (p, r, f) = (plan.clone(), requests.clone(), faults_applied.clone());
+        let busy = in_flight.clone();
         let listener = Listener::spawn(move |mut client| {
             let Ok(Some(req)) = read_request(&mut client) else {
                 return;
             };
             r.fetch_add(1, Ordering::SeqCst);
+            let answering = Answering::start(busy.clone(), &req);
             let (fault, index) = {
                 let mut plan = p.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(user) = basic_user(&req) {
@@ -123,7 +129,11 @@ impl FaultProxy {
             if fault.is_some() {
                 f.fetch_add(1, Ordering::SeqCst);
             }
-            let relayed = handle(client, req, fault, upstream);
+            let relayed = handle(&mut client, req, fault, upstream, &answering);
+            answering.finish();
+            // Closed only now: the client cannot see the end of the answer
+            // before the proxy stopped counting it.
+            drop(client);
             p.lock().unwrap_or_else(|e| e.into_inner()).seen[index].answer_bytes = relayed;
         });
         FaultProxy {
@@ -131,6 +141,7 @@ impl FaultProxy {
             plan,
             requests,
             faults_applied,
+            in_flight,
         }
     }
 
@@ -195,18 +206,73 @@ impl FaultProxy {
         self.requests.load(Ordering::SeqCst)
     }
 
+    /// The most repositories it was answering requests for at one time.
+    pub fn peak_repositories_in_flight(&self) -> usize {
+        self.in_flight.1.load(Ordering::SeqCst)
+    }
+
     /// Faults applied so far.
     pub fn faults_applied(&self) -> usize {
         self.faults_applied.load(Ordering::SeqCst)
     }
 }
 
+/// Repositories with requests being answered, by how many, and the most
+/// there ever were at once.
+type InFlight = Arc<(Mutex<HashMap<String, usize>>, AtomicUsize)>;
+
+/// One request counted in [`InFlight`] under its repository (the first
+/// segment of its path) until [`Answering::finish`].
+struct Answering {
+    in_flight: InFlight,
+    repo: String,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl Answering {
+    fn start(in_flight: InFlight, req: &Request) -> Answering {
+        let path = req.target.trim_start_matches('/');
+        let repo = path.split('/').next().unwrap_or_default().to_string();
+        {
+            let mut busy = in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
+            *busy.entry(repo.clone()).or_default() += 1;
+            in_flight.1.fetch_max(busy.len(), Ordering::SeqCst);
+        }
+        Answering {
+            in_flight,
+            repo,
+            finished: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Stops counting the request (once, whoever calls first).
+    fn finish(&self) {
+        if self.finished.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut busy = self.in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = busy.get_mut(&self.repo) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.repo);
+            }
+        }
+    }
+}
+
 /// Answers `req` as `fault` says; returns the bytes relayed from upstream.
-fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: SocketAddr) -> u64 {
+/// A slow answer stops being counted in `answering` before its last chunk.
+fn handle(
+    client: &mut TcpStream,
+    req: Request,
+    fault: Option<Fault>,
+    upstream: SocketAddr,
+    answering: &Answering,
+) -> u64 {
     match fault {
-        Some(Fault::Status(status)) => respond(&mut client, status, &[], "injected fault\n"),
+        Some(Fault::Status(status)) => respond(client, status, &[], "injected fault\n"),
         Some(Fault::RateLimited { retry_after_secs }) => respond(
-            &mut client,
+            client,
             429,
             &[("Retry-After", retry_after_secs.to_string())],
             "slow down\n",
@@ -214,26 +280,25 @@ fn handle(mut client: TcpStream, req: Request, fault: Option<Fault>, upstream: S
         Some(Fault::OnlyV0) => {
             let mut v0 = req.clone();
             v0.raw = without_header(&req.raw, "git-protocol");
-            return forward(&mut client, &v0, upstream, None).unwrap_or(0);
+            return forward(client, &v0, upstream, None).unwrap_or(0);
         }
         Some(Fault::Reset) => {
-            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-            drop(client);
+            // The caller's close then resets the connection.
+            let _ = socket2::SockRef::from(&*client).set_linger(Some(Duration::ZERO));
         }
         Some(Fault::Stall(d)) => {
             let until = Instant::now() + d;
             while Instant::now() < until {
                 thread::sleep(Duration::from_millis(20));
             }
-            drop(client);
         }
         Some(Fault::TruncatePack { keep_bytes }) => {
-            return forward(&mut client, &req, upstream, Some(keep_bytes)).unwrap_or(0);
+            return forward(client, &req, upstream, Some(keep_bytes)).unwrap_or(0);
         }
         Some(Fault::Slow { chunk, pause }) => {
-            let _ = forward_slowly(&mut client, &req, upstream, chunk.max(1), pause);
+            let _ = forward_slowly(client, &req, upstream, chunk.max(1), pause, answering);
         }
-        None => return forward(&mut client, &req, upstream, None).unwrap_or(0),
+        None => return forward(client, &req, upstream, None).unwrap_or(0),
     }
     0
 }
@@ -284,23 +349,36 @@ fn forward(
     Ok(head.len() as u64 + relayed)
 }
 
+/// Relays the answer `chunk` bytes at a time, pausing before each. Reads
+/// one chunk ahead, so `answering` is finished before the last one goes
+/// out.
 fn forward_slowly(
     client: &mut TcpStream,
     req: &Request,
     upstream: SocketAddr,
     chunk: usize,
     pause: Duration,
+    answering: &Answering,
 ) -> io::Result<()> {
     let mut server = TcpStream::connect(upstream)?;
     server.set_read_timeout(Some(Duration::from_secs(60)))?;
     server.write_all(&req.raw)?;
-    let mut buf = vec![0u8; chunk];
-    loop {
+    let mut read_chunk = || -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; chunk];
         let n = server.read(&mut buf)?;
-        if n == 0 {
-            return client.flush();
-        }
-        client.write_all(&buf[..n])?;
+        buf.truncate(n);
+        Ok(buf)
+    };
+    let mut pending = read_chunk()?;
+    while !pending.is_empty() {
+        let next = read_chunk()?;
         thread::sleep(pause);
+        if next.is_empty() {
+            answering.finish();
+        }
+        client.write_all(&pending)?;
+        pending = next;
     }
+    answering.finish();
+    client.flush()
 }
