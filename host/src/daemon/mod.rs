@@ -946,39 +946,32 @@ struct Pull {
     next_run_ms: Option<u64>,
 }
 
+/// The global permit and the host's, held while a pull runs.
+type Permits = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
 impl Pull {
     /// Runs the job and settles it (metrics, breaker, a coalesced rerun),
     /// holding `_permits` throughout. Blocks.
-    fn run(
-        self,
-        _permits: (
-            tokio::sync::OwnedSemaphorePermit,
-            tokio::sync::OwnedSemaphorePermit,
-        ),
-    ) {
-        let Pull {
-            shared,
-            repo,
-            host,
-            admission,
-            budget,
-            scheduled,
-            next_run_ms,
-        } = self;
-        let start_lag =
-            scheduled.map(|due| SystemTime::now().duration_since(due).unwrap_or_default());
+    fn run(self, _permits: Permits) {
+        let shared = self.shared;
+        let start_lag = self
+            .scheduled
+            .map(|due| SystemTime::now().duration_since(due).unwrap_or_default());
         if let Some(lag) = start_lag {
             shared.metrics.pull_started_late(lag);
         }
         let timing = crate::job::Timing {
             start_lag_ms: start_lag.map(|lag| lag.as_millis() as u64),
-            next_run_ms,
+            next_run_ms: self.next_run_ms,
         };
-        let name = repo.name.clone();
+        let name = self.repo.name.clone();
         // A panicking pull must still leave `running`, or the repository
         // would be skipped as still running for ever.
         let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_job(&shared, &repo, budget, timing)
+            run_job(&shared, &self.repo, self.budget, timing)
         }));
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
         match report {
@@ -988,7 +981,7 @@ impl Pull {
                 if told {
                     shared.outbox_wake.notify_one();
                 }
-                finish(&shared, &name, &host, admission, &report);
+                finish(&shared, &name, &self.host, self.admission, &report);
             }
             Err(_) => error!(repo = name, "pull task failed: it panicked"),
         }
