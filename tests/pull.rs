@@ -97,8 +97,7 @@ fn a_no_op_pull_asks_for_the_followed_branch_alone_and_falls_back_for_v0_servers
     assert_eq!((run.code, run.outcome()), (0, "unchanged"), "{run:?}");
     // The proxy counts an answer once it has relayed all of it, which may
     // be just after the client has read it and exited.
-    let relayed = |method: &str| {
-        let method = method.to_string();
+    let relayed = |method: &'static str| {
         let proxy = &proxy;
         move || {
             proxy

@@ -909,9 +909,9 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
         scheduled,
         next_run_ms,
     };
-    // Uncontended (the usual case), the pull goes straight to a blocking
-    // thread and finishes there: no task on a worker to wake again when it
-    // ends. Otherwise a task waits for the permits first.
+    // A pull runs on a blocking thread and settles there: no task on a
+    // worker waits for it to be woken when it ends. Uncontended (the usual
+    // case) it starts at once; otherwise a task waits for the permits.
     let permits = (
         shared.global.clone().try_acquire_owned(),
         host_permits.clone().try_acquire_owned(),
@@ -930,7 +930,8 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
             lock(&pull.shared.running).remove(&pull.repo.name);
             return;
         };
-        let _ = tokio::task::spawn_blocking(move || pull.run((global, host))).await;
+        let pulls = pull.shared.pulls.clone();
+        pulls.spawn_blocking(move || pull.run((global, host)));
     });
 }
 

@@ -88,9 +88,8 @@ pub struct FaultProxy {
     plan: Arc<Mutex<Plan>>,
     requests: Arc<AtomicUsize>,
     faults_applied: Arc<AtomicUsize>,
-    /// Repositories with a request being answered now (how many each),
-    /// and the most there ever were.
-    in_flight: InFlight,
+    /// Repositories with a request being answered now.
+    in_flight: Arc<Mutex<InFlight>>,
 }
 
 impl FaultProxy {
@@ -99,7 +98,7 @@ impl FaultProxy {
         let plan = Arc::new(Mutex::new(Plan::default()));
         let requests = Arc::new(AtomicUsize::new(0));
         let faults_applied = Arc::new(AtomicUsize::new(0));
-        let in_flight = Arc::new((Mutex::new(HashMap::new()), AtomicUsize::new(0)));
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
         let (p, r, f) = (plan.clone(), requests.clone(), faults_applied.clone());
         let busy = in_flight.clone();
         let listener = Listener::spawn(move |mut client| {
@@ -131,10 +130,10 @@ impl FaultProxy {
             }
             let relayed = handle(&mut client, req, fault, upstream, &answering);
             answering.finish();
-            // Closed only now: the client cannot see the end of the answer
-            // before the proxy stopped counting it.
-            drop(client);
             p.lock().unwrap_or_else(|e| e.into_inner()).seen[index].answer_bytes = relayed;
+            // Closed only now: a client reading to the end of the answer
+            // sees it after the proxy has stopped counting it.
+            drop(client);
         });
         FaultProxy {
             listener,
@@ -208,7 +207,10 @@ impl FaultProxy {
 
     /// The most repositories it was answering requests for at one time.
     pub fn peak_repositories_in_flight(&self) -> usize {
-        self.in_flight.1.load(Ordering::SeqCst)
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peak
     }
 
     /// Faults applied so far.
@@ -219,42 +221,46 @@ impl FaultProxy {
 
 /// Repositories with requests being answered, by how many, and the most
 /// there ever were at once.
-type InFlight = Arc<(Mutex<HashMap<String, usize>>, AtomicUsize)>;
+#[derive(Default)]
+struct InFlight {
+    busy: HashMap<String, usize>,
+    peak: usize,
+}
 
 /// One request counted in [`InFlight`] under its repository (the first
 /// segment of its path) until [`Answering::finish`].
 struct Answering {
-    in_flight: InFlight,
+    in_flight: Arc<Mutex<InFlight>>,
     repo: String,
-    finished: std::sync::atomic::AtomicBool,
+    finished: std::cell::Cell<bool>,
 }
 
 impl Answering {
-    fn start(in_flight: InFlight, req: &Request) -> Answering {
+    fn start(in_flight: Arc<Mutex<InFlight>>, req: &Request) -> Answering {
         let path = req.target.trim_start_matches('/');
         let repo = path.split('/').next().unwrap_or_default().to_string();
         {
-            let mut busy = in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
-            *busy.entry(repo.clone()).or_default() += 1;
-            in_flight.1.fetch_max(busy.len(), Ordering::SeqCst);
+            let mut counted = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            *counted.busy.entry(repo.clone()).or_default() += 1;
+            counted.peak = counted.peak.max(counted.busy.len());
         }
         Answering {
             in_flight,
             repo,
-            finished: std::sync::atomic::AtomicBool::new(false),
+            finished: std::cell::Cell::new(false),
         }
     }
 
     /// Stops counting the request (once, whoever calls first).
     fn finish(&self) {
-        if self.finished.swap(true, Ordering::SeqCst) {
+        if self.finished.replace(true) {
             return;
         }
-        let mut busy = self.in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = busy.get_mut(&self.repo) {
+        let mut counted = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counted.busy.get_mut(&self.repo) {
             *n -= 1;
             if *n == 0 {
-                busy.remove(&self.repo);
+                counted.busy.remove(&self.repo);
             }
         }
     }
