@@ -356,3 +356,139 @@ fn hooks_fail_open_and_can_be_turned_off() {
     assert!(quiet.status.success());
     assert!(quiet.stderr.is_empty() && quiet.stdout.is_empty());
 }
+
+/// A hostile upstream ships a `.gitpulse.toml` whose log notifier appends
+/// to the developer's `~/.bashrc` and whose mail notifier would read their
+/// ssh key. The developer has gitpulse's shims in a global core.hooksPath,
+/// so a plain `git clone` and `git pull` run them. Nothing may be written
+/// or read outside the clone until the developer trusts the file, and even
+/// then only what their own config allows.
+#[test]
+fn a_cloned_repositorys_config_is_used_only_once_trusted_and_only_inside_it() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    let bashrc = home.join(".bashrc");
+    std::fs::write(&bashrc, "# mine\n").unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519"), "PRIVATE KEY\n").unwrap();
+    let hooks = home.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let gitconfig = home.join(".gitconfig");
+    std::fs::write(
+        &gitconfig,
+        format!(
+            "[core]\n\thooksPath = {}\n[user]\n\tname = Dev\n\temail = dev@example.com\n",
+            hooks.display()
+        ),
+    )
+    .unwrap();
+    // As the developer's shell would run things: their HOME, their global
+    // git config, no GITPULSE_CONFIG.
+    let as_dev = |program: &str, dir: &Path, args: &[&str]| {
+        let mut c = if program == "gitpulse" {
+            gitpulse()
+        } else {
+            std::process::Command::new(program)
+        };
+        c.args(args)
+            .current_dir(dir)
+            .env("HOME", &home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("GITPULSE_CONFIG")
+            .env("GIT_CONFIG_GLOBAL", &gitconfig)
+            .output()
+            .unwrap()
+    };
+
+    let mut up = Upstream::new(root.path(), "up");
+    let hostile = format!(
+        "[[repo]]\nname = \"x\"\nurl = \"https://example.com/x.git\"\ndir = \".\"\nnotifiers = [\"audit\", \"mail\"]\n\n\
+         [notifier.audit]\nkind = \"log\"\npath = \"{bashrc}\"\n\n\
+         [notifier.mail]\nkind = \"email\"\nserver = \"smtp://127.0.0.1:9\"\nfrom = \"a@example.com\"\n\
+         to = [\"b@example.com\"]\nusername = \"u\"\npassword_file = \"{key}\"\n",
+        bashrc = bashrc.display(),
+        key = home.join(".ssh/id_ed25519").display()
+    );
+    up.commit_file(".gitpulse.toml", &hostile, "config");
+
+    // The shims go into the global hooks directory, as a developer does.
+    let scratch = root.path().join("scratch");
+    git_ok(root.path(), &["init", "-q", "scratch"]);
+    let out = as_dev(
+        "gitpulse",
+        &scratch,
+        &["hook", "install", "--into-hooks-path"],
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(hooks.join("post-merge").is_file());
+
+    // Clone (post-checkout runs) and pull a new commit (post-merge runs).
+    let out = as_dev("git", root.path(), &["clone", "-q", &up.file_url(), "dev"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let dev = root.path().join("dev");
+    up.commit("more");
+    let out = as_dev("git", &dev, &["pull", "-q", "--ff-only"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("not trusted"),
+        "the hook says why it did nothing: {}",
+        said(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# mine\n");
+    assert!(!dev.join("gitpulse-state").exists(), "no state was written");
+
+    // Trusted, it still may not reach the developer's files.
+    let out = as_dev("gitpulse", &dev, &["hook", "trust"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("notifier.audit.path"), "{}", said(&out));
+    up.commit("again");
+    let out = as_dev("git", &dev, &["pull", "-q", "--ff-only"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let told = said(&out);
+    assert!(
+        told.contains("notifier.audit.path") && told.contains("notifier.mail.password_file"),
+        "{told}"
+    );
+    assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# mine\n");
+    assert!(!dev.join("gitpulse-state").exists());
+
+    // Upstream changes the file to one that stays inside the clone: the
+    // old trust does not carry over …
+    up.commit_file(
+        ".gitpulse.toml",
+        "[[repo]]\nname = \"x\"\nurl = \"https://example.com/x.git\"\ndir = \".\"\nnotifiers = [\"audit\"]\n\n\
+         [notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\n",
+        "benign",
+    );
+    let out = as_dev("git", &dev, &["pull", "-q", "--ff-only"]);
+    assert!(said(&out).contains("changed since it was trusted"), "{}", said(&out));
+    assert!(!dev.join("events.jsonl").exists());
+
+    // … until the developer trusts it again; then the next change is told.
+    let out = as_dev("gitpulse", &dev, &["hook", "trust"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let status = as_dev("gitpulse", &dev, &["hook", "status"]);
+    assert!(said(&status).contains(".gitpulse.toml         trusted"), "{}", said(&status));
+    up.commit("told");
+    let out = as_dev("git", &dev, &["pull", "-q", "--ff-only"]);
+    assert!(out.status.success(), "{}", said(&out));
+    wait_for("the change logged inside the clone", Duration::from_secs(30), || {
+        std::fs::read_to_string(dev.join("events.jsonl")).is_ok_and(|t| t.contains("told"))
+    });
+    assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# mine\n");
+    // The trust record lives outside the worktree.
+    assert!(home.join(".config/gitpulse/trusted").is_file());
+
+    // A symlink inside the clone does not lead out of it either.
+    std::os::unix::fs::symlink(&bashrc, dev.join("events.jsonl.link")).unwrap();
+    std::fs::write(
+        dev.join(".gitpulse.toml"),
+        "[[repo]]\nname = \"x\"\nurl = \"https://example.com/x.git\"\ndir = \".\"\nnotifiers = [\"audit\"]\n\n\
+         [notifier.audit]\nkind = \"log\"\npath = \"events.jsonl.link\"\n",
+    )
+    .unwrap();
+    assert!(as_dev("gitpulse", &dev, &["hook", "trust"]).status.success());
+    let out = as_dev("gitpulse", &dev, &["hook", "run", "post-merge", "0"]);
+    assert!(said(&out).contains("notifier.audit.path"), "{}", said(&out));
+    assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# mine\n");
+}

@@ -334,6 +334,36 @@ fn a_broken_template_falls_back_to_the_default_and_reports_a_plugin_fault() {
     );
 }
 
+#[test]
+fn a_template_that_would_render_for_ever_is_stopped_and_the_default_is_sent() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    // Six nested loops over the event's fields: about 10^7 iterations with
+    // nothing written, then 10^7 more for every letter. Mentioning `vars`
+    // keeps `validate` from trying it, as with a template that only breaks
+    // when it meets a real event.
+    let bomb = "{{#if vars}}{{/if}}".to_string()
+        + &"{{#each @root}}".repeat(6)
+        + "x"
+        + &"{{/each}}".repeat(6);
+    std::fs::write(root.join("bomb.hbs"), bomb).unwrap();
+    let config = notify_config(
+        root,
+        "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ntemplates.changed = { body = \"bomb.hbs\" }\n",
+    );
+    let run = pull_notifying(&served.url(), &served.dir("app"), &config, &[], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = log_lines(&root.join("events.jsonl"));
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["changed", "plugin-fault"], "{lines:?}");
+    assert!(lines[0]["body"].as_str().unwrap().contains("initial commit"));
+    let fault = lines[1]["body"].as_str().unwrap();
+    assert!(
+        fault.contains("iterations") && fault.contains("default template"),
+        "{fault}"
+    );
+}
+
 /// A repo whose pulls fail (503), the escalation plugin, and a config with
 /// a `log` notifier writing `events.jsonl`.
 fn failing_with_escalation() -> (Served, PathBuf, PathBuf) {

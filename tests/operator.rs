@@ -513,10 +513,77 @@ fn a_signed_github_push_pulls_at_once_and_nothing_else_does() {
             format!("gitpulse_webhook_requests_total{{receiver=\"github\",result=\"{result}\"}}");
         assert_eq!(sample(&metrics, &series), Some(n), "{series}\n{metrics}");
     }
-    // Too big: refused before it is read.
-    let huge = vec![b' '; 26 << 20];
-    let (code, _) = d.post_raw("/hooks/github", &[("X-GitHub-Event", "push")], &huge);
-    assert_eq!(code, 413);
+    assert_eq!(d.stop(), 0);
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(d: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Sends `head` (a request line and headers) on `stream` and the first
+/// `body` bytes, then reads the answer's status code (the connection's
+/// read timeout bounds the wait).
+fn status_after(stream: &mut TcpStream, head: &str, body: &[u8]) -> Option<u16> {
+    stream.write_all(head.as_bytes()).ok()?;
+    let _ = stream.write_all(body);
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer).ok()?;
+    let line = String::from_utf8_lossy(&answer[..n]).to_string();
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_push_listener_reads_nothing_it_does_not_need_and_stays_up_under_slow_clients() {
+    let served = Served::new("app");
+    let d = with_receivers(&served);
+    let port = d.port;
+    let before = rss_kib(&d);
+
+    // 24 MiB bodies, unsigned or to no receiver: answered from the headers.
+    let huge = vec![b' '; 24 << 20];
+    for _ in 0..10 {
+        let (code, _) = d.post_raw("/hooks/github", &[("X-GitHub-Event", "push")], &huge);
+        assert_eq!(code, 401);
+        let (code, _) = d.post_raw("/hooks/nobody", &[], &huge);
+        assert_eq!(code, 404);
+    }
+    // Signed, but longer than the receiver reads (1 MiB by default).
+    let (code, said) = d.post_raw(
+        "/hooks/github",
+        &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", "sha256=00")],
+        &huge,
+    );
+    assert_eq!(code, 413, "{said}");
+    assert!(said.contains("1024 KiB"), "{said}");
+    let grown = rss_kib(&d).saturating_sub(before);
+    assert!(grown < 24 * 1024, "the daemon grew by {grown} KiB");
+
+    // A client that sends its headers and then a byte now and then is
+    // answered 408 once the body's time is up, not held for ever.
+    let mut slow = connect_from(2, port).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-GitHub-Event: push\r\n\
+         X-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n"
+    );
+    let trickler = std::thread::spawn(move || status_after(&mut slow, &head, b"{"));
+
+    // One peer holding many connections cannot take every slot: health
+    // checks from elsewhere still get through.
+    let held: Vec<TcpStream> = (0..1100).filter_map(|_| connect_from(3, port).ok()).collect();
+    assert!(held.len() >= 1030, "connected {}", held.len());
+    let (code, _) = d.request("GET", "/healthz", None, None);
+    assert_eq!(code, 200);
+
+    assert_eq!(trickler.join().unwrap(), Some(408));
+    drop(held);
     assert_eq!(d.stop(), 0);
 }
 

@@ -154,23 +154,54 @@ pub enum HookCommand {
         #[arg(long, value_name = "DIR", default_value = ".")]
         repo: PathBuf,
     },
+    /// Use the repository's own .gitpulse.toml, as it is now
+    ///
+    /// A .gitpulse.toml comes with the clone, so the hooks ignore it until you
+    /// have read it and trust it. Its SHA-256 is recorded outside the worktree
+    /// (in ~/.config/gitpulse/trusted); when the file changes, the hooks stop
+    /// using it until you trust it again. Even trusted, it may only use files
+    /// inside the worktree, and no environment variable, unless the [hook]
+    /// table of your own config (~/.config/gitpulse/config.toml) allows them:
+    ///
+    ///   [hook]
+    ///   allow_env = ["SMTP_PASSWORD"]
+    ///   allow_paths = ["/home/me/.local/share/gitpulse"]
+    Trust {
+        /// The repository (default: the current directory's)
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Stop using the repository's own .gitpulse.toml
+    Untrust {
+        /// The repository (default: the current directory's)
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        repo: PathBuf,
+    },
     /// What the shims call: read what git says changed and record its events
+    ///
+    /// The config is the first of: --config, GITPULSE_CONFIG, gitpulse.toml in
+    /// the repository's git directory (.git/gitpulse.toml, never cloned), the
+    /// worktree's .gitpulse.toml once trusted (`gitpulse hook trust`), your own
+    /// ~/.config/gitpulse/config.toml. None: the hook does nothing.
     Run {
         /// The hook (post-merge, post-checkout, post-rewrite, reference-transaction)
         name: String,
         /// The hook's arguments, as git passed them
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
-        /// The config (default: GITPULSE_CONFIG, else .gitpulse.toml at the top of the worktree)
+        /// The config (default: see above)
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Deliver the outbox of CONFIG for a while (started, detached, by `run`)
+    /// Deliver the outbox of the hooks' config for a while (started, detached, by `run`)
     #[command(hide = true)]
     Deliver {
-        /// The config file
+        /// The repository whose hooks' config is used (chosen as `run` does)
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// The config file, when `run` was given one
         #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
 }
 
@@ -506,6 +537,12 @@ pub struct PullArgs {
     /// Limit of each step; it is killed, with what it started, after it
     #[arg(long, value_name = "D", default_value = "5m", value_parser = duration, help_heading = "Steps")]
     pub step_timeout: Duration,
+    /// Pass this variable of gitpulse's environment on to the steps
+    /// (repeatable). Steps get only PATH, HOME, USER, LOGNAME, the locale,
+    /// TZ, the GITPULSE_* variables and these: never the token or other
+    /// secrets gitpulse holds
+    #[arg(long, value_name = "VAR", help_heading = "Steps")]
+    pub step_pass_env: Vec<String>,
     /// Check out the highest tag matching this semver range, e.g.
     /// ">=1.2, <2" (a leading `v` on tags is fine; pre-releases only when
     /// the range names one). Beats --branch and a tag given with --ref
@@ -807,6 +844,10 @@ impl PullArgs {
                 paths: Vec::new(),
                 timeout: self.step_timeout,
                 before_publish: false,
+                env: crate::step::StepEnv {
+                    set: Default::default(),
+                    pass: self.step_pass_env.clone(),
+                },
             });
         }
         Ok(steps)

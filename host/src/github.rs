@@ -141,10 +141,10 @@ pub fn outputs(result: &PullReport, changed_files: &[String]) -> String {
     let commit = result.new.clone().or_else(|| result.old.clone());
     let changed = result.new.is_some() && result.new != result.old;
     let attempts = result.attempts.len() + usize::from(result.outcome.is_success());
-    let files: Vec<&str> = changed_files
+    let files: Vec<std::borrow::Cow<'_, str>> = changed_files
         .iter()
         .take(MAX_CHANGED_FILES)
-        .map(String::as_str)
+        .map(|p| crate::model::quote_path(p))
         .collect();
     [
         ("commit", commit.unwrap_or_default()),

@@ -595,9 +595,10 @@ fn recorded(ran: &step::Ran) -> StepRun {
     }
 }
 
-/// The changed paths, one per line, in the checkout's git directory for
-/// `GITPULSE_CHANGED_FILES` (nothing is written outside the checkout);
-/// removed when dropped.
+/// The changed paths, one per line (quoted as git quotes them when they
+/// hold a newline or another control character, `"` or `\`), in the
+/// checkout's git directory for `GITPULSE_CHANGED_FILES` (nothing is
+/// written outside the checkout); removed when dropped.
 struct ChangedFiles(Option<PathBuf>);
 
 impl ChangedFiles {
@@ -607,8 +608,9 @@ impl ChangedFiles {
         let written = || -> Option<PathBuf> {
             let git_dir = git2::Repository::open(dir).ok()?.path().to_path_buf();
             let path = git_dir.join("gitpulse-changed-files");
-            let mut text = changed.join("\n");
-            if !text.is_empty() {
+            let mut text = String::new();
+            for path in changed {
+                text.push_str(&crate::model::quote_path(path));
                 text.push('\n');
             }
             std::fs::write(&path, text).ok()?;

@@ -562,6 +562,42 @@ fn hook(command: HookCommand) -> Result<(), Failure> {
                 };
                 println!("{name:<22} {said} ({})", path.display());
             }
+            let file = location.top.join(githook::trust::WORKTREE_FILE);
+            match githook::trust::is_trusted(&location.top) {
+                Ok(None) => {}
+                Ok(Some(true)) => println!("{:<22} trusted ({})", githook::trust::WORKTREE_FILE, file.display()),
+                Ok(Some(false)) => println!(
+                    "{:<22} not trusted, so not used: read it, then `gitpulse hook trust` ({})",
+                    githook::trust::WORKTREE_FILE,
+                    file.display()
+                ),
+                Err(e) => println!("{:<22} {e}", githook::trust::WORKTREE_FILE),
+            }
+            Ok(())
+        }
+        HookCommand::Trust { repo } => {
+            let location = githook::locate(&repo).map_err(usage)?;
+            let trusted = githook::trust::trust(&location.top).map_err(usage)?;
+            println!(
+                "trusted {} (sha256 {}); the hooks use it until it changes",
+                trusted.path.display(),
+                &trusted.digest[..12]
+            );
+            if !trusted.reaches.is_empty() {
+                println!("it uses (each must be inside the worktree or allowed by your [hook] table):");
+                for line in trusted.reaches {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+        HookCommand::Untrust { repo } => {
+            let location = githook::locate(&repo).map_err(usage)?;
+            if githook::trust::untrust(&location.top).map_err(failed)? {
+                println!("no longer trusted: {}", location.top.join(githook::trust::WORKTREE_FILE).display());
+            } else {
+                println!("was not trusted");
+            }
             Ok(())
         }
         HookCommand::Run { name, args, config } => {
@@ -571,12 +607,28 @@ fn hook(command: HookCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
-        HookCommand::Deliver { config } => {
-            let config = config::load(&config, Scope::Structure).map_err(usage)?;
-            job::deliver_pending(&config, Duration::from_secs(30))?;
+        HookCommand::Deliver { repo, config } => {
+            let (_, found) = hook_config(&repo, config).map_err(usage)?;
+            let Some(found) = found else {
+                return Ok(());
+            };
+            job::deliver_pending(&found.config, Duration::from_secs(30))?;
             Ok(())
         }
     }
+}
+
+/// The worktree at `dir` and the config its hooks use (see
+/// `githook::trust`): `--config`, else `GITPULSE_CONFIG`, else what the
+/// repository and the user have.
+fn hook_config(
+    dir: &Path,
+    config: Option<PathBuf>,
+) -> Result<(PathBuf, Option<githook::trust::HookConfig>), String> {
+    let (top, git_dir) = githook::dirs(dir).map_err(|e| e.to_string())?;
+    let named = config.or_else(|| std::env::var_os("GITPULSE_CONFIG").map(PathBuf::from));
+    let found = githook::trust::resolve(&top, &git_dir, named).map_err(|e| e.to_string())?;
+    Ok((top, found))
 }
 
 /// `hook run`: the change git reports, recorded as a pull of the worktree's
@@ -584,13 +636,9 @@ fn hook(command: HookCommand) -> Result<(), Failure> {
 /// a detached process so git does not wait.
 fn hook_run(name: &str, args: &[String], config: Option<PathBuf>) -> Result<(), String> {
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-    let top = PathBuf::from(
-        githook::git(&cwd, &["rev-parse", "--show-toplevel"]).map_err(|e| e.to_string())?,
-    );
-    let config_path = config
-        .or_else(|| std::env::var_os("GITPULSE_CONFIG").map(PathBuf::from))
-        .or_else(|| Some(top.join(".gitpulse.toml")).filter(|p| p.is_file()));
-    let Some(config_path) = config_path else {
+    let named = config.clone();
+    let (top, found) = hook_config(&cwd, config)?;
+    let Some(found) = found else {
         return Ok(()); // nothing configured: nothing to do
     };
     let mut stdin = String::new();
@@ -604,25 +652,29 @@ fn hook_run(name: &str, args: &[String], config: Option<PathBuf>) -> Result<(), 
     let Some(change) = githook::change(name, args, &stdin, &top).map_err(|e| e.to_string())? else {
         return Ok(());
     };
-    let config = config::load(&config_path, Scope::Structure).map_err(|p| p.to_string())?;
     let seen = githook::describe(&top, &change);
-    let events = job::record_change(&config, &top, &seen).map_err(|e| e.to_string())?;
-    if events > 0 && !config.notifiers.is_empty() {
-        spawn_deliverer(&config_path);
+    let events = job::record_change(&found.config, &top, &seen).map_err(|e| e.to_string())?;
+    if events > 0 && !found.config.notifiers.is_empty() {
+        spawn_deliverer(&top, named.as_deref());
     }
     Ok(())
 }
 
 /// Starts `gitpulse hook deliver` in its own process group, detached from
-/// git's: the hook returns at once, delivery goes on.
-fn spawn_deliverer(config: &Path) {
+/// git's: the hook returns at once, delivery goes on. It chooses the
+/// config again, as `run` did (a worktree file that changed in between is
+/// no longer trusted).
+fn spawn_deliverer(top: &Path, config: Option<&Path>) {
     use std::os::unix::process::CommandExt as _;
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
-    let _ = std::process::Command::new(exe)
-        .args(["hook", "deliver", "--config"])
-        .arg(config)
+    let mut command = std::process::Command::new(exe);
+    command.args(["hook", "deliver", "--repo"]).arg(top);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let _ = command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -198,3 +198,47 @@ impl FromStr for Severity {
         }
     }
 }
+/// A path as `git diff --name-only` prints it with `core.quotePath=false`:
+/// as it is, unless it holds a control character, `"` or `\`; then in
+/// double quotes with C escapes (`"innocent\n/etc/passwd"`). Lists of
+/// paths are one per line, so a name with a newline cannot add an entry.
+pub fn quote_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() + 8);
+    out.push('"');
+    for c in path.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:03o}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    std::borrow::Cow::Owned(out)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_as_git_quotes_them() {
+        assert_eq!(quote_path("src/a.rs"), "src/a.rs");
+        assert_eq!(quote_path("ünï code.txt"), "ünï code.txt");
+        assert_eq!(quote_path("innocent\n/etc/passwd"), "\"innocent\\n/etc/passwd\"");
+        assert_eq!(quote_path("a\"b\\c\td"), "\"a\\\"b\\\\c\\td\"");
+        assert_eq!(quote_path("bell\u{7}"), "\"bell\\007\"");
+    }
+}

@@ -16,8 +16,12 @@ use subtle::ConstantTimeEq;
 use crate::config::HookKind;
 use crate::git::Follow;
 
-/// Deliveries bigger than this are refused (GitHub caps payloads at 25 MB).
+/// The most a receiver may be configured to read (GitHub caps payloads
+/// at 25 MB).
 pub const MAX_BODY: usize = 25 << 20;
+/// What a receiver reads unless configured otherwise: push payloads are a
+/// few KiB, and one with hundreds of commits well under 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// A delivery id seen again within this window is not acted on twice.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(600);
 
@@ -41,6 +45,23 @@ fn header<'a>(headers: &Headers<'a>, name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| *v)
+}
+
+/// Whether the delivery carries the signature header its kind needs, read
+/// before its body is: an unsigned delivery is refused without reading it.
+pub fn signed(kind: HookKind, headers: &Headers<'_>) -> Result<(), Refused> {
+    let names: &[&'static str] = match kind {
+        HookKind::GitLab => &["X-Gitlab-Token"],
+        HookKind::GitHub => &["X-Hub-Signature-256"],
+        HookKind::Gitea => &["X-Gitea-Signature", "X-Hub-Signature-256"],
+        HookKind::Bitbucket => &["X-Hub-Signature"],
+        HookKind::GenericHmac => &["X-Signature"],
+    };
+    if names.iter().any(|n| header(headers, n).is_some()) {
+        Ok(())
+    } else {
+        Err(Refused::Unsigned(names[0]))
+    }
 }
 
 /// Checks `body` against `secret` the way `kind` signs it, in constant time.
@@ -716,5 +737,16 @@ mod tests {
         assert!(!limit.allow(t0));
         assert!(limit.allow(t0 + Duration::from_secs(1)));
         assert!(!limit.allow(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_missing_signature_header_is_seen_before_the_body() {
+        assert!(signed(HookKind::GitHub, &[("x-hub-signature-256", "sha256=00")]).is_ok());
+        assert_eq!(
+            signed(HookKind::GitHub, &[("x-hub-signature", "sha1=00")]),
+            Err(Refused::Unsigned("X-Hub-Signature-256"))
+        );
+        assert!(signed(HookKind::Gitea, &[("X-Hub-Signature-256", "sha256=00")]).is_ok());
+        assert!(signed(HookKind::GitLab, &[]).is_err());
     }
 }

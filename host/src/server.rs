@@ -20,8 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -45,6 +43,14 @@ use crate::redact::Secret;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// A client must send a request's headers within this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one peer address may hold at once: one client cannot take
+/// every slot from the others (a health check, a scraper, the forges).
+pub const MAX_PER_PEER: usize = MAX_CONNECTIONS / 4;
+/// A delivery's body must have arrived this long after its headers.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Webhook bodies held in memory at once, all deliveries together; past
+/// it a delivery is answered 503 (the forges retry) before it is read.
+pub const HOOK_BODY_MEMORY: usize = 32 << 20;
 /// How long `/healthz` waits for the scheduler loop to answer.
 const LIVENESS_WAIT: Duration = Duration::from_secs(2);
 
@@ -92,6 +98,8 @@ pub struct Receiver {
     pub secret: Secret,
     /// The repositories it may wake (empty: any that match).
     pub repos: Vec<String>,
+    /// The largest body it reads.
+    pub max_body: usize,
 }
 
 /// Redeliveries seen and each receiver's rate limit.
@@ -99,6 +107,13 @@ pub struct Receiver {
 struct HookState {
     seen: receiver::Seen,
     limits: HashMap<String, receiver::RateLimit>,
+}
+
+/// What the push route shares across deliveries.
+struct Hooks {
+    state: Mutex<HookState>,
+    /// KiB of body memory not yet reserved (see [`HOOK_BODY_MEMORY`]).
+    memory: Semaphore,
 }
 
 /// Deliveries one receiver may send at once, and per minute after that.
@@ -137,11 +152,13 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
             (view.clone(), listen),
             known_host,
         ));
-    let hooks_state = Arc::new(Mutex::new(HookState::default()));
+    let hooks = Arc::new(Hooks {
+        state: Mutex::new(HookState::default()),
+        memory: Semaphore::new(HOOK_BODY_MEMORY / 1024),
+    });
     let push = Router::new()
         .route("/hooks/{name}", post(hook))
-        .layer(DefaultBodyLimit::max(receiver::MAX_BODY))
-        .with_state((view.clone(), hooks_state));
+        .with_state((view.clone(), hooks));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -151,8 +168,9 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
         .with_state(view)
         .merge(push);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off, go on.
@@ -165,9 +183,13 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
             drop(stream); // over the cap: closed at once
             continue;
         };
+        let Some(peer_slot) = PeerSlot::take(&peers, peer.ip()) else {
+            drop(stream); // this peer holds its share already
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, peer_slot);
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
@@ -178,6 +200,39 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
             // Errors are the client's (it went away, it was too slow).
             let _ = http.serve_connection(TokioIo::new(stream), service).await;
         });
+    }
+}
+
+/// One of a peer's [`MAX_PER_PEER`] connections, given back on drop.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn take(peers: &Arc<Mutex<HashMap<std::net::IpAddr, usize>>>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -383,16 +438,20 @@ fn host_allowed(host: &str, listen: Option<SocketAddr>, names: &[String]) -> boo
     names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-type HookView = (View, Arc<Mutex<HookState>>);
+type HookView = (View, Arc<Hooks>);
 
-/// A push delivery: verified on the raw body, then read and matched. The
-/// answer (202 with the repos woken, 2xx saying why nothing was) goes out
-/// before any pull runs.
+/// A push delivery. Everything that needs no body is checked before a
+/// byte of it is read: the receiver exists, the delivery is signed, its
+/// declared length fits the receiver's `max_body_kib`, and memory for it
+/// is free among all deliveries in flight. The body then must arrive
+/// within [`BODY_READ_TIMEOUT`]; it is verified raw, then read and
+/// matched. Only verified deliveries count against the receiver's rate.
+/// The answer (202 with the repos woken, 2xx saying why nothing was)
+/// goes out before any pull runs.
 async fn hook(
-    State((view, state)): State<HookView>,
+    State((view, hooks)): State<HookView>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
     let answer = |code: StatusCode, result: &'static str, body: serde_json::Value| {
         view.hook_answered(&name, result);
@@ -402,6 +461,7 @@ async fn hook(
         None => {
             return (
                 StatusCode::NOT_FOUND,
+                [(header::CONNECTION, "close")],
                 Json(json!({ "error": format!("no receiver named `{name}`") })),
             )
                 .into_response()
@@ -416,8 +476,82 @@ async fn hook(
         }
         Some(Ok(r)) => r,
     };
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    if let Err(refused) = receiver::signed(receiver.kind, &pairs) {
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            json!({ "error": refused.to_string() }),
+        );
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || {
+        answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            json!({ "error": format!(
+                "the body is larger than the {} KiB this receiver reads (max_body_kib)",
+                receiver.max_body / 1024
+            ) }),
+        )
+    };
+    if declared.is_some_and(|n| n > receiver.max_body as u64) {
+        return too_large();
+    }
+    let reserve = declared.map_or(receiver.max_body, |n| n as usize);
+    let kib = u32::try_from(reserve.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let Ok(_reserved) = hooks.memory.try_acquire_many(kib) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
+            Json(json!({ "error": "too many deliveries being read at once: retry shortly" })),
+        )
+            .into_response();
+    };
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, receiver.max_body),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) if declared.is_none() => return too_large(),
+        Ok(Err(_)) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "bad-payload",
+                json!({ "error": "the body could not be read" }),
+            )
+        }
+        Err(_) => {
+            return answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                json!({ "error": format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ) }),
+            )
+        }
+    };
+    if let Err(refused) = receiver::verify(receiver.kind, &pairs, &body, receiver.secret.expose()) {
+        tracing::warn!(receiver = name, "delivery refused: {refused}");
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            json!({ "error": refused.to_string() }),
+        );
+    }
     let allowed = {
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = hooks.state.lock().unwrap_or_else(|p| p.into_inner());
         state
             .limits
             .entry(name.clone())
@@ -431,21 +565,10 @@ async fn hook(
             json!({ "error": "too many deliveries: slow down" }),
         );
     }
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-        .collect();
-    if let Err(refused) = receiver::verify(receiver.kind, &pairs, &body, receiver.secret.expose()) {
-        tracing::warn!(receiver = name, "delivery refused: {refused}");
-        return answer(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            json!({ "error": refused.to_string() }),
-        );
-    }
     if let Some(id) = receiver::delivery_id(&pairs) {
         let key = format!("{name}/{id}");
-        let repeat = state
+        let repeat = hooks
+            .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .seen

@@ -80,6 +80,28 @@ pub struct Step {
     /// Runs in the new revision before it is published and gates the
     /// publication (`publish = "symlink"` only).
     pub before_publish: bool,
+    /// What it finds in its environment besides the basics.
+    pub env: StepEnv,
+}
+
+/// A step's environment beyond [`BASE_ENV`] and the `GITPULSE_*` variables.
+/// gitpulse's own environment holds tokens, receiver secrets and
+/// passwords, so a step inherits nothing it was not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepEnv {
+    /// `env = { NAME = "value" }`: set as given.
+    pub set: std::collections::BTreeMap<String, String>,
+    /// `pass_env = ["NAME"]`: passed on from gitpulse's environment when set.
+    pub pass: Vec<String>,
+}
+
+/// What every step inherits from gitpulse's environment: where programs
+/// are, the home directory, the user, the locale and the time zone.
+pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ"];
+
+/// Whether `name` is passed on as part of the locale (`LC_ALL`, `LC_CTYPE`, …).
+fn is_locale(name: &str) -> bool {
+    name.starts_with("LC_")
 }
 
 /// The steps a pull that ended in `outcome` owes, in order (those that
@@ -184,6 +206,9 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// How long a step's output is still read once it ended.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
 /// One try of a step.
 #[derive(Debug, Clone)]
 pub struct Ran {
@@ -225,6 +250,14 @@ pub fn run(
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
+    command.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let Some(n) = name.to_str() else { continue };
+        if BASE_ENV.contains(&n) || is_locale(n) || step.env.pass.iter().any(|p| p == n) {
+            command.env(&name, value);
+        }
+    }
+    command.envs(&step.env.set);
     command
         .current_dir(cwd)
         .env("GITPULSE_REPO", &revision.repo)
@@ -250,6 +283,7 @@ pub fn run(
         }
     };
     let tail = Arc::new(Mutex::new(Tail::default()));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let readers: Vec<_> = [
         child
             .stdout
@@ -264,6 +298,7 @@ pub fn run(
     .flatten()
     .map(|mut stream| {
         let tail = tail.clone();
+        let done = done_tx.clone();
         std::thread::spawn(move || {
             let mut buffer = [0u8; 8192];
             while let Ok(n) = stream.read(&mut buffer) {
@@ -274,9 +309,11 @@ pub fn run(
                     .unwrap_or_else(|p| p.into_inner())
                     .push(&buffer[..n]);
             }
+            let _ = done.send(());
         })
     })
     .collect();
+    drop(done_tx);
     let deadline = started + step.timeout;
     let status = loop {
         match child.try_wait() {
@@ -308,9 +345,23 @@ pub fn run(
         }
     };
     // What it started may hold the pipes open: they go with the group.
+    // One that left the group (`setsid`) may keep them open for ever, so
+    // the output is awaited a short while, not until the pipes close; a
+    // reader still blocked then is left to end with that process.
     kill_group(child.id());
-    for reader in readers {
-        let _ = reader.join();
+    let grace = Instant::now() + OUTPUT_GRACE;
+    let mut open = readers.len();
+    while open > 0 {
+        let left = grace.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+        open -= 1;
+    }
+    if open == 0 {
+        for reader in readers {
+            let _ = reader.join();
+        }
     }
     let bytes = std::mem::take(&mut tail.lock().unwrap_or_else(|p| p.into_inner()).bytes);
     Ran {
@@ -390,6 +441,7 @@ mod tests {
             paths: vec![],
             timeout,
             before_publish: false,
+            env: StepEnv::default(),
         }
     }
 
@@ -454,6 +506,58 @@ mod tests {
             ran.output
         );
         assert!(!ran.output.contains("s3cr3t"), "{}", ran.output);
+    }
+
+    #[test]
+    fn a_step_inherits_only_the_basics_and_what_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        // Cargo sets CARGO_MANIFEST_DIR in the test process: it stands for
+        // any variable of gitpulse's own (a token, a password).
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let script = "echo \"manifest=${CARGO_MANIFEST_DIR:-unset} path=${PATH:+set} \
+                      own=${OWN:-unset} repo=$GITPULSE_REPO\"";
+        let mut s = step(Program::Shell(script.into()), Duration::from_secs(10));
+        let ran = run(&s, &revision(dir.path()), dir.path(), &[], &AtomicBool::new(false));
+        assert_eq!(ran.output, "manifest=unset path=set own=unset repo=app");
+        s.env.pass = vec!["CARGO_MANIFEST_DIR".into()];
+        s.env.set = [("OWN".to_string(), "given".to_string())].into();
+        let ran = run(&s, &revision(dir.path()), dir.path(), &[], &AtomicBool::new(false));
+        assert_eq!(
+            ran.output,
+            format!(
+                "manifest={} path=set own=given repo=app",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        );
+    }
+
+    #[test]
+    fn a_descendant_that_left_the_group_does_not_hold_the_step_past_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("escaped.pid");
+        // `setsid` puts sleep in a session of its own, out of reach of the
+        // group kill, with the output pipes still open.
+        let script = format!(
+            "setsid sh -c 'echo $$ > {}; exec sleep 30' & wait",
+            pid_file.display()
+        );
+        let ran = run(
+            &step(Program::Shell(script), Duration::from_millis(500)),
+            &revision(dir.path()),
+            dir.path(),
+            &[],
+            &AtomicBool::new(false),
+        );
+        assert_eq!(ran.status, Status::TimedOut);
+        assert!(ran.duration < Duration::from_secs(20), "{:?}", ran.duration);
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: the sleep this test started.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
     }
 
     #[test]

@@ -96,8 +96,25 @@ pub fn attempt_line(record: &AttemptRecord, decision: &Decision) -> String {
     };
     format!(
         "attempt {} failed: {}{status}: {} — {next}",
-        record.n, record.class, record.message
+        record.n,
+        record.class,
+        upstream(&record.message)
     )
+}
+
+/// What a remote said, as it may be printed: every line after the first
+/// begins `  | `, so no line a hostile server wrote can start with `::`
+/// (a GitHub Actions runner reads its steps' output for workflow commands
+/// such as `::error::` or `::add-mask::`, after leading spaces).
+pub fn upstream(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split(['\n', '\r']).filter(|l| !l.is_empty()).enumerate() {
+        if i > 0 {
+            out.push_str("\n  | ");
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// The final line for a person.
@@ -142,7 +159,7 @@ pub fn summary(report: &PullReport) -> String {
             let last = report
                 .attempts
                 .last()
-                .map(|a| format!("{}: {}", a.class, a.message))
+                .map(|a| format!("{}: {}", a.class, upstream(&a.message)))
                 .unwrap_or_default();
             format!(
                 "pull of {} into {} failed ({}) after {} attempt{} in {took}: {last}",
@@ -200,6 +217,16 @@ pub fn when(at_ms: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_line_a_remote_wrote_can_start_a_workflow_command() {
+        let said = upstream("denied\n::error::fake\r\n  ::add-mask::x\rlast");
+        assert_eq!(said, "denied\n  | ::error::fake\n  |   ::add-mask::x\n  | last");
+        for line in said.lines() {
+            assert!(!line.trim_start().starts_with("::"), "{line}");
+        }
+        assert_eq!(upstream("one line"), "one line");
+    }
     use crate::git::FailureClass;
     use crate::policy::StopReason;
 

@@ -50,11 +50,13 @@ pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
 mod notifier;
+mod reach;
 mod receiver;
 pub use notifier::{
     read_secret, Channel, Delivery, EmailConfig, Filter, HttpMethod, LogConfig, NotifierConfig,
     SecretRef, SmtpSecurity, TemplateOverride, WebhookConfig,
 };
+pub use reach::{Reach, Reached};
 pub use receiver::{HookKind, ReceiverConfig};
 
 /// One thing wrong with a config file.
@@ -309,6 +311,9 @@ pub struct Config {
     /// `[[credential]]`: HTTP(S) credentials by URL prefix, for remotes
     /// and submodules on their own origins.
     pub credentials: Vec<OriginCredential>,
+    /// `[hook]`: what a repository's own `.gitpulse.toml` may reach. Read
+    /// from the user's config only; in any other file it grants nothing.
+    pub hook: HookAllowance,
     /// Where each repository is in `repos`: the daemon looks one up for
     /// every pull, and a fleet has thousands.
     by_name: HashMap<String, usize>,
@@ -409,6 +414,8 @@ struct RawStep {
     paths: Option<Spanned<Vec<String>>>,
     timeout: Option<Spanned<String>>,
     before_publish: Option<Spanned<bool>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    pass_env: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -526,6 +533,27 @@ struct RawConfig {
     receiver: Vec<Spanned<receiver::RawReceiver>>,
     #[serde(default)]
     credential: Vec<Spanned<RawCredential>>,
+    #[serde(default)]
+    hook: Option<Spanned<RawHook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    allow_env: Option<Spanned<Vec<String>>>,
+    allow_paths: Option<Spanned<Vec<String>>>,
+}
+
+/// `[hook]` of the user's config: the environment variables and the
+/// directories a trusted repository's `.gitpulse.toml` may use besides its
+/// own worktree. Empty (the default): none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookAllowance {
+    /// Variables it may read secrets from.
+    pub env: Vec<String>,
+    /// Directories (resolved against the user's config) whose files it
+    /// may read or write.
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -1216,6 +1244,26 @@ pub fn parse(
         }
     }
 
+    let hook = raw
+        .hook
+        .as_ref()
+        .map(|h| {
+            let h = h.get_ref();
+            HookAllowance {
+                env: h
+                    .allow_env
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default(),
+                paths: h
+                    .allow_paths
+                    .as_ref()
+                    .map(|v| v.get_ref().iter().map(|p| resolve(p)).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .unwrap_or_default();
+
     if !check.problems.is_empty() {
         check.problems.sort_by_key(|p| p.line);
         return Err(Problems(check.problems));
@@ -1233,6 +1281,7 @@ pub fn parse(
         notifiers,
         receivers,
         credentials,
+        hook,
         by_name,
     })
 }
@@ -1562,6 +1611,29 @@ fn check_steps(
                 continue;
             }
         }
+        let env = step::StepEnv {
+            set: raw
+                .env
+                .as_ref()
+                .map(|e| e.get_ref().clone())
+                .unwrap_or_default(),
+            pass: raw
+                .pass_env
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_default(),
+        };
+        let bad_name = |n: &String| {
+            n.is_empty() || n.contains('=') || n.contains('\0') || n.starts_with("GITPULSE_")
+        };
+        if let Some(at) = raw.env.as_ref().filter(|_| env.set.keys().any(bad_name)) {
+            check.at(at, format!("{field}.env"), "variable names must be non-empty, without `=`, and not GITPULSE_* (gitpulse sets those)");
+            continue;
+        }
+        if let Some(at) = raw.pass_env.as_ref().filter(|_| env.pass.iter().any(bad_name)) {
+            check.at(at, format!("{field}.pass_env"), "variable names must be non-empty, without `=`, and not GITPULSE_* (gitpulse sets those)");
+            continue;
+        }
         steps.push(Step {
             name,
             program,
@@ -1569,6 +1641,7 @@ fn check_steps(
             paths,
             timeout,
             before_publish,
+            env,
         });
     }
     steps

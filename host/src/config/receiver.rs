@@ -64,6 +64,9 @@ pub struct ReceiverConfig {
     pub secret: SecretRef,
     /// The repositories it may wake; empty: any whose URL and branch match.
     pub repos: Vec<String>,
+    /// The largest body it reads (`max_body_kib`, default 1 MiB): a longer
+    /// declared length is refused before a byte of it is read.
+    pub max_body: usize,
     /// Where it starts in the file.
     pub line: usize,
 }
@@ -76,6 +79,7 @@ pub(super) struct RawReceiver {
     secret_env: Option<Spanned<String>>,
     secret_file: Option<Spanned<String>>,
     repos: Option<Spanned<Vec<String>>>,
+    max_body_kib: Option<Spanned<i64>>,
 }
 
 /// Checks one `[[receiver]]` at `line`; `repo_names` are the configured
@@ -159,11 +163,30 @@ pub(super) fn check_receiver(
             list.get_ref().clone()
         })
         .unwrap_or_default();
+    let max_body = match &r.max_body_kib {
+        None => crate::receiver::DEFAULT_MAX_BODY,
+        Some(k) => match usize::try_from(*k.get_ref()) {
+            Ok(kib) if (1..=crate::receiver::MAX_BODY / 1024).contains(&kib) => kib * 1024,
+            _ => {
+                check.at(
+                    k,
+                    format!("{label}.max_body_kib"),
+                    format!(
+                        "`{}`: between 1 and {} (KiB; the forges send well under 1024)",
+                        k.get_ref(),
+                        crate::receiver::MAX_BODY / 1024
+                    ),
+                );
+                return None;
+            }
+        },
+    };
     Some(ReceiverConfig {
         name: n,
         kind: kind?,
         secret: secret?,
         repos,
+        max_body,
         line,
     })
 }

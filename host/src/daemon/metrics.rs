@@ -220,7 +220,7 @@ impl Metrics {
         let webhook_requests = Family::<ReceiverResult, Counter>::default();
         registry.register(
             "webhook_requests",
-            "Push webhook deliveries, by receiver and result (woken, ignored, ping, repeat, unauthorized, rate-limited, bad-payload, error)",
+            "Push webhook deliveries, by receiver and result (woken, ignored, ping, repeat, unauthorized, rate-limited, too-large, timeout, bad-payload, error)",
             webhook_requests.clone(),
         );
         // A gauge at 1, not an OpenMetrics info: Prometheus' own text

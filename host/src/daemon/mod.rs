@@ -506,6 +506,7 @@ impl crate::server::Control for DaemonView {
                 kind: r.kind,
                 secret,
                 repos: r.repos.clone(),
+                max_body: r.max_body,
             }),
         )
     }

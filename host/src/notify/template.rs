@@ -6,11 +6,23 @@
 //!
 //! A template that does not compile or render is an error here; falling
 //! back to the default (and reporting the fault) is the caller's choice.
+//!
+//! Templates come from operators and from plugins, and both can be wrong
+//! in ways that never end: six nested `{{#each}}` over fifty commits is
+//! 15 billion iterations. So a render is bounded while it runs, not after:
+//! its source size and block nesting before it starts, every `{{#each}}`
+//! iteration against [`MAX_ITERATIONS`], and every written piece against
+//! [`MAX_OUTPUT`] and the [`RENDER_TIME`] deadline. Over a bound the render
+//! stops at once with an error saying which.
 
+use std::cell::Cell;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use handlebars::{handlebars_helper, no_escape, Handlebars};
+use handlebars::{
+    handlebars_helper, no_escape, BlockContext, BlockParams, Context, Handlebars, Helper,
+    HelperDef, HelperResult, Output, RenderContext, RenderErrorReason, Renderable,
+};
 use serde_json::{json, Value};
 
 use crate::events::{Event, EventKind};
@@ -99,6 +111,7 @@ fn registry(part: Part) -> Handlebars<'static> {
         Part::Html => {}
         Part::Json => hb.register_escape_fn(json_string_escape),
     }
+    hb.register_helper("each", Box::new(BoundedEach));
     hb.register_helper("short_sha", Box::new(short_sha));
     hb.register_helper("pluralize", Box::new(pluralize));
     hb.register_helper("duration", Box::new(duration));
@@ -142,35 +155,242 @@ fn raw_json(
 /// The most a rendered part may weigh. Bigger is a template (or a
 /// plugin's) gone wrong, not a message anyone reads.
 pub const MAX_OUTPUT: usize = 256 * 1024;
+/// The most `{{#each}}` iterations one render may take, all loops together:
+/// the default templates take a few hundred.
+pub const MAX_ITERATIONS: u64 = 100_000;
+/// The deepest block nesting (`{{#each}}`, `{{#if}}`, …) a template may have.
+pub const MAX_NESTING: usize = 8;
+/// The largest template source.
+pub const MAX_TEMPLATE: usize = 64 * 1024;
+/// The longest one part may take to render.
+pub const RENDER_TIME: Duration = Duration::from_millis(500);
+
+/// What the render running on this thread may still spend. Set by
+/// [`render_one`] for the length of one render (helpers cannot be handed
+/// state of their own), read by `{{#each}}` and by the output.
+struct Budget {
+    iterations: Cell<u64>,
+    deadline: Cell<Option<Instant>>,
+    /// The bound that stopped the render, for its error.
+    over: Cell<Option<&'static str>>,
+}
+
+thread_local! {
+    static BUDGET: Budget = const {
+        Budget {
+            iterations: Cell::new(0),
+            deadline: Cell::new(None),
+            over: Cell::new(None),
+        }
+    };
+}
+
+/// Stops the render with `why` (remembered for its error message).
+fn over(why: &'static str) -> std::io::Error {
+    BUDGET.with(|b| b.over.set(Some(why)));
+    std::io::Error::other(why)
+}
+
+fn past_deadline() -> bool {
+    BUDGET.with(|b| b.deadline.get().is_some_and(|d| Instant::now() >= d))
+}
+
+/// A rendered part's text, refused as soon as it outgrows [`MAX_OUTPUT`] or
+/// the render its deadline.
+#[derive(Default)]
+struct BoundedText(Vec<u8>);
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            return Err(over("output"));
+        }
+        if past_deadline() {
+            return Err(over("time"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `{{#each}}` as handlebars has it (arrays and objects, `@index`,
+/// `@first`, `@last`, `@key`, block parameters, `{{else}}`), each
+/// iteration paid for from the render's [`Budget`]: a loop with an empty
+/// body writes nothing, so the output alone cannot bound it.
+struct BoundedEach;
+
+impl HelperDef for BoundedEach {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let value = h
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("each", 0))?;
+        let Some(body) = h.template() else {
+            return Ok(());
+        };
+        let items: Vec<(serde_json::Value, &Value)> = match value.value() {
+            Value::Array(list) => list.iter().enumerate().map(|(i, v)| (json!(i), v)).collect(),
+            Value::Object(map) => map.iter().map(|(k, v)| (json!(k), v)).collect(),
+            _ => Vec::new(),
+        };
+        let iterable = matches!(value.value(), Value::Array(_) | Value::Object(_));
+        if items.is_empty() && (!iterable || h.inverse().is_some()) {
+            return match h.inverse() {
+                Some(otherwise) => otherwise.render(r, ctx, rc, out),
+                None if r.strict_mode() && !iterable => {
+                    Err(handlebars::RenderError::strict_error(value.relative_path()))
+                }
+                None => Ok(()),
+            };
+        }
+        let is_object = matches!(value.value(), Value::Object(_));
+        let base = value.context_path().cloned();
+        rc.push_block(BlockContext::new());
+        let last = items.len().saturating_sub(1);
+        for (i, (key, item)) in items.iter().enumerate() {
+            let spent = BUDGET.with(|b| {
+                let left = b.iterations.get();
+                b.iterations.set(left.saturating_sub(1));
+                left == 0
+            });
+            if spent {
+                over("iterations");
+                rc.pop_block();
+                return Err(RenderErrorReason::Other("too many {{#each}} iterations".into()).into());
+            }
+            if past_deadline() {
+                over("time");
+                rc.pop_block();
+                return Err(RenderErrorReason::Other("took too long".into()).into());
+            }
+            if let Some(block) = rc.block_mut() {
+                block.set_local_var("first", json!(i == 0));
+                block.set_local_var("last", json!(i == last));
+                block.set_local_var("index", json!(i));
+                if is_object {
+                    block.set_local_var("key", key.clone());
+                }
+                let segment = match key {
+                    Value::String(k) => k.clone(),
+                    other => other.to_string(),
+                };
+                match &base {
+                    Some(path) => {
+                        let mut here = path.clone();
+                        here.push(segment);
+                        *block.base_path_mut() = here;
+                    }
+                    None => block.set_base_value((*item).clone()),
+                }
+                let mut params = BlockParams::new();
+                let (name, key_name) = match (h.block_param(), h.block_param_pair()) {
+                    (Some(name), _) => (Some(name), None),
+                    (None, Some((name, key_name))) => (Some(name), Some(key_name)),
+                    (None, None) => (None, None),
+                };
+                if let Some(name) = name {
+                    if base.is_some() {
+                        params.add_path(name, Vec::new())?;
+                    } else {
+                        params.add_value(name, (*item).clone())?;
+                    }
+                    if let Some(key_name) = key_name {
+                        params.add_value(key_name, key.clone())?;
+                    }
+                    block.set_block_params(params);
+                }
+            }
+            body.render(r, ctx, rc, out)?;
+        }
+        rc.pop_block();
+        Ok(())
+    }
+}
 
 /// Renders `template` against `data`; the error says what is wrong and where.
 ///
 /// Partials are refused: two that include each other overflow the stack
 /// (and abort the process), and a few that each include the previous twice
-/// render for ever. Without them a render is bounded by the template and
-/// the event; its output is bounded by [`MAX_OUTPUT`].
+/// render for ever. The rest is bounded while it renders (see the module
+/// doc): source size, nesting, iterations, output and time.
 pub fn render_one(template: &str, data: &Value, part: Part) -> Result<String, String> {
     // Built once: a registry with its helpers costs more than a small render.
     static TEXT: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(Part::Text));
     static HTML: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(Part::Html));
     static JSON: LazyLock<Handlebars<'static>> = LazyLock::new(|| registry(Part::Json));
     refuse_partials(template)?;
+    check_shape(template)?;
     let registry = match part {
         Part::Text => &*TEXT,
         Part::Html => &*HTML,
         Part::Json => &*JSON,
     };
-    let out = registry
-        .render_template(template, data)
-        .map_err(|e| e.to_string())?;
-    if out.len() > MAX_OUTPUT {
-        return Err(format!(
-            "rendered {} KiB, more than the {} KiB a message may have",
-            out.len() / 1024,
+    BUDGET.with(|b| {
+        b.iterations.set(MAX_ITERATIONS);
+        b.deadline.set(Some(Instant::now() + RENDER_TIME));
+        b.over.set(None);
+    });
+    let mut text = BoundedText::default();
+    let result = registry.render_template_to_write(template, data, &mut text);
+    let stopped = BUDGET.with(|b| {
+        b.deadline.set(None);
+        b.over.take()
+    });
+    match (result, stopped) {
+        (_, Some("output")) => Err(format!(
+            "rendered more than the {} KiB a message may have",
             MAX_OUTPUT / 1024
+        )),
+        (_, Some("iterations")) => Err(format!(
+            "took more than {MAX_ITERATIONS} {{{{#each}}}} iterations"
+        )),
+        (_, Some(_)) => Err(format!(
+            "took longer than {} ms to render",
+            RENDER_TIME.as_millis()
+        )),
+        (Err(e), None) => Err(e.to_string()),
+        (Ok(()), None) => String::from_utf8(text.0).map_err(|e| e.to_string()),
+    }
+}
+
+/// A template's source size and block nesting, before it compiles (a deep
+/// enough nesting overflows the compiler's stack).
+fn check_shape(template: &str) -> Result<(), String> {
+    if template.len() > MAX_TEMPLATE {
+        return Err(format!(
+            "the template has {} KiB, more than the {} KiB a template may have",
+            template.len() / 1024,
+            MAX_TEMPLATE / 1024
         ));
     }
-    Ok(out)
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let tag = rest[open + 2..].trim_start_matches(['{', '~', ' ', '\t', '\n', '\r']);
+        if tag.starts_with('#') {
+            depth += 1;
+            deepest = deepest.max(depth);
+        } else if tag.starts_with('/') {
+            depth = depth.saturating_sub(1);
+        }
+        rest = &rest[open + 2..];
+    }
+    if deepest > MAX_NESTING {
+        return Err(format!(
+            "blocks nest {deepest} deep, more than the {MAX_NESTING} a template may have"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `body` is one JSON value whose objects have no duplicate keys
@@ -231,6 +451,7 @@ pub fn check_json(body: &str) -> Result<(), String> {
 /// Compiles `template` without rendering, for `gitpulse validate`.
 pub fn check(template: &str) -> Result<(), String> {
     refuse_partials(template)?;
+    check_shape(template)?;
     handlebars::Template::compile(template)
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -397,6 +618,75 @@ mod tests {
         }];
         e.compare_url = crate::events::compare_url(e.repo.url(), &"a".repeat(40), &"b".repeat(40));
         e
+    }
+
+    fn many_commits(n: usize) -> Value {
+        let mut e = changed();
+        e.commits = (0..n)
+            .map(|i| Commit {
+                sha: format!("{i:040}"),
+                author: "Ada".into(),
+                subject: format!("commit {i}"),
+            })
+            .collect();
+        event_data(&e, "n", &[])
+    }
+
+    #[test]
+    fn nested_loops_stop_at_the_iteration_bound_instead_of_running_for_ever() {
+        let data = many_commits(50);
+        let six = "{{#each @root.commits}}".repeat(6) + "x" + &"{{/each}}".repeat(6);
+        let started = Instant::now();
+        let err = render_one(&six, &data, Part::Text).unwrap_err();
+        assert!(err.contains("iterations"), "{err}");
+        // Empty bodies write nothing: the iteration count stops them too.
+        let silent = "{{#each @root.commits}}".repeat(6) + &"{{/each}}".repeat(6);
+        let err = render_one(&silent, &data, Part::Text).unwrap_err();
+        assert!(err.contains("iterations"), "{err}");
+        assert!(started.elapsed() < RENDER_TIME * 4);
+        // The bound is per render: the next one starts afresh.
+        assert!(render_one("{{#each commits}}{{sha}}{{/each}}", &data, Part::Text).is_ok());
+    }
+
+    #[test]
+    fn output_is_refused_as_soon_as_it_outgrows_the_cap() {
+        let big = "y".repeat(100 * 1024);
+        let data = event_data(&changed(), "n", &[("big".into(), big)]);
+        assert!(render_one("{{vars.big}}{{vars.big}}", &data, Part::Text).is_ok());
+        let err = render_one("{{vars.big}}{{vars.big}}{{vars.big}}", &data, Part::Text).unwrap_err();
+        assert!(err.contains("256 KiB"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_sources_are_refused_before_rendering() {
+        let data = many_commits(1);
+        let deep = "{{#if old}}".repeat(MAX_NESTING + 1) + &"{{/if}}".repeat(MAX_NESTING + 1);
+        assert!(render_one(&deep, &data, Part::Text).unwrap_err().contains("nest"));
+        assert!(check(&deep).is_err());
+        let fine = "{{#if old}}".repeat(MAX_NESTING) + "x" + &"{{/if}}".repeat(MAX_NESTING);
+        assert_eq!(render_one(&fine, &data, Part::Text).unwrap(), "x");
+        let huge = "z".repeat(MAX_TEMPLATE + 1);
+        assert!(render_one(&huge, &data, Part::Text).unwrap_err().contains("KiB"));
+    }
+
+    #[test]
+    fn each_keeps_what_handlebars_each_offers() {
+        let data = many_commits(3);
+        let t = "{{#each commits}}{{@index}}{{#if @first}}F{{/if}}{{#if @last}}L{{/if}}:{{subject}}/{{../repo.name}} {{/each}}";
+        assert_eq!(
+            render_one(t, &data, Part::Text).unwrap(),
+            "0F:commit 0/app 1:commit 1/app 2L:commit 2/app "
+        );
+        let t = "{{#each commits as |c i|}}{{i}}={{c.author}} {{/each}}";
+        assert_eq!(render_one(t, &data, Part::Text).unwrap(), "0=Ada 1=Ada 2=Ada ");
+        let vars = event_data(&changed(), "n", &[("a".into(), "1".into()), ("b".into(), "2".into())]);
+        let t = "{{#each vars}}{{@key}}={{this}};{{/each}}";
+        assert_eq!(render_one(t, &vars, Part::Text).unwrap(), "a=1;b=2;");
+        let none = event_data(&Event::new(EventKind::Changed, RepoRef::default(), 1), "n", &[]);
+        let t = "{{#each commits}}x{{else}}none{{/each}}";
+        assert_eq!(render_one(t, &none, Part::Text).unwrap(), "none");
+        assert_eq!(render_one("{{#each commits}}x{{/each}}", &none, Part::Text).unwrap(), "");
+        assert!(render_one("{{#each old}}x{{/each}}", &none, Part::Text).is_err());
     }
 
     #[test]

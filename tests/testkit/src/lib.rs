@@ -50,6 +50,18 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A TCP connection to 127.0.0.1:`port` from another loopback address,
+/// `127.0.0.N`: a second client, as the server sees it (the whole of
+/// 127.0.0.0/8 is this machine).
+pub fn connect_from(n: u8, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let from = std::net::SocketAddr::from(([127, 0, 0, n], 0));
+    socket.bind(&from.into())?;
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.connect_timeout(&to.into(), std::time::Duration::from_secs(5))?;
+    Ok(socket.into())
+}
+
 /// The usual scene of an end-to-end test: a scratch directory holding one
 /// upstream repository, served over smart HTTP behind a fault proxy.
 pub struct Served {

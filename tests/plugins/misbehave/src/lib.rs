@@ -113,6 +113,22 @@ impl notify::Guest for Misbehave {
                 }),
                 vars: vec![],
             }),
+            // Six nested loops over the event's fields: millions of iterations.
+            "loop-template" => NotifyChoice::Send(Message {
+                template: Some(Template {
+                    subject: "s".into(),
+                    body: "{{#each @root}}".repeat(6) + "x" + &"{{/each}}".repeat(6),
+                }),
+                vars: vec![],
+            }),
+            // Thousands of variables, each looped over all of them.
+            "vars-bomb" => NotifyChoice::Send(Message {
+                template: Some(Template {
+                    subject: "s".into(),
+                    body: "{{#each vars}}{{#each ../vars}}{{@key}}{{/each}}{{/each}}".into(),
+                }),
+                vars: (0..8000).map(|i| (format!("v{i}"), "x".repeat(16))).collect(),
+            }),
             "text-template" => NotifyChoice::Send(Message {
                 template: Some(Template {
                     subject: "{{repo.name}}".into(),

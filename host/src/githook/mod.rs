@@ -14,6 +14,8 @@ use std::process::Command;
 
 use crate::job::LocalChange;
 
+pub mod trust;
+
 /// The hooks installed by default: those that run after the checkout moved.
 pub const DEFAULT_HOOKS: [&str; 3] = ["post-merge", "post-checkout", "post-rewrite"];
 /// Every hook `hook run` understands.
@@ -116,10 +118,35 @@ pub struct HooksPath {
 pub struct Location {
     /// The top of the worktree.
     pub top: PathBuf,
+    /// The repository's git directory (`$GIT_COMMON_DIR`, shared by linked
+    /// worktrees): local, never cloned.
+    pub git_dir: PathBuf,
     /// The repository's own hooks directory (`$GIT_COMMON_DIR/hooks`).
     pub own: PathBuf,
     /// `core.hooksPath`, when set at any scope.
     pub hooks_path: Option<HooksPath>,
+}
+
+/// The top of the worktree at `dir` and its repository's git directory
+/// (`$GIT_COMMON_DIR`), in one `git` call: what `hook run` needs.
+pub fn dirs(dir: &Path) -> Result<(PathBuf, PathBuf), HookError> {
+    let out = git(
+        dir,
+        &[
+            "rev-parse",
+            "--path-format=absolute",
+            "--show-toplevel",
+            "--git-common-dir",
+        ],
+    )?;
+    let mut lines = out.lines();
+    match (lines.next(), lines.next()) {
+        (Some(top), Some(common)) => Ok((PathBuf::from(top), PathBuf::from(common))),
+        _ => Err(HookError::Git {
+            args: "rev-parse --show-toplevel --git-common-dir".into(),
+            message: format!("unexpected answer {out:?}"),
+        }),
+    }
 }
 
 /// Finds the hooks directories of the repository (or linked worktree, or
@@ -130,7 +157,8 @@ pub fn locate(dir: &Path) -> Result<Location, HookError> {
         dir,
         &["rev-parse", "--path-format=absolute", "--git-common-dir"],
     )?;
-    let own = PathBuf::from(common).join("hooks");
+    let git_dir = PathBuf::from(common);
+    let own = git_dir.join("hooks");
     let setting = git(
         dir,
         &[
@@ -165,6 +193,7 @@ pub fn locate(dir: &Path) -> Result<Location, HookError> {
     };
     Ok(Location {
         top,
+        git_dir,
         own,
         hooks_path,
     })
