@@ -461,20 +461,30 @@ fn a_cloned_repositorys_config_is_used_only_once_trusted_and_only_inside_it() {
         "benign",
     );
     let out = as_dev("git", &dev, &["pull", "-q", "--ff-only"]);
-    assert!(said(&out).contains("changed since it was trusted"), "{}", said(&out));
+    assert!(
+        said(&out).contains("changed since it was trusted"),
+        "{}",
+        said(&out)
+    );
     assert!(!dev.join("events.jsonl").exists());
 
     // … until the developer trusts it again; then the next change is told.
     let out = as_dev("gitpulse", &dev, &["hook", "trust"]);
     assert!(out.status.success(), "{}", said(&out));
     let status = as_dev("gitpulse", &dev, &["hook", "status"]);
-    assert!(said(&status).contains(".gitpulse.toml         trusted"), "{}", said(&status));
+    assert!(
+        said(&status).contains(".gitpulse.toml         trusted"),
+        "{}",
+        said(&status)
+    );
     up.commit("told");
     let out = as_dev("git", &dev, &["pull", "-q", "--ff-only"]);
     assert!(out.status.success(), "{}", said(&out));
-    wait_for("the change logged inside the clone", Duration::from_secs(30), || {
-        std::fs::read_to_string(dev.join("events.jsonl")).is_ok_and(|t| t.contains("told"))
-    });
+    wait_for(
+        "the change logged inside the clone",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(dev.join("events.jsonl")).is_ok_and(|t| t.contains("told")),
+    );
     assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# mine\n");
     // The trust record lives outside the worktree.
     assert!(home.join(".config/gitpulse/trusted").is_file());
@@ -487,7 +497,9 @@ fn a_cloned_repositorys_config_is_used_only_once_trusted_and_only_inside_it() {
          [notifier.audit]\nkind = \"log\"\npath = \"events.jsonl.link\"\n",
     )
     .unwrap();
-    assert!(as_dev("gitpulse", &dev, &["hook", "trust"]).status.success());
+    assert!(as_dev("gitpulse", &dev, &["hook", "trust"])
+        .status
+        .success());
     let out = as_dev("gitpulse", &dev, &["hook", "run", "post-merge", "0"]);
     assert!(said(&out).contains("notifier.audit.path"), "{}", said(&out));
     assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# mine\n");

@@ -237,6 +237,22 @@ fn the_api_wants_the_token_json_and_a_known_host() {
         &format!("GET /v1/status HTTP/1.1\r\nHost: evil.example:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
     );
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    // Nor the repositories' names and hosts in the metrics and readiness.
+    for path in ["/metrics", "/readyz"] {
+        let answer = raw_request(
+            port,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 421"), "{path}: {answer}");
+        // A probe or scraper naming the pod by address is answered.
+        let answer = raw_request(
+            port,
+            &format!("GET {path} HTTP/1.1\r\nHost: 10.1.2.3:{port}\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(!answer.starts_with("HTTP/1.1 421"), "{path}: {answer}");
+    }
     assert_eq!(d.stop(), 0);
 }
 
@@ -436,6 +452,17 @@ fn github_push(url: &str, branch_ref: &str, deleted: bool) -> String {
     .to_string()
 }
 
+/// A GitHub push of main that moved it to `after`.
+fn github_push_of(url: &str, after: &str) -> String {
+    serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": after,
+        "deleted": false,
+        "repository": { "clone_url": url, "default_branch": "main" },
+    })
+    .to_string()
+}
+
 /// Sends a GitHub push signed with `secret` as delivery `id`.
 fn send_github(d: &Daemon, body: &str, secret: &str, event: &str, id: &str) -> (u16, String) {
     let signature = format!(
@@ -513,6 +540,19 @@ fn a_signed_github_push_pulls_at_once_and_nothing_else_does() {
             format!("gitpulse_webhook_requests_total{{receiver=\"github\",result=\"{result}\"}}");
         assert_eq!(sample(&metrics, &series), Some(n), "{series}\n{metrics}");
     }
+    // A replay of the signed push under a new delivery id: a repeat too.
+    let (code, said) = send_github(&d, &push, "s3cret", "push", "d-replayed");
+    assert_eq!(code, 200, "{said}");
+    assert!(said.contains("redelivery"), "{said}");
+    // Deliveries that fail verification do not use up the receiver's rate
+    // (30 at once): a signed push after 40 of them is acted on.
+    for n in 0..40 {
+        let (code, _) = send_github(&d, &push, "wrong", "push", &format!("forged-{n}"));
+        assert_eq!(code, 401);
+    }
+    let fresh = github_push_of(&url, &"2".repeat(40));
+    let (code, said) = send_github(&d, &fresh, "s3cret", "push", "d-3");
+    assert_eq!(code, 202, "{said}");
     assert_eq!(d.stop(), 0);
 }
 
@@ -527,16 +567,23 @@ fn rss_kib(d: &Daemon) -> u64 {
         .unwrap()
 }
 
-/// Sends `head` (a request line and headers) on `stream` and the first
-/// `body` bytes, then reads the answer's status code (the connection's
-/// read timeout bounds the wait).
-fn status_after(stream: &mut TcpStream, head: &str, body: &[u8]) -> Option<u16> {
-    stream.write_all(head.as_bytes()).ok()?;
+/// Sends `head` (a request line and headers) on `stream` and then as much
+/// of `body` as the server takes, then reads the answer: its status code
+/// and what came with it (the connection's read timeout bounds the wait).
+fn answer_after(stream: &mut TcpStream, head: &str, body: &[u8]) -> (Option<u16>, String) {
+    if stream.write_all(head.as_bytes()).is_err() {
+        return (None, String::new());
+    }
     let _ = stream.write_all(body);
-    let mut answer = [0u8; 64];
-    let n = stream.read(&mut answer).ok()?;
-    let line = String::from_utf8_lossy(&answer[..n]).to_string();
-    line.split_whitespace().nth(1)?.parse().ok()
+    let mut answer = [0u8; 4096];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..n]).to_string();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    (code, text)
+}
+
+fn status_after(stream: &mut TcpStream, head: &str, body: &[u8]) -> Option<u16> {
+    answer_after(stream, head, body).0
 }
 
 #[test]
@@ -546,21 +593,30 @@ fn the_push_listener_reads_nothing_it_does_not_need_and_stays_up_under_slow_clie
     let port = d.port;
     let before = rss_kib(&d);
 
-    // 24 MiB bodies, unsigned or to no receiver: answered from the headers.
-    let huge = vec![b' '; 24 << 20];
+    // 24 MiB bodies, unsigned or to no receiver: answered from the headers
+    // (the client's write of the rest then fails: the daemon hung up).
+    let big = |path: &str, headers: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\n\r\n",
+            24 << 20
+        );
+        answer_after(&mut s, &head, &vec![b' '; 24 << 20])
+    };
     for _ in 0..10 {
-        let (code, _) = d.post_raw("/hooks/github", &[("X-GitHub-Event", "push")], &huge);
-        assert_eq!(code, 401);
-        let (code, _) = d.post_raw("/hooks/nobody", &[], &huge);
-        assert_eq!(code, 404);
+        assert_eq!(
+            big("/hooks/github", "X-GitHub-Event: push\r\n").0,
+            Some(401)
+        );
+        assert_eq!(big("/hooks/nobody", "").0, Some(404));
     }
     // Signed, but longer than the receiver reads (1 MiB by default).
-    let (code, said) = d.post_raw(
+    let (code, said) = big(
         "/hooks/github",
-        &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", "sha256=00")],
-        &huge,
+        "X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\n",
     );
-    assert_eq!(code, 413, "{said}");
+    assert_eq!(code, Some(413), "{said}");
     assert!(said.contains("1024 KiB"), "{said}");
     let grown = rss_kib(&d).saturating_sub(before);
     assert!(grown < 24 * 1024, "the daemon grew by {grown} KiB");
@@ -568,7 +624,8 @@ fn the_push_listener_reads_nothing_it_does_not_need_and_stays_up_under_slow_clie
     // A client that sends its headers and then a byte now and then is
     // answered 408 once the body's time is up, not held for ever.
     let mut slow = connect_from(2, port).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let head = format!(
         "POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-GitHub-Event: push\r\n\
          X-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n"
@@ -577,7 +634,9 @@ fn the_push_listener_reads_nothing_it_does_not_need_and_stays_up_under_slow_clie
 
     // One peer holding many connections cannot take every slot: health
     // checks from elsewhere still get through.
-    let held: Vec<TcpStream> = (0..1100).filter_map(|_| connect_from(3, port).ok()).collect();
+    let held: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| connect_from(3, port).ok())
+        .collect();
     assert!(held.len() >= 1030, "connected {}", held.len());
     let (code, _) = d.request("GET", "/healthz", None, None);
     assert_eq!(code, 200);
@@ -703,6 +762,7 @@ fn pushes_during_a_pull_coalesce_into_one_more_pull() {
         d.status()["repos"][0]["running"] == true
     });
     for n in 1..=3 {
+        let push = github_push_of(&url, &format!("{n:040}"));
         let (code, said) = send_github(&d, &push, "s3cret", "push", &format!("c-{n}"));
         assert_eq!(code, 202, "{said}");
     }

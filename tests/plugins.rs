@@ -260,8 +260,14 @@ fn misbehaving_plugins_are_bounded_and_named() {
         ("years", "beyond the cap"),
         ("huge-reason", "stop reason (limit 512)"),
         ("huge-template", "limit 256 KiB"),
-        ("loop-template", "(rendered with a sample event): took more than 100000"),
-        ("vars-bomb", "(rendered with a sample event): took more than 100000"),
+        (
+            "loop-template",
+            "(rendered with a sample event): took more than 100000",
+        ),
+        (
+            "vars-bomb",
+            "(rendered with a sample event): took more than 100000",
+        ),
         (
             "text-template",
             "notify template for changed on webhook (rendered with a sample event): \

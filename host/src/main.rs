@@ -565,7 +565,11 @@ fn hook(command: HookCommand) -> Result<(), Failure> {
             let file = location.top.join(githook::trust::WORKTREE_FILE);
             match githook::trust::is_trusted(&location.top) {
                 Ok(None) => {}
-                Ok(Some(true)) => println!("{:<22} trusted ({})", githook::trust::WORKTREE_FILE, file.display()),
+                Ok(Some(true)) => println!(
+                    "{:<22} trusted ({})",
+                    githook::trust::WORKTREE_FILE,
+                    file.display()
+                ),
                 Ok(Some(false)) => println!(
                     "{:<22} not trusted, so not used: read it, then `gitpulse hook trust` ({})",
                     githook::trust::WORKTREE_FILE,
@@ -584,7 +588,9 @@ fn hook(command: HookCommand) -> Result<(), Failure> {
                 &trusted.digest[..12]
             );
             if !trusted.reaches.is_empty() {
-                println!("it uses (each must be inside the worktree or allowed by your [hook] table):");
+                println!(
+                    "it uses (each must be inside the worktree or allowed by your [hook] table):"
+                );
                 for line in trusted.reaches {
                     println!("{line}");
                 }
@@ -594,7 +600,10 @@ fn hook(command: HookCommand) -> Result<(), Failure> {
         HookCommand::Untrust { repo } => {
             let location = githook::locate(&repo).map_err(usage)?;
             if githook::trust::untrust(&location.top).map_err(failed)? {
-                println!("no longer trusted: {}", location.top.join(githook::trust::WORKTREE_FILE).display());
+                println!(
+                    "no longer trusted: {}",
+                    location.top.join(githook::trust::WORKTREE_FILE).display()
+                );
             } else {
                 println!("was not trusted");
             }

@@ -203,7 +203,10 @@ impl FromStr for Severity {
 /// double quotes with C escapes (`"innocent\n/etc/passwd"`). Lists of
 /// paths are one per line, so a name with a newline cannot add an entry.
 pub fn quote_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+    if !path
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len() + 8);
@@ -228,7 +231,6 @@ pub fn quote_path(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +239,10 @@ mod tests {
     fn paths_are_quoted_as_git_quotes_them() {
         assert_eq!(quote_path("src/a.rs"), "src/a.rs");
         assert_eq!(quote_path("ünï code.txt"), "ünï code.txt");
-        assert_eq!(quote_path("innocent\n/etc/passwd"), "\"innocent\\n/etc/passwd\"");
+        assert_eq!(
+            quote_path("innocent\n/etc/passwd"),
+            "\"innocent\\n/etc/passwd\""
+        );
         assert_eq!(quote_path("a\"b\\c\td"), "\"a\\\"b\\\\c\\td\"");
         assert_eq!(quote_path("bell\u{7}"), "\"bell\\007\"");
     }

@@ -159,10 +159,19 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
     let push = Router::new()
         .route("/hooks/{name}", post(hook))
         .with_state((view.clone(), hooks));
-    let app = Router::new()
-        .route("/healthz", get(healthz))
+    // Repository names and hosts: behind the Host check too, but one that
+    // also takes any IP literal (a rebinding page always sends a name;
+    // probes and scrapers send the pod's address).
+    let probes = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(
+            (view.clone(), listen),
+            known_host_or_address,
+        ));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(probes)
         .merge(page)
         .merge(api)
         .with_state(view)
@@ -210,7 +219,10 @@ struct PeerSlot {
 }
 
 impl PeerSlot {
-    fn take(peers: &Arc<Mutex<HashMap<std::net::IpAddr, usize>>>, ip: std::net::IpAddr) -> Option<Self> {
+    fn take(
+        peers: &Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<Self> {
         let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
         let n = held.entry(ip).or_insert(0);
         if *n >= MAX_PER_PEER {
@@ -412,6 +424,46 @@ async fn known_host(
     }
 }
 
+/// Like [`known_host`], also taking any IP address as Host: a DNS
+/// rebinding page reaches the port under a name, never an address, and a
+/// kubelet's probe or Prometheus' scrape of a pod sends its address.
+async fn known_host_or_address(
+    State((view, listen)): State<(View, Option<SocketAddr>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if is_address(host) || host_allowed(host, listen, &view.host_names()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(json!({ "error": "unknown Host: add it to [daemon] host_names" })),
+        )
+            .into_response()
+    }
+}
+
+/// Whether a Host header is an IP address (with or without a port).
+fn is_address(host: &str) -> bool {
+    let bare = host.trim();
+    if bare.parse::<std::net::IpAddr>().is_ok() || bare.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match bare.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok(),
+        _ => false,
+    }
+}
+
 /// Whether a Host header names this daemon: a loopback address or
 /// `localhost`, the listen address, or one of `names` (each with or
 /// without a port).
@@ -565,21 +617,34 @@ async fn hook(
             json!({ "error": "too many deliveries: slow down" }),
         );
     }
-    if let Some(id) = receiver::delivery_id(&pairs) {
-        let key = format!("{name}/{id}");
-        let repeat = hooks
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seen
-            .repeat(&key, Instant::now());
-        if repeat {
-            return answer(
-                StatusCode::OK,
-                "repeat",
-                json!({ "woken": [], "why": "a redelivery of a delivery already acted on" }),
-            );
+    // A redelivery repeats its id; a replay under a new (or no) id still
+    // repeats the signed body, which names the commits it moved.
+    let body_key = {
+        use sha2::Digest as _;
+        let mut digest = sha2::Sha256::new();
+        for (k, v) in &pairs {
+            let k = k.to_ascii_lowercase();
+            if k.ends_with("-event") || k == "x-event-key" {
+                digest.update(format!("{k}: {v}\n"));
+            }
         }
+        digest.update(&body);
+        format!("{name}/body/{}", hex::encode(digest.finalize()))
+    };
+    let id_key = receiver::delivery_id(&pairs).map(|id| format!("{name}/id/{id}"));
+    let repeat = {
+        let mut state = hooks.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let by_id = id_key.is_some_and(|k| state.seen.repeat(&k, now));
+        let by_body = state.seen.repeat(&body_key, now);
+        by_id || by_body
+    };
+    if repeat {
+        return answer(
+            StatusCode::OK,
+            "repeat",
+            json!({ "woken": [], "why": "a redelivery of a delivery already acted on" }),
+        );
     }
     let push = match receiver::read(receiver.kind, &pairs, &body) {
         Err(e) => {
@@ -631,6 +696,16 @@ fn internal(e: impl std::fmt::Display) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_also_take_addresses_but_never_a_name_the_daemon_does_not_go_by() {
+        for ok in ["10.1.2.3", "10.1.2.3:8787", "[fd00::1]:8787", "fd00::1"] {
+            assert!(is_address(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8787", "10.1.2.3.nip.io", ""] {
+            assert!(!is_address(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn hosts_the_daemon_goes_by() {

@@ -517,11 +517,23 @@ mod tests {
         let script = "echo \"manifest=${CARGO_MANIFEST_DIR:-unset} path=${PATH:+set} \
                       own=${OWN:-unset} repo=$GITPULSE_REPO\"";
         let mut s = step(Program::Shell(script.into()), Duration::from_secs(10));
-        let ran = run(&s, &revision(dir.path()), dir.path(), &[], &AtomicBool::new(false));
+        let ran = run(
+            &s,
+            &revision(dir.path()),
+            dir.path(),
+            &[],
+            &AtomicBool::new(false),
+        );
         assert_eq!(ran.output, "manifest=unset path=set own=unset repo=app");
         s.env.pass = vec!["CARGO_MANIFEST_DIR".into()];
         s.env.set = [("OWN".to_string(), "given".to_string())].into();
-        let ran = run(&s, &revision(dir.path()), dir.path(), &[], &AtomicBool::new(false));
+        let ran = run(
+            &s,
+            &revision(dir.path()),
+            dir.path(),
+            &[],
+            &AtomicBool::new(false),
+        );
         assert_eq!(
             ran.output,
             format!(

@@ -108,7 +108,11 @@ pub fn attempt_line(record: &AttemptRecord, decision: &Decision) -> String {
 /// such as `::error::` or `::add-mask::`, after leading spaces).
 pub fn upstream(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for (i, line) in text.split(['\n', '\r']).filter(|l| !l.is_empty()).enumerate() {
+    for (i, line) in text
+        .split(['\n', '\r'])
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
         if i > 0 {
             out.push_str("\n  | ");
         }
@@ -221,7 +225,10 @@ mod tests {
     #[test]
     fn no_line_a_remote_wrote_can_start_a_workflow_command() {
         let said = upstream("denied\n::error::fake\r\n  ::add-mask::x\rlast");
-        assert_eq!(said, "denied\n  | ::error::fake\n  |   ::add-mask::x\n  | last");
+        assert_eq!(
+            said,
+            "denied\n  | ::error::fake\n  |   ::add-mask::x\n  | last"
+        );
         for line in said.lines() {
             assert!(!line.trim_start().starts_with("::"), "{line}");
         }

@@ -1630,7 +1630,11 @@ fn check_steps(
             check.at(at, format!("{field}.env"), "variable names must be non-empty, without `=`, and not GITPULSE_* (gitpulse sets those)");
             continue;
         }
-        if let Some(at) = raw.pass_env.as_ref().filter(|_| env.pass.iter().any(bad_name)) {
+        if let Some(at) = raw
+            .pass_env
+            .as_ref()
+            .filter(|_| env.pass.iter().any(bad_name))
+        {
             check.at(at, format!("{field}.pass_env"), "variable names must be non-empty, without `=`, and not GITPULSE_* (gitpulse sets those)");
             continue;
         }

@@ -150,7 +150,10 @@ mod tests {
         let has = |field: &str, r: Reach| reach.iter().any(|x| x.field == field && x.reach == r);
         assert!(has("daemon.state_dir", Reach::Path("/var/lib/gp".into())));
         assert!(has("repo \"app\".dir", Reach::Path("/srv/app".into())));
-        assert!(has("repo \"app\".token_env", Reach::Env("APP_TOKEN".into())));
+        assert!(has(
+            "repo \"app\".token_env",
+            Reach::Env("APP_TOKEN".into())
+        ));
         assert!(has(
             "notifier.mail.password_file",
             Reach::Path("/home/u/.ssh/id_ed25519".into())

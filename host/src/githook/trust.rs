@@ -268,7 +268,10 @@ fn read_records() -> Result<Vec<(String, String)>, TrustError> {
             .map(|(d, p)| (d.to_string(), p.to_string()))
             .collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(TrustError::Io { path: file, source: e }),
+        Err(e) => Err(TrustError::Io {
+            path: file,
+            source: e,
+        }),
     }
 }
 

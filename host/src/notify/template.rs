@@ -239,7 +239,11 @@ impl HelperDef for BoundedEach {
             return Ok(());
         };
         let items: Vec<(serde_json::Value, &Value)> = match value.value() {
-            Value::Array(list) => list.iter().enumerate().map(|(i, v)| (json!(i), v)).collect(),
+            Value::Array(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (json!(i), v))
+                .collect(),
             Value::Object(map) => map.iter().map(|(k, v)| (json!(k), v)).collect(),
             _ => Vec::new(),
         };
@@ -266,7 +270,9 @@ impl HelperDef for BoundedEach {
             if spent {
                 over("iterations");
                 rc.pop_block();
-                return Err(RenderErrorReason::Other("too many {{#each}} iterations".into()).into());
+                return Err(
+                    RenderErrorReason::Other("too many {{#each}} iterations".into()).into(),
+                );
             }
             if past_deadline() {
                 over("time");
@@ -653,7 +659,8 @@ mod tests {
         let big = "y".repeat(100 * 1024);
         let data = event_data(&changed(), "n", &[("big".into(), big)]);
         assert!(render_one("{{vars.big}}{{vars.big}}", &data, Part::Text).is_ok());
-        let err = render_one("{{vars.big}}{{vars.big}}{{vars.big}}", &data, Part::Text).unwrap_err();
+        let err =
+            render_one("{{vars.big}}{{vars.big}}{{vars.big}}", &data, Part::Text).unwrap_err();
         assert!(err.contains("256 KiB"), "{err}");
     }
 
@@ -661,12 +668,16 @@ mod tests {
     fn deep_nesting_and_huge_sources_are_refused_before_rendering() {
         let data = many_commits(1);
         let deep = "{{#if old}}".repeat(MAX_NESTING + 1) + &"{{/if}}".repeat(MAX_NESTING + 1);
-        assert!(render_one(&deep, &data, Part::Text).unwrap_err().contains("nest"));
+        assert!(render_one(&deep, &data, Part::Text)
+            .unwrap_err()
+            .contains("nest"));
         assert!(check(&deep).is_err());
         let fine = "{{#if old}}".repeat(MAX_NESTING) + "x" + &"{{/if}}".repeat(MAX_NESTING);
         assert_eq!(render_one(&fine, &data, Part::Text).unwrap(), "x");
         let huge = "z".repeat(MAX_TEMPLATE + 1);
-        assert!(render_one(&huge, &data, Part::Text).unwrap_err().contains("KiB"));
+        assert!(render_one(&huge, &data, Part::Text)
+            .unwrap_err()
+            .contains("KiB"));
     }
 
     #[test]
@@ -678,14 +689,28 @@ mod tests {
             "0F:commit 0/app 1:commit 1/app 2L:commit 2/app "
         );
         let t = "{{#each commits as |c i|}}{{i}}={{c.author}} {{/each}}";
-        assert_eq!(render_one(t, &data, Part::Text).unwrap(), "0=Ada 1=Ada 2=Ada ");
-        let vars = event_data(&changed(), "n", &[("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            render_one(t, &data, Part::Text).unwrap(),
+            "0=Ada 1=Ada 2=Ada "
+        );
+        let vars = event_data(
+            &changed(),
+            "n",
+            &[("a".into(), "1".into()), ("b".into(), "2".into())],
+        );
         let t = "{{#each vars}}{{@key}}={{this}};{{/each}}";
         assert_eq!(render_one(t, &vars, Part::Text).unwrap(), "a=1;b=2;");
-        let none = event_data(&Event::new(EventKind::Changed, RepoRef::default(), 1), "n", &[]);
+        let none = event_data(
+            &Event::new(EventKind::Changed, RepoRef::default(), 1),
+            "n",
+            &[],
+        );
         let t = "{{#each commits}}x{{else}}none{{/each}}";
         assert_eq!(render_one(t, &none, Part::Text).unwrap(), "none");
-        assert_eq!(render_one("{{#each commits}}x{{/each}}", &none, Part::Text).unwrap(), "");
+        assert_eq!(
+            render_one("{{#each commits}}x{{/each}}", &none, Part::Text).unwrap(),
+            ""
+        );
         assert!(render_one("{{#each old}}x{{/each}}", &none, Part::Text).is_err());
     }
 

@@ -113,11 +113,12 @@ impl notify::Guest for Misbehave {
                 }),
                 vars: vec![],
             }),
-            // Six nested loops over the event's fields: millions of iterations.
+            // Eight nested loops over the repository's five fields: 390,625
+            // iterations.
             "loop-template" => NotifyChoice::Send(Message {
                 template: Some(Template {
                     subject: "s".into(),
-                    body: "{{#each @root}}".repeat(6) + "x" + &"{{/each}}".repeat(6),
+                    body: "{{#each @root.repo}}".repeat(8) + "x" + &"{{/each}}".repeat(8),
                 }),
                 vars: vec![],
             }),
@@ -125,9 +126,11 @@ impl notify::Guest for Misbehave {
             "vars-bomb" => NotifyChoice::Send(Message {
                 template: Some(Template {
                     subject: "s".into(),
-                    body: "{{#each vars}}{{#each ../vars}}{{@key}}{{/each}}{{/each}}".into(),
+                    body: "{{#each vars}}{{#each ../vars}}{{/each}}{{/each}}".into(),
                 }),
-                vars: (0..8000).map(|i| (format!("v{i}"), "x".repeat(16))).collect(),
+                vars: (0..1000)
+                    .map(|i| (format!("v{i}"), "x".repeat(16)))
+                    .collect(),
             }),
             "text-template" => NotifyChoice::Send(Message {
                 template: Some(Template {
