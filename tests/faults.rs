@@ -150,6 +150,33 @@ fn a_truncated_pack_is_a_protocol_failure_and_leaves_no_damage() {
 }
 
 #[test]
+fn a_pack_that_stops_dead_is_a_stall_after_the_low_speed_time_not_the_attempt_timeout() {
+    let mut s = setup();
+    for i in 0..20 {
+        s.up.commit(&format!("commit {i}"));
+    }
+    // 300 bytes of the pack, then silence on an open connection for a
+    // minute: without a read timeout only the 2-minute attempt limit (or
+    // the proxy giving up) would end it.
+    s.proxy.push(Fault::FreezePack {
+        keep_bytes: 300,
+        hold: Duration::from_secs(60),
+    });
+    let run = s.pull(&[
+        "--max-attempts",
+        "1",
+        "--low-speed-time",
+        "2s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.classes(), ["timeout"], "{run:?}");
+    let message = run.json["attempts"][0]["message"].as_str().unwrap_or("");
+    assert!(message.contains("stalled"), "{run:?}");
+}
+
+#[test]
 fn the_overall_deadline_cancels_a_stalled_attempt() {
     let s = setup();
     s.proxy

@@ -771,3 +771,53 @@ fn a_deeper_depth_deepens_and_no_depth_unshallows() {
         assert!(fsck_ok(dir));
     }
 }
+
+/// The packed objects of the checkout at `dir`, in KiB (`git count-objects`).
+fn packed_kib(dir: &std::path::Path) -> u64 {
+    let counted = git_ok(dir, &["count-objects", "-v"]);
+    counted
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| *k == "size-pack" || *k == "size")
+        .map(|(_, v)| v.trim().parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_smaller_depth_shortens_the_history_and_frees_what_it_cut() {
+    let (root, mut up, server, dir) = shallow_clone();
+    assert_eq!(pull(&server.url("app"), &dir, &["--depth", "3"]).code, 0);
+    assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "3");
+
+    // Back to 1: shortened as `git fetch --depth 1` would, and said so.
+    let run = pull(&server.url("app"), &dir, &["--depth", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(git_ok(&dir, &["rev-list", "--count", "HEAD"]), "1");
+    assert!(
+        run.json
+            .to_string()
+            .contains("history shortened to depth 1"),
+        "{run:?}"
+    );
+    assert!(fsck_ok(&dir));
+    // Updates go on from the new boundary.
+    up.commit("after shortening");
+    let run = pull(&server.url("app"), &dir, &["--depth", "1"]);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    assert_eq!(checkout_state(&dir), (up.head(), true));
+
+    // A full clone given a depth: the history it no longer keeps leaves
+    // the disk too.
+    let full = root.path().join("full");
+    for i in 0..8 {
+        up.commit_many(&format!("bulk{i}"), 40, &format!("bulk {i}"));
+    }
+    assert_eq!(pull(&server.url("app"), &full, &[]).code, 0);
+    let before = packed_kib(&full);
+    let run = pull(&server.url("app"), &full, &["--depth", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(git_ok(&full, &["rev-list", "--count", "HEAD"]), "1");
+    let after = packed_kib(&full);
+    assert!(after < before, "{before} KiB -> {after} KiB");
+    assert!(fsck_ok(&full));
+}

@@ -548,9 +548,13 @@ pub struct PullArgs {
     /// the range names one). Beats --branch and a tag given with --ref
     #[arg(long, value_name = "RANGE")]
     pub semver: Option<String>,
-    /// Shallow history: fetch only the last N commits. A larger N deepens
-    /// an existing shallow checkout; 0 (or leaving it out) fetches the whole
-    /// history, unshallowing it
+    /// Shallow history: keep only the last N commits. A larger N deepens
+    /// an existing checkout, a smaller one shortens it and frees the disk
+    /// the cut history took (as `git fetch --depth` and `git gc`); 0 (or
+    /// leaving it out) fetches the whole history, unshallowing it. Over
+    /// http(s)://, ssh:// and git:// only: a file:// remote is refused
+    /// (libgit2 cannot fetch shallow from a local path; serve it with
+    /// `git daemon` or use the full history)
     #[arg(long, value_name = "N")]
     pub depth: Option<u32>,
     /// Also update submodules (off by default)

@@ -44,8 +44,10 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// A client must send a request's headers within this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one peer address may hold at once: one client cannot take
-/// every slot from the others (a health check, a scraper, the forges).
-pub const MAX_PER_PEER: usize = MAX_CONNECTIONS / 4;
+/// every slot from the others (a health check, a scraper, the forges),
+/// while a reverse proxy, which brings everyone's connections from one
+/// address, still gets most of them.
+pub const MAX_PER_PEER: usize = MAX_CONNECTIONS * 3 / 4;
 /// A delivery's body must have arrived this long after its headers.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Webhook bodies held in memory at once, all deliveries together; past

@@ -419,8 +419,11 @@ impl HttpStream {
                     }
                     _ => session.control.remaining(),
                 };
+                // A server silent for the stall window has stalled, even
+                // when no byte comes to run the low-speed check.
                 req.config()
                     .timeout_global(Some(limit))
+                    .timeout_per_read(Some(session.control.idle_limit()))
                     .build()
                     .send(&self.request[..])
             } else {
@@ -432,6 +435,7 @@ impl HttpStream {
                 // has taken before (the learnt limit), not the whole attempt.
                 req.config()
                     .timeout_global(Some(session.control.refs_remaining()))
+                    .timeout_per_read(Some(session.control.idle_limit()))
                     .build()
                     .call()
             };
@@ -537,6 +541,16 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// timeout from a cancelled or out-of-time attempt, when there is one.
 pub fn request_failure(err: ureq::Error, control: Option<&AttemptControl>) -> GitFailure {
     let (class, message) = match &err {
+        ureq::Error::Timeout(ureq::Timeout::PerRead) => (
+            control
+                .and_then(AttemptControl::interrupted)
+                .filter(|c| *c == FailureClass::Cancelled)
+                .unwrap_or(FailureClass::Timeout),
+            match control {
+                Some(c) => c.silence_message(),
+                None => "stalled: the server sent nothing".to_string(),
+            },
+        ),
         ureq::Error::Timeout(_) => (
             control
                 .and_then(AttemptControl::interrupted)
@@ -607,6 +621,22 @@ impl Read for HttpStream {
             Ok(n) => {
                 self.session.control.received(n as u64);
                 Ok(n)
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::TimedOut
+                    && self.session.control.interrupted().is_none() =>
+            {
+                // Time was left: the per-read limit, a server gone silent.
+                let failure = GitFailure {
+                    class: FailureClass::Timeout,
+                    http_status: None,
+                    retry_after: None,
+                    message: format!(
+                        "while receiving: {}",
+                        self.session.control.silence_message()
+                    ),
+                };
+                Err(self.session.record(failure))
             }
             Err(e) => {
                 let failure = request_failure(ureq::Error::from(e), Some(&self.session.control));

@@ -18,6 +18,7 @@ mod journal;
 mod lock;
 mod probe;
 mod publish;
+mod reshape;
 mod sparse;
 mod ssh;
 mod sync;
@@ -392,6 +393,14 @@ impl AttemptControl {
     /// time left.
     pub(crate) fn idle_limit(&self) -> Duration {
         self.remaining().min(self.speed().low.time)
+    }
+
+    /// Why a read that waited the whole stall window for a byte failed.
+    pub(crate) fn silence_message(&self) -> String {
+        format!(
+            "stalled: the server sent nothing for {}",
+            humantime::format_duration(self.speed().low.time)
+        )
     }
 
     /// Why a timeout happened, for people.

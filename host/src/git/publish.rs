@@ -70,8 +70,11 @@ impl Layout {
         super::lock::RepoLock::acquire(&self.dir, wait, &control).map(PublishLock)
     }
 
-    /// The layout for DIR.
+    /// The layout for DIR (made absolute first: libgit2 would take a
+    /// relative worktree path as relative to the store).
     pub fn of(dir: &Path) -> Layout {
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let dir = absolute.as_path();
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -97,23 +100,77 @@ impl Layout {
         self.worktrees().join(sha)
     }
 
+    /// The mark that `sha`'s worktree was written whole, by gitpulse:
+    /// written last, so a directory that merely has the name (left by a
+    /// crash before the mark, or put there by anyone) is not trusted.
+    fn mark(&self, sha: &str) -> PathBuf {
+        self.worktrees().join(format!(".{sha}.complete"))
+    }
+
+    /// Whether `sha`'s worktree is one gitpulse completed: a real
+    /// directory (not a symlink) with its mark.
+    fn completed(&self, sha: &str) -> bool {
+        Oid::from_str(sha).is_ok()
+            && fs::symlink_metadata(self.worktree(sha)).is_ok_and(|m| m.is_dir())
+            && fs::symlink_metadata(self.mark(sha)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Refuses to work through a symlink anywhere gitpulse creates or
+    /// removes things: a planted `.DIR.gitpulse` (or `worktrees`) symlink
+    /// would send writes and prunes outside DIR's parent.
+    fn refuse_symlinks(&self) -> Result<(), GitFailure> {
+        for path in [
+            self.home.clone(),
+            self.worktrees(),
+            self.store(),
+            self.swap(),
+        ] {
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(GitFailure {
+                    class: FailureClass::Other,
+                    http_status: None,
+                    retry_after: None,
+                    message: format!(
+                        "{} is a symlink: gitpulse publishes only into a directory of its own; remove it",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Where a symlink or a directory waits to be swapped with DIR.
     fn swap(&self) -> PathBuf {
         self.home.join("swap")
     }
 
-    /// The commit DIR points at now, if it is one of ours.
+    /// The commit DIR points at now, if it is one of ours, completed.
     pub fn published(&self) -> Option<String> {
         let target = fs::read_link(&self.dir).ok()?;
         let sha = target.file_name()?.to_string_lossy().into_owned();
-        (Oid::from_str(&sha).is_ok() && self.worktree(&sha).is_dir()).then_some(sha)
+        self.completed(&sha).then_some(sha)
     }
 
     /// Makes the layout ready before a pull: finishes an interrupted switch
     /// and turns an in-place checkout at DIR into the store, publishing its
     /// commit first, so DIR is never missing and never half a tree.
     pub fn prepare(&self) -> Result<(), GitFailure> {
+        self.refuse_symlinks()?;
         fs::create_dir_all(self.worktrees()).map_err(|e| io_failure(&self.home, e))?;
+        // Worktrees published before revisions were marked: DIR points at
+        // one, and only gitpulse makes that link.
+        if let Some(sha) = fs::read_link(&self.dir)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+        {
+            let legacy = Oid::from_str(&sha).is_ok()
+                && fs::symlink_metadata(self.worktree(&sha)).is_ok_and(|m| m.is_dir())
+                && fs::symlink_metadata(self.mark(&sha)).is_err();
+            if legacy {
+                fs::write(self.mark(&sha), b"").map_err(|e| io_failure(&self.mark(&sha), e))?;
+            }
+        }
         let swap = self.swap();
         // A switch that died after the exchange: the old checkout waits here.
         if swap.join(".git").exists() && !self.store().exists() {
@@ -159,33 +216,41 @@ impl Layout {
 
     /// Writes `sha` of the store out as a worktree, whole or not at all.
     pub fn write(&self, sha: &str) -> Result<PathBuf, GitFailure> {
+        self.refuse_symlinks()?;
         let oid = Oid::from_str(sha).map_err(git_failure)?;
         self.write_worktree(&self.store(), oid)
     }
 
+    /// The worktree of `oid` as the store's checkout has it: its sparse set
+    /// applied, its submodules' files in place. Trusted only once marked
+    /// complete; anything else under that name is rebuilt.
     fn write_worktree(&self, repo_dir: &Path, oid: Oid) -> Result<PathBuf, GitFailure> {
-        let target = self.worktree(&oid.to_string());
-        if target.is_dir() {
+        let sha = oid.to_string();
+        let target = self.worktree(&sha);
+        if self.completed(&sha) {
             return Ok(target);
         }
+        remove_any(&target)?;
         let partial = self.worktrees().join(format!(".{oid}.partial"));
-        if partial.exists() {
-            fs::remove_dir_all(&partial).map_err(|e| io_failure(&partial, e))?;
-        }
+        remove_any(&partial)?;
         fs::create_dir_all(&partial).map_err(|e| io_failure(&partial, e))?;
         let repo = Repository::open(repo_dir).map_err(git_failure)?;
-        let commit = repo.find_commit(oid).map_err(git_failure)?;
-        // A tree of files of its own, not the store's index: the store's
-        // worktree and index are left as they are.
-        let mut index = git2::Index::new().map_err(git_failure)?;
-        index
-            .read_tree(&commit.tree().map_err(git_failure)?)
-            .map_err(git_failure)?;
-        let mut checkout = CheckoutBuilder::new();
-        checkout.force().target_dir(&partial);
-        repo.checkout_index(Some(&mut index), Some(&mut checkout))
-            .map_err(git_failure)?;
+        let matcher = match super::sparse::Sparse::of_checkout(&repo) {
+            Some(sparse) => {
+                Some(
+                    super::sparse::Matcher::new(&sparse).map_err(|message| GitFailure {
+                        class: FailureClass::Other,
+                        http_status: None,
+                        retry_after: None,
+                        message: format!("publishing: the sparse patterns: {message}"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        check_out(&repo, oid, &partial, matcher.as_ref())?;
         fs::rename(&partial, &target).map_err(|e| io_failure(&target, e))?;
+        fs::write(self.mark(&sha), b"").map_err(|e| io_failure(&self.mark(&sha), e))?;
         Ok(target)
     }
 
@@ -214,33 +279,50 @@ impl Layout {
         Ok(link)
     }
 
-    /// Removes worktrees but the published one and the `keep` newest
-    /// others (readers may still be inside them), and unfinished ones.
+    /// Removes what is not a completed revision (unfinished or stray
+    /// entries, whatever they are), then completed revisions but the
+    /// published one and the `keep` newest others — at least one, the
+    /// revision published before, which a reader may still be inside.
+    /// Entries are removed, never followed: a symlink goes as a link.
     pub fn prune(&self, keep: usize) -> Result<usize, GitFailure> {
+        self.refuse_symlinks()?;
         let published = self.published();
         let dir = self.worktrees();
-        let mut others: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
-        let mut removed = 0;
+        let mut completed: Vec<(std::time::SystemTime, String)> = Vec::new();
+        let mut junk: Vec<PathBuf> = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| io_failure(&dir, e))? {
             let entry = entry.map_err(|e| io_failure(&dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(sha) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".complete"))
+            {
+                if !self.completed(sha) {
+                    junk.push(entry.path());
+                }
+                continue;
+            }
+            if !self.completed(&name) {
+                junk.push(entry.path());
+                continue;
+            }
             if published.as_deref() == Some(name.as_str()) {
                 continue;
             }
-            if name.ends_with(".partial") {
-                fs::remove_dir_all(entry.path()).map_err(|e| io_failure(&entry.path(), e))?;
-                removed += 1;
-                continue;
-            }
-            let modified = entry
-                .metadata()
+            let marked = fs::metadata(self.mark(&name))
                 .and_then(|m| m.modified())
                 .unwrap_or(std::time::UNIX_EPOCH);
-            others.push((modified, entry.path()));
+            completed.push((marked, name));
         }
-        others.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
-        for (_, path) in others.into_iter().skip(keep) {
-            fs::remove_dir_all(&path).map_err(|e| io_failure(&path, e))?;
+        completed.sort_by_key(|(marked, _)| std::cmp::Reverse(*marked));
+        let mut removed = 0;
+        for path in junk {
+            remove_any(&path)?;
+            removed += 1;
+        }
+        for (_, sha) in completed.into_iter().skip(keep.max(1)) {
+            remove_any(&self.worktree(&sha))?;
+            remove_any(&self.mark(&sha))?;
             removed += 1;
         }
         Ok(removed)
@@ -257,6 +339,68 @@ impl Layout {
         fs::remove_dir_all(&self.home).map_err(|e| io_failure(&self.home, e))?;
         Ok(true)
     }
+}
+
+/// Removes whatever is at `path` without following it: a directory with
+/// its content, a file or a symlink as itself; nothing there is fine.
+fn remove_any(path: &Path) -> Result<(), GitFailure> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let removed = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    removed.map_err(|e| io_failure(path, e))
+}
+
+/// Checks out `oid`'s tree of `repo` into `target` (not through the
+/// repository's own index or worktree), keeping only what `sparse`
+/// includes, then each submodule's commit from the submodule's repository
+/// in `repo`'s worktree, recursively; a submodule not checked out there
+/// stays an empty directory, as git leaves it.
+fn check_out(
+    repo: &Repository,
+    oid: Oid,
+    target: &Path,
+    sparse: Option<&super::sparse::Matcher>,
+) -> Result<(), GitFailure> {
+    let commit = repo.find_commit(oid).map_err(git_failure)?;
+    let mut full = git2::Index::new().map_err(git_failure)?;
+    full.read_tree(&commit.tree().map_err(git_failure)?)
+        .map_err(git_failure)?;
+    let mut index = git2::Index::new().map_err(git_failure)?;
+    let mut gitlinks = Vec::new();
+    for entry in full.iter() {
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        if sparse.is_some_and(|m| !m.includes(&path)) {
+            continue;
+        }
+        if entry.mode == 0o160000 {
+            gitlinks.push((path, entry.id));
+            continue;
+        }
+        index.add(&entry).map_err(git_failure)?;
+    }
+    let mut checkout = CheckoutBuilder::new();
+    checkout.force().target_dir(target);
+    repo.checkout_index(Some(&mut index), Some(&mut checkout))
+        .map_err(git_failure)?;
+    for (path, id) in gitlinks {
+        let inside = target.join(&path);
+        fs::create_dir_all(&inside).map_err(|e| io_failure(&inside, e))?;
+        let Some(workdir) = repo.workdir() else {
+            continue;
+        };
+        let Ok(sub) = Repository::open(workdir.join(&path)) else {
+            continue; // not checked out in the store: empty, as git leaves it
+        };
+        if sub.find_commit(id).is_ok() {
+            check_out(&sub, id, &inside, None)?;
+        }
+    }
+    Ok(())
 }
 
 /// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`): a

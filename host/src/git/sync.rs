@@ -306,13 +306,47 @@ impl Attempt<'_> {
             return Ok(unchanged);
         }
         http::register();
-        let synced = self.full(on_transfer)?;
+        let mut synced = self.full(on_transfer)?;
+        if let Some(depth) = self.spec.depth.filter(|d| *d > 0) {
+            synced.notices.extend(self.keep_shallow(depth));
+        }
         if probe::applies(self.spec) {
             // Without the stamp the next pull takes the full road again:
             // slower, not wrong, so a write that fails is no failure.
             let _ = probe::stamp(&self.spec.dir.join(".git"), &self.shape);
         }
         Ok(synced)
+    }
+
+    /// Shortens the history to `depth` when it is deeper (a smaller
+    /// `--depth` than before, or a depth given to a full clone) and then
+    /// collects what was cut. Says what it did; a failure is a notice, not
+    /// a failed pull: the checkout is at the right commit either way.
+    fn keep_shallow(&self, depth: u32) -> Option<String> {
+        let repo = match Repository::open(&self.spec.dir) {
+            Ok(repo) => repo,
+            Err(e) => return Some(format!("shortening the history: {}", e.message())),
+        };
+        let shortened = match super::reshape::shorten(&repo, depth) {
+            Ok(Some(shortened)) => shortened,
+            Ok(None) => return None,
+            Err(e) => return Some(format!("shortening the history: {}", e.message())),
+        };
+        let git_dir = repo.path().to_path_buf();
+        drop(repo);
+        let mut said = format!(
+            "history shortened to depth {depth}: {} of {} commits kept",
+            shortened.after, shortened.before
+        );
+        match super::reshape::collect(&git_dir) {
+            Ok(c) => said.push_str(&format!(
+                "; objects {} -> {}",
+                indicatif::HumanBytes(c.before),
+                indicatif::HumanBytes(c.after)
+            )),
+            Err(e) => said.push_str(&format!("; what was cut stays on disk ({})", e.message())),
+        }
+        Some(said)
     }
 
     /// The no-op check ([`probe`]): `Some` when the remote's followed ref

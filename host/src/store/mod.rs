@@ -167,6 +167,34 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Takes from `path`'s mode what `allowed` does not grant (a state left
+/// readable by others by an older version or by hand), and says so. A
+/// path that is missing or is a symlink is left alone.
+fn tighten(path: &Path, allowed: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & !allowed == 0 {
+        return;
+    }
+    let tight = mode & allowed;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight)) {
+        Ok(()) => tracing::warn!(
+            "{} was mode {mode:o}; tightened to {tight:o} (the state holds every repository's history)",
+            path.display()
+        ),
+        Err(e) => tracing::warn!(
+            "{} is mode {mode:o} and could not be tightened to {tight:o}: {e}",
+            path.display()
+        ),
+    }
+}
+
 impl Store {
     /// The state database in `state_dir`.
     pub fn path_in(state_dir: &Path) -> std::path::PathBuf {
@@ -181,6 +209,10 @@ impl Store {
         };
         if let Some(dir) = path.parent() {
             let _ = crate::model::private_dir(dir);
+            // One that existed keeps group read (a web server's group may
+            // serve the checkouts in it) but loses what others could do
+            // and what the group could write.
+            tighten(dir, 0o750);
         }
         // Made owner-only before SQLite opens it (its -wal and -shm files
         // take the database's mode): the state holds every repo's history.
@@ -191,6 +223,13 @@ impl Store {
                 .append(true)
                 .mode(0o600)
                 .open(path);
+        }
+        for file in [
+            path.to_path_buf(),
+            path.with_extension("db-wal"),
+            path.with_extension("db-shm"),
+        ] {
+            tighten(&file, 0o600);
         }
         let conn = Connection::open(path).map_err(open_err)?;
         // Room for every statement a pull runs (see `Cached`).
@@ -1144,6 +1183,23 @@ mod tests {
         drop(store);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("state.db")), 0o600);
+    }
+
+    #[test]
+    fn a_loose_existing_state_is_tightened_when_opened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Store::open(&state.join("state.db")).unwrap());
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        set(&state, 0o777);
+        set(&state.join("state.db"), 0o666);
+        drop(Store::open(&state.join("state.db")).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o750);
         assert_eq!(mode(&state.join("state.db")), 0o600);
     }
 

@@ -26,6 +26,10 @@ pub enum Fault {
     /// Forward a pack request but cut the response body after this many
     /// bytes. Applies only to `POST …/git-upload-pack`.
     TruncatePack { keep_bytes: usize },
+    /// Forward a pack request, relay this many bytes of the answer, then
+    /// send nothing more, holding the connection open for `hold`: a
+    /// transfer that stops dead. Applies only to `POST …/git-upload-pack`.
+    FreezePack { keep_bytes: usize, hold: Duration },
     /// Forward, but relay the answer `chunk` bytes at a time with a `pause`
     /// between chunks (a slow link, to catch a transfer in the middle).
     Slow { chunk: usize, pause: Duration },
@@ -37,7 +41,7 @@ pub enum Fault {
 impl Fault {
     fn fits(&self, req: &Request) -> bool {
         match self {
-            Fault::TruncatePack { .. } => {
+            Fault::TruncatePack { .. } | Fault::FreezePack { .. } => {
                 req.method == "POST" && req.target.ends_with("git-upload-pack")
             }
             _ => true,
@@ -300,6 +304,14 @@ fn handle(
         }
         Some(Fault::TruncatePack { keep_bytes }) => {
             return forward(client, &req, upstream, Some(keep_bytes)).unwrap_or(0);
+        }
+        Some(Fault::FreezePack { keep_bytes, hold }) => {
+            let relayed = forward(client, &req, upstream, Some(keep_bytes)).unwrap_or(0);
+            let until = Instant::now() + hold;
+            while Instant::now() < until {
+                thread::sleep(Duration::from_millis(20));
+            }
+            return relayed;
         }
         Some(Fault::Slow { chunk, pause }) => {
             let _ = forward_slowly(client, &req, upstream, chunk.max(1), pause, answering);
