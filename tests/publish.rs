@@ -47,9 +47,15 @@ fn files_in(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The revisions written under `.c.gitpulse/worktrees` (their marks and
+/// unfinished ones aside).
 fn worktrees(root: &Path) -> usize {
     std::fs::read_dir(root.join(".c.gitpulse/worktrees"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -206,4 +212,134 @@ fn a_failing_before_publish_step_keeps_the_old_revision_published() {
         std::fs::read_to_string(&seen).is_ok_and(|s| s.contains(&good))
     });
     assert_eq!(daemon.stop(), 0);
+}
+
+#[test]
+fn junk_in_the_worktrees_folder_is_never_taken_for_a_revision_nor_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let url = up.file_url();
+    let dir = root.path().join("c");
+    let symlink = ["--publish", "symlink"];
+    assert_eq!(pull(&url, &dir, &symlink).code, 0);
+    let first = up.head();
+    let second = up.commit("second");
+    // An empty directory already named for the next revision, a stray
+    // file and a stray directory.
+    let folder = root.path().join(".c.gitpulse/worktrees");
+    std::fs::create_dir(folder.join(&second)).unwrap();
+    std::fs::write(folder.join("notes.txt"), "left here").unwrap();
+    std::fs::create_dir(folder.join("junk")).unwrap();
+
+    let run = pull(&url, &dir, &symlink);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    assert_eq!(published(&dir).1, second);
+    assert_eq!(
+        files_in(&dir),
+        files_of(&up.bare, &second),
+        "rebuilt, whole"
+    );
+    assert!(!folder.join("notes.txt").exists() && !folder.join("junk").exists());
+    // The revision before stays for readers inside it, junk or not.
+    assert!(folder.join(&first).join("README").exists());
+    assert_eq!(worktrees(root.path()), 2);
+}
+
+#[test]
+fn a_planted_symlink_beside_dir_is_refused_and_nothing_outside_is_touched() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "app");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(outside.join("worktrees/precious")).unwrap();
+    std::fs::write(outside.join("worktrees/precious/data"), "keep me").unwrap();
+    std::os::unix::fs::symlink(&outside, root.path().join(".c.gitpulse")).unwrap();
+
+    let run = pull(
+        &up.file_url(),
+        &root.path().join("c"),
+        &["--publish", "symlink"],
+    );
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("is a symlink"), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("worktrees/precious/data")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+}
+
+#[test]
+fn a_relative_dir_sparse_sets_and_submodules_are_published_as_the_checkout_has_them() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    up.commit_many("docs/guide", 2, "docs");
+    up.commit_many("src", 2, "src");
+
+    // A relative DIR: nothing of the layout inside the published tree,
+    // files in subdirectories published.
+    let run = finish(
+        pull_command(&up.file_url(), Path::new("rel"), &["--publish", "symlink"])
+            .current_dir(root.path())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let rel = root.path().join("rel");
+    assert_eq!(files_in(&rel), files_of(&up.bare, &up.head()));
+
+    // A sparse set: only what it includes.
+    let sparse = root.path().join("sparse");
+    let run = pull(
+        &up.file_url(),
+        &sparse,
+        &["--publish", "symlink", "--sparse", "docs"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let shown = files_in(&sparse);
+    assert!(
+        shown.iter().any(|f| f.starts_with("docs/guide/")),
+        "{shown:?}"
+    );
+    assert!(!shown.iter().any(|f| f.starts_with("src/")), "{shown:?}");
+    assert!(shown.contains(&"README".to_string()), "{shown:?}");
+
+    // A submodule: its files, as the checkout beside DIR has them.
+    let lib = Upstream::new(root.path(), "lib");
+    let work = up.bare.parent().unwrap().join("app.work");
+    let added = git(
+        &work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            &lib.file_url(),
+            "vendor/lib",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    git_ok(&work, &["commit", "-qm", "add submodule"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+    let with_sub = root.path().join("with-sub");
+    let run = pull(
+        &up.file_url(),
+        &with_sub,
+        &[
+            "--publish",
+            "symlink",
+            "--submodules",
+            "--allow-local-submodules",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        with_sub.join("vendor/lib/README").is_file(),
+        "{:?}",
+        files_in(&with_sub)
+    );
 }
