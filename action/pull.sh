@@ -7,7 +7,9 @@ set -euo pipefail
 fail() { echo "::error title=gitpulse action::$1"; exit 2; }
 
 [ -n "${INPUT_REPOSITORY:-}" ] || fail "the repository input is required"
-args=(pull "$INPUT_REPOSITORY" "${GITHUB_WORKSPACE:-.}/${INPUT_PATH:-.}")
+# The repository and the path go last, after `--`: a repository input that
+# starts with `-` is a repository, never an option.
+args=(pull)
 args+=(--mode "${INPUT_MODE:-ff}" --max-attempts "${INPUT_MAX_ATTEMPTS:-5}" --timeout "${INPUT_TIMEOUT:-2m}")
 args+=(--backoff-base "${INPUT_BACKOFF_BASE:-1s}" --backoff-max "${INPUT_BACKOFF_MAX:-30s}")
 [ -z "${INPUT_REF:-}" ] || args+=(--branch "$INPUT_REF")
@@ -52,4 +54,4 @@ if [ -n "${INPUT_SSH_KEY:-}" ]; then
 fi
 unset INPUT_SSH_KEY
 
-gitpulse "${args[@]}"
+gitpulse "${args[@]}" -- "$INPUT_REPOSITORY" "${GITHUB_WORKSPACE:-.}/${INPUT_PATH:-.}"

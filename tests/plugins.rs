@@ -255,6 +255,7 @@ fn misbehaving_plugins_are_bounded_and_named() {
     let wasm = plugins::build("misbehave-policy");
     let cases = [
         ("loop", "exceeded its CPU budget"),
+        ("host-loop", "exceeded its CPU budget"),
         ("bomb", "exceeded its memory cap of 16 MiB"),
         ("trap", "trapped"),
         ("years", "beyond the cap"),
@@ -279,6 +280,9 @@ fn misbehaving_plugins_are_bounded_and_named() {
         let (code, out, err) = check_in_mode(&wasm, mode);
         assert_eq!(code, 1, "{mode}: {out}{err}");
         assert!(out.contains(needle), "{mode}: {out}");
+        // Host calls are charged too: a plugin looping through them is
+        // stopped within its budget, not by the 100× wall-clock backstop.
+        assert!(!out.contains("host calls"), "{mode}: {out}");
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "{mode} took {:?}",

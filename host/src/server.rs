@@ -260,8 +260,47 @@ async fn healthz(State(view): State<View>) -> (StatusCode, &'static str) {
     }
 }
 
+/// An answer computed at most once a [`FRESH_FOR`]: the unauthenticated
+/// page and readiness read the state database, and a client polling them
+/// in a loop must not keep that busy.
+struct Snapshot<T> {
+    kept: tokio::sync::Mutex<Option<(Instant, T)>>,
+}
+
+/// How long a snapshot answers for.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+impl<T: Clone + Send + 'static> Snapshot<T> {
+    const fn new() -> Self {
+        Snapshot {
+            kept: tokio::sync::Mutex::const_new(None),
+        }
+    }
+
+    /// The kept answer while fresh, else `make`'s (run off the async
+    /// workers); callers that arrive meanwhile wait for it instead of
+    /// making their own.
+    async fn get(
+        &self,
+        make: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let mut kept = self.kept.lock().await;
+        if let Some((at, value)) = kept.as_ref() {
+            if at.elapsed() < FRESH_FOR {
+                return Ok(value.clone());
+            }
+        }
+        let value = tokio::task::spawn_blocking(make).await?;
+        *kept = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
+}
+
+static READY: Snapshot<Vec<String>> = Snapshot::new();
+static PAGE: Snapshot<String> = Snapshot::new();
+
 async fn readyz(State(view): State<View>) -> Response {
-    match tokio::task::spawn_blocking(move || view.not_ready()).await {
+    match READY.get(move || view.not_ready()).await {
         Ok(missing) if missing.is_empty() => {
             (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
         }
@@ -293,7 +332,7 @@ async fn metrics(State(view): State<View>, headers: HeaderMap) -> Response {
 }
 
 async fn page(State(view): State<View>) -> Response {
-    match tokio::task::spawn_blocking(move || view.page()).await {
+    match PAGE.get(move || view.page()).await {
         Ok(html) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),

@@ -27,6 +27,10 @@ use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use super::{AttemptControl, FailureClass, GitFailure};
 use crate::redact::Secret;
 
+/// Redirects followed for one request, as git's `http.followRedirects`
+/// allows (initial requests only in git; any here, within this bound).
+const MAX_REDIRECTS: u32 = 5;
+
 const USER_AGENT: &str = concat!("git/2.0 (gitpulse/", env!("CARGO_PKG_VERSION"), ")");
 
 /// Basic-auth credentials for one remote, and the origin (scheme, host,
@@ -77,7 +81,7 @@ impl HttpSession {
                 let config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .user_agent(USER_AGENT)
-                    .max_redirects(5)
+                    .max_redirects(MAX_REDIRECTS)
                     .build();
                 ureq::Agent::with_parts(
                     config,
@@ -393,7 +397,12 @@ impl HttpStream {
     fn send(&mut self) -> io::Result<ureq::BodyReader<'static>> {
         let session = self.session.clone();
         let mut with_auth = session.lock().send_auth;
+        let mut redirects = 0;
         loop {
+            // Redirects from https are followed here, not by ureq, so one
+            // that leads to plain http is refused before it is requested.
+            let https = self.url.starts_with("https://");
+            let follow = if https { 0 } else { MAX_REDIRECTS };
             if let Some(class) = session.control.interrupted() {
                 return Err(session.record(interrupted(class, &session.control)));
             }
@@ -424,6 +433,8 @@ impl HttpStream {
                 req.config()
                     .timeout_global(Some(limit))
                     .timeout_per_read(Some(session.control.idle_limit()))
+                    .max_redirects(follow)
+                    .max_redirects_will_error(false)
                     .build()
                     .send(&self.request[..])
             } else {
@@ -436,6 +447,8 @@ impl HttpStream {
                 req.config()
                     .timeout_global(Some(session.control.refs_remaining()))
                     .timeout_per_read(Some(session.control.idle_limit()))
+                    .max_redirects(follow)
+                    .max_redirects_will_error(false)
                     .build()
                     .call()
             };
@@ -453,6 +466,35 @@ impl HttpStream {
                 }
             };
             let status = response.status().as_u16();
+            if https && (300..400).contains(&status) && status != 304 {
+                let location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| url::Url::parse(&self.url).ok()?.join(l).ok());
+                let Some(next) = location.filter(|_| redirects < MAX_REDIRECTS) else {
+                    return Err(session.record(status_failure(status, response.headers())));
+                };
+                if next.scheme() != "https" {
+                    return Err(session.record(GitFailure {
+                        class: FailureClass::Tls,
+                        http_status: Some(status),
+                        retry_after: None,
+                        message: format!(
+                            "refused a redirect from https to {} (a downgrade); use the final https URL",
+                            crate::redact::url(next.as_str())
+                        ),
+                    }));
+                }
+                // Credentials stay with their own origin.
+                if origin(next.as_str()) != origin(&self.url) {
+                    self.credentials = None;
+                    with_auth = false;
+                }
+                self.url = next.to_string();
+                redirects += 1;
+                continue;
+            }
             if status == 401 && !with_auth && self.credentials.is_some() {
                 with_auth = true;
                 session.lock().send_auth = true;

@@ -217,10 +217,21 @@ hook='{name}'
 here=$(dirname "$0")
 status=0
 input=''
+scratch=''
 if [ -x "$here/$hook{CHAINED}" ]; then
-  input=$(mktemp 2>/dev/null || echo "${{TMPDIR:-/tmp}}/gitpulse-hook.$$")
-  cat > "$input"
-  "$here/$hook{CHAINED}" "$@" < "$input"
+  # git's stdin, kept for both: a file of our own (mktemp, or a directory
+  # mkdir made new, never a name someone else could have made first).
+  input=$(mktemp 2>/dev/null) || input=''
+  if [ -z "$input" ]; then
+    scratch="${{TMPDIR:-/tmp}}/gitpulse-hook.$$.$(date +%s)"
+    if (umask 077 && mkdir "$scratch") 2>/dev/null; then input="$scratch/stdin"; else scratch=''; fi
+  fi
+  if [ -n "$input" ]; then
+    cat > "$input"
+    "$here/$hook{CHAINED}" "$@" < "$input"
+  else
+    "$here/$hook{CHAINED}" "$@"
+  fi
   status=$?
 fi
 if [ "${{GITPULSE_HOOKS:-1}}" != 0 ] && [ -z "${{GITPULSE_IN_HOOK:-}}" ]; then
@@ -237,6 +248,7 @@ if [ "${{GITPULSE_HOOKS:-1}}" != 0 ] && [ -z "${{GITPULSE_IN_HOOK:-}}" ]; then
   fi
 fi
 [ -z "$input" ] || rm -f "$input"
+[ -z "$scratch" ] || rmdir "$scratch" 2>/dev/null
 {status_rule}
 "#
     )

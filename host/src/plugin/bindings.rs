@@ -11,6 +11,8 @@ use crate::events::RepoRef;
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "full-policy",
+    // Host calls may stop the plugin: each is charged against its budget.
+    imports: { "gitpulse:policy/host": trappable },
 });
 
 pub(crate) use exports::gitpulse::policy::{backoff, notify, retry};

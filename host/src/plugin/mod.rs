@@ -656,6 +656,7 @@ impl Plugin {
         let (ticks, fuel) = (self.ticks(), self.fuel());
         match self.live.as_mut() {
             Some(live) => {
+                live.store.data_mut().start_call(self.sandbox.cpu);
                 live.store.set_epoch_deadline(ticks);
                 live.store
                     .set_fuel(fuel)

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::allowance::{Allowance, MAX_RESOURCES};
 use wasmtime::component::ResourceTable;
@@ -138,7 +138,16 @@ pub(crate) struct PluginState {
     pub limits: Allowance,
     wasi: WasiCtx,
     table: ResourceTable,
+    /// What the current plugin call's host calls cost, and may cost:
+    /// host calls run outside fuel, so a plugin looping through them would
+    /// otherwise run until the wall-clock backstop (100× its budget).
+    host_spent: Duration,
+    host_allowance: Duration,
 }
+
+/// What a host call costs at least, however fast it returns: the switch
+/// into the host and back is not free either.
+const HOST_CALL_FLOOR: Duration = Duration::from_micros(1);
 
 impl PluginState {
     pub fn new(
@@ -161,7 +170,25 @@ impl PluginState {
             limits,
             wasi,
             table: resource_table(),
+            host_spent: Duration::ZERO,
+            host_allowance: Duration::MAX,
         }
+    }
+
+    /// A plugin call starts: its host calls may take `allowance`.
+    pub(crate) fn start_call(&mut self, allowance: Duration) {
+        self.host_spent = Duration::ZERO;
+        self.host_allowance = allowance;
+    }
+
+    /// Charges a host call that began at `started`; past the allowance the
+    /// plugin is stopped as if it ran out of fuel.
+    fn charge(&mut self, started: Instant) -> wasmtime::Result<()> {
+        self.host_spent += started.elapsed().max(HOST_CALL_FLOOR);
+        if self.host_spent > self.host_allowance {
+            return Err(wasmtime::Error::new(wasmtime::Trap::OutOfFuel));
+        }
+        Ok(())
     }
 
     fn log_line(&self, level: Level, message: String) {
@@ -188,30 +215,41 @@ impl WasiView for PluginState {
 impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let started = Instant::now();
         self.log_line(level, message);
+        self.charge(started)
     }
 
-    fn config_get(&mut self, key: String) -> Option<String> {
-        self.settings.get(&key).cloned()
+    fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        let started = Instant::now();
+        let value = self.settings.get(&key).cloned();
+        self.charge(started).map(|()| value)
     }
 
-    fn now_ms(&mut self) -> u64 {
-        SystemTime::now()
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        let started = Instant::now();
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        self.charge(started).map(|()| now)
     }
 
-    fn random(&mut self) -> u64 {
-        self.rng.lock().unwrap_or_else(|p| p.into_inner()).u64(..)
+    fn random(&mut self) -> wasmtime::Result<u64> {
+        let started = Instant::now();
+        let value = self.rng.lock().unwrap_or_else(|p| p.into_inner()).u64(..);
+        self.charge(started).map(|()| value)
     }
 
-    fn kv_get(&mut self, key: String) -> Option<String> {
-        self.kv.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+    fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        let started = Instant::now();
+        let value = self.kv.lock().unwrap_or_else(|p| p.into_inner()).get(&key);
+        self.charge(started).map(|()| value)
     }
 
-    fn kv_set(&mut self, key: String, value: String) {
+    fn kv_set(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        let started = Instant::now();
         let result = self
             .kv
             .lock()
@@ -220,9 +258,11 @@ impl host::Host for PluginState {
         if let Err(problem) = result {
             self.log_line(Level::Warn, problem);
         }
+        self.charge(started)
     }
 
-    fn kv_delete(&mut self, key: String) {
+    fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        let started = Instant::now();
         let result = self
             .kv
             .lock()
@@ -231,6 +271,7 @@ impl host::Host for PluginState {
         if let Err(problem) = result {
             self.log_line(Level::Warn, problem);
         }
+        self.charge(started)
     }
 }
 

@@ -34,6 +34,18 @@ fn misbehave() {
                 std::hint::black_box(&hoard);
             }
         }
+        // Host calls cost the host time that fuel does not count; every
+        // 100,000 of them are logged (a sound host stops it long before).
+        "host-loop" => {
+            let mut n: u64 = 0;
+            loop {
+                std::hint::black_box(host::random());
+                n += 1;
+                if n.is_multiple_of(100_000) {
+                    host::log(host::Level::Warn, &format!("misbehave: {n} host calls"));
+                }
+            }
+        }
         "trap" => panic!("misbehave: trap on purpose"),
         "log" => host::log(host::Level::Warn, "misbehave: a warning from the plugin"),
         "snoop" => snoop(),
