@@ -1000,6 +1000,12 @@ fn check_url(url: &str) -> Result<(), UsageError> {
         );
         return Err(UsageError::Url(shown, why));
     }
+    if crate::redact::looks_like_a_secret(parsed.username()) {
+        let why = format!(
+            "`{shown}`: the URL's user name looks like a token, and a command line shows in `ps`: use --token-env VAR or --token-file FILE"
+        );
+        return Err(UsageError::Url(shown, why));
+    }
     Ok(())
 }
 
@@ -1009,6 +1015,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("gitpulse").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_token_as_the_urls_user_is_refused_without_being_shown() {
+        let token = "ghp_0a1b2c3d4e5f6a7b8c9d";
+        let err = check_url(&format!("https://{token}@git.example.com/o/r.git"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--token-env") && !err.contains(token), "{err}");
+        assert!(check_url("https://alice@git.example.com/o/r.git").is_ok());
     }
 
     #[test]

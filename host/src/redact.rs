@@ -101,26 +101,116 @@ fn userinfo_end(line: &str) -> Option<usize> {
     line.rfind('@')
 }
 
+/// A long mix of lower-case letters and digits with no separators, as
+/// tokens are and names and file names rarely are; or the shape of a
+/// well-known credential whatever its case (an AWS access key id is
+/// `AKIA` and 16 capitals and digits, like an environment variable's name).
+pub fn looks_like_a_secret(text: &str) -> bool {
+    let mixed = text.len() >= 20
+        && text.chars().any(|c| c.is_ascii_lowercase())
+        && text.chars().any(|c| c.is_ascii_digit())
+        && !text.contains(['.', '/', ' ']);
+    let aws = ["AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA"]
+        .iter()
+        .any(|p| text.starts_with(p))
+        && text.len() == 20
+        && text
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && text.chars().skip(4).any(|c| c.is_ascii_digit());
+    let prefixed = [
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "glpat-",
+        "xoxb-",
+        "xoxp-",
+        "xapp-",
+        "sk-",
+        "npm_",
+        "pypi-",
+    ]
+    .iter()
+    .any(|p| text.starts_with(p) && text.len() >= p.len() + 16);
+    mixed || aws || prefixed
+}
+
 /// The most characters of one message gitpulse keeps or sends.
 pub const MAX_TEXT: usize = 4096;
 
-/// Words like `user:pass@host:path` with their userinfo hidden.
+/// Words like `user:pass@host:path` with their userinfo hidden, line by
+/// line. A password may hold spaces (`user:pa ss@host:path`): the words
+/// before the `@` are hidden back to the one holding the user's `:`,
+/// unless a word ending in `:` (`error:`) comes first.
 fn scp_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, word) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
+    text.split('\n')
+        .map(scp_userinfo_line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn scp_userinfo_line(line: &str) -> String {
+    let words: Vec<&str> = line.split(' ').collect();
+    let mut hide_until: Vec<Option<usize>> = vec![None; words.len()];
+    for (i, word) in words.iter().enumerate() {
+        if word.contains("://") {
+            continue;
         }
-        let hidden = (!word.contains("://"))
-            .then(|| word.rfind('@'))
-            .flatten()
-            .filter(|&at| word[..at].contains(':') && word[at..].contains(':'));
-        match hidden {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&word[at..]);
+        let Some(at) = word.rfind('@').filter(|&at| word[at..].contains(':')) else {
+            continue;
+        };
+        if word[..at].contains(':') {
+            hide_until[i] = Some(at);
+            continue;
+        }
+        // The password's first part may be in an earlier word.
+        for j in (0..i).rev() {
+            let earlier = words[j];
+            if earlier.contains("://") || earlier.contains('@') || earlier.ends_with(':') {
+                break;
             }
-            None => out.push_str(word),
+            if earlier.contains(':') {
+                for k in j..i {
+                    hide_until[k] = Some(words[k].len());
+                }
+                hide_until[i] = Some(at);
+                break;
+            }
+        }
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut hiding = false;
+    for (i, word) in words.iter().enumerate() {
+        match hide_until[i] {
+            Some(end) if end == word.len() => {
+                if !hiding {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    out.push_str("***");
+                }
+                hiding = true;
+            }
+            Some(end) => {
+                if !hiding {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    out.push_str("***");
+                }
+                out.push_str(&word[end..]);
+                hiding = false;
+            }
+            None => {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(word);
+                hiding = false;
+            }
         }
     }
     out
@@ -174,6 +264,22 @@ pub fn printable(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_scp_like_password_with_spaces_is_hidden_whole() {
+        assert_eq!(url("user:pa ss@host:org/app.git"), "***@host:org/app.git");
+        assert_eq!(
+            text("clone of user:p1 p2 p3@host:x failed", &[]),
+            "clone of ***@host:x failed"
+        );
+        assert_eq!(url("user:secret@host:x"), "***@host:x");
+        // A lone user is no secret, and `error:` is not a user.
+        assert_eq!(
+            text("error: cannot read from git@host:x", &[]),
+            "error: cannot read from git@host:x"
+        );
+        assert_eq!(url("git@github.com:o/r.git"), "git@github.com:o/r.git");
+    }
 
     #[test]
     fn userinfo_is_hidden() {

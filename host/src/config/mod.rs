@@ -46,6 +46,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::git::{Follow, Mode, OriginCredential, Publish, Sparse};
+use crate::redact::looks_like_a_secret;
 pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
@@ -1390,15 +1391,6 @@ fn not_a_variable_name(name: &str) -> Option<String> {
     }
 }
 
-/// A long mix of lower-case letters and digits with no separators, as
-/// tokens are and names and file names rarely are.
-fn looks_like_a_secret(text: &str) -> bool {
-    text.len() >= 20
-        && text.chars().any(|c| c.is_ascii_lowercase())
-        && text.chars().any(|c| c.is_ascii_digit())
-        && !text.contains(['.', '/', ' '])
-}
-
 /// `message` with every word that looks like a secret replaced by `…`.
 fn without_secret_looking_words(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
@@ -1464,7 +1456,7 @@ fn lexical(path: &Path) -> PathBuf {
 
 fn check_url(url: &str) -> Result<(), String> {
     let parsed = crate::git::check_remote_url(url)?;
-    if parsed.password().is_some() {
+    if parsed.password().is_some() || looks_like_a_secret(parsed.username()) {
         let shown = crate::redact::url(url);
         return Err(format!(
             "`{shown}`: put credentials in token_env or token_file, not in the URL"
@@ -2133,6 +2125,31 @@ mode = "ff"
                     assert!(!problems.0.is_empty(), "{text:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn credential_shapes_are_never_echoed_whatever_their_case() {
+        for secret in [
+            "AKIAIOSFODNN7EXAMPLE",
+            "ghp_0a1b2c3d4e5f6a7b8c9d",
+            "glpat-ABCDEFGHIJKLMNOPQRST",
+        ] {
+            let shown = without_secret_looking_words(&format!("`{secret}`: not a duration"));
+            assert!(!shown.contains(secret), "{shown}");
+            let text = format!("[[repo]]\nname = \"a\"\nurl = \"https://h/a.git\"\ntoken_env = \"{secret}\"\ntimeout = \"{secret}\"\n");
+            let problems = parse_scoped(&text, &[], Scope::Structure).unwrap_err();
+            assert!(!problems.to_string().contains(secret), "{problems}");
+        }
+        // Names and ordinary words stay.
+        for word in [
+            "GITPULSE_TOKEN",
+            "SMTP_PASSWORD",
+            "AKIA",
+            "main",
+            "refs-heads-main",
+        ] {
+            assert_eq!(without_secret_looking_words(word), word);
         }
     }
 
