@@ -335,6 +335,33 @@ fn a_broken_template_falls_back_to_the_default_and_reports_a_plugin_fault() {
 }
 
 #[test]
+fn a_pull_that_cannot_start_is_a_failed_event_as_in_the_daemon() {
+    let served = Served::new("app");
+    let root = served.root.path();
+    let config = notify_config(
+        root,
+        "[notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\n",
+    );
+    let run = pull_notifying(
+        &served.url(),
+        &served.dir("app"),
+        &config,
+        &[],
+        &["--token-env", "GITPULSE_TEST_NO_SUCH_VARIABLE"],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    let lines = log_lines(&root.join("events.jsonl"));
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["failed"], "{lines:?}");
+    let body = lines[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("could not start") && body.contains("GITPULSE_TEST_NO_SUCH_VARIABLE"),
+        "{body}"
+    );
+    assert!(!served.dir("app").exists(), "nothing was pulled");
+}
+
+#[test]
 fn a_template_that_would_render_for_ever_is_stopped_and_the_default_is_sent() {
     let mut served = Served::new("app");
     for n in 0..8 {

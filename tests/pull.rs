@@ -821,3 +821,51 @@ fn a_smaller_depth_shortens_the_history_and_frees_what_it_cut() {
     assert!(after < before, "{before} KiB -> {after} KiB");
     assert!(fsck_ok(&full));
 }
+
+#[test]
+fn a_relative_submodule_url_under_a_file_superproject_is_resolved_as_git_does() {
+    let root = tempfile::tempdir().unwrap();
+    let lib = Upstream::new(root.path(), "lib");
+    let app = Upstream::new(root.path(), "app");
+    let work = app.bare.parent().unwrap().join("app.work");
+    let out = git(
+        &work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            &lib.file_url(),
+            "vendor/lib",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Upstream names it relative to itself, as projects on one server do.
+    let lib_name = lib.bare.file_name().unwrap().to_string_lossy().into_owned();
+    git_ok(
+        &work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.vendor/lib.url",
+            &format!("../{lib_name}"),
+        ],
+    );
+    git_ok(&work, &["commit", "-qam", "a relative submodule"]);
+    git_ok(&work, &["push", "-q", "origin", "main"]);
+
+    let dir = root.path().join("c");
+    let run = pull(
+        &app.file_url(),
+        &dir,
+        &["--submodules", "--allow-local-submodules"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(dir.join("vendor/lib/README").is_file());
+}

@@ -640,18 +640,26 @@ fn not_started(repo: &RepoConfig, e: &JobError) -> PullReport {
         JobError::Publish(f) => f.class,
         JobError::Spec(_) | JobError::Plugin(_) => FailureClass::Other,
     };
+    could_not_start(&repo.url, &repo.dir, class, &e.to_string())
+}
+
+/// The report of a pull of `url` into `dir` that could not start, `why`:
+/// one failed attempt of `class`, not retried. What the daemon records for
+/// a repository whose job cannot start, and `gitpulse pull` too, so both
+/// notify of it alike.
+pub fn could_not_start(url: &str, dir: &Path, class: FailureClass, why: &str) -> PullReport {
     PullReport {
         attempts: vec![AttemptRecord {
             n: 1,
             class,
             http_status: None,
-            message: format!("could not start: {e}"),
+            message: format!("could not start: {why}"),
             delay_ms: None,
             duration_ms: 0,
             limit: None,
         }],
         reason: Some(StopReason::NotRetryable),
-        ..PullReport::failed(&repo.url, &repo.dir)
+        ..PullReport::failed(url, dir)
     }
 }
 

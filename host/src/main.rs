@@ -17,7 +17,7 @@ use clap::Parser;
 use gitpulse::cli::{
     CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, HookCommand, NewArgs, NotifyCommand,
     OutboxAction, OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs,
-    StateArgs, StatusArgs, TriggerArgs, ValidateArgs,
+    StateArgs, StatusArgs, TriggerArgs, UsageError, ValidateArgs,
 };
 use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
 use gitpulse::daemon::DaemonError;
@@ -730,14 +730,6 @@ fn notify_test(name: &str, config_path: &Path) -> Result<(), Failure> {
 }
 
 fn run_pull(args: &PullArgs) -> Result<(), Failure> {
-    let (options, builtin) = args.options().map_err(usage)?;
-    let steps = pull_steps(args)?;
-    let workflow = gitpulse::github::Workflow::from_env(!args.no_step_summary);
-    if let Some(w) = &workflow {
-        for secret in job::secrets_of(&options.sync) {
-            w.mask(secret.expose());
-        }
-    }
     // A bad notification config stops the pull before it starts.
     let notify_config = match &args.notify_config {
         None => None,
@@ -750,6 +742,39 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
             Some(config)
         }
     };
+    // A job that cannot start (its token unreadable, its plugin broken,
+    // its directory unusable) is a failed pull people are told of, as in
+    // the daemon; a mistyped flag is not.
+    let cannot_start = |class: gitpulse::FailureClass, why: String| -> Failure {
+        if let Some(config) = &notify_config {
+            let name = args
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let repo = RepoRef::new(&name, &args.url, None, Default::default());
+            let report = job::could_not_start(&args.url, &args.dir, class, &why);
+            notify_after_pull(config, args, &repo, &args.dir, &report);
+        }
+        usage(why)
+    };
+    let (options, builtin) = match args.options() {
+        Ok(parsed) => parsed,
+        Err(
+            e @ (UsageError::TokenEnvMissing(_)
+            | UsageError::TokenFile { .. }
+            | UsageError::TokenFileEmpty(_)
+            | UsageError::SshKey { .. }),
+        ) => return Err(cannot_start(gitpulse::FailureClass::Auth, e.to_string())),
+        Err(e) => return Err(usage(e)),
+    };
+    let steps = pull_steps(args)?;
+    let workflow = gitpulse::github::Workflow::from_env(!args.no_step_summary);
+    if let Some(w) = &workflow {
+        for secret in job::secrets_of(&options.sync) {
+            w.mask(secret.expose());
+        }
+    }
     let repo = RepoRef::new(
         &repo_name(&options),
         &args.url,
@@ -761,11 +786,12 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         max_delay: args.backoff_max,
     };
     let load = |_: &str| load_pull_plugin(args);
-    let mut policy =
-        job::policy(&policy_roles(args), builtin, repo.clone(), told, &load).map_err(usage)?;
+    let mut policy = job::policy(&policy_roles(args), builtin, repo.clone(), told, &load)
+        .map_err(|e| cannot_start(gitpulse::FailureClass::Other, e.to_string()))?;
     let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
     force_exit_if_cancel_stalls(cancel.clone(), args);
-    job::prepare_dir(&args.dir, args.publish(), args.lock_wait).map_err(|e| usage(e.message))?;
+    job::prepare_dir(&args.dir, args.publish(), args.lock_wait)
+        .map_err(|e| cannot_start(e.class, e.message))?;
     let mut terminal = ui::Terminal::new(!args.json && std::io::stderr().is_terminal());
     let result = match &workflow {
         Some(_) => {
@@ -857,7 +883,7 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         }
     }
     if let Some(config) = &notify_config {
-        notify_after_pull(config, args, &repo, &options, &result);
+        notify_after_pull(config, args, &repo, &options.sync.dir, &result);
     }
     if result.outcome.is_success() && !steps_failed {
         Ok(())
@@ -949,7 +975,7 @@ fn notify_after_pull(
     config: &Config,
     args: &PullArgs,
     repo: &RepoRef,
-    options: &pull::PullOptions,
+    dir: &Path,
     result: &gitpulse::outcome::PullReport,
 ) {
     let roles = policy_roles(args);
@@ -962,7 +988,7 @@ fn notify_after_pull(
     match job::record_and_deliver(
         config,
         repo,
-        &options.sync.dir,
+        dir,
         result,
         &audience,
         &load,

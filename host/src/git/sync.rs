@@ -1006,6 +1006,19 @@ impl Attempt<'_> {
                 // directory, and on failure delete that directory there:
                 // outside DIR. Its clone step takes the absolute path.
                 sub.init(false)?;
+                if relative && local {
+                    // libgit2 drops a slash resolving `../x` against a
+                    // file:// superproject (`file://tmp/x`): resolved here
+                    // as git does, into the local config, which wins over
+                    // .gitmodules.
+                    let resolved = resolve_relative_url(&self.spec.url, &url);
+                    repo.config()?.set_str(
+                        &format!("submodule.{}.url", sub.name().unwrap_or_default()),
+                        &resolved,
+                    )?;
+                    let path = sub.path().to_string_lossy().into_owned();
+                    sub = repo.find_submodule(&path)?;
+                }
                 sub.repo_init(true)?;
                 sub.clone(Some(&mut options))?;
                 options = git2::SubmoduleUpdateOptions::new();
@@ -1191,6 +1204,27 @@ fn begin_checkout(repo: &Repository, target: Oid, branch: &str) -> Result<(), Fa
     journal::begin(repo, &intent).map_err(io_fail(repo.path()))
 }
 
+/// A submodule's relative URL (`../lib.git`, `./lib`) against its
+/// superproject's, as git resolves it: each `../` drops one component of
+/// the superproject's URL, `./` none, and the rest is appended.
+fn resolve_relative_url(superproject: &str, relative: &str) -> String {
+    let mut base = superproject.trim_end_matches('/').to_string();
+    let mut rest = relative;
+    loop {
+        if let Some(r) = rest.strip_prefix("./") {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("../") {
+            rest = r;
+            if let Some(cut) = base.rfind('/') {
+                base.truncate(cut);
+            }
+        } else {
+            break;
+        }
+    }
+    format!("{base}/{rest}")
+}
+
 /// Finishes or cleans up after a gitpulse that died in this repository.
 fn recover(repo: &Repository) -> Result<Option<String>, Fail> {
     let git_dir = repo.path().to_path_buf();
@@ -1340,5 +1374,23 @@ fn strip_userinfo(url: &str) -> (String, bool) {
             (parsed.to_string(), true)
         }
         _ => (url.to_string(), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_submodule_urls_resolve_against_the_superproject_as_git_does() {
+        assert_eq!(
+            resolve_relative_url("file:///srv/git/app.git", "../lib.git"),
+            "file:///srv/git/lib.git"
+        );
+        assert_eq!(
+            resolve_relative_url("file:///srv/git/app.git/", "./vendor"),
+            "file:///srv/git/app.git/vendor"
+        );
+        assert_eq!(resolve_relative_url("/srv/git/app", "../../x"), "/srv/x");
     }
 }
