@@ -147,18 +147,28 @@ fn taken_by(intent: &Intent, relative: &Path, bare: bool) -> bool {
 }
 
 /// Removes what a dead gitpulse left in `git_dir` during the step `intent`
-/// names: that step's lock files and libgit2's temporary pack files. Only
-/// call with the repository lock held. Returns the lock files it left: not
-/// that step's, so possibly another process's.
+/// names: that step's lock files and libgit2's temporary pack files, and
+/// of those only the ones made since the journal was written (its time is
+/// when the step began; anything older was there before it, so not ours).
+/// Only call with the repository lock held. Returns the lock files it
+/// left: possibly another process's.
 pub(crate) fn remove_leftovers(
     git_dir: &Path,
     intent: &Intent,
     bare: bool,
 ) -> io::Result<Vec<PathBuf>> {
+    let began = fs::metadata(git_dir.join(FILE))
+        .and_then(|m| m.modified())
+        .ok();
+    let since_began = |path: &Path| match (began, fs::metadata(path).and_then(|m| m.modified())) {
+        (Some(began), Ok(made)) => made >= began,
+        // No time to go by: the step's kind alone decides, as before.
+        _ => true,
+    };
     let mut foreign = Vec::new();
     for lock in lock_files(git_dir) {
         let relative = lock.strip_prefix(git_dir).unwrap_or(&lock);
-        if taken_by(intent, relative, bare) {
+        if taken_by(intent, relative, bare) && since_began(&lock) {
             fs::remove_file(&lock)?;
         } else {
             foreign.push(lock);
@@ -168,7 +178,8 @@ pub(crate) fn remove_leftovers(
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("pack_git2_") || name.starts_with("tmp_") {
+            let temporary = name.starts_with("pack_git2_") || name.starts_with("tmp_");
+            if temporary && since_began(&entry.path()) {
                 fs::remove_file(entry.path())?;
             }
         }
@@ -239,5 +250,43 @@ mod tests {
             Path::new("refs/heads/x.lock"),
             false
         ));
+    }
+
+    #[test]
+    fn only_what_was_made_since_the_step_began_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let git_dir = repo.path().to_path_buf();
+        fs::create_dir_all(git_dir.join("objects/pack")).unwrap();
+        // Made before the step: someone else's.
+        fs::write(git_dir.join("index.lock"), "").unwrap();
+        fs::write(git_dir.join("objects/pack/tmp_pack_old"), "").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for f in ["index.lock", "objects/pack/tmp_pack_old"] {
+            fs::File::options()
+                .write(true)
+                .open(git_dir.join(f))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let target = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        begin(
+            &repo,
+            &Intent::Checkout {
+                target,
+                branch: "refs/heads/main".into(),
+            },
+        )
+        .unwrap();
+        // Made during it: ours.
+        fs::write(git_dir.join("HEAD.lock"), "").unwrap();
+        fs::write(git_dir.join("objects/pack/tmp_pack_new"), "").unwrap();
+        let intent = pending(&git_dir).unwrap();
+        let left = remove_leftovers(&git_dir, &intent, false).unwrap();
+        assert_eq!(left, [git_dir.join("index.lock")]);
+        assert!(!git_dir.join("HEAD.lock").exists());
+        assert!(!git_dir.join("objects/pack/tmp_pack_new").exists());
+        assert!(git_dir.join("objects/pack/tmp_pack_old").exists());
     }
 }
