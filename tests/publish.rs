@@ -305,26 +305,7 @@ fn a_relative_dir_sparse_sets_and_submodules_are_published_as_the_checkout_has_t
 
     // A submodule: its files, as the checkout beside DIR has them.
     let lib = Upstream::new(root.path(), "lib");
-    let work = up.bare.parent().unwrap().join("app.work");
-    let added = git(
-        &work,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            &lib.file_url(),
-            "vendor/lib",
-        ],
-    );
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    git_ok(&work, &["commit", "-qm", "add submodule"]);
-    git_ok(&work, &["push", "-q", "origin", "main"]);
+    up.add_submodule(&lib.file_url(), "vendor/lib", None);
     let with_sub = root.path().join("with-sub");
     let run = pull(
         &up.file_url(),

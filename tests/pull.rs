@@ -550,27 +550,8 @@ fn human_output_summarises_and_lists_failed_attempts() {
 fn submodules_are_left_alone_unless_asked() {
     let root = tempfile::tempdir().unwrap();
     let lib = Upstream::new(root.path(), "lib");
-    let app = Upstream::new(root.path(), "app");
-    let work = app.bare.parent().unwrap().join("app.work");
-    let out = git(
-        &work,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            &lib.file_url(),
-            "vendor/lib",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    git_ok(&work, &["commit", "-qm", "add submodule"]);
-    git_ok(&work, &["push", "-q", "origin", "main"]);
+    let mut app = Upstream::new(root.path(), "app");
+    app.add_submodule(&lib.file_url(), "vendor/lib", None);
 
     let plain = root.path().join("plain");
     assert_eq!(pull(&app.file_url(), &plain, &[]).code, 0);
@@ -826,39 +807,9 @@ fn a_smaller_depth_shortens_the_history_and_frees_what_it_cut() {
 fn a_relative_submodule_url_under_a_file_superproject_is_resolved_as_git_does() {
     let root = tempfile::tempdir().unwrap();
     let lib = Upstream::new(root.path(), "lib");
-    let app = Upstream::new(root.path(), "app");
-    let work = app.bare.parent().unwrap().join("app.work");
-    let out = git(
-        &work,
-        &[
-            "-c",
-            "protocol.file.allow=always",
-            "submodule",
-            "add",
-            "-q",
-            &lib.file_url(),
-            "vendor/lib",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut app = Upstream::new(root.path(), "app");
     // Upstream names it relative to itself, as projects on one server do.
-    let lib_name = lib.bare.file_name().unwrap().to_string_lossy().into_owned();
-    git_ok(
-        &work,
-        &[
-            "config",
-            "-f",
-            ".gitmodules",
-            "submodule.vendor/lib.url",
-            &format!("../{lib_name}"),
-        ],
-    );
-    git_ok(&work, &["commit", "-qam", "a relative submodule"]);
-    git_ok(&work, &["push", "-q", "origin", "main"]);
+    app.add_submodule(&lib.file_url(), "vendor/lib", Some("../lib.git"));
 
     let dir = root.path().join("c");
     let run = pull(

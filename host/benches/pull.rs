@@ -4,7 +4,10 @@
 //! - a no-op pull of an unchanged repository vs `git fetch` + `git merge --ff-only`,
 //!   once with every request through `git http-backend` and once with the
 //!   ref listing answered in the server's process;
-//! - a clone of a generated repository (default ~20k commits / ~100 MB) vs `git clone`.
+//! - a clone of a generated repository (default ~20k commits / ~100 MB) vs `git clone`;
+//! - that clone reshaped to depth 1 (`gitpulse pull --depth 1` vs `git fetch
+//!   --depth 1` + `git gc --prune=now` with unreachable reflogs expired): time,
+//!   and the object store's size before and after.
 //!
 //! Prints a table: median wall time, peak RSS, and the gitpulse/git ratio.
 //! Sizes: `GITPULSE_BENCH_COMMITS` (20000), `GITPULSE_BENCH_BLOB_KB` (5),
@@ -270,6 +273,52 @@ fn main() {
         target: 1.0,
     });
 
+    // The clone reshaped to depth 1: history cut, and what it held freed.
+    let (a, b) = (
+        root.path().join("reshape-gitpulse"),
+        root.path().join("reshape-git"),
+    );
+    measure(Command::new(gitpulse).args(["pull", &url]).arg(&a));
+    measure(Command::new("git").args(["clone", "-q", &url]).arg(&b));
+    let before = (
+        dir_size(&a.join(".git/objects")),
+        dir_size(&b.join(".git/objects")),
+    );
+    let (ours_t, ours_rss) = measure(
+        Command::new(gitpulse)
+            .args(["pull", "--depth", "1", &url])
+            .arg(&a),
+    );
+    let git_start = Instant::now();
+    let mut git_rss = 0;
+    for args in [
+        &["fetch", "-q", "--depth", "1", "origin", "main"][..],
+        &[
+            "-c",
+            "gc.reflogExpireUnreachable=now",
+            "-c",
+            "gc.reflogExpire=now",
+            "gc",
+            "-q",
+            "--prune=now",
+        ][..],
+    ] {
+        let (_, rss) = measure(Command::new("git").arg("-C").arg(&b).args(args));
+        git_rss = git_rss.max(rss);
+    }
+    let git_t = git_start.elapsed();
+    let after = (
+        dir_size(&a.join(".git/objects")),
+        dir_size(&b.join(".git/objects")),
+    );
+    assert_eq!(git_ok(&a, &["rev-list", "--count", "HEAD"]), "1");
+    rows.push(Row {
+        name: "reshape the clone to depth 1",
+        ours: (ours_t, ours_rss),
+        git: (git_t, git_rss),
+        target: 1.0,
+    });
+
     println!();
     println!("repository for the clone: {commits} commits, {:.0} MB on disk; server: git http-backend on 127.0.0.1 (the second no-op row answers ref listings in its own process)", dir_size(&big) as f64 / 1e6);
     println!("no-op: median of {noop_runs} runs; small clone: median of 7 alternating runs; clone: median of {clone_runs} runs; RSS: peak, children included");
@@ -290,4 +339,17 @@ fn main() {
             r.git.1 as f64 / 1024.0,
         );
     }
+    println!();
+    println!("| objects on disk, depth 1 | before | after |");
+    println!("|---|---:|---:|");
+    println!(
+        "| gitpulse | {:.1} MB | {:.1} MB |",
+        before.0 as f64 / 1e6,
+        after.0 as f64 / 1e6
+    );
+    println!(
+        "| git (fetch --depth 1, gc --prune=now) | {:.1} MB | {:.1} MB |",
+        before.1 as f64 / 1e6,
+        after.1 as f64 / 1e6
+    );
 }

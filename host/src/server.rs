@@ -449,20 +449,8 @@ async fn known_host(
     request: Request,
     next: Next,
 ) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if host_allowed(host, listen, &view.host_names()) {
-        next.run(request).await
-    } else {
-        (
-            StatusCode::MISDIRECTED_REQUEST,
-            Json(json!({ "error": "unknown Host: add it to [daemon] host_names" })),
-        )
-            .into_response()
-    }
+    let known = host_allowed(host_of(&request), listen, &view.host_names());
+    only_if(known, request, next).await
 }
 
 /// Like [`known_host`], also taking any IP address as Host: a DNS
@@ -473,12 +461,23 @@ async fn known_host_or_address(
     request: Request,
     next: Next,
 ) -> Response {
-    let host = request
+    let host = host_of(&request);
+    let known = is_address(host) || host_allowed(host, listen, &view.host_names());
+    only_if(known, request, next).await
+}
+
+/// The request's Host header (empty when absent or not text).
+fn host_of(request: &Request) -> &str {
+    request
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if is_address(host) || host_allowed(host, listen, &view.host_names()) {
+        .unwrap_or("")
+}
+
+/// Runs the request when its Host is `known`, else answers 421.
+async fn only_if(known: bool, request: Request, next: Next) -> Response {
+    if known {
         next.run(request).await
     } else {
         (

@@ -62,6 +62,34 @@ impl Upstream {
         up
     }
 
+    /// Adds `url` as a submodule at `path` on `main` in a commit of its
+    /// own, and pushes it; with `relative`, `.gitmodules` names it by this
+    /// string instead (`../lib.git`), as projects on one server do.
+    pub fn add_submodule(&mut self, url: &str, path: &str, relative: Option<&str>) -> String {
+        let w = &self.work;
+        git_ok(w, &["checkout", "-q", "main"]);
+        git_ok(
+            w,
+            &[
+                "-c",
+                "protocol.file.allow=always",
+                "submodule",
+                "add",
+                "-q",
+                url,
+                path,
+            ],
+        );
+        if let Some(named) = relative {
+            let key = format!("submodule.{path}.url");
+            git_ok(w, &["config", "-f", ".gitmodules", &key, named]);
+            git_ok(w, &["add", ".gitmodules"]);
+        }
+        git_ok(w, &["commit", "-qm", &format!("add submodule {path}")]);
+        git_ok(w, &["push", "-q", "origin", "main"]);
+        git_ok(w, &["rev-parse", "HEAD"])
+    }
+
     /// Adds a commit on `main` (a new line in README and a new file) and
     /// pushes it; returns its full SHA.
     pub fn commit(&mut self, subject: &str) -> String {
