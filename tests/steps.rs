@@ -273,3 +273,52 @@ fn an_owed_step_survives_kill_9_runs_once_at_restart_and_coalesces_to_the_newest
     assert_eq!(lines(&log).len(), 2, "{:?}", lines(&log));
     assert_eq!(daemon.stop(), 0);
 }
+
+#[test]
+fn a_slow_step_holds_back_no_other_pull_to_its_host() {
+    let root = tempfile::tempdir().unwrap();
+    let _a = Upstream::new(root.path(), "a");
+    let mut b = Upstream::new(root.path(), "b");
+    let http = GitHttpServer::start(root.path());
+    let port = free_port();
+    let (started, ended) = (root.path().join("started"), root.path().join("ended"));
+    let slow = format!(
+        "touch '{}'; sleep 8; touch '{}'",
+        started.display(),
+        ended.display()
+    );
+    let config = root.path().join("gitpulse.toml");
+    // One pull at a time, one per host: a step that held its pull's
+    // permits would hold back every other pull.
+    daemon_config(port)
+        .daemon("max_concurrent", 1)
+        .daemon("per_host", 1)
+        .repo(
+            Repo::new("a", &http.url("a"), &root.path().join("ca")).step(&[
+                ("name", "slow".into()),
+                ("run", slow.into()),
+                ("shell", true.into()),
+                ("timeout", "30s".into()),
+            ]),
+        )
+        .repo(Repo::new("b", &http.url("b"), &root.path().join("cb")))
+        .write(&config);
+    let daemon = Daemon::start(&config, port, &[]);
+
+    wait_for("a's step to start", Duration::from_secs(30), || {
+        started.exists()
+    });
+    let new = b.commit("while a's step runs");
+    let cb = root.path().join("cb");
+    wait_for("b to pull the new commit", Duration::from_secs(30), || {
+        cb.join(".git").exists()
+            && git(&cb, &["rev-parse", "HEAD"])
+                .stdout
+                .starts_with(new.as_bytes())
+    });
+    assert!(!ended.exists(), "b waited for a's step to end");
+    wait_for("a's step to end", Duration::from_secs(30), || {
+        ended.exists()
+    });
+    assert_eq!(daemon.stop(), 0);
+}

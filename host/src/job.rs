@@ -78,8 +78,8 @@ pub struct Job<'a> {
 impl Job<'_> {
     /// Runs the job; `observer` hears of each attempt. Returns the pull's
     /// report, how recording it went (a pull that happened is reported
-    /// even when the state could not take it) and when a step is owed
-    /// next. A job that cannot start (a token file gone, DIR not a
+    /// even when the state could not take it) and whether steps may be
+    /// owed ([`Job::run_steps`] runs them). A job that cannot start (a token file gone, DIR not a
     /// repository, a plugin that will not load) is recorded too, as a
     /// failed pull with its class and a `failed` event, so `status` and
     /// notifiers see it. Blocks: call it on a blocking thread.
@@ -122,22 +122,37 @@ impl Job<'_> {
             timing,
             &owed,
         );
-        // What is owed runs now: this pull's steps, and any left by a crash
-        // or waiting to be tried again.
-        let mut owing = false;
         let recorded = recorded.and_then(|mut events| {
             events.extend(gated?);
-            let (ran, still_owing) = self.run_owed_steps(&router, &audience)?;
-            owing = still_owing;
-            events.extend(ran);
             Ok(events)
         });
+        JobRun {
+            report,
+            recorded,
+            owes_steps: !self.repo.steps.is_empty(),
+        }
+    }
+
+    /// Runs what the repository owes: this pull's steps, and any left by a
+    /// crash or waiting to be tried again. Separate from [`Job::run`] so a
+    /// daemon runs steps in a pool of their own, not under the pull's
+    /// permits (a slow step must not hold back other pulls to its host).
+    /// Blocks.
+    pub fn run_steps(&self) -> StepsRun {
+        let router = Router::new(self.config, self.plugins);
+        let audience = Audience::of(self.repo);
+        let mut owing = false;
+        let recorded = self
+            .run_owed_steps(&router, &audience)
+            .map(|(ran, still_owing)| {
+                owing = still_owing;
+                ran
+            });
         let next_step_due_ms = match owing {
             true => self.next_step_due_ms(),
             false => None,
         };
-        JobRun {
-            report,
+        StepsRun {
             recorded,
             next_step_due_ms,
         }
@@ -230,6 +245,15 @@ pub struct JobRun {
     /// The pull's report (reported even when the state could not take it).
     pub report: PullReport,
     /// How recording it went, and the events recorded.
+    pub recorded: Result<Vec<StoredEvent>, StoreError>,
+    /// Whether the repository has steps, some of which may be owed now:
+    /// [`Job::run_steps`] runs them.
+    pub owes_steps: bool,
+}
+
+/// What [`Job::run_steps`] did.
+pub struct StepsRun {
+    /// How recording the tries went, and the events recorded.
     pub recorded: Result<Vec<StoredEvent>, StoreError>,
     /// When the repository's next owed step is due (unix ms), if it still
     /// owes one.

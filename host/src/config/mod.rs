@@ -15,6 +15,7 @@
 //! listen = "127.0.0.1:8787"
 //! max_concurrent = 8             # pulls at once
 //! per_host = 4                   # pulls at once per remote host
+//! max_concurrent_steps = 4       # owed steps at once, in their own pool (not the pulls' permits)
 //! breaker_threshold = 5          # transient failures in a row that open a host's circuit
 //! breaker_cool_down = "30s"      # how long it stays open before a canary
 //! plugin_dir = "plugins"         # NAME.wasm files
@@ -237,6 +238,9 @@ pub struct DaemonSettings {
     pub max_concurrent: usize,
     /// Pulls at once to one remote host.
     pub per_host: usize,
+    /// Owed steps running at once, in a pool of their own: a slow step
+    /// holds no pull's permits.
+    pub max_concurrent_steps: usize,
     /// Where `NAME.wasm` plugins are found.
     pub plugin_dir: Option<PathBuf>,
     /// Pulls to one host that must fail (transiently, in a row) before its
@@ -350,6 +354,7 @@ struct RawDaemon {
     listen: Option<Spanned<String>>,
     max_concurrent: Option<Spanned<i64>>,
     per_host: Option<Spanned<i64>>,
+    max_concurrent_steps: Option<Spanned<i64>>,
     plugin_dir: Option<Spanned<String>>,
     breaker_threshold: Option<Spanned<i64>>,
     breaker_cool_down: Option<Spanned<String>>,
@@ -736,6 +741,7 @@ pub fn parse(
         listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
         max_concurrent: 8,
         per_host: 4,
+        max_concurrent_steps: 4,
         plugin_dir: daemon_raw.plugin_dir.as_ref().map(|s| resolve(s.get_ref())),
         breaker_threshold: 5,
         breaker_cool_down: Duration::from_secs(30),
@@ -842,6 +848,11 @@ pub fn parse(
     }
     if let Some(n) = &daemon_raw.per_host {
         daemon.per_host = check.positive(n, "daemon.per_host", 10_000).unwrap_or(4) as usize;
+    }
+    if let Some(n) = &daemon_raw.max_concurrent_steps {
+        daemon.max_concurrent_steps = check
+            .positive(n, "daemon.max_concurrent_steps", 1_000)
+            .unwrap_or(4) as usize;
     }
     if let Some(dir) = env("GITPULSE_STATE_DIR") {
         daemon.state_dir = PathBuf::from(dir);

@@ -112,6 +112,9 @@ struct Shared {
     quiet: QuietPulls,
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Owed steps running at once: their own pool, so a slow step holds
+    /// no pull's global or per-host permit.
+    steps: Arc<Semaphore>,
     running: Mutex<HashSet<String>>,
     /// Each remote host's retry budget, shared by its repositories.
     budgets: Mutex<HashMap<String, Arc<Mutex<RetryBudget>>>>,
@@ -227,6 +230,7 @@ async fn serve(
     let shared = Arc::new(Shared {
         commands: tx.clone(),
         global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
+        steps: Arc::new(Semaphore::new(config.daemon.max_concurrent_steps)),
         config: Mutex::new(Arc::new(config)),
         store: Mutex::new(store),
         quiet: QuietPulls::default(),
@@ -955,9 +959,11 @@ type Permits = (
 );
 
 impl Pull {
-    /// Runs the job and settles it (metrics, breaker, a coalesced rerun),
-    /// holding `_permits` throughout. Blocks.
-    fn run(self, _permits: Permits) {
+    /// Runs the job and settles it (metrics, breaker), holding `permits`
+    /// only for the pull itself: owed steps then run in their own pool,
+    /// and the repository counts as running until they end (a coalesced
+    /// rerun follows). Blocks.
+    fn run(self, permits: Permits) {
         let shared = self.shared;
         let start_lag = self
             .scheduled
@@ -975,35 +981,119 @@ impl Pull {
         let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_job(&shared, &self.repo, self.budget, timing)
         }));
+        drop(permits);
         shared.counters.pulls.fetch_add(1, Ordering::Relaxed);
-        match report {
-            Ok((report, told)) => {
+        let after = AfterPull {
+            shared,
+            repo: self.repo,
+        };
+        let owes_steps = match report {
+            Ok((report, told, owes_steps)) => {
                 // The sender looks at the outbox only when there is news
                 // for it: a no-op pull records no event.
                 if told {
-                    shared.outbox_wake.notify_one();
+                    after.shared.outbox_wake.notify_one();
                 }
-                finish(&shared, &name, &self.host, self.admission, &report);
+                finish(&after.shared, &name, &self.host, self.admission, &report);
+                owes_steps
             }
-            Err(_) => error!(repo = name, "pull task failed: it panicked"),
+            Err(_) => {
+                error!(repo = name, "pull task failed: it panicked");
+                false
+            }
+        };
+        if !owes_steps {
+            return after.done();
         }
-        lock(&shared.running).remove(&name);
-        if lock(&shared.rerun).remove(&name) {
-            if let Some(repo) = shared.config().repo(&name).cloned() {
-                launch(&shared, repo, Start::Push);
+        match after.shared.steps.clone().try_acquire_owned() {
+            Ok(permit) => after.run_steps(permit),
+            Err(_) => {
+                let tracker = after.shared.pulls.clone();
+                tracker.spawn(async move {
+                    let Ok(permit) = after.shared.steps.clone().acquire_owned().await else {
+                        return after.done();
+                    };
+                    let tracker = after.shared.pulls.clone();
+                    tracker.spawn_blocking(move || after.run_steps(permit));
+                });
+            }
+        }
+    }
+}
+
+/// A repository whose pull ended: its owed steps may still run, then it
+/// stops counting as running.
+struct AfterPull {
+    shared: Arc<Shared>,
+    repo: RepoConfig,
+}
+
+impl AfterPull {
+    /// Runs the owed steps holding a step permit, then settles. Blocks.
+    fn run_steps(self, _permit: tokio::sync::OwnedSemaphorePermit) {
+        let shared = &self.shared;
+        let repo = &self.repo;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let config = shared.config();
+            let load = |name: &str| load_plugin(shared, &config, name);
+            let job = crate::job::Job {
+                repo,
+                config: &config,
+                plugins: &load,
+                store: &shared.store,
+                quiet: Some(&shared.quiet),
+                cancel: shared.cancel.clone(),
+                budget: None,
+            };
+            job.run_steps()
+        }));
+        match ran {
+            Ok(steps) => {
+                if let Some(due) = steps.next_step_due_ms {
+                    // Never sooner than a second: an owed step is no busy loop.
+                    let due = due.max(crate::model::now_ms() + 1000);
+                    let at = UNIX_EPOCH + Duration::from_millis(due);
+                    let _ = shared
+                        .commands
+                        .send(CommandHandle(Command::RunBy(repo.name.clone(), at)));
+                }
+                match steps.recorded {
+                    Ok(events) if !events.is_empty() => {
+                        for e in &events {
+                            info!(repo = repo.name, event = e.kind, "event");
+                        }
+                        shared.outbox_wake.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => error!(repo = repo.name, "recording its steps: {e}"),
+                }
+            }
+            Err(_) => error!(repo = repo.name, "steps task failed: it panicked"),
+        }
+        self.done();
+    }
+
+    /// The repository no longer runs; one asked for meanwhile runs now.
+    fn done(self) {
+        let name = &self.repo.name;
+        lock(&self.shared.running).remove(name);
+        if lock(&self.shared.rerun).remove(name) {
+            if let Some(repo) = self.shared.config().repo(name).cloned() {
+                launch(&self.shared, repo, Start::Push);
             }
         }
     }
 }
 
 /// One pull job of `repo` under the daemon's config, store and plugins:
-/// its report, and whether it recorded news for the sender. Blocks.
+/// its report, whether it recorded news for the sender, and whether steps
+/// may be owed. Blocks.
 fn run_job(
     shared: &Arc<Shared>,
     repo: &RepoConfig,
     budget: Arc<Mutex<RetryBudget>>,
     timing: crate::job::Timing,
-) -> (PullReport, bool) {
+) -> (PullReport, bool, bool) {
     let config = shared.config();
     let load = |name: &str| load_plugin(shared, &config, name);
     let mut observer = LogObserver {
@@ -1023,16 +1113,8 @@ fn run_job(
     let crate::job::JobRun {
         report,
         recorded,
-        next_step_due_ms,
+        owes_steps,
     } = pull_job.run(&mut observer, timing);
-    if let Some(due) = next_step_due_ms {
-        // Never sooner than a second: an owed step is no busy loop.
-        let due = due.max(crate::model::now_ms() + 1000);
-        let at = UNIX_EPOCH + Duration::from_millis(due);
-        let _ = shared
-            .commands
-            .send(CommandHandle(Command::RunBy(repo.name.clone(), at)));
-    }
     let told = match recorded {
         Ok(events) => {
             for e in &events {
@@ -1045,7 +1127,7 @@ fn run_job(
             false
         }
     };
-    (report, told)
+    (report, told, owes_steps)
 }
 
 /// Records events that no pull result carries, with their messages.
