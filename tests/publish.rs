@@ -324,3 +324,49 @@ fn a_relative_dir_sparse_sets_and_submodules_are_published_as_the_checkout_has_t
         files_in(&with_sub)
     );
 }
+
+#[test]
+fn a_failing_before_publish_gate_on_the_command_line_keeps_dir_on_the_old_revision() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let url = up.file_url();
+    let dir = root.path().join("c");
+    let allow = root.path().join("allow");
+    let gate = format!("test -e '{}' && test -e README", allow.display());
+    let args = [
+        "--publish",
+        "symlink",
+        "--before-publish-shell",
+        gate.as_str(),
+    ];
+
+    // Refused from the start: nothing published, exit 1.
+    let run = pull(&url, &dir, &args);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("gate `test -e"), "{run:?}");
+    assert!(std::fs::symlink_metadata(&dir).is_err(), "nothing at DIR");
+
+    std::fs::write(&allow, "").unwrap();
+    let run = pull(&url, &dir, &args);
+    assert_eq!((run.code, run.outcome()), (0, "cloned"), "{run:?}");
+    let first = up.head();
+    assert_eq!(published(&dir).1, first);
+
+    // A new revision the gate refuses: DIR stays, the pull fails; once the
+    // gate passes, the next pull publishes it.
+    std::fs::remove_file(&allow).unwrap();
+    let second = up.commit("second");
+    let run = pull(&url, &dir, &args);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("was not published"), "{run:?}");
+    assert_eq!(published(&dir).1, first);
+    std::fs::write(&allow, "").unwrap();
+    let run = pull(&url, &dir, &args);
+    assert_eq!((run.code, run.outcome()), (0, "updated"), "{run:?}");
+    assert_eq!(published(&dir).1, second);
+
+    // A gate needs a publication to gate.
+    let run = pull(&url, &root.path().join("d"), &["--before-publish", "true"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--publish symlink"), "{run:?}");
+}

@@ -537,6 +537,15 @@ pub struct PullArgs {
     /// Limit of each step; it is killed, with what it started, after it
     #[arg(long, value_name = "D", default_value = "5m", value_parser = duration, help_heading = "Steps")]
     pub step_timeout: Duration,
+    /// Run PROGRAM in the new revision before it is published, and publish
+    /// it only when PROGRAM succeeds (needs --publish symlink): a failing
+    /// gate leaves DIR on the revision it had and the pull exits 1; the
+    /// next pull tries again. Same variables as --step. Repeatable, in order
+    #[arg(long, value_name = "PROGRAM", help_heading = "Steps")]
+    pub before_publish: Vec<String>,
+    /// Like --before-publish, a string run with `sh -c`
+    #[arg(long, value_name = "SCRIPT", help_heading = "Steps")]
+    pub before_publish_shell: Vec<String>,
     /// Pass this variable of gitpulse's environment on to the steps
     /// (repeatable). Steps get only PATH, HOME, USER, LOGNAME, the locale,
     /// TZ, the GITPULSE_* variables and these: never the token or other
@@ -796,6 +805,52 @@ impl PullArgs {
         Ok((options, Builtin::new(backoff, self.max_attempts, self.seed)))
     }
 
+    /// The publication gates of `--before-publish`/`--before-publish-shell`
+    /// (programs first, then scripts: they gate alike, all must pass).
+    pub fn gates(&self) -> Result<Vec<Step>, UsageError> {
+        let programs = self
+            .before_publish
+            .iter()
+            .map(|p| Program::Argv(vec![p.clone()]));
+        let scripts = self
+            .before_publish_shell
+            .iter()
+            .map(|s| Program::Shell(s.clone()));
+        let gates: Vec<Step> = programs
+            .chain(scripts)
+            .map(|program| self.step_of(program, true))
+            .collect::<Result<_, _>>()?;
+        if !gates.is_empty() && self.publish() == Publish::InPlace {
+            return Err(UsageError::Steps(
+                "--before-publish gates a publication: it needs --publish symlink (in place, there is no new revision apart to run it in)".into(),
+            ));
+        }
+        Ok(gates)
+    }
+
+    /// One command-line step (or gate, `before_publish`).
+    fn step_of(&self, program: Program, before_publish: bool) -> Result<Step, UsageError> {
+        let name = match &program {
+            Program::Argv(argv) => argv.join(" "),
+            Program::Shell(script) => script.clone(),
+        };
+        if name.trim().is_empty() {
+            return Err(UsageError::Steps("a step is empty".into()));
+        }
+        Ok(Step {
+            name: crate::redact::printable(&name, 60),
+            program,
+            when: When::Changed,
+            paths: Vec::new(),
+            timeout: self.step_timeout,
+            before_publish,
+            env: crate::step::StepEnv {
+                set: Default::default(),
+                pass: self.step_pass_env.clone(),
+            },
+        })
+    }
+
     /// The steps of `--step`/`--step-arg`/`--step-shell`, in command-line
     /// order; `matches` are this subcommand's (they know the order).
     pub fn steps(&self, matches: &clap::ArgMatches) -> Result<Vec<Step>, UsageError> {
@@ -834,25 +889,7 @@ impl PullArgs {
         }
         let mut steps = Vec::new();
         for (_, program) in ordered {
-            let name = match &program {
-                Program::Argv(argv) => argv.join(" "),
-                Program::Shell(script) => script.clone(),
-            };
-            if name.trim().is_empty() {
-                return Err(UsageError::Steps("a step is empty".into()));
-            }
-            steps.push(Step {
-                name: crate::redact::printable(&name, 60),
-                program,
-                when: When::Changed,
-                paths: Vec::new(),
-                timeout: self.step_timeout,
-                before_publish: false,
-                env: crate::step::StepEnv {
-                    set: Default::default(),
-                    pass: self.step_pass_env.clone(),
-                },
-            });
+            steps.push(self.step_of(program, false)?);
         }
         Ok(steps)
     }

@@ -769,6 +769,7 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         Err(e) => return Err(usage(e)),
     };
     let steps = pull_steps(args)?;
+    let gates = args.gates().map_err(usage)?;
     let workflow = gitpulse::github::Workflow::from_env(!args.no_step_summary);
     if let Some(w) = &workflow {
         for secret in job::secrets_of(&options.sync) {
@@ -801,13 +802,12 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         None => pull::pull(&options, policy.as_mut(), &mut terminal, cancel.clone()),
     }
     .map_err(usage)?;
-    // `gitpulse pull` has no gating steps (those are [[repo.step]]s).
-    let (result, _) = job::publish(
+    let (result, failed_gates) = job::publish(
         repo.name(),
         &options.sync,
         &args.dir,
         args.publish(),
-        &[],
+        &gates,
         result,
         &cancel,
     );
@@ -851,7 +851,22 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     } else {
         eprintln!("error: {}", ui::summary(&result));
     }
-    let mut steps_failed = false;
+    let mut steps_failed = !failed_gates.is_empty();
+    for gate in &failed_gates {
+        let code = gate
+            .ran
+            .status
+            .exit_code()
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default();
+        eprintln!(
+            "error: gate `{}` {}{code}: {} was not published",
+            gate.step.name,
+            gate.ran.status,
+            &gate.revision[..gate.revision.len().min(10)]
+        );
+        print_tail(&gate.ran.output);
+    }
     for step in &ran {
         if step.run.status == "succeeded" {
             if !args.json {
@@ -869,18 +884,7 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
             .map(|c| format!(" (exit {c})"))
             .unwrap_or_default();
         eprintln!("error: step `{}` {}{code}", step.name, step.run.status);
-        for line in step
-            .run
-            .output
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
-            eprintln!("  | {line}");
-        }
+        print_tail(&step.run.output);
     }
     if let Some(config) = &notify_config {
         notify_after_pull(config, args, &repo, &options.sync.dir, &result);
@@ -889,6 +893,15 @@ fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::Reported)
+    }
+}
+
+/// The last 20 lines of a step's kept output, indented (no line of it
+/// starts a workflow command).
+fn print_tail(output: &str) {
+    let lines: Vec<&str> = output.lines().collect();
+    for line in &lines[lines.len().saturating_sub(20)..] {
+        eprintln!("  | {line}");
     }
 }
 
