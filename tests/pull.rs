@@ -568,6 +568,8 @@ fn submodules_are_left_alone_unless_asked() {
         refused.stderr.contains("points at this machine"),
         "{refused:?}"
     );
+    // Refused at once: no retry can change what upstream names.
+    assert_eq!(refused.classes(), ["auth"], "{refused:?}");
     assert!(
         !root.path().join("refused").exists(),
         "nothing half-made is left"
@@ -819,4 +821,29 @@ fn a_relative_submodule_url_under_a_file_superproject_is_resolved_as_git_does() 
     );
     assert_eq!(run.code, 0, "{run:?}");
     assert!(dir.join("vendor/lib/README").is_file());
+}
+
+#[test]
+fn a_checkout_pulled_many_times_does_not_pile_up_packs() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let server = GitHttpServer::start(root.path());
+    let dir = root.path().join("c");
+    let packs = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join(".git/objects/pack"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            .count()
+    };
+    // Every fetch writes a pack; past 50 the store is collected, as `git
+    // gc --auto` would.
+    for i in 0..55 {
+        up.commit(&format!("c{i}"));
+        let run = pull(&server.url("app"), &dir, &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    assert!(packs(&dir) < 50, "{} packs", packs(&dir));
+    assert!(fsck_ok(&dir));
+    assert_eq!(checkout_state(&dir), (up.head(), true));
 }

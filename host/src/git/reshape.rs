@@ -3,7 +3,11 @@
 //! --depth` does, by moving the shallow boundary), and collecting what no
 //! ref, `HEAD` or the index reaches any more (as `git gc --prune=now`).
 //!
-//! Both run after a successful sync, under the checkout's lock. Neither
+//! Both run after a successful sync, under the checkout's lock: shortening
+//! when the depth asks for it, collection after shortening and whenever
+//! the store has grown as `git gc --auto` would notice (more than
+//! [`PACK_LIMIT`] packs, or about [`LOOSE_LIMIT`] loose objects), within
+//! [`COLLECT_TIME`]. Neither
 //! needs the server: the boundary is computed from the local history, and
 //! collection writes one new pack of everything reachable before it
 //! deletes the old packs and loose objects, so a crash in between leaves
@@ -89,6 +93,32 @@ fn reachable(repo: &Repository) -> Result<usize, git2::Error> {
     Ok(walk.count())
 }
 
+/// Packs past which collection is due (git's `gc.autoPackLimit`).
+pub const PACK_LIMIT: usize = 50;
+/// Loose objects past which collection is due (git's `gc.auto`).
+pub const LOOSE_LIMIT: usize = 6700;
+/// The longest a collection may take; past it, it stops and leaves the
+/// store as it was.
+pub const COLLECT_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether the object store at `git_dir` has grown enough to collect: as
+/// `git gc --auto` judges it, by counting packs and sampling one of the
+/// 256 loose-object folders.
+pub fn due(git_dir: &Path) -> bool {
+    let objects = git_dir.join("objects");
+    let packs = fs::read_dir(objects.join("pack"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                .count()
+        })
+        .unwrap_or(0);
+    let sampled = fs::read_dir(objects.join("17"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    packs > PACK_LIMIT || sampled * 256 > LOOSE_LIMIT
+}
+
 /// Bytes the object store takes, before and after collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Collected {
@@ -108,6 +138,10 @@ pub fn collect(git_dir: &Path) -> Result<Collected, git2::Error> {
     let repo = Repository::open(git_dir)?;
     expire_unreachable_reflogs(&repo)?;
     let mut builder = repo.packbuilder()?;
+    let started = std::time::Instant::now();
+    // A store too big to repack in time is left as it is (nothing is
+    // deleted before the new pack is whole).
+    builder.set_progress_callback(move |_, _, _| started.elapsed() < COLLECT_TIME)?;
     let mut walk = repo.revwalk()?;
     walk.push_head()?;
     walk.push_glob("*")?;
@@ -247,6 +281,7 @@ mod tests {
         // Already that deep: nothing to do.
         assert_eq!(shorten(&Repository::open(d).unwrap(), 2).unwrap(), None);
 
+        assert!(!due(&d.join(".git")), "five commits are nothing to collect");
         let collected = collect(&d.join(".git")).unwrap();
         assert!(collected.after < collected.before, "{collected:?}");
         assert_eq!(git(d, &["fsck", "--no-progress"]), "");

@@ -310,6 +310,7 @@ impl Attempt<'_> {
         if let Some(depth) = self.spec.depth.filter(|d| *d > 0) {
             synced.notices.extend(self.keep_shallow(depth));
         }
+        synced.notices.extend(self.collect_if_due());
         if probe::applies(self.spec) {
             // Without the stamp the next pull takes the full road again:
             // slower, not wrong, so a write that fails is no failure.
@@ -347,6 +348,22 @@ impl Attempt<'_> {
             Err(e) => said.push_str(&format!("; what was cut stays on disk ({})", e.message())),
         }
         Some(said)
+    }
+
+    /// Collects the object store when it has grown as `git gc --auto`
+    /// would notice (libgit2 never repacks: every fetch adds a pack).
+    /// Says so only when something went wrong.
+    fn collect_if_due(&self) -> Option<String> {
+        let repo = Repository::open(&self.spec.dir).ok()?;
+        let git_dir = repo.path().to_path_buf();
+        drop(repo);
+        if !super::reshape::due(&git_dir) {
+            return None;
+        }
+        match super::reshape::collect(&git_dir) {
+            Ok(_) => None,
+            Err(e) => Some(format!("collecting the object store: {}", e.message())),
+        }
     }
 
     /// The no-op check ([`probe`]): `Some` when the remote's followed ref
@@ -988,9 +1005,10 @@ impl Attempt<'_> {
             };
             if !self.spec.local_submodules && local {
                 // What upstream names in .gitmodules must not read this
-                // machine's files (git refuses it too, since 2.38.1).
+                // machine's files (git refuses it too, since 2.38.1). A
+                // refusal of access, as a 403 is: `auth`, not retried.
                 return Err(failure(
-                    FailureClass::Protocol,
+                    FailureClass::Auth,
                     format!(
                         "submodule {} points at this machine ({}); refused unless local submodules are allowed",
                         sub.path().display(),
