@@ -470,30 +470,32 @@ impl HttpStream {
                 let location = response
                     .headers()
                     .get("location")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|l| url::Url::parse(&self.url).ok()?.join(l).ok());
-                let Some(next) = location.filter(|_| redirects < MAX_REDIRECTS) else {
-                    return Err(session.record(status_failure(status, response.headers())));
-                };
-                if next.scheme() != "https" {
-                    return Err(session.record(GitFailure {
-                        class: FailureClass::Tls,
-                        http_status: Some(status),
-                        retry_after: None,
-                        message: format!(
-                            "refused a redirect from https to {} (a downgrade); use the final https URL",
-                            crate::redact::url(next.as_str())
-                        ),
-                    }));
+                    .and_then(|v| v.to_str().ok());
+                match redirect(&self.url, location, redirects) {
+                    Redirect::Follow { to, same_origin } => {
+                        // Credentials stay with their own origin.
+                        if !same_origin {
+                            self.credentials = None;
+                            with_auth = false;
+                        }
+                        self.url = to;
+                        redirects += 1;
+                        continue;
+                    }
+                    Redirect::Downgrade(to) => {
+                        return Err(session.record(GitFailure {
+                            class: FailureClass::Tls,
+                            http_status: Some(status),
+                            retry_after: None,
+                            message: format!(
+                                "refused a redirect from https to {to} (a downgrade); use the final https URL"
+                            ),
+                        }));
+                    }
+                    Redirect::Stop => {
+                        return Err(session.record(status_failure(status, response.headers())));
+                    }
                 }
-                // Credentials stay with their own origin.
-                if origin(next.as_str()) != origin(&self.url) {
-                    self.credentials = None;
-                    with_auth = false;
-                }
-                self.url = next.to_string();
-                redirects += 1;
-                continue;
             }
             if status == 401 && !with_auth && self.credentials.is_some() {
                 with_auth = true;
@@ -525,6 +527,34 @@ impl HttpStream {
             }
             return Ok(response.into_body().into_reader());
         }
+    }
+}
+
+/// What to do with a redirect answered to a request for `from` (https),
+/// after `followed` others.
+#[derive(Debug, PartialEq, Eq)]
+enum Redirect {
+    /// Request `to`; credentials go along only to the same origin.
+    Follow { to: String, same_origin: bool },
+    /// Refused: it leads off https (the redacted URL).
+    Downgrade(String),
+    /// No usable `Location`, or too many redirects: the status is the
+    /// answer.
+    Stop,
+}
+
+fn redirect(from: &str, location: Option<&str>, followed: u32) -> Redirect {
+    let next = location.and_then(|l| url::Url::parse(from).ok()?.join(l).ok());
+    match next {
+        Some(_) if followed >= MAX_REDIRECTS => Redirect::Stop,
+        Some(next) if next.scheme() != "https" => {
+            Redirect::Downgrade(crate::redact::url(next.as_str()))
+        }
+        Some(next) => Redirect::Follow {
+            same_origin: origin(next.as_str()) == origin(from),
+            to: next.to_string(),
+        },
+        None => Redirect::Stop,
     }
 }
 
@@ -707,6 +737,34 @@ impl Write for HttpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_from_https_stay_on_https_and_credentials_stay_home() {
+        let from = "https://git.example.com/o/r.git/info/refs?service=git-upload-pack";
+        assert_eq!(
+            redirect(from, Some("/mirror/r.git/info/refs"), 0),
+            Redirect::Follow {
+                to: "https://git.example.com/mirror/r.git/info/refs".into(),
+                same_origin: true
+            }
+        );
+        assert_eq!(
+            redirect(from, Some("https://cdn.example.net/r.git"), 0),
+            Redirect::Follow {
+                to: "https://cdn.example.net/r.git".into(),
+                same_origin: false
+            }
+        );
+        assert_eq!(
+            redirect(from, Some("http://user:pw@git.example.com/r.git"), 0),
+            Redirect::Downgrade("http://***@git.example.com/r.git".into())
+        );
+        assert_eq!(
+            redirect(from, Some("https://a/b"), MAX_REDIRECTS),
+            Redirect::Stop
+        );
+        assert_eq!(redirect(from, None, 0), Redirect::Stop);
+    }
 
     #[test]
     fn a_prefix_covers_its_own_origin_and_path_only() {
