@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gitpulse::plugin::{Plugin, PluginEnv, Sandbox, Told, WasmPolicy};
+use gitpulse::plugin::{Plugin, PluginEnv, Sandbox, Told};
+use gitpulse::policy::WasmPolicy;
 use gitpulse::policy::{AttemptContext, Backoff, Builtin, RetryPolicy};
 use gitpulse::FailureClass;
 use gitpulse_testkit::plugins;

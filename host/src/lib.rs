@@ -31,7 +31,7 @@
 //!   of retries. [`pull`] runs attempts until success or a stop.
 //! - [`policy`] decides from a failure class and clamps to the user's limits;
 //!   it never touches git. [`plugin`] hosts WebAssembly plugins behind
-//!   the same trait; [`plugin::authoring`] serves plugin authors.
+//!   the same trait; [`authoring`] serves plugin authors.
 //! - [`events`] decides what a finished pull means; [`notify`] renders and
 //!   delivers; [`store`] remembers (SQLite, versioned schema, outbox).
 //! - [`daemon`] schedules and limits, and keeps the metrics; `server` is
@@ -62,6 +62,7 @@
 // binary maps them to exit codes. (Unit tests may unwrap.)
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod authoring;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
+use gitpulse::authoring;
 use gitpulse::cli::{
     CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, HookCommand, NewArgs, NotifyCommand,
     OutboxAction, OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs,
@@ -22,8 +23,8 @@ use gitpulse::cli::{
 use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
 use gitpulse::daemon::DaemonError;
 use gitpulse::events::RepoRef;
-use gitpulse::plugin::{self, authoring, KvStore, Plugin, PluginEnv, Told, WasmPolicy};
-use gitpulse::policy::{Backoff, Builtin};
+use gitpulse::plugin::{self, KvStore, Plugin, PluginEnv, Told};
+use gitpulse::policy::{Backoff, Builtin, WasmPolicy};
 use gitpulse::store::{self, OutboxState, Store, StoreError};
 use gitpulse::{githook, job, pull, ui};
 
@@ -950,12 +951,8 @@ fn load_pull_plugin(args: &PullArgs) -> Result<Plugin, plugin::LoadError> {
     let file = args.policy.clone().unwrap_or_default();
     let settings = authoring::parse_settings(&args.plugin.config).unwrap_or_default();
     let kv = plugin_kv(&kv_name(&file)).unwrap_or_else(|_| KvStore::in_memory());
-    Plugin::load(
-        &file,
-        args.plugin.cache().as_deref(),
-        args.plugin.sandbox(),
-        PluginEnv::new(settings, args.seed).with_kv(kv),
-    )
+    plugin::Registry::new(args.plugin.cache(), args.plugin.sandbox())
+        .get(&file, PluginEnv::new(settings, args.seed).with_kv(kv))
 }
 
 /// Whose key-value store a `--policy` file gets: its stem and where it
@@ -1045,13 +1042,10 @@ fn plugin_new(args: &NewArgs) -> Result<(), Failure> {
 
 fn load(file: &Path, opts: &PluginOptions, seed: Option<u64>) -> Result<Plugin, Failure> {
     let settings = authoring::parse_settings(&opts.config).map_err(usage)?;
-    Plugin::load(
-        file,
-        opts.cache().as_deref(),
-        opts.sandbox(),
-        PluginEnv::new(settings, seed),
-    )
-    .map_err(usage)
+    // The one loader, as the daemon, `validate` and the hooks load theirs.
+    plugin::Registry::new(opts.cache(), opts.sandbox())
+        .get(file, PluginEnv::new(settings, seed))
+        .map_err(usage)
 }
 
 fn plugin_check(args: &CheckArgs) -> Result<(), Failure> {

@@ -20,30 +20,37 @@
 //! decisions.
 
 mod allowance;
-pub mod authoring;
-mod bindings;
+
 mod cache;
+mod engine;
+mod registry;
 mod state;
+/// Contract `gitpulse:policy@0.1.x`: its generated types and their
+/// conversions to the host's own.
+mod v0_1;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::Digest as _;
-use wasmtime::component::{HasSelf, Instance, InstancePre, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::component::{Instance, InstancePre};
+use wasmtime::{Store, Trap};
 
-pub use bindings::{NotifyChoice, Told};
+pub use registry::Registry;
 pub use state::{KvStore, LogLine};
+pub use v0_1::{NotifyChoice, Told};
 
 use crate::events::RepoRef;
-use crate::policy::{AttemptContext, Builtin, Decision, RetryPolicy};
+// The pure policy vocabulary, not `crate::policy`: that module builds on
+// this one (its `WasmPolicy` calls plugins), so the dependency runs one way.
 use allowance::{Allowance, OverAllowance};
-use bindings::{backoff, notify, retry, wit};
+use engine::{engine, linker, Ticker, TICK};
+use gitpulse_policy_core::{AttemptContext, Decision};
 use state::PluginState;
+use v0_1::{backoff, notify, retry, wit};
 
 /// The one place the accepted contract line is written: every minor
 /// version of it is accepted (`0.1.0`, `0.1.7` …), nothing else. A new
@@ -65,8 +72,6 @@ fn accepts(version: &str) -> bool {
 }
 
 const PACKAGE: &str = "gitpulse:policy";
-/// Granularity of the wall-clock backstop.
-const TICK: Duration = Duration::from_millis(1);
 /// Fuel per millisecond of CPU budget: wasmtime spends about one unit per
 /// WebAssembly instruction, and a core runs on the order of 10⁹ of them a
 /// second. Fuel, unlike a wall-clock deadline, does not run out because the
@@ -199,148 +204,6 @@ impl fmt::Display for Fault {
             Fault::InvalidOutput(msg) => write!(f, "invalid output: {msg}"),
         }
     }
-}
-
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true);
-        // Only fails for contradictory settings, which these are not.
-        Engine::new(&config).unwrap_or_else(|e| panic!("wasmtime engine: {e}"))
-    })
-}
-
-/// The wall-clock backstop's clock: it ticks the engine's epoch every
-/// [`TICK`] while plugin calls run, and parks when none has run for
-/// [`LINGER`], so an idle daemon with plugins loaded wakes nobody (a
-/// ticker running forever costs a thousand wake-ups a second). Lingering
-/// keeps a burst of calls from paying a thread wake-up (a futex syscall,
-/// more than the call itself) each.
-struct Ticker {
-    /// Calls running now. Counted without the lock: a call pays two atomic
-    /// operations, and the lock only when the clock is parked.
-    active: AtomicUsize,
-    /// The clock waits for a call to wake it (set and cleared under `parked_lock`).
-    parked: AtomicBool,
-    parked_lock: Mutex<()>,
-    wake: std::sync::Condvar,
-}
-
-/// How long the clock keeps ticking after the last call.
-const LINGER: Duration = Duration::from_millis(50);
-
-impl Ticker {
-    fn get() -> &'static Ticker {
-        static TICKER: OnceLock<Ticker> = OnceLock::new();
-        TICKER.get_or_init(|| {
-            let spawned = std::thread::Builder::new()
-                .name("gitpulse-epoch".into())
-                .spawn(|| {
-                    let ticker = Ticker::get();
-                    let mut busy = std::time::Instant::now();
-                    loop {
-                        if ticker.active.load(Ordering::SeqCst) > 0 {
-                            busy = std::time::Instant::now();
-                        } else if busy.elapsed() >= LINGER {
-                            ticker.park();
-                            busy = std::time::Instant::now();
-                        }
-                        engine().increment_epoch();
-                        std::thread::sleep(TICK);
-                    }
-                });
-            if let Err(e) = spawned {
-                // Fuel still bounds every call; only the backstop is lost.
-                tracing::warn!("plugin wall-clock backstop unavailable: {e}");
-            }
-            Ticker {
-                active: AtomicUsize::new(0),
-                parked: AtomicBool::new(false),
-                parked_lock: Mutex::new(()),
-                wake: std::sync::Condvar::new(),
-            }
-        })
-    }
-
-    /// Waits until a call runs. `parked` is raised before `active` is read
-    /// (both sequentially consistent), so a call that starts meanwhile
-    /// either is seen here or sees `parked` and wakes the clock; the lock
-    /// keeps its wake-up from falling between the check and the wait.
-    fn park(&self) {
-        let mut guard = self.parked_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.parked.store(true, Ordering::SeqCst);
-        while self.active.load(Ordering::SeqCst) == 0 {
-            guard = self.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
-        }
-        self.parked.store(false, Ordering::SeqCst);
-    }
-
-    /// Keeps the clock ticking until the guard is dropped; wakes it only
-    /// when it is parked.
-    fn running() -> Running {
-        let ticker = Ticker::get();
-        ticker.active.fetch_add(1, Ordering::SeqCst);
-        if ticker.parked.load(Ordering::SeqCst) {
-            let _guard = ticker.parked_lock.lock().unwrap_or_else(|p| p.into_inner());
-            ticker.wake.notify_one();
-        }
-        Running(ticker)
-    }
-}
-
-/// A plugin call in progress (see [`Ticker`]).
-struct Running(&'static Ticker);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn linker() -> Result<&'static Linker<PluginState>, String> {
-    static LINKER: OnceLock<Result<Linker<PluginState>, String>> = OnceLock::new();
-    LINKER
-        .get_or_init(|| {
-            let mut linker = Linker::new(engine());
-            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
-            never_block(&mut linker).map_err(|e| e.to_string())?;
-            bindings::FullPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-                .map_err(|e| e.to_string())?;
-            Ok(linker)
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-/// Makes every WASI pollable ready at once. A plugin that sleeps
-/// (`std::thread::sleep` is a monotonic-clock pollable it blocks on) or
-/// waits on anything would otherwise block inside a host call, where
-/// neither fuel nor the epoch deadline reaches: one such plugin could stall
-/// `plugin check` for minutes or the daemon for good. Now a wait returns at
-/// once and the plugin's own budget bounds whatever it does instead.
-/// (`now-ms` is the contract's clock; plugins have no reason to wait.)
-fn never_block(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    use wasmtime::component::Resource;
-    use wasmtime_wasi::p2::DynPollable;
-    linker.allow_shadowing(true);
-    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
-    poll.func_wrap(
-        "[method]pollable.block",
-        |_, (_,): (Resource<DynPollable>,)| Ok(()),
-    )?;
-    poll.func_wrap(
-        "[method]pollable.ready",
-        |_, (_,): (Resource<DynPollable>,)| Ok((true,)),
-    )?;
-    poll.func_wrap("poll", |_, (list,): (Vec<Resource<DynPollable>>,)| {
-        Ok(((0..list.len() as u32).collect::<Vec<u32>>(),))
-    })?;
-    linker.allow_shadowing(false);
-    Ok(())
 }
 
 /// What a plugin instance shares with the host across calls.
@@ -725,19 +588,30 @@ impl Plugin {
     }
 
     /// The plugin's `retry.decide`, validated against `told`.
-    pub fn decide(&mut self, ctx: &wit::AttemptContext, told: &Told) -> Result<Decision, Fault> {
+    pub fn decide(&mut self, ctx: &CallContext, told: &Told) -> Result<Decision, Fault> {
         self.observed(|p| {
             let raw = p.with_live(|live| match &live.retry {
-                Some(g) => g.call_decide(&mut live.store, ctx),
+                Some(g) => g.call_decide(&mut live.store, &ctx.0),
                 None => Err(wasmtime::Error::msg("the plugin has no retry role")),
             })?;
-            bindings::decision_from_wit(raw, told).map_err(Fault::InvalidOutput)
+            v0_1::decision_from_wit(raw, told).map_err(Fault::InvalidOutput)
         })
     }
 
     /// The plugin's `backoff.delay-ms`, validated against `told`.
-    pub fn delay(&mut self, ctx: &wit::AttemptContext, told: &Told) -> Result<Duration, Fault> {
-        self.observed(|p| p.delay_unobserved(ctx, told))
+    pub fn delay(&mut self, ctx: &CallContext, told: &Told) -> Result<Duration, Fault> {
+        self.observed(|p| p.delay_unobserved(&ctx.0, told))
+    }
+
+    /// A call succeeded: the run of consecutive faults ends.
+    pub fn succeeded(&self) {
+        self.health.succeeded();
+    }
+
+    /// Counts a fault; `Some(count)` when this one quarantines the plugin
+    /// (after its sandbox's `quarantine_after` in a row).
+    pub fn faulted(&self) -> Option<u32> {
+        self.health.faulted(self.sandbox.quarantine_after)
     }
 
     fn delay_unobserved(
@@ -770,10 +644,10 @@ impl Plugin {
     ) -> Result<NotifyChoice, Fault> {
         self.observed(|p| {
             p.choose(
-                &bindings::event_to_wit(event),
-                &bindings::channel_to_wit(channel, channel_kind),
+                &v0_1::event_to_wit(event),
+                &v0_1::channel_to_wit(channel, channel_kind),
             )
-            .map(bindings::choice_from_wit)
+            .map(v0_1::choice_from_wit)
         })
     }
 
@@ -849,293 +723,46 @@ impl Health {
     }
 }
 
-/// Compiled plugins, held once per file content and shared by every pull
-/// that uses them (the daemon's; a one-shot pull loads its one plugin).
-///
-/// A lookup checks the file's size, modification time and inode first and
-/// rereads it only when one changed; a new content is compiled (through the
-/// compile cache) and starts with a clean fault record. Blocks while it
-/// reads or compiles: call it on a blocking thread.
-pub struct Registry {
-    cache_dir: Option<PathBuf>,
-    sandbox: Sandbox,
-    loaded: Mutex<std::collections::HashMap<PathBuf, Loaded>>,
-}
+/// The attempt context a plugin is called with, in the contract's own
+/// form, kept between calls so the repository's strings are copied once.
+/// Opaque outside this module: generated types stay in their contract
+/// version's module.
+pub struct CallContext(wit::AttemptContext);
 
-struct Loaded {
-    stamp: FileStamp,
-    digest: [u8; 32],
-    plugin: Plugin,
-}
-
-/// What says cheaply that a file may have changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> std::io::Result<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)?;
-        Ok(FileStamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            inode: meta.ino(),
-        })
-    }
-}
-
-impl Registry {
-    /// A registry caching compiled plugins in `cache_dir`, calls run in `sandbox`.
-    pub fn new(cache_dir: Option<PathBuf>, sandbox: Sandbox) -> Self {
-        Registry {
-            cache_dir,
-            sandbox,
-            loaded: Mutex::default(),
-        }
+impl CallContext {
+    /// The parts that do not change between a repository's attempts.
+    pub fn new(repo: &RepoRef, told: &Told) -> Self {
+        CallContext(v0_1::context_base(repo, told))
     }
 
-    /// A handle on the plugin in `path` with `env`, compiled at most once
-    /// per content.
-    pub fn get(&self, path: &Path, env: PluginEnv) -> Result<Plugin, LoadError> {
-        let read_err = |source| LoadError::Read {
-            path: path.into(),
-            source,
-        };
-        let stamp = FileStamp::of(path).map_err(read_err)?;
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = loaded.get(path).filter(|l| l.stamp == stamp) {
-            return Ok(l.plugin.handle(env));
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-        if let Some(l) = loaded.get_mut(path).filter(|l| l.digest == digest) {
-            l.stamp = stamp;
-            return Ok(l.plugin.handle(env));
-        }
-        let plugin = Plugin::from_bytes(
-            path,
-            &bytes,
-            self.cache_dir.as_deref(),
-            self.sandbox,
-            env.clone(),
-        )?;
-        let handle = plugin.handle(env);
-        loaded.insert(
-            path.to_path_buf(),
-            Loaded {
-                stamp,
-                digest,
-                plugin,
-            },
-        );
-        Ok(handle)
-    }
-}
-
-/// Plugins behind the host's retry-policy trait, one per role, with the
-/// built-in policy standing in for roles nobody plays and for calls that
-/// fault.
-///
-/// The retry role decides whether to retry and how long to wait; a
-/// separate backoff plugin then chooses the delay of a retry (the curve,
-/// not the eligibility). When one plugin plays both roles its retry answer
-/// is final.
-pub struct WasmPolicy {
-    retry: Option<Plugin>,
-    backoff: Option<Plugin>,
-    builtin: Builtin,
-    told: Told,
-    /// The context the plugins are called with, kept between decisions:
-    /// its repository strings are copied once, not at every decision.
-    context: wit::AttemptContext,
-    /// Faults so far (the count reported in logs and metrics).
-    pub faults: u64,
-    notices: Vec<String>,
-    /// Faults since the last `take_faults`, also among the notices.
-    fault_log: Vec<String>,
-    /// The host's retry budget (remaining, capacity), when the daemon
-    /// budgets this host's retries.
-    budget: Option<(u32, u32)>,
-}
-
-impl WasmPolicy {
-    /// `plugin` for every policy role it exports.
-    pub fn new(plugin: Plugin, builtin: Builtin, repo: RepoRef, told: Told) -> Self {
-        let (retry, backoff) = if plugin.roles.retry {
-            (Some(plugin), None)
-        } else {
-            (None, Some(plugin))
-        };
-        WasmPolicy::with_roles(retry, backoff, builtin, repo, told)
+    /// A whole context for one attempt (the author tools' smoke runs).
+    pub fn for_attempt(ctx: &AttemptContext, message: &str, repo: &RepoRef, told: &Told) -> Self {
+        CallContext(v0_1::context_to_wit(ctx, message, repo, told))
     }
 
-    /// `retry` for the retry role and `backoff` for the backoff role (each
-    /// may be absent: the built-in plays it).
-    pub fn with_roles(
-        retry: Option<Plugin>,
-        backoff: Option<Plugin>,
-        builtin: Builtin,
-        repo: RepoRef,
-        told: Told,
-    ) -> Self {
-        WasmPolicy {
-            retry: retry.filter(|p| p.roles.retry),
-            backoff: backoff.filter(|p| p.roles.backoff),
-            builtin,
-            context: bindings::context_base(&repo, &told),
-            told,
-            faults: 0,
-            notices: Vec::new(),
-            fault_log: Vec::new(),
-            budget: None,
-        }
+    /// A placeholder, to take a kept context out while it is refreshed.
+    pub fn empty() -> Self {
+        CallContext(v0_1::EMPTY_CONTEXT)
     }
 
-    /// The plugin playing the retry role, else the backoff role.
-    pub fn plugin(&self) -> Option<&Plugin> {
-        self.retry.as_ref().or(self.backoff.as_ref())
-    }
-
-    /// Whether every plugin of this policy is quarantined.
-    pub fn is_quarantined(&self) -> bool {
-        self.retry
-            .iter()
-            .chain(self.backoff.iter())
-            .all(Plugin::is_quarantined)
-    }
-
-    /// The message of the failure being decided about (passed to the plugin).
+    /// The failure being decided about says `message`.
     pub fn set_failure_message(&mut self, message: &str) {
-        let kept = &mut self.context.failure.message;
+        let kept = &mut self.0.failure.message;
         kept.clear();
         kept.push_str(message);
     }
 
-    /// Counts a fault of `plugin` and reports it (and a new quarantine).
-    fn record_fault(&mut self, role: &str, fault: &Fault, plugin: &Plugin) {
-        self.faults += 1;
-        let mut said = vec![format!(
-            "plugin {} ({role}) {fault}; the built-in policy decided instead",
-            plugin.name
-        )];
-        if let Some(count) = plugin.health.faulted(plugin.sandbox.quarantine_after) {
-            said.push(format!(
-                "plugin {} quarantined after {count} consecutive faults; the built-in policy decides until the plugin's file changes",
-                plugin.name
-            ));
-        }
-        self.notices.extend(said.iter().cloned());
-        self.fault_log.extend(said);
-    }
-
-    fn drain_plugin_logs(&mut self) {
-        for plugin in self.retry.iter().chain(self.backoff.iter()) {
-            for line in plugin.env.take_logs() {
-                if line.is_loud() {
-                    self.notices
-                        .push(format!("plugin {}: {}", plugin.name, line.message));
-                }
-            }
-        }
-    }
-
-    /// The retry role's answer: the plugin's, or the built-in's when there
-    /// is no usable plugin or it faulted.
-    fn eligibility(&mut self, ctx: &AttemptContext, wit_ctx: &wit::AttemptContext) -> Decision {
-        let told = self.told;
-        let Some(mut plugin) = self.retry.take().filter(|p| !p.is_quarantined()) else {
-            return self.builtin.decide(ctx);
-        };
-        let decision = match plugin.decide(wit_ctx, &told) {
-            Ok(d) => {
-                plugin.health.succeeded();
-                d
-            }
-            Err(fault) => {
-                self.record_fault("retry", &fault, &plugin);
-                self.builtin.decide(ctx)
-            }
-        };
-        self.retry = Some(plugin);
-        decision
-    }
-
-    /// `decision` with its delay from the backoff plugin, when one plays
-    /// that role and is usable.
-    fn shaped(&mut self, decision: Decision, wit_ctx: &wit::AttemptContext) -> Decision {
-        let Decision::RetryAfter { timeout, .. } = decision else {
-            return decision;
-        };
-        let told = self.told;
-        let Some(mut plugin) = self.backoff.take().filter(|p| !p.is_quarantined()) else {
-            return decision;
-        };
-        let shaped = match plugin.delay(wit_ctx, &told) {
-            Ok(delay) => {
-                plugin.health.succeeded();
-                Decision::RetryAfter { delay, timeout }
-            }
-            Err(fault) => {
-                self.record_fault("backoff", &fault, &plugin);
-                decision
-            }
-        };
-        self.backoff = Some(plugin);
-        shaped
-    }
-}
-
-impl RetryPolicy for WasmPolicy {
-    fn name(&self) -> &str {
-        self.plugin().map(|p| p.name.as_str()).unwrap_or("builtin")
-    }
-
-    fn decide(&mut self, ctx: &AttemptContext) -> Decision {
-        // Taken out for the calls (they borrow the policy), put back after.
-        let mut wit_ctx = std::mem::replace(&mut self.context, bindings::EMPTY_CONTEXT);
-        bindings::refresh_context(&mut wit_ctx, ctx, &self.told);
-        if let Some((remaining, capacity)) = self.budget {
-            wit_ctx.budget = wit::Budget {
+    /// Brings the context to attempt `ctx`, with the host's retry budget
+    /// (remaining, capacity) when it has one.
+    pub fn refresh(&mut self, ctx: &AttemptContext, told: &Told, budget: Option<(u32, u32)>) {
+        v0_1::refresh_context(&mut self.0, ctx, told);
+        if let Some((remaining, capacity)) = budget {
+            self.0.budget = wit::Budget {
                 remaining,
                 capacity,
             };
         }
-        let decision = self.eligibility(ctx, &wit_ctx);
-        let decision = self.shaped(decision, &wit_ctx);
-        self.context = wit_ctx;
-        self.drain_plugin_logs();
-        decision
     }
-
-    fn take_notices(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.notices)
-    }
-
-    fn take_faults(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.fault_log)
-    }
-
-    fn note_failure_message(&mut self, message: &str) {
-        self.set_failure_message(message);
-    }
-
-    fn note_budget(&mut self, remaining: u32, capacity: u32) {
-        self.budget = Some((remaining, capacity));
-    }
-}
-
-/// The contract's attempt context for the author tools.
-pub(crate) fn context_for_tools(
-    ctx: &AttemptContext,
-    message: &str,
-    repo: &RepoRef,
-    told: &Told,
-) -> wit::AttemptContext {
-    bindings::context_to_wit(ctx, message, repo, told)
 }
 
 /// Where plugins' key-value stores are kept: `GITPULSE_STATE_DIR`, else

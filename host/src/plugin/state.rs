@@ -13,7 +13,7 @@ use super::allowance::{Allowance, MAX_RESOURCES};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{gitpulse::policy::host, gitpulse::policy::types, Level};
+use super::v0_1::{gitpulse::policy::host, gitpulse::policy::types, Level};
 
 /// Most keys a plugin may store, and the largest key and value.
 const MAX_KEYS: usize = 1000;

@@ -4,16 +4,18 @@
 //! [`clamp`]s the answer to the user's limits (maximum attempts, maximum
 //! delay, overall deadline) whatever the policy said. [`Builtin`] is the
 //! standard policy linked natively from `gitpulse-policy-core`;
-//! [`crate::plugin::WasmPolicy`] runs plugin components behind the same trait. This
+//! [`WasmPolicy`] runs plugin components behind the same trait. This
 //! module never touches git: it sees failure classes, not errors.
 
 mod budget;
 pub mod timeout;
+mod wasm;
 
 use std::time::Duration;
 
 pub use budget::{BudgetState, Budgeted, RetryBudget};
 pub use gitpulse_policy_core::{AttemptContext, Backoff, Decision, StopReason};
+pub use wasm::WasmPolicy;
 
 /// Something that decides after each failed attempt.
 pub trait RetryPolicy {

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use gitpulse_policy_core::{AttemptContext, Decision, FailureClass};
 
-use super::{NotifyChoice, Plugin, Told, WasmPolicy};
 use crate::events::{Commit, Event, EventKind, RepoRef};
+use crate::plugin::{CallContext, NotifyChoice, Plugin, Told};
+use crate::policy::WasmPolicy;
 use crate::policy::{clamp, Limits, RetryPolicy};
 
 /// Which roles a scaffolded plugin implements.
@@ -58,28 +59,22 @@ pub enum ScaffoldError {
     },
 }
 
-const WIT: &str = include_str!("../../../wit/policy.wit");
-const SDK_MANIFEST: &str = include_str!("../../../plugins/sdk/Cargo.toml");
+const WIT: &str = include_str!("../../wit/policy.wit");
+const SDK_MANIFEST: &str = include_str!("../../plugins/sdk/Cargo.toml");
 const SDK_FILES: [(&str, &str); 4] = [
-    (
-        "src/lib.rs",
-        include_str!("../../../plugins/sdk/src/lib.rs"),
-    ),
-    (
-        "src/host.rs",
-        include_str!("../../../plugins/sdk/src/host.rs"),
-    ),
+    ("src/lib.rs", include_str!("../../plugins/sdk/src/lib.rs")),
+    ("src/host.rs", include_str!("../../plugins/sdk/src/host.rs")),
     (
         "src/helpers.rs",
-        include_str!("../../../plugins/sdk/src/helpers.rs"),
+        include_str!("../../plugins/sdk/src/helpers.rs"),
     ),
     (
         "src/testing.rs",
-        include_str!("../../../plugins/sdk/src/testing.rs"),
+        include_str!("../../plugins/sdk/src/testing.rs"),
     ),
 ];
-const CORE_MANIFEST: &str = include_str!("../../../plugins/policy-core/Cargo.toml");
-const CORE_LIB: &str = include_str!("../../../plugins/policy-core/src/lib.rs");
+const CORE_MANIFEST: &str = include_str!("../../plugins/policy-core/Cargo.toml");
+const CORE_LIB: &str = include_str!("../../plugins/policy-core/src/lib.rs");
 
 /// Writes a new plugin crate `dir/name` implementing `role`; returns its path.
 /// Nothing is written if the name is invalid or the directory exists.
@@ -544,7 +539,7 @@ pub fn smoke(plugin: &mut Plugin, told: Told) -> SmokeReport {
                 remaining: None,
                 previous_delay: None,
             };
-            let wit_ctx = super::context_for_tools(&ctx, "smoke test", &repo, &told);
+            let wit_ctx = CallContext::for_attempt(&ctx, "smoke test", &repo, &told);
             if plugin.roles.retry {
                 report.calls += 1;
                 match plugin.decide(&wit_ctx, &told) {
