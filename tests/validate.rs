@@ -255,3 +255,29 @@ fn the_git_sync_example_config_validates() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok — 3 repos"), "{out}");
 }
+
+#[test]
+fn every_misspelt_key_is_reported_at_once_with_the_key_it_was_meant_to_be() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("gitpulse.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nmax_concurent = 3\n\n[[repo]]\nname = \"app\"\nurl = \"https://git.example.com/app.git\"\nbrnch = \"main\"\n\n\
+         [[repo.step]]\nname = \"reload\"\nrun = [\"true\"]\nwhen_ = \"changed\"\n\n\
+         [notifier.audit]\nkind = \"log\"\npaht = \"audit.jsonl\"\n\n[plugin.anything]\nfree_key = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = validate(&config, &[]);
+    assert_eq!(code, 2, "{err}");
+    let file = config.display().to_string();
+    for expected in [
+        format!("{file}:2: daemon.max_concurent: unknown key `max_concurent`; did you mean `max_concurrent`?"),
+        format!("{file}:7: repo \"app\".brnch: unknown key `brnch`; did you mean `branch`?"),
+        format!("{file}:12: repo \"app\".step[0].when_: unknown key `when_`; did you mean `when`?"),
+        format!("{file}:16: notifier.audit.paht: unknown key `paht`; did you mean `path`?"),
+    ] {
+        assert!(err.contains(&expected), "{expected}\n{err}");
+    }
+    assert!(err.contains("4 problems found"), "{err}");
+    assert!(!err.contains("free_key"), "plugin settings are free: {err}");
+}

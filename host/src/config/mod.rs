@@ -51,6 +51,7 @@ use crate::redact::looks_like_a_secret;
 pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
+mod keys;
 mod notifier;
 mod reach;
 mod receiver;
@@ -710,6 +711,12 @@ pub fn parse(
         scope,
         problems: Vec::new(),
     };
+    // Every unknown key at once, each with the key it was likely meant to
+    // be (the parser would stop at the first).
+    if keys::check_keys(text, &mut check) {
+        check.problems.sort_by_key(|p| p.line);
+        return Err(Problems(check.problems));
+    }
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
