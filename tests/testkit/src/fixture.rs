@@ -52,6 +52,12 @@ impl Upstream {
         );
         git_ok(root, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
         git_ok(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        // git's own auto-gc would repack in the background while the next
+        // commit writes objects (a test that commits thousands of files
+        // then failed at random with "unable to create temporary file").
+        for repo in [&bare, &work] {
+            git_ok(repo, &["config", "gc.auto", "0"]);
+        }
         let mut up = Upstream {
             name: name.to_string(),
             bare,
