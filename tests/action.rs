@@ -2,8 +2,7 @@
 //! `GITHUB_ACTIONS=true` writes outputs, a step summary and workflow
 //! commands.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::Path;
 use std::process::Output;

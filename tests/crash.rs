@@ -1,8 +1,7 @@
 //! Crash safety and exclusion: kill -9 during a clone and during an update,
 //! then the next pull completes cleanly; two pulls of one DIR never overlap.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::thread;

@@ -1,8 +1,7 @@
 //! `gitpulse daemon` end to end: real git servers, a real daemon process,
 //! commits pushed while it runs, reloads, signals, kill -9.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::Path;
 use std::thread;

@@ -2,8 +2,7 @@
 //! fault-injecting proxy: how it is classified, whether it is retried, and
 //! that the pull recovers when the fault goes away.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 fn setup() -> Served {

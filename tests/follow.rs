@@ -2,8 +2,7 @@
 //! HEAD), `--semver`, against real git servers, as git-sync and Flux
 //! users rely on.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::Duration;
 

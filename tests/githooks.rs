@@ -3,8 +3,7 @@
 //! the changes a `git pull`, `checkout`, `rebase` and `commit --amend`
 //! record.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,7 @@
 //! the daemon, through the durable outbox (retry, dead letter, restart,
 //! digest), templates that break, and a plugin's notify role.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! content-type checks, connection limits, and that no secret leaks into
 //! any of it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

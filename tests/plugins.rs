@@ -2,8 +2,7 @@
 //! built-in, the example policies in real pulls, bad plugins contained, and
 //! the author tools (`plugin new`, `check`, `simulate`).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;

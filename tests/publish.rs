@@ -2,8 +2,7 @@
 //! flipped to it atomically, as git-sync does; kill -9 at any point leaves
 //! DIR on a complete revision; before_publish steps gate the flip.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

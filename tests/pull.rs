@@ -1,8 +1,7 @@
 //! `gitpulse pull` against real servers: clone, update, unchanged, modes,
 //! branches, depth, auth, JSON output and exit codes.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 #[test]

@@ -1,8 +1,7 @@
 //! `gitpulse pull` over SSH against a real sshd: key authentication, host
 //! key verification with --known-hosts, and the failures of each.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// `gitpulse pull --json` over SSH with `key` and `known_hosts`.
 fn pull_ssh(

@@ -2,8 +2,7 @@
 //! `[[repo.step]]` in the daemon (paths, failures told and retried, owed
 //! steps surviving kill -9 and coalescing to the newest revision).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! `gitpulse validate --config F`: a good file passes; a bad one gets every
 //! problem at once, each with file:line and field, and exit code 2.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use gitpulse_testkit::plugins;
 

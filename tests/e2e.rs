@@ -1,0 +1,23 @@
+//! gitpulse end to end: the real `gitpulse` binary against real servers
+//! started by the tests (git http-backend, git daemon, sshd, SMTP, HTTP
+//! receivers, an Actions runner), one module per area.
+//!
+//! One test binary, not one per area: each binary links the whole crate
+//! and the shared helpers again.
+
+mod common;
+
+mod action;
+mod crash;
+mod daemon;
+mod faults;
+mod follow;
+mod githooks;
+mod notify;
+mod operator;
+mod plugins;
+mod publish;
+mod pull;
+mod ssh;
+mod steps;
+mod validate;
