@@ -21,6 +21,7 @@
 //! outbox, woken by new messages and by retry times, and picks up whatever
 //! a previous run left pending.
 
+mod admission;
 mod breaker;
 mod metrics;
 mod sender;
@@ -115,11 +116,10 @@ struct Shared {
     /// Owed steps running at once: their own pool, so a slow step holds
     /// no pull's global or per-host permit.
     steps: Arc<Semaphore>,
-    running: Mutex<HashSet<String>>,
+    /// Which repositories run now, and which are owed one more run.
+    running: Mutex<admission::Running>,
     /// Each remote host's retry budget, shared by its repositories.
     budgets: Mutex<HashMap<String, Arc<Mutex<RetryBudget>>>>,
-    /// Running repositories asked for again meanwhile: pulled once more.
-    rerun: Mutex<HashSet<String>>,
     breakers: Mutex<HashMap<String, Breaker>>,
     /// Compiled plugins with their fault records, shared by every pull.
     plugins: Registry,
@@ -236,7 +236,6 @@ async fn serve(
         quiet: QuietPulls::default(),
         per_host: Mutex::default(),
         running: Mutex::default(),
-        rerun: Mutex::default(),
         budgets: Mutex::default(),
         breakers: Mutex::default(),
         plugins,
@@ -345,7 +344,7 @@ impl crate::server::Control for DaemonView {
     fn status(&self) -> serde_json::Value {
         let config = self.shared.config();
         let rows = rows_by_name(&lock(&self.shared.store));
-        let running = lock(&self.shared.running).clone();
+        let running = lock(&self.shared.running).names();
         let open: Vec<String> = lock(&self.shared.breakers)
             .iter()
             .filter(|(_, b)| b.is_open())
@@ -460,7 +459,7 @@ impl crate::server::Control for DaemonView {
     fn page(&self) -> String {
         use crate::page::{RepoRow, RepoState};
         let config = self.shared.config();
-        let running = lock(&self.shared.running).clone();
+        let running = lock(&self.shared.running).names();
         let open: HashSet<String> = lock(&self.shared.breakers)
             .iter()
             .filter(|(_, b)| b.is_open())
@@ -847,6 +846,22 @@ enum Start {
     Push,
 }
 
+/// Counts and records a scheduled run skipped because the repository is
+/// still running (off the async workers: it writes the state).
+fn skipped_running(shared: &Arc<Shared>, repo: RepoConfig) {
+    shared
+        .counters
+        .skipped_running
+        .fetch_add(1, Ordering::Relaxed);
+    info!(repo = repo.name, "still running: this run is skipped");
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = lock(&shared.store).record_skip(&repo.name) {
+            warn!(repo = repo.name, "recording a skip: {e}");
+        }
+    });
+}
+
 /// Starts a pull of `repo` unless its host's breaker holds it back. A
 /// scheduled run of a repository still running is skipped; a manual or
 /// push one is coalesced into one more pull after the running one, so a
@@ -857,24 +872,20 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
         Start::Scheduled { due, next } => (Some(due), next.map(unix_ms)),
         _ => (None, None),
     };
-    if !lock(&shared.running).insert(repo.name.clone()) {
-        if !matches!(start, Start::Scheduled { .. }) {
-            lock(&shared.rerun).insert(repo.name.clone());
+    let asked = match start {
+        Start::Scheduled { .. } => admission::Asked::Schedule,
+        Start::Manual | Start::Push => admission::Asked::Now,
+    };
+    match lock(&shared.running).admit(&repo.name, asked) {
+        admission::Admit::Run => {}
+        admission::Admit::After => {
             info!(repo = repo.name, "running: one more pull when it ends");
             return;
         }
-        shared
-            .counters
-            .skipped_running
-            .fetch_add(1, Ordering::Relaxed);
-        info!(repo = repo.name, "still running: this run is skipped");
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = lock(&shared.store).record_skip(&repo.name) {
-                warn!(repo = repo.name, "recording a skip: {e}");
-            }
-        });
-        return;
+        admission::Admit::Skip => {
+            skipped_running(shared, repo);
+            return;
+        }
     }
     let host = crate::git::remote_host(&repo.url);
     let budget = {
@@ -894,7 +905,7 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
         .or_default()
         .admit(Instant::now(), manual);
     if admission == Admission::HeldBack {
-        lock(&shared.running).remove(&repo.name);
+        lock(&shared.running).finish(&repo.name);
         shared
             .counters
             .skipped_breaker
@@ -932,7 +943,7 @@ fn launch(shared: &Arc<Shared>, repo: RepoConfig, start: Start) {
             pull.shared.global.clone().acquire_owned().await,
             host_permits.acquire_owned().await,
         ) else {
-            lock(&pull.shared.running).remove(&pull.repo.name);
+            lock(&pull.shared.running).finish(&pull.repo.name);
             return;
         };
         let pulls = pull.shared.pulls.clone();
@@ -1076,8 +1087,8 @@ impl AfterPull {
     /// The repository no longer runs; one asked for meanwhile runs now.
     fn done(self) {
         let name = &self.repo.name;
-        lock(&self.shared.running).remove(name);
-        if lock(&self.shared.rerun).remove(name) {
+        let again = lock(&self.shared.running).finish(name);
+        if again {
             if let Some(repo) = self.shared.config().repo(name).cloned() {
                 launch(&self.shared, repo, Start::Push);
             }
