@@ -1047,16 +1047,7 @@ impl AfterPull {
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let config = shared.config();
             let load = |name: &str| load_plugin(shared, &config, name);
-            let job = crate::job::Job {
-                repo,
-                config: &config,
-                plugins: &load,
-                store: &shared.store,
-                quiet: Some(&shared.quiet),
-                cancel: shared.cancel.clone(),
-                budget: None,
-            };
-            job.run_steps()
+            daemon_job(shared, &config, repo, &load, None).run_steps()
         }));
         match ran {
             Ok(steps) => {
@@ -1096,6 +1087,27 @@ impl AfterPull {
     }
 }
 
+/// The job of `repo` in this daemon: its config, plugins, state, quiet
+/// pulls' batching and cancellation, and its host's retry budget when it
+/// pulls.
+fn daemon_job<'a>(
+    shared: &'a Shared,
+    config: &'a Config,
+    repo: &'a RepoConfig,
+    plugins: crate::notify::PluginLoader<'a>,
+    budget: Option<Arc<Mutex<RetryBudget>>>,
+) -> crate::job::Job<'a> {
+    crate::job::Job {
+        repo,
+        config,
+        plugins,
+        store: &shared.store,
+        quiet: Some(&shared.quiet),
+        cancel: shared.cancel.clone(),
+        budget,
+    }
+}
+
 /// One pull job of `repo` under the daemon's config, store and plugins:
 /// its report, whether it recorded news for the sender, and whether steps
 /// may be owed. Blocks.
@@ -1112,15 +1124,7 @@ fn run_job(
         config: &config,
         repo,
     };
-    let pull_job = crate::job::Job {
-        repo,
-        config: &config,
-        plugins: &load,
-        store: &shared.store,
-        quiet: Some(&shared.quiet),
-        cancel: shared.cancel.clone(),
-        budget: Some(budget),
-    };
+    let pull_job = daemon_job(shared, &config, repo, &load, Some(budget));
     let crate::job::JobRun {
         report,
         recorded,
