@@ -57,7 +57,7 @@ mod reach;
 mod receiver;
 pub use notifier::{
     read_secret, Channel, Delivery, EmailConfig, Filter, HttpMethod, LogConfig, NotifierConfig,
-    SecretRef, SmtpSecurity, TemplateOverride, WebhookConfig,
+    SecretRef, Shape, SmtpSecurity, TemplateOverride, WebhookConfig,
 };
 pub use reach::{Reach, Reached};
 pub use receiver::{HookKind, ReceiverConfig};

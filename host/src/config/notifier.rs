@@ -143,6 +143,40 @@ impl Channel {
             Channel::Log(_) => "log",
         }
     }
+
+    /// What a message for this channel is made of.
+    pub fn shape(&self) -> Shape {
+        Shape::of_kind(self.kind())
+    }
+}
+
+/// What a channel's messages are made of, which decides their templates
+/// and how values are escaped: the one place a channel kind says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// An HTML part beside the text (email).
+    pub html: bool,
+    /// The body is JSON (webhook): values escaped as JSON strings, the
+    /// default body the event itself, the result checked to be JSON.
+    pub json_body: bool,
+}
+
+impl Shape {
+    /// The shape of the channel kind named `kind` (`email`, `webhook`,
+    /// `log`); an unknown kind is plain text.
+    pub fn of_kind(kind: &str) -> Shape {
+        match kind {
+            "email" => Shape {
+                html: true,
+                json_body: false,
+            },
+            "webhook" => Shape {
+                html: false,
+                json_body: true,
+            },
+            _ => Shape::default(),
+        }
+    }
 }
 
 /// Which events a notifier wants.

@@ -20,17 +20,19 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::config::{Channel, Config, NotifierConfig, RepoConfig};
+use crate::config::{Config, NotifierConfig, RepoConfig, Shape};
 use crate::events::{Event, EventKind, RepoRef};
 use crate::plugin::{LoadError, NotifyChoice, Plugin};
 use crate::store::{NewMessage, Outgoing};
 
+mod channel;
 mod deliver;
 pub mod send;
 pub(crate) mod template;
 
+pub use channel::webhook::signature;
 pub use deliver::{deliver_due, deliver_due_by_notifier, DeliveryStats};
-pub use send::{signature, DeliveryClass, Letter, SendError, Senders};
+pub use send::{DeliveryClass, Letter, SendError, Senders};
 
 use template::{Rendered, Templates};
 
@@ -234,8 +236,7 @@ fn render_event(
     faults: &mut Vec<String>,
 ) -> Rendered {
     let data = template::event_data(event, &n.name, vars);
-    let email = matches!(n.channel, Channel::Email(_));
-    let webhook = matches!(n.channel, Channel::Webhook(_));
+    let shape = n.channel.shape();
     let chosen = match plugin_template {
         Some((subject, body)) => Some((
             format!("plugin {} template", plugin_name.unwrap_or("?")),
@@ -248,18 +249,18 @@ fn render_event(
         None => n.templates.get(event.kind.as_str()).map(|o| {
             (
                 format!("notifier {} template for {}", n.name, event.kind),
-                overridden(o, default_templates(event.kind, email, webhook)),
+                overridden(o, default_templates(event.kind, shape)),
             )
         }),
     };
     if let Some((what, templates)) = chosen {
-        match templates.and_then(|t| render_checked(&t, &data, webhook)) {
+        match templates.and_then(|t| render_checked(&t, &data, shape)) {
             Ok(r) => return r,
             Err(e) => faults.push(format!("{what}: {e}; the default template was used")),
         }
     }
-    let defaults = default_templates(event.kind, email, webhook);
-    render_checked(&defaults, &data, webhook).unwrap_or_else(|e| {
+    let defaults = default_templates(event.kind, shape);
+    render_checked(&defaults, &data, shape).unwrap_or_else(|e| {
         // Only a bug in a default template gets here; send the raw event.
         warn!("default template for {}: {e}", event.kind);
         Rendered {
@@ -271,9 +272,9 @@ fn render_event(
 }
 
 /// The host's templates; a webhook's default body is the event's JSON.
-fn default_templates(kind: EventKind, email: bool, webhook: bool) -> Templates {
-    let mut t = template::default_for(kind, email);
-    if webhook {
+fn default_templates(kind: EventKind, shape: Shape) -> Templates {
+    let mut t = template::default_for(kind, shape.html);
+    if shape.json_body {
         t.body = "{{json this}}".into();
     }
     t
@@ -303,14 +304,14 @@ fn overridden(
 }
 
 /// Renders; a webhook body must be JSON.
-fn render_checked(t: &Templates, data: &Value, webhook: bool) -> Result<Rendered, String> {
-    let part = if webhook {
+fn render_checked(t: &Templates, data: &Value, shape: Shape) -> Result<Rendered, String> {
+    let part = if shape.json_body {
         template::Part::Json
     } else {
         template::Part::Text
     };
     let r = template::render(t, data, part)?;
-    if webhook {
+    if shape.json_body {
         template::check_json(&r.body).map_err(|e| format!("the webhook body is not JSON ({e})"))?;
     }
     Ok(r)
@@ -325,20 +326,19 @@ pub fn render_digest(
     host: &str,
     events: &[String],
 ) -> (Rendered, Option<String>) {
-    let email = matches!(n.channel, Channel::Email(_));
-    let webhook = matches!(n.channel, Channel::Webhook(_));
+    let shape = n.channel.shape();
     let events: Vec<Value> = events
         .iter()
         .filter_map(|e| serde_json::from_str(e).ok())
         .collect();
     let data = template::digest_data(kind, host, &events, &n.name);
-    let mut defaults = template::default_digest(email);
-    if webhook {
+    let mut defaults = template::default_digest(shape.html);
+    if shape.json_body {
         defaults.body = "{\"kind\":\"digest\",\"of\":{{json kind}},\"host\":{{json host}},\"count\":{{count}},\"events\":{{json events}}}".into();
     }
     let mut fault = None;
     if let Some(o) = n.templates.get("digest") {
-        match overridden(o, defaults.clone()).and_then(|t| render_checked(&t, &data, webhook)) {
+        match overridden(o, defaults.clone()).and_then(|t| render_checked(&t, &data, shape)) {
             Ok(r) => return (r, None),
             Err(e) => {
                 fault = Some(format!(
@@ -348,7 +348,7 @@ pub fn render_digest(
             }
         }
     }
-    let rendered = render_checked(&defaults, &data, webhook).unwrap_or_else(|_| Rendered {
+    let rendered = render_checked(&defaults, &data, shape).unwrap_or_else(|_| Rendered {
         subject: format!("[gitpulse] {} repositories {kind}", events.len()),
         body: serde_json::to_string(&data).unwrap_or_default(),
         html: None,
@@ -398,7 +398,7 @@ pub fn test_message(n: &NotifierConfig) -> Rendered {
     let data = template::event_data(&event, &n.name, &[]);
     Rendered {
         subject: format!("[gitpulse] test message for notifier {}", n.name),
-        body: if matches!(n.channel, Channel::Webhook(_)) {
+        body: if n.channel.shape().json_body {
             serde_json::json!({ "kind": "test", "notifier": n.name, "event": data }).to_string()
         } else {
             format!("This is a test message from gitpulse through the notifier `{}`.\nIf you can read it, the notifier works.\n", n.name)
@@ -468,9 +468,8 @@ fn render_sample(
     kind: EventKind,
     o: &crate::config::TemplateOverride,
 ) -> Result<(), String> {
-    let webhook = matches!(n.channel, Channel::Webhook(_));
-    let email = matches!(n.channel, Channel::Email(_));
-    let templates = overridden(o, default_templates(kind, email, webhook))?;
+    let shape = n.channel.shape();
+    let templates = overridden(o, default_templates(kind, shape))?;
     if mentions_vars(&templates) {
         return Ok(());
     }
@@ -487,7 +486,7 @@ fn render_sample(
         labels,
     );
     let data = template::event_data(&Event::sample(kind, repo), &n.name, &[]);
-    render_checked(&templates, &data, webhook).map(drop)
+    render_checked(&templates, &data, shape).map(drop)
 }
 
 /// A notify plugin's own template (`subject`, `body`) rendered with the
@@ -512,7 +511,7 @@ pub fn check_plugin_template(
         [("team".to_string(), "platform".to_string())].into(),
     );
     let data = template::event_data(&Event::sample(kind, repo), "smoke", vars);
-    render_checked(&templates, &data, channel == "webhook").map(drop)
+    render_checked(&templates, &data, Shape::of_kind(channel)).map(drop)
 }
 
 /// Whether a template reads plugin variables (`vars.x`, `vars/x`, `@root.vars`).
