@@ -312,17 +312,20 @@ impl Metrics {
     pub fn encode(&self, snapshot: &Snapshot, format: Format) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let gauges = gauges(snapshot);
+        let process = process_metrics(Process::read().as_ref());
         let mut out = String::new();
         // Writing to a String cannot fail.
         match format {
             Format::OpenMetrics => {
                 let _ = encode_registry(&mut out, &self.registry);
                 let _ = encode_registry(&mut out, &gauges);
+                let _ = encode_registry(&mut out, &process);
                 let _ = encode_eof(&mut out);
             }
             Format::Prometheus => {
                 let _ = prometheus_text::encode(&mut out, &self.registry);
                 let _ = prometheus_text::encode(&mut out, &gauges);
+                let _ = prometheus_text::encode(&mut out, &process);
             }
         }
         out
@@ -345,6 +348,91 @@ impl CallObserver for Metrics {
                 .inc();
         }
     }
+}
+
+/// The process figures every Prometheus client library exports (no
+/// prefix, the standard names), read from `/proc/self` at each scrape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Process {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    open_fds: u64,
+    start_time_seconds: f64,
+}
+
+impl Process {
+    /// This process now; none where `/proc` is not Linux's.
+    fn read() -> Option<Process> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        // SAFETY: sysconf only reads configuration values.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        Process::parse(&stat, &boot, ticks, page, open_fds)
+    }
+
+    /// From `/proc/self/stat` and `/proc/stat`: fields after the command's
+    /// closing parenthesis (which may itself hold spaces and parentheses).
+    fn parse(stat: &str, boot: &str, ticks: i64, page: i64, open_fds: u64) -> Option<Process> {
+        let after = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // Field numbers as proc(5) counts them, from 1 (pid) and 2 (comm).
+        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+        let (ticks, page) = (ticks.max(1) as f64, page.max(1) as f64);
+        let boot_time = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        Some(Process {
+            cpu_seconds: (field(14)? + field(15)?) / ticks,
+            resident_bytes: (field(24)? * page) as u64,
+            open_fds,
+            start_time_seconds: boot_time + field(22)? / ticks,
+        })
+    }
+}
+
+/// The process registry for one scrape (empty without `/proc`).
+fn process_metrics(process: Option<&Process>) -> Registry {
+    let mut registry = Registry::default();
+    let Some(p) = process else {
+        return registry;
+    };
+    let cpu = Counter::<f64, AtomicU64>::default();
+    cpu.inc_by(p.cpu_seconds);
+    registry.register_with_unit(
+        "process_cpu",
+        "User and system CPU time spent",
+        Unit::Seconds,
+        cpu,
+    );
+    let rss = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    rss.set(i64::try_from(p.resident_bytes).unwrap_or(i64::MAX));
+    registry.register_with_unit(
+        "process_resident_memory",
+        "Resident memory size",
+        Unit::Bytes,
+        rss,
+    );
+    let fds = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    fds.set(i64::try_from(p.open_fds).unwrap_or(i64::MAX));
+    registry.register("process_open_fds", "Open file descriptors", fds);
+    let start = Seconds::default();
+    start.set(p.start_time_seconds);
+    registry.register_with_unit(
+        "process_start_time",
+        "Start time of the process since the unix epoch",
+        Unit::Seconds,
+        start,
+    );
+    registry
 }
 
 /// A registry of the state gauges, built for one scrape.
@@ -452,6 +540,34 @@ mod tests {
             .find(|l| l.starts_with(line_start))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn process_figures_are_read_as_proc_5_lays_them_out() {
+        // A command name with spaces and a parenthesis, as /proc shows it.
+        let stat = "4242 (gitpulse (x) d) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    250 50 0 0 20 0 9 0 12345 1000000 2048 18446744073709551615";
+        let boot = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        let p = Process::parse(stat, boot, 100, 4096, 17).unwrap();
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.resident_bytes, 2048 * 4096);
+        assert_eq!(p.open_fds, 17);
+        assert_eq!(p.start_time_seconds, 1_700_000_000.0 + 123.45);
+        assert_eq!(Process::parse("garbage", boot, 100, 4096, 1), None);
+        // The live process reads, and exports the standard names.
+        let text = {
+            let mut out = String::new();
+            encode_registry(&mut out, &process_metrics(Process::read().as_ref())).unwrap();
+            out
+        };
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(name), "{name}\n{text}");
+        }
     }
 
     #[test]
