@@ -43,6 +43,16 @@ struct RepoLabel {
     repo: String,
 }
 
+/// What a repository is and which revision it is at (value 1), as Flux's
+/// `gotk_resource_info`: joined on `repo` with the other series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepoInfo {
+    repo: String,
+    url: String,
+    r#ref: String,
+    revision: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepoOutcome {
     repo: String,
@@ -129,6 +139,12 @@ pub struct RepoGauges {
     pub failures_in_row: u32,
     /// Whether its first pull has succeeded (what `/readyz` waits for).
     pub ready: bool,
+    /// Its URL, redacted.
+    pub url: String,
+    /// What it follows (`main`, `tag v1.2`, …).
+    pub follows: String,
+    /// The commit it is at (empty before its first pull).
+    pub revision: String,
 }
 
 /// The state read at scrape time.
@@ -442,7 +458,15 @@ fn gauges(snapshot: &Snapshot) -> Registry {
     let last_attempt = Family::<RepoLabel, Seconds>::default();
     let failures = Family::<RepoLabel, Gauge>::default();
     let ready = Family::<RepoLabel, Gauge>::default();
+    let info = Family::<RepoInfo, Gauge>::default();
     for r in &snapshot.repos {
+        info.get_or_create(&RepoInfo {
+            repo: r.repo.clone(),
+            url: r.url.clone(),
+            r#ref: r.follows.clone(),
+            revision: r.revision.clone(),
+        })
+        .set(1);
         let label = RepoLabel {
             repo: r.repo.clone(),
         };
@@ -457,6 +481,11 @@ fn gauges(snapshot: &Snapshot) -> Registry {
             .set(i64::from(r.failures_in_row));
         ready.get_or_create(&label).set(i64::from(r.ready));
     }
+    registry.register(
+        "repo_info",
+        "A repository: its URL, what it follows and the revision it is at (value 1)",
+        info,
+    );
     registry.register(
         "last_success_timestamp_seconds",
         "When the repository's last successful pull ended (Unix time)",
@@ -635,6 +664,9 @@ mod tests {
                 last_attempt_ms: Some(1_700_000_001_000),
                 failures_in_row: 2,
                 ready: true,
+                url: "https://git.example.com/app.git".into(),
+                follows: "main".into(),
+                revision: "0123456789abcdef0123456789abcdef01234567".into(),
             }],
             breakers: vec![("git.example.com".into(), true)],
             outbox: vec![("pending", 3), ("dead", 1)],
@@ -664,6 +696,14 @@ mod tests {
         assert_eq!(
             sample("gitpulse_repo_ready{repo=\"app\"}", &text),
             Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                "gitpulse_repo_info{repo=\"app\",url=\"https://git.example.com/app.git\",ref=\"main\",revision=\"0123456789abcdef0123456789abcdef01234567\"}",
+                &text
+            ),
+            Some(1.0),
+            "{text}"
         );
         assert_eq!(
             sample("gitpulse_breaker_open{host=\"git.example.com\"}", &text),

@@ -413,6 +413,9 @@ impl crate::server::Control for DaemonView {
                     last_attempt_ms: row.and_then(|s| s.last_pull_ms),
                     failures_in_row: row.map(|s| s.failures_in_row).unwrap_or(0),
                     ready: pulled.contains(&r.name),
+                    url: crate::redact::url(&r.url),
+                    follows: r.follow.describe(),
+                    revision: row.and_then(|s| s.last_commit.clone()).unwrap_or_default(),
                 }
             })
             .collect();
