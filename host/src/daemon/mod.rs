@@ -600,16 +600,14 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
     // started fresh would pull in one burst every period, for ever.
     let mut spread_next: HashSet<String> = HashSet::new();
     let plan_first = |repo: &RepoConfig,
-                      recorded: &HashSet<String>,
+                      never_pulled: &HashSet<String>,
                       timetable: &mut Timetable,
                       spread_next: &mut HashSet<String>,
                       rng: &mut fastrand::Rng| {
         let now = SystemTime::now();
         // Spreading first runs over the period is for checkouts that exist;
         // one never pulled is wanted now (a sidecar's app waits on it).
-        let checkout = repo.publish.repo_dir(&repo.dir);
-        let never_pulled = !checkout.join(".git").exists() || !recorded.contains(&repo.name);
-        let first = if never_pulled {
+        let first = if never_pulled.contains(&repo.name) {
             spread_next.insert(repo.name.clone());
             Some(now)
         } else {
@@ -624,25 +622,10 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
         }
     };
     let config = shared.config();
-    let mut recorded = with_pulls_on_record(&shared);
-    // Steps a crash left owed run at start: the repository counts as never
-    // pulled, so it is pulled (and its steps run) now. A repository with no
-    // steps configured any more owes none (pulls do not look).
-    let owing = lock(&shared.store).repos_owing_steps().unwrap_or_default();
-    for owing in owing {
-        match config.repo(&owing).is_some_and(|r| !r.steps.is_empty()) {
-            true => {
-                recorded.remove(&owing);
-            }
-            false => {
-                if let Err(e) = lock(&shared.store).forget_owed_steps(&owing) {
-                    warn!(repo = owing, "forgetting steps no longer configured: {e}");
-                }
-            }
-        }
-    }
+    let all: Vec<String> = config.repos.iter().map(|r| r.name.clone()).collect();
+    let fresh = never_pulled(&shared, all, true).await;
     for repo in &config.repos {
-        plan_first(repo, &recorded, &mut timetable, &mut spread_next, &mut rng);
+        plan_first(repo, &fresh, &mut timetable, &mut spread_next, &mut rng);
     }
     let names = config.repos.iter().map(|r| r.name.clone()).collect();
     record_first_runs(&shared, &timetable, names).await;
@@ -704,11 +687,11 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
                 });
             if let Some(changed) = reloaded {
                 let config = shared.config();
-                let recorded = with_pulls_on_record(&shared);
+                let fresh = never_pulled(&shared, changed.clone(), false).await;
                 for name in &changed {
                     match config.repo(name) {
                         Some(repo) => {
-                            plan_first(repo, &recorded, &mut timetable, &mut spread_next, &mut rng)
+                            plan_first(repo, &fresh, &mut timetable, &mut spread_next, &mut rng)
                         }
                         None => timetable.cancel(name),
                     }
@@ -752,15 +735,47 @@ async fn schedule_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comm
     }
 }
 
-/// The repositories with a pull on record.
-fn with_pulls_on_record(shared: &Shared) -> HashSet<String> {
-    lock(&shared.store)
-        .status()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| s.last_pull_ms.is_some())
-        .map(|s| s.repo)
-        .collect()
+/// Which of `names` were never pulled: no checkout, or no pull on record.
+/// At start (`starting`), a repository that a crash left owing steps
+/// counts as never pulled (so it is pulled, and its steps run, now), and one
+/// with no steps configured any more owes none. Reads the state and the
+/// checkouts on a blocking thread, not the scheduler's.
+async fn never_pulled(shared: &Arc<Shared>, names: Vec<String>, starting: bool) -> HashSet<String> {
+    let shared = shared.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let config = shared.config();
+        let mut recorded: HashSet<String> = lock(&shared.store)
+            .status()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.last_pull_ms.is_some())
+            .map(|s| s.repo)
+            .collect();
+        if starting {
+            let owing = lock(&shared.store).repos_owing_steps().unwrap_or_default();
+            for owing in owing {
+                if config.repo(&owing).is_some_and(|r| !r.steps.is_empty()) {
+                    recorded.remove(&owing);
+                } else if let Err(e) = lock(&shared.store).forget_owed_steps(&owing) {
+                    warn!(repo = owing, "forgetting steps no longer configured: {e}");
+                }
+            }
+        }
+        names
+            .into_iter()
+            .filter(|name| {
+                config.repo(name).is_some_and(|repo| {
+                    let checkout = repo.publish.repo_dir(&repo.dir);
+                    !checkout.join(".git").exists() || !recorded.contains(name)
+                })
+            })
+            .collect()
+    })
+    .await;
+    found.unwrap_or_else(|e| {
+        error!("reading which repositories were pulled: {e}");
+        HashSet::new()
+    })
 }
 
 /// Records planned first runs (start-up, reload) in one transaction, off
