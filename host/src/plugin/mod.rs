@@ -644,10 +644,10 @@ impl Plugin {
     ) -> Result<NotifyChoice, Fault> {
         self.observed(|p| {
             p.choose(
-                &v0_1::event_to_wit(event),
+                &wit::Event::from(event),
                 &v0_1::channel_to_wit(channel, channel_kind),
             )
-            .map(v0_1::choice_from_wit)
+            .map(NotifyChoice::from)
         })
     }
 

@@ -28,25 +28,27 @@ pub struct Told {
     pub max_delay: Duration,
 }
 
-pub(crate) fn class_to_wit(class: FailureClass) -> wit::FailureClass {
-    use wit::FailureClass as W;
-    match class {
-        FailureClass::Dns => W::Dns,
-        FailureClass::Connect => W::Connect,
-        FailureClass::Timeout => W::Timeout,
-        FailureClass::Tls => W::Tls,
-        FailureClass::ServerError => W::ServerError,
-        FailureClass::RateLimited => W::RateLimited,
-        FailureClass::Auth => W::Auth,
-        FailureClass::NotFound => W::NotFound,
-        FailureClass::RefNotFound => W::RefNotFound,
-        FailureClass::Protocol => W::Protocol,
-        FailureClass::CorruptRepo => W::CorruptRepo,
-        FailureClass::LockHeld => W::LockHeld,
-        FailureClass::DiskFull => W::DiskFull,
-        FailureClass::Diverged => W::Diverged,
-        FailureClass::Cancelled => W::Cancelled,
-        FailureClass::Other => W::Other,
+impl From<FailureClass> for wit::FailureClass {
+    fn from(class: FailureClass) -> Self {
+        use wit::FailureClass as W;
+        match class {
+            FailureClass::Dns => W::Dns,
+            FailureClass::Connect => W::Connect,
+            FailureClass::Timeout => W::Timeout,
+            FailureClass::Tls => W::Tls,
+            FailureClass::ServerError => W::ServerError,
+            FailureClass::RateLimited => W::RateLimited,
+            FailureClass::Auth => W::Auth,
+            FailureClass::NotFound => W::NotFound,
+            FailureClass::RefNotFound => W::RefNotFound,
+            FailureClass::Protocol => W::Protocol,
+            FailureClass::CorruptRepo => W::CorruptRepo,
+            FailureClass::LockHeld => W::LockHeld,
+            FailureClass::DiskFull => W::DiskFull,
+            FailureClass::Diverged => W::Diverged,
+            FailureClass::Cancelled => W::Cancelled,
+            FailureClass::Other => W::Other,
+        }
     }
 }
 
@@ -124,7 +126,7 @@ pub(crate) fn refresh_context(
     told: &Told,
 ) {
     wit_ctx.attempt = ctx.attempt;
-    wit_ctx.failure.class = class_to_wit(ctx.class);
+    wit_ctx.failure.class = ctx.class.into();
     wit_ctx.failure.http_status = ctx.http_status;
     wit_ctx.failure.retry_after_ms = ctx.retry_after.map(millis);
     wit_ctx.elapsed_ms = millis(ctx.elapsed);
@@ -198,54 +200,56 @@ pub enum NotifyChoice {
     },
 }
 
-pub(crate) fn event_to_wit(e: &crate::events::Event) -> wit::Event {
-    use crate::events::EventKind as K;
-    let kind = match e.kind {
-        K::Changed => wit::EventKind::Changed,
-        K::Failed => wit::EventKind::Failed,
-        K::Recovered => wit::EventKind::Recovered,
-        K::Retrying => wit::EventKind::Retrying,
-        K::PluginFault => wit::EventKind::PluginFault,
-        K::ConfigRejected => wit::EventKind::ConfigRejected,
-        // Contract 0.x has no step kind: plugins see a failure (its class
-        // `other`, the step's status and output in the message). A kind of
-        // its own waits for the next WIT version.
-        K::StepFailed => wit::EventKind::Failed,
-    };
-    wit::Event {
-        kind,
-        repo: wit::Repo {
-            name: e.repo.name().to_owned(),
-            url: e.repo.url().to_owned(),
-            remote_host: e.repo.remote_host().to_owned(),
-            branch: e.repo.branch().to_owned(),
-            labels: e
-                .repo
-                .labels()
+impl From<&crate::events::Event> for wit::Event {
+    fn from(e: &crate::events::Event) -> Self {
+        use crate::events::EventKind as K;
+        let kind = match e.kind {
+            K::Changed => wit::EventKind::Changed,
+            K::Failed => wit::EventKind::Failed,
+            K::Recovered => wit::EventKind::Recovered,
+            K::Retrying => wit::EventKind::Retrying,
+            K::PluginFault => wit::EventKind::PluginFault,
+            K::ConfigRejected => wit::EventKind::ConfigRejected,
+            // Contract 0.x has no step kind: plugins see a failure (its class
+            // `other`, the step's status and output in the message). A kind of
+            // its own waits for the next WIT version.
+            K::StepFailed => wit::EventKind::Failed,
+        };
+        wit::Event {
+            kind,
+            repo: wit::Repo {
+                name: e.repo.name().to_owned(),
+                url: e.repo.url().to_owned(),
+                remote_host: e.repo.remote_host().to_owned(),
+                branch: e.repo.branch().to_owned(),
+                labels: e
+                    .repo
+                    .labels()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+            old: e.old.clone(),
+            new: e.new.clone(),
+            commits: e
+                .commits
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|c| wit::Commit {
+                    sha: c.sha.clone(),
+                    author: c.author.clone(),
+                    subject: c.subject.clone(),
+                })
                 .collect(),
-        },
-        old: e.old.clone(),
-        new: e.new.clone(),
-        commits: e
-            .commits
-            .iter()
-            .map(|c| wit::Commit {
-                sha: c.sha.clone(),
-                author: c.author.clone(),
-                subject: c.subject.clone(),
-            })
-            .collect(),
-        failure: e.failure.as_ref().map(|f| wit::FailureDetail {
-            class: class_to_wit(f.class),
-            http_status: f.http_status,
-            retry_after_ms: None,
-            git_code: None,
-            message: f.message.clone(),
-        }),
-        attempts: e.attempts,
-        at_ms: e.at_ms,
+            failure: e.failure.as_ref().map(|f| wit::FailureDetail {
+                class: f.class.into(),
+                http_status: f.http_status,
+                retry_after_ms: None,
+                git_code: None,
+                message: f.message.clone(),
+            }),
+            attempts: e.attempts,
+            at_ms: e.at_ms,
+        }
     }
 }
 
@@ -260,12 +264,14 @@ pub(crate) fn channel_to_wit(name: &str, kind: &str) -> wit::Channel {
     }
 }
 
-pub(crate) fn choice_from_wit(c: wit::NotifyChoice) -> NotifyChoice {
-    match c {
-        wit::NotifyChoice::Suppress(reason) => NotifyChoice::Suppress(reason),
-        wit::NotifyChoice::Send(m) => NotifyChoice::Send {
-            template: m.template.map(|t| (t.subject, t.body)),
-            vars: m.vars,
-        },
+impl From<wit::NotifyChoice> for NotifyChoice {
+    fn from(c: wit::NotifyChoice) -> Self {
+        match c {
+            wit::NotifyChoice::Suppress(reason) => NotifyChoice::Suppress(reason),
+            wit::NotifyChoice::Send(m) => NotifyChoice::Send {
+                template: m.template.map(|t| (t.subject, t.body)),
+                vars: m.vars,
+            },
+        }
     }
 }
