@@ -9,7 +9,8 @@
 //!   --depth 1` + `git gc --prune=now` with unreachable reflogs expired): time,
 //!   and the object store's size before and after.
 //!
-//! Prints a table: median wall time, peak RSS, and the gitpulse/git ratio.
+//! Prints a table: median wall time with its CPU time, peak RSS, and the
+//! gitpulse/git ratio.
 //! Sizes: `GITPULSE_BENCH_COMMITS` (20000), `GITPULSE_BENCH_BLOB_KB` (5),
 //! `GITPULSE_BENCH_NOOP_RUNS` (30), `GITPULSE_BENCH_CLONE_RUNS` (3).
 //! The generated repository is cached under the target directory.
@@ -28,8 +29,31 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Wall time and peak RSS (KiB) of one command, children included.
-fn measure(cmd: &mut Command) -> (Duration, u64) {
+/// How long a command took: on the wall, and of CPU (user and system,
+/// its children included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl std::ops::Add for Took {
+    type Output = Took;
+    fn add(self, other: Took) -> Took {
+        Took {
+            wall: self.wall + other.wall,
+            cpu: self.cpu + other.cpu,
+        }
+    }
+}
+
+fn cpu_of(usage: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Wall and CPU time and peak RSS (KiB) of one command, children included.
+fn measure(cmd: &mut Command) -> (Took, u64) {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -49,10 +73,16 @@ fn measure(cmd: &mut Command) -> (Duration, u64) {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "{cmd:?} failed"
     );
-    (took, usage.ru_maxrss as u64)
+    (
+        Took {
+            wall: took,
+            cpu: cpu_of(&usage),
+        },
+        usage.ru_maxrss as u64,
+    )
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v.sort();
     v[v.len() / 2]
 }
@@ -135,8 +165,8 @@ fn dir_size(path: &Path) -> u64 {
 
 struct Row {
     name: &'static str,
-    ours: (Duration, u64),
-    git: (Duration, u64),
+    ours: (Took, u64),
+    git: (Took, u64),
     target: f64,
 }
 
@@ -289,7 +319,7 @@ fn main() {
             .args(["pull", "--depth", "1", &url])
             .arg(&a),
     );
-    let git_start = Instant::now();
+    let mut git_t = Took::default();
     let mut git_rss = 0;
     for args in [
         &["fetch", "-q", "--depth", "1", "origin", "main"][..],
@@ -303,10 +333,10 @@ fn main() {
             "--prune=now",
         ][..],
     ] {
-        let (_, rss) = measure(Command::new("git").arg("-C").arg(&b).args(args));
+        let (took, rss) = measure(Command::new("git").arg("-C").arg(&b).args(args));
+        git_t = git_t + took;
         git_rss = git_rss.max(rss);
     }
-    let git_t = git_start.elapsed();
     let after = (
         dir_size(&a.join(".git/objects")),
         dir_size(&b.join(".git/objects")),
@@ -321,17 +351,20 @@ fn main() {
 
     println!();
     println!("repository for the clone: {commits} commits, {:.0} MB on disk; server: git http-backend on 127.0.0.1 (the second no-op row answers ref listings in its own process)", dir_size(&big) as f64 / 1e6);
-    println!("no-op: median of {noop_runs} runs; small clone: median of 7 alternating runs; clone: median of {clone_runs} runs; RSS: peak, children included");
+    println!("no-op: median of {noop_runs} runs; small clone: median of 7 alternating runs; clone: median of {clone_runs} runs (medians by wall time, with that run's CPU: user + system, children included); RSS: peak, children included");
     println!();
-    println!("| benchmark | gitpulse | git | ratio (time) | target | gitpulse RSS | git RSS |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| benchmark | gitpulse wall | gitpulse CPU | git wall | git CPU | ratio (wall) | target | gitpulse RSS | git RSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for r in &rows {
-        let ratio = r.ours.0.as_secs_f64() / r.git.0.as_secs_f64();
+        let ratio = r.ours.0.wall.as_secs_f64() / r.git.0.wall.as_secs_f64();
         println!(
-            "| {} | {:.1} ms | {:.1} ms | {:.2} {} | ≤ {} | {:.1} MB | {:.1} MB |",
+            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} {} | ≤ {} | {:.1} MB | {:.1} MB |",
             r.name,
-            r.ours.0.as_secs_f64() * 1e3,
-            r.git.0.as_secs_f64() * 1e3,
+            ms(r.ours.0.wall),
+            ms(r.ours.0.cpu),
+            ms(r.git.0.wall),
+            ms(r.git.0.cpu),
             ratio,
             if ratio <= r.target { "✓" } else { "✗" },
             r.target,
