@@ -299,7 +299,9 @@ fn write_record(top: &Path, digest: Option<&str>) -> Result<bool, TrustError> {
     }
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(".trusted.tmp");
+    // Its own name: two `hook trust` at once each write a whole file (the
+    // later rename wins, neither half-writes the other's).
+    let tmp = dir.join(format!(".trusted.{}.tmp", std::process::id()));
     {
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut out = std::fs::OpenOptions::new()
