@@ -108,8 +108,9 @@ pub enum Command {
     ///
     /// `install` writes small shims (a hook already there is kept and run
     /// first); `run` is what they call. With no config (`--config`,
-    /// GITPULSE_CONFIG or a `.gitpulse.toml` at the top of the worktree),
-    /// `run` does nothing. GITPULSE_HOOKS=0 turns the shims off.
+    /// GITPULSE_CONFIG, `.git/gitpulse.toml`, the worktree's `.gitpulse.toml`
+    /// once you `trust` it, or ~/.config/gitpulse/config.toml), `run` does
+    /// nothing. GITPULSE_HOOKS=0 turns the shims off.
     #[command(subcommand)]
     Hook(HookCommand),
 }
