@@ -150,6 +150,14 @@ fn a_failed_pull_in_actions_is_an_error_annotation() {
     assert_eq!(outputs(files.path())["outcome"], "failed");
 }
 
+/// A workflow of one job on a push whose steps are the checkout and then
+/// `steps` (YAML list items, indented six spaces).
+fn in_a_job(steps: &str) -> String {
+    format!(
+        "on: push\njobs:\n  pull:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: actions/checkout@v4\n{steps}"
+    )
+}
+
 /// The action's files, copied into a fresh repository `ws` with
 /// `workflow` as its only workflow.
 fn action_workspace(root: &Path, workflow: &str) -> std::path::PathBuf {
@@ -222,14 +230,8 @@ fn act_with(ws: &Path, home: &Path, extra: &[&str]) -> Output {
 fn the_action_runs_in_a_real_runner_and_inputs_stay_literal() {
     let root = tempfile::tempdir().unwrap();
     let up = Upstream::new(root.path(), "up");
-    let workflow = format!(
-        r#"on: push
-jobs:
-  pull:
-    runs-on: ubuntu-latest
-    steps:
-      - uses: actions/checkout@v4
-      - id: p
+    let workflow = in_a_job(&format!(
+        r#"      - id: p
         uses: ./
         with:
           repository: {url}
@@ -256,7 +258,7 @@ jobs:
 "#,
         url = up.file_url(),
         head = up.head(),
-    );
+    ));
     let ws = action_workspace(root.path(), &workflow);
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -329,14 +331,8 @@ fn the_jobs_token_goes_only_to_its_own_server_and_ref_takes_a_tag() {
     let other = GitHttpServer::start_with_basic_auth(&other_root, "x-access-token", token);
     let proxy = FaultProxy::start(other.addr());
     let server = format!("http://{}", home.addr());
-    let workflow = format!(
-        r#"on: push
-jobs:
-  pull:
-    runs-on: ubuntu-latest
-    steps:
-      - uses: actions/checkout@v4
-      - id: home
+    let workflow = in_a_job(&format!(
+        r#"      - id: home
         uses: ./
         with:
           repository: org/app
@@ -361,7 +357,7 @@ jobs:
           echo token-rule-checked
 "#,
         other_url = proxy.url("lib"),
-    );
+    ));
     let ws = action_workspace(root.path(), &workflow);
     let act_home = root.path().join("act-home");
     std::fs::create_dir_all(&act_home).unwrap();
