@@ -846,3 +846,65 @@ fn a_checkout_pulled_many_times_does_not_pile_up_packs() {
     assert!(fsck_ok(&dir));
     assert_eq!(checkout_state(&dir), (up.head(), true));
 }
+
+/// The mode bits of `path`.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// `gitpulse pull` run under umask 077, as a systemd unit with
+/// `UMask=0077` runs it.
+fn pull_under_umask_077(url: &str, dir: &std::path::Path, extra: &[&str]) -> Run {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = pull_command(url, dir, extra);
+    // SAFETY: umask is async-signal-safe; it only sets the child's mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    finish(cmd.output().unwrap())
+}
+
+#[test]
+fn group_write_lets_the_group_read_and_write_what_pulls_write_whatever_the_umask() {
+    let root = tempfile::tempdir().unwrap();
+    let mut up = Upstream::new(root.path(), "app");
+    let private = root.path().join("private");
+    let run = pull_under_umask_077(&up.file_url(), &private, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        mode_of(&private.join("README")) & 0o070,
+        0,
+        "umask 077 alone"
+    );
+
+    let shared = root.path().join("shared");
+    let run = pull_under_umask_077(&up.file_url(), &shared, &["--group-write"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(mode_of(&shared.join("README")) & 0o060, 0o060);
+    assert_eq!(mode_of(&shared) & 0o070, 0o070);
+    assert_eq!(mode_of(&shared.join(".git/HEAD")) & 0o060, 0o060);
+    // What an update writes too.
+    up.commit_file("docs/new.txt", "new\n", "a new directory");
+    let run = pull_under_umask_077(&up.file_url(), &shared, &["--group-write"]);
+    assert_eq!(run.outcome(), "updated", "{run:?}");
+    assert_eq!(mode_of(&shared.join("docs")) & 0o070, 0o070);
+    assert_eq!(mode_of(&shared.join("docs/new.txt")) & 0o060, 0o060);
+    // And symlink publication's worktrees.
+    let published = root.path().join("published");
+    let run = pull_under_umask_077(
+        &up.file_url(),
+        &published,
+        &["--group-write", "--publish", "symlink"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(mode_of(&published.join("README")) & 0o060, 0o060);
+    assert_eq!(mode_of(&published.join("docs")) & 0o070, 0o070);
+}

@@ -547,6 +547,12 @@ pub struct PullArgs {
     /// Like --before-publish, a string run with `sh -c`
     #[arg(long, value_name = "SCRIPT", help_heading = "Steps")]
     pub before_publish_shell: Vec<String>,
+    /// Give DIR's group what its owner has on everything the pull writes
+    /// (read and write; execute where the owner has it), whatever the
+    /// umask, as git-sync's --group-write: a web server in that group can
+    /// serve the checkout
+    #[arg(long)]
+    pub group_write: bool,
     /// Pass this variable of gitpulse's environment on to the steps
     /// (repeatable). Steps get only PATH, HOME, USER, LOGNAME, the locale,
     /// TZ, the GITPULSE_* variables and these: never the token or other
@@ -787,6 +793,7 @@ impl PullArgs {
                 },
                 username: self.username.clone(),
                 lock_wait: self.lock_wait,
+                group_write: self.group_write,
             },
             timeout: self.timeout,
             min_timeout: crate::config::MIN_TIMEOUT,

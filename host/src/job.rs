@@ -402,6 +402,14 @@ pub fn publish(
             Ok(worktree) => worktree,
             Err(failure) => return (not_published(report, failure), Vec::new()),
         };
+        if spec.group_write {
+            if let Err(e) = crate::git::share_with_group(&worktree) {
+                report.notices.push(format!(
+                    "giving the group access to {}: {e}",
+                    worktree.display()
+                ));
+            }
+        }
         let changed = changed_paths(&store, before.as_deref(), Some(&new));
         let listed = ChangedFiles::write(&store, &changed);
         let revision = step::Revision {
@@ -743,6 +751,7 @@ fn options(repo: &RepoConfig, auth: Auth, shared: &[OriginCredential]) -> PullOp
             credentials: own.into_iter().chain(shared.iter().cloned()).collect(),
             username: repo.username.clone(),
             lock_wait: repo.lock_wait,
+            group_write: repo.group_write,
         },
         timeout: repo.timeout,
         min_timeout: repo.min_timeout,

@@ -238,6 +238,7 @@ mod tests {
                 username: None,
                 credentials: Vec::new(),
                 lock_wait: Duration::ZERO,
+                group_write: false,
             },
             timeout: Duration::from_secs(5),
             deadline: None,

@@ -169,6 +169,8 @@ pub struct RepoConfig {
     pub submodules: bool,
     /// Submodules may be cloned from this machine (`file://`, paths).
     pub local_submodules: bool,
+    /// Give DIR's group what its owner has on what pulls write.
+    pub group_write: bool,
     /// Limit of one attempt: the ceiling of learnt limits.
     pub timeout: Duration,
     /// The floor of learnt per-attempt limits.
@@ -384,6 +386,7 @@ struct RawCommon {
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
     allow_local_submodules: Option<Spanned<bool>>,
+    group_write: Option<Spanned<bool>>,
     depth: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     max_attempts: Option<Spanned<i64>>,
@@ -462,6 +465,7 @@ struct RawRepo {
     lock_wait: Option<Spanned<String>>,
     submodules: Option<Spanned<bool>>,
     allow_local_submodules: Option<Spanned<bool>>,
+    group_write: Option<Spanned<bool>>,
     depth: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     max_attempts: Option<Spanned<i64>>,
@@ -502,6 +506,10 @@ impl RawRepo {
                 .allow_local_submodules
                 .clone()
                 .or_else(|| defaults.allow_local_submodules.clone()),
+            group_write: self
+                .group_write
+                .clone()
+                .or_else(|| defaults.group_write.clone()),
             depth: self.depth.clone().or_else(|| defaults.depth.clone()),
             mode: self.mode.clone().or_else(|| defaults.mode.clone()),
             max_attempts: self
@@ -1742,6 +1750,18 @@ mode = "ff"
         ] {
             assert_eq!(without_secret_looking_words(word), word);
         }
+    }
+
+    #[test]
+    fn group_write_comes_from_defaults_unless_a_repo_says() {
+        let config = parse_with(
+            "[defaults]\ngroup_write = true\n\n[[repo]]\nname = \"a\"\nurl = \"https://h/a.git\"\n\n\
+             [[repo]]\nname = \"b\"\nurl = \"https://h/b.git\"\ngroup_write = false\n",
+            &[],
+        )
+        .unwrap();
+        assert!(config.repo("a").unwrap().group_write);
+        assert!(!config.repo("b").unwrap().group_write);
     }
 
     #[test]

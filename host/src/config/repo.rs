@@ -152,6 +152,7 @@ pub(super) fn check_repo(
         .allow_local_submodules
         .as_ref()
         .is_some_and(|b| *b.get_ref());
+    let group_write = c.group_write.as_ref().is_some_and(|b| *b.get_ref());
     let backoff_base = duration_or(
         check,
         c.backoff_base.clone(),
@@ -278,6 +279,7 @@ pub(super) fn check_repo(
         depth,
         submodules,
         local_submodules,
+        group_write,
         timeout,
         min_timeout,
         low_speed,

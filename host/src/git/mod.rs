@@ -16,6 +16,7 @@ mod http;
 pub use http::{request_failure, status_failure};
 mod journal;
 mod lock;
+mod modes;
 mod probe;
 mod publish;
 mod reshape;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use gitpulse_policy_core::FailureClass;
+pub use modes::share_with_group;
 pub use publish::{Layout, Publish};
 pub use sparse::Sparse;
 pub use sync::sync;
@@ -254,6 +256,10 @@ pub struct SyncSpec {
     pub credentials: Vec<OriginCredential>,
     /// How long to wait for another process's lock on DIR.
     pub lock_wait: Duration,
+    /// Make what the pull writes readable and writable by DIR's group,
+    /// whatever the process's umask (git-sync's `--group-write`): a web
+    /// server in that group can serve the checkout.
+    pub group_write: bool,
 }
 
 /// When a transfer counts as stalled, as git's `http.lowSpeedLimit` and

@@ -311,6 +311,13 @@ impl Attempt<'_> {
             synced.notices.extend(self.keep_shallow(depth));
         }
         synced.notices.extend(self.collect_if_due());
+        if self.spec.group_write && synced.change != Change::Unchanged {
+            if let Err(e) = super::modes::share_with_group(&self.spec.dir) {
+                synced
+                    .notices
+                    .push(format!("giving the group access to the checkout: {e}"));
+            }
+        }
         if probe::applies(self.spec) {
             // Without the stamp the next pull takes the full road again:
             // slower, not wrong, so a write that fails is no failure.
