@@ -49,6 +49,8 @@ impl Scene {
             .args(args)
             .current_dir(&self.dev)
             .env("GITPULSE_CONFIG", &self.config)
+            // The shims' gitpulse must not find the user's own config.
+            .env("XDG_CONFIG_HOME", self.root.path().join("xdg-config"))
             .envs(env.iter().copied())
             .output()
             .unwrap()

@@ -76,7 +76,9 @@ pub fn gitpulse() -> Command {
     cmd.env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GITPULSE_CACHE_DIR", scratch.join("cache"))
-        .env("XDG_STATE_HOME", scratch.join("state"));
+        .env("XDG_STATE_HOME", scratch.join("state"))
+        // Nor the user's own config (the hooks read it) or trust records.
+        .env("XDG_CONFIG_HOME", scratch.join("config"));
     cmd
 }
 
