@@ -146,8 +146,13 @@ pub fn collect(git_dir: &Path) -> Result<Collected, git2::Error> {
     walk.push_head()?;
     walk.push_glob("*")?;
     builder.insert_walk(&mut walk)?;
-    let index = repo.index()?;
-    for entry in index.iter() {
+    // A bare mirror has no index to keep objects alive.
+    let index = if repo.is_bare() {
+        None
+    } else {
+        Some(repo.index()?)
+    };
+    for entry in index.iter().flat_map(|i| i.iter()) {
         if entry.mode != 0o160000 {
             builder.insert_object(entry.id, None)?;
         }
@@ -292,5 +297,23 @@ mod tests {
         // The cut commits are gone from the store.
         let count = git(d, &["count-objects", "-v"]);
         assert!(count.contains("count: 0"), "{count}");
+    }
+
+    #[test]
+    fn a_bare_mirror_is_collected_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("w");
+        fs::create_dir(&d).unwrap();
+        git(&d, &["init", "-q", "-b", "main"]);
+        for i in 0..3 {
+            fs::write(d.join(format!("f{i}")), format!("{i}")).unwrap();
+            git(&d, &["add", "."]);
+            git(&d, &["commit", "-q", "-m", &format!("c{i}")]);
+        }
+        git(dir.path(), &["clone", "-q", "--mirror", "w", "m.git"]);
+        let bare = dir.path().join("m.git");
+        collect(&bare).unwrap();
+        assert_eq!(git(&bare, &["rev-list", "--count", "HEAD"]), "3");
+        assert_eq!(git(&bare, &["fsck", "--no-progress"]), "");
     }
 }
