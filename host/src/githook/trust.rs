@@ -159,7 +159,11 @@ pub fn resolve(
                 })
             }
         }
-        let config = load(worktree.clone(), Source::Worktree)?;
+        let config = HookConfig {
+            config: parse_worktree_file(&worktree, &text)?,
+            path: worktree.clone(),
+            source: Source::Worktree,
+        };
         let allowance = match user_config().filter(|p| p.is_file()) {
             Some(p) => config::load(&p, Scope::Structure)?.hook,
             None => HookAllowance::default(),
@@ -201,7 +205,7 @@ pub fn trust(top: &Path) -> Result<Trusted, TrustError> {
     }
     let text = read_worktree_file(&path)?;
     // A file that does not load is not worth trusting: say why now.
-    let config = config::load(&path, Scope::Structure)?;
+    let config = parse_worktree_file(&path, &text)?;
     let digest = digest(&text);
     write_record(top, Some(&digest))?;
     let reaches = config
@@ -232,17 +236,53 @@ pub fn is_trusted(top: &Path) -> Result<Option<bool>, TrustError> {
     Ok(Some(recorded_digest(top)? == Some(digest(&text))))
 }
 
-/// A worktree config is a regular file (a symlink could point anywhere)
-/// of at most 1 MiB.
+/// The largest worktree config read.
+const MAX_WORKTREE_FILE: u64 = 1 << 20;
+
+/// A worktree config: a regular file (a symlink could point anywhere,
+/// so it is not followed) of at most [`MAX_WORKTREE_FILE`], read once
+/// through one handle. What is digested is what is parsed: the file is
+/// never read again by name, so it cannot change in between.
 fn read_worktree_file(path: &Path) -> Result<Vec<u8>, TrustError> {
-    let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
-    if !meta.file_type().is_file() || meta.len() > 1 << 20 {
-        return Err(TrustError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other("not a regular file of at most 1 MiB"),
-        });
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refused = || TrustError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("not a regular file of at most 1 MiB"),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refused(),
+            _ => io(path)(e),
+        })?;
+    if !file.metadata().map_err(io(path))?.file_type().is_file() {
+        return Err(refused());
     }
-    std::fs::read(path).map_err(io(path))
+    let mut bytes = Vec::new();
+    file.take(MAX_WORKTREE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    if bytes.len() as u64 > MAX_WORKTREE_FILE {
+        return Err(refused());
+    }
+    Ok(bytes)
+}
+
+/// `bytes` (a worktree config, as read and digested) as a config.
+fn parse_worktree_file(path: &Path, bytes: &[u8]) -> Result<Config, TrustError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| TrustError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("not UTF-8: {e}")),
+    })?;
+    Ok(config::parse(
+        path,
+        text,
+        &|var| std::env::var(var).ok(),
+        Scope::Structure,
+    )?)
 }
 
 fn digest(bytes: &[u8]) -> String {
