@@ -238,17 +238,18 @@ impl HelperDef for BoundedEach {
         let Some(body) = h.template() else {
             return Ok(());
         };
-        let items: Vec<(serde_json::Value, &Value)> = match value.value() {
-            Value::Array(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (json!(i), v))
-                .collect(),
-            Value::Object(map) => map.iter().map(|(k, v)| (json!(k), v)).collect(),
-            _ => Vec::new(),
+        // Walked as it is, not copied first: a loop that the budget stops
+        // after a few iterations pays for those, not for the whole list.
+        let (len, items): (usize, Box<dyn Iterator<Item = (Value, &Value)>>) = match value.value() {
+            Value::Array(list) => (
+                list.len(),
+                Box::new(list.iter().enumerate().map(|(i, v)| (json!(i), v))),
+            ),
+            Value::Object(map) => (map.len(), Box::new(map.iter().map(|(k, v)| (json!(k), v)))),
+            _ => (0, Box::new(std::iter::empty())),
         };
         let iterable = matches!(value.value(), Value::Array(_) | Value::Object(_));
-        if items.is_empty() && (!iterable || h.inverse().is_some()) {
+        if len == 0 && (!iterable || h.inverse().is_some()) {
             return match h.inverse() {
                 Some(otherwise) => otherwise.render(r, ctx, rc, out),
                 None if r.strict_mode() && !iterable => {
@@ -260,8 +261,8 @@ impl HelperDef for BoundedEach {
         let is_object = matches!(value.value(), Value::Object(_));
         let base = value.context_path().cloned();
         rc.push_block(BlockContext::new());
-        let last = items.len().saturating_sub(1);
-        for (i, (key, item)) in items.iter().enumerate() {
+        let last = len.saturating_sub(1);
+        for (i, (key, item)) in items.enumerate() {
             let spent = BUDGET.with(|b| {
                 let left = b.iterations.get();
                 b.iterations.set(left.saturating_sub(1));
@@ -286,7 +287,7 @@ impl HelperDef for BoundedEach {
                 if is_object {
                     block.set_local_var("key", key.clone());
                 }
-                let segment = match key {
+                let segment = match &key {
                     Value::String(k) => k.clone(),
                     other => other.to_string(),
                 };
@@ -296,7 +297,7 @@ impl HelperDef for BoundedEach {
                         here.push(segment);
                         *block.base_path_mut() = here;
                     }
-                    None => block.set_base_value((*item).clone()),
+                    None => block.set_base_value(item.clone()),
                 }
                 let mut params = BlockParams::new();
                 let (name, key_name) = match (h.block_param(), h.block_param_pair()) {
@@ -308,7 +309,7 @@ impl HelperDef for BoundedEach {
                     if base.is_some() {
                         params.add_path(name, Vec::new())?;
                     } else {
-                        params.add_value(name, (*item).clone())?;
+                        params.add_value(name, item.clone())?;
                     }
                     if let Some(key_name) = key_name {
                         params.add_value(key_name, key.clone())?;
