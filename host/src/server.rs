@@ -25,7 +25,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use std::collections::HashMap;
@@ -177,7 +177,8 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View) {
         .merge(page)
         .merge(api)
         .with_state(view)
-        .merge(push);
+        .merge(push)
+        .layer(Extension(Arc::new(Snapshots::default())));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let peers: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
@@ -270,13 +271,15 @@ struct Snapshot<T> {
 /// How long a snapshot answers for.
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
-impl<T: Clone + Send + 'static> Snapshot<T> {
-    const fn new() -> Self {
+impl<T> Default for Snapshot<T> {
+    fn default() -> Self {
         Snapshot {
-            kept: tokio::sync::Mutex::const_new(None),
+            kept: tokio::sync::Mutex::new(None),
         }
     }
+}
 
+impl<T: Clone + Send + 'static> Snapshot<T> {
     /// The kept answer while fresh, else `make`'s (run off the async
     /// workers); callers that arrive meanwhile wait for it instead of
     /// making their own.
@@ -296,11 +299,18 @@ impl<T: Clone + Send + 'static> Snapshot<T> {
     }
 }
 
-static READY: Snapshot<Vec<String>> = Snapshot::new();
-static PAGE: Snapshot<String> = Snapshot::new();
+/// This server's snapshots of the unauthenticated answers.
+#[derive(Default)]
+struct Snapshots {
+    ready: Snapshot<Vec<String>>,
+    page: Snapshot<String>,
+}
 
-async fn readyz(State(view): State<View>) -> Response {
-    match READY.get(move || view.not_ready()).await {
+async fn readyz(
+    State(view): State<View>,
+    Extension(snapshots): Extension<Arc<Snapshots>>,
+) -> Response {
+    match snapshots.ready.get(move || view.not_ready()).await {
         Ok(missing) if missing.is_empty() => {
             (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
         }
@@ -331,8 +341,11 @@ async fn metrics(State(view): State<View>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn page(State(view): State<View>) -> Response {
-    match PAGE.get(move || view.page()).await {
+async fn page(
+    State(view): State<View>,
+    Extension(snapshots): Extension<Arc<Snapshots>>,
+) -> Response {
+    match snapshots.page.get(move || view.page()).await {
         Ok(html) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -491,17 +504,12 @@ async fn only_if(known: bool, request: Request, next: Next) -> Response {
 /// Whether a Host header is an IP address (with or without a port).
 fn is_address(host: &str) -> bool {
     let bare = host.trim();
-    if bare.parse::<std::net::IpAddr>().is_ok() || bare.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    match bare.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name
+    bare.parse::<SocketAddr>().is_ok()
+        || bare
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
-            .is_ok(),
-        _ => false,
-    }
+            .is_ok()
 }
 
 /// Whether a Host header names this daemon: a loopback address or
