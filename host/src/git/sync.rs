@@ -361,9 +361,11 @@ impl Attempt<'_> {
     /// would notice (libgit2 never repacks: every fetch adds a pack).
     /// Says so only when something went wrong.
     fn collect_if_due(&self) -> Option<String> {
-        let repo = Repository::open(&self.spec.dir).ok()?;
-        let git_dir = repo.path().to_path_buf();
-        drop(repo);
+        // Two directory reads decide, without opening the repository.
+        let git_dir = match self.spec.mode {
+            Mode::Mirror => self.spec.dir.clone(),
+            _ => self.spec.dir.join(".git"),
+        };
         if !super::reshape::due(&git_dir) {
             return None;
         }
