@@ -152,12 +152,7 @@ pub fn dirs(dir: &Path) -> Result<(PathBuf, PathBuf), HookError> {
 /// Finds the hooks directories of the repository (or linked worktree, or
 /// submodule) at `dir`.
 pub fn locate(dir: &Path) -> Result<Location, HookError> {
-    let top = PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"])?);
-    let common = git(
-        dir,
-        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
-    )?;
-    let git_dir = PathBuf::from(common);
+    let (top, git_dir) = dirs(dir)?;
     let own = git_dir.join("hooks");
     let setting = git(
         dir,
