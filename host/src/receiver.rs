@@ -47,21 +47,65 @@ fn header<'a>(headers: &Headers<'a>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| *v)
 }
 
+/// How one kind of forge signs a delivery: a header that carries the
+/// shared secret itself (GitLab) or an HMAC-SHA256 of the body in hex.
+struct Signing {
+    header: &'static str,
+    scheme: Scheme,
+}
+
+enum Scheme {
+    /// The header is the secret.
+    Token,
+    /// The header is the body's HMAC in hex, after this prefix.
+    Hmac(Option<&'static str>),
+}
+
+const GITLAB: &[Signing] = &[Signing {
+    header: "X-Gitlab-Token",
+    scheme: Scheme::Token,
+}];
+const GITHUB: Signing = Signing {
+    header: "X-Hub-Signature-256",
+    scheme: Scheme::Hmac(Some("sha256=")),
+};
+/// Gitea and Forgejo send their own header, or GitHub's.
+const GITEA: &[Signing] = &[
+    Signing {
+        header: "X-Gitea-Signature",
+        scheme: Scheme::Hmac(None),
+    },
+    GITHUB,
+];
+const BITBUCKET: &[Signing] = &[Signing {
+    header: "X-Hub-Signature",
+    scheme: Scheme::Hmac(Some("sha256=")),
+}];
+const GENERIC: &[Signing] = &[Signing {
+    header: "X-Signature",
+    scheme: Scheme::Hmac(Some("sha256=")),
+}];
+
+/// The signing a delivery of `kind` carries, by the headers it has; `Err`
+/// with the header `kind` signs with when it has none.
+fn signing(kind: HookKind, headers: &Headers<'_>) -> Result<&'static Signing, &'static str> {
+    let choices: &'static [Signing] = match kind {
+        HookKind::GitLab => GITLAB,
+        HookKind::GitHub => std::slice::from_ref(&GITHUB),
+        HookKind::Gitea => GITEA,
+        HookKind::Bitbucket => BITBUCKET,
+        HookKind::GenericHmac => GENERIC,
+    };
+    choices
+        .iter()
+        .find(|c| header(headers, c.header).is_some())
+        .ok_or(choices[0].header)
+}
+
 /// Whether the delivery carries the signature header its kind needs, read
 /// before its body is: an unsigned delivery is refused without reading it.
 pub fn signed(kind: HookKind, headers: &Headers<'_>) -> Result<(), Refused> {
-    let names: &[&'static str] = match kind {
-        HookKind::GitLab => &["X-Gitlab-Token"],
-        HookKind::GitHub => &["X-Hub-Signature-256"],
-        HookKind::Gitea => &["X-Gitea-Signature", "X-Hub-Signature-256"],
-        HookKind::Bitbucket => &["X-Hub-Signature"],
-        HookKind::GenericHmac => &["X-Signature"],
-    };
-    if names.iter().any(|n| header(headers, n).is_some()) {
-        Ok(())
-    } else {
-        Err(Refused::Unsigned(names[0]))
-    }
+    signing(kind, headers).map(drop).map_err(Refused::Unsigned)
 }
 
 /// Checks `body` against `secret` the way `kind` signs it, in constant time.
@@ -71,37 +115,17 @@ pub fn verify(
     body: &[u8],
     secret: &str,
 ) -> Result<(), Refused> {
-    match kind {
-        HookKind::GitLab => {
-            let token =
-                header(headers, "X-Gitlab-Token").ok_or(Refused::Unsigned("X-Gitlab-Token"))?;
+    let s = signing(kind, headers).map_err(Refused::Unsigned)?;
+    match s.scheme {
+        Scheme::Token => {
+            let token = header(headers, s.header).ok_or(Refused::Unsigned(s.header))?;
             if bool::from(token.as_bytes().ct_eq(secret.as_bytes())) {
                 Ok(())
             } else {
-                Err(Refused::BadSignature("X-Gitlab-Token"))
+                Err(Refused::BadSignature(s.header))
             }
         }
-        HookKind::GitHub => hmac_header(
-            headers,
-            "X-Hub-Signature-256",
-            Some("sha256="),
-            body,
-            secret,
-        ),
-        HookKind::Gitea => match header(headers, "X-Gitea-Signature") {
-            Some(_) => hmac_header(headers, "X-Gitea-Signature", None, body, secret),
-            None => hmac_header(
-                headers,
-                "X-Hub-Signature-256",
-                Some("sha256="),
-                body,
-                secret,
-            ),
-        },
-        HookKind::Bitbucket => {
-            hmac_header(headers, "X-Hub-Signature", Some("sha256="), body, secret)
-        }
-        HookKind::GenericHmac => hmac_header(headers, "X-Signature", Some("sha256="), body, secret),
+        Scheme::Hmac(prefix) => hmac_header(headers, s.header, prefix, body, secret),
     }
 }
 
