@@ -62,7 +62,7 @@ pub fn shorten(repo: &Repository, depth: u32) -> Result<Option<Shortened>, git2:
     if boundary.is_empty() {
         return Ok(None);
     }
-    let before = reachable(repo)?;
+    let before = reachable(repo)?.len();
     // Commits already shallow stay so; the new boundary joins them.
     let shallow_file = repo.path().join("shallow");
     let mut shallow: Vec<String> = fs::read_to_string(&shallow_file)
@@ -81,16 +81,17 @@ pub fn shorten(repo: &Repository, depth: u32) -> Result<Option<Shortened>, git2:
         .map_err(|e| git2::Error::from_str(&format!("{}: {e}", shallow_file.display())))?;
     // libgit2 reads the boundary when a repository is opened.
     let reopened = Repository::open(repo.path())?;
-    let after = reachable(&reopened)?;
+    let after = reachable(&reopened)?.len();
     Ok(Some(Shortened { before, after }))
 }
 
-/// Commits that `HEAD` and the refs reach.
-fn reachable(repo: &Repository) -> Result<usize, git2::Error> {
+/// Commits that `HEAD` and the refs reach, newest first (the order a pack
+/// is best built in).
+fn reachable(repo: &Repository) -> Result<Vec<Oid>, git2::Error> {
     let mut walk = repo.revwalk()?;
     walk.push_head()?;
     walk.push_glob("*")?;
-    Ok(walk.count())
+    walk.collect()
 }
 
 /// Packs past which collection is due (git's `gc.autoPackLimit`).
@@ -136,16 +137,18 @@ pub fn collect(git_dir: &Path) -> Result<Collected, git2::Error> {
     let objects = git_dir.join("objects");
     let before = size_of(&objects);
     let repo = Repository::open(git_dir)?;
-    expire_unreachable_reflogs(&repo)?;
+    // One walk: what it reaches is both what the reflogs may keep naming
+    // and what the new pack holds.
+    let commits = reachable(&repo)?;
+    expire_unreachable_reflogs(&repo, &commits.iter().copied().collect())?;
     let mut builder = repo.packbuilder()?;
     let started = std::time::Instant::now();
     // A store too big to repack in time is left as it is (nothing is
     // deleted before the new pack is whole).
     builder.set_progress_callback(move |_, _, _| started.elapsed() < COLLECT_TIME)?;
-    let mut walk = repo.revwalk()?;
-    walk.push_head()?;
-    walk.push_glob("*")?;
-    builder.insert_walk(&mut walk)?;
+    for &commit in &commits {
+        builder.insert_commit(commit)?;
+    }
     // A bare mirror has no index to keep objects alive.
     let index = if repo.is_bare() {
         None
@@ -164,7 +167,6 @@ pub fn collect(git_dir: &Path) -> Result<Collected, git2::Error> {
         .map(|n| format!("pack-{n}"))
         .ok_or_else(|| git2::Error::from_str("the new pack has no name"))?;
     drop(builder);
-    drop(walk);
     drop(index);
     drop(repo);
     let io =
@@ -201,11 +203,10 @@ pub fn collect(git_dir: &Path) -> Result<Collected, git2::Error> {
 
 /// Drops the reflog entries that name a commit `HEAD` and the refs no
 /// longer reach.
-fn expire_unreachable_reflogs(repo: &Repository) -> Result<(), git2::Error> {
-    let mut walk = repo.revwalk()?;
-    walk.push_head()?;
-    walk.push_glob("*")?;
-    let reachable: HashSet<Oid> = walk.collect::<Result<_, _>>()?;
+fn expire_unreachable_reflogs(
+    repo: &Repository,
+    reachable: &HashSet<Oid>,
+) -> Result<(), git2::Error> {
     let mut names = vec!["HEAD".to_string()];
     for reference in repo.references()? {
         if let Ok(name) = reference?.name() {
