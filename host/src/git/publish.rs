@@ -388,6 +388,18 @@ fn check_out(
     repo.checkout_index(Some(&mut index), Some(&mut checkout))
         .map_err(git_failure)?;
     for (path, id) in gitlinks {
+        // The path comes from upstream's tree: it must stay inside.
+        let plain = Path::new(&path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(GitFailure {
+                class: FailureClass::Other,
+                http_status: None,
+                retry_after: None,
+                message: format!("publishing: the submodule path `{path}` leaves the tree"),
+            });
+        }
         let inside = target.join(&path);
         fs::create_dir_all(&inside).map_err(|e| io_failure(&inside, e))?;
         let Some(workdir) = repo.workdir() else {
