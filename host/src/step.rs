@@ -445,6 +445,11 @@ mod tests {
         }
     }
 
+    /// Runs `step` for a revision in `dir`, with no secrets and no cancel.
+    fn run_in(dir: &Path, step: &Step) -> Ran {
+        run(step, &revision(dir), dir, &[], &AtomicBool::new(false))
+    }
+
     fn revision(dir: &Path) -> Revision {
         Revision {
             repo: "app".into(),
@@ -517,23 +522,11 @@ mod tests {
         let script = "echo \"manifest=${CARGO_MANIFEST_DIR:-unset} path=${PATH:+set} \
                       own=${OWN:-unset} repo=$GITPULSE_REPO\"";
         let mut s = step(Program::Shell(script.into()), Duration::from_secs(10));
-        let ran = run(
-            &s,
-            &revision(dir.path()),
-            dir.path(),
-            &[],
-            &AtomicBool::new(false),
-        );
+        let ran = run_in(dir.path(), &s);
         assert_eq!(ran.output, "manifest=unset path=set own=unset repo=app");
         s.env.pass = vec!["CARGO_MANIFEST_DIR".into()];
         s.env.set = [("OWN".to_string(), "given".to_string())].into();
-        let ran = run(
-            &s,
-            &revision(dir.path()),
-            dir.path(),
-            &[],
-            &AtomicBool::new(false),
-        );
+        let ran = run_in(dir.path(), &s);
         assert_eq!(
             ran.output,
             format!(
@@ -553,12 +546,9 @@ mod tests {
             "setsid sh -c 'echo $$ > {}; exec sleep 30' & wait",
             pid_file.display()
         );
-        let ran = run(
-            &step(Program::Shell(script), Duration::from_millis(500)),
-            &revision(dir.path()),
+        let ran = run_in(
             dir.path(),
-            &[],
-            &AtomicBool::new(false),
+            &step(Program::Shell(script), Duration::from_millis(500)),
         );
         assert_eq!(ran.status, Status::TimedOut);
         assert!(ran.duration < Duration::from_secs(20), "{:?}", ran.duration);
@@ -577,12 +567,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
-        let ran = run(
-            &step(Program::Shell(script), Duration::from_millis(300)),
-            &revision(dir.path()),
+        let ran = run_in(
             dir.path(),
-            &[],
-            &AtomicBool::new(false),
+            &step(Program::Shell(script), Duration::from_millis(300)),
         );
         assert_eq!(ran.status, Status::TimedOut);
         assert!(ran.duration < Duration::from_secs(10));
