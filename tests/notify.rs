@@ -1045,7 +1045,10 @@ fn two_plugins_with_one_file_name_keep_their_own_state() {
         let run = pull_notifying(&served.url(), &served.dir("app"), &config, &env, &policy);
         assert_eq!(run.code, 1, "{run:?}");
     }
-    let stores: Vec<String> = std::fs::read_dir(state.join("gitpulse/plugins"))
+    // Kept in --notify-config's state directory, where the daemon keeps
+    // the stores of its plugins: one store per plugin file, whoever runs it.
+    assert!(!state.exists(), "nothing in the user's own state");
+    let stores: Vec<String> = std::fs::read_dir(root.join("state/plugins"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();

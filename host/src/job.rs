@@ -73,9 +73,17 @@ pub struct Job<'a> {
     /// Where quiet pulls wait to be written together (the daemon's);
     /// none: every pull is written at once.
     pub quiet: Option<&'a QuietPulls>,
+    /// Seed of the built-in policy's jitter (`gitpulse pull --seed`).
+    pub seed: Option<u64>,
+    /// Whether digest notifiers collect messages (a daemon sends digests;
+    /// a one-shot pull has nothing to collect them with: sent at once).
+    pub digests: bool,
+    /// Called when the job records events while it runs (a `retrying`
+    /// event between attempts): the daemon wakes its sender.
+    pub news: Box<dyn Fn() + 'a>,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
     /// Runs the job; `observer` hears of each attempt. Returns the pull's
     /// report, how recording it went (a pull that happened is reported
     /// even when the state could not take it) and whether steps may be
@@ -85,9 +93,18 @@ impl Job<'_> {
     /// notifiers see it. Blocks: call it on a blocking thread.
     pub fn run(&self, observer: &mut dyn Observer, timing: Timing) -> JobRun {
         let repo = self.repo;
-        let report = self
-            .pull(observer)
-            .unwrap_or_else(|e| not_started(repo, &e));
+        let router = self.router();
+        let audience = Audience::of(repo);
+        let mut observer = Retries {
+            job: self,
+            router: &router,
+            audience: &audience,
+            inner: observer,
+        };
+        let (report, unstarted) = match self.pull(&mut observer) {
+            Ok(report) => (report, None),
+            Err(e) => (not_started(repo, &e), Some(e)),
+        };
         let spec = options(repo, Auth::None, &self.config.credentials).sync;
         let (report, gates) = publish(
             &repo.name,
@@ -101,8 +118,6 @@ impl Job<'_> {
         let identity = identity(repo);
         // Retries were told as they happened (by the observer).
         let events = PullEvents::read(&identity, &spec.dir, &report, false);
-        let router = Router::new(self.config, self.plugins);
-        let audience = Audience::of(repo);
         let told: Vec<_> = gates.iter().map(|g| gate_event(repo, &report, g)).collect();
         let gated = match told.is_empty() {
             true => Ok(Vec::new()),
@@ -130,7 +145,25 @@ impl Job<'_> {
             report,
             recorded,
             owes_steps: !self.repo.steps.is_empty(),
+            gates,
+            unstarted,
         }
+    }
+
+    /// How this job routes events to messages.
+    fn router(&self) -> Router<'a> {
+        let router = Router::new(self.config, self.plugins);
+        match self.digests {
+            true => router,
+            false => router.without_digests(),
+        }
+    }
+
+    /// The secrets a pull of the repository may send, read now (kept out
+    /// of output; masked in GitHub Actions logs).
+    pub fn secrets(&self) -> Vec<Secret> {
+        let auth = auth(self.repo).unwrap_or(Auth::None);
+        secrets_of(&options(self.repo, auth, &self.config.credentials).sync)
     }
 
     /// Runs what the repository owes: this pull's steps, and any left by a
@@ -139,20 +172,22 @@ impl Job<'_> {
     /// permits (a slow step must not hold back other pulls to its host).
     /// Blocks.
     pub fn run_steps(&self) -> StepsRun {
-        let router = Router::new(self.config, self.plugins);
+        let router = self.router();
         let audience = Audience::of(self.repo);
         let mut owing = false;
-        let recorded = self
-            .run_owed_steps(&router, &audience)
-            .map(|(ran, still_owing)| {
-                owing = still_owing;
-                ran
-            });
+        let mut ran = Vec::new();
+        let recorded =
+            self.run_owed_steps(&router, &audience, &mut ran)
+                .map(|(events, still_owing)| {
+                    owing = still_owing;
+                    events
+                });
         let next_step_due_ms = match owing {
             true => self.next_step_due_ms(),
             false => None,
         };
         StepsRun {
+            ran,
             recorded,
             next_step_due_ms,
         }
@@ -162,11 +197,12 @@ impl Job<'_> {
     /// records every try with what it settles. A step no longer configured
     /// is forgotten.
     /// Returns what was recorded, and whether anything was owed (a step
-    /// that ran may still be, to be tried again).
+    /// that ran may still be, to be tried again); `ran` gets each try.
     fn run_owed_steps(
         &self,
         router: &Router<'_>,
         audience: &Audience<'_>,
+        ran: &mut Vec<StepReport>,
     ) -> Result<(Vec<StoredEvent>, bool), StoreError> {
         let repo = self.repo;
         let mut recorded = Vec::new();
@@ -195,6 +231,10 @@ impl Job<'_> {
             recorded.extend(
                 lock(self.store).record_step_run(&repo.name, &owed, &run, settle, outgoing)?,
             );
+            ran.push(StepReport {
+                name: step.name.clone(),
+                run,
+            });
         }
         Ok((recorded, owed))
     }
@@ -214,7 +254,7 @@ impl Job<'_> {
                 max: repo.backoff_max,
             },
             repo.max_attempts,
-            None,
+            self.seed,
         );
         let told = Told {
             max_attempts: repo.max_attempts,
@@ -240,6 +280,46 @@ impl Job<'_> {
     }
 }
 
+/// Hands every attempt on to the entry point's observer, and records a
+/// failed attempt that will be retried as a `retrying` event when a
+/// notifier asked for them: the same for every entry point, while the
+/// pull still runs.
+struct Retries<'j, 'a> {
+    job: &'j Job<'a>,
+    router: &'j Router<'a>,
+    audience: &'j Audience<'j>,
+    inner: &'j mut dyn Observer,
+}
+
+impl Observer for Retries<'_, '_> {
+    fn attempt_started(&mut self, n: u32) {
+        self.inner.attempt_started(n);
+    }
+
+    fn transfer(&mut self, progress: crate::git::Transfer) {
+        self.inner.transfer(progress);
+    }
+
+    fn notice(&mut self, text: &str) {
+        self.inner.notice(text);
+    }
+
+    fn attempt_failed(&mut self, record: &AttemptRecord, decision: &crate::policy::Decision) {
+        self.inner.attempt_failed(record, decision);
+        let retried = matches!(decision, crate::policy::Decision::RetryAfter { .. });
+        if !retried || !self.router.wants(EventKind::Retrying, self.audience) {
+            return;
+        }
+        let event =
+            crate::events::retrying(&identity(self.job.repo), record, crate::model::now_ms());
+        let outgoing = self.router.outgoing(vec![event], self.audience);
+        match lock(self.job.store).record_events(outgoing) {
+            Ok(_) => (self.job.news)(),
+            Err(e) => tracing::error!(repo = self.job.repo.name, "recording a retry: {e}"),
+        }
+    }
+}
+
 /// What a job did.
 pub struct JobRun {
     /// The pull's report (reported even when the state could not take it).
@@ -249,10 +329,17 @@ pub struct JobRun {
     /// Whether the repository has steps, some of which may be owed now:
     /// [`Job::run_steps`] runs them.
     pub owes_steps: bool,
+    /// The publication gates that kept the new revision from DIR.
+    pub gates: Vec<Gate>,
+    /// Why the job could not start, if it could not (its report says so
+    /// too, as a failed attempt).
+    pub unstarted: Option<JobError>,
 }
 
 /// What [`Job::run_steps`] did.
 pub struct StepsRun {
+    /// Each step tried, in order.
+    pub ran: Vec<StepReport>,
     /// How recording the tries went, and the events recorded.
     pub recorded: Result<Vec<StoredEvent>, StoreError>,
     /// When the repository's next owed step is due (unix ms), if it still
@@ -540,7 +627,7 @@ pub fn secrets_of(spec: &crate::git::SyncSpec) -> Vec<Secret> {
     secrets
 }
 
-/// One step's run after a one-shot pull (`gitpulse pull --step`).
+/// One try of a step, as `gitpulse pull --json` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepReport {
     /// The step's name (its command).
@@ -548,48 +635,6 @@ pub struct StepReport {
     /// How it ran.
     #[serde(flatten)]
     pub run: StepRun,
-}
-
-/// Runs the `steps` a one-shot pull owes (by its outcome), once each, in
-/// order, in the checkout, with nothing remembered: `gitpulse pull --step`
-/// in CI, where the job is the retry. `secrets` never reach the output.
-pub fn run_steps_once(
-    name: &str,
-    spec: &crate::git::SyncSpec,
-    dir: &Path,
-    steps: &[Step],
-    report: &PullReport,
-    cancel: &AtomicBool,
-) -> Vec<StepReport> {
-    let owed: Vec<&Step> = step::owed_by(steps, report.outcome).collect();
-    if owed.is_empty() {
-        return Vec::new();
-    }
-    let new = report
-        .new
-        .as_deref()
-        .filter(|_| report.outcome.is_success());
-    let changed = changed_paths(&spec.dir, report.old.as_deref(), new);
-    let listed = ChangedFiles::write(&spec.dir, &changed);
-    let revision = step::Revision {
-        repo: name.to_string(),
-        dir: dir.to_path_buf(),
-        old: report.old.clone(),
-        new: report.new.clone(),
-        reference: spec.follow.describe(),
-        changed_files: listed.path(),
-    };
-    let cwd = if dir.is_dir() {
-        dir.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default()
-    };
-    owed.into_iter()
-        .map(|step| StepReport {
-            name: step.name.clone(),
-            run: recorded(&run_step(step, &revision, &cwd, spec, cancel)),
-        })
-        .collect()
 }
 
 /// The paths that changed from `old` to `new` in the repository at
@@ -716,10 +761,16 @@ fn auth(repo: &RepoConfig) -> Result<Auth, JobError> {
         AuthRef::None => Auth::None,
         AuthRef::TokenEnv(var) => token(SecretRef::Env(var.clone()))?,
         AuthRef::TokenFile(path) => token(SecretRef::File(path.clone()))?,
-        AuthRef::SshKey { key, known_hosts } => Auth::SshKey {
-            key: key.clone(),
-            known_hosts: known_hosts.clone(),
-        },
+        AuthRef::SshKey { key, known_hosts } => {
+            for file in std::iter::once(key).chain(known_hosts) {
+                std::fs::metadata(file)
+                    .map_err(|e| JobError::Auth(format!("{}: {e}", file.display())))?;
+            }
+            Auth::SshKey {
+                key: key.clone(),
+                known_hosts: known_hosts.clone(),
+            }
+        }
     })
 }
 
@@ -942,15 +993,37 @@ pub fn plugin_in_dir(
 }
 
 /// Where plugin `name` of `config` lives (`plugin_dir/NAME.wasm`) and where
-/// its key-value store is kept (`state_dir/plugins/NAME.json`).
+/// its key-value store is kept.
 pub fn plugin_files(config: &Config, name: &str) -> (PathBuf, PathBuf) {
-    let dir = config.daemon.plugin_dir.clone().unwrap_or_default();
-    let kv = config
-        .daemon
-        .state_dir
-        .join("plugins")
-        .join(format!("{name}.json"));
-    (dir.join(format!("{name}.wasm")), kv)
+    let dir = config.daemon.plugin_dir.as_deref();
+    let wasm = dir.unwrap_or(Path::new("")).join(format!("{name}.wasm"));
+    let kv = plugin_kv_file(&config.daemon.state_dir, dir, &wasm);
+    (wasm, kv)
+}
+
+/// Where the key-value store of the plugin in `file` is kept under
+/// `state_dir`: one per plugin file, whichever entry point loads it (the
+/// daemon, a git hook, `gitpulse pull --policy FILE`). A plugin of the
+/// plugin directory keeps its name (`plugins/NAME.json`); another file
+/// adds a digest of where it lives (`plugins/STEM-HASH.json`), so two
+/// plugins that share a file name never share state.
+pub fn plugin_kv_file(state_dir: &Path, plugin_dir: Option<&Path>, file: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let place = canonical(file);
+    let in_plugin_dir = plugin_dir.is_some_and(|d| place.parent() == Some(canonical(d).as_path()));
+    let name = match in_plugin_dir {
+        true => stem,
+        false => {
+            let digest = sha2::Sha256::digest(place.as_os_str().as_encoded_bytes());
+            format!("{stem}-{}", hex::encode(&digest[..6]))
+        }
+    };
+    state_dir.join("plugins").join(format!("{name}.json"))
 }
 
 /// What `gitpulse pull --notify-config` did with its notifications.
@@ -964,24 +1037,6 @@ pub struct PullNotified {
     pub dead: u64,
     /// Still in the outbox when the wait ran out.
     pub pending: u64,
-}
-
-/// Records a one-shot pull's events (as the daemon would) in the outbox of
-/// `config`'s state database, then delivers until nothing is due or `wait`
-/// has passed. Digests are not held for: there is one pull to tell of.
-pub fn record_and_deliver(
-    config: &Config,
-    repo: &RepoRef,
-    dir: &Path,
-    report: &PullReport,
-    audience: &Audience<'_>,
-    load_plugin: PluginLoader<'_>,
-    wait: Duration,
-) -> Result<PullNotified, StoreError> {
-    let events = record_only(config, repo, dir, report, audience, load_plugin)?;
-    let mut result = deliver_pending(config, wait)?;
-    result.events = events;
-    Ok(result)
 }
 
 /// Records the events of `report` (a pull, or a change a git hook saw) and

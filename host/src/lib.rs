@@ -45,16 +45,25 @@
 //!   message.
 //!
 //! ```no_run
-//! use std::sync::Arc;
+//! use std::sync::{Arc, Mutex};
 //! use clap::Parser;
-//! use gitpulse::{cli::{Cli, Command}, pull};
+//! use gitpulse::{cli::{Cli, Command}, config::Config, job::{Job, Timing}, pull, store::Store};
 //!
 //! let Command::Pull(args) = Cli::parse_from(["gitpulse", "pull", "https://example.com/r.git", "r"]).command else {
 //!     unreachable!()
 //! };
-//! let (options, mut policy) = args.options().unwrap();
-//! let report = pull::pull(&options, &mut policy, &mut pull::Quiet, Arc::default()).unwrap();
-//! println!("{:?}", report.outcome);
+//! // The flags make the repository a `[[repo]]` would; the job pulls it.
+//! let repo = args.repo(None).unwrap();
+//! let config = Config::without_file();
+//! let store = Mutex::new(Store::in_memory().unwrap());
+//! let no_plugins = |name: &str| Err(gitpulse::plugin::LoadError::NotWasm(name.into()));
+//! let job = Job {
+//!     repo: &repo, config: &config, plugins: &no_plugins, store: &store,
+//!     cancel: Arc::default(), budget: None, quiet: None, seed: None,
+//!     digests: false, news: Box::new(|| {}),
+//! };
+//! let run = job.run(&mut pull::Quiet, Timing::default());
+//! println!("{:?}", run.report.outcome);
 //! ```
 
 #![warn(missing_docs)]

@@ -7,7 +7,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use gitpulse::authoring;
 use gitpulse::cli::{
     CheckArgs, Cli, Command, DaemonArgs, HistoryArgs, HookCommand, NewArgs, NotifyCommand,
     OutboxAction, OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs,
-    StateArgs, StatusArgs, TriggerArgs, UsageError, ValidateArgs,
+    StateArgs, StatusArgs, TriggerArgs, ValidateArgs,
 };
 use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
 use gitpulse::daemon::DaemonError;
@@ -27,7 +27,7 @@ use gitpulse::events::RepoRef;
 use gitpulse::plugin::{self, KvStore, Plugin, PluginEnv, Told};
 use gitpulse::policy::{Backoff, Builtin, WasmPolicy};
 use gitpulse::store::{self, OutboxState, Store, StoreError};
-use gitpulse::{githook, job, pull, ui};
+use gitpulse::{githook, job, ui};
 
 mod cmd;
 

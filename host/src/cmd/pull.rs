@@ -1,13 +1,18 @@
-//! `gitpulse pull`: one pull job from the command line, with its steps, gates, notifications and GitHub Actions outputs.
+//! `gitpulse pull`: one job from the command line. The flags make the
+//! repository (as a `[[repo]]` would), the job pulls, publishes, runs its
+//! steps and records, as the daemon's does; what is left here is where its
+//! results go: the terminal (or one JSON object), GitHub Actions' outputs
+//! and summary, and the notifications of `--notify-config`.
 
 use crate::*;
+use gitpulse::job::{Job, JobRun, StepsRun};
 
 pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     // A bad notification config stops the pull before it starts.
     let notify_config = match &args.notify_config {
         None => None,
         Some(path) => {
-            let config = config::load(path, Scope::Environment).map_err(usage)?;
+            let config = config::load(path, Scope::Structure).map_err(usage)?;
             let problems = gitpulse::notify::check_templates(&config);
             if !problems.is_empty() {
                 return Err(usage(Problems(problems)));
@@ -15,117 +20,127 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
             Some(config)
         }
     };
-    // A job that cannot start (its token unreadable, its plugin broken,
-    // its directory unusable) is a failed pull people are told of, as in
-    // the daemon; a mistyped flag is not.
-    let cannot_start = |class: gitpulse::FailureClass, why: String| -> Failure {
-        if let Some(config) = &notify_config {
-            let name = args
-                .dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let repo = RepoRef::new(&name, &args.url, None, Default::default());
-            let report = job::could_not_start(&args.url, &args.dir, class, &why);
-            notify_after_pull(config, args, &repo, &args.dir, &report);
-        }
-        usage(why)
+    let mut repo = args.repo(pull_matches()?.as_ref()).map_err(usage)?;
+    repo.policy = policy_roles(args);
+    let config = notify_config.clone().unwrap_or_else(Config::without_file);
+    // Recorded where notifications wait (`--notify-config`'s state), else
+    // kept for this run only.
+    let store = match &notify_config {
+        Some(c) => Store::open(&Store::path_in(&c.daemon.state_dir)),
+        None => Store::in_memory(),
+    }
+    .map(Mutex::new)
+    .map_err(failed)?;
+    let load = |_: &str| load_pull_plugin(args, notify_config.as_ref());
+    let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
+    force_exit_if_cancel_stalls(cancel.clone(), args);
+    let job = Job {
+        repo: &repo,
+        config: &config,
+        plugins: &load,
+        store: &store,
+        cancel,
+        budget: None,
+        quiet: None,
+        seed: args.seed,
+        digests: false,
+        news: Box::new(|| {}),
     };
-    let (options, builtin) = match args.options() {
-        Ok(parsed) => parsed,
-        Err(
-            e @ (UsageError::TokenEnvMissing(_)
-            | UsageError::TokenFile { .. }
-            | UsageError::TokenFileEmpty(_)
-            | UsageError::SshKey { .. }),
-        ) => return Err(cannot_start(gitpulse::FailureClass::Auth, e.to_string())),
-        Err(e) => return Err(usage(e)),
-    };
-    let steps = pull_steps(args)?;
-    let gates = args.gates().map_err(usage)?;
     let workflow = gitpulse::github::Workflow::from_env(!args.no_step_summary);
     if let Some(w) = &workflow {
-        for secret in job::secrets_of(&options.sync) {
+        for secret in job.secrets() {
             w.mask(secret.expose());
         }
     }
-    let repo = RepoRef::new(
-        &repo_name(&options),
-        &args.url,
-        Some(options.sync.follow.describe().as_str()).filter(|f| !f.is_empty()),
-        Default::default(),
-    );
-    let told = Told {
-        max_attempts: args.max_attempts,
-        max_delay: args.backoff_max,
-    };
-    let load = |_: &str| load_pull_plugin(args);
-    let mut policy = job::policy(&policy_roles(args), builtin, repo.clone(), told, &load)
-        .map_err(|e| cannot_start(gitpulse::FailureClass::Other, e.to_string()))?;
-    let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
-    force_exit_if_cancel_stalls(cancel.clone(), args);
-    job::prepare_dir(&args.dir, args.publish(), args.lock_wait)
-        .map_err(|e| cannot_start(e.class, e.message))?;
     let mut terminal = ui::Terminal::new(!args.json && std::io::stderr().is_terminal());
-    let result = match &workflow {
-        Some(_) => {
-            let mut observer = gitpulse::github::ActionsObserver::new(&mut terminal);
-            pull::pull(&options, policy.as_mut(), &mut observer, cancel.clone())
-        }
-        None => pull::pull(&options, policy.as_mut(), &mut terminal, cancel.clone()),
+    let run = match &workflow {
+        Some(_) => job.run(
+            &mut gitpulse::github::ActionsObserver::new(&mut terminal),
+            job::Timing::default(),
+        ),
+        None => job.run(&mut terminal, job::Timing::default()),
+    };
+    if let Err(e) = &run.recorded {
+        eprintln!("warning: recording the pull: {e}");
     }
-    .map_err(usage)?;
-    let (result, failed_gates) = job::publish(
-        repo.name(),
-        &options.sync,
-        &args.dir,
-        args.publish(),
-        &gates,
-        result,
-        &cancel,
-    );
+    if let Some(e) = &run.unstarted {
+        // Told as a failed pull (its notifications go out), but a job that
+        // could not start is a usage problem on the command line.
+        notify(notify_config.as_ref(), args);
+        return Err(usage(e));
+    }
     if let Some(w) = &workflow {
-        let (commits, files) = match &result.new {
-            Some(new) if result.new != result.old => (
-                gitpulse::events::read_changes(&options.sync.dir, result.old.as_deref(), new)
-                    .map(|c| c.commits)
-                    .unwrap_or_default(),
-                gitpulse::events::changed_paths(
-                    &options.sync.dir,
-                    result.old.as_deref(),
-                    new,
-                    gitpulse::github::MAX_CHANGED_FILES,
-                )
-                .unwrap_or_default(),
-            ),
-            _ => (Vec::new(), Vec::new()),
-        };
-        if let Err(e) = w.finish(&result, &commits, &files) {
-            eprintln!("warning: writing the GitHub step outputs: {e}");
-        }
+        github_outputs(w, &repo, &run);
     }
-    let ran = job::run_steps_once(
-        repo.name(),
-        &options.sync,
-        &args.dir,
-        &steps,
-        &result,
-        &cancel,
-    );
+    let steps = job.run_steps();
+    if let Err(e) = &steps.recorded {
+        eprintln!("warning: recording the steps: {e}");
+    }
+    let ok = print_result(args, &run, &steps)?;
+    notify(notify_config.as_ref(), args);
+    match ok {
+        true => Ok(()),
+        false => Err(Failure::Reported),
+    }
+}
+
+/// This subcommand's matches, which know how the `--step` flags
+/// interleave (clap's derive keeps each flag's values apart).
+fn pull_matches() -> Result<Option<clap::ArgMatches>, Failure> {
+    use clap::CommandFactory as _;
+    let matches = Cli::command()
+        .try_get_matches_from(std::env::args_os())
+        .map_err(|e| usage(anyhow::anyhow!("{e}")))?;
+    Ok(match matches.subcommand() {
+        Some(("pull", pull)) => Some(pull.clone()),
+        _ => None,
+    })
+}
+
+/// The step's outputs and summary in GitHub Actions: the new commits and
+/// the changed files.
+fn github_outputs(workflow: &gitpulse::github::Workflow, repo: &config::RepoConfig, run: &JobRun) {
+    let result = &run.report;
+    let git_dir = repo.publish.repo_dir(&repo.dir);
+    let (commits, files) = match &result.new {
+        Some(new) if result.new != result.old => (
+            gitpulse::events::read_changes(&git_dir, result.old.as_deref(), new)
+                .map(|c| c.commits)
+                .unwrap_or_default(),
+            gitpulse::events::changed_paths(
+                &git_dir,
+                result.old.as_deref(),
+                new,
+                gitpulse::github::MAX_CHANGED_FILES,
+            )
+            .unwrap_or_default(),
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
+    if let Err(e) = workflow.finish(result, &commits, &files) {
+        eprintln!("warning: writing the GitHub step outputs: {e}");
+    }
+}
+
+/// Prints the pull's result (one JSON object with `--json`, else a
+/// summary line), the gates that refused and the steps; whether all went
+/// well.
+fn print_result(args: &PullArgs, run: &JobRun, steps: &StepsRun) -> Result<bool, Failure> {
+    let result = &run.report;
     if args.json {
-        let mut json = serde_json::to_value(&result)
+        let mut json = serde_json::to_value(result)
             .map_err(|e| failed(format!("cannot encode the result: {e}")))?;
-        if !steps.is_empty() {
-            json["steps"] = serde_json::to_value(&ran).unwrap_or_default();
+        if !steps.ran.is_empty() {
+            json["steps"] = serde_json::to_value(&steps.ran).unwrap_or_default();
         }
         println!("{json}");
     } else if result.outcome.is_success() {
-        println!("{}", ui::summary(&result));
+        println!("{}", ui::summary(result));
     } else {
-        eprintln!("error: {}", ui::summary(&result));
+        eprintln!("error: {}", ui::summary(result));
     }
-    let mut steps_failed = !failed_gates.is_empty();
-    for gate in &failed_gates {
+    let mut ok = result.outcome.is_success() && run.gates.is_empty();
+    for gate in &run.gates {
         let code = gate
             .ran
             .status
@@ -140,32 +155,49 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         );
         print_tail(&gate.ran.output);
     }
-    for step in &ran {
-        if step.run.status == "succeeded" {
-            if !args.json {
-                println!(
-                    "step `{}` succeeded in {} ms",
-                    step.name, step.run.duration_ms
-                );
+    for step in &steps.ran {
+        match step.run.status.as_str() {
+            "succeeded" | "skipped" => {
+                if !args.json {
+                    println!(
+                        "step `{}` {} in {} ms",
+                        step.name, step.run.status, step.run.duration_ms
+                    );
+                }
             }
-            continue;
+            _ => {
+                ok = false;
+                let code = step
+                    .run
+                    .exit_code
+                    .map(|c| format!(" (exit {c})"))
+                    .unwrap_or_default();
+                eprintln!("error: step `{}` {}{code}", step.name, step.run.status);
+                print_tail(&step.run.output);
+            }
         }
-        steps_failed = true;
-        let code = step
-            .run
-            .exit_code
-            .map(|c| format!(" (exit {c})"))
-            .unwrap_or_default();
-        eprintln!("error: step `{}` {}{code}", step.name, step.run.status);
-        print_tail(&step.run.output);
     }
-    if let Some(config) = &notify_config {
-        notify_after_pull(config, args, &repo, &options.sync.dir, &result);
-    }
-    if result.outcome.is_success() && !steps_failed {
-        Ok(())
-    } else {
-        Err(Failure::Reported)
+    Ok(ok)
+}
+
+/// Delivers what the job recorded for `--notify-config`'s notifiers; their
+/// trouble is reported on stderr but does not change the exit code.
+fn notify(config: Option<&Config>, args: &PullArgs) {
+    let Some(config) = config else { return };
+    match job::deliver_pending(config, args.notify_wait) {
+        Ok(n) if n.pending > 0 || n.dead > 0 => eprintln!(
+            "notifications: {} delivered, {} dead, {} still pending in {} (see `gitpulse outbox --config {}`)",
+            n.delivered,
+            n.dead,
+            n.pending,
+            gitpulse::daemon::state_db(config).display(),
+            config.path.display()
+        ),
+        Ok(n) if n.delivered > 0 && !args.json => {
+            eprintln!("notifications: {} delivered", n.delivered)
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("error: notifications: {e}"),
     }
 }
 
@@ -176,32 +208,6 @@ pub(crate) fn print_tail(output: &str) {
     for line in &lines[lines.len().saturating_sub(20)..] {
         eprintln!("  | {line}");
     }
-}
-
-/// The `--step` family, in command-line order (clap's derive keeps each
-/// flag's values apart; the matches know how they interleave).
-pub(crate) fn pull_steps(args: &PullArgs) -> Result<Vec<gitpulse::step::Step>, Failure> {
-    use clap::CommandFactory as _;
-    if args.step.is_empty() && args.step_shell.is_empty() && args.step_arg.is_empty() {
-        return Ok(Vec::new());
-    }
-    let matches = Cli::command()
-        .try_get_matches_from(std::env::args_os())
-        .map_err(|e| usage(anyhow::anyhow!("{e}")))?;
-    let Some(("pull", pull)) = matches.subcommand() else {
-        return Ok(Vec::new());
-    };
-    args.steps(pull).map_err(usage)
-}
-
-/// A one-shot pull's repository name: its checkout directory's.
-pub(crate) fn repo_name(options: &pull::PullOptions) -> String {
-    options
-        .sync
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// `--policy FILE` plays every role it exports, under its file stem.
@@ -218,78 +224,27 @@ pub(crate) fn policy_roles(args: &PullArgs) -> PolicyRef {
     }
 }
 
-/// The `--policy` plugin, with its settings and persisted key-value store.
-pub(crate) fn load_pull_plugin(args: &PullArgs) -> Result<Plugin, plugin::LoadError> {
+/// The `--policy` plugin, with its settings and its key-value store: the
+/// one every entry point gives this plugin file (see
+/// [`job::plugin_kv_file`]), under `--notify-config`'s state directory or
+/// the user's.
+pub(crate) fn load_pull_plugin(
+    args: &PullArgs,
+    config: Option<&Config>,
+) -> Result<Plugin, plugin::LoadError> {
     let file = args.policy.clone().unwrap_or_default();
     let settings = authoring::parse_settings(&args.plugin.config).unwrap_or_default();
-    let kv = plugin_kv(&kv_name(&file)).unwrap_or_else(|_| KvStore::in_memory());
+    let state_dir = match config {
+        Some(c) => Some(c.daemon.state_dir.clone()),
+        None => plugin::default_state_dir(),
+    };
+    let plugin_dir = config.and_then(|c| c.daemon.plugin_dir.as_deref());
+    let kv = state_dir
+        .map(|dir| KvStore::persisted(job::plugin_kv_file(&dir, plugin_dir, &file)))
+        .and_then(Result::ok)
+        .unwrap_or_else(KvStore::in_memory);
     plugin::Registry::new(args.plugin.cache(), args.plugin.sandbox())
         .get(&file, PluginEnv::new(settings, args.seed).with_kv(kv))
-}
-
-/// Whose key-value store a `--policy` file gets: its stem and where it
-/// lives, so two plugins that share a file name never share state (and an
-/// upgraded plugin at the same place keeps its own).
-pub(crate) fn kv_name(file: &Path) -> String {
-    use sha2::Digest as _;
-    let place = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let digest = sha2::Sha256::digest(place.as_os_str().as_encoded_bytes());
-    let short = hex::encode(&digest[..6]);
-    let stem = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!("{stem}-{short}")
-}
-
-/// The persisted key-value store of the plugin `name` for `gitpulse pull`.
-pub(crate) fn plugin_kv(name: &str) -> Result<KvStore, String> {
-    match plugin::default_state_dir() {
-        Some(dir) => KvStore::persisted(dir.join("plugins").join(format!("{name}.json")))
-            .map_err(|e| e.to_string()),
-        None => Ok(KvStore::in_memory()),
-    }
-}
-
-/// Sends the pull's notifications; their trouble is reported on stderr
-/// but does not change the pull's exit code.
-pub(crate) fn notify_after_pull(
-    config: &Config,
-    args: &PullArgs,
-    repo: &RepoRef,
-    dir: &Path,
-    result: &gitpulse::outcome::PullReport,
-) {
-    let roles = policy_roles(args);
-    let audience = gitpulse::notify::Audience {
-        notifiers: &[],
-        plugin: roles.notify.as_deref(),
-    };
-    let load = |_: &str| load_pull_plugin(args);
-    let store = gitpulse::daemon::state_db(config);
-    match job::record_and_deliver(
-        config,
-        repo,
-        dir,
-        result,
-        &audience,
-        &load,
-        args.notify_wait,
-    ) {
-        Ok(n) if n.pending > 0 || n.dead > 0 => eprintln!(
-            "notifications: {} delivered, {} dead, {} still pending in {} (see `gitpulse outbox --config {}`)",
-            n.delivered,
-            n.dead,
-            n.pending,
-            store.display(),
-            config.path.display()
-        ),
-        Ok(n) if n.delivered > 0 && !args.json => {
-            eprintln!("notifications: {} delivered", n.delivered)
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("error: notifications: {e}"),
-    }
 }
 
 /// A cancelled transfer stops at libgit2's next progress callback, but a

@@ -52,11 +52,13 @@ pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
 mod daemon;
+mod flags;
 mod keys;
 mod notifier;
 mod reach;
 mod receiver;
 mod repo;
+pub use flags::{RepoFlags, StepFlags};
 pub use notifier::{
     read_secret, Channel, Delivery, EmailConfig, Filter, HttpMethod, LogConfig, NotifierConfig,
     SecretRef, Shape, SmtpSecurity, TemplateOverride, WebhookConfig,
@@ -79,7 +81,10 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
+        if self.file.as_os_str().is_empty() {
+            // A command-line flag: the field names it.
+            write!(f, "{}: {}", self.field, self.message)
+        } else if self.line > 0 {
             write!(
                 f,
                 "{}:{}: {}: {}",
@@ -330,6 +335,39 @@ pub struct Config {
 }
 
 impl Config {
+    /// What a command runs under when it is given no config file (`gitpulse
+    /// pull` without `--notify-config`): no notifiers, credentials or
+    /// plugin settings; the defaults of `[daemon]`.
+    pub fn without_file() -> Config {
+        let mut check = Check {
+            file: Path::new(""),
+            text: "",
+            scope: Scope::Structure,
+            flags: None,
+            problems: Vec::new(),
+        };
+        let resolve = |p: &str| PathBuf::from(p);
+        let daemon = daemon::check_daemon(
+            &mut check,
+            &RawDaemon::default(),
+            Path::new(""),
+            &resolve,
+            &|_| None,
+            Scope::Structure,
+        );
+        Config {
+            path: PathBuf::new(),
+            daemon,
+            repos: Vec::new(),
+            plugins: BTreeMap::new(),
+            notifiers: BTreeMap::new(),
+            receivers: Vec::new(),
+            credentials: Vec::new(),
+            hook: HookAllowance::default(),
+            by_name: HashMap::new(),
+        }
+    }
+
     /// The repository named `name`.
     pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
         let indexed = self.by_name.get(name).and_then(|&i| self.repos.get(i));
@@ -596,11 +634,13 @@ pub enum Scope {
     Environment,
 }
 
-/// Collects problems against one file.
+/// Collects problems against one file, or against the flags that filled
+/// a raw repository (then a problem names the flag, not a line).
 struct Check<'a> {
     file: &'a Path,
     text: &'a str,
     scope: Scope,
+    flags: Option<&'a flags::Flags>,
     problems: Vec<Problem>,
 }
 
@@ -623,15 +663,20 @@ impl Check<'_> {
     }
 
     fn push(&mut self, line: usize, field: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            file: self.file.to_path_buf(),
-            line,
-            field: field.into(),
-            // Messages quote what they refuse; a value typed in the wrong
-            // field may be a secret, and problems are printed, logged and
-            // sent (config-rejected).
-            message: without_secret_looking_words(&message.into()),
-        });
+        // Messages quote what they refuse; a value typed in the wrong
+        // field may be a secret, and problems are printed, logged and
+        // sent (config-rejected).
+        let message = without_secret_looking_words(&message.into());
+        let problem = match self.flags {
+            Some(flags) => flags.problem(&field.into(), &message),
+            None => Problem {
+                file: self.file.to_path_buf(),
+                line,
+                field: field.into(),
+                message,
+            },
+        };
+        self.problems.push(problem);
     }
 
     fn duration(&mut self, value: &Spanned<String>, field: &str) -> Option<Duration> {
@@ -719,6 +764,7 @@ pub fn parse(
         file: path,
         text,
         scope,
+        flags: None,
         problems: Vec::new(),
     };
     // Every unknown key at once, each with the key it was likely meant to
@@ -763,16 +809,15 @@ pub fn parse(
     let mut repos = Vec::new();
     let mut seen = repo::Seen::default();
     for spanned in &raw.repo {
-        let checked = repo::check_repo(
-            &mut check,
-            spanned,
-            &defaults,
-            &daemon,
-            &raw.notifier,
-            &mut seen,
-            &resolve,
+        let around = repo::Around {
+            defaults: &defaults,
+            state_dir: &daemon.state_dir,
+            plugin_dir: daemon.plugin_dir.as_deref(),
+            notifiers: &raw.notifier,
+            resolve: &resolve,
             env,
-        );
+        };
+        let checked = repo::check_repo(&mut check, spanned, &around, &mut seen);
         repos.extend(checked);
     }
 

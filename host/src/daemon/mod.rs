@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, RepoConfig};
-use crate::events::{self, Event, EventKind, RepoRef};
+use crate::events::{Event, EventKind, RepoRef};
 use crate::notify::{Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
 use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox};
@@ -1065,7 +1065,8 @@ impl AfterPull {
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let config = shared.config();
             let load = |name: &str| load_plugin(shared, &config, name);
-            daemon_job(shared, &config, repo, &load, None).run_steps()
+            let steps = daemon_job(shared, &config, repo, &load, None).run_steps();
+            steps
         }));
         match ran {
             Ok(steps) => {
@@ -1123,6 +1124,9 @@ fn daemon_job<'a>(
         quiet: Some(&shared.quiet),
         cancel: shared.cancel.clone(),
         budget,
+        seed: None,
+        digests: true,
+        news: Box::new(|| shared.outbox_wake.notify_one()),
     }
 }
 
@@ -1137,16 +1141,13 @@ fn run_job(
 ) -> (PullReport, bool, bool) {
     let config = shared.config();
     let load = |name: &str| load_plugin(shared, &config, name);
-    let mut observer = LogObserver {
-        shared,
-        config: &config,
-        repo,
-    };
+    let mut observer = LogObserver { repo };
     let pull_job = daemon_job(shared, &config, repo, &load, Some(budget));
     let crate::job::JobRun {
         report,
         recorded,
         owes_steps,
+        ..
     } = pull_job.run(&mut observer, timing);
     let told = match recorded {
         Ok(events) => {
@@ -1267,11 +1268,9 @@ fn load_plugin(
     shared.plugins.get(&wasm, env)
 }
 
-/// Attempt lines and notices go to the daemon's log; a failed attempt that
-/// will be retried is a `retrying` event for notifiers that opted in.
+/// Attempt lines and notices go to the daemon's log (the job records a
+/// retry as a `retrying` event itself).
 struct LogObserver<'a> {
-    shared: &'a Shared,
-    config: &'a Config,
     repo: &'a RepoConfig,
 }
 
@@ -1295,18 +1294,6 @@ impl pull::Observer for LogObserver<'_> {
             "{}",
             crate::ui::attempt_line(record, decision)
         );
-        let loader = |name: &str| load_plugin(self.shared, self.config, name);
-        let wanted =
-            Router::new(self.config, &loader).wants(EventKind::Retrying, &Audience::of(self.repo));
-        if wanted && matches!(decision, crate::policy::Decision::RetryAfter { .. }) {
-            let event = events::retrying(&crate::job::identity(self.repo), record, store::now_ms());
-            record_events(
-                self.shared,
-                self.config,
-                &Audience::of(self.repo),
-                vec![event],
-            );
-        }
     }
 
     fn notice(&mut self, text: &str) {

@@ -89,7 +89,7 @@ pub fn check_token_transport(url: &str, allowed: bool) -> Result<(), String> {
     if parsed.scheme() == "http" && !loopback && !allowed {
         return Err(format!(
             "`{}` is plain http: the token would travel in clear; use https://, \
-             or allow it explicitly (--allow-http-token, allow_http_token = true)",
+             or allow it explicitly (allow_http_token = true)",
             crate::redact::url(url)
         ));
     }

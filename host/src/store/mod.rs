@@ -245,6 +245,18 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// A state that lives as long as the value: what a one-shot pull
+    /// without a state directory records into.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: ":memory:".to_string(),
+            source,
+        };
+        let conn = Connection::open_in_memory().map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
+        Ok(Store { conn })
+    }
+
     /// How many pulls of `repo` in a row have failed (what decides a
     /// recovery). Read before rendering, outside any transaction.
     pub fn failures_in_row(&self, repo: &str) -> Result<u32, StoreError> {
