@@ -14,6 +14,7 @@ mod faults;
 mod follow;
 mod githooks;
 mod notify;
+mod one_job;
 mod operator;
 mod plugins;
 mod publish;

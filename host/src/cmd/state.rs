@@ -131,14 +131,16 @@ pub(crate) fn print_status(repos: &[(String, Option<store::RepoStatus>, bool)]) 
 
 pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
     let (config, store) = open_state(&args.state.config)?;
-    if config.repo(&args.repo).is_none() {
+    let entries = store.history(&args.repo, args.limit)?;
+    // A repository the config does not name may still have a history:
+    // `gitpulse pull --notify-config` records its pulls there too.
+    if config.repo(&args.repo).is_none() && entries.is_empty() {
         return Err(usage(format!(
-            "no repository named `{}` in {}",
+            "no repository named `{}` in {} or its state",
             args.repo,
             args.state.config.display()
         )));
     }
-    let entries = store.history(&args.repo, args.limit)?;
     if args.state.json {
         println!("{}", serde_json::to_string(&entries).map_err(failed)?);
         return Ok(());
