@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gitpulse::store::History as _;
 use gitpulse_testkit::{free_port, GitHttpServer, Upstream};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -208,7 +209,7 @@ fn run_daemon(root: &Path, server: &GitHttpServer, repos: usize, period: u64, se
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
-    let store = gitpulse::store::Store::open(&root.join("state/state.db")).unwrap();
+    let store = gitpulse::store::SqliteStore::open(&root.join("state/state.db")).unwrap();
     // Lags of the measured window only (the warm-up's clones came first).
     let mut lags = store.start_lags_since(started_ms).unwrap();
     lags.sort_unstable();

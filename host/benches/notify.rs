@@ -13,14 +13,14 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gitpulse::config::Config;
 use gitpulse::events::{self, RepoRef};
 use gitpulse::notify::{self, Audience, Letter, Router, Senders};
 use gitpulse::outcome::{Outcome, PullReport};
-use gitpulse::store::Store;
+use gitpulse::store::{Outbox as _, SqliteStore, State as _};
 use gitpulse_testkit::WebhookReceiver;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -84,16 +84,14 @@ fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let receiver = WebhookReceiver::start("bench-secret");
     let config = config(dir.path(), &receiver.url("/hook"));
-    let store = Arc::new(Mutex::new(
-        Store::open(&dir.path().join("state.db")).unwrap(),
-    ));
+    let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
     let done = Arc::new(AtomicBool::new(false));
     let sender = {
         let (store, config, done) = (store.clone(), config.clone(), done.clone());
         std::thread::spawn(move || {
             let senders = Senders::default();
             while !done.load(Ordering::SeqCst) {
-                let stats = notify::deliver_due(&store, &config, &senders, 500).unwrap();
+                let stats = notify::deliver_due(store.as_ref(), &config, &senders, 500).unwrap();
                 if stats.delivered == 0 {
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -116,14 +114,12 @@ fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
         let repo = RepoRef::new(&r.dir, &r.url, Some("main"), Default::default());
         let at = gitpulse::store::now_ms();
         // As `job::record` does: read the streak, render unlocked, write.
-        let previous = store.lock().unwrap().failures_in_row(&r.dir).unwrap();
+        let previous = store.failures_in_row(&r.dir).unwrap();
         let outgoing = router.outgoing(
             events::for_pull(&repo, &r, previous, None, at),
             &Audience::ALL,
         );
         store
-            .lock()
-            .unwrap()
             .record_pull(&r.dir, &r, None, None, previous, outgoing, &[])
             .unwrap();
     }
@@ -136,8 +132,6 @@ fn through_outbox(n: u64, rate: Option<u64>) -> Measured {
     sender.join().unwrap();
     assert!(receiver.deliveries().iter().all(|d| d.signature_ok));
     let mut latencies_ms: Vec<u64> = store
-        .lock()
-        .unwrap()
         .delivery_times()
         .unwrap()
         .into_iter()

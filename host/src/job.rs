@@ -34,7 +34,8 @@ use crate::pull::{self, Observer, PullOptions};
 use crate::redact::Secret;
 use crate::step::{self, Step};
 use crate::store::{
-    OwedStep, QuietPull, QuietPulls, Settle, StepRun, Store, StoreError, StoredEvent,
+    Outbox as _, OwedStep, QuietPull, Settle, SqliteStore, StepRun, Storage, StoreError,
+    StoredEvent,
 };
 
 /// Why a configured repository's job could not run. Nothing was pulled.
@@ -64,7 +65,7 @@ pub struct Job<'a> {
     /// Where its plugins come from (the daemon's registry).
     pub plugins: PluginLoader<'a>,
     /// The state.
-    pub store: &'a Mutex<Store>,
+    pub store: &'a dyn Storage,
     /// Set to stop the pull at its next check.
     pub cancel: Arc<AtomicBool>,
     /// The retry budget of the repository's host, shared with the other
@@ -72,7 +73,7 @@ pub struct Job<'a> {
     pub budget: Option<Arc<Mutex<RetryBudget>>>,
     /// Where quiet pulls wait to be written together (the daemon's);
     /// none: every pull is written at once.
-    pub quiet: Option<&'a QuietPulls>,
+    pub quiet: Option<&'a dyn Batch>,
     /// Seed of the built-in policy's jitter (`gitpulse pull --seed`).
     pub seed: Option<u64>,
     /// Whether digest notifiers collect messages (a daemon sends digests;
@@ -92,6 +93,18 @@ impl<'a> Job<'a> {
     /// failed pull with its class and a `failed` event, so `status` and
     /// notifiers see it. Blocks: call it on a blocking thread.
     pub fn run(&self, observer: &mut dyn Observer, timing: Timing) -> JobRun {
+        self.run_with(&mut crate::git::sync, observer, timing)
+    }
+
+    /// [`Job::run`] over any [`pull::Attempt`] (as [`pull::pull`] has
+    /// `pull_with`): everything around the transfer runs as it does for
+    /// real.
+    pub(crate) fn run_with(
+        &self,
+        attempt: &mut pull::Attempt<'_>,
+        observer: &mut dyn Observer,
+        timing: Timing,
+    ) -> JobRun {
         let repo = self.repo;
         let router = self.router();
         let audience = Audience::of(repo);
@@ -101,7 +114,7 @@ impl<'a> Job<'a> {
             audience: &audience,
             inner: observer,
         };
-        let (report, unstarted) = match self.pull(&mut observer) {
+        let (report, unstarted) = match self.pull(attempt, &mut observer) {
             Ok(report) => (report, None),
             Err(e) => (not_started(repo, &e), Some(e)),
         };
@@ -121,7 +134,7 @@ impl<'a> Job<'a> {
         let told: Vec<_> = gates.iter().map(|g| gate_event(repo, &report, g)).collect();
         let gated = match told.is_empty() {
             true => Ok(Vec::new()),
-            false => lock(self.store).record_events(router.outgoing(told, &audience)),
+            false => self.store.record_events(router.outgoing(told, &audience)),
         };
         let owed: Vec<String> = step::owed_by(&self.repo.steps, report.outcome)
             .map(|s| s.name.clone())
@@ -212,11 +225,11 @@ impl<'a> Job<'a> {
             return Ok((recorded, false));
         }
         // Read first: a guard in the loop head would live through the loop.
-        let owed_steps = lock(self.store).owed_steps(&repo.name)?;
+        let owed_steps = self.store.owed_steps(&repo.name)?;
         let owed = !owed_steps.is_empty();
         for owed in owed_steps {
             let Some(step) = repo.steps.iter().find(|s| s.name == owed.step) else {
-                lock(self.store).drop_owed_steps(&repo.name, &owed.step)?;
+                self.store.drop_owed_steps(&repo.name, &owed.step)?;
                 continue;
             };
             if owed.next_try_ms > crate::model::now_ms() {
@@ -229,7 +242,8 @@ impl<'a> Job<'a> {
                 try_owed_step(repo, &self.config.credentials, step, &owed, &self.cancel);
             let outgoing = router.outgoing(event.into_iter().collect(), audience);
             recorded.extend(
-                lock(self.store).record_step_run(&repo.name, &owed, &run, settle, outgoing)?,
+                self.store
+                    .record_step_run(&repo.name, &owed, &run, settle, outgoing)?,
             );
             ran.push(StepReport {
                 name: step.name.clone(),
@@ -241,12 +255,16 @@ impl<'a> Job<'a> {
 
     /// When the repository's next owed step is due (unix ms), if it owes one.
     fn next_step_due_ms(&self) -> Option<u64> {
-        let owed = lock(self.store).owed_steps(&self.repo.name).ok()?;
+        let owed = self.store.owed_steps(&self.repo.name).ok()?;
         owed.iter().map(|o| o.next_try_ms).min()
     }
 
     /// The pull itself, under the repository's policy.
-    fn pull(&self, observer: &mut dyn Observer) -> Result<PullReport, JobError> {
+    fn pull(
+        &self,
+        attempt: &mut pull::Attempt<'_>,
+        observer: &mut dyn Observer,
+    ) -> Result<PullReport, JobError> {
         let repo = self.repo;
         let builtin = Builtin::new(
             Backoff {
@@ -270,8 +288,9 @@ impl<'a> Job<'a> {
             policy = Box::new(Budgeted::new(policy, budget.clone()));
         }
         let mut options = options(repo, auth(repo)?, &self.config.credentials);
-        options.learnt = lock(self.store).learnt(&repo.name).unwrap_or_default();
-        Ok(pull::pull(
+        options.learnt = self.store.learnt(&repo.name).unwrap_or_default();
+        Ok(pull::pull_with(
+            attempt,
             &options,
             policy.as_mut(),
             observer,
@@ -313,7 +332,7 @@ impl Observer for Retries<'_, '_> {
         let event =
             crate::events::retrying(&identity(self.job.repo), record, crate::model::now_ms());
         let outgoing = self.router.outgoing(vec![event], self.audience);
-        match lock(self.job.store).record_events(outgoing) {
+        match self.job.store.record_events(outgoing) {
             Ok(_) => (self.job.news)(),
             Err(e) => tracing::error!(repo = self.job.repo.name, "recording a retry: {e}"),
         }
@@ -843,6 +862,17 @@ pub fn policy(
     })
 }
 
+/// Where quiet pulls wait to be written together (a daemon's batch): a
+/// pull that changed nothing, told nobody and owes nothing is pushed here
+/// instead of written at once; anything else flushes the batch first, so
+/// the state is written in the order it happened.
+pub trait Batch: Send + Sync {
+    /// Queues `pull` (written to `store` when the batch is full).
+    fn push(&self, pull: QuietPull, store: &dyn Storage) -> Result<(), StoreError>;
+    /// Writes what waits to `store`.
+    fn flush(&self, store: &dyn Storage) -> Result<(), StoreError>;
+}
+
 /// When a scheduled pull ran, for the state: how late it started and when
 /// the next one is planned (both absent for a manual or one-shot pull).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -861,8 +891,8 @@ pub struct Timing {
 /// joins its batch; anything else flushes the batch first.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
-    store: &Mutex<Store>,
-    quiet: Option<&QuietPulls>,
+    store: &dyn Storage,
+    quiet: Option<&dyn Batch>,
     router: &Router<'_>,
     audience: &Audience<'_>,
     name: &str,
@@ -876,7 +906,7 @@ pub fn record(
     let mut tries = 0;
     loop {
         tries += 1;
-        let previous = lock(store).failures_in_row(name)?;
+        let previous = store.failures_in_row(name)?;
         let outgoing = router.outgoing(events.given(previous), audience);
         if let Some(quiet) = quiet {
             let is_quiet = report.outcome == Outcome::Unchanged
@@ -896,7 +926,7 @@ pub fn record(
             }
             quiet.flush(store)?;
         }
-        match lock(store).record_pull(
+        match store.record_pull(
             name,
             report,
             timing.start_lag_ms,
@@ -909,11 +939,6 @@ pub fn record(
             result => return result,
         }
     }
-}
-
-fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
-    // The store holds no invariant a panic elsewhere could break.
-    store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A change made in a worktree by hand (`git pull`, `checkout`, …), as a
@@ -1068,10 +1093,8 @@ pub fn record_only(
     Ok(recorded.len())
 }
 
-fn open_store(config: &Config) -> Result<Mutex<Store>, StoreError> {
-    Ok(Mutex::new(Store::open(&Store::path_in(
-        &config.daemon.state_dir,
-    ))?))
+fn open_store(config: &Config) -> Result<SqliteStore, StoreError> {
+    SqliteStore::open(&SqliteStore::path_in(&config.daemon.state_dir))
 }
 
 /// Delivers what is due in `config`'s outbox until nothing is or `wait`
@@ -1085,7 +1108,7 @@ pub fn deliver_pending(config: &Config, wait: Duration) -> Result<PullNotified, 
         let stats = crate::notify::deliver_due(&store, config, &senders, 500)?;
         result.delivered += stats.delivered;
         result.dead += stats.dead;
-        let Some(next) = lock(&store).next_due_ms()? else {
+        let Some(next) = store.next_due_ms()? else {
             break;
         };
         let pause = Duration::from_millis(next.saturating_sub(crate::model::now_ms()));
@@ -1094,6 +1117,175 @@ pub fn deliver_pending(config: &Config, wait: Duration) -> Result<PullNotified, 
         }
         std::thread::sleep(pause.max(Duration::from_millis(20)));
     }
-    result.pending = lock(&store).outbox_counts()?.pending;
+    result.pending = store.outbox_counts()?.pending;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Scope;
+    use crate::git::{AttemptError, Change, Synced};
+    use crate::plugin::Plugin;
+    use crate::store::{History as _, MemoryStore, State as _, Steps as _};
+
+    /// A config with one repository `app` (checked out in `dir`), `extra`
+    /// settings added to it, and a log notifier that wants retries.
+    fn config(dir: &Path, extra: &str) -> Config {
+        let text = format!(
+            "[daemon]\nstate_dir = \"state\"\n\n\
+             [notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndigest_window = \"0s\"\n\
+             events = [\"retrying\", \"changed\", \"failed\", \"step-failed\"]\n\n\
+             [[repo]]\nname = \"app\"\nurl = \"https://git.example.com/app.git\"\ndir = \"app\"\n\
+             backoff_base = \"1ms\"\nbackoff_max = \"2ms\"\n{extra}"
+        );
+        crate::config::parse(
+            &dir.join("gitpulse.toml"),
+            &text,
+            &|_| None,
+            Scope::Structure,
+        )
+        .unwrap()
+    }
+
+    fn no_plugins(name: &str) -> Result<Plugin, LoadError> {
+        Err(LoadError::NotWasm(name.into()))
+    }
+
+    fn job<'a>(config: &'a Config, store: &'a dyn Storage) -> Job<'a> {
+        Job {
+            repo: &config.repos[0],
+            config,
+            plugins: &no_plugins,
+            store,
+            cancel: Arc::default(),
+            budget: None,
+            quiet: None,
+            seed: Some(1),
+            digests: false,
+            news: Box::new(|| {}),
+        }
+    }
+
+    fn updated() -> Synced {
+        Synced {
+            change: Change::Updated,
+            old: Some("a".repeat(40)),
+            new: "b".repeat(40),
+            commits: 1,
+            notices: Vec::new(),
+        }
+    }
+
+    fn kinds(store: &dyn Storage) -> Vec<String> {
+        store
+            .events_after(0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    #[test]
+    fn a_retry_is_recorded_while_the_pull_runs_and_the_pull_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "");
+        let store = MemoryStore::new();
+        let mut tries = 0;
+        let mut seen_before_the_second = Vec::new();
+        let mut attempt = |_: &SyncSpec, _: &_, _: &mut dyn FnMut(_)| {
+            tries += 1;
+            if tries == 1 {
+                return Err(AttemptError::Failed(GitFailure {
+                    class: FailureClass::ServerError,
+                    http_status: Some(503),
+                    retry_after: None,
+                    message: "HTTP 503".into(),
+                }));
+            }
+            seen_before_the_second = kinds(&store);
+            Ok(updated())
+        };
+        let run = job(&config, &store).run_with(&mut attempt, &mut pull::Quiet, Timing::default());
+        assert!(run.unstarted.is_none());
+        assert_eq!(run.report.outcome, Outcome::Updated);
+        assert_eq!(
+            seen_before_the_second,
+            ["retrying"],
+            "told between the attempts"
+        );
+        assert_eq!(kinds(&store), ["retrying", "changed"]);
+        let history: Vec<String> = store
+            .history("app", 10)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.kind)
+            .collect();
+        assert_eq!(history, ["updated", "attempt 1"]);
+        assert_eq!(store.last_good("app").unwrap(), Some("b".repeat(40)));
+    }
+
+    #[test]
+    fn a_job_that_cannot_start_is_a_failed_pull_that_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(
+            dir.path(),
+            "token_env = \"GITPULSE_TEST_SURELY_UNSET_TOKEN\"\n",
+        );
+        let store = MemoryStore::new();
+        let mut attempt =
+            |_: &SyncSpec, _: &_, _: &mut dyn FnMut(_)| -> Result<Synced, AttemptError> {
+                panic!("a job that cannot start makes no attempt")
+            };
+        let run = job(&config, &store).run_with(&mut attempt, &mut pull::Quiet, Timing::default());
+        assert!(
+            matches!(run.unstarted, Some(JobError::Auth(_))),
+            "{:?}",
+            run.unstarted
+        );
+        assert_eq!(run.report.attempts[0].class, FailureClass::Auth);
+        assert!(run.report.attempts[0]
+            .message
+            .contains("GITPULSE_TEST_SURELY_UNSET_TOKEN"));
+        assert_eq!(kinds(&store), ["failed"]);
+        assert_eq!(store.failures_in_row("app").unwrap(), 1);
+    }
+
+    #[test]
+    fn steps_a_pull_owes_are_recorded_with_it_and_run_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let steps = "[[repo.step]]\nname = \"ok\"\nrun = [\"true\"]\n\n\
+                     [[repo.step]]\nname = \"boom\"\nrun = \"exit 3\"\nshell = true\n";
+        let config = config(dir.path(), steps);
+        let store = MemoryStore::new();
+        let mut attempt = |_: &SyncSpec, _: &_, _: &mut dyn FnMut(_)| Ok(updated());
+        let job = job(&config, &store);
+        let run = job.run_with(&mut attempt, &mut pull::Quiet, Timing::default());
+        assert!(run.owes_steps);
+        let owed: Vec<String> = store
+            .owed_steps("app")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.step)
+            .collect();
+        assert_eq!(owed, ["ok", "boom"], "owed before any runs");
+
+        let steps = job.run_steps();
+        let ran: Vec<(&str, &str)> = steps
+            .ran
+            .iter()
+            .map(|s| (s.name.as_str(), s.run.status.as_str()))
+            .collect();
+        assert_eq!(ran, [("ok", "succeeded"), ("boom", "failed")]);
+        assert_eq!(steps.ran[1].run.exit_code, Some(3));
+        let still: Vec<String> = store
+            .owed_steps("app")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.step)
+            .collect();
+        assert_eq!(still, ["boom"], "a failed step is tried again later");
+        assert!(steps.next_step_due_ms.is_some());
+        assert_eq!(kinds(&store), ["changed", "step-failed"]);
+    }
 }

@@ -45,9 +45,9 @@
 //!   message.
 //!
 //! ```no_run
-//! use std::sync::{Arc, Mutex};
+//! use std::sync::Arc;
 //! use clap::Parser;
-//! use gitpulse::{cli::{Cli, Command}, config::Config, job::{Job, Timing}, pull, store::Store};
+//! use gitpulse::{cli::{Cli, Command}, config::Config, job::{Job, Timing}, pull, store::MemoryStore};
 //!
 //! let Command::Pull(args) = Cli::parse_from(["gitpulse", "pull", "https://example.com/r.git", "r"]).command else {
 //!     unreachable!()
@@ -55,7 +55,7 @@
 //! // The flags make the repository a `[[repo]]` would; the job pulls it.
 //! let repo = args.repo(None).unwrap();
 //! let config = Config::without_file();
-//! let store = Mutex::new(Store::in_memory().unwrap());
+//! let store = MemoryStore::new();
 //! let no_plugins = |name: &str| Err(gitpulse::plugin::LoadError::NotWasm(name.into()));
 //! let job = Job {
 //!     repo: &repo, config: &config, plugins: &no_plugins, store: &store,

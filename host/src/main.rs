@@ -7,7 +7,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use gitpulse::daemon::DaemonError;
 use gitpulse::events::RepoRef;
 use gitpulse::plugin::{self, KvStore, Plugin, PluginEnv, Told};
 use gitpulse::policy::{Backoff, Builtin, WasmPolicy};
-use gitpulse::store::{self, OutboxState, Store, StoreError};
+use gitpulse::store::{self, MemoryStore, OutboxState, SqliteStore, Storage, StoreError};
+use gitpulse::store::{History as _, Outbox as _, State as _};
 use gitpulse::{githook, job, ui};
 
 mod cmd;

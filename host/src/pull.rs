@@ -79,7 +79,7 @@ pub fn pull(
 }
 
 /// [`pull`] over any [`Attempt`].
-fn pull_with(
+pub(crate) fn pull_with(
     attempt: &mut Attempt<'_>,
     options: &PullOptions,
     policy: &mut dyn RetryPolicy,

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
+use gitpulse::store::{History as _, State as _};
 use gitpulse_testkit::{free_port, Fault, FaultProxy, GitHttpServer, Upstream, WebhookReceiver};
 
 fn main() -> anyhow::Result<()> {
@@ -108,7 +109,7 @@ events = ["changed", "failed", "recovered"]
     thread::sleep(Duration::from_secs(5));
 
     let db = root.join("state").join("state.db");
-    let store = gitpulse::store::Store::open(&db)?;
+    let store = gitpulse::store::SqliteStore::open(&db)?;
     println!("\n── state in {}:\n", db.display());
     for s in store.status()? {
         println!(

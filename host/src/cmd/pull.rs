@@ -25,12 +25,12 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let config = notify_config.clone().unwrap_or_else(Config::without_file);
     // Recorded where notifications wait (`--notify-config`'s state), else
     // kept for this run only.
-    let store = match &notify_config {
-        Some(c) => Store::open(&Store::path_in(&c.daemon.state_dir)),
-        None => Store::in_memory(),
-    }
-    .map(Mutex::new)
-    .map_err(failed)?;
+    let store: Box<dyn Storage> = match &notify_config {
+        Some(c) => {
+            Box::new(SqliteStore::open(&SqliteStore::path_in(&c.daemon.state_dir)).map_err(failed)?)
+        }
+        None => Box::new(MemoryStore::new()),
+    };
     let load = |_: &str| load_pull_plugin(args, notify_config.as_ref());
     let cancel = cancel_on_signals().map_err(|e| failed(format!("{e:#}")))?;
     force_exit_if_cancel_stalls(cancel.clone(), args);
@@ -38,7 +38,7 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         repo: &repo,
         config: &config,
         plugins: &load,
-        store: &store,
+        store: store.as_ref(),
         cancel,
         budget: None,
         quiet: None,

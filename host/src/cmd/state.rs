@@ -4,7 +4,7 @@ use crate::*;
 
 /// The config (its structure only: no secrets needed) and the store it
 /// names.
-pub(crate) fn open_state(config_path: &Path) -> Result<(Config, Store), Failure> {
+pub(crate) fn open_state(config_path: &Path) -> Result<(Config, SqliteStore), Failure> {
     let config = config::load(config_path, Scope::Structure).map_err(usage)?;
     let db = gitpulse::daemon::state_db(&config);
     if !db.exists() {
@@ -13,7 +13,7 @@ pub(crate) fn open_state(config_path: &Path) -> Result<(Config, Store), Failure>
             db.display()
         )));
     }
-    Ok((config, Store::open(&db)?))
+    Ok((config, SqliteStore::open(&db)?))
 }
 
 pub(crate) fn status(args: &StatusArgs) -> Result<(), Failure> {
@@ -250,7 +250,7 @@ pub(crate) fn outbox(args: &OutboxArgs) -> Result<(), Failure> {
             "--config FILE (or GITPULSE_CONFIG) names the daemon's config",
         ));
     };
-    let (_, mut store) = open_state(config)?;
+    let (_, store) = open_state(config)?;
     if let Some(OutboxAction::Retry { id }) = &args.action {
         return if store.requeue(*id)? {
             println!("message {id} requeued; the daemon sends it on its next pass");

@@ -24,6 +24,7 @@
 mod admission;
 mod breaker;
 mod metrics;
+mod quiet;
 mod sender;
 mod signals;
 mod timetable;
@@ -43,14 +44,16 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, RepoConfig};
 use crate::events::{Event, EventKind, RepoRef};
+use crate::job::Batch as _;
 use crate::notify::{Audience, Router, Senders};
 use crate::outcome::{Outcome, PullReport};
 use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox};
 use crate::policy::{BudgetState, RetryBudget};
 use crate::pull;
-use crate::store::{self, QuietPulls, Store};
+use crate::store::{self, SqliteStore, Storage};
 use breaker::{Admission, Breaker, Change, Verdict};
 use metrics::{Format, Metrics, RepoGauges, Snapshot};
+use quiet::QuietPulls;
 use timetable::Timetable;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +111,7 @@ pub struct Counters {
 
 struct Shared {
     config: Mutex<Arc<Config>>,
-    store: Mutex<Store>,
+    store: Box<dyn Storage>,
     /// Pulls that changed nothing, written once a second.
     quiet: QuietPulls,
     global: Arc<Semaphore>,
@@ -208,7 +211,7 @@ fn limit_malloc_arenas() {
 
 /// Where the daemon keeps its SQLite state for `config`.
 pub fn state_db(config: &Config) -> PathBuf {
-    Store::path_in(&config.daemon.state_dir)
+    SqliteStore::path_in(&config.daemon.state_dir)
 }
 
 async fn serve(
@@ -218,7 +221,7 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     crate::model::private_dir(&config.daemon.state_dir)
         .map_err(|e| DaemonError::Runtime(format!("{}: {e}", config.daemon.state_dir.display())))?;
-    let store = Store::open(&state_db(&config))?;
+    let store = SqliteStore::open(&state_db(&config))?;
     let api_token = api_token(&config.daemon)?;
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
         .await
@@ -232,7 +235,7 @@ async fn serve(
         global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
         steps: Arc::new(Semaphore::new(config.daemon.max_concurrent_steps)),
         config: Mutex::new(Arc::new(config)),
-        store: Mutex::new(store),
+        store: Box::new(store),
         quiet: QuietPulls::default(),
         per_host: Mutex::default(),
         running: Mutex::default(),
@@ -286,7 +289,7 @@ async fn serve(
     stop_sender.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     let _ = flusher.await;
-    if let Err(e) = shared.quiet.flush(&shared.store) {
+    if let Err(e) = shared.quiet.flush(shared.store.as_ref()) {
         error!("recording the last quiet pulls: {e}");
     }
     info!(
@@ -306,7 +309,8 @@ async fn flush_quiet_pulls(shared: Arc<Shared>, stop: CancellationToken) {
             _ = every.tick() => {}
         }
         let job = shared.clone();
-        let flushed = tokio::task::spawn_blocking(move || job.quiet.flush(&job.store)).await;
+        let flushed =
+            tokio::task::spawn_blocking(move || job.quiet.flush(job.store.as_ref())).await;
         if let Ok(Err(e)) = flushed {
             error!("recording quiet pulls: {e}");
         }
@@ -343,7 +347,7 @@ impl crate::server::Control for DaemonView {
 
     fn status(&self) -> serde_json::Value {
         let config = self.shared.config();
-        let rows = rows_by_name(&lock(&self.shared.store));
+        let rows = rows_by_name(self.shared.store.as_ref());
         let running = lock(&self.shared.running).names();
         let open: Vec<String> = lock(&self.shared.breakers)
             .iter()
@@ -363,7 +367,7 @@ impl crate::server::Control for DaemonView {
                 "reloads": c.reloads.load(Ordering::Relaxed),
                 "reloads_rejected": c.reloads_rejected.load(Ordering::Relaxed),
             },
-            "outbox": lock(&self.shared.store).outbox_counts().ok(),
+            "outbox": self.shared.store.outbox_counts().ok(),
             "breakers_open": open,
             "retry_budgets": self.budgets().into_iter().collect::<BTreeMap<_, _>>(),
         })
@@ -377,11 +381,11 @@ impl crate::server::Control for DaemonView {
 
     fn not_ready(&self) -> Vec<String> {
         let mut missing = Vec::new();
-        if let Err(e) = lock(&self.shared.store).check_writable() {
+        if let Err(e) = self.shared.store.check_writable() {
             missing.push(format!("the state database is not writable: {e}"));
         }
         let pulled = lock(&self.shared.pulled).clone();
-        let rows = rows_by_name(&lock(&self.shared.store));
+        let rows = rows_by_name(self.shared.store.as_ref());
         for repo in self.shared.config().repos.iter().filter(|r| r.required) {
             if pulled.contains(&repo.name) {
                 continue;
@@ -400,7 +404,7 @@ impl crate::server::Control for DaemonView {
 
     fn metrics(&self, openmetrics: bool) -> String {
         let config = self.shared.config();
-        let rows = rows_by_name(&lock(&self.shared.store));
+        let rows = rows_by_name(self.shared.store.as_ref());
         let pulled = lock(&self.shared.pulled).clone();
         let repos = config
             .repos
@@ -423,7 +427,7 @@ impl crate::server::Control for DaemonView {
             .iter()
             .map(|(host, b)| (host.clone(), b.is_open()))
             .collect();
-        let counts = lock(&self.shared.store).outbox_counts().unwrap_or_default();
+        let counts = self.shared.store.outbox_counts().unwrap_or_default();
         let snapshot = Snapshot {
             repos,
             breakers,
@@ -468,8 +472,8 @@ impl crate::server::Control for DaemonView {
             .filter(|(_, b)| b.is_open())
             .map(|(host, _)| host.clone())
             .collect();
-        let store = lock(&self.shared.store);
-        let rows = rows_by_name(&store);
+        let store = self.shared.store.as_ref();
+        let rows = rows_by_name(store);
         let repos: Vec<RepoRow> = config
             .repos
             .iter()
@@ -500,7 +504,6 @@ impl crate::server::Control for DaemonView {
                 }
             })
             .collect();
-        drop(store);
         crate::page::render(&repos, store::now_ms())
     }
 
@@ -541,7 +544,7 @@ impl crate::server::Control for DaemonView {
 
 /// The store's rows by repository name: one lookup per repo, not a scan
 /// (a scrape of 10,000 repositories must not compare 10⁸ names).
-fn rows_by_name(store: &Store) -> HashMap<String, store::RepoStatus> {
+fn rows_by_name(store: &dyn Storage) -> HashMap<String, store::RepoStatus> {
     store
         .status()
         .unwrap_or_default()
@@ -744,7 +747,8 @@ async fn never_pulled(shared: &Arc<Shared>, names: Vec<String>, starting: bool) 
     let shared = shared.clone();
     let found = tokio::task::spawn_blocking(move || {
         let config = shared.config();
-        let mut recorded: HashSet<String> = lock(&shared.store)
+        let mut recorded: HashSet<String> = shared
+            .store
             .status()
             .unwrap_or_default()
             .into_iter()
@@ -752,11 +756,11 @@ async fn never_pulled(shared: &Arc<Shared>, names: Vec<String>, starting: bool) 
             .map(|s| s.repo)
             .collect();
         if starting {
-            let owing = lock(&shared.store).repos_owing_steps().unwrap_or_default();
+            let owing = shared.store.repos_owing_steps().unwrap_or_default();
             for owing in owing {
                 if config.repo(&owing).is_some_and(|r| !r.steps.is_empty()) {
                     recorded.remove(&owing);
-                } else if let Err(e) = lock(&shared.store).forget_owed_steps(&owing) {
+                } else if let Err(e) = shared.store.forget_owed_steps(&owing) {
                     warn!(repo = owing, "forgetting steps no longer configured: {e}");
                 }
             }
@@ -788,8 +792,8 @@ async fn record_first_runs(shared: &Arc<Shared>, timetable: &Timetable, names: V
     let shared = shared.clone();
     // Quiet pulls carry the next runs planned before: written first.
     let written = tokio::task::spawn_blocking(move || {
-        shared.quiet.flush(&shared.store)?;
-        lock(&shared.store).set_next_runs(&runs)
+        shared.quiet.flush(shared.store.as_ref())?;
+        shared.store.set_next_runs(&runs)
     });
     match written.await {
         Ok(Ok(())) => {}
@@ -874,7 +878,7 @@ fn skipped_running(shared: &Arc<Shared>, repo: RepoConfig) {
     info!(repo = repo.name, "still running: this run is skipped");
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = lock(&shared.store).record_skip(&repo.name) {
+        if let Err(e) = shared.store.record_skip(&repo.name) {
             warn!(repo = repo.name, "recording a skip: {e}");
         }
     });
@@ -1120,7 +1124,7 @@ fn daemon_job<'a>(
         repo,
         config,
         plugins,
-        store: &shared.store,
+        store: shared.store.as_ref(),
         quiet: Some(&shared.quiet),
         cancel: shared.cancel.clone(),
         budget,
@@ -1168,7 +1172,7 @@ fn run_job(
 fn record_events(shared: &Shared, config: &Config, audience: &Audience<'_>, events: Vec<Event>) {
     let loader = |name: &str| load_plugin(shared, config, name);
     let outgoing = Router::new(config, &loader).outgoing(events, audience);
-    if let Err(e) = lock(&shared.store).record_events(outgoing) {
+    if let Err(e) = shared.store.record_events(outgoing) {
         error!("recording events: {e}");
     }
     shared.outbox_wake.notify_one();

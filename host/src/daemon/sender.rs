@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::{lock, Shared};
+use super::Shared;
 use crate::{notify, store};
 
 /// Delivers the outbox: at once when messages are queued, when the next
@@ -30,16 +30,16 @@ pub(super) async fn send_loop(shared: Arc<Shared>, stop: CancellationToken) {
             if prune {
                 let now = store::now_ms();
                 let before = now.saturating_sub(KEEP_DELIVERED.as_millis() as u64);
-                lock(&job.store).prune_delivered(before)?;
+                job.store.prune_delivered(before)?;
                 let before = now.saturating_sub(config.daemon.retention.as_millis() as u64);
-                let gone = lock(&job.store).prune_history(before)?;
+                let gone = job.store.prune_history(before)?;
                 if gone > 0 {
                     info!(rows = gone, "pruned history older than the retention");
                 }
             }
             let mut stats = notify::DeliveryStats::default();
             for (notifier, s) in
-                notify::deliver_due_by_notifier(&job.store, &config, &job.senders, BATCH)?
+                notify::deliver_due_by_notifier(job.store.as_ref(), &config, &job.senders, BATCH)?
             {
                 job.metrics
                     .delivered(&notifier, s.delivered, s.retrying, s.dead);
@@ -47,7 +47,7 @@ pub(super) async fn send_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 stats.retrying += s.retrying;
                 stats.dead += s.dead;
             }
-            let next = lock(&job.store).next_due_ms()?;
+            let next = job.store.next_due_ms()?;
             Ok::<_, store::StoreError>((stats, next))
         })
         .await;

@@ -15,7 +15,6 @@
 //! again, with the same `X-Gitpulse-Delivery` id.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gitpulse_policy_core::{decide, AttemptContext, Backoff, Decision};
@@ -23,7 +22,7 @@ use tracing::{debug, warn};
 
 use super::send::{Letter, Senders};
 use crate::config::{Config, NotifierConfig};
-use crate::store::{now_ms, NewDigest, OutboxMessage, Receipt, Store, StoreError};
+use crate::store::{now_ms, NewDigest, OutboxMessage, Receipt, Storage, StoreError};
 
 /// Deliveries recorded per commit, at most.
 pub const RECEIPT_BATCH: usize = 64;
@@ -49,13 +48,9 @@ impl DeliveryStats {
     }
 }
 
-fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Delivers every message due now (at most `batch` of them). Blocks.
 pub fn deliver_due(
-    store: &Mutex<Store>,
+    store: &dyn Storage,
     config: &Config,
     senders: &Senders,
     batch: usize,
@@ -69,12 +64,12 @@ pub fn deliver_due(
 
 /// [`deliver_due`], with what happened counted per notifier (for metrics).
 pub fn deliver_due_by_notifier(
-    store: &Mutex<Store>,
+    store: &dyn Storage,
     config: &Config,
     senders: &Senders,
     batch: usize,
 ) -> Result<Vec<(String, DeliveryStats)>, StoreError> {
-    let due = lock(store).due_messages(now_ms(), batch)?;
+    let due = store.due_messages(now_ms(), batch)?;
     let mut by_notifier: BTreeMap<String, Vec<OutboxMessage>> = BTreeMap::new();
     for m in due {
         by_notifier.entry(m.notifier.clone()).or_default().push(m);
@@ -108,7 +103,7 @@ pub fn deliver_due_by_notifier(
 }
 
 fn deliver_all(
-    store: &Mutex<Store>,
+    store: &dyn Storage,
     notifier: Option<&NotifierConfig>,
     name: &str,
     messages: Vec<OutboxMessage>,
@@ -117,7 +112,7 @@ fn deliver_all(
     let mut stats = DeliveryStats::default();
     let Some(n) = notifier else {
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
-        lock(store).mark_failed(
+        store.mark_failed(
             &ids,
             &format!("notifier {name} is no longer configured"),
             None,
@@ -130,7 +125,7 @@ fn deliver_all(
     let mut oldest_receipt = Instant::now();
     let flush = |receipts: &mut Vec<Receipt>| -> Result<(), StoreError> {
         if !receipts.is_empty() {
-            lock(store).mark_delivered(receipts)?;
+            store.mark_delivered(receipts)?;
             receipts.clear();
         }
         Ok(())
@@ -141,7 +136,7 @@ fn deliver_all(
         }
         let mut m = m.clone();
         if let Some(key) = m.digest_key.clone() {
-            let group = lock(store).digest_group(name, &key)?;
+            let group = store.digest_group(name, &key)?;
             if group.len() >= n.delivery.digest_min as usize {
                 done.extend(group.iter().map(|g| g.id));
                 m = accept_digest(store, n, &key, &group)?;
@@ -195,7 +190,7 @@ fn deliver_all(
                             id = m.id,
                             "delivery failed, retry in {delay:?}: {e}"
                         );
-                        lock(store).mark_failed(
+                        store.mark_failed(
                             &[m.id],
                             &format!("{}: {e}", e.class.as_str()),
                             Some(at),
@@ -210,7 +205,7 @@ fn deliver_all(
                     Decision::Stop(reason) => {
                         let why = format!("{}: {e} (gave up: {reason})", e.class.as_str());
                         warn!(notifier = name, id = m.id, "message dead-lettered: {why}");
-                        lock(store).mark_failed(&[m.id], &why, None)?;
+                        store.mark_failed(&[m.id], &why, None)?;
                         stats.dead += carries;
                     }
                 }
@@ -225,7 +220,7 @@ fn deliver_all(
 /// with its members; a digest template that fails is replaced by the
 /// default and raises a `plugin-fault` event, as for any message.
 fn accept_digest(
-    store: &Mutex<Store>,
+    store: &dyn Storage,
     n: &NotifierConfig,
     key: &str,
     group: &[OutboxMessage],
@@ -249,11 +244,12 @@ fn accept_digest(
         events: format!("[{}]", events.join(",")),
         max_attempts,
     };
-    lock(store).accept_digest(&n.name, &ids, new, also)
+    store.accept_digest(&n.name, &ids, new, also)
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Outbox as _;
     use std::path::Path;
 
     use super::*;
@@ -293,21 +289,21 @@ mod tests {
     }
 
     /// Records `events` as a pull would, through the router.
-    fn accept(store: &Mutex<Store>, config: &Config, events: Vec<Event>) {
+    fn accept(store: &dyn Storage, config: &Config, events: Vec<Event>) {
         let none = |_: &str| -> Result<crate::plugin::Plugin, crate::plugin::LoadError> {
             unreachable!("no plugin here")
         };
         let outgoing = Router::new(config, &none).outgoing(events, &Audience::ALL);
-        lock(store).record_events(outgoing).unwrap();
+        store.record_events(outgoing).unwrap();
     }
 
     /// Passes until nothing is due (a digest window of a millisecond or a
     /// retry a millisecond away included), at most `passes` times.
-    fn deliver(store: &Mutex<Store>, config: &Config, passes: usize) -> DeliveryStats {
+    fn deliver(store: &dyn Storage, config: &Config, passes: usize) -> DeliveryStats {
         let senders = Senders::default();
         let mut total = DeliveryStats::default();
         for _ in 0..passes {
-            let next = lock(store).next_due_ms().unwrap();
+            let next = store.next_due_ms().unwrap();
             let Some(next) = next else { break };
             while now_ms() < next {
                 std::thread::yield_now();
@@ -317,10 +313,11 @@ mod tests {
         total
     }
 
-    fn store() -> (tempfile::TempDir, Mutex<Store>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.db")).unwrap();
-        (dir, Mutex::new(store))
+    fn store() -> (tempfile::TempDir, crate::store::MemoryStore) {
+        (
+            tempfile::tempdir().unwrap(),
+            crate::store::MemoryStore::new(),
+        )
     }
 
     #[test]
@@ -334,7 +331,7 @@ mod tests {
         let lines = std::fs::read_to_string(&file).unwrap();
         assert_eq!(lines.lines().count(), 1);
         assert!(lines.contains("\"kind\":\"failed\""), "{lines}");
-        let delivered = lock(&store).outbox(&[OutboxState::Delivered], 10).unwrap();
+        let delivered = store.outbox(&[OutboxState::Delivered], 10).unwrap();
         assert_eq!(delivered.len(), 1);
         assert!(delivered[0]
             .answer
@@ -353,7 +350,7 @@ mod tests {
         assert_eq!((first.retrying, first.dead), (1, 0), "retried first");
         let second = deliver(&store, &config, 1);
         assert_eq!(second.dead, 1, "then given up on");
-        let dead = lock(&store).outbox(&[OutboxState::Dead], 10).unwrap();
+        let dead = store.outbox(&[OutboxState::Dead], 10).unwrap();
         assert_eq!(dead[0].attempts, 2);
         let why = dead[0].last_error.as_deref().unwrap_or("");
         assert!(why.starts_with("io:") && why.contains("gave up"), "{why}");
@@ -370,7 +367,7 @@ mod tests {
         let lines = std::fs::read_to_string(&file).unwrap();
         assert_eq!(lines.lines().count(), 1, "{lines}");
         assert!(lines.contains("\"kind\":\"digest\""), "{lines}");
-        let rows = lock(&store).outbox(&[OutboxState::Delivered], 10).unwrap();
+        let rows = store.outbox(&[OutboxState::Delivered], 10).unwrap();
         let digest = rows.iter().find(|r| r.kind == "digest").unwrap();
         assert_eq!(
             rows.iter()
