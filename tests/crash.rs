@@ -19,14 +19,6 @@ fn spawn_pull(url: &str, dir: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Writes `n` files of pseudo-random (incompressible) content into the
 /// upstream's scratch clone and commits them.
 fn commit_files(up: &mut Upstream, n: usize, size: usize, salt: u32) -> String {
@@ -73,7 +65,7 @@ fn a_clone_killed_midway_leaves_no_checkout_and_the_next_pull_completes() {
     let dir = root.path().join("checkout");
 
     let mut child = spawn_pull(&proxy.url("app"), &dir, &[]);
-    wait_until("the pack download", Duration::from_secs(20), || {
+    wait_for("the pack download", Duration::from_secs(20), || {
         proxy.requests() >= 2
     });
     thread::sleep(Duration::from_millis(400));
@@ -167,7 +159,7 @@ fn two_pulls_of_one_dir_never_overlap() {
     let dir = root.path().join("checkout");
 
     let first = spawn_pull(&proxy.url("app"), &dir, &[]);
-    wait_until("the first pull to start", Duration::from_secs(20), || {
+    wait_for("the first pull to start", Duration::from_secs(20), || {
         proxy.requests() >= 1
     });
 
@@ -202,7 +194,7 @@ fn ctrl_c_cancels_a_stalled_pull_promptly() {
     proxy.set_always(Some(Fault::Stall(Duration::from_secs(30))));
     let dir = root.path().join("checkout");
     let child = spawn_pull(&proxy.url("app"), &dir, &["--timeout", "60s"]);
-    wait_until("the request to stall", Duration::from_secs(10), || {
+    wait_for("the request to stall", Duration::from_secs(10), || {
         proxy.requests() >= 1
     });
     let started = Instant::now();

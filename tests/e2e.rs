@@ -5,6 +5,9 @@
 //! One test binary, not one per area: each binary links the whole crate
 //! and the shared helpers again.
 
+// Test code: a panic is how it fails, and its helpers need no API docs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 mod common;
 
 mod action;

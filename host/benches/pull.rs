@@ -15,6 +15,9 @@
 //! `GITPULSE_BENCH_NOOP_RUNS` (30), `GITPULSE_BENCH_CLONE_RUNS` (3).
 //! The generated repository is cached under the target directory.
 
+// A benchmark: a panic is how it fails, and it has no API to document.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

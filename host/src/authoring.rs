@@ -94,6 +94,8 @@ pub fn scaffold(name: &str, dir: &Path, role: Role) -> Result<PathBuf, ScaffoldE
         manifest
             .replace("edition.workspace = true", "edition = \"2021\"")
             .replace("license.workspace = true", "license = \"Apache-2.0\"")
+            // The workspace's lints stay with the workspace.
+            .replace("\n[lints]\nworkspace = true\n", "\n")
     };
     let mut files: Vec<(PathBuf, String)> = vec![
         ("Cargo.toml".into(), plugin_manifest(name, role)),

@@ -1,8 +1,6 @@
 //! The `gitpulse` binary: parse, dispatch, print, exit. The work is in the
 //! library; [`exit`] is the one place a failure becomes an exit code.
 
-#![deny(clippy::unwrap_used, clippy::expect_used)]
-
 // What the subcommands (`cmd/`) work with: they `use crate::*`.
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -8,6 +8,9 @@
 //! receiver as a signed message from the outbox. Pass a directory to keep
 //! the files.
 
+// Test code: a panic is how it fails, and its helpers need no API docs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;

@@ -174,6 +174,7 @@ impl FromStr for FailureClass {
 pub struct AttemptContext {
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// How it failed (decides whether it is worth retrying).
     pub class: FailureClass,
     /// The HTTP status, when the failure came from an HTTP response.
     pub http_status: Option<u16>,
@@ -206,7 +207,9 @@ impl AttemptContext {
 /// never more than `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// The ceiling of the first retry's delay.
     pub base: Duration,
+    /// The longest delay.
     pub max: Duration,
 }
 
@@ -269,9 +272,12 @@ impl fmt::Display for StopReason {
 pub enum Decision {
     /// Try again after `delay`; `timeout` overrides the next attempt's limit.
     RetryAfter {
+        /// How long to wait.
         delay: Duration,
+        /// The next attempt's time limit, when the policy sets one.
         timeout: Option<Duration>,
     },
+    /// Give up, for this reason.
     Stop(StopReason),
 }
 

@@ -52,6 +52,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// A random number from the host's (seedable) generator.
+/// A random number from the host (seeded per run, so replays repeat).
 pub fn random() -> u64 {
     #[cfg(target_arch = "wasm32")]
     return imports::random();
@@ -59,6 +60,7 @@ pub fn random() -> u64 {
     crate::testing::with(|h| h.next_random())
 }
 
+/// The plugin's stored value for `key`, if any.
 pub fn kv_get(key: &str) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
     return imports::kv_get(key);
@@ -66,6 +68,7 @@ pub fn kv_get(key: &str) -> Option<String> {
     crate::testing::with(|h| h.kv.get(key).cloned())
 }
 
+/// Stores `value` under `key` (kept across pulls and restarts).
 pub fn kv_set(key: &str, value: &str) {
     #[cfg(target_arch = "wasm32")]
     imports::kv_set(key, value);
@@ -75,6 +78,7 @@ pub fn kv_set(key: &str, value: &str) {
     });
 }
 
+/// Forgets `key`.
 pub fn kv_delete(key: &str) {
     #[cfg(target_arch = "wasm32")]
     imports::kv_delete(key);

@@ -22,9 +22,13 @@ use crate::types::{AttemptContext, Budget, FailureClass, FailureDetail, Repo};
 /// The host as seen by a plugin under test.
 #[derive(Debug, Clone, Default)]
 pub struct Harness {
+    /// What `config-get` answers.
     pub config: BTreeMap<String, String>,
+    /// What `now-ms` answers.
     pub now_ms: u64,
+    /// The plugin's key-value store.
     pub kv: BTreeMap<String, String>,
+    /// What the plugin logged, in order.
     pub logs: Vec<(Level, String)>,
     state: u64,
 }
@@ -34,6 +38,7 @@ thread_local! {
 }
 
 impl Harness {
+    /// A host with no settings, an empty store and a fixed clock and seed.
     pub fn new() -> Self {
         Harness {
             state: 0x853c_49e6_748f_ea9b,
@@ -42,16 +47,19 @@ impl Harness {
         }
     }
 
+    /// With the setting `key` = `value`.
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.config.insert(key.into(), value.into());
         self
     }
 
+    /// With the clock at `ms` (unix milliseconds).
     pub fn now(mut self, ms: u64) -> Self {
         self.now_ms = ms;
         self
     }
 
+    /// With the random source seeded by `seed`.
     pub fn seed(mut self, seed: u64) -> Self {
         self.state = seed ^ 0x853c_49e6_748f_ea9b;
         self

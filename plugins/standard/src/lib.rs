@@ -8,6 +8,7 @@
 use gitpulse_plugin_sdk::types::{AttemptContext, Channel, Decision, Event, Message, NotifyChoice};
 use gitpulse_plugin_sdk::{backoff, export, helpers, notify, retry};
 
+/// The built-in policy, as a plugin.
 pub struct Standard;
 
 fn curve() -> (u64, u64) {

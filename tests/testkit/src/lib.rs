@@ -19,6 +19,9 @@
 //! - [`WebhookReceiver`]: an HTTP receiver that verifies signatures and can
 //!   fail on command.
 
+// Test code: a panic is how it fails, and its helpers need no API docs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 mod config;
 mod daemon;
 mod fixture;

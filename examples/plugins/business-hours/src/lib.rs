@@ -12,6 +12,7 @@ use gitpulse_plugin_sdk::types::{
 };
 use gitpulse_plugin_sdk::{backoff, export, helpers, host, notify, retry};
 
+/// Retries only inside the configured business hours.
 pub struct BusinessHours;
 
 /// Minutes since midnight from `HH:MM`.

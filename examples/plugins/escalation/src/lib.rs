@@ -11,6 +11,7 @@
 use gitpulse_plugin_sdk::types::{Channel, Event, EventKind, Message, NotifyChoice, Template};
 use gitpulse_plugin_sdk::{export, helpers, host, notify};
 
+/// Tells nobody of the first failures; escalates once a repository keeps failing.
 pub struct Escalation;
 
 fn recent_failures(repo: &str, now: u64, window_ms: u64) -> Vec<u64> {

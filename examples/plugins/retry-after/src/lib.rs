@@ -8,6 +8,7 @@
 use gitpulse_plugin_sdk::types::{AttemptContext, Decision, FailureClass, RetryAfter, StopReason};
 use gitpulse_plugin_sdk::{export, helpers, retry};
 
+/// Waits what the server's Retry-After asks.
 pub struct RetryAfterPolicy;
 
 impl retry::Guest for RetryAfterPolicy {

@@ -11,6 +11,7 @@
 use gitpulse_plugin_sdk::types::*;
 use gitpulse_plugin_sdk::{backoff, export, helpers, host, notify, retry};
 
+/// Misbehaves on purpose, as its `mode` setting says (the host must stay safe).
 pub struct Misbehave;
 
 fn mode() -> String {

@@ -1,4 +1,6 @@
 //! A retry plugin built against a future, incompatible contract (0.2.0).
+// Generated bindings of a contract made for this test: nothing to document.
+#![allow(missing_docs)]
 
 wit_bindgen::generate!({ path: "wit", world: "retry-policy" });
 
