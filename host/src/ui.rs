@@ -15,6 +15,8 @@ use crate::git::Transfer;
 use crate::outcome::{AttemptRecord, Outcome, PullReport};
 use crate::policy::Decision;
 use crate::pull::Observer;
+use crate::store::{HistoryEntry, OutboxRow, OutboxState, RepoStatus};
+use std::fmt::Write as _;
 
 /// Draws progress and attempt lines on stderr.
 pub struct Terminal {
@@ -218,8 +220,161 @@ pub fn when(at_ms: Option<u64>) -> String {
     }
 }
 
+/// The status table: each repo's last success, last result, next run,
+/// failures in a row, and whether it is being pulled now.
+pub fn status_table(repos: &[(String, Option<RepoStatus>, bool)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<16} {:<22} {:<14} {:>9}",
+        "REPO", "LAST SUCCESS", "LAST RESULT", "NEXT RUN", "FAILURES"
+    );
+    for (name, row, running) in repos {
+        let (success, result, next, failures) = match row {
+            Some(s) => (
+                when(s.last_success_ms),
+                match (&s.last_result, &s.last_class) {
+                    (Some(r), Some(c)) => format!("{r} ({c})"),
+                    (Some(r), None) => r.clone(),
+                    _ => "-".into(),
+                },
+                when(s.next_run_ms),
+                s.failures_in_row,
+            ),
+            None => ("-".into(), "never run".into(), "-".into(), 0),
+        };
+        let result = if *running {
+            format!("running; last {result}")
+        } else {
+            result
+        };
+        let _ = writeln!(
+            out,
+            "{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}"
+        );
+    }
+    out
+}
+
+/// `gitpulse history`: one line per pull, attempt and step run, newest
+/// first; a step's last `output_lines` lines of output follow it.
+pub fn history_table(entries: &[HistoryEntry], output_lines: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14} {:<11} {:<14} {:>8} {:>10}  DETAIL",
+        "WHEN", "WHAT", "CLASS", "DELAY", "DURATION"
+    );
+    for e in entries {
+        // A step's output follows its line, indented.
+        let (first, output) = e.detail.split_once('\n').unwrap_or((&e.detail, ""));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<11} {:<14} {:>8} {:>10}  {}",
+            when(Some(e.at_ms)),
+            e.kind,
+            e.class.as_deref().unwrap_or("-"),
+            e.delay_ms
+                .map(|d| format!("{d}ms"))
+                .unwrap_or_else(|| "-".into()),
+            e.duration_ms
+                .map(|d| format!("{d}ms"))
+                .unwrap_or_else(|| "-".into()),
+            first
+        );
+        let lines: Vec<&str> = output.lines().collect();
+        for line in &lines[lines.len().saturating_sub(output_lines)..] {
+            let _ = writeln!(out, "{:>62}| {line}", "");
+        }
+    }
+    out
+}
+
+/// `gitpulse outbox`: one line per message, with what happened to it.
+pub fn outbox_table(rows: &[OutboxRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<9} {:<14} {:<16} {:<16} {:>8}  {:<14} DETAIL",
+        "ID", "STATE", "NOTIFIER", "EVENT", "REPO", "ATTEMPTS", "WHEN"
+    );
+    for r in rows {
+        let (at, detail) = match r.state {
+            OutboxState::Pending => (
+                when(r.next_at_ms),
+                r.last_error.clone().unwrap_or_else(|| r.subject.clone()),
+            ),
+            OutboxState::InDigest => (
+                when(Some(r.created_ms)),
+                format!("in digest {}", r.digest_of.unwrap_or_default()),
+            ),
+            OutboxState::Dead => (
+                when(Some(r.created_ms)),
+                r.last_error.clone().unwrap_or_default(),
+            ),
+            OutboxState::Delivered => (
+                when(r.delivered_ms),
+                match r.digest_of {
+                    Some(d) if d != r.id => format!("in digest {d}"),
+                    _ => r.answer.clone().unwrap_or_default(),
+                },
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<9} {:<14} {:<16} {:<16} {:>8}  {:<14} {}",
+            r.id, r.state, r.notifier, r.kind, r.repo, r.attempts, at, detail
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tables_say_what_is_running_what_never_ran_and_indent_step_output() {
+        let status = RepoStatus {
+            repo: "app".into(),
+            last_success_ms: None,
+            last_result: Some("failed".into()),
+            last_class: Some("timeout".into()),
+            last_commit: None,
+            failures_in_row: 2,
+            next_run_ms: None,
+            skipped: 0,
+            last_pull_ms: None,
+        };
+        let table = status_table(&[
+            ("app".into(), Some(status), true),
+            ("docs".into(), None, false),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("REPO"), "{table}");
+        assert!(lines[1].contains("running; last failed (timeout)") && lines[1].ends_with('2'));
+        assert!(lines[2].contains("never run"), "{table}");
+
+        let step = HistoryEntry {
+            at_ms: 0,
+            kind: "step build".into(),
+            class: Some("failed".into()),
+            http_status: None,
+            delay_ms: None,
+            duration_ms: Some(5),
+            detail: "failed (exit 2)\none\ntwo\nthree".into(),
+            limit_ms: None,
+            limit_why: None,
+        };
+        let table = history_table(&[step], 2);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines.len(),
+            4,
+            "header, the step, its last two lines: {table}"
+        );
+        assert!(lines[1].contains("step build") && lines[1].ends_with("failed (exit 2)"));
+        assert!(lines[2].ends_with("| two") && lines[3].ends_with("| three"));
+    }
+
     use super::*;
 
     #[test]

@@ -42,7 +42,7 @@ pub(crate) fn status(args: &StatusArgs) -> Result<(), Failure> {
         println!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
-    print_status(&configured);
+    print!("{}", ui::status_table(&configured));
     let counts = store.outbox_counts()?;
     if counts.pending > 0 || counts.dead > 0 {
         println!(
@@ -58,22 +58,9 @@ pub(crate) fn status(args: &StatusArgs) -> Result<(), Failure> {
 /// `status --live`: the running daemon's own view, running pulls included.
 pub(crate) fn status_live(args: &StateArgs) -> Result<(), Failure> {
     let config = config::load(&args.config, Scope::Structure).map_err(usage)?;
-    let daemon = &config.daemon;
-    let token = api_token(daemon)?;
-    let url = format!("http://{}/v1/status", daemon.listen);
-    let mut response = http_agent()
-        .get(&url)
-        .header("Authorization", &format!("Bearer {}", token.expose()))
-        .call()
-        .map_err(|e| failed(format!("cannot reach the daemon at {}: {e}", daemon.listen)))?;
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    if response.status().as_u16() != 200 {
-        return Err(failed(format!(
-            "the daemon answered {}: {}",
-            response.status().as_u16(),
-            body.trim()
-        )));
-    }
+    let body = gitpulse::daemon::Client::of(&config.daemon)
+        .and_then(|client| client.status())
+        .map_err(failed)?;
     if args.json {
         println!("{body}");
         return Ok(());
@@ -95,38 +82,8 @@ pub(crate) fn status_live(args: &StateArgs) -> Result<(), Failure> {
                 .collect()
         })
         .unwrap_or_default();
-    print_status(&configured);
+    print!("{}", ui::status_table(&configured));
     Ok(())
-}
-
-/// The status table: each repo's last success, last result, next run,
-/// failures in a row, and whether it is being pulled now.
-pub(crate) fn print_status(repos: &[(String, Option<store::RepoStatus>, bool)]) {
-    println!(
-        "{:<20} {:<16} {:<22} {:<14} {:>9}",
-        "REPO", "LAST SUCCESS", "LAST RESULT", "NEXT RUN", "FAILURES"
-    );
-    for (name, row, running) in repos {
-        let (success, result, next, failures) = match row {
-            Some(s) => (
-                ui::when(s.last_success_ms),
-                match (&s.last_result, &s.last_class) {
-                    (Some(r), Some(c)) => format!("{r} ({c})"),
-                    (Some(r), None) => r.clone(),
-                    _ => "-".into(),
-                },
-                ui::when(s.next_run_ms),
-                s.failures_in_row,
-            ),
-            None => ("-".into(), "never run".into(), "-".into(), 0),
-        };
-        let result = if *running {
-            format!("running; last {result}")
-        } else {
-            result
-        };
-        println!("{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}");
-    }
 }
 
 pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
@@ -145,103 +102,24 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
         println!("{}", serde_json::to_string(&entries).map_err(failed)?);
         return Ok(());
     }
-    println!(
-        "{:<14} {:<11} {:<14} {:>8} {:>10}  DETAIL",
-        "WHEN", "WHAT", "CLASS", "DELAY", "DURATION"
-    );
-    for e in entries {
-        // A step's output follows its line, indented.
-        let (first, output) = e.detail.split_once('\n').unwrap_or((&e.detail, ""));
-        println!(
-            "{:<14} {:<11} {:<14} {:>8} {:>10}  {}",
-            ui::when(Some(e.at_ms)),
-            e.kind,
-            e.class.as_deref().unwrap_or("-"),
-            e.delay_ms
-                .map(|d| format!("{d}ms"))
-                .unwrap_or_else(|| "-".into()),
-            e.duration_ms
-                .map(|d| format!("{d}ms"))
-                .unwrap_or_else(|| "-".into()),
-            first
-        );
-        let lines: Vec<&str> = output.lines().collect();
-        for line in &lines[lines.len().saturating_sub(args.output_lines)..] {
-            println!("{:>62}| {line}", "");
-        }
-    }
+    print!("{}", ui::history_table(&entries, args.output_lines));
     Ok(())
 }
 
 pub(crate) fn trigger(args: &TriggerArgs) -> Result<(), Failure> {
+    use gitpulse::daemon::{Client, ClientError};
     let config = config::load(&args.config, Scope::Structure).map_err(usage)?;
-    let daemon = &config.daemon;
-    let url = match &args.repo {
-        Some(repo) => format!("http://{}/v1/repos/{repo}/pull", daemon.listen),
-        None => format!("http://{}/v1/pull", daemon.listen),
-    };
-    let token = api_token(daemon)?;
-    let mut response = http_agent()
-        .post(&url)
-        .header("Authorization", &format!("Bearer {}", token.expose()))
-        .content_type("application/json")
-        .send("{}")
-        .map_err(|e| failed(format!("cannot reach the daemon at {}: {e}", daemon.listen)))?;
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    let said = |body: &str| {
-        serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| body.trim().to_string())
-    };
-    match response.status().as_u16() {
-        202 => {
+    match Client::of(&config.daemon).and_then(|c| c.trigger(args.repo.as_deref())) {
+        Ok(()) => {
             match &args.repo {
                 Some(repo) => println!("pull of `{repo}` requested"),
                 None => println!("pull of every repository requested"),
             }
             Ok(())
         }
-        404 => Err(usage(said(&body))),
-        401 => Err(failed(format!(
-            "the daemon refused the API token in {}: is it the daemon of this config?",
-            daemon.api_token_file().display()
-        ))),
-        s => Err(failed(format!("the daemon answered {s}: {}", said(&body)))),
+        Err(e @ ClientError::NotFound(_)) => Err(usage(e)),
+        Err(e) => Err(failed(e)),
     }
-}
-
-/// A client for the daemon's API: statuses are answers, not errors.
-pub(crate) fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-/// The daemon's API token, as a client of it: the variable or file the
-/// config names, else the one the daemon wrote to its state directory.
-pub(crate) fn api_token(
-    daemon: &config::DaemonSettings,
-) -> Result<gitpulse::redact::Secret, Failure> {
-    let token = match &daemon.api_token {
-        config::ApiToken::Env(var) => std::env::var(var).map_err(|_| {
-            failed(format!(
-                "the API token variable {var} is not set in this shell"
-            ))
-        })?,
-        _ => {
-            let file = daemon.api_token_file();
-            std::fs::read_to_string(&file).map_err(|e| {
-                failed(format!(
-                    "cannot read the daemon's API token at {}: {e} (is the daemon running, as this user?)",
-                    file.display()
-                ))
-            })?
-        }
-    };
-    Ok(gitpulse::redact::Secret::new(token.trim()))
 }
 
 pub(crate) fn outbox(args: &OutboxArgs) -> Result<(), Failure> {
@@ -291,37 +169,7 @@ pub(crate) fn outbox(args: &OutboxArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    println!(
-        "{:>6}  {:<9} {:<14} {:<16} {:<16} {:>8}  {:<14} DETAIL",
-        "ID", "STATE", "NOTIFIER", "EVENT", "REPO", "ATTEMPTS", "WHEN"
-    );
-    for r in rows {
-        let (at, detail) = match r.state {
-            OutboxState::Pending => (
-                ui::when(r.next_at_ms),
-                r.last_error.clone().unwrap_or_else(|| r.subject.clone()),
-            ),
-            OutboxState::InDigest => (
-                ui::when(Some(r.created_ms)),
-                format!("in digest {}", r.digest_of.unwrap_or_default()),
-            ),
-            OutboxState::Dead => (
-                ui::when(Some(r.created_ms)),
-                r.last_error.clone().unwrap_or_default(),
-            ),
-            OutboxState::Delivered => (
-                ui::when(r.delivered_ms),
-                match r.digest_of {
-                    Some(d) if d != r.id => format!("in digest {d}"),
-                    _ => r.answer.clone().unwrap_or_default(),
-                },
-            ),
-        };
-        println!(
-            "{:>6}  {:<9} {:<14} {:<16} {:<16} {:>8}  {:<14} {}",
-            r.id, r.state, r.notifier, r.kind, r.repo, r.attempts, at, detail
-        );
-    }
+    print!("{}", ui::outbox_table(&rows));
     Ok(())
 }
 

@@ -259,13 +259,9 @@ pub(super) fn api_token(
     daemon: &config::DaemonSettings,
 ) -> Result<crate::redact::Secret, DaemonError> {
     let fail = |what: String| DaemonError::Runtime(format!("API token: {what}"));
-    let token = match &daemon.api_token {
-        config::ApiToken::Env(var) => std::env::var(var)
-            .map_err(|_| fail(format!("environment variable {var} is not set")))?,
-        config::ApiToken::File(path) => {
-            std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?
-        }
-        config::ApiToken::Generated => {
+    let token = match super::client::configured_token(daemon).map_err(fail)? {
+        Some(token) => token,
+        None => {
             let token = crate::model::random_hex(32).map_err(|e| fail(e.to_string()))?;
             crate::model::write_private(&daemon.api_token_file(), token.as_bytes())
                 .map_err(|e| fail(format!("{}: {e}", daemon.api_token_file().display())))?;

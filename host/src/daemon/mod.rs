@@ -23,6 +23,7 @@
 
 mod admission;
 mod breaker;
+mod client;
 mod control;
 mod metrics;
 mod quiet;
@@ -55,6 +56,7 @@ use crate::policy::{BudgetState, RetryBudget};
 use crate::pull;
 use crate::store::{self, SqliteStore, Storage};
 use breaker::{Admission, Breaker, Change, Verdict};
+pub use client::{Client, ClientError};
 use control::{api_token, DaemonView};
 use metrics::{Format, Metrics, RepoGauges, Snapshot};
 use quiet::QuietPulls;
