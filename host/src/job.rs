@@ -96,9 +96,8 @@ impl<'a> Job<'a> {
         self.run_with(&mut crate::git::sync, observer, timing)
     }
 
-    /// [`Job::run`] over any [`pull::Attempt`] (as [`pull::pull`] has
-    /// `pull_with`): everything around the transfer runs as it does for
-    /// real.
+    /// [`Job::run`] over any [`pull::Attempt`] (`git::sync` for real):
+    /// everything around the transfer runs as it does for real.
     pub(crate) fn run_with(
         &self,
         attempt: &mut pull::Attempt<'_>,

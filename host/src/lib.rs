@@ -28,7 +28,7 @@
 //! - [`job`] wires a pull job: the repository's policy, the two-phase
 //!   record, and delivery for a one-shot pull.
 //! - `git` makes one attempt and classifies its failure; it knows nothing
-//!   of retries. [`pull`] runs attempts until success or a stop.
+//!   of retries. `pull` runs attempts until success or a stop.
 //! - [`policy`] decides from a failure class and clamps to the user's limits;
 //!   it never touches git. [`plugin`] hosts WebAssembly plugins behind
 //!   the same trait; [`authoring`] serves plugin authors.
@@ -47,7 +47,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use clap::Parser;
-//! use gitpulse::{cli::{Cli, Command}, config::Config, job::{Job, Timing}, pull, store::MemoryStore};
+//! use gitpulse::{cli::{Cli, Command}, config::Config, job::{Job, Timing}, store::MemoryStore, Quiet};
 //!
 //! let Command::Pull(args) = Cli::parse_from(["gitpulse", "pull", "https://example.com/r.git", "r"]).command else {
 //!     unreachable!()
@@ -62,7 +62,7 @@
 //!     cancel: Arc::default(), budget: None, quiet: None, seed: None,
 //!     digests: false, news: Box::new(|| {}),
 //! };
-//! let run = job.run(&mut pull::Quiet, Timing::default());
+//! let run = job.run(&mut Quiet, Timing::default());
 //! println!("{:?}", run.report.outcome);
 //! ```
 
@@ -81,12 +81,12 @@ pub mod outcome;
 mod page;
 pub mod plugin;
 pub mod policy;
-pub mod pull;
+mod pull;
 pub mod receiver;
 pub mod redact;
 mod schedule;
 mod server;
-pub mod step;
+mod step;
 pub mod store;
 pub mod ui;
 pub mod validate;
@@ -96,4 +96,5 @@ pub mod validate;
 // needs them.
 pub use git::{Auth, FailureClass, Mode, SpecError, SyncSpec, Transfer};
 pub use model::{now_ms, EventKind, Severity};
+pub use pull::{Observer, Quiet};
 pub use schedule::{Cron, Schedule};

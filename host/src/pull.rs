@@ -62,23 +62,14 @@ impl Observer for Quiet {}
 pub type Attempt<'a> = dyn FnMut(&SyncSpec, &AttemptControl, &mut dyn FnMut(Transfer)) -> Result<Synced, AttemptError>
     + 'a;
 
-/// Runs the pull to its end. Blocks the calling thread.
+/// Runs the pull to its end over `attempt` (`git::sync` for real, a script
+/// in tests). Blocks the calling thread.
 ///
 /// Setting `cancel` stops the current attempt at its next check and the
 /// pull with class `cancelled`; the checkout stays consistent. A
 /// [`SpecError`] (DIR is not a repository, wrong kind of repository) ends the
 /// pull before any attempt is recorded: it is a usage problem, not a failure
 /// to retry.
-pub fn pull(
-    options: &PullOptions,
-    policy: &mut dyn RetryPolicy,
-    observer: &mut dyn Observer,
-    cancel: Arc<AtomicBool>,
-) -> Result<PullReport, SpecError> {
-    pull_with(&mut git::sync, options, policy, observer, cancel)
-}
-
-/// [`pull`] over any [`Attempt`].
 pub(crate) fn pull_with(
     attempt: &mut Attempt<'_>,
     options: &PullOptions,

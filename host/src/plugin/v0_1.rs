@@ -16,8 +16,8 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use exports::gitpulse::policy::{backoff, notify, retry};
-pub(crate) use gitpulse::policy::host::Level;
-pub(crate) use gitpulse::policy::types as wit;
+pub(crate) use self::gitpulse::policy::host::Level;
+pub(crate) use self::gitpulse::policy::types as wit;
 
 /// The host's limits, as the plugin is told them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
