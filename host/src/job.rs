@@ -34,8 +34,7 @@ use crate::pull::{self, Observer, PullOptions};
 use crate::redact::Secret;
 use crate::step::{self, Step};
 use crate::store::{
-    Outbox as _, OwedStep, QuietPull, Settle, SqliteStore, StepRun, Storage, StoreError,
-    StoredEvent,
+    OwedStep, QuietPull, Settle, SqliteStore, StepRun, Storage, StoreError, StoredEvent,
 };
 
 /// Why a configured repository's job could not run. Nothing was pulled.
@@ -1099,12 +1098,21 @@ fn open_store(config: &Config) -> Result<SqliteStore, StoreError> {
 /// Delivers what is due in `config`'s outbox until nothing is or `wait`
 /// has passed.
 pub fn deliver_pending(config: &Config, wait: Duration) -> Result<PullNotified, StoreError> {
-    let store = open_store(config)?;
+    deliver_from(&open_store(config)?, config, wait)
+}
+
+/// Delivers what is due in `store`'s outbox to `config`'s notifiers until
+/// nothing is or `wait` has passed.
+pub fn deliver_from(
+    store: &dyn Storage,
+    config: &Config,
+    wait: Duration,
+) -> Result<PullNotified, StoreError> {
     let mut result = PullNotified::default();
     let senders = crate::notify::Senders::default();
     let until = Instant::now() + wait;
     loop {
-        let stats = crate::notify::deliver_due(&store, config, &senders, 500)?;
+        let stats = crate::notify::deliver_due(store, config, &senders, 500)?;
         result.delivered += stats.delivered;
         result.dead += stats.dead;
         let Some(next) = store.next_due_ms()? else {

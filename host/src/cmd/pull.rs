@@ -12,7 +12,7 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let notify_config = match &args.notify_config {
         None => None,
         Some(path) => {
-            let config = config::load(path, Scope::Structure).map_err(usage)?;
+            let config = config::load(path, Scope::Environment).map_err(usage)?;
             let problems = gitpulse::notify::check_templates(&config);
             if !problems.is_empty() {
                 return Err(usage(Problems(problems)));
@@ -24,11 +24,16 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     repo.policy = policy_roles(args);
     let config = notify_config.clone().unwrap_or_else(Config::without_file);
     // Recorded where notifications wait (`--notify-config`'s state), else
-    // kept for this run only.
+    // kept for this run only. A state that will not open does not stop the
+    // pull: it is said, and the pull is kept for this run only.
     let store: Box<dyn Storage> = match &notify_config {
-        Some(c) => {
-            Box::new(SqliteStore::open(&SqliteStore::path_in(&c.daemon.state_dir)).map_err(failed)?)
-        }
+        Some(c) => match SqliteStore::open(&SqliteStore::path_in(&c.daemon.state_dir)) {
+            Ok(store) => Box::new(store),
+            Err(e) => {
+                eprintln!("error: notifications: {e}; nothing will be sent");
+                Box::new(MemoryStore::new())
+            }
+        },
         None => Box::new(MemoryStore::new()),
     };
     let load = |_: &str| load_pull_plugin(args, notify_config.as_ref());
@@ -66,7 +71,7 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     if let Some(e) = &run.unstarted {
         // Told as a failed pull (its notifications go out), but a job that
         // could not start is a usage problem on the command line.
-        notify(notify_config.as_ref(), args);
+        notify(notify_config.as_ref(), store.as_ref(), args);
         return Err(usage(e));
     }
     if let Some(w) = &workflow {
@@ -77,7 +82,7 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
         eprintln!("warning: recording the steps: {e}");
     }
     let ok = print_result(args, &run, &steps)?;
-    notify(notify_config.as_ref(), args);
+    notify(notify_config.as_ref(), store.as_ref(), args);
     match ok {
         true => Ok(()),
         false => Err(Failure::Reported),
@@ -182,9 +187,9 @@ fn print_result(args: &PullArgs, run: &JobRun, steps: &StepsRun) -> Result<bool,
 
 /// Delivers what the job recorded for `--notify-config`'s notifiers; their
 /// trouble is reported on stderr but does not change the exit code.
-fn notify(config: Option<&Config>, args: &PullArgs) {
+fn notify(config: Option<&Config>, store: &dyn Storage, args: &PullArgs) {
     let Some(config) = config else { return };
-    match job::deliver_pending(config, args.notify_wait) {
+    match job::deliver_from(store, config, args.notify_wait) {
         Ok(n) if n.pending > 0 || n.dead > 0 => eprintln!(
             "notifications: {} delivered, {} dead, {} still pending in {} (see `gitpulse outbox --config {}`)",
             n.delivered,

@@ -51,6 +51,7 @@ use crate::redact::looks_like_a_secret;
 pub use crate::schedule::{Cron, Schedule};
 use crate::step::{self, Step};
 
+mod credentials;
 mod daemon;
 mod flags;
 mod keys;
@@ -58,6 +59,7 @@ mod notifier;
 mod reach;
 mod receiver;
 mod repo;
+mod steps;
 pub use flags::{RepoFlags, StepFlags};
 pub use notifier::{
     read_secret, Channel, Delivery, EmailConfig, Filter, HttpMethod, LogConfig, NotifierConfig,
@@ -846,7 +848,9 @@ pub fn parse(
     let mut credentials: Vec<OriginCredential> = Vec::new();
     for spanned in &raw.credential {
         let line = check.line(spanned.span().start);
-        if let Some(c) = check_credential(&mut check, line, spanned.get_ref(), &resolve, env) {
+        if let Some(c) =
+            credentials::check_credential(&mut check, line, spanned.get_ref(), &resolve, env)
+        {
             if credentials.iter().any(|o| o.url_prefix == c.url_prefix) {
                 check.push(
                     line,
@@ -929,93 +933,6 @@ fn plugin_settings(
         plugins.insert(name.clone(), settings);
     }
     plugins
-}
-
-/// One `[[credential]]`: an http(s) prefix without userinfo (a token only
-/// travels in clear to loopback), one secret, a usable user name.
-fn check_credential(
-    check: &mut Check,
-    line: usize,
-    raw: &RawCredential,
-    resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<OriginCredential> {
-    let Some(prefix) = &raw.url_prefix else {
-        check.push(
-            line,
-            "credential",
-            "missing field `url_prefix` (e.g. \"https://git.example.com/org/\")",
-        );
-        return None;
-    };
-    let shown = crate::redact::url(prefix.get_ref());
-    match url::Url::parse(prefix.get_ref()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
-            if !u.username().is_empty() || u.password().is_some() {
-                check.at(prefix, "credential.url_prefix", format!("`{shown}`: no user or password in the prefix; use username and a secret field"));
-                return None;
-            }
-            if let Err(e) = crate::git::check_token_transport(prefix.get_ref(), false) {
-                check.at(prefix, "credential.url_prefix", e);
-                return None;
-            }
-        }
-        _ => {
-            check.at(
-                prefix,
-                "credential.url_prefix",
-                format!("`{shown}`: an http:// or https:// URL prefix"),
-            );
-            return None;
-        }
-    }
-    let field = format!("credential \"{shown}\"");
-    let secrets: Vec<(&str, &Spanned<String>)> = [
-        ("token_env", &raw.token_env),
-        ("token_file", &raw.token_file),
-        ("password_file", &raw.password_file),
-    ]
-    .into_iter()
-    .filter_map(|(name, v)| v.as_ref().map(|v| (name, v)))
-    .collect();
-    let secret = match secrets.as_slice() {
-        [] => {
-            check.push(
-                line,
-                field,
-                "give one of token_env, token_file and password_file",
-            );
-            return None;
-        }
-        [("token_env", var)] => {
-            check.env_set(var, format!("{field}.token_env"), env);
-            SecretRef::Env(var.get_ref().clone())
-        }
-        [(name, file)] => {
-            let path = resolve(file.get_ref());
-            check.file_exists(file, format!("{field}.{name}"), &path);
-            SecretRef::File(path)
-        }
-        [_, (_, second), ..] => {
-            check.at(
-                *second,
-                field,
-                "use only one of token_env, token_file and password_file",
-            );
-            return None;
-        }
-    };
-    if let Some(user) = &raw.username {
-        if let Some(why) = crate::git::bad_username(user.get_ref()) {
-            check.at(user, format!("{field}.username"), why);
-            return None;
-        }
-    }
-    Some(OriginCredential {
-        url_prefix: prefix.get_ref().clone(),
-        username: raw.username.as_ref().map(|u| u.get_ref().clone()),
-        secret,
-    })
 }
 
 /// Why `name` cannot be an environment variable's name, said without
@@ -1111,181 +1028,6 @@ fn check_url(url: &str) -> Result<(), String> {
 
 /// The floor of learnt attempt limits unless a repo says.
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A step's time limit unless it says.
-const STEP_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// `[[repo.step]]`: named (unique in the repo), something to run, a known
-/// `when`, usable `paths`.
-fn check_steps(
-    check: &mut Check,
-    r: &RawRepo,
-    label: &str,
-    repo_line: usize,
-    publish: Publish,
-) -> Vec<Step> {
-    let mut steps: Vec<Step> = Vec::new();
-    for (i, spanned) in r.step.iter().flatten().enumerate() {
-        let raw = spanned.get_ref();
-        let line = check.line(spanned.span().start).max(repo_line);
-        let name = match &raw.name {
-            Some(n) if !n.get_ref().trim().is_empty() && n.get_ref().len() <= 64 => {
-                n.get_ref().clone()
-            }
-            Some(n) => {
-                check.at(
-                    n,
-                    format!("{label}.step[{i}].name"),
-                    "empty or longer than 64 characters",
-                );
-                continue;
-            }
-            None => {
-                check.push(line, format!("{label}.step[{i}]"), "missing field `name`");
-                continue;
-            }
-        };
-        let field = format!("{label}.step \"{name}\"");
-        if steps.iter().any(|s| s.name == name) {
-            check.push(
-                line,
-                format!("{field}.name"),
-                "duplicate step name in this repo",
-            );
-            continue;
-        }
-        let shell = raw.shell.as_ref().is_some_and(|s| *s.get_ref());
-        let program = match raw.run.as_ref().map(|r| (r, r.get_ref().clone())) {
-            None => {
-                check.push(
-                    line,
-                    format!("{field}.run"),
-                    "missing: an argv array, or a string with shell = true",
-                );
-                continue;
-            }
-            Some((at, RawRun::Argv(argv))) => {
-                if argv.first().is_none_or(|p| p.is_empty()) {
-                    check.at(at, format!("{field}.run"), "empty: name the program to run");
-                    continue;
-                }
-                if shell {
-                    check.at(
-                        at,
-                        format!("{field}.run"),
-                        "shell = true takes one string, not an array",
-                    );
-                    continue;
-                }
-                step::Program::Argv(argv)
-            }
-            Some((at, RawRun::Shell(script))) => {
-                if !shell {
-                    check.at(
-                        at,
-                        format!("{field}.run"),
-                        "a string runs only with shell = true (sh -c); or give an argv array: [\"prog\", \"arg\"]",
-                    );
-                    continue;
-                }
-                if script.trim().is_empty() {
-                    check.at(at, format!("{field}.run"), "empty");
-                    continue;
-                }
-                step::Program::Shell(script)
-            }
-        };
-        let when = match &raw.when {
-            None => step::When::Changed,
-            Some(w) => match step::When::parse(w.get_ref()) {
-                Some(when) => when,
-                None => {
-                    check.at(
-                        w,
-                        format!("{field}.when"),
-                        format!("`{}`: use changed, failed or always", w.get_ref()),
-                    );
-                    continue;
-                }
-            },
-        };
-        let paths = raw
-            .paths
-            .as_ref()
-            .map(|p| p.get_ref().clone())
-            .unwrap_or_default();
-        if let (Some(at), Some(why)) = (&raw.paths, step::bad_paths(&paths)) {
-            check.at(at, format!("{field}.paths"), why);
-        }
-        let timeout = match &raw.timeout {
-            None => STEP_TIMEOUT,
-            Some(t) => match check.duration(t, &format!("{field}.timeout")) {
-                Some(d) if d.is_zero() => {
-                    check.at(t, format!("{field}.timeout"), "must be greater than zero");
-                    continue;
-                }
-                Some(d) => d,
-                None => continue,
-            },
-        };
-        let before_publish = raw.before_publish.as_ref().is_some_and(|b| *b.get_ref());
-        if let Some(at) = raw.before_publish.as_ref().filter(|b| *b.get_ref()) {
-            if publish == Publish::InPlace {
-                check.at(
-                    at,
-                    format!("{field}.before_publish"),
-                    "gates a publication: it needs publish = \"symlink\" (in place, there is no new revision apart to run in)",
-                );
-                continue;
-            }
-            if when != step::When::Changed {
-                check.at(
-                    at,
-                    format!("{field}.before_publish"),
-                    "runs before a change is published: when must be \"changed\"",
-                );
-                continue;
-            }
-        }
-        let env = step::StepEnv {
-            set: raw
-                .env
-                .as_ref()
-                .map(|e| e.get_ref().clone())
-                .unwrap_or_default(),
-            pass: raw
-                .pass_env
-                .as_ref()
-                .map(|p| p.get_ref().clone())
-                .unwrap_or_default(),
-        };
-        let bad_name = |n: &String| {
-            n.is_empty() || n.contains('=') || n.contains('\0') || n.starts_with("GITPULSE_")
-        };
-        if let Some(at) = raw.env.as_ref().filter(|_| env.set.keys().any(bad_name)) {
-            check.at(at, format!("{field}.env"), "variable names must be non-empty, without `=`, and not GITPULSE_* (gitpulse sets those)");
-            continue;
-        }
-        if let Some(at) = raw
-            .pass_env
-            .as_ref()
-            .filter(|_| env.pass.iter().any(bad_name))
-        {
-            check.at(at, format!("{field}.pass_env"), "variable names must be non-empty, without `=`, and not GITPULSE_* (gitpulse sets those)");
-            continue;
-        }
-        steps.push(Step {
-            name,
-            program,
-            when,
-            paths,
-            timeout,
-            before_publish,
-            env,
-        });
-    }
-    steps
-}
 
 /// `sparse` (cone directories) or `sparse_patterns`, not both, not with a mirror.
 fn check_sparse(check: &mut Check, r: &RawRepo, label: &str, mode: Mode) -> Option<Sparse> {

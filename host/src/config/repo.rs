@@ -73,7 +73,7 @@ pub(super) fn check_repo(
     let follow = check_follow(check, r, &label, mode);
     let publish = check_publish(check, r, &label, mode);
     let sparse = check_sparse(check, r, &label, mode);
-    let steps = check_steps(check, r, &label, line, publish);
+    let steps = steps::check_steps(check, r, &label, line, publish);
     let dir = r
         .dir
         .as_ref()

@@ -15,9 +15,9 @@ wasmtime::component::bindgen!({
     imports: { "gitpulse:policy/host": trappable },
 });
 
-pub(crate) use exports::gitpulse::policy::{backoff, notify, retry};
 pub(crate) use self::gitpulse::policy::host::Level;
 pub(crate) use self::gitpulse::policy::types as wit;
+pub(crate) use exports::gitpulse::policy::{backoff, notify, retry};
 
 /// The host's limits, as the plugin is told them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
