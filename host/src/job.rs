@@ -1135,17 +1135,28 @@ mod tests {
     use crate::git::{AttemptError, Change, Synced};
     use crate::plugin::Plugin;
     use crate::store::{History as _, MemoryStore, State as _, Steps as _};
+    use gitpulse_testkit::{ConfigFile, Repo};
 
-    /// A config with one repository `app` (checked out in `dir`), `extra`
-    /// settings added to it, and a log notifier that wants retries.
-    fn config(dir: &Path, extra: &str) -> Config {
-        let text = format!(
-            "[daemon]\nstate_dir = \"state\"\n\n\
-             [notifier.audit]\nkind = \"log\"\npath = \"events.jsonl\"\ndigest_window = \"0s\"\n\
-             events = [\"retrying\", \"changed\", \"failed\", \"step-failed\"]\n\n\
-             [[repo]]\nname = \"app\"\nurl = \"https://git.example.com/app.git\"\ndir = \"app\"\n\
-             backoff_base = \"1ms\"\nbackoff_max = \"2ms\"\n{extra}"
-        );
+    /// A config with one repository `app` (checked out in `dir`), as
+    /// `repo` shapes it, and a log notifier that wants retries.
+    fn config(dir: &Path, repo: impl FnOnce(Repo) -> Repo) -> Config {
+        let app = Repo::new("app", "https://git.example.com/app.git", &dir.join("app"))
+            .set("backoff_base", "1ms")
+            .set("backoff_max", "2ms");
+        let events = ["retrying", "changed", "failed", "step-failed"].map(toml::Value::from);
+        let text = ConfigFile::default()
+            .daemon("state_dir", "state")
+            .notifier(
+                "audit",
+                &[
+                    ("kind", "log".into()),
+                    ("path", "events.jsonl".into()),
+                    ("digest_window", "0s".into()),
+                    ("events", toml::Value::Array(events.to_vec())),
+                ],
+            )
+            .repo(repo(app))
+            .text();
         crate::config::parse(
             &dir.join("gitpulse.toml"),
             &text,
@@ -1196,7 +1207,7 @@ mod tests {
     #[test]
     fn a_retry_is_recorded_while_the_pull_runs_and_the_pull_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), "");
+        let config = config(dir.path(), |repo| repo);
         let store = MemoryStore::new();
         let mut tries = 0;
         let mut seen_before_the_second = Vec::new();
@@ -1235,10 +1246,9 @@ mod tests {
     #[test]
     fn a_job_that_cannot_start_is_a_failed_pull_that_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(
-            dir.path(),
-            "token_env = \"GITPULSE_TEST_SURELY_UNSET_TOKEN\"\n",
-        );
+        let config = config(dir.path(), |repo| {
+            repo.set("token_env", "GITPULSE_TEST_SURELY_UNSET_TOKEN")
+        });
         let store = MemoryStore::new();
         let mut attempt =
             |_: &SyncSpec, _: &_, _: &mut dyn FnMut(_)| -> Result<Synced, AttemptError> {
@@ -1261,9 +1271,14 @@ mod tests {
     #[test]
     fn steps_a_pull_owes_are_recorded_with_it_and_run_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let steps = "[[repo.step]]\nname = \"ok\"\nrun = [\"true\"]\n\n\
-                     [[repo.step]]\nname = \"boom\"\nrun = \"exit 3\"\nshell = true\n";
-        let config = config(dir.path(), steps);
+        let config = config(dir.path(), |repo| {
+            repo.step(&[("name", "ok".into()), ("run", vec!["true"].into())])
+                .step(&[
+                    ("name", "boom".into()),
+                    ("run", "exit 3".into()),
+                    ("shell", true.into()),
+                ])
+        });
         let store = MemoryStore::new();
         let mut attempt = |_: &SyncSpec, _: &_, _: &mut dyn FnMut(_)| Ok(updated());
         let job = job(&config, &store);

@@ -41,6 +41,42 @@ pub(super) fn check_daemon(
             .map(|h| h.get_ref().clone())
             .unwrap_or_default(),
     };
+    check_limits(check, raw, &mut daemon);
+    if let Some(format) = &raw.log_format {
+        match format.get_ref().as_str() {
+            "text" => daemon.log_format = LogFormat::Text,
+            "json" => daemon.log_format = LogFormat::Json,
+            other => check.at(
+                format,
+                "daemon.log_format",
+                format!("`{other}`: use \"text\" or \"json\""),
+            ),
+        }
+    }
+    check_api_token(check, raw, &mut daemon, resolve, env);
+    if let Some(dir) = env("GITPULSE_STATE_DIR") {
+        daemon.state_dir = PathBuf::from(dir);
+    }
+    check_listen(check, raw, &mut daemon, env);
+    if let Some(dir) = &daemon.plugin_dir {
+        if scope == Scope::Environment && !dir.is_dir() {
+            let raw_dir = raw
+                .plugin_dir
+                .as_ref()
+                .map(|s| check.line(s.span().start))
+                .unwrap_or(0);
+            check.push(
+                raw_dir,
+                "daemon.plugin_dir",
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+    }
+    daemon
+}
+
+/// Retry budget, circuit breaker, concurrency and retention.
+fn check_limits(check: &mut Check<'_>, raw: &RawDaemon, daemon: &mut DaemonSettings) {
     if let Some(ratio) = &raw.retry_budget_ratio {
         let r = *ratio.get_ref();
         if (0.0..=1.0).contains(&r) {
@@ -66,34 +102,6 @@ pub(super) fn check_daemon(
             ),
         }
     }
-    if let Some(format) = &raw.log_format {
-        match format.get_ref().as_str() {
-            "text" => daemon.log_format = LogFormat::Text,
-            "json" => daemon.log_format = LogFormat::Json,
-            other => check.at(
-                format,
-                "daemon.log_format",
-                format!("`{other}`: use \"text\" or \"json\""),
-            ),
-        }
-    }
-    match (&raw.api_token_env, &raw.api_token_file) {
-        (Some(_), Some(file)) => check.at(
-            file,
-            "daemon.api_token_file",
-            "use only one of api_token_env and api_token_file",
-        ),
-        (Some(var), None) => {
-            check.env_set(var, "daemon.api_token_env", env);
-            daemon.api_token = ApiToken::Env(var.get_ref().clone());
-        }
-        (None, Some(file)) => {
-            let path = resolve(file.get_ref());
-            check.file_exists(file, "daemon.api_token_file", &path);
-            daemon.api_token = ApiToken::File(path);
-        }
-        (None, None) => {}
-    }
     if let Some(raw) = &raw.retention {
         match check.duration(raw, "daemon.retention") {
             Some(d) if d < Duration::from_secs(3600) => {
@@ -113,19 +121,6 @@ pub(super) fn check_daemon(
             daemon.breaker_cool_down = d;
         }
     }
-    if let Some(listen) = &raw.listen {
-        match listen.get_ref().parse() {
-            Ok(addr) => daemon.listen = addr,
-            Err(_) => check.at(
-                listen,
-                "daemon.listen",
-                format!(
-                    "`{}` is not an address like 127.0.0.1:8787",
-                    listen.get_ref()
-                ),
-            ),
-        }
-    }
     if let Some(n) = &raw.max_concurrent {
         daemon.max_concurrent = check
             .positive(n, "daemon.max_concurrent", 10_000)
@@ -139,8 +134,56 @@ pub(super) fn check_daemon(
             .positive(n, "daemon.max_concurrent_steps", 1_000)
             .unwrap_or(4) as usize;
     }
-    if let Some(dir) = env("GITPULSE_STATE_DIR") {
-        daemon.state_dir = PathBuf::from(dir);
+}
+
+/// `api_token_env` or `api_token_file`, not both (none: one is made at
+/// start).
+fn check_api_token(
+    check: &mut Check<'_>,
+    raw: &RawDaemon,
+    daemon: &mut DaemonSettings,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    match (&raw.api_token_env, &raw.api_token_file) {
+        (Some(_), Some(file)) => check.at(
+            file,
+            "daemon.api_token_file",
+            "use only one of api_token_env and api_token_file",
+        ),
+        (Some(var), None) => {
+            check.env_set(var, "daemon.api_token_env", env);
+            daemon.api_token = ApiToken::Env(var.get_ref().clone());
+        }
+        (None, Some(file)) => {
+            let path = resolve(file.get_ref());
+            check.file_exists(file, "daemon.api_token_file", &path);
+            daemon.api_token = ApiToken::File(path);
+        }
+        (None, None) => {}
+    }
+}
+
+/// `listen` (or `GITPULSE_LISTEN`): an address, loopback unless
+/// `listen_public` says otherwise.
+fn check_listen(
+    check: &mut Check<'_>,
+    raw: &RawDaemon,
+    daemon: &mut DaemonSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    if let Some(listen) = &raw.listen {
+        match listen.get_ref().parse() {
+            Ok(addr) => daemon.listen = addr,
+            Err(_) => check.at(
+                listen,
+                "daemon.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8787",
+                    listen.get_ref()
+                ),
+            ),
+        }
     }
     if let Some(listen) = env("GITPULSE_LISTEN") {
         match listen.parse() {
@@ -170,19 +213,4 @@ pub(super) fn check_daemon(
             ),
         );
     }
-    if let Some(dir) = &daemon.plugin_dir {
-        if scope == Scope::Environment && !dir.is_dir() {
-            let raw_dir = raw
-                .plugin_dir
-                .as_ref()
-                .map(|s| check.line(s.span().start))
-                .unwrap_or(0);
-            check.push(
-                raw_dir,
-                "daemon.plugin_dir",
-                format!("{} is not a directory", dir.display()),
-            );
-        }
-    }
-    daemon
 }

@@ -105,26 +105,11 @@ impl Flags {
         for (phrase, flags) in PHRASES {
             text = text.replace(phrase, flags);
         }
-        let mut out = String::with_capacity(text.len());
-        let mut word = String::new();
-        let flush = |word: &mut String, out: &mut String| {
-            let flag = flag(word).filter(|_| word.contains('_'));
-            match flag {
-                Some(flag) => out.push_str(flag),
-                None => out.push_str(word),
-            }
-            word.clear();
-        };
-        for c in text.chars() {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                word.push(c);
-            } else {
-                flush(&mut word, &mut out);
-                out.push(c);
-            }
-        }
-        flush(&mut word, &mut out);
-        out
+        super::each_word(&text, &|_| false, &|word| {
+            flag(word)
+                .filter(|_| word.contains('_'))
+                .map(str::to_string)
+        })
     }
 }
 

@@ -954,18 +954,29 @@ fn not_a_variable_name(name: &str) -> Option<String> {
 
 /// `message` with every word that looks like a secret replaced by `…`.
 fn without_secret_looking_words(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
+    each_word(message, &|c| c == '-', &|word| {
+        looks_like_a_secret(word).then(|| "…".to_string())
+    })
+}
+
+/// `text` with each word (letters, digits, `_`, and what `also` admits)
+/// replaced by what `replace` says, if it says anything.
+fn each_word(
+    text: &str,
+    also: &dyn Fn(char) -> bool,
+    replace: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    let mut out = String::with_capacity(text.len());
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
-        if looks_like_a_secret(word) {
-            out.push('…');
-        } else {
-            out.push_str(word);
+        match replace(word) {
+            Some(other) => out.push_str(&other),
+            None => out.push_str(word),
         }
         word.clear();
     };
-    for c in message.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || also(c) {
             word.push(c);
         } else {
             flush(&mut word, &mut out);

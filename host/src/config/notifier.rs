@@ -333,8 +333,43 @@ pub(super) fn check_notifier(
     let r = table.get_ref();
     let label = format!("notifier.{name}");
     let before = check.problems.len();
-    let field = |f: &str| format!("{label}.{f}");
+    let kind = check_kind(check, r, &label, line)?;
+    let timeout = r
+        .timeout
+        .as_ref()
+        .and_then(|t| check.duration(t, &format!("{label}.timeout")))
+        .unwrap_or(Duration::from_secs(10));
+    let channel = match kind {
+        "email" => check_email(check, r, &label, line, timeout, resolve, env).map(Channel::Email),
+        "webhook" => {
+            check_webhook(check, r, &label, line, timeout, resolve, env).map(Channel::Webhook)
+        }
+        _ => Some(Channel::Log(check_log(check, r, &label, resolve))),
+    };
+    let filter = check_filter(check, r, &label);
+    let delivery = check_delivery(check, r, &label, line);
+    let templates = check_template_files(check, r, &label, resolve);
+    if check.problems.len() > before {
+        return None;
+    }
+    Some(NotifierConfig {
+        name: name.to_string(),
+        channel: channel?,
+        filter,
+        delivery,
+        templates,
+        line,
+    })
+}
 
+/// The notifier's `kind`, and no setting of another kind.
+fn check_kind<'r>(
+    check: &mut Check<'_>,
+    r: &'r RawNotifier,
+    label: &str,
+    line: usize,
+) -> Option<&'r str> {
+    let field = |f: &str| format!("{label}.{f}");
     // Settings that belong to another kind are mistakes worth naming.
     let email_only: [(&str, bool); 10] = [
         ("server", r.server.is_some()),
@@ -361,7 +396,7 @@ pub(super) fn check_notifier(
         None => {
             check.push(
                 line,
-                label.clone(),
+                label.to_string(),
                 "missing `kind` (email, webhook or log)",
             );
             return None;
@@ -397,36 +432,38 @@ pub(super) fn check_notifier(
         );
     }
 
-    let timeout = r
-        .timeout
-        .as_ref()
-        .and_then(|t| check.duration(t, &field("timeout")))
-        .unwrap_or(Duration::from_secs(10));
-    let channel = match kind.get_ref().as_str() {
-        "email" => check_email(check, r, &label, line, timeout, resolve, env).map(Channel::Email),
-        "webhook" => {
-            check_webhook(check, r, &label, line, timeout, resolve, env).map(Channel::Webhook)
-        }
-        _ => {
-            let path = r.path.as_ref().map(|p| (p, resolve(p.get_ref())));
-            // A file in a directory that does not exist is never written.
-            if let Some((at, file)) = &path {
-                let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-                if check.scope == super::Scope::Environment && dir.is_some_and(|d| !d.is_dir()) {
-                    let shown = dir.map(|d| d.display().to_string()).unwrap_or_default();
-                    check.at(
-                        *at,
-                        field("path"),
-                        format!("the directory {shown} does not exist"),
-                    );
-                }
-            }
-            Some(Channel::Log(LogConfig {
-                path: path.map(|(_, file)| file),
-            }))
-        }
-    };
+    Some(kind.get_ref().as_str())
+}
 
+/// `kind = "log"`: a file whose directory exists, or stdout.
+fn check_log(
+    check: &mut Check<'_>,
+    r: &RawNotifier,
+    label: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> LogConfig {
+    let field = |f: &str| format!("{label}.{f}");
+    let path = r.path.as_ref().map(|p| (p, resolve(p.get_ref())));
+    // A file in a directory that does not exist is never written.
+    if let Some((at, file)) = &path {
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if check.scope == super::Scope::Environment && dir.is_some_and(|d| !d.is_dir()) {
+            let shown = dir.map(|d| d.display().to_string()).unwrap_or_default();
+            check.at(
+                *at,
+                field("path"),
+                format!("the directory {shown} does not exist"),
+            );
+        }
+    }
+    LogConfig {
+        path: path.map(|(_, file)| file),
+    }
+}
+
+/// Which events, repositories, labels and severities it takes.
+fn check_filter(check: &mut Check<'_>, r: &RawNotifier, label: &str) -> Filter {
+    let field = |f: &str| format!("{label}.{f}");
     let mut filter = Filter {
         events: default_events(),
         repos: None,
@@ -457,7 +494,12 @@ pub(super) fn check_notifier(
             Err(msg) => check.at(s, field("min_severity"), msg),
         }
     }
+    filter
+}
 
+/// Retries, dedup and digest windows.
+fn check_delivery(check: &mut Check<'_>, r: &RawNotifier, label: &str, line: usize) -> Delivery {
+    let field = |f: &str| format!("{label}.{f}");
     let mut delivery = Delivery::default();
     if let Some(n) = &r.max_attempts {
         delivery.max_attempts = check.positive(n, &field("max_attempts"), 1000).unwrap_or(8) as u32;
@@ -484,7 +526,17 @@ pub(super) fn check_notifier(
     if delivery.retry_base > delivery.retry_max {
         check.push(line, field("retry_base"), "is longer than retry_max");
     }
+    delivery
+}
 
+/// `templates.KIND`: known kinds, template files that exist.
+fn check_template_files(
+    check: &mut Check<'_>,
+    r: &RawNotifier,
+    label: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> BTreeMap<String, TemplateOverride> {
+    let field = |f: &str| format!("{label}.{f}");
     let mut templates = BTreeMap::new();
     for (key, t) in r.templates.iter().flatten() {
         if key != "digest" && key.parse::<EventKind>().is_err() {
@@ -515,18 +567,7 @@ pub(super) fn check_notifier(
             },
         );
     }
-
-    if check.problems.len() > before {
-        return None;
-    }
-    Some(NotifierConfig {
-        name: name.to_string(),
-        channel: channel?,
-        filter,
-        delivery,
-        templates,
-        line,
-    })
+    templates
 }
 
 pub(super) fn check_secret(
@@ -572,73 +613,9 @@ fn check_email(
     let field = |f: &str| format!("{label}.{f}");
     // Every field is checked even when the server is wrong, so one run of
     // `gitpulse validate` shows every problem.
-    let mut server_parts = None;
-    match &r.server {
-        None => check.push(
-            line,
-            field("server"),
-            "missing (e.g. smtp://mail.example.com:587)",
-        ),
-        Some(server) => {
-            let parsed = url::Url::parse(server.get_ref()).ok();
-            match parsed
-                .as_ref()
-                .and_then(|u| Some((u.scheme(), u.host_str()?, u.port())))
-            {
-                Some(("smtp", host, port)) => {
-                    server_parts = Some(("smtp", host.to_string(), port.unwrap_or(587)))
-                }
-                Some(("smtps", host, port)) => {
-                    server_parts = Some(("smtps", host.to_string(), port.unwrap_or(465)))
-                }
-                _ => check.at(
-                    server,
-                    field("server"),
-                    format!(
-                        "`{}` is not smtp://HOST[:PORT] or smtps://HOST[:PORT]",
-                        crate::redact::url(server.get_ref())
-                    ),
-                ),
-            }
-            if parsed
-                .as_ref()
-                .is_some_and(|u| u.password().is_some() || !u.username().is_empty())
-            {
-                check.at(
-                    server,
-                    field("server"),
-                    "put the user in `username` and the password in password_env or password_file, not in the URL",
-                );
-            }
-        }
-    }
+    let server_parts = check_server(check, r, label, line);
     let scheme = server_parts.as_ref().map(|(s, _, _)| *s).unwrap_or("smtp");
-    let security = match (scheme, r.starttls.as_ref().map(|s| s.get_ref().as_str())) {
-        ("smtps", None) => SmtpSecurity::Implicit,
-        ("smtps", Some(_)) => {
-            if let Some(s) = &r.starttls {
-                check.at(
-                    s,
-                    field("starttls"),
-                    "smtps:// is TLS from the start; starttls applies to smtp://",
-                );
-            }
-            SmtpSecurity::Implicit
-        }
-        (_, None | Some("required")) => SmtpSecurity::StartTlsRequired,
-        (_, Some("opportunistic")) => SmtpSecurity::StartTlsOpportunistic,
-        (_, Some("off")) => SmtpSecurity::Plain,
-        (_, Some(other)) => {
-            if let Some(s) = &r.starttls {
-                check.at(
-                    s,
-                    field("starttls"),
-                    format!("`{other}`: use required, opportunistic or off"),
-                );
-            }
-            SmtpSecurity::StartTlsRequired
-        }
-    };
+    let security = check_security(check, r, label, scheme);
     let password = check_secret(
         check,
         label,
@@ -728,6 +705,94 @@ fn check_email(
         ca_file,
         timeout,
     })
+}
+
+/// `server`: smtp:// or smtps://, a host, no credentials in it; its
+/// scheme, host and port.
+fn check_server(
+    check: &mut Check<'_>,
+    r: &RawNotifier,
+    label: &str,
+    line: usize,
+) -> Option<(&'static str, String, u16)> {
+    let field = |f: &str| format!("{label}.{f}");
+    let mut server_parts = None;
+    match &r.server {
+        None => check.push(
+            line,
+            field("server"),
+            "missing (e.g. smtp://mail.example.com:587)",
+        ),
+        Some(server) => {
+            let parsed = url::Url::parse(server.get_ref()).ok();
+            match parsed
+                .as_ref()
+                .and_then(|u| Some((u.scheme(), u.host_str()?, u.port())))
+            {
+                Some(("smtp", host, port)) => {
+                    server_parts = Some(("smtp", host.to_string(), port.unwrap_or(587)))
+                }
+                Some(("smtps", host, port)) => {
+                    server_parts = Some(("smtps", host.to_string(), port.unwrap_or(465)))
+                }
+                _ => check.at(
+                    server,
+                    field("server"),
+                    format!(
+                        "`{}` is not smtp://HOST[:PORT] or smtps://HOST[:PORT]",
+                        crate::redact::url(server.get_ref())
+                    ),
+                ),
+            }
+            if parsed
+                .as_ref()
+                .is_some_and(|u| u.password().is_some() || !u.username().is_empty())
+            {
+                check.at(
+                    server,
+                    field("server"),
+                    "put the user in `username` and the password in password_env or password_file, not in the URL",
+                );
+            }
+        }
+    }
+    server_parts
+}
+
+/// `starttls` for the server's scheme.
+fn check_security(
+    check: &mut Check<'_>,
+    r: &RawNotifier,
+    label: &str,
+    scheme: &str,
+) -> SmtpSecurity {
+    let field = |f: &str| format!("{label}.{f}");
+    match (scheme, r.starttls.as_ref().map(|s| s.get_ref().as_str())) {
+        ("smtps", None) => SmtpSecurity::Implicit,
+        ("smtps", Some(_)) => {
+            if let Some(s) = &r.starttls {
+                check.at(
+                    s,
+                    field("starttls"),
+                    "smtps:// is TLS from the start; starttls applies to smtp://",
+                );
+            }
+            SmtpSecurity::Implicit
+        }
+        (_, None | Some("required")) => SmtpSecurity::StartTlsRequired,
+        (_, Some("opportunistic")) => SmtpSecurity::StartTlsOpportunistic,
+        (_, Some("off")) => SmtpSecurity::Plain,
+        (_, Some(other)) => {
+            if let Some(s) = &r.starttls {
+                check.at(
+                    s,
+                    field("starttls"),
+                    format!("`{other}`: use required, opportunistic or off"),
+                );
+            }
+            SmtpSecurity::StartTlsRequired
+        }
+    }
 }
 
 fn check_webhook(

@@ -97,50 +97,29 @@ fn message(digest_window_ms: u64) -> NewMessage {
     }
 }
 
-#[test]
-fn a_streak_that_changed_since_it_was_read_is_not_recorded_over() {
-    each(checks::a_streak_that_changed_since_it_was_read_is_not_recorded_over);
+/// One test per check, each run against every implementation.
+macro_rules! contract {
+    ($($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                each(checks::$check);
+            }
+        )*
+    };
 }
 
-#[test]
-fn pulls_update_state_and_emit_events_in_one_place() {
-    each(checks::pulls_update_state_and_emit_events_in_one_place);
-}
-
-#[test]
-fn old_history_is_pruned_and_state_stays() {
-    each(checks::old_history_is_pruned_and_state_stays);
-}
-
-#[test]
-fn identical_messages_within_the_window_are_queued_once() {
-    each(checks::identical_messages_within_the_window_are_queued_once);
-}
-
-#[test]
-fn failed_deliveries_retry_then_die_and_can_be_requeued() {
-    each(checks::failed_deliveries_retry_then_die_and_can_be_requeued);
-}
-
-#[test]
-fn digestible_messages_wait_and_group_by_host() {
-    each(checks::digestible_messages_wait_and_group_by_host);
-}
-
-#[test]
-fn owed_steps_are_recorded_with_their_pull_and_settled_by_their_tries() {
-    each(checks::owed_steps_are_recorded_with_their_pull_and_settled_by_their_tries);
-}
-
-#[test]
-fn the_state_keeps_skips_next_runs_and_learnt_limits() {
-    each(checks::the_state_keeps_skips_next_runs_and_learnt_limits);
-}
-
-#[test]
-fn history_reads_back_in_the_order_it_happened() {
-    each(checks::history_reads_back_in_the_order_it_happened);
-}
+contract!(
+    a_streak_that_changed_since_it_was_read_is_not_recorded_over,
+    pulls_update_state_and_emit_events_in_one_place,
+    old_history_is_pruned_and_state_stays,
+    identical_messages_within_the_window_are_queued_once,
+    failed_deliveries_retry_then_die_and_can_be_requeued,
+    digestible_messages_wait_and_group_by_host,
+    owed_steps_are_recorded_with_their_pull_and_settled_by_their_tries,
+    the_state_keeps_skips_next_runs_and_learnt_limits,
+    history_reads_back_in_the_order_it_happened,
+);
 
 mod checks {
     use super::*;
