@@ -71,47 +71,7 @@ fn check_step(
         );
         return None;
     }
-    let shell = raw.shell.as_ref().is_some_and(|s| *s.get_ref());
-    let program = match raw.run.as_ref().map(|r| (r, r.get_ref().clone())) {
-        None => {
-            check.push(
-                line,
-                format!("{field}.run"),
-                "missing: an argv array, or a string with shell = true",
-            );
-            return None;
-        }
-        Some((at, RawRun::Argv(argv))) => {
-            if argv.first().is_none_or(|p| p.is_empty()) {
-                check.at(at, format!("{field}.run"), "empty: name the program to run");
-                return None;
-            }
-            if shell {
-                check.at(
-                    at,
-                    format!("{field}.run"),
-                    "shell = true takes one string, not an array",
-                );
-                return None;
-            }
-            step::Program::Argv(argv)
-        }
-        Some((at, RawRun::Shell(script))) => {
-            if !shell {
-                check.at(
-                    at,
-                    format!("{field}.run"),
-                    "a string runs only with shell = true (sh -c); or give an argv array: [\"prog\", \"arg\"]",
-                );
-                return None;
-            }
-            if script.trim().is_empty() {
-                check.at(at, format!("{field}.run"), "empty");
-                return None;
-            }
-            step::Program::Shell(script)
-        }
-    };
+    let program = check_program(check, raw, &field, line)?;
     let when = match &raw.when {
         None => step::When::Changed,
         Some(w) => match step::When::parse(w.get_ref()) {
@@ -200,4 +160,54 @@ fn check_step(
         before_publish,
         env,
     })
+}
+
+/// `run` (and `shell`): an argv array, or a script with `shell = true`.
+fn check_program(
+    check: &mut Check,
+    raw: &RawStep,
+    field: &str,
+    line: usize,
+) -> Option<step::Program> {
+    let shell = raw.shell.as_ref().is_some_and(|s| *s.get_ref());
+    match raw.run.as_ref().map(|r| (r, r.get_ref().clone())) {
+        None => {
+            check.push(
+                line,
+                format!("{field}.run"),
+                "missing: an argv array, or a string with shell = true",
+            );
+            None
+        }
+        Some((at, RawRun::Argv(argv))) => {
+            if argv.first().is_none_or(|p| p.is_empty()) {
+                check.at(at, format!("{field}.run"), "empty: name the program to run");
+                return None;
+            }
+            if shell {
+                check.at(
+                    at,
+                    format!("{field}.run"),
+                    "shell = true takes one string, not an array",
+                );
+                return None;
+            }
+            Some(step::Program::Argv(argv))
+        }
+        Some((at, RawRun::Shell(script))) => {
+            if !shell {
+                check.at(
+                    at,
+                    format!("{field}.run"),
+                    "a string runs only with shell = true (sh -c); or give an argv array: [\"prog\", \"arg\"]",
+                );
+                return None;
+            }
+            if script.trim().is_empty() {
+                check.at(at, format!("{field}.run"), "empty");
+                return None;
+            }
+            Some(step::Program::Shell(script))
+        }
+    }
 }
