@@ -20,7 +20,7 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
             Some(config)
         }
     };
-    let mut repo = args.repo(pull_matches()?.as_ref()).map_err(usage)?;
+    let mut repo = args.repo(pull_matches(args)?.as_ref()).map_err(usage)?;
     repo.policy = policy_roles(args);
     let config = notify_config.clone().unwrap_or_else(Config::without_file);
     // Recorded where notifications wait (`--notify-config`'s state), else
@@ -90,9 +90,13 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
 }
 
 /// This subcommand's matches, which know how the `--step` flags
-/// interleave (clap's derive keeps each flag's values apart).
-fn pull_matches() -> Result<Option<clap::ArgMatches>, Failure> {
+/// interleave (clap's derive keeps each flag's values apart); the command
+/// line is parsed again only when it has steps to order.
+fn pull_matches(args: &PullArgs) -> Result<Option<clap::ArgMatches>, Failure> {
     use clap::CommandFactory as _;
+    if args.step.is_empty() && args.step_shell.is_empty() && args.step_arg.is_empty() {
+        return Ok(None);
+    }
     let matches = Cli::command()
         .try_get_matches_from(std::env::args_os())
         .map_err(|e| usage(anyhow::anyhow!("{e}")))?;
