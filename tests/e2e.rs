@@ -24,4 +24,5 @@ mod publish;
 mod pull;
 mod ssh;
 mod steps;
+mod store;
 mod validate;

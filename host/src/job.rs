@@ -33,9 +33,7 @@ use crate::policy::{Backoff, Budgeted, Builtin, RetryBudget, RetryPolicy, StopRe
 use crate::pull::{self, Observer, PullOptions};
 use crate::redact::Secret;
 use crate::step::{self, Step};
-use crate::store::{
-    OwedStep, QuietPull, Settle, SqliteStore, StepRun, Storage, StoreError, StoredEvent,
-};
+use crate::store::{OwedStep, QuietPull, Settle, StepRun, Storage, StoreError, StoredEvent};
 
 /// Why a configured repository's job could not run. Nothing was pulled.
 #[derive(Debug, thiserror::Error)]
@@ -1078,7 +1076,7 @@ pub fn record_only(
     let pull_events = PullEvents::read(repo, dir, report, with_retries);
     let store = open_store(config)?;
     let recorded = record(
-        &store,
+        store.as_ref(),
         None,
         &router,
         audience,
@@ -1091,14 +1089,14 @@ pub fn record_only(
     Ok(recorded.len())
 }
 
-fn open_store(config: &Config) -> Result<SqliteStore, StoreError> {
-    SqliteStore::open(&SqliteStore::path_in(&config.daemon.state_dir))
+fn open_store(config: &Config) -> Result<Box<dyn Storage>, StoreError> {
+    crate::store::open(&config.store, &config.daemon.state_dir)
 }
 
 /// Delivers what is due in `config`'s outbox until nothing is or `wait`
 /// has passed.
 pub fn deliver_pending(config: &Config, wait: Duration) -> Result<PullNotified, StoreError> {
-    deliver_from(&open_store(config)?, config, wait)
+    deliver_from(open_store(config)?.as_ref(), config, wait)
 }
 
 /// Delivers what is due in `store`'s outbox to `config`'s notifiers until

@@ -25,7 +25,6 @@ use gitpulse::events::RepoRef;
 use gitpulse::plugin::{self, KvStore, Plugin, PluginEnv, Told};
 use gitpulse::policy::{Backoff, Builtin, WasmPolicy};
 use gitpulse::store::{self, MemoryStore, OutboxState, SqliteStore, Storage, StoreError};
-use gitpulse::store::{History as _, Outbox as _, State as _};
 use gitpulse::{githook, job, ui};
 
 mod cmd;

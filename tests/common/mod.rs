@@ -262,6 +262,13 @@ impl Daemon {
         assert!(ok.success());
     }
 
+    /// SIGTERM, then the exit code and all the daemon logged.
+    pub fn stop_with_log(self) -> (i32, String) {
+        let log = self.log.clone();
+        let code = self.stop();
+        (code, std::fs::read_to_string(log).unwrap_or_default())
+    }
+
     /// SIGTERM, then the exit code.
     pub fn stop(mut self) -> i32 {
         self.signal("TERM");

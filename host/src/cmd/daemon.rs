@@ -32,10 +32,13 @@ pub(crate) fn daemon(args: &DaemonArgs) -> Result<(), Failure> {
 pub(crate) fn validate(args: &ValidateArgs) -> Result<(), Failure> {
     let config = gitpulse::validate::load(&args.config)
         .map_err(|problems| Failure::Problems(problems, ""))?;
+    // The state must be reachable too (a database server that does not
+    // answer, or whose schema is newer, would stop the daemon at start).
+    let state = store::probe(&config.store, &config.daemon.state_dir).map_err(failed)?;
     let n =
         |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
     println!(
-        "{}: ok — {}, {}, {}",
+        "{}: ok — {}, {}, {}; state: {state}",
         args.config.display(),
         n(config.repos.len(), "repo"),
         n(config.plugins.len(), "plugin setting"),

@@ -27,8 +27,8 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     // kept for this run only. A state that will not open does not stop the
     // pull: it is said, and the pull is kept for this run only.
     let store: Box<dyn Storage> = match &notify_config {
-        Some(c) => match SqliteStore::open(&SqliteStore::path_in(&c.daemon.state_dir)) {
-            Ok(store) => Box::new(store),
+        Some(c) => match store::open(&c.store, &c.daemon.state_dir) {
+            Ok(store) => store,
             Err(e) => {
                 eprintln!("error: notifications: {e}; nothing will be sent");
                 Box::new(MemoryStore::new())
@@ -199,7 +199,7 @@ fn notify(config: Option<&Config>, store: &dyn Storage, args: &PullArgs) {
             n.delivered,
             n.dead,
             n.pending,
-            gitpulse::daemon::state_db(config).display(),
+            store::describe(&config.store, &config.daemon.state_dir),
             config.path.display()
         ),
         Ok(n) if n.delivered > 0 && !args.json => {

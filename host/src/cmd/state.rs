@@ -4,16 +4,19 @@ use crate::*;
 
 /// The config (its structure only: no secrets needed) and the store it
 /// names.
-pub(crate) fn open_state(config_path: &Path) -> Result<(Config, SqliteStore), Failure> {
+pub(crate) fn open_state(config_path: &Path) -> Result<(Config, Box<dyn Storage>), Failure> {
     let config = config::load(config_path, Scope::Structure).map_err(usage)?;
-    let db = gitpulse::daemon::state_db(&config);
-    if !db.exists() {
-        return Err(usage(format!(
-            "{} does not exist yet: has the daemon run with this config?",
-            db.display()
-        )));
+    if config.store == store::Backend::Sqlite {
+        let db = SqliteStore::path_in(&config.daemon.state_dir);
+        if !db.exists() {
+            return Err(usage(format!(
+                "{} does not exist yet: has the daemon run with this config?",
+                db.display()
+            )));
+        }
     }
-    Ok((config, SqliteStore::open(&db)?))
+    let store = store::open(&config.store, &config.daemon.state_dir)?;
+    Ok((config, store))
 }
 
 pub(crate) fn status(args: &StatusArgs) -> Result<(), Failure> {

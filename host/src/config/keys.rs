@@ -30,6 +30,7 @@ pub(super) fn check_keys(text: &str, check: &mut Check<'_>) -> bool {
             "daemon" => fields_of::<super::RawDaemon>(),
             "defaults" => fields_of::<super::RawCommon>(),
             "hook" => fields_of::<super::RawHook>(),
+            "store" => fields_of::<super::store::RawStore>(),
             "repo" => fields_of::<super::RawRepo>(),
             "receiver" => fields_of::<super::receiver::RawReceiver>(),
             "credential" => fields_of::<super::RawCredential>(),

@@ -33,6 +33,10 @@
 //! labels = { team = "platform" }
 //! policy = { retry = "retry-after" }
 //!
+//! [store]                        # optional: SQLite in state_dir unless
+//! backend = "postgres"           # several daemons share one database
+//! url_env = "GITPULSE_DATABASE_URL"
+//!
 //! [plugin.retry-after]
 //! base_ms = 500
 //! ```
@@ -60,6 +64,7 @@ mod reach;
 mod receiver;
 mod repo;
 mod steps;
+mod store;
 pub use flags::{RepoFlags, StepFlags};
 pub use notifier::{
     read_secret, Channel, Delivery, EmailConfig, Filter, HttpMethod, LogConfig, NotifierConfig,
@@ -317,6 +322,8 @@ pub struct Config {
     pub path: PathBuf,
     /// `[daemon]`.
     pub daemon: DaemonSettings,
+    /// `[store]`: where the state lives.
+    pub store: crate::store::Backend,
     /// `[[repo]]`, in file order.
     pub repos: Vec<RepoConfig>,
     /// `[plugin.NAME]` settings, as strings (what `config-get` returns).
@@ -360,6 +367,7 @@ impl Config {
         Config {
             path: PathBuf::new(),
             daemon,
+            store: crate::store::Backend::Sqlite,
             repos: Vec::new(),
             plugins: BTreeMap::new(),
             notifiers: BTreeMap::new(),
@@ -592,6 +600,8 @@ struct RawConfig {
     credential: Vec<Spanned<RawCredential>>,
     #[serde(default)]
     hook: Option<Spanned<RawHook>>,
+    #[serde(default)]
+    store: Option<Spanned<store::RawStore>>,
 }
 
 #[derive(Deserialize)]
@@ -798,6 +808,7 @@ pub fn parse(
     let daemon_raw = raw.daemon.map(Spanned::into_inner).unwrap_or_default();
     let daemon = daemon::check_daemon(&mut check, &daemon_raw, &base, &resolve, env, scope);
     let plugins = plugin_settings(&mut check, &raw.plugin);
+    let store = store::check_store(&mut check, raw.store.as_ref(), &resolve, env);
 
     // [notifier.NAME]
     let mut notifiers = BTreeMap::new();
@@ -895,6 +906,7 @@ pub fn parse(
     Ok(Config {
         path: path.to_path_buf(),
         daemon,
+        store,
         repos,
         plugins,
         notifiers,

@@ -54,7 +54,7 @@ use crate::outcome::{Outcome, PullReport};
 use crate::plugin::{KvStore, Plugin, PluginEnv, Registry, Sandbox};
 use crate::policy::{BudgetState, RetryBudget};
 use crate::pull;
-use crate::store::{self, SqliteStore, Storage};
+use crate::store::{self, Storage};
 use breaker::{Admission, Breaker, Change, Verdict};
 pub use client::{Client, ClientError};
 use control::{api_token, DaemonView};
@@ -217,11 +217,6 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Where the daemon keeps its SQLite state for `config`.
-pub fn state_db(config: &Config) -> PathBuf {
-    SqliteStore::path_in(&config.daemon.state_dir)
-}
-
 async fn serve(
     options: DaemonOptions,
     config: Config,
@@ -229,7 +224,12 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     crate::model::private_dir(&config.daemon.state_dir)
         .map_err(|e| DaemonError::Runtime(format!("{}: {e}", config.daemon.state_dir.display())))?;
-    let store = SqliteStore::open(&state_db(&config))?;
+    // A database server is connected to off the runtime's threads (its
+    // client blocks), as every store call is.
+    let (backend, state_dir) = (config.store.clone(), config.daemon.state_dir.clone());
+    let store = tokio::task::spawn_blocking(move || store::open(&backend, &state_dir))
+        .await
+        .map_err(|e| DaemonError::Runtime(format!("opening the state: {e}")))??;
     let api_token = api_token(&config.daemon)?;
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
         .await
@@ -243,7 +243,7 @@ async fn serve(
         global: Arc::new(Semaphore::new(config.daemon.max_concurrent)),
         steps: Arc::new(Semaphore::new(config.daemon.max_concurrent_steps)),
         config: Mutex::new(Arc::new(config)),
-        store: Box::new(store),
+        store,
         quiet: QuietPulls::default(),
         per_host: Mutex::default(),
         running: Mutex::default(),
@@ -297,8 +297,11 @@ async fn serve(
     stop_sender.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     let _ = flusher.await;
-    if let Err(e) = shared.quiet.flush(shared.store.as_ref()) {
-        error!("recording the last quiet pulls: {e}");
+    let last = shared.clone();
+    match tokio::task::spawn_blocking(move || last.quiet.flush(last.store.as_ref())).await {
+        Ok(Err(e)) => error!("recording the last quiet pulls: {e}"),
+        Err(e) => error!("recording the last quiet pulls: {e}"),
+        Ok(Ok(())) => {}
     }
     info!(
         pulls = shared.counters.pulls.load(Ordering::Relaxed),

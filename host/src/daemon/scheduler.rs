@@ -268,6 +268,9 @@ pub(super) fn reload(shared: &Shared) -> Option<Vec<String>> {
             {
                 warn!("daemon.max_concurrent and daemon.listen take effect at the next restart");
             }
+            if old.store != new.store || old.daemon.state_dir != new.daemon.state_dir {
+                warn!("[store] and daemon.state_dir take effect at the next restart: the running daemon keeps its state where it is");
+            }
             shared.counters.reloads.fetch_add(1, Ordering::Relaxed);
             info!(
                 repos = new.repos.len(),

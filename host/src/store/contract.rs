@@ -97,7 +97,9 @@ fn message(digest_window_ms: u64) -> NewMessage {
     }
 }
 
-/// One test per check, each run against every implementation.
+/// One test per check, each run against every implementation in this
+/// process; and the list of them all, which the PostgreSQL test runs on one
+/// server (a cluster takes a second to start, a database a few ms).
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
         $(
@@ -106,7 +108,28 @@ macro_rules! contract {
                 each(checks::$check);
             }
         )*
+        const ALL: &[(&str, fn(&dyn Storage))] = &[$((stringify!($check), checks::$check)),*];
     };
+}
+
+/// Every check against PostgreSQL: a real server the test starts, a fresh
+/// database per check.
+#[test]
+fn postgres_keeps_the_contract() {
+    let server = gitpulse_testkit::PostgresServer::start();
+    for (i, (name, check)) in ALL.iter().enumerate() {
+        let store = PostgresStore::connect(&Connect {
+            url: crate::redact::Secret::new(server.database(&format!("contract_{i}"))),
+            pool_size: 4,
+            connect_timeout: std::time::Duration::from_secs(10),
+        })
+        .unwrap();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&store)));
+        if let Err(panic) = run {
+            eprintln!("the postgres store breaks `{name}`");
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 contract!(

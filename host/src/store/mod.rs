@@ -9,7 +9,9 @@
 //! its attempts, the repository's new state, the steps it owes, its events
 //! and their messages together — so a crash leaves the store before or
 //! after that pull, never between, and an accepted notification cannot be
-//! lost. [`SqliteStore`] is the daemon's (one file, WAL); [`MemoryStore`]
+//! lost. [`SqliteStore`] is the daemon's default (one file, WAL);
+//! [`PostgresStore`] is a database several daemons can share (`[store]
+//! backend = "postgres"`, [`open`] picks by [`Backend`]); [`MemoryStore`]
 //! lives as long as its value (a one-shot pull without a state directory,
 //! unit tests). The store does not schedule, pull, render or send; it
 //! remembers.
@@ -23,12 +25,14 @@ use crate::policy::timeout::Learnt;
 pub(crate) mod contract;
 mod memory;
 pub mod outbox;
+mod postgres;
 mod sqlite;
 pub use memory::MemoryStore;
 pub use outbox::{
     EventRow, NewDigest, NewMessage, OutboxCounts, OutboxMessage, OutboxRow, OutboxState, Outgoing,
     Receipt,
 };
+pub use postgres::{Connect, PostgresStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,29 @@ pub enum StoreError {
     #[error("state database: {0}")]
     /// A query failed.
     Sql(#[from] rusqlite::Error),
+    #[error("state database {target}: {source}")]
+    /// No connection to the database server (at start, or none came free
+    /// in time).
+    Connect {
+        /// `postgres://user@host:port/db` (never the password).
+        target: String,
+        /// Why.
+        source: r2d2::Error,
+    },
+    #[error("state database: {}", postgres::said(.0))]
+    /// A PostgreSQL statement failed.
+    Postgres(#[from] ::postgres::Error),
+    #[error("state database {target}: {message}")]
+    /// The database cannot be used as it is (its URL, a newer schema).
+    Setup {
+        /// Where (never the password).
+        target: String,
+        /// Why.
+        message: String,
+    },
+    #[error("state database: {0}")]
+    /// A row holds what this gitpulse never writes.
+    Corrupt(String),
     /// The repository's failure streak changed between reading it and
     /// recording (another process recorded a pull of it): decide its
     /// events again.
@@ -170,6 +197,92 @@ pub struct StoredEvent {
 }
 
 pub use crate::model::now_ms;
+
+/// Where the state lives (`[store]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// `state.db` in the state directory: one daemon, no server to run.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database, which several daemons may share.
+    Postgres {
+        /// Where the connection URL is read from when the store opens (it
+        /// may hold a password: never in the config file itself).
+        url: crate::git::SecretRef,
+        /// Connections kept open at most.
+        pool_size: u32,
+        /// How long to wait for a connection.
+        connect_timeout: std::time::Duration,
+    },
+}
+
+impl Backend {
+    /// How to connect to the database server, its URL read now; none for
+    /// SQLite.
+    fn connect(&self) -> Option<Result<Connect, StoreError>> {
+        let Backend::Postgres {
+            url,
+            pool_size,
+            connect_timeout,
+        } = self
+        else {
+            return None;
+        };
+        Some(
+            url.read()
+                .map(|url| Connect {
+                    url,
+                    pool_size: *pool_size,
+                    connect_timeout: *connect_timeout,
+                })
+                .map_err(|message| StoreError::Setup {
+                    target: "postgres".into(),
+                    message: format!("the connection URL: {message}"),
+                }),
+        )
+    }
+}
+
+/// Opens the state `backend` names (`state_dir` holds SQLite's file).
+pub fn open(
+    backend: &Backend,
+    state_dir: &std::path::Path,
+) -> Result<Box<dyn Storage>, StoreError> {
+    match backend.connect() {
+        None => Ok(Box::new(SqliteStore::open(&SqliteStore::path_in(
+            state_dir,
+        ))?)),
+        Some(how) => Ok(Box::new(PostgresStore::connect(&how?)?)),
+    }
+}
+
+/// Where `backend` keeps the state, for messages: the SQLite file or the
+/// PostgreSQL server (never a password).
+pub fn describe(backend: &Backend, state_dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => SqliteStore::path_in(state_dir).display().to_string(),
+        Backend::Postgres { .. } => "the PostgreSQL database of [store]".to_string(),
+    }
+}
+
+/// Whether the state `backend` names can be used, changing nothing: for a
+/// database server, that it answers and its schema is not newer than this
+/// gitpulse's. Says where it is and what will happen at start.
+pub fn probe(backend: &Backend, state_dir: &std::path::Path) -> Result<String, StoreError> {
+    match backend.connect() {
+        None => Ok(SqliteStore::path_in(state_dir).display().to_string()),
+        Some(how) => {
+            let (target, version) = postgres::probe(&how?)?;
+            Ok(match version {
+                v if v == PG_SCHEMA_VERSION => format!("{target} (schema version {v})"),
+                0 => format!("{target} (empty: its tables are made at daemon start)"),
+                v => format!(
+                    "{target} (schema version {v}: brought to {PG_SCHEMA_VERSION} at daemon start)"
+                ),
+            })
+        }
+    }
+}
 
 /// A pull that changed nothing, told nobody and owes nothing: most of a
 /// daemon's pulls. A daemon writes such pulls in batches.

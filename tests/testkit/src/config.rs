@@ -61,6 +61,7 @@ pub fn table(pairs: &[(&str, &str)]) -> Value {
 #[derive(Debug, Clone, Default)]
 pub struct ConfigFile {
     daemon: Table,
+    store: Table,
     defaults: Table,
     repos: Vec<Repo>,
     sections: Vec<(String, String, Table)>,
@@ -79,6 +80,12 @@ impl ConfigFile {
     /// A `[daemon]` setting.
     pub fn daemon(mut self, key: &str, value: impl Into<Value>) -> ConfigFile {
         self.daemon.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// A `[store]` setting (where the state lives).
+    pub fn store(mut self, key: &str, value: impl Into<Value>) -> ConfigFile {
+        self.store.insert(key.to_string(), value.into());
         self
     }
 
@@ -138,6 +145,9 @@ impl ConfigFile {
         let mut root = Table::new();
         if !self.daemon.is_empty() {
             root.insert("daemon".into(), Value::Table(self.daemon.clone()));
+        }
+        if !self.store.is_empty() {
+            root.insert("store".into(), Value::Table(self.store.clone()));
         }
         if !self.defaults.is_empty() {
             root.insert("defaults".into(), Value::Table(self.defaults.clone()));

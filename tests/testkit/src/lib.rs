@@ -16,6 +16,8 @@
 //! - [`plugins::build`]: the workspace's plugin crates as components.
 //! - [`SmtpServer`]: a real SMTP server (aiosmtpd), plain, STARTTLS or
 //!   implicit TLS with a self-signed CA, keeping every message.
+//! - [`PostgresServer`]: a real PostgreSQL cluster (initdb) with password
+//!   authentication, one empty database per test.
 //! - [`WebhookReceiver`]: an HTTP receiver that verifies signatures and can
 //!   fail on command.
 
@@ -28,6 +30,7 @@ mod fixture;
 mod http;
 mod listing;
 pub mod plugins;
+mod postgres;
 mod proxy;
 mod silent;
 mod smtp;
@@ -38,6 +41,7 @@ pub use config::{table, ConfigFile, Repo};
 pub use daemon::GitDaemon;
 pub use fixture::{git, git_ok, Upstream};
 pub use http::GitHttpServer;
+pub use postgres::{PostgresServer, POSTGRES_PASSWORD};
 pub use proxy::{Fault, FaultProxy, Seen};
 pub use silent::SilentServer;
 pub use smtp::{Mail, SmtpServer, SmtpTls};

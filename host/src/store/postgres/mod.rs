@@ -1,0 +1,897 @@
+//! The state in PostgreSQL: what several daemons share (`[store] backend =
+//! "postgres"`). A small pool of connections, each statement on one of
+//! them; a write that must be atomic is one transaction. Versioned
+//! migrations run when it connects, one replica at a time (an advisory
+//! lock); a newer schema is refused.
+//!
+//! The SQL mirrors the SQLite store's statement for statement, so the two
+//! keep the same promises (the contract suite checks both). This module
+//! owns the connection and the schema; the fleet (leases, claims) does not
+//! live here.
+
+use std::time::Duration;
+
+use ::postgres::{NoTls, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::*;
+use crate::outcome::PullReport;
+use crate::policy::timeout::Learnt;
+use crate::redact::Secret;
+
+mod outbox;
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Client = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct Connect {
+    /// A `postgres://` URL or `key=value` connection string; it may hold
+    /// the password, so it is a secret and never shown.
+    pub url: Secret,
+    /// Connections kept open at most.
+    pub pool_size: u32,
+    /// How long to wait for a connection (to open one, or for one of the
+    /// pool's to come free).
+    pub connect_timeout: Duration,
+}
+
+/// The state in one PostgreSQL database, through a pool of connections.
+pub struct PostgresStore {
+    /// Always there until the store is dropped (see its `Drop`).
+    pool: Option<Pool>,
+    /// `user@host:port/db`, for messages (never the password).
+    target: String,
+}
+
+/// `user@host:port/dbname` of `config`: what messages may show of a
+/// connection string.
+fn target_of(config: &::postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            ::postgres::config::Host::Tcp(name) => name.clone(),
+            ::postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let port = config
+        .get_ports()
+        .first()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let db = config
+        .get_dbname()
+        .map(|d| format!("/{d}"))
+        .unwrap_or_default();
+    format!("postgres://{user}{}{port}{db}", hosts.join(","))
+}
+
+/// The connection settings `how` names, and what messages may show of them.
+fn parse(how: &Connect) -> Result<(::postgres::Config, String), StoreError> {
+    let mut config: ::postgres::Config =
+        how.url
+            .expose()
+            .parse()
+            .map_err(|e: ::postgres::Error| StoreError::Setup {
+                target: "postgres".into(),
+                // The parser's message names the part it refused, never
+                // the whole string.
+                message: format!("the connection URL does not parse: {e}"),
+            })?;
+    config
+        .application_name("gitpulse")
+        .connect_timeout(how.connect_timeout);
+    let target = target_of(&config);
+    Ok((config, target))
+}
+
+/// Connects once and reads the schema version, changing nothing (what
+/// `gitpulse validate` asks): where the database is and its version, or
+/// why it cannot be used.
+pub fn probe(how: &Connect) -> Result<(String, u32), StoreError> {
+    let (config, target) = parse(how)?;
+    let setup = |message: String| StoreError::Setup {
+        target: target.clone(),
+        message,
+    };
+    let mut client = config.connect(NoTls).map_err(|e| setup(said(&e)))?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass('gitpulse_schema') IS NOT NULL", &[])?
+        .get(0);
+    let version = match exists {
+        false => 0,
+        true => client
+            .query_opt("SELECT version FROM gitpulse_schema", &[])?
+            .map(|r| uncount(r.get(0)))
+            .unwrap_or(0),
+    };
+    if version > PG_SCHEMA_VERSION {
+        return Err(setup(format!(
+            "written by a newer gitpulse (schema version {version}; this one knows up to {PG_SCHEMA_VERSION})"
+        )));
+    }
+    Ok((target, version))
+}
+
+impl PostgresStore {
+    /// Connects, checks the schema and brings it to [`PG_SCHEMA_VERSION`].
+    pub fn connect(how: &Connect) -> Result<PostgresStore, StoreError> {
+        let (config, target) = parse(how)?;
+        // The first connection is made here, not by the pool, so that its
+        // failure reaches the caller in the server's words; it migrates.
+        let mut first = config.connect(NoTls).map_err(|e| StoreError::Setup {
+            target: target.clone(),
+            message: said(&e),
+        })?;
+        migrate(&mut first).map_err(|e| match e {
+            Migration::Newer(version) => StoreError::Setup {
+                target: target.clone(),
+                message: format!(
+                    "written by a newer gitpulse (schema version {version}; this one knows up to {PG_SCHEMA_VERSION})"
+                ),
+            },
+            Migration::Sql(e) => StoreError::Postgres(e),
+        })?;
+        drop(first);
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(how.pool_size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(how.connect_timeout)
+            // r2d2 logs through `log`, which nothing here reads; a failed
+            // connection reaches the caller as an error instead.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(|source| StoreError::Connect {
+                target: target.clone(),
+                source,
+            })?;
+        Ok(PostgresStore {
+            pool: Some(pool),
+            target,
+        })
+    }
+
+    /// Where it is, for messages: `postgres://user@host:port/db`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    fn client(&self) -> Result<Client, StoreError> {
+        let pool = self.pool.as_ref().ok_or_else(|| StoreError::Setup {
+            target: self.target.clone(),
+            message: "closed".into(),
+        })?;
+        pool.get().map_err(|source| StoreError::Connect {
+            target: self.target.clone(),
+            source,
+        })
+    }
+
+    /// Runs `f` in one transaction and commits what it did.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        let value = f(&mut tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // A connection closes by blocking on a runtime of its own, which
+        // panics on a thread that drives async tasks (where a daemon's
+        // last reference may go): the pool is closed on a thread of its own.
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
+}
+
+/// What a PostgreSQL error says with its causes: the client's own message
+/// is only their kind ("db error", "error connecting to server").
+pub(crate) fn said(e: &::postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Milliseconds as PostgreSQL keeps them (BIGINT).
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A BIGINT of milliseconds back (never negative in what gitpulse writes).
+fn unms(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn opt_ms(v: Option<i64>) -> Option<u64> {
+    v.map(unms)
+}
+
+/// Counts (attempts, tries, failures) as INTEGER.
+fn count(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn uncount(v: i32) -> u32 {
+    v.max(0) as u32
+}
+
+impl State for PostgresStore {
+    fn failures_in_row(&self, repo: &str) -> Result<u32, StoreError> {
+        let row = self.client()?.query_opt(
+            "SELECT failures_in_row FROM repos WHERE name = $1",
+            &[&repo],
+        )?;
+        Ok(row.map(|r| uncount(r.get(0))).unwrap_or(0))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_pull(
+        &self,
+        repo: &str,
+        report: &PullReport,
+        start_lag_ms: Option<u64>,
+        next_run_ms: Option<u64>,
+        previous_failures: u32,
+        outgoing: Vec<Outgoing>,
+        steps_owed: &[String],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let at = now_ms();
+        self.write(|tx| {
+            // The row stays locked until commit: no other replica records
+            // a pull of this repository in between.
+            let streak = tx
+                .query_opt(
+                    "SELECT failures_in_row FROM repos WHERE name = $1 FOR UPDATE",
+                    &[&repo],
+                )?
+                .map(|r| uncount(r.get(0)))
+                .unwrap_or(0);
+            if streak != previous_failures {
+                return Err(StoreError::StreakChanged(repo.to_string()));
+            }
+            write_pull(tx, repo, report, start_lag_ms, next_run_ms, at)?;
+            for step in steps_owed {
+                tx.execute(
+                    "INSERT INTO steps_owed (repo, step, old, new, outcome) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (repo, step) DO UPDATE SET new = excluded.new, outcome = excluded.outcome,
+                        tries = 0, next_try_ms = 0, told = FALSE",
+                    &[&repo, step, &report.old, &report.new, &report.outcome.as_str()],
+                )?;
+            }
+            outbox::insert(tx, outgoing, at)
+        })
+    }
+
+    fn record_quiet_pulls(&self, pulls: &[QuietPull]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for p in pulls {
+                write_pull(
+                    tx,
+                    &p.repo,
+                    &p.report,
+                    p.start_lag_ms,
+                    p.next_run_ms,
+                    p.at_ms,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn learnt(&self, repo: &str) -> Result<Learnt, StoreError> {
+        let row = self
+            .client()?
+            .query_opt("SELECT learnt FROM timings WHERE repo = $1", &[&repo])?;
+        Ok(row
+            .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+            .unwrap_or_default())
+    }
+
+    fn record_skip(&self, repo: &str) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "INSERT INTO repos (name, skipped) VALUES ($1, 1)
+             ON CONFLICT (name) DO UPDATE SET skipped = repos.skipped + 1",
+            &[&repo],
+        )?;
+        Ok(())
+    }
+
+    fn set_next_runs(&self, runs: &[(String, u64)]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let statement = tx.prepare(
+                "INSERT INTO repos (name, next_run_ms) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET next_run_ms = excluded.next_run_ms",
+            )?;
+            for (repo, at_ms) in runs {
+                tx.execute(&statement, &[repo, &ms(*at_ms)])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn last_good(&self, repo: &str) -> Result<Option<String>, StoreError> {
+        let row = self.client()?.query_opt(
+            "SELECT last_good_commit FROM repos WHERE name = $1",
+            &[&repo],
+        )?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        // Refused on a read-only server (a standby, or one out of disk
+        // that an operator set read-only).
+        self.client()?
+            .batch_execute("BEGIN READ WRITE; ROLLBACK;")?;
+        Ok(())
+    }
+
+    fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT name, last_success_ms, last_result, last_class, last_good_commit, failures_in_row,
+                    next_run_ms, skipped,
+                    (SELECT MAX(at_ms) FROM pulls WHERE pulls.repo = repos.name)
+             FROM repos ORDER BY name",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| RepoStatus {
+                repo: r.get(0),
+                last_success_ms: opt_ms(r.get(1)),
+                last_result: r.get(2),
+                last_class: r.get(3),
+                last_commit: r.get(4),
+                failures_in_row: uncount(r.get(5)),
+                next_run_ms: opt_ms(r.get(6)),
+                skipped: unms(r.get(7)),
+                last_pull_ms: opt_ms(r.get(8)),
+            })
+            .collect())
+    }
+}
+
+impl Steps for PostgresStore {
+    fn owed_steps(&self, repo: &str) -> Result<Vec<OwedStep>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT step, old, new, outcome, tries, next_try_ms, told FROM steps_owed
+             WHERE repo = $1 ORDER BY seq",
+            &[&repo],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| OwedStep {
+                step: r.get(0),
+                old: r.get(1),
+                new: r.get(2),
+                outcome: r.get(3),
+                tries: uncount(r.get(4)),
+                next_try_ms: unms(r.get(5)),
+                told: r.get(6),
+            })
+            .collect())
+    }
+
+    fn repos_owing_steps(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .client()?
+            .query("SELECT DISTINCT repo FROM steps_owed ORDER BY repo", &[])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn record_step_run(
+        &self,
+        repo: &str,
+        owed: &OwedStep,
+        run: &StepRun,
+        settle: Settle,
+        outgoing: Vec<Outgoing>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let at = now_ms();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO step_runs (repo, step, at_ms, old, new, status, exit_code, duration_ms, output)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &repo,
+                    &owed.step,
+                    &ms(at),
+                    &owed.old,
+                    &owed.new,
+                    &run.status,
+                    &run.exit_code,
+                    &ms(run.duration_ms),
+                    &run.output,
+                ],
+            )?;
+            let same = "repo = $1 AND step = $2 AND new IS NOT DISTINCT FROM $3";
+            match settle {
+                Settle::Done => {
+                    tx.execute(
+                        &format!("DELETE FROM steps_owed WHERE {same}"),
+                        &[&repo, &owed.step, &owed.new],
+                    )?;
+                }
+                Settle::RetryAt(at_ms) => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE steps_owed SET tries = tries + 1, next_try_ms = $4, told = TRUE WHERE {same}"
+                        ),
+                        &[&repo, &owed.step, &owed.new, &ms(at_ms)],
+                    )?;
+                }
+                Settle::Keep => {}
+            }
+            outbox::insert(tx, outgoing, at)
+        })
+    }
+
+    fn drop_owed_steps(&self, repo: &str, step: &str) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "DELETE FROM steps_owed WHERE repo = $1 AND step = $2",
+            &[&repo, &step],
+        )?;
+        Ok(())
+    }
+
+    fn forget_owed_steps(&self, repo: &str) -> Result<(), StoreError> {
+        self.client()?
+            .execute("DELETE FROM steps_owed WHERE repo = $1", &[&repo])?;
+        Ok(())
+    }
+}
+
+impl History for PostgresStore {
+    fn history(&self, repo: &str, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT at_ms, kind, class, http_status, delay_ms, duration_ms, detail, limit_ms, limit_why FROM (
+                SELECT id, at_ms, outcome AS kind, class, NULL::INTEGER AS http_status, NULL::BIGINT AS delay_ms,
+                       duration_ms,
+                       COALESCE(reason, '') || CASE WHEN new IS NOT NULL THEN ' ' || substr(new, 1, 10) ELSE '' END AS detail,
+                       1 AS ord, limit_ms, limit_why
+                FROM pulls WHERE repo = $1
+                UNION ALL
+                SELECT id, at_ms, 'attempt ' || n::TEXT, class, http_status, delay_ms, duration_ms, message, 0,
+                       limit_ms, limit_why
+                FROM attempts WHERE repo = $1
+                UNION ALL
+                SELECT id, at_ms, 'step ' || step,
+                       CASE WHEN status IN ('succeeded', 'skipped') THEN NULL ELSE status END,
+                       NULL, NULL, duration_ms,
+                       status || CASE WHEN exit_code IS NOT NULL AND exit_code != 0 THEN ' (exit ' || exit_code::TEXT || ')' ELSE '' END
+                         || CASE WHEN new IS NOT NULL THEN ' ' || substr(new, 1, 10) ELSE '' END
+                         || CASE WHEN output != '' THEN chr(10) || output ELSE '' END,
+                       2, NULL, NULL
+                FROM step_runs WHERE repo = $1
+             ) AS h ORDER BY at_ms DESC, ord DESC, id DESC LIMIT $2",
+            &[&repo, &(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| HistoryEntry {
+                at_ms: unms(r.get(0)),
+                kind: r.get(1),
+                class: r.get(2),
+                http_status: r
+                    .get::<_, Option<i32>>(3)
+                    .and_then(|s| u16::try_from(s).ok()),
+                delay_ms: opt_ms(r.get(4)),
+                duration_ms: opt_ms(r.get(5)),
+                detail: r.get::<_, String>(6).trim().to_string(),
+                limit_ms: opt_ms(r.get(7)),
+                limit_why: r.get(8),
+            })
+            .collect())
+    }
+
+    fn start_lags(&self) -> Result<Vec<u64>, StoreError> {
+        self.start_lags_since(0)
+    }
+
+    fn start_lags_since(&self, since_ms: u64) -> Result<Vec<u64>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT start_lag_ms FROM pulls WHERE start_lag_ms IS NOT NULL AND at_ms >= $1 ORDER BY start_lag_ms",
+            &[&ms(since_ms)],
+        )?;
+        Ok(rows.iter().map(|r| unms(r.get(0))).collect())
+    }
+
+    fn prune_history(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let mut gone = 0;
+            for table in ["pulls", "attempts", "events", "step_runs"] {
+                gone += tx.execute(
+                    &format!("DELETE FROM {table} WHERE at_ms < $1"),
+                    &[&ms(before_ms)],
+                )?;
+            }
+            Ok(gone as usize)
+        })
+    }
+
+    fn recent_pulls(&self, repo: &str, limit: usize) -> Result<Vec<PullPoint>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT at_ms, outcome, duration_ms FROM
+               (SELECT id, at_ms, outcome, duration_ms FROM pulls WHERE repo = $1 ORDER BY id DESC LIMIT $2) AS p
+             ORDER BY id",
+            &[&repo, &(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| PullPoint {
+                at_ms: unms(r.get(0)),
+                outcome: r.get(1),
+                duration_ms: unms(r.get(2)),
+            })
+            .collect())
+    }
+
+    fn recent_events(&self, repo: &str, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT at_ms, kind FROM events WHERE repo = $1 ORDER BY id DESC LIMIT $2",
+            &[&repo, &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(|r| (unms(r.get(0)), r.get(1))).collect())
+    }
+
+    fn last_failure_message(&self, repo: &str) -> Result<Option<String>, StoreError> {
+        let row = self.client()?.query_opt(
+            "SELECT message FROM attempts WHERE repo = $1 ORDER BY id DESC LIMIT 1",
+            &[&repo],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn events_after(&self, after: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT id, repo, at_ms, kind, payload FROM events WHERE id > $1 ORDER BY id",
+            &[&after],
+        )?;
+        Ok(rows.iter().map(stored_event).collect())
+    }
+}
+
+fn stored_event(r: &Row) -> StoredEvent {
+    StoredEvent {
+        id: r.get(0),
+        repo: r.get(1),
+        at_ms: unms(r.get(2)),
+        kind: r.get(3),
+        payload: r.get(4),
+    }
+}
+
+/// Writes one finished pull: its attempts, the pull, what it learnt, the
+/// repository's state and its next run.
+fn write_pull(
+    tx: &mut Transaction<'_>,
+    repo: &str,
+    report: &PullReport,
+    start_lag_ms: Option<u64>,
+    next_run_ms: Option<u64>,
+    at: u64,
+) -> Result<(), StoreError> {
+    for a in &report.attempts {
+        tx.execute(
+            "INSERT INTO attempts (repo, at_ms, n, class, http_status, delay_ms, duration_ms, message, limit_ms, limit_why)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &repo,
+                &ms(at),
+                &count(a.n),
+                &a.class.as_str(),
+                &a.http_status.map(i32::from),
+                &a.delay_ms.map(ms),
+                &ms(a.duration_ms),
+                &a.message,
+                &a.limit.map(|l| ms(l.total.as_millis() as u64)),
+                &a.limit.map(|l| l.why.as_str()),
+            ],
+        )?;
+    }
+    let outcome = report.outcome.as_str();
+    let last_class = report.attempts.last().map(|a| a.class.as_str());
+    tx.execute(
+        "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms, limit_ms, limit_why)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &repo,
+            &ms(at),
+            &outcome,
+            &if report.outcome.is_success() { None } else { last_class },
+            &report.old,
+            &report.new,
+            &ms(report.commits),
+            &ms(report.duration_ms),
+            &report.reason.as_ref().map(ToString::to_string),
+            &start_lag_ms.map(ms),
+            &report.limit.map(|l| ms(l.total.as_millis() as u64)),
+            &report.limit.map(|l| l.why.as_str()),
+        ],
+    )?;
+    if let Some(learnt) = &report.learnt {
+        tx.execute(
+            "INSERT INTO timings (repo, learnt) VALUES ($1, $2)
+             ON CONFLICT (repo) DO UPDATE SET learnt = excluded.learnt",
+            &[&repo, &serde_json::to_string(&learnt).unwrap_or_default()],
+        )?;
+    }
+    if report.outcome.is_success() {
+        tx.execute(
+            "INSERT INTO repos (name, last_good_commit, last_success_ms, last_result, last_class, failures_in_row)
+             VALUES ($1, $2, $3, $4, NULL, 0)
+             ON CONFLICT (name) DO UPDATE SET last_good_commit = excluded.last_good_commit,
+                last_success_ms = excluded.last_success_ms, last_result = excluded.last_result,
+                last_class = NULL, failures_in_row = 0",
+            &[&repo, &report.new, &ms(at), &outcome],
+        )?;
+    } else {
+        tx.execute(
+            "INSERT INTO repos (name, last_result, last_class, failures_in_row) VALUES ($1, 'failed', $2, 1)
+             ON CONFLICT (name) DO UPDATE SET last_result = 'failed', last_class = excluded.last_class,
+                failures_in_row = repos.failures_in_row + 1",
+            &[&repo, &last_class],
+        )?;
+    }
+    if let Some(next) = next_run_ms {
+        tx.execute(
+            "UPDATE repos SET next_run_ms = $2 WHERE name = $1",
+            &[&repo, &ms(next)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Every version of the schema, in order: version N+1 is `MIGRATIONS[N]`.
+/// `gitpulse_schema` records the version a database has; all steps run in
+/// one transaction. Never edit a released step: add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema of SQLite's version 5, in PostgreSQL's types.
+    "CREATE TABLE repos (
+        name TEXT PRIMARY KEY,
+        last_good_commit TEXT,
+        last_success_ms BIGINT,
+        last_result TEXT,
+        last_class TEXT,
+        failures_in_row INTEGER NOT NULL DEFAULT 0,
+        next_run_ms BIGINT,
+        skipped BIGINT NOT NULL DEFAULT 0
+     );
+     CREATE TABLE attempts (
+        id BIGSERIAL PRIMARY KEY,
+        repo TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        n INTEGER NOT NULL,
+        class TEXT NOT NULL,
+        http_status INTEGER,
+        delay_ms BIGINT,
+        duration_ms BIGINT,
+        message TEXT NOT NULL,
+        limit_ms BIGINT,
+        limit_why TEXT
+     );
+     CREATE INDEX attempts_by_repo ON attempts (repo, at_ms);
+     CREATE INDEX attempts_by_time ON attempts (at_ms);
+     CREATE TABLE pulls (
+        id BIGSERIAL PRIMARY KEY,
+        repo TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        class TEXT,
+        old TEXT,
+        new TEXT,
+        commits BIGINT NOT NULL,
+        duration_ms BIGINT NOT NULL,
+        reason TEXT,
+        start_lag_ms BIGINT,
+        limit_ms BIGINT,
+        limit_why TEXT
+     );
+     CREATE INDEX pulls_by_repo ON pulls (repo, at_ms);
+     CREATE INDEX pulls_by_time ON pulls (at_ms);
+     CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        repo TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL
+     );
+     CREATE INDEX events_by_repo ON events (repo, id);
+     CREATE INDEX events_by_time ON events (at_ms);
+     CREATE TABLE steps_owed (
+        seq BIGSERIAL,
+        repo TEXT NOT NULL,
+        step TEXT NOT NULL,
+        old TEXT,
+        new TEXT,
+        outcome TEXT NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        next_try_ms BIGINT NOT NULL DEFAULT 0,
+        told BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (repo, step)
+     );
+     CREATE TABLE step_runs (
+        id BIGSERIAL PRIMARY KEY,
+        repo TEXT NOT NULL,
+        step TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        old TEXT,
+        new TEXT,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        duration_ms BIGINT NOT NULL,
+        output TEXT NOT NULL
+     );
+     CREATE INDEX step_runs_by_repo ON step_runs (repo, at_ms);
+     CREATE INDEX step_runs_by_time ON step_runs (at_ms);
+     CREATE TABLE timings (repo TEXT PRIMARY KEY, learnt TEXT NOT NULL);
+     CREATE TABLE outbox (
+        id BIGSERIAL PRIMARY KEY,
+        event_id BIGINT NOT NULL,
+        notifier TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        html TEXT,
+        event TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        digest_key TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        created_ms BIGINT NOT NULL,
+        next_at_ms BIGINT NOT NULL,
+        delivered_ms BIGINT,
+        last_error TEXT,
+        answer TEXT,
+        digest_of BIGINT
+     );
+     CREATE INDEX outbox_due ON outbox (state, next_at_ms);
+     CREATE INDEX outbox_dedup ON outbox (notifier, dedup_key, created_ms);
+     CREATE INDEX outbox_digest ON outbox (notifier, digest_key, state);
+     CREATE INDEX outbox_digest_of ON outbox (digest_of);",
+];
+
+/// The schema version this gitpulse writes in PostgreSQL.
+pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+enum Migration {
+    /// The database's schema is newer than this gitpulse knows.
+    Newer(u32),
+    Sql(::postgres::Error),
+}
+
+impl From<::postgres::Error> for Migration {
+    fn from(e: ::postgres::Error) -> Self {
+        Migration::Sql(e)
+    }
+}
+
+/// Brings the database to [`PG_SCHEMA_VERSION`]; refuses one from a newer
+/// gitpulse rather than guess at it. Replicas starting together take
+/// turns (a transaction-scoped advisory lock), so each step runs once.
+fn migrate(client: &mut ::postgres::Client) -> Result<(), Migration> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7164212790)", &[])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS gitpulse_schema (version INTEGER NOT NULL)")?;
+    let version = tx
+        .query_opt("SELECT version FROM gitpulse_schema", &[])?
+        .map(|r| uncount(r.get(0)));
+    let current = version.unwrap_or(0);
+    if current > PG_SCHEMA_VERSION {
+        return Err(Migration::Newer(current));
+    }
+    for step in &MIGRATIONS[current as usize..] {
+        tx.batch_execute(step)?;
+    }
+    let now = count(PG_SCHEMA_VERSION);
+    match version {
+        None => tx.execute("INSERT INTO gitpulse_schema (version) VALUES ($1)", &[&now])?,
+        Some(_) => tx.execute("UPDATE gitpulse_schema SET version = $1", &[&now])?,
+    };
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Outcome;
+    use gitpulse_testkit::{PostgresServer, POSTGRES_PASSWORD};
+
+    fn connect(url: String) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect(&Connect {
+            url: Secret::new(url),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn the_schema_is_versioned_a_newer_one_refused_and_no_message_shows_the_password() {
+        let server = PostgresServer::start();
+        let url = server.database("versioned");
+        let how = |url: &str| Connect {
+            url: Secret::new(url),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+        };
+
+        // Probing an empty database changes nothing.
+        assert_eq!(probe(&how(&url)).unwrap().1, 0);
+        assert_eq!(
+            server.sql("versioned", "SELECT to_regclass('gitpulse_schema') IS NULL"),
+            "t"
+        );
+
+        let store = connect(url.clone()).unwrap();
+        assert_eq!(
+            store.target(),
+            format!("postgres://gitpulse@127.0.0.1:{}/versioned", server.port())
+        );
+        let report = crate::store::contract::report(Outcome::Cloned, 5, &[]);
+        crate::store::contract::record(&store, &report, None, None).unwrap();
+        drop(store);
+        assert_eq!(
+            server.sql("versioned", "SELECT version FROM gitpulse_schema"),
+            PG_SCHEMA_VERSION.to_string()
+        );
+
+        // Connecting again keeps what was recorded (no step runs twice).
+        let store = connect(url.clone()).unwrap();
+        assert_eq!(store.last_good("app").unwrap(), Some("b".repeat(40)));
+        drop(store);
+
+        server.sql(
+            "versioned",
+            &format!(
+                "UPDATE gitpulse_schema SET version = {}",
+                PG_SCHEMA_VERSION + 1
+            ),
+        );
+        for err in [
+            connect(url.clone()).err().unwrap().to_string(),
+            probe(&how(&url)).err().unwrap().to_string(),
+        ] {
+            assert!(err.contains("newer gitpulse"), "{err}");
+        }
+
+        // A wrong password, a database that is not there, a server that is
+        // not listening: each says where, none shows the password.
+        let wrong = url.replace(POSTGRES_PASSWORD, "not-the-password");
+        let missing = server.url("nowhere");
+        let closed = url.replace(
+            &server.port().to_string(),
+            &gitpulse_testkit::free_port().to_string(),
+        );
+        for (url, says) in [
+            (wrong.as_str(), "password authentication failed"),
+            (missing.as_str(), "nowhere"),
+            (closed.as_str(), "postgres://gitpulse@127.0.0.1"),
+        ] {
+            let err = connect(url.to_string()).err().unwrap().to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains(POSTGRES_PASSWORD), "{err}");
+            assert!(!err.contains("not-the-password"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The state in PostgreSQL (`[store] backend = "postgres"`): a real server
+//! the test starts (initdb, password authentication on 127.0.0.1), the real
+//! daemon and the commands that read its state.
+
+use crate::common::*;
+
+use std::path::Path;
+use std::time::Duration;
+
+use gitpulse_testkit::{PostgresServer, POSTGRES_PASSWORD};
+
+/// A config whose state is the database at the URL in `db-url` beside it.
+fn on_postgres(root: &Path, port: u16, url: &str, repo: Repo) -> std::path::PathBuf {
+    let url_file = root.join("db-url");
+    std::fs::write(&url_file, url).unwrap();
+    let config = root.join("gitpulse.toml");
+    ConfigFile::daemon_on(port)
+        .defaults("schedule", "every 1s jitter 0s")
+        .store("backend", "postgres")
+        .store("url_file", "db-url")
+        .repo(repo)
+        .write(&config);
+    config
+}
+
+#[test]
+fn a_daemon_on_postgres_records_there_and_its_commands_read_it_back() {
+    let pg = PostgresServer::start();
+    let url = pg.database("gitpulse");
+    let root = tempfile::tempdir().unwrap();
+    let mut app = Upstream::new(root.path(), "app");
+    let http = GitHttpServer::start(root.path());
+    let port = free_port();
+    let dir = root.path().join("c-app");
+    let config = on_postgres(
+        root.path(),
+        port,
+        &url,
+        Repo::new("app", &http.url("app"), &dir),
+    );
+
+    // validate reaches the server and says where, changing nothing.
+    let out = gitpulse()
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    let target = format!("postgres://gitpulse@127.0.0.1:{}/gitpulse", pg.port());
+    assert!(text.contains(&format!("state: {target} (empty")), "{text}");
+    assert!(!text.contains(POSTGRES_PASSWORD), "{text}");
+    assert_eq!(
+        pg.sql("gitpulse", "SELECT to_regclass('pulls') IS NULL"),
+        "t"
+    );
+
+    let d = Daemon::start(&config, port, &[]);
+    let count = |sql: &str| pg.sql("gitpulse", sql);
+    wait_for(
+        "the clone recorded in PostgreSQL",
+        Duration::from_secs(30),
+        || count("SELECT count(*) FROM pulls WHERE repo = 'app' AND outcome = 'cloned'") == "1",
+    );
+    let new = app.commit("second");
+    wait_for("the new commit recorded", Duration::from_secs(30), || {
+        count("SELECT last_good_commit FROM repos WHERE name = 'app'") == new
+    });
+    assert!(
+        !root.path().join("state/state.db").exists(),
+        "no SQLite state is made beside it"
+    );
+
+    // The commands that read state read it from the database.
+    let kinds: Vec<String> = history(&config, "app")
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(String::from))
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k == "updated") && kinds.iter().any(|k| k == "cloned"),
+        "{kinds:?}"
+    );
+    let rows = status_rows(&config);
+    let app_row = rows.iter().find(|r| r["repo"] == "app").unwrap();
+    assert_eq!(app_row["state"]["last_commit"], new.as_str(), "{app_row}");
+
+    let (code, log) = d.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains(POSTGRES_PASSWORD), "{log}");
+
+    // A restarted daemon goes on from what the database holds: the
+    // checkout is not cloned again.
+    let d = Daemon::start(&config, port, &[]);
+    let newest = app.commit("third");
+    wait_for("the third commit recorded", Duration::from_secs(30), || {
+        count("SELECT last_good_commit FROM repos WHERE name = 'app'") == newest
+    });
+    assert_eq!(
+        count("SELECT count(*) FROM pulls WHERE repo = 'app' AND outcome = 'cloned'"),
+        "1"
+    );
+    let (code, log) = d.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn a_database_that_refuses_or_is_missing_is_named_and_the_password_never_shown() {
+    let pg = PostgresServer::start();
+    let good = pg.database("gitpulse");
+    let root = tempfile::tempdir().unwrap();
+    let _app = Upstream::new(root.path(), "app");
+    let port = free_port();
+    let dir = root.path().join("c-app");
+    let repo = || Repo::new("app", "https://git.example.com/app.git", &dir);
+    let target = format!("postgres://gitpulse@127.0.0.1:{}/gitpulse", pg.port());
+
+    // A wrong password, from the environment this time.
+    let config = root.path().join("gitpulse.toml");
+    ConfigFile::daemon_on(port)
+        .store("backend", "postgres")
+        .store("url_env", "GITPULSE_TEST_DATABASE_URL")
+        .repo(repo())
+        .write(&config);
+    let wrong = good.replace(POSTGRES_PASSWORD, "Wr0ng-pa55word");
+    for command in ["validate", "daemon"] {
+        let out = gitpulse()
+            .args([command, "--config"])
+            .arg(&config)
+            .env("GITPULSE_TEST_DATABASE_URL", &wrong)
+            .output()
+            .unwrap();
+        let text = said(&out);
+        assert_eq!(out.status.code(), Some(1), "{command}: {text}");
+        assert!(text.contains(&target), "{command}: {text}");
+        assert!(
+            text.contains("password authentication failed"),
+            "{command}: {text}"
+        );
+        assert!(!text.contains("Wr0ng-pa55word"), "{command}: {text}");
+    }
+
+    // The variable unset: a problem at the line that names it.
+    let out = gitpulse()
+        .args(["validate", "--config"])
+        .arg(&config)
+        .env_remove("GITPULSE_TEST_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("store.url_env") && text.contains("GITPULSE_TEST_DATABASE_URL is not set"),
+        "{text}"
+    );
+
+    // A password pasted into the file itself is refused as an unknown key
+    // and not repeated.
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[store]\nbackend = \"postgres\"\nurl = \"{good}\"\n",
+            ConfigFile::daemon_on(port).repo(repo()).text()
+        ),
+    )
+    .unwrap();
+    let out = gitpulse()
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("store.url"), "{text}");
+    assert!(text.contains("unknown key"), "{text}");
+    assert!(!text.contains(POSTGRES_PASSWORD), "{text}");
+    assert_eq!(
+        pg.sql("gitpulse", "SELECT to_regclass('pulls') IS NULL"),
+        "t"
+    );
+}
