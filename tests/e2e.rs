@@ -14,6 +14,7 @@ mod action;
 mod crash;
 mod daemon;
 mod faults;
+mod fleet;
 mod follow;
 mod githooks;
 mod notify;

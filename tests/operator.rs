@@ -453,35 +453,6 @@ fn github_push(url: &str, branch_ref: &str, deleted: bool) -> String {
     .to_string()
 }
 
-/// A GitHub push of main that moved it to `after`.
-fn github_push_of(url: &str, after: &str) -> String {
-    serde_json::json!({
-        "ref": "refs/heads/main",
-        "after": after,
-        "deleted": false,
-        "repository": { "clone_url": url, "default_branch": "main" },
-    })
-    .to_string()
-}
-
-/// Sends a GitHub push signed with `secret` as delivery `id`.
-fn send_github(d: &Daemon, body: &str, secret: &str, event: &str, id: &str) -> (u16, String) {
-    let signature = format!(
-        "sha256={}",
-        hmac_sha256_hex(secret.as_bytes(), body.as_bytes())
-    );
-    d.post_raw(
-        "/hooks/github",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-GitHub-Event", event),
-            ("X-GitHub-Delivery", id),
-            ("X-Hub-Signature-256", &signature),
-        ],
-        body.as_bytes(),
-    )
-}
-
 #[test]
 fn a_signed_github_push_pulls_at_once_and_nothing_else_does() {
     let mut served = Served::new("app");

@@ -392,3 +392,53 @@ pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Like [`wait_for`], showing what each of `daemons` logged when it times
+/// out (several daemons at once: which one did what is the question).
+pub fn wait_for_with_logs(
+    what: &str,
+    limit: Duration,
+    daemons: &[(&str, &Daemon)],
+    mut done: impl FnMut() -> bool,
+) {
+    let until = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= until {
+            let logs: Vec<String> = daemons
+                .iter()
+                .map(|(name, d)| format!("--- {name}:\n{}", d.log()))
+                .collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A GitHub push of main that moved it to `after`.
+pub fn github_push_of(url: &str, after: &str) -> String {
+    serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": after,
+        "deleted": false,
+        "repository": { "clone_url": url, "default_branch": "main" },
+    })
+    .to_string()
+}
+
+/// Sends a GitHub push signed with `secret` as delivery `id`.
+pub fn send_github(d: &Daemon, body: &str, secret: &str, event: &str, id: &str) -> (u16, String) {
+    let signature = format!(
+        "sha256={}",
+        hmac_sha256_hex(secret.as_bytes(), body.as_bytes())
+    );
+    d.post_raw(
+        "/hooks/github",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", id),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        body.as_bytes(),
+    )
+}

@@ -31,6 +31,7 @@ pub(super) fn check_keys(text: &str, check: &mut Check<'_>) -> bool {
             "defaults" => fields_of::<super::RawCommon>(),
             "hook" => fields_of::<super::RawHook>(),
             "store" => fields_of::<super::store::RawStore>(),
+            "fleet" => fields_of::<super::fleet::RawFleet>(),
             "repo" => fields_of::<super::RawRepo>(),
             "receiver" => fields_of::<super::receiver::RawReceiver>(),
             "credential" => fields_of::<super::RawCredential>(),

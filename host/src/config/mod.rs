@@ -58,6 +58,7 @@ use crate::step::{self, Step};
 mod credentials;
 mod daemon;
 mod flags;
+mod fleet;
 mod keys;
 mod notifier;
 mod reach;
@@ -324,6 +325,8 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// `[store]`: where the state lives.
     pub store: crate::store::Backend,
+    /// `[fleet]`: this daemon as a replica of the state's users.
+    pub fleet: crate::store::Replica,
     /// `[[repo]]`, in file order.
     pub repos: Vec<RepoConfig>,
     /// `[plugin.NAME]` settings, as strings (what `config-get` returns).
@@ -368,6 +371,7 @@ impl Config {
             path: PathBuf::new(),
             daemon,
             store: crate::store::Backend::Sqlite,
+            fleet: fleet::check_fleet(&mut check, None, false, &|_| None),
             repos: Vec::new(),
             plugins: BTreeMap::new(),
             notifiers: BTreeMap::new(),
@@ -602,6 +606,8 @@ struct RawConfig {
     hook: Option<Spanned<RawHook>>,
     #[serde(default)]
     store: Option<Spanned<store::RawStore>>,
+    #[serde(default)]
+    fleet: Option<Spanned<fleet::RawFleet>>,
 }
 
 #[derive(Deserialize)]
@@ -809,6 +815,8 @@ pub fn parse(
     let daemon = daemon::check_daemon(&mut check, &daemon_raw, &base, &resolve, env, scope);
     let plugins = plugin_settings(&mut check, &raw.plugin);
     let store = store::check_store(&mut check, raw.store.as_ref(), &resolve, env);
+    let postgres = store != crate::store::Backend::Sqlite;
+    let fleet = fleet::check_fleet(&mut check, raw.fleet.as_ref(), postgres, env);
 
     // [notifier.NAME]
     let mut notifiers = BTreeMap::new();
@@ -907,6 +915,7 @@ pub fn parse(
         path: path.to_path_buf(),
         daemon,
         store,
+        fleet,
         repos,
         plugins,
         notifiers,

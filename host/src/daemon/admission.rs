@@ -62,7 +62,6 @@ impl Running {
     }
 
     /// Whether `repo` is running.
-    #[cfg(test)]
     pub fn contains(&self, repo: &str) -> bool {
         self.now.contains(repo)
     }

@@ -58,6 +58,13 @@ impl crate::server::Control for DaemonView {
             "outbox": self.shared.store.outbox_counts().ok(),
             "breakers_open": open,
             "retry_budgets": self.budgets().into_iter().collect::<BTreeMap<_, _>>(),
+            "fleet": self.fleet().map(|f| serde_json::json!({
+                "replica": f.replica,
+                "replicas_alive": f.replicas,
+                "leases_held": f.held,
+                "fenced_writes": f.fenced,
+                "leases_taken": f.taken,
+            })),
         })
     }
 
@@ -126,6 +133,7 @@ impl crate::server::Control for DaemonView {
                 ("dead", counts.dead),
             ],
             budgets: self.budgets(),
+            fleet: self.fleet(),
             oldest_pending: counts
                 .oldest_pending_ms
                 .map(|at| Duration::from_millis(store::now_ms().saturating_sub(at))),
@@ -242,6 +250,19 @@ pub(super) fn rows_by_name(store: &dyn Storage) -> HashMap<String, store::RepoSt
 }
 
 impl DaemonView {
+    /// This replica's view of its fleet, when it shares its state.
+    fn fleet(&self) -> Option<super::metrics::FleetGauge> {
+        let fleet = self.shared.store.fleet()?;
+        let gauges = &self.shared.fleet;
+        Some(super::metrics::FleetGauge {
+            replica: fleet.replica().name.clone(),
+            replicas: gauges.replicas.load(Ordering::Relaxed),
+            held: gauges.held.load(Ordering::Relaxed),
+            fenced: fleet.fenced_writes(),
+            taken: fleet.leases_taken(),
+        })
+    }
+
     /// Every host's retry budget now.
     fn budgets(&self) -> Vec<(String, BudgetState)> {
         let now = Instant::now();

@@ -89,6 +89,11 @@ struct ReceiverResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabel {
     host: String,
 }
@@ -160,6 +165,23 @@ pub struct Snapshot {
     pub oldest_pending: Option<Duration>,
     /// Each host's retry budget.
     pub budgets: Vec<(String, crate::policy::BudgetState)>,
+    /// This replica of a fleet sharing one state, when it is one.
+    pub fleet: Option<FleetGauge>,
+}
+
+/// A replica's view of its fleet, at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetGauge {
+    /// This replica's name.
+    pub replica: String,
+    /// Replicas alive at its last heartbeat.
+    pub replicas: u64,
+    /// Repository leases it holds.
+    pub held: u64,
+    /// Its writes refused because their lease had moved.
+    pub fenced: u64,
+    /// Leases it took (not renewed) since start.
+    pub taken: u64,
 }
 
 /// Everything counted while the daemon runs.
@@ -548,6 +570,40 @@ fn gauges(snapshot: &Snapshot) -> Registry {
             .set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
     registry.register("outbox_messages", "Outbox messages by state", outbox);
+    if let Some(f) = &snapshot.fleet {
+        let label = ReplicaLabel {
+            replica: f.replica.clone(),
+        };
+        let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let replicas = Family::<ReplicaLabel, Gauge>::default();
+        replicas.get_or_create(&label).set(as_gauge(f.replicas));
+        registry.register(
+            "fleet_replicas",
+            "Replicas of the fleet alive at this replica's last heartbeat",
+            replicas,
+        );
+        let held = Family::<ReplicaLabel, Gauge>::default();
+        held.get_or_create(&label).set(as_gauge(f.held));
+        registry.register(
+            "fleet_leases_held",
+            "Repositories whose lease this replica holds (it alone pulls them)",
+            held,
+        );
+        let fenced = Family::<ReplicaLabel, Counter>::default();
+        fenced.get_or_create(&label).inc_by(f.fenced);
+        registry.register(
+            "fleet_fenced_writes",
+            "Results this replica dropped because their repository's lease had moved to another",
+            fenced,
+        );
+        let taken = Family::<ReplicaLabel, Counter>::default();
+        taken.get_or_create(&label).inc_by(f.taken);
+        registry.register(
+            "fleet_leases_taken",
+            "Leases this replica took (free, expired or given back by another)",
+            taken,
+        );
+    }
     let oldest = Seconds::default();
     oldest.set(snapshot.oldest_pending.unwrap_or_default().as_secs_f64());
     registry.register_with_unit(
@@ -680,6 +736,13 @@ mod tests {
                     denied: 7,
                 },
             )],
+            fleet: Some(FleetGauge {
+                replica: "web-1".into(),
+                replicas: 3,
+                held: 20,
+                fenced: 1,
+                taken: 25,
+            }),
         };
         let text = m.encode(&snapshot, Format::OpenMetrics);
         assert_eq!(
@@ -724,7 +787,18 @@ mod tests {
             ),
             Some(7.0)
         );
+        for (name, value) in [
+            ("gitpulse_fleet_replicas{replica=\"web-1\"}", 3.0),
+            ("gitpulse_fleet_leases_held{replica=\"web-1\"}", 20.0),
+            ("gitpulse_fleet_fenced_writes_total{replica=\"web-1\"}", 1.0),
+            ("gitpulse_fleet_leases_taken_total{replica=\"web-1\"}", 25.0),
+        ] {
+            assert_eq!(sample(name, &text), Some(value), "{name}");
+        }
         assert_eq!(text.matches("# EOF").count(), 1);
+        // A daemon that is no replica of a fleet has none of these.
+        let alone = m.encode(&Snapshot::default(), Format::OpenMetrics);
+        assert!(!alone.contains("gitpulse_fleet_"), "{alone}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod admission;
 mod breaker;
 mod client;
 mod control;
+mod fleet;
 mod metrics;
 mod quiet;
 mod runner;
@@ -153,6 +154,8 @@ struct Shared {
     api_token: crate::redact::Secret,
     /// The scheduler's inbox (a pull asks for an earlier run).
     commands: mpsc::UnboundedSender<CommandHandle>,
+    /// The fleet as the last heartbeat saw it (a replica of a shared state).
+    fleet: fleet::FleetGauges,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -227,7 +230,8 @@ async fn serve(
     // A database server is connected to off the runtime's threads (its
     // client blocks), as every store call is.
     let (backend, state_dir) = (config.store.clone(), config.daemon.state_dir.clone());
-    let store = tokio::task::spawn_blocking(move || store::open(&backend, &state_dir))
+    let replica = config.fleet.clone();
+    let store = tokio::task::spawn_blocking(move || store::open_as(&backend, &state_dir, &replica))
         .await
         .map_err(|e| DaemonError::Runtime(format!("opening the state: {e}")))??;
     let api_token = api_token(&config.daemon)?;
@@ -259,7 +263,14 @@ async fn serve(
         metrics: Arc::new(Metrics::new()),
         pulled: Mutex::default(),
         api_token,
+        fleet: fleet::FleetGauges {
+            fair_share: AtomicU64::new(u64::MAX),
+            ..Default::default()
+        },
     });
+    fleet::join(&shared).await?;
+    let stop_fleet = CancellationToken::new();
+    let heartbeats = tokio::spawn(fleet::heartbeats(shared.clone(), stop_fleet.clone()));
     signals::spawn_signal_handlers(tx.clone());
     let _watcher = signals::watch_files(&shared.config(), tx.clone());
     let view = Arc::new(DaemonView {
@@ -293,6 +304,9 @@ async fn serve(
         // stalled on a silent server only at its attempt's limit.
         let _ = tokio::time::timeout(Duration::from_secs(10), shared.pulls.wait()).await;
     }
+    // Its leases go back once nothing of it runs any more.
+    stop_fleet.cancel();
+    let _ = heartbeats.await;
     // Messages still pending stay in the outbox for the next start.
     stop_sender.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;

@@ -150,6 +150,10 @@ impl Pull {
     /// rerun follows). Blocks.
     fn run(self, permits: Permits) {
         let shared = self.shared;
+        if !fleet::may_pull(&shared, &self.repo.name, self.scheduled.is_some()) {
+            lock(&shared.running).finish(&self.repo.name);
+            return;
+        }
         let start_lag = self
             .scheduled
             .map(|due| SystemTime::now().duration_since(due).unwrap_or_default());

@@ -72,6 +72,11 @@ pub enum StoreError {
     #[error("state database: {0}")]
     /// A row holds what this gitpulse never writes.
     Corrupt(String),
+    /// This replica lost `repo`'s lease while it pulled (it was paused or
+    /// cut off longer than the lease's time to live, and another replica
+    /// took it): its result is dropped, nothing of it is written.
+    #[error("{0} is no longer this replica's (its lease moved): the result is dropped")]
+    Fenced(String),
     /// The repository's failure streak changed between reading it and
     /// recording (another process recorded a pull of it): decide its
     /// events again.
@@ -198,6 +203,103 @@ pub struct StoredEvent {
 
 pub use crate::model::now_ms;
 
+/// How a daemon shares its state with others (`[fleet] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FleetMode {
+    /// No sharing: one daemon per state (a second one on the same
+    /// database is refused at start).
+    #[default]
+    Solo,
+    /// Each repository is pulled by one replica at a time, the one that
+    /// holds its lease.
+    Shard,
+}
+
+impl FleetMode {
+    /// Its name in `[fleet] mode` and in the replicas table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetMode::Solo => "solo",
+            FleetMode::Shard => "shard",
+        }
+    }
+}
+
+/// This daemon as one of the state's replicas (`[fleet]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Unique in the fleet, stable across restarts (the host's name).
+    pub name: String,
+    /// How it shares.
+    pub mode: FleetMode,
+    /// How long a replica that stopped renewing keeps its leases.
+    pub lease_ttl: std::time::Duration,
+}
+
+/// Whether this replica may pull a repository now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Its lease is this replica's (taken or renewed).
+    Mine,
+    /// Another live replica holds it (or this one holds its fair share
+    /// and leaves it to the others).
+    Theirs(Option<String>),
+}
+
+/// The fleet as one heartbeat saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetView {
+    /// Replicas whose heartbeat is younger than the lease TTL.
+    pub live: Vec<(String, u64)>,
+    /// Repositories whose lease this replica holds, by name.
+    pub held: Vec<String>,
+}
+
+/// Leases, heartbeats and wake-ups of several daemons on one state (a
+/// database server). Only a store that several processes share has one.
+pub trait Fleet: Send + Sync {
+    /// This replica.
+    fn replica(&self) -> &Replica;
+
+    /// Registers this replica; refused when a live replica has its name,
+    /// or (solo) any other replica is live.
+    fn join(&self) -> Result<(), StoreError>;
+
+    /// Takes or renews `repo`'s lease: renewed if it is this replica's,
+    /// taken if it is free or expired and this replica holds fewer than
+    /// `fair_share`; the epoch taken fences this replica's writes of it.
+    fn claim(&self, repo: &str, fair_share: usize) -> Result<Claim, StoreError>;
+
+    /// Says this replica is alive and renews every lease it holds.
+    fn heartbeat(&self) -> Result<FleetView, StoreError>;
+
+    /// Those of `repos` no live replica holds (free, or their holder
+    /// stopped renewing them).
+    fn orphans(&self, repos: &[String]) -> Result<Vec<String>, StoreError>;
+
+    /// Gives `repos` back (more than a fair share, or shutting down).
+    fn release(&self, repos: &[String]) -> Result<(), StoreError>;
+
+    /// Leaves the fleet: every lease given back, the replica forgotten.
+    fn leave(&self) -> Result<(), StoreError>;
+
+    /// Asks whoever holds `repo` to pull it now.
+    fn wake(&self, repo: &str) -> Result<(), StoreError>;
+
+    /// Whether this replica holds `repo`'s lease, as far as it knows.
+    fn holds(&self, repo: &str) -> bool;
+
+    /// Calls `woken` with each repository another replica asked this one
+    /// to pull, on a thread of its own, until the store is dropped.
+    fn on_wake(&self, woken: Box<dyn Fn(String) + Send>) -> Result<(), StoreError>;
+
+    /// Writes refused because their lease had moved, since start.
+    fn fenced_writes(&self) -> u64;
+
+    /// Leases taken (not renewed) by this replica, since start.
+    fn leases_taken(&self) -> u64;
+}
+
 /// Where the state lives (`[store]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Backend {
@@ -253,6 +355,23 @@ pub fn open(
             state_dir,
         ))?)),
         Some(how) => Ok(Box::new(PostgresStore::connect(&how?)?)),
+    }
+}
+
+/// Opens the state as a daemon does: a database server's as `replica` of
+/// its fleet (its writes fenced by its leases, see [`Fleet`]).
+pub fn open_as(
+    backend: &Backend,
+    state_dir: &std::path::Path,
+    replica: &Replica,
+) -> Result<Box<dyn Storage>, StoreError> {
+    match backend.connect() {
+        None => Ok(Box::new(SqliteStore::open(&SqliteStore::path_in(
+            state_dir,
+        ))?)),
+        Some(how) => Ok(Box::new(
+            PostgresStore::connect(&how?)?.as_replica(replica.clone()),
+        )),
     }
 }
 
@@ -352,6 +471,11 @@ pub trait State {
 
     /// Every repository the store knows, by name.
     fn status(&self) -> Result<Vec<RepoStatus>, StoreError>;
+
+    /// The fleet this store is shared by, when several daemons share it.
+    fn fleet(&self) -> Option<&dyn Fleet> {
+        None
+    }
 }
 
 /// The steps repositories owe (recorded with the pull that owes them) and each try of one.

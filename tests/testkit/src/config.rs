@@ -62,6 +62,7 @@ pub fn table(pairs: &[(&str, &str)]) -> Value {
 pub struct ConfigFile {
     daemon: Table,
     store: Table,
+    fleet: Table,
     defaults: Table,
     repos: Vec<Repo>,
     sections: Vec<(String, String, Table)>,
@@ -86,6 +87,12 @@ impl ConfigFile {
     /// A `[store]` setting (where the state lives).
     pub fn store(mut self, key: &str, value: impl Into<Value>) -> ConfigFile {
         self.store.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// A `[fleet]` setting (several daemons on one state).
+    pub fn fleet(mut self, key: &str, value: impl Into<Value>) -> ConfigFile {
+        self.fleet.insert(key.to_string(), value.into());
         self
     }
 
@@ -148,6 +155,9 @@ impl ConfigFile {
         }
         if !self.store.is_empty() {
             root.insert("store".into(), Value::Table(self.store.clone()));
+        }
+        if !self.fleet.is_empty() {
+            root.insert("fleet".into(), Value::Table(self.fleet.clone()));
         }
         if !self.defaults.is_empty() {
             root.insert("defaults".into(), Value::Table(self.defaults.clone()));

@@ -19,6 +19,7 @@ use crate::outcome::PullReport;
 use crate::policy::timeout::Learnt;
 use crate::redact::Secret;
 
+mod fleet;
 mod outbox;
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -41,6 +42,10 @@ pub struct Connect {
 pub struct PostgresStore {
     /// Always there until the store is dropped (see its `Drop`).
     pool: Option<Pool>,
+    /// How to connect (the wake-up listener has a connection of its own).
+    config: ::postgres::Config,
+    /// This daemon as a replica, when it is one (`as_replica`).
+    fleet: Option<fleet::FleetState>,
     /// `user@host:port/db`, for messages (never the password).
     target: String,
 }
@@ -84,9 +89,15 @@ fn parse(how: &Connect) -> Result<(::postgres::Config, String), StoreError> {
                 // the whole string.
                 message: format!("the connection URL does not parse: {e}"),
             })?;
+    // A daemon paused (SIGSTOP, a VM frozen) in the middle of a
+    // transaction would hold its row locks, and every other replica's
+    // statements on those rows would wait for it: the server ends such a
+    // session after 10 s, and no statement waits more than 5 s for a lock
+    // (it fails, and is tried again at the next heartbeat or pull).
     config
         .application_name("gitpulse")
-        .connect_timeout(how.connect_timeout);
+        .connect_timeout(how.connect_timeout)
+        .options("-c idle_in_transaction_session_timeout=10s -c lock_timeout=5s");
     let target = target_of(&config);
     Ok((config, target))
 }
@@ -139,7 +150,7 @@ impl PostgresStore {
             Migration::Sql(e) => StoreError::Postgres(e),
         })?;
         drop(first);
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(how.pool_size.max(1))
             .min_idle(Some(1))
@@ -154,8 +165,31 @@ impl PostgresStore {
             })?;
         Ok(PostgresStore {
             pool: Some(pool),
+            config,
+            fleet: None,
             target,
         })
+    }
+
+    /// The store as `replica` of its fleet: it says which replica recorded
+    /// each pull and, in shard mode, fences writes by lease (see
+    /// [`Fleet`](super::Fleet)).
+    pub fn as_replica(mut self, replica: Replica) -> PostgresStore {
+        self.fleet = Some(fleet::FleetState::new(replica));
+        self
+    }
+
+    /// Refuses a write of `repo` in `tx` when its lease moved away.
+    fn fence(&self, tx: &mut Transaction<'_>, repo: &str) -> Result<(), StoreError> {
+        match &self.fleet {
+            Some(f) => f.fence(tx, repo),
+            None => Ok(()),
+        }
+    }
+
+    /// The replica that records, for `pulls.replica`.
+    fn replica_name(&self) -> Option<&str> {
+        self.fleet.as_ref().map(|f| f.replica.name.as_str())
     }
 
     /// Where it is, for messages: `postgres://user@host:port/db`.
@@ -192,6 +226,9 @@ impl Drop for PostgresStore {
         // A connection closes by blocking on a runtime of its own, which
         // panics on a thread that drives async tasks (where a daemon's
         // last reference may go): the pool is closed on a thread of its own.
+        if let Some(f) = &self.fleet {
+            f.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(pool) = self.pool.take() {
             let _ = std::thread::spawn(move || drop(pool)).join();
         }
@@ -268,7 +305,8 @@ impl State for PostgresStore {
             if streak != previous_failures {
                 return Err(StoreError::StreakChanged(repo.to_string()));
             }
-            write_pull(tx, repo, report, start_lag_ms, next_run_ms, at)?;
+            self.fence(tx, repo)?;
+            write_pull(tx, self.replica_name(), repo, report, start_lag_ms, next_run_ms, at)?;
             for step in steps_owed {
                 tx.execute(
                     "INSERT INTO steps_owed (repo, step, old, new, outcome) VALUES ($1, $2, $3, $4, $5)
@@ -284,8 +322,14 @@ impl State for PostgresStore {
     fn record_quiet_pulls(&self, pulls: &[QuietPull]) -> Result<(), StoreError> {
         self.write(|tx| {
             for p in pulls {
+                // One pull whose lease moved is left out, not the batch.
+                if let Err(StoreError::Fenced(repo)) = self.fence(tx, &p.repo) {
+                    tracing::warn!(repo, "a quiet pull is dropped: its lease moved");
+                    continue;
+                }
                 write_pull(
                     tx,
+                    self.replica_name(),
                     &p.repo,
                     &p.report,
                     p.start_lag_ms,
@@ -342,6 +386,10 @@ impl State for PostgresStore {
         self.client()?
             .batch_execute("BEGIN READ WRITE; ROLLBACK;")?;
         Ok(())
+    }
+
+    fn fleet(&self) -> Option<&dyn super::Fleet> {
+        self.fleet.as_ref().map(|_| self as &dyn super::Fleet)
     }
 
     fn status(&self) -> Result<Vec<RepoStatus>, StoreError> {
@@ -407,6 +455,7 @@ impl Steps for PostgresStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
         self.write(|tx| {
+            self.fence(tx, repo)?;
             tx.execute(
                 "INSERT INTO step_runs (repo, step, at_ms, old, new, status, exit_code, duration_ms, output)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -583,6 +632,7 @@ fn stored_event(r: &Row) -> StoredEvent {
 /// repository's state and its next run.
 fn write_pull(
     tx: &mut Transaction<'_>,
+    replica: Option<&str>,
     repo: &str,
     report: &PullReport,
     start_lag_ms: Option<u64>,
@@ -610,8 +660,8 @@ fn write_pull(
     let outcome = report.outcome.as_str();
     let last_class = report.attempts.last().map(|a| a.class.as_str());
     tx.execute(
-        "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms, limit_ms, limit_why)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO pulls (repo, at_ms, outcome, class, old, new, commits, duration_ms, reason, start_lag_ms, limit_ms, limit_why, replica)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             &repo,
             &ms(at),
@@ -625,6 +675,7 @@ fn write_pull(
             &start_lag_ms.map(ms),
             &report.limit.map(|l| ms(l.total.as_millis() as u64)),
             &report.limit.map(|l| l.why.as_str()),
+            &replica,
         ],
     )?;
     if let Some(learnt) = &report.learnt {
@@ -769,6 +820,25 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbox_dedup ON outbox (notifier, dedup_key, created_ms);
      CREATE INDEX outbox_digest ON outbox (notifier, digest_key, state);
      CREATE INDEX outbox_digest_of ON outbox (digest_of);",
+    // 2: several daemons on one state: replicas and their heartbeats,
+    // repository leases (an epoch per taking), which replica pulled.
+    "CREATE TABLE replicas (
+        name TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        started_ms BIGINT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL
+     );
+     CREATE TABLE leases (
+        repo TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        since_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL
+     );
+     CREATE INDEX leases_by_owner ON leases (owner);
+     ALTER TABLE pulls ADD COLUMN replica TEXT;
+     ALTER TABLE outbox ADD COLUMN claimed_until_ms BIGINT;",
 ];
 
 /// The schema version this gitpulse writes in PostgreSQL.

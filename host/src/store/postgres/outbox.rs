@@ -73,6 +73,10 @@ pub(super) fn insert(
     Ok(stored)
 }
 
+/// How long a delivery may take before another daemon may try the same
+/// message (longer than any sender's timeouts).
+const CLAIM: std::time::Duration = std::time::Duration::from_secs(120);
+
 const MESSAGE_COLUMNS: &str = "id, notifier, kind, repo, subject, body, html, event, digest_key, attempts, max_attempts, created_ms,
      CASE WHEN kind = 'digest' THEN (SELECT COUNT(*) FROM outbox m WHERE m.digest_of = outbox.id) ELSE 1 END";
 
@@ -96,16 +100,39 @@ fn message(r: &Row) -> OutboxMessage {
 
 impl Outbox for PostgresStore {
     fn record_events(&self, outgoing: Vec<Outgoing>) -> Result<Vec<StoredEvent>, StoreError> {
-        self.write(|tx| insert(tx, outgoing, now_ms()))
+        self.write(|tx| {
+            let mut kept = Vec::with_capacity(outgoing.len());
+            for o in outgoing {
+                match self.fence(tx, &o.event.repo) {
+                    Ok(()) => kept.push(o),
+                    Err(StoreError::Fenced(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            insert(tx, kept, now_ms())
+        })
     }
 
+    /// Due messages, each claimed for [`CLAIM`]: several daemons share
+    /// the outbox, and a message another one is delivering (its row
+    /// locked, or claimed and not yet marked) is left to it. A daemon that
+    /// dies mid-delivery leaves its claims to the others when they expire.
     fn due_messages(&self, now_ms: u64, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
         let rows = self.client()?.query(
-            &format!(
-                "SELECT {MESSAGE_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at_ms <= $1
-                 ORDER BY next_at_ms, id LIMIT $2"
-            ),
-            &[&ms(now_ms), &(limit as i64)],
+            "WITH picked AS (
+                SELECT id FROM outbox
+                WHERE state = 'pending' AND next_at_ms <= $1
+                  AND (claimed_until_ms IS NULL OR claimed_until_ms < $1)
+                ORDER BY next_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED
+             ), claimed AS (
+                UPDATE outbox SET claimed_until_ms = $3 FROM picked WHERE outbox.id = picked.id
+                RETURNING outbox.*
+             )
+             SELECT id, notifier, kind, repo, subject, body, html, event, digest_key, attempts,
+                    max_attempts, created_ms,
+                    CASE WHEN kind = 'digest' THEN (SELECT COUNT(*) FROM outbox m WHERE m.digest_of = claimed.id) ELSE 1 END
+             FROM claimed ORDER BY next_at_ms, id",
+            &[&ms(now_ms), &(limit as i64), &ms(now_ms + CLAIM.as_millis() as u64)],
         )?;
         Ok(rows.iter().map(message).collect())
     }
@@ -177,7 +204,8 @@ impl Outbox for PostgresStore {
         let at = ms(now_ms());
         self.write(|tx| {
             let update = tx.prepare(
-                "UPDATE outbox SET state = 'delivered', delivered_ms = $2, answer = $3, last_error = NULL
+                "UPDATE outbox SET state = 'delivered', delivered_ms = $2, answer = $3, last_error = NULL,
+                    claimed_until_ms = NULL
                  WHERE (id = $1 AND state = 'pending') OR (digest_of = $1 AND state = 'in-digest')",
             )?;
             for r in receipts {
@@ -196,12 +224,14 @@ impl Outbox for PostgresStore {
         let mut client = self.client()?;
         match retry_at_ms {
             Some(at) => client.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_at_ms = $3
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_at_ms = $3,
+                    claimed_until_ms = NULL
                  WHERE id = ANY($1) AND state = 'pending'",
                 &[&ids, &error, &ms(at)],
             )?,
             None => client.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, state = 'dead'
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, state = 'dead',
+                    claimed_until_ms = NULL
                  WHERE id = ANY($1) AND state = 'pending'",
                 &[&ids, &error],
             )?,
@@ -211,7 +241,8 @@ impl Outbox for PostgresStore {
 
     fn requeue(&self, id: i64) -> Result<bool, StoreError> {
         let changed = self.client()?.execute(
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_at_ms = $2, digest_key = NULL
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_at_ms = $2, digest_key = NULL,
+                claimed_until_ms = NULL
              WHERE id = $1 AND state IN ('pending', 'dead')",
             &[&id, &ms(now_ms())],
         )?;
