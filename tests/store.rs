@@ -9,18 +9,15 @@ use std::time::Duration;
 
 use gitpulse_testkit::{PostgresServer, POSTGRES_PASSWORD};
 
-/// A config whose state is the database at the URL in `db-url` beside it.
-fn on_postgres(root: &Path, port: u16, url: &str, repo: Repo) -> std::path::PathBuf {
-    let url_file = root.join("db-url");
-    std::fs::write(&url_file, url).unwrap();
-    let config = root.join("gitpulse.toml");
+/// A daemon's config in `home` whose state is the database at `url` (kept
+/// in `db-url` beside it), pulling every second.
+fn on_postgres(home: &Path, port: u16, url: &str) -> ConfigFile {
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::write(home.join("db-url"), url).unwrap();
     ConfigFile::daemon_on(port)
         .defaults("schedule", "every 1s jitter 0s")
         .store("backend", "postgres")
         .store("url_file", "db-url")
-        .repo(repo)
-        .write(&config);
-    config
 }
 
 #[test]
@@ -32,12 +29,9 @@ fn a_daemon_on_postgres_records_there_and_its_commands_read_it_back() {
     let http = GitHttpServer::start(root.path());
     let port = free_port();
     let dir = root.path().join("c-app");
-    let config = on_postgres(
-        root.path(),
-        port,
-        &url,
-        Repo::new("app", &http.url("app"), &dir),
-    );
+    let config = on_postgres(root.path(), port, &url)
+        .repo(Repo::new("app", &http.url("app"), &dir))
+        .write_in(root.path());
 
     // validate reaches the server and says where, changing nothing.
     let out = gitpulse()
@@ -177,4 +171,44 @@ fn a_database_that_refuses_or_is_missing_is_named_and_the_password_never_shown()
         pg.sql("gitpulse", "SELECT to_regclass('pulls') IS NULL"),
         "t"
     );
+}
+
+#[test]
+fn a_second_daemon_without_a_fleet_is_refused_on_the_same_database() {
+    let pg = PostgresServer::start();
+    let url = pg.database("gitpulse");
+    let root = tempfile::tempdir().unwrap();
+    let _app = Upstream::new(root.path(), "app");
+    let http = GitHttpServer::start(root.path());
+    // Two daemons on one host: each its own name, port and checkouts.
+    let config_of = |name: &str| {
+        let home = root.path().join(name);
+        let port = free_port();
+        let repo = Repo::new("app", &http.url("app"), &home.join("c-app"));
+        let config = on_postgres(&home, port, &url)
+            .fleet("replica", name)
+            .repo(repo)
+            .write_in(&home);
+        (config, port)
+    };
+    let (first, first_port) = config_of("first");
+    let (second, port) = config_of("second");
+    let d = Daemon::start(&first, first_port, &[]);
+
+    let out = gitpulse()
+        .args(["daemon", "--config"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("another daemon (first, solo") && text.contains("[fleet] mode = \"shard\""),
+        "{text}"
+    );
+
+    // Once the first has stopped, the database is free for another.
+    assert_eq!(d.stop(), 0);
+    let d = Daemon::start(&second, port, &[]);
+    assert_eq!(d.stop(), 0);
 }

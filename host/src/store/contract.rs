@@ -71,7 +71,7 @@ pub(crate) fn record(
     store.record_pull("app", report, lag, next, previous, outgoing, &[])
 }
 
-fn failed(repo: &str) -> Event {
+pub(crate) fn failed(repo: &str) -> Event {
     let mut e = Event::new(
         EventKind::Failed,
         RepoRef::new(repo, "https://h.example/x.git", None, Default::default()),
@@ -85,7 +85,7 @@ fn failed(repo: &str) -> Event {
     e
 }
 
-fn message(digest_window_ms: u64) -> NewMessage {
+pub(crate) fn message(digest_window_ms: u64) -> NewMessage {
     NewMessage {
         notifier: "ops".into(),
         subject: "s".into(),

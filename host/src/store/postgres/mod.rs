@@ -897,6 +897,43 @@ mod tests {
     }
 
     #[test]
+    fn daemons_sharing_the_outbox_never_take_the_same_message() {
+        use crate::store::contract::{failed, message};
+        let server = PostgresServer::start();
+        let url = server.database("shared");
+        let (one, two) = (connect(url.clone()).unwrap(), connect(url).unwrap());
+        for i in 0..10 {
+            let mut m = message(0);
+            m.dedup_window_ms = 0;
+            one.record_events(vec![Outgoing {
+                event: failed(&format!("repo-{i}")).row(),
+                messages: vec![m],
+            }])
+            .unwrap();
+        }
+        let first = one.due_messages(now_ms(), 6).unwrap();
+        let second = two.due_messages(now_ms(), 6).unwrap();
+        assert_eq!((first.len(), second.len()), (6, 4));
+        let mut ids: Vec<i64> = first.iter().chain(&second).map(|m| m.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 10, "each message taken once");
+        assert!(two.due_messages(now_ms(), 10).unwrap().is_empty());
+
+        // A failed delivery gives its claim back with its retry time; a
+        // claim left by a daemon that died is taken over when it expires.
+        two.mark_failed(&[second[0].id], "HTTP 503", Some(now_ms()))
+            .unwrap();
+        let again = one.due_messages(now_ms() + 1, 10).unwrap();
+        assert_eq!(
+            again.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [second[0].id]
+        );
+        let later = now_ms() + outbox::CLAIM.as_millis() as u64 + 1_000;
+        assert_eq!(two.due_messages(later, 20).unwrap().len(), 10);
+    }
+
+    #[test]
     fn the_schema_is_versioned_a_newer_one_refused_and_no_message_shows_the_password() {
         let server = PostgresServer::start();
         let url = server.database("versioned");

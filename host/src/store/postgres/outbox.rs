@@ -75,7 +75,7 @@ pub(super) fn insert(
 
 /// How long a delivery may take before another daemon may try the same
 /// message (longer than any sender's timeouts).
-const CLAIM: std::time::Duration = std::time::Duration::from_secs(120);
+pub(super) const CLAIM: std::time::Duration = std::time::Duration::from_secs(120);
 
 const MESSAGE_COLUMNS: &str = "id, notifier, kind, repo, subject, body, html, event, digest_key, attempts, max_attempts, created_ms,
      CASE WHEN kind = 'digest' THEN (SELECT COUNT(*) FROM outbox m WHERE m.digest_of = outbox.id) ELSE 1 END";
