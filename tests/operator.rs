@@ -865,9 +865,10 @@ fn the_systemd_unit_verifies() {
     }
 }
 
-#[test]
-fn the_kubernetes_sidecar_validates_and_its_config_is_valid() {
-    let file = deploy_dir().join("kubernetes/gitpulse-sidecar.yaml");
+/// The documents of a Kubernetes manifest in `examples/deploy/kubernetes`,
+/// once kubernetes-validate found it valid against the schemas.
+fn valid_manifest(name: &str) -> Vec<serde_json::Value> {
+    let file = deploy_dir().join("kubernetes").join(name);
     let (ok, said) = check_with(
         "kubernetes-validate",
         &["--strict", file.to_str().unwrap()],
@@ -887,7 +888,46 @@ fn the_kubernetes_sidecar_validates_and_its_config_is_valid() {
         "python3 with PyYAML",
     );
     assert!(ok, "{json}");
-    let docs: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+#[test]
+fn the_kubernetes_fleet_validates_and_its_config_reaches_its_database() {
+    let docs = valid_manifest("gitpulse-fleet.yaml");
+    let set = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    let pod = &set["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let env = &pod["containers"][0]["env"][0];
+    assert_eq!(env["name"], "GITPULSE_REPLICA");
+    assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    // Its config is one gitpulse accepts, on a real database.
+    let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("gitpulse.toml");
+    std::fs::write(&toml, config_map["data"]["gitpulse.toml"].as_str().unwrap()).unwrap();
+    let pg = PostgresServer::start();
+    let out = gitpulse()
+        .args(["validate", "--config"])
+        .arg(&toml)
+        .env("GITPULSE_DATABASE_URL", pg.database("gitpulse"))
+        .env("GIT_TOKEN", "t")
+        .env("WEBHOOK_SECRET", "w")
+        .output()
+        .unwrap();
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("2 repos") && text.contains("state: postgres://gitpulse@127.0.0.1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_kubernetes_sidecar_validates_and_its_config_is_valid() {
+    let docs = valid_manifest("gitpulse-sidecar.yaml");
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let sidecar = &deployment["spec"]["template"]["spec"]["initContainers"][0];
     assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");

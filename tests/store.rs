@@ -212,3 +212,83 @@ fn a_second_daemon_without_a_fleet_is_refused_on_the_same_database() {
     let d = Daemon::start(&second, port, &[]);
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn the_database_restarted_between_pulls_loses_nothing_and_tells_each_change_once() {
+    let mut pg = PostgresServer::start();
+    let url = pg.database("gitpulse");
+    let root = tempfile::tempdir().unwrap();
+    let mut app = Upstream::new(root.path(), "app");
+    let http = GitHttpServer::start(root.path());
+    let hook = WebhookReceiver::start("hook-secret");
+    std::fs::write(root.path().join("hook.secret"), "hook-secret\n").unwrap();
+    let port = free_port();
+    // Connections are waited for a second at most: an outage longer than
+    // that is the job's to wait out.
+    let config = on_postgres(root.path(), port, &url)
+        .store("connect_timeout", "1s")
+        .notifier(
+            "hook",
+            &[
+                ("kind", "webhook".into()),
+                ("url", hook.url("/events").into()),
+                ("secret_file", "hook.secret".into()),
+                ("events", vec!["changed"].into()),
+            ],
+        )
+        .repo(
+            Repo::new("app", &http.url("app"), &root.path().join("c-app"))
+                .set("notifiers", vec!["hook"]),
+        )
+        .write_in(root.path());
+    let d = Daemon::start(&config, port, &[]);
+    let recorded = |pg: &PostgresServer| {
+        pg.sql(
+            "gitpulse",
+            "SELECT last_good_commit FROM repos WHERE name = 'app'",
+        )
+    };
+    wait_for("the clone recorded", Duration::from_secs(30), || {
+        !recorded(&pg).is_empty()
+    });
+
+    // A commit pulled while the server is down: the pull's result waits for
+    // it to come back.
+    pg.stop();
+    let during = app.commit("while the database restarts");
+    let dir = root.path().join("c-app");
+    wait_for("the checkout to move", Duration::from_secs(30), || {
+        checkout_state(&dir).0 == during
+    });
+    wait_for(
+        "the daemon to wait for the database",
+        Duration::from_secs(30),
+        || d.log().contains("recording the pull") && d.log().contains("trying again in"),
+    );
+    pg.start_again();
+    wait_for(
+        "the pull made while it was down recorded",
+        Duration::from_secs(60),
+        || recorded(&pg) == during,
+    );
+    let after = app.commit("after");
+    wait_for("the next one recorded", Duration::from_secs(30), || {
+        recorded(&pg) == after
+    });
+
+    // Every change told once: the clone, the one pulled during the
+    // restart, the one after.
+    let told = hook.wait_for(3, Duration::from_secs(30));
+    let mut news: Vec<String> = told
+        .iter()
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.body).ok())
+        .filter_map(|v| v["new"].as_str().map(String::from))
+        .collect();
+    news.sort();
+    news.dedup();
+    assert_eq!(news.len(), 3, "{told:?}");
+    assert!(news.contains(&during) && news.contains(&after), "{news:?}");
+    assert_eq!(hook.accepted_count(), 3, "{:?}", hook.deliveries());
+    let (code, log) = d.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+}

@@ -899,42 +899,75 @@ pub fn record(
 ) -> Result<Vec<StoredEvent>, StoreError> {
     // A moving streak means another writer; it settles within a few tries.
     const TRIES: usize = 3;
+    // A database server restarting or failing over is waited for, a
+    // little longer each time, up to about half a minute: the pull's
+    // result, its events and their messages are not lost to it.
+    const UNAVAILABLE: [u64; 7] = [250, 500, 1000, 2000, 4000, 8000, 16000];
+    let mut waits = UNAVAILABLE.iter();
     let mut tries = 0;
     loop {
         tries += 1;
-        let previous = store.failures_in_row(name)?;
-        let outgoing = router.outgoing(events.given(previous), audience);
-        if let Some(quiet) = quiet {
-            let is_quiet = report.outcome == Outcome::Unchanged
-                && previous == 0
-                && outgoing.is_empty()
-                && steps_owed.is_empty();
-            if is_quiet {
-                let pull = QuietPull {
-                    repo: name.to_string(),
-                    report: report.clone(),
-                    start_lag_ms: timing.start_lag_ms,
-                    next_run_ms: timing.next_run_ms,
-                    at_ms: crate::model::now_ms(),
-                };
-                quiet.push(pull, store)?;
-                return Ok(Vec::new());
-            }
-            quiet.flush(store)?;
-        }
-        match store.record_pull(
-            name,
-            report,
-            timing.start_lag_ms,
-            timing.next_run_ms,
-            previous,
-            outgoing,
-            steps_owed,
+        match record_once(
+            store, quiet, router, audience, name, events, report, timing, steps_owed,
         ) {
             Err(StoreError::StreakChanged(_)) if tries < TRIES => continue,
+            Err(e) if e.is_unavailable() => match waits.next() {
+                Some(ms) => {
+                    tracing::warn!(
+                        repo = name,
+                        "recording the pull: {e}; trying again in {ms} ms"
+                    );
+                    std::thread::sleep(Duration::from_millis(*ms));
+                }
+                None => return Err(e),
+            },
             result => return result,
         }
     }
+}
+
+/// One try of [`record`].
+#[allow(clippy::too_many_arguments)]
+fn record_once(
+    store: &dyn Storage,
+    quiet: Option<&dyn Batch>,
+    router: &Router<'_>,
+    audience: &Audience<'_>,
+    name: &str,
+    events: &PullEvents<'_>,
+    report: &PullReport,
+    timing: Timing,
+    steps_owed: &[String],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let previous = store.failures_in_row(name)?;
+    let outgoing = router.outgoing(events.given(previous), audience);
+    if let Some(quiet) = quiet {
+        let is_quiet = report.outcome == Outcome::Unchanged
+            && previous == 0
+            && outgoing.is_empty()
+            && steps_owed.is_empty();
+        if is_quiet {
+            let pull = QuietPull {
+                repo: name.to_string(),
+                report: report.clone(),
+                start_lag_ms: timing.start_lag_ms,
+                next_run_ms: timing.next_run_ms,
+                at_ms: crate::model::now_ms(),
+            };
+            quiet.push(pull, store)?;
+            return Ok(Vec::new());
+        }
+        quiet.flush(store)?;
+    }
+    store.record_pull(
+        name,
+        report,
+        timing.start_lag_ms,
+        timing.next_run_ms,
+        previous,
+        outgoing,
+        steps_owed,
+    )
 }
 
 /// A change made in a worktree by hand (`git pull`, `checkout`, …), as a

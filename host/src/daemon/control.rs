@@ -81,8 +81,16 @@ impl crate::server::Control for DaemonView {
         }
         let pulled = lock(&self.shared.pulled).clone();
         let rows = rows_by_name(self.shared.store.as_ref());
+        // A replica of a sharded fleet answers for the repositories it
+        // holds: the others are not its to pull.
+        let sharded = self
+            .shared
+            .store
+            .fleet()
+            .filter(|f| f.replica().mode == store::FleetMode::Shard);
         for repo in self.shared.config().repos.iter().filter(|r| r.required) {
-            if pulled.contains(&repo.name) {
+            let elsewhere = sharded.is_some_and(|f| !f.holds(&repo.name));
+            if pulled.contains(&repo.name) || elsewhere {
                 continue;
             }
             let failing = rows

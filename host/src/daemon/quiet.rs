@@ -21,17 +21,21 @@ pub struct QuietPulls {
 }
 
 impl crate::job::Batch for QuietPulls {
-    /// Queues `pull`; writes the batch if it is full.
+    /// Queues `pull`; writes the batch if it is full. The pull is queued
+    /// whatever the write does (a failed one is tried again by the next
+    /// flush), so a caller that tries again never queues it twice.
     fn push(&self, pull: QuietPull, store: &dyn Storage) -> Result<(), StoreError> {
         let full = {
             let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
             waiting.push(pull);
             waiting.len() >= MOST
         };
-        match full {
-            true => self.flush(store),
-            false => Ok(()),
+        if full {
+            if let Err(e) = self.flush(store) {
+                tracing::warn!("recording quiet pulls: {e}; kept for the next try");
+            }
         }
+        Ok(())
     }
 
     /// Writes what waits. On failure the pulls are kept for the next try.

@@ -84,6 +84,28 @@ pub enum StoreError {
     StreakChanged(String),
 }
 
+impl StoreError {
+    /// Whether the state could not be reached (its server restarting or
+    /// failing over, the connection cut), as opposed to a write it refused:
+    /// the same write may succeed in a moment.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Postgres(e) => match e.code() {
+                // No SQL state: the connection itself failed.
+                None => true,
+                // Connection exceptions, and a server shutting down or
+                // not yet accepting connections.
+                Some(state) => {
+                    let code = state.code();
+                    code.starts_with("08") || code.starts_with("57P")
+                }
+            },
+            _ => false,
+        }
+    }
+}
+
 /// What `gitpulse status` shows for one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RepoStatus {

@@ -15,6 +15,8 @@ pub struct PostgresServer {
     child: Child,
     port: u16,
     bin: PathBuf,
+    data: PathBuf,
+    sockets: PathBuf,
     /// The unprivileged user and group it runs as, when the test runs as
     /// root.
     user: Option<(u32, u32)>,
@@ -95,6 +97,8 @@ impl PostgresServer {
             child: Command::new("true").spawn().expect("true runs"),
             port: 0,
             bin,
+            data: data.clone(),
+            sockets: sockets.clone(),
             user,
             _dir: dir,
         };
@@ -119,45 +123,82 @@ impl PostgresServer {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        server.run(&data, &sockets)
+        server.run()
     }
 
-    fn run(mut self, data: &Path, sockets: &Path) -> PostgresServer {
+    fn run(mut self) -> PostgresServer {
         for _ in 0..5 {
-            let port = crate::free_port();
-            let child = self
-                .command("postgres")
-                .arg("-D")
-                .arg(data)
-                .args(["-p", &port.to_string(), "-F"])
-                .args(["-c", "listen_addresses=127.0.0.1"])
-                .arg("-c")
-                .arg(format!("unix_socket_directories={}", sockets.display()))
-                .args(["-c", "max_connections=200", "-c", "shared_buffers=16MB"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("postgres runs");
-            self.child = child;
-            self.port = port;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break; // the port was taken: try another
-                }
-                let ready = self
-                    .command("pg_isready")
-                    .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ready {
-                    return self;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if self.serve_on(crate::free_port()) {
+                return self;
             }
         }
         panic!("postgres did not start on 127.0.0.1");
+    }
+
+    /// Starts the server on `port`; whether it came up (not: the port
+    /// was taken).
+    fn serve_on(&mut self, port: u16) -> bool {
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-p", &port.to_string(), "-F"])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.sockets.display()
+            ))
+            .args(["-c", "max_connections=200", "-c", "shared_buffers=16MB"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres runs");
+        self.child = child;
+        self.port = port;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let ready = self
+                .command("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended) and keeps it
+    /// down until [`PostgresServer::start_again`].
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a stopped server again, on the same port with the same data.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.serve_on(self.port),
+            "postgres did not start again on port {}",
+            self.port
+        );
     }
 
     /// A server binary, run as the cluster's user.
@@ -179,6 +220,11 @@ impl PostgresServer {
             }
             None => Command::new(path),
         }
+    }
+
+    /// The server's process id (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its TCP port on 127.0.0.1.
@@ -229,17 +275,6 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         // Fast shutdown (SIGINT): backends end, shared memory is given back.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

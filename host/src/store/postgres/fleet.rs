@@ -321,19 +321,30 @@ fn listen(
     target: &str,
     woken: Box<dyn Fn(String) + Send>,
 ) {
+    // Said once per outage, not every second of it.
+    let mut down = false;
+    let lost = |what: String, down: &mut bool| {
+        if !*down {
+            tracing::warn!("wake-ups from {target}: {what}; trying again every second");
+        }
+        *down = true;
+        std::thread::sleep(Duration::from_secs(1));
+    };
     while !stop.load(Ordering::Relaxed) {
         let mut client = match config.connect(NoTls) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("wake-ups from {target}: {}; retrying in 1s", said(&e));
-                std::thread::sleep(Duration::from_secs(1));
+                lost(said(&e), &mut down);
                 continue;
             }
         };
         if let Err(e) = client.batch_execute(&format!("LISTEN {WAKE}")) {
-            tracing::warn!("wake-ups from {target}: {}; retrying in 1s", said(&e));
-            std::thread::sleep(Duration::from_secs(1));
+            lost(said(&e), &mut down);
             continue;
+        }
+        if down {
+            tracing::info!("wake-ups from {target}: listening again");
+            down = false;
         }
         while !stop.load(Ordering::Relaxed) && !client.is_closed() {
             let mut notifications = client.notifications();
@@ -344,6 +355,7 @@ fn listen(
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!("wake-ups from {target}: {}", said(&e));
+                        down = true;
                         break;
                     }
                 }
