@@ -155,7 +155,7 @@ fn heartbeat(shared: &Shared) -> Result<(), crate::store::StoreError> {
                 if lock(&shared.running).contains(&repo) {
                     continue;
                 }
-                if fleet.claim(&repo, share)? == Claim::Mine {
+                if fleet.claim(&repo, Some(share))? == Claim::Mine {
                     held += 1;
                     info!(repo, "took up its lease: pulling it here now");
                     let _ = shared
@@ -181,11 +181,11 @@ pub(super) fn may_pull(shared: &Shared, repo: &str, scheduled: bool) -> bool {
     }
     // Asked for now: a free repository is taken whatever the share (the
     // heartbeat hands it back later if it is one too many).
-    let share = match scheduled {
-        true => shared.fleet.fair_share.load(Ordering::Relaxed),
-        false => u64::MAX,
-    };
-    match fleet.claim(repo, usize::try_from(share).unwrap_or(usize::MAX)) {
+    let share = scheduled.then(|| {
+        let share = shared.fleet.fair_share.load(Ordering::Relaxed);
+        usize::try_from(share).unwrap_or(usize::MAX)
+    });
+    match fleet.claim(repo, share) {
         Ok(Claim::Mine) => true,
         Ok(Claim::Theirs(owner)) => {
             if !scheduled && owner.is_some() {

@@ -289,8 +289,12 @@ pub trait Fleet: Send + Sync {
 
     /// Takes or renews `repo`'s lease: renewed if it is this replica's,
     /// taken if it is free or expired and this replica holds fewer than
-    /// `fair_share`; the epoch taken fences this replica's writes of it.
-    fn claim(&self, repo: &str, fair_share: usize) -> Result<Claim, StoreError>;
+    /// `fair_share` (none: asked for now, taken whatever the share); the
+    /// epoch taken fences this replica's writes of it. With a share (a
+    /// scheduled run), a lease the last heartbeat saw held, by this replica
+    /// or another, is answered without asking the database: a lease lost
+    /// since is caught by the fence, one freed since by the next heartbeat.
+    fn claim(&self, repo: &str, fair_share: Option<usize>) -> Result<Claim, StoreError>;
 
     /// Says this replica is alive and renews every lease it holds.
     fn heartbeat(&self) -> Result<FleetView, StoreError>;

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::postgres::fallible_iterator::FallibleIterator;
-use ::postgres::{NoTls, Transaction};
+use ::postgres::NoTls;
+
+use super::Tx;
 
 use super::{ms, said, unms, PostgresStore};
 use crate::store::{now_ms, Claim, Fleet, FleetMode, FleetView, Replica, StoreError};
@@ -27,6 +29,8 @@ pub(super) struct FleetState {
     /// The epoch of every lease this replica took, by repository: a write
     /// of a repository is fenced unless its lease still has this epoch.
     held: Mutex<HashMap<String, i64>>,
+    /// Repositories another live replica held at the last heartbeat.
+    others: Mutex<std::collections::HashSet<String>>,
     fenced: AtomicU64,
     taken: AtomicU64,
     /// Stops the wake-up listener when the store goes.
@@ -41,6 +45,7 @@ impl FleetState {
             replica,
             instance: hex::encode(bytes),
             held: Mutex::default(),
+            others: Mutex::default(),
             fenced: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             stop: Arc::new(AtomicBool::new(false)),
@@ -51,6 +56,10 @@ impl FleetState {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn others(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.others.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn ttl_ms(&self) -> u64 {
         self.replica.lease_ttl.as_millis() as u64
     }
@@ -58,7 +67,7 @@ impl FleetState {
     /// Refuses a write of `repo` inside `tx` unless this replica still
     /// holds its lease with the epoch it took (shard mode; a solo daemon
     /// has nothing to fence). The lease row stays locked until commit.
-    pub(super) fn fence(&self, tx: &mut Transaction<'_>, repo: &str) -> Result<(), StoreError> {
+    pub(super) fn fence(&self, tx: &mut Tx<'_>, repo: &str) -> Result<(), StoreError> {
         if self.replica.mode != FleetMode::Shard || repo.is_empty() {
             return Ok(());
         }
@@ -136,13 +145,22 @@ impl Fleet for PostgresStore {
         })
     }
 
-    fn claim(&self, repo: &str, fair_share: usize) -> Result<Claim, StoreError> {
+    fn claim(&self, repo: &str, fair_share: Option<usize>) -> Result<Claim, StoreError> {
         let Some(f) = &self.fleet else {
             return Ok(Claim::Mine);
         };
         if f.replica.mode != FleetMode::Shard {
             return Ok(Claim::Mine);
         }
+        if fair_share.is_some() {
+            if f.held().contains_key(repo) {
+                return Ok(Claim::Mine);
+            }
+            if f.others().contains(repo) {
+                return Ok(Claim::Theirs(None));
+            }
+        }
+        let fair_share = fair_share.unwrap_or(usize::MAX);
         let now = now_ms();
         let until = ms(now + f.ttl_ms());
         let me = &f.replica.name;
@@ -219,6 +237,15 @@ impl Fleet for PostgresStore {
                 .iter()
                 .map(|r| (r.get(0), unms(r.get(1))))
                 .collect();
+            let others: std::collections::HashSet<String> = tx
+                .query(
+                    "SELECT repo FROM leases WHERE owner <> $1 AND expires_ms >= $2",
+                    &[me, &ms(now)],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            *f.others() = others;
             Ok(FleetView { live, held })
         })?;
         // A lease that moved while this replica was away is no longer its

@@ -11,8 +11,7 @@
 
 use std::time::Duration;
 
-use ::postgres::{NoTls, Row, Transaction};
-use r2d2_postgres::PostgresConnectionManager;
+use ::postgres::{NoTls, Row};
 
 use super::*;
 use crate::outcome::PullReport;
@@ -21,9 +20,12 @@ use crate::redact::Secret;
 
 mod fleet;
 mod outbox;
+mod session;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Client = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+use session::{Manager, Tx};
+
+type Pool = r2d2::Pool<Manager>;
+type Client = r2d2::PooledConnection<Manager>;
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -150,11 +152,17 @@ impl PostgresStore {
             Migration::Sql(e) => StoreError::Postgres(e),
         })?;
         drop(first);
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let manager = Manager {
+            config: config.clone(),
+        };
         let pool = r2d2::Pool::builder()
             .max_size(how.pool_size.max(1))
             .min_idle(Some(1))
             .connection_timeout(how.connect_timeout)
+            // A connection the server closed is found by the statement
+            // that meets it (and the write waits for the server, see
+            // `StoreError::is_unavailable`), not by a query before each use.
+            .test_on_check_out(false)
             // r2d2 logs through `log`, which nothing here reads; a failed
             // connection reaches the caller as an error instead.
             .error_handler(Box::new(r2d2::NopErrorHandler))
@@ -180,7 +188,7 @@ impl PostgresStore {
     }
 
     /// Refuses a write of `repo` in `tx` when its lease moved away.
-    fn fence(&self, tx: &mut Transaction<'_>, repo: &str) -> Result<(), StoreError> {
+    fn fence(&self, tx: &mut Tx<'_>, repo: &str) -> Result<(), StoreError> {
         match &self.fleet {
             Some(f) => f.fence(tx, repo),
             None => Ok(()),
@@ -211,7 +219,7 @@ impl PostgresStore {
     /// Runs `f` in one transaction and commits what it did.
     fn write<T>(
         &self,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
@@ -361,12 +369,12 @@ impl State for PostgresStore {
 
     fn set_next_runs(&self, runs: &[(String, u64)]) -> Result<(), StoreError> {
         self.write(|tx| {
-            let statement = tx.prepare(
-                "INSERT INTO repos (name, next_run_ms) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET next_run_ms = excluded.next_run_ms",
-            )?;
             for (repo, at_ms) in runs {
-                tx.execute(&statement, &[repo, &ms(*at_ms)])?;
+                tx.execute(
+                    "INSERT INTO repos (name, next_run_ms) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET next_run_ms = excluded.next_run_ms",
+                    &[repo, &ms(*at_ms)],
+                )?;
             }
             Ok(())
         })
@@ -631,7 +639,7 @@ fn stored_event(r: &Row) -> StoredEvent {
 /// Writes one finished pull: its attempts, the pull, what it learnt, the
 /// repository's state and its next run.
 fn write_pull(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     replica: Option<&str>,
     repo: &str,
     report: &PullReport,

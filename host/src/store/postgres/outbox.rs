@@ -2,7 +2,9 @@
 //! caused them, deduplicated and held for digests as they are inserted
 //! (the same statements as SQLite's, in PostgreSQL's dialect).
 
-use ::postgres::{Row, Transaction};
+use ::postgres::Row;
+
+use super::Tx;
 
 use super::super::outbox::*;
 use super::super::{now_ms, Outbox, StoreError, StoredEvent};
@@ -10,7 +12,7 @@ use super::{count, ms, opt_ms, stored_event, uncount, unms, PostgresStore};
 
 /// Inserts events and their messages inside `tx`.
 pub(super) fn insert(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     outgoing: Vec<Outgoing>,
     at: u64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
@@ -203,13 +205,13 @@ impl Outbox for PostgresStore {
     fn mark_delivered(&self, receipts: &[Receipt]) -> Result<(), StoreError> {
         let at = ms(now_ms());
         self.write(|tx| {
-            let update = tx.prepare(
-                "UPDATE outbox SET state = 'delivered', delivered_ms = $2, answer = $3, last_error = NULL,
-                    claimed_until_ms = NULL
-                 WHERE (id = $1 AND state = 'pending') OR (digest_of = $1 AND state = 'in-digest')",
-            )?;
             for r in receipts {
-                tx.execute(&update, &[&r.id, &at, &r.answer])?;
+                tx.execute(
+                    "UPDATE outbox SET state = 'delivered', delivered_ms = $2, answer = $3, last_error = NULL,
+                        claimed_until_ms = NULL
+                     WHERE (id = $1 AND state = 'pending') OR (digest_of = $1 AND state = 'in-digest')",
+                    &[&r.id, &at, &r.answer],
+                )?;
             }
             Ok(())
         })
