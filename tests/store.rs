@@ -208,9 +208,11 @@ fn a_second_daemon_without_a_fleet_is_refused_on_the_same_database() {
     );
 
     // Once the first has stopped, the database is free for another.
-    assert_eq!(d.stop(), 0);
+    let (code, log) = d.stop_with_log();
+    assert_eq!(code, 0, "{log}");
     let d = Daemon::start(&second, port, &[]);
-    assert_eq!(d.stop(), 0);
+    let (code, log) = d.stop_with_log();
+    assert_eq!(code, 0, "{log}");
 }
 
 #[test]

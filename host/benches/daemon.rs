@@ -369,6 +369,7 @@ fn run_daemon(
                 url: gitpulse::redact::Secret::new(url.clone()),
                 pool_size: 1,
                 connect_timeout: Duration::from_secs(10),
+                ca_file: None,
             })
             .unwrap(),
         ),

@@ -16,6 +16,7 @@ pub(super) struct RawStore {
     url_file: Option<Spanned<String>>,
     pool_size: Option<Spanned<i64>>,
     connect_timeout: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 /// Checks `[store]` (none: SQLite).
@@ -44,7 +45,7 @@ pub(super) fn check_store(
             }
         },
     };
-    let only_postgres: [(&str, Option<std::ops::Range<usize>>); 4] = [
+    let only_postgres: [(&str, Option<std::ops::Range<usize>>); 5] = [
         ("url_env", raw.url_env.as_ref().map(Spanned::span)),
         ("url_file", raw.url_file.as_ref().map(Spanned::span)),
         ("pool_size", raw.pool_size.as_ref().map(Spanned::span)),
@@ -52,6 +53,7 @@ pub(super) fn check_store(
             "connect_timeout",
             raw.connect_timeout.as_ref().map(Spanned::span),
         ),
+        ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
     ];
     if !postgres {
         for (field, span) in only_postgres {
@@ -100,9 +102,15 @@ pub(super) fn check_store(
         .as_ref()
         .and_then(|d| check.duration(d, "store.connect_timeout"))
         .unwrap_or(Duration::from_secs(10));
+    let ca_file = raw.ca_file.as_ref().map(|file| {
+        let path = resolve(file.get_ref());
+        check.file_exists(file, "store.ca_file", &path);
+        path
+    });
     Backend::Postgres {
         url,
         pool_size,
         connect_timeout,
+        ca_file,
     }
 }

@@ -268,10 +268,13 @@ async fn serve(
             ..Default::default()
         },
     });
+    // Signals first: a SIGTERM while the fleet is joined (a database
+    // statement, maybe a wait for another replica's lock) stops the
+    // daemon cleanly instead of killing it.
+    signals::spawn_signal_handlers(tx.clone());
     fleet::join(&shared).await?;
     let stop_fleet = CancellationToken::new();
     let heartbeats = tokio::spawn(fleet::heartbeats(shared.clone(), stop_fleet.clone()));
-    signals::spawn_signal_handlers(tx.clone());
     let _watcher = signals::watch_files(&shared.config(), tx.clone());
     let view = Arc::new(DaemonView {
         shared: shared.clone(),

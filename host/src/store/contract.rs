@@ -122,6 +122,7 @@ fn postgres_keeps_the_contract() {
             url: crate::redact::Secret::new(server.database(&format!("contract_{i}"))),
             pool_size: 4,
             connect_timeout: std::time::Duration::from_secs(10),
+            ca_file: None,
         })
         .unwrap();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&store)));

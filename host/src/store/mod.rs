@@ -341,6 +341,9 @@ pub enum Backend {
         pool_size: u32,
         /// How long to wait for a connection.
         connect_timeout: std::time::Duration,
+        /// A CA (PEM) trusted for the server's certificate besides the
+        /// system's and the bundled roots.
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -352,6 +355,7 @@ impl Backend {
             url,
             pool_size,
             connect_timeout,
+            ca_file,
         } = self
         else {
             return None;
@@ -362,6 +366,7 @@ impl Backend {
                     url,
                     pool_size: *pool_size,
                     connect_timeout: *connect_timeout,
+                    ca_file: ca_file.clone(),
                 })
                 .map_err(|message| StoreError::Setup {
                     target: "postgres".into(),

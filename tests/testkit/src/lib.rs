@@ -24,6 +24,7 @@
 // Test code: a panic is how it fails, and its helpers need no API docs.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod certs;
 mod config;
 mod daemon;
 mod fixture;

@@ -17,6 +17,8 @@ pub struct PostgresServer {
     bin: PathBuf,
     data: PathBuf,
     sockets: PathBuf,
+    /// With TLS: the CA that signed its certificate (for 127.0.0.1).
+    ca: Option<PathBuf>,
     /// The unprivileged user and group it runs as, when the test runs as
     /// root.
     user: Option<(u32, u32)>,
@@ -72,6 +74,16 @@ impl PostgresServer {
     /// Makes a scratch cluster and starts it; panics with a clear message
     /// when PostgreSQL is missing or will not start.
     pub fn start() -> PostgresServer {
+        PostgresServer::start_as(false)
+    }
+
+    /// Like [`PostgresServer::start`], offering TLS with a certificate for
+    /// 127.0.0.1 that a scratch CA signed ([`PostgresServer::ca_file`]).
+    pub fn start_with_tls() -> PostgresServer {
+        PostgresServer::start_as(true)
+    }
+
+    fn start_as(tls: bool) -> PostgresServer {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("scratch dir");
         // initdb and postgres refuse to run as root: the cluster belongs
@@ -87,8 +99,23 @@ impl PostgresServer {
         std::fs::create_dir(&sockets).expect("socket dir");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, POSTGRES_PASSWORD).expect("password file");
+        let certs = dir.path().join("certs");
+        let ca = tls.then(|| {
+            std::fs::create_dir(&certs).expect("certs dir");
+            let (ca, cert, key) = crate::certs::self_signed(&certs);
+            // The server reads its key only if nobody else may.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("key mode");
+            assert!(cert.exists());
+            ca
+        });
         if let Some((uid, gid)) = user {
-            for path in [dir.path(), &sockets, &pwfile] {
+            let mut paths = vec![dir.path().to_path_buf(), sockets.clone(), pwfile.clone()];
+            if tls {
+                paths.extend([certs.clone(), certs.join("cert.pem"), certs.join("key.pem")]);
+            }
+            for path in paths {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown scratch dir");
             }
         }
@@ -99,6 +126,7 @@ impl PostgresServer {
             bin,
             data: data.clone(),
             sockets: sockets.clone(),
+            ca,
             user,
             _dir: dir,
         };
@@ -150,6 +178,7 @@ impl PostgresServer {
                 self.sockets.display()
             ))
             .args(["-c", "max_connections=200", "-c", "shared_buffers=16MB"])
+            .args(self.tls_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -173,6 +202,26 @@ impl PostgresServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        let Some(ca) = &self.ca else {
+            return Vec::new();
+        };
+        let certs = ca.parent().map(Path::to_path_buf).unwrap_or_default();
+        vec![
+            "-c".into(),
+            "ssl=on".into(),
+            "-c".into(),
+            format!("ssl_cert_file={}", certs.join("cert.pem").display()),
+            "-c".into(),
+            format!("ssl_key_file={}", certs.join("key.pem").display()),
+        ]
+    }
+
+    /// The CA that signed the server's certificate (started with TLS).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// Stops the server (fast shutdown: sessions are ended) and keeps it

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::postgres::fallible_iterator::FallibleIterator;
-use ::postgres::NoTls;
 
 use super::Tx;
 
@@ -302,12 +301,12 @@ impl Fleet for PostgresStore {
 
     fn on_wake(&self, woken: Box<dyn Fn(String) + Send>) -> Result<(), StoreError> {
         let Some(f) = &self.fleet else { return Ok(()) };
-        let config = self.config.clone();
+        let server = self.server.clone();
         let stop = f.stop.clone();
         let target = self.target.clone();
         std::thread::Builder::new()
             .name("gitpulse-wake".into())
-            .spawn(move || listen(config, &stop, &target, woken))
+            .spawn(move || listen(&server, &stop, &target, woken))
             .map_err(|e| StoreError::Setup {
                 target: self.target.clone(),
                 message: format!("starting the wake-up listener: {e}"),
@@ -343,7 +342,7 @@ static SOLO: Replica = Replica {
 /// Listens for wake-ups on a connection of its own, reconnecting after a
 /// second when the server goes away, until `stop`.
 fn listen(
-    config: ::postgres::Config,
+    server: &super::Server,
     stop: &AtomicBool,
     target: &str,
     woken: Box<dyn Fn(String) + Send>,
@@ -358,7 +357,7 @@ fn listen(
         std::thread::sleep(Duration::from_secs(1));
     };
     while !stop.load(Ordering::Relaxed) {
-        let mut client = match config.connect(NoTls) {
+        let mut client = match server.open() {
             Ok(c) => c,
             Err(e) => {
                 lost(said(&e), &mut down);

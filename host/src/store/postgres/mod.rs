@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use ::postgres::{NoTls, Row};
+use ::postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::*;
 use crate::outcome::PullReport;
@@ -21,6 +22,7 @@ use crate::redact::Secret;
 mod fleet;
 mod outbox;
 mod session;
+mod tls;
 
 use session::{Manager, Tx};
 
@@ -38,6 +40,9 @@ pub struct Connect {
     /// How long to wait for a connection (to open one, or for one of the
     /// pool's to come free).
     pub connect_timeout: Duration,
+    /// A CA (PEM) trusted for the server's certificate besides the usual
+    /// roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The state in one PostgreSQL database, through a pool of connections.
@@ -45,7 +50,7 @@ pub struct PostgresStore {
     /// Always there until the store is dropped (see its `Drop`).
     pool: Option<Pool>,
     /// How to connect (the wake-up listener has a connection of its own).
-    config: ::postgres::Config,
+    server: Server,
     /// This daemon as a replica, when it is one (`as_replica`).
     fleet: Option<fleet::FleetState>,
     /// `user@host:port/db`, for messages (never the password).
@@ -79,6 +84,54 @@ fn target_of(config: &::postgres::Config) -> String {
     format!("postgres://{user}{}{port}{db}", hosts.join(","))
 }
 
+/// A server to connect to: its settings, what messages may show of them,
+/// and the TLS connector.
+#[derive(Clone)]
+pub(super) struct Server {
+    config: ::postgres::Config,
+    target: String,
+    tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.target)
+    }
+}
+
+impl Server {
+    /// A new connection, or why not in the server's (or TLS's) words.
+    pub(super) fn connect(&self) -> Result<::postgres::Client, StoreError> {
+        self.config.connect(self.tls.clone()).map_err(|e| {
+            let message = said(&e);
+            let hint = tls::hint(&message);
+            StoreError::Setup {
+                target: self.target.clone(),
+                message: format!("{message}{hint}"),
+            }
+        })
+    }
+
+    /// A new connection, with the client's own error (the pool's way).
+    pub(super) fn open(&self) -> Result<::postgres::Client, ::postgres::Error> {
+        self.config.connect(self.tls.clone())
+    }
+}
+
+/// The server `how` names.
+fn server(how: &Connect) -> Result<Server, StoreError> {
+    let (config, target) = parse(how)?;
+    let tls = tls::connector(how.ca_file.as_deref()).map_err(|message| StoreError::Setup {
+        target: target.clone(),
+        message,
+    })?;
+    Ok(Server {
+        config,
+        target,
+        tls,
+    })
+}
+
 /// The connection settings `how` names, and what messages may show of them.
 fn parse(how: &Connect) -> Result<(::postgres::Config, String), StoreError> {
     let mut config: ::postgres::Config =
@@ -108,12 +161,13 @@ fn parse(how: &Connect) -> Result<(::postgres::Config, String), StoreError> {
 /// `gitpulse validate` asks): where the database is and its version, or
 /// why it cannot be used.
 pub fn probe(how: &Connect) -> Result<(String, u32), StoreError> {
-    let (config, target) = parse(how)?;
+    let server = server(how)?;
+    let target = server.target.clone();
     let setup = |message: String| StoreError::Setup {
         target: target.clone(),
         message,
     };
-    let mut client = config.connect(NoTls).map_err(|e| setup(said(&e)))?;
+    let mut client = server.connect()?;
     let exists: bool = client
         .query_one("SELECT to_regclass('gitpulse_schema') IS NOT NULL", &[])?
         .get(0);
@@ -135,13 +189,11 @@ pub fn probe(how: &Connect) -> Result<(String, u32), StoreError> {
 impl PostgresStore {
     /// Connects, checks the schema and brings it to [`PG_SCHEMA_VERSION`].
     pub fn connect(how: &Connect) -> Result<PostgresStore, StoreError> {
-        let (config, target) = parse(how)?;
+        let server = server(how)?;
+        let target = server.target.clone();
         // The first connection is made here, not by the pool, so that its
         // failure reaches the caller in the server's words; it migrates.
-        let mut first = config.connect(NoTls).map_err(|e| StoreError::Setup {
-            target: target.clone(),
-            message: said(&e),
-        })?;
+        let mut first = server.connect()?;
         migrate(&mut first).map_err(|e| match e {
             Migration::Newer(version) => StoreError::Setup {
                 target: target.clone(),
@@ -153,7 +205,7 @@ impl PostgresStore {
         })?;
         drop(first);
         let manager = Manager {
-            config: config.clone(),
+            server: server.clone(),
         };
         let pool = r2d2::Pool::builder()
             .max_size(how.pool_size.max(1))
@@ -173,7 +225,7 @@ impl PostgresStore {
             })?;
         Ok(PostgresStore {
             pool: Some(pool),
-            config,
+            server,
             fleet: None,
             target,
         })
@@ -901,7 +953,56 @@ mod tests {
             url: Secret::new(url),
             pool_size: 2,
             connect_timeout: Duration::from_secs(5),
+            ca_file: None,
         })
+    }
+
+    #[test]
+    fn tls_is_used_when_asked_and_the_certificate_is_verified() {
+        let server = PostgresServer::start_with_tls();
+        let url = server.database("secure");
+        let ca = server.ca_file().map(std::path::Path::to_path_buf);
+        let with = |url: String, ca_file: Option<std::path::PathBuf>| {
+            PostgresStore::connect(&Connect {
+                url: Secret::new(url),
+                pool_size: 1,
+                connect_timeout: Duration::from_secs(5),
+                ca_file,
+            })
+        };
+        let encrypted = |store: &PostgresStore| -> bool {
+            store
+                .client()
+                .unwrap()
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+        };
+
+        // Required, with the CA that signed the server's certificate.
+        let required = format!("{url}?sslmode=require");
+        let store = with(required.clone(), ca.clone()).unwrap();
+        assert!(encrypted(&store));
+        // Required, with nobody vouching for the certificate: refused, and
+        // the message says what to do.
+        let err = with(required, None).err().unwrap().to_string();
+        assert!(
+            err.contains("certificate") && err.contains("ca_file"),
+            "{err}"
+        );
+        assert!(!err.contains(POSTGRES_PASSWORD), "{err}");
+        // Turned off: plain TCP.
+        let plain = with(format!("{url}?sslmode=disable"), None).unwrap();
+        assert!(!encrypted(&plain));
+        // A ca_file that holds no certificate is said so.
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        let err = with(url, Some(empty)).err().unwrap().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 
     #[test]
@@ -949,6 +1050,7 @@ mod tests {
             url: Secret::new(url),
             pool_size: 2,
             connect_timeout: Duration::from_secs(5),
+            ca_file: None,
         };
 
         // Probing an empty database changes nothing.

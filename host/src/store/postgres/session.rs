@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use ::postgres::types::ToSql;
-use ::postgres::{GenericClient, NoTls, Row, Statement, Transaction};
+use ::postgres::{GenericClient, Row, Statement, Transaction};
 
 /// One pooled connection and the statements it prepared, by their text.
 pub(crate) struct Conn {
@@ -19,7 +19,7 @@ pub(crate) struct Conn {
 /// Opens connections for the pool.
 #[derive(Debug)]
 pub(super) struct Manager {
-    pub(super) config: ::postgres::Config,
+    pub(super) server: super::Server,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -28,7 +28,7 @@ impl r2d2::ManageConnection for Manager {
 
     fn connect(&self) -> Result<Conn, ::postgres::Error> {
         Ok(Conn {
-            client: self.config.connect(NoTls)?,
+            client: self.server.open()?,
             prepared: HashMap::new(),
         })
     }
