@@ -9,6 +9,21 @@ use std::time::Duration;
 
 use gitpulse_testkit::{PostgresServer, POSTGRES_PASSWORD};
 
+/// `gitpulse COMMAND --config CONFIG` with `env` set (a name with no value:
+/// removed): its exit code and all it said.
+fn run(command: &str, config: &Path, env: &[(&str, Option<&str>)]) -> (Option<i32>, String) {
+    let mut cmd = gitpulse();
+    cmd.args([command, "--config"]).arg(config);
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code(), said(&out))
+}
+
 /// A daemon's config in `home` whose state is the database at `url` (kept
 /// in `db-url` beside it), pulling every second.
 fn on_postgres(home: &Path, port: u16, url: &str) -> ConfigFile {
@@ -34,13 +49,8 @@ fn a_daemon_on_postgres_records_there_and_its_commands_read_it_back() {
         .write_in(root.path());
 
     // validate reaches the server and says where, changing nothing.
-    let out = gitpulse()
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = said(&out);
-    assert!(out.status.success(), "{text}");
+    let (code, text) = run("validate", &config, &[]);
+    assert_eq!(code, Some(0), "{text}");
     let target = format!("postgres://gitpulse@127.0.0.1:{}/gitpulse", pg.port());
     assert!(text.contains(&format!("state: {target} (empty")), "{text}");
     assert!(!text.contains(POSTGRES_PASSWORD), "{text}");
@@ -117,14 +127,12 @@ fn a_database_that_refuses_or_is_missing_is_named_and_the_password_never_shown()
         .write(&config);
     let wrong = good.replace(POSTGRES_PASSWORD, "Wr0ng-pa55word");
     for command in ["validate", "daemon"] {
-        let out = gitpulse()
-            .args([command, "--config"])
-            .arg(&config)
-            .env("GITPULSE_TEST_DATABASE_URL", &wrong)
-            .output()
-            .unwrap();
-        let text = said(&out);
-        assert_eq!(out.status.code(), Some(1), "{command}: {text}");
+        let (code, text) = run(
+            command,
+            &config,
+            &[("GITPULSE_TEST_DATABASE_URL", Some(&wrong))],
+        );
+        assert_eq!(code, Some(1), "{command}: {text}");
         assert!(text.contains(&target), "{command}: {text}");
         assert!(
             text.contains("password authentication failed"),
@@ -134,14 +142,8 @@ fn a_database_that_refuses_or_is_missing_is_named_and_the_password_never_shown()
     }
 
     // The variable unset: a problem at the line that names it.
-    let out = gitpulse()
-        .args(["validate", "--config"])
-        .arg(&config)
-        .env_remove("GITPULSE_TEST_DATABASE_URL")
-        .output()
-        .unwrap();
-    let text = said(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = run("validate", &config, &[("GITPULSE_TEST_DATABASE_URL", None)]);
+    assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains("store.url_env") && text.contains("GITPULSE_TEST_DATABASE_URL is not set"),
         "{text}"
@@ -157,13 +159,8 @@ fn a_database_that_refuses_or_is_missing_is_named_and_the_password_never_shown()
         ),
     )
     .unwrap();
-    let out = gitpulse()
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = said(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = run("validate", &config, &[]);
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("store.url"), "{text}");
     assert!(text.contains("unknown key"), "{text}");
     assert!(!text.contains(POSTGRES_PASSWORD), "{text}");
@@ -195,13 +192,8 @@ fn a_second_daemon_without_a_fleet_is_refused_on_the_same_database() {
     let (second, port) = config_of("second");
     let d = Daemon::start(&first, first_port, &[]);
 
-    let out = gitpulse()
-        .args(["daemon", "--config"])
-        .arg(&second)
-        .output()
-        .unwrap();
-    let text = said(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = run("daemon", &second, &[]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("another daemon (first, solo") && text.contains("[fleet] mode = \"shard\""),
         "{text}"

@@ -23,10 +23,12 @@ pub(super) fn check_fleet(
     postgres: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Replica {
+    let from_env = env("GITPULSE_REPLICA").filter(|n| !n.trim().is_empty());
+    if let Some(why) = from_env.as_deref().and_then(bad_name) {
+        check.push(0, "GITPULSE_REPLICA", why);
+    }
     let mut replica = Replica {
-        name: env("GITPULSE_REPLICA")
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(default_name),
+        name: from_env.clone().unwrap_or_else(default_name),
         mode: FleetMode::Solo,
         lease_ttl: Duration::from_secs(15),
     };
@@ -56,13 +58,9 @@ pub(super) fn check_fleet(
     }
     if let Some(name) = &raw.replica {
         let n = name.get_ref();
-        if n.is_empty() || n.len() > 100 || n.chars().any(|c| c.is_control()) {
-            check.at(
-                name,
-                "fleet.replica",
-                "a name of 1 to 100 printable characters, unique in the fleet",
-            );
-        } else if env("GITPULSE_REPLICA").is_none() {
+        if let Some(why) = bad_name(n) {
+            check.at(name, "fleet.replica", why);
+        } else if from_env.is_none() {
             replica.name = n.clone();
         }
     }
@@ -78,6 +76,13 @@ pub(super) fn check_fleet(
         }
     }
     replica
+}
+
+/// Why `name` cannot name a replica (it is shown in logs, metrics labels
+/// and the database).
+fn bad_name(name: &str) -> Option<&'static str> {
+    (name.is_empty() || name.len() > 100 || name.chars().any(char::is_control))
+        .then_some("a name of 1 to 100 printable characters, unique in the fleet")
 }
 
 /// The host's name: stable across restarts on a machine or in a

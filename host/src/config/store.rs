@@ -114,3 +114,131 @@ pub(super) fn check_store(
         ca_file,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::FleetMode;
+
+    fn parse(text: &str, vars: &[(&str, &str)]) -> Result<Config, Problems> {
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        super::super::parse(
+            Path::new("/etc/gitpulse/gitpulse.toml"),
+            text,
+            &move |k| vars.get(k).cloned(),
+            Scope::Environment,
+        )
+    }
+
+    /// Every problem of `text`, as `line field: message` lines.
+    fn problems(text: &str, vars: &[(&str, &str)]) -> String {
+        match parse(text, vars) {
+            Ok(_) => String::new(),
+            Err(p) => p.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_state_is_sqlite_unless_postgres_is_named_with_its_url() {
+        assert_eq!(parse("", &[]).unwrap().store, Backend::Sqlite);
+        let config = parse(
+            "[store]\nbackend = \"postgres\"\nurl_env = \"DB_URL\"\npool_size = 3\nconnect_timeout = \"2s\"\n",
+            &[("DB_URL", "postgres://u:p@h/db")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.store,
+            Backend::Postgres {
+                url: SecretRef::Env("DB_URL".into()),
+                pool_size: 3,
+                connect_timeout: Duration::from_secs(2),
+                ca_file: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_store_without_a_url_or_with_sqlite_settings_is_refused_where_it_is_written() {
+        for (text, says) in [
+            ("[store]\nbackend = \"mysql\"\n", ":2: store.backend"),
+            ("[store]\nbackend = \"postgres\"\n", "needs url_env"),
+            (
+                "[store]\nbackend = \"postgres\"\nurl_env = \"A\"\nurl_file = \"f\"\n",
+                "use only one of url_env and url_file",
+            ),
+            (
+                "[store]\nurl_env = \"A\"\n",
+                ":2: store.url_env: only for backend = \"postgres\"",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl_env = \"A\"\npool_size = 0\n",
+                "store.pool_size: 0 is out of range",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl_env = \"A\"\nca_file = \"nowhere.pem\"\n",
+                "store.ca_file",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl_env = \"UNSET\"\n",
+                "UNSET is not set",
+            ),
+        ] {
+            let said = problems(text, &[("A", "postgres://h/db")]);
+            assert!(said.contains(says), "{text:?}: {said}");
+        }
+    }
+
+    #[test]
+    fn a_fleet_needs_a_shared_store_and_a_usable_name() {
+        let shared = "[store]\nbackend = \"postgres\"\nurl_env = \"A\"\n";
+        let env = [("A", "postgres://h/db")];
+        let config = parse(
+            &format!(
+                "{shared}[fleet]\nmode = \"shard\"\nreplica = \"web-1\"\nlease_ttl = \"5s\"\n"
+            ),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.fleet.mode, FleetMode::Shard);
+        assert_eq!(config.fleet.name, "web-1");
+        assert_eq!(config.fleet.lease_ttl, Duration::from_secs(5));
+        // The environment names a pod; it wins over the file.
+        let pod = [("A", "postgres://h/db"), ("GITPULSE_REPLICA", "gitpulse-2")];
+        let config = parse(&format!("{shared}[fleet]\nreplica = \"web-1\"\n"), &pod).unwrap();
+        assert_eq!(config.fleet.name, "gitpulse-2");
+        assert_eq!(config.fleet.mode, FleetMode::Solo);
+
+        for (text, says) in [
+            (
+                "[fleet]\nmode = \"shard\"\n".to_string(),
+                "set [store] backend = \"postgres\"",
+            ),
+            (
+                format!("{shared}[fleet]\nmode = \"leader\"\n"),
+                "fleet.mode",
+            ),
+            (
+                format!("{shared}[fleet]\nreplica = \"\"\n"),
+                "fleet.replica",
+            ),
+            (
+                format!("{shared}[fleet]\nlease_ttl = \"100ms\"\n"),
+                "fleet.lease_ttl: between 1s and 1h",
+            ),
+        ] {
+            let said = problems(&text, &env);
+            assert!(said.contains(says), "{text:?}: {said}");
+        }
+        let long = "x".repeat(101);
+        let said = problems(
+            shared,
+            &[("A", "postgres://h/db"), ("GITPULSE_REPLICA", &long)],
+        );
+        assert!(said.contains("GITPULSE_REPLICA"), "{said}");
+    }
+}
