@@ -322,3 +322,75 @@ fn a_push_that_lands_on_one_replica_is_pulled_by_the_one_that_holds_the_reposito
         assert_eq!(code, 0, "{log}");
     }
 }
+
+#[test]
+fn when_the_leader_is_killed_another_replica_takes_over_housekeeping_and_its_repositories() {
+    let pg = PostgresServer::start();
+    let url = pg.database("fleet");
+    let root = tempfile::tempdir().unwrap();
+    let http = GitHttpServer::start(root.path());
+    let mut ups: BTreeMap<&str, Upstream> = ["app", "lib"]
+        .into_iter()
+        .map(|n| (n, Upstream::new(root.path(), n)))
+        .collect();
+    let repos: Vec<(String, String)> = ["app", "lib"]
+        .iter()
+        .map(|n| (n.to_string(), http.url(n)))
+        .collect();
+    let spec = |name| ReplicaSpec {
+        name,
+        repos: &repos,
+        schedule: "every 1s jitter 0s",
+        lease_ttl: "2s",
+    };
+    let (config_a, port_a) = replica_config(root.path(), &url, &spec("a"));
+    let (config_b, port_b) = replica_config(root.path(), &url, &spec("b"));
+    let leader = || {
+        pg.sql(
+            "fleet",
+            "SELECT holder FROM leader WHERE role = 'housekeeping'",
+        )
+    };
+    let a = Daemon::start(&config_a, port_a, &[]);
+    wait_for("a to lead", Duration::from_secs(30), || leader() == "a");
+    let b = Daemon::start(&config_b, port_b, &[]);
+    let both = [("a", &a), ("b", &b)];
+    wait_for_with_logs("one lease each", Duration::from_secs(30), &both, || {
+        let held = leases(&pg);
+        held.get("a") == Some(&1) && held.get("b") == Some(&1)
+    });
+    let of_a = pg.sql("fleet", "SELECT repo FROM leases WHERE owner = 'a'");
+    assert_eq!(b.status()["fleet"]["leader"], false);
+
+    a.signal("KILL");
+    wait_for_with_logs("b to lead", Duration::from_secs(30), &both, || {
+        leader() == "b"
+    });
+    assert_eq!(b.status()["fleet"]["leader"], true);
+    // a's repository goes on being pulled, by b.
+    let new = ups
+        .get_mut(of_a.as_str())
+        .unwrap()
+        .commit("after the leader died");
+    wait_for_with_logs(
+        "b to pull a's repository",
+        Duration::from_secs(30),
+        &both,
+        || {
+            pg.sql(
+                "fleet",
+                &format!("SELECT last_good_commit FROM repos WHERE name = '{of_a}'"),
+            ) == new
+        },
+    );
+    assert_eq!(
+        pg.sql(
+            "fleet",
+            &format!("SELECT replica FROM pulls WHERE repo = '{of_a}' AND new = '{new}'"),
+        ),
+        "b"
+    );
+    let (code, log) = b.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(leader(), "", "a replica that stops gives the lead back");
+}

@@ -64,6 +64,7 @@ impl crate::server::Control for DaemonView {
                 "leases_held": f.held,
                 "fenced_writes": f.fenced,
                 "leases_taken": f.taken,
+                "leader": f.leads,
             })),
         })
     }
@@ -268,6 +269,7 @@ impl DaemonView {
             held: gauges.held.load(Ordering::Relaxed),
             fenced: fleet.fenced_writes(),
             taken: fleet.leases_taken(),
+            leads: fleet.leads(),
         })
     }
 

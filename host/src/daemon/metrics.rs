@@ -182,6 +182,8 @@ pub struct FleetGauge {
     pub fenced: u64,
     /// Leases it took (not renewed) since start.
     pub taken: u64,
+    /// Whether it does the fleet's housekeeping.
+    pub leads: bool,
 }
 
 /// Everything counted while the daemon runs.
@@ -596,6 +598,13 @@ fn gauges(snapshot: &Snapshot) -> Registry {
             "Results this replica dropped because their repository's lease had moved to another",
             fenced,
         );
+        let leader = Family::<ReplicaLabel, Gauge>::default();
+        leader.get_or_create(&label).set(i64::from(f.leads));
+        registry.register(
+            "fleet_leader",
+            "1 while this replica does the fleet's housekeeping (pruning)",
+            leader,
+        );
         let taken = Family::<ReplicaLabel, Counter>::default();
         taken.get_or_create(&label).inc_by(f.taken);
         registry.register(
@@ -742,6 +751,7 @@ mod tests {
                 held: 20,
                 fenced: 1,
                 taken: 25,
+                leads: true,
             }),
         };
         let text = m.encode(&snapshot, Format::OpenMetrics);
@@ -792,6 +802,7 @@ mod tests {
             ("gitpulse_fleet_leases_held{replica=\"web-1\"}", 20.0),
             ("gitpulse_fleet_fenced_writes_total{replica=\"web-1\"}", 1.0),
             ("gitpulse_fleet_leases_taken_total{replica=\"web-1\"}", 25.0),
+            ("gitpulse_fleet_leader{replica=\"web-1\"}", 1.0),
         ] {
             assert_eq!(sample(name, &text), Some(value), "{name}");
         }

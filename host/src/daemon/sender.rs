@@ -27,7 +27,9 @@ pub(super) async fn send_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let pass = tokio::task::spawn_blocking(move || {
             let config = job.config();
-            if prune {
+            // In a fleet, one replica prunes for all.
+            let leads = job.store.fleet().is_none_or(|f| f.leads());
+            if prune && leads {
                 let now = store::now_ms();
                 let before = now.saturating_sub(KEEP_DELIVERED.as_millis() as u64);
                 job.store.prune_delivered(before)?;

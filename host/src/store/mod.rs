@@ -275,6 +275,8 @@ pub struct FleetView {
     pub live: Vec<(String, u64)>,
     /// Repositories whose lease this replica holds, by name.
     pub held: Vec<String>,
+    /// Whether this replica does the fleet's housekeeping (pruning).
+    pub leads: bool,
 }
 
 /// Leases, heartbeats and wake-ups of several daemons on one state (a
@@ -318,6 +320,12 @@ pub trait Fleet: Send + Sync {
     /// Calls `woken` with each repository another replica asked this one
     /// to pull, on a thread of its own, until the store is dropped.
     fn on_wake(&self, woken: Box<dyn Fn(String) + Send>) -> Result<(), StoreError>;
+
+    /// Whether this replica does the fleet's housekeeping (pruning old
+    /// history and delivered messages): one replica at a time, by a lease
+    /// of its own taken at heartbeats. Losing it stops no pull and no
+    /// delivery.
+    fn leads(&self) -> bool;
 
     /// Writes refused because their lease had moved, since start.
     fn fenced_writes(&self) -> u64;

@@ -32,6 +32,8 @@ pub(super) struct FleetState {
     others: Mutex<std::collections::HashSet<String>>,
     fenced: AtomicU64,
     taken: AtomicU64,
+    /// Whether the last heartbeat held the housekeeping lease.
+    leads: AtomicBool,
     /// Stops the wake-up listener when the store goes.
     pub(super) stop: Arc<AtomicBool>,
 }
@@ -47,6 +49,7 @@ impl FleetState {
             others: Mutex::default(),
             fenced: AtomicU64::new(0),
             taken: AtomicU64::new(0),
+            leads: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -245,8 +248,20 @@ impl Fleet for PostgresStore {
                 .map(|r| r.get(0))
                 .collect();
             *f.others() = others;
-            Ok(FleetView { live, held })
+            // Housekeeping has a lease of its own (River's leader): taken
+            // when free or expired, renewed by its holder's heartbeats.
+            let leads = tx
+                .query_opt(
+                    "INSERT INTO leader AS l (role, holder, expires_ms) VALUES ('housekeeping', $1, $2)
+                     ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+                        WHERE l.holder = excluded.holder OR l.expires_ms < $3
+                     RETURNING holder",
+                    &[me, &ms(now + f.ttl_ms()), &ms(now)],
+                )?
+                .is_some();
+            Ok(FleetView { live, held, leads })
         })?;
+        f.leads.store(view.leads, Ordering::Relaxed);
         // A lease that moved while this replica was away is no longer its
         // own: its writes of that repository are fenced from now on.
         f.held().retain(|repo, _| view.held.contains(repo));
@@ -284,12 +299,18 @@ impl Fleet for PostgresStore {
                 &[&f.replica.name, &f.instance],
             )?;
             tx.execute(
+                "DELETE FROM leader WHERE holder = $1 AND EXISTS
+                    (SELECT 1 FROM replicas WHERE name = $1 AND instance = $2)",
+                &[&f.replica.name, &f.instance],
+            )?;
+            tx.execute(
                 "DELETE FROM replicas WHERE name = $1 AND instance = $2",
                 &[&f.replica.name, &f.instance],
             )?;
             Ok(())
         })?;
         f.held().clear();
+        f.leads.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -318,6 +339,12 @@ impl Fleet for PostgresStore {
         self.fleet
             .as_ref()
             .is_some_and(|f| f.held().contains_key(repo))
+    }
+
+    fn leads(&self) -> bool {
+        self.fleet
+            .as_ref()
+            .is_none_or(|f| f.leads.load(Ordering::Relaxed))
     }
 
     fn fenced_writes(&self) -> u64 {

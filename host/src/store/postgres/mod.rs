@@ -899,6 +899,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX leases_by_owner ON leases (owner);
      ALTER TABLE pulls ADD COLUMN replica TEXT;
      ALTER TABLE outbox ADD COLUMN claimed_until_ms BIGINT;",
+    // 3: one replica does the housekeeping, by a lease of its own.
+    "CREATE TABLE leader (
+        role TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+     );",
 ];
 
 /// The schema version this gitpulse writes in PostgreSQL.
