@@ -69,6 +69,7 @@ fn three_replicas_share_sixty_repositories_and_each_push_is_pulled_by_one() {
         .iter()
         .map(|(name, _)| (name.clone(), http.url(name)))
         .collect();
+    let mut configs = Vec::new();
     let daemons: Vec<Daemon> = ["a", "b", "c"]
         .iter()
         .map(|name| {
@@ -79,6 +80,7 @@ fn three_replicas_share_sixty_repositories_and_each_push_is_pulled_by_one() {
                 lease_ttl: "5s",
             };
             let (config, port) = replica_config(root.path(), &url, &spec);
+            configs.push(config.clone());
             Daemon::start(&config, port, &[])
         })
         .collect();
@@ -92,6 +94,24 @@ fn three_replicas_share_sixty_repositories_and_each_push_is_pulled_by_one() {
             let held = leases(&pg);
             held.len() == 3 && held.values().all(|&n| n == 20)
         },
+    );
+
+    // `gitpulse status` on any replica says who holds what.
+    let rows = status_rows(&configs[0]);
+    assert_eq!(rows.len(), 60);
+    for row in &rows {
+        let replica = row["state"]["replica"].as_str().unwrap_or_default();
+        assert!(["a", "b", "c"].contains(&replica), "{row}");
+    }
+    let table = gitpulse()
+        .args(["status", "--config"])
+        .arg(&configs[1])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().next().unwrap_or("").ends_with("REPLICA"),
+        "{table}"
     );
 
     let started = Instant::now();

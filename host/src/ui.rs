@@ -224,11 +224,16 @@ pub fn when(at_ms: Option<u64>) -> String {
 /// failures in a row, and whether it is being pulled now.
 pub fn status_table(repos: &[(String, Option<RepoStatus>, bool)]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
+    // A fleet's state says which replica holds each repository.
+    let fleet = repos
+        .iter()
+        .any(|(_, row, _)| row.as_ref().is_some_and(|s| s.replica.is_some()));
+    let _ = write!(
         out,
         "{:<20} {:<16} {:<22} {:<14} {:>9}",
         "REPO", "LAST SUCCESS", "LAST RESULT", "NEXT RUN", "FAILURES"
     );
+    let _ = writeln!(out, "{}", if fleet { "  REPLICA" } else { "" });
     for (name, row, running) in repos {
         let (success, result, next, failures) = match row {
             Some(s) => (
@@ -248,10 +253,16 @@ pub fn status_table(repos: &[(String, Option<RepoStatus>, bool)]) -> String {
         } else {
             result
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}"
         );
+        let replica = row.as_ref().and_then(|s| s.replica.as_deref());
+        let _ = match (fleet, replica) {
+            (true, Some(r)) => writeln!(out, "  {r}"),
+            (true, None) => writeln!(out, "  -"),
+            (false, _) => writeln!(out),
+        };
     }
     out
 }
@@ -331,9 +342,8 @@ pub fn outbox_table(rows: &[OutboxRow]) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn tables_say_what_is_running_what_never_ran_and_indent_step_output() {
-        let status = RepoStatus {
+    fn sample_status() -> RepoStatus {
+        RepoStatus {
             repo: "app".into(),
             last_success_ms: None,
             last_result: Some("failed".into()),
@@ -343,7 +353,13 @@ mod tests {
             next_run_ms: None,
             skipped: 0,
             last_pull_ms: None,
-        };
+            replica: None,
+        }
+    }
+
+    #[test]
+    fn tables_say_what_is_running_what_never_ran_and_indent_step_output() {
+        let status = sample_status();
         let table = status_table(&[
             ("app".into(), Some(status), true),
             ("docs".into(), None, false),
@@ -352,6 +368,21 @@ mod tests {
         assert!(lines[0].starts_with("REPO"), "{table}");
         assert!(lines[1].contains("running; last failed (timeout)") && lines[1].ends_with('2'));
         assert!(lines[2].contains("never run"), "{table}");
+        assert!(!table.contains("REPLICA"), "no fleet, no column: {table}");
+
+        // A fleet's state: who holds each repository.
+        let held = RepoStatus {
+            replica: Some("web-2".into()),
+            ..sample_status()
+        };
+        let table = status_table(&[
+            ("app".into(), Some(held), false),
+            ("docs".into(), None, false),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("REPLICA"), "{table}");
+        assert!(lines[1].ends_with("web-2"), "{table}");
+        assert!(lines[2].ends_with('-'), "{table}");
 
         let step = HistoryEntry {
             at_ms: 0,

@@ -408,6 +408,7 @@ impl State for MemoryStore {
                     .filter(|p| p.repo == *name)
                     .map(|p| p.at_ms)
                     .max(),
+                replica: None,
             })
             .collect())
     }

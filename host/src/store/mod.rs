@@ -127,6 +127,9 @@ pub struct RepoStatus {
     pub skipped: u64,
     /// Unix milliseconds of its last pull on record, whatever the result.
     pub last_pull_ms: Option<u64>,
+    /// In a fleet: the replica that holds its lease now (it alone pulls it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// One pull, as the status page charts it.

@@ -456,9 +456,10 @@ impl State for PostgresStore {
         let rows = self.client()?.query(
             "SELECT name, last_success_ms, last_result, last_class, last_good_commit, failures_in_row,
                     next_run_ms, skipped,
-                    (SELECT MAX(at_ms) FROM pulls WHERE pulls.repo = repos.name)
+                    (SELECT MAX(at_ms) FROM pulls WHERE pulls.repo = repos.name),
+                    (SELECT owner FROM leases WHERE leases.repo = repos.name AND expires_ms >= $1)
              FROM repos ORDER BY name",
-            &[],
+            &[&ms(now_ms())],
         )?;
         Ok(rows
             .iter()
@@ -472,6 +473,7 @@ impl State for PostgresStore {
                 next_run_ms: opt_ms(r.get(6)),
                 skipped: unms(r.get(7)),
                 last_pull_ms: opt_ms(r.get(8)),
+                replica: r.get(9),
             })
             .collect())
     }

@@ -246,6 +246,7 @@ impl State for SqliteStore {
                 next_run_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
                 skipped: r.get::<_, i64>(7)? as u64,
                 last_pull_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                replica: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
