@@ -381,6 +381,19 @@ fn when_the_leader_is_killed_another_replica_takes_over_housekeeping_and_its_rep
     });
     let of_a = pg.sql("fleet", "SELECT repo FROM leases WHERE owner = 'a'");
     assert_eq!(b.status()["fleet"]["leader"], false);
+    // b's page lists both replicas and who holds what.
+    wait_for_with_logs(
+        "b's page to list both replicas",
+        Duration::from_secs(30),
+        &both,
+        || {
+            let (_, page) = b.request_with("/", &[]);
+            page.contains("data-replica=\"a\"") && page.contains("data-replica=\"b\"")
+        },
+    );
+    let (code, page) = b.request_with("/", &[]);
+    assert_eq!(code, 200);
+    assert!(page.contains("<td class=\"replica\">a</td>"), "{page}");
 
     a.signal("KILL");
     wait_for_with_logs("b to lead", Duration::from_secs(30), &both, || {

@@ -74,10 +74,24 @@ pub struct RepoRow {
     pub events: Vec<(u64, String)>,
     /// Its last pulls, oldest first.
     pub pulls: Vec<PullPoint>,
+    /// In a fleet: the replica that holds it.
+    pub replica: Option<String>,
 }
 
-/// The page as HTML, rendered at `now_ms`.
-pub fn render(repos: &[RepoRow], now_ms: u64) -> String {
+/// The fleet this daemon is a replica of, when it shares its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetPanel {
+    /// This replica.
+    pub replica: String,
+    /// Whether it does the fleet's housekeeping.
+    pub leads: bool,
+    /// The replicas alive at its last heartbeat, with theirs (unix ms).
+    pub replicas: Vec<(String, u64)>,
+}
+
+/// The page as HTML, rendered at `now_ms`; with `fleet`, the replicas and
+/// which one holds each repository.
+pub fn render(repos: &[RepoRow], fleet: Option<&FleetPanel>, now_ms: u64) -> String {
     let failing = repos
         .iter()
         .filter(|r| matches!(r.state, RepoState::Failing | RepoState::BreakerOpen))
@@ -101,8 +115,14 @@ th,td{{text-align:left;padding:.4em .6em;border-bottom:1px solid #ddd;vertical-a
 </style></head><body>
 <h1>gitpulse</h1>
 <p id="summary">{count} repositories, {failing} failing. Updated {updated}; this page reloads every {REFRESH_SECS} s.</p>
-<table><thead><tr><th>repository</th><th>state</th><th>last success</th><th>next run</th><th>failures in a row</th><th>last error</th><th>recent pulls</th><th>recent events</th></tr></thead><tbody>
+{fleet}<table><thead><tr><th>repository</th><th>state</th>{held_by}<th>last success</th><th>next run</th><th>failures in a row</th><th>last error</th><th>recent pulls</th><th>recent events</th></tr></thead><tbody>
 "#,
+        fleet = fleet.map(|f| fleet_panel(f, now_ms)).unwrap_or_default(),
+        held_by = if fleet.is_some() {
+            "<th>replica</th>"
+        } else {
+            ""
+        },
         title = if failing > 0 {
             format!("gitpulse: {failing} failing")
         } else {
@@ -127,7 +147,7 @@ th,td{{text-align:left;padding:.4em .6em;border-bottom:1px solid #ddd;vertical-a
             .collect();
         let _ = writeln!(
             html,
-            r#"<tr class="repo" data-repo="{name}" data-state="{class}"><td>{name}</td><td><span class="state {class}">{label}</span></td><td>{success}</td><td>{next}</td><td>{streak}</td><td class="err">{error}</td><td>{chart}</td><td class="events">{events}</td></tr>"#,
+            r#"<tr class="repo" data-repo="{name}" data-state="{class}"><td>{name}</td><td><span class="state {class}">{label}</span></td>{held_by}<td>{success}</td><td>{next}</td><td>{streak}</td><td class="err">{error}</td><td>{chart}</td><td class="events">{events}</td></tr>"#,
             name = escape(&r.name),
             class = r.state.class(),
             label = r.state.label(),
@@ -139,9 +159,40 @@ th,td{{text-align:left;padding:.4em .6em;border-bottom:1px solid #ddd;vertical-a
             streak = r.failures_in_row,
             chart = chart(&r.pulls),
             events = events.join("<br>"),
+            held_by = match fleet {
+                Some(_) => format!(
+                    "<td class=\"replica\">{}</td>",
+                    escape(r.replica.as_deref().unwrap_or("-"))
+                ),
+                None => String::new(),
+            },
         );
     }
     html.push_str("</tbody></table>\n</body></html>\n");
+    html
+}
+
+/// The fleet's replicas: this one marked, with when each was last heard.
+fn fleet_panel(fleet: &FleetPanel, now_ms: u64) -> String {
+    let mut html = format!(
+        "<section id=\"fleet\"><h2>fleet</h2><p>This is replica <b>{}</b>{}.</p><table><thead><tr><th>replica</th><th>last heartbeat</th></tr></thead><tbody>\n",
+        escape(&fleet.replica),
+        if fleet.leads {
+            ", which does the fleet's housekeeping"
+        } else {
+            ""
+        }
+    );
+    for (name, heartbeat_ms) in &fleet.replicas {
+        let ago = now_ms.saturating_sub(*heartbeat_ms) as f64 / 1000.0;
+        let _ = writeln!(
+            html,
+            "<tr class=\"replica\" data-replica=\"{name}\"><td>{name}{this}</td><td>{ago:.1} s ago</td></tr>",
+            name = escape(name),
+            this = if *name == fleet.replica { " (this one)" } else { "" },
+        );
+    }
+    html.push_str("</tbody></table></section>\n");
     html
 }
 
@@ -200,7 +251,43 @@ mod tests {
             last_error: None,
             events: vec![],
             pulls: vec![],
+            replica: None,
         }
+    }
+
+    #[test]
+    fn a_fleet_lists_its_replicas_and_who_holds_each_repository() {
+        let mut r = row("app", RepoState::Ok);
+        r.replica = Some("web-<2>".into());
+        let fleet = FleetPanel {
+            replica: "web-1".into(),
+            leads: true,
+            replicas: vec![("web-1".into(), 9_000), ("web-<2>".into(), 7_500)],
+        };
+        let html = render(&[r.clone()], Some(&fleet), 10_000);
+        assert!(
+            html.contains("This is replica <b>web-1</b>, which does the fleet's housekeeping"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>web-1 (this one)</td><td>1.0 s ago</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>web-&lt;2&gt;</td><td>2.5 s ago</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<th>replica</th>")
+                && html.contains("<td class=\"replica\">web-&lt;2&gt;</td>"),
+            "{html}"
+        );
+        // Without a fleet: no panel, no column.
+        let alone = render(&[r], None, 10_000);
+        assert!(
+            !alone.contains("fleet") && !alone.contains("<th>replica</th>"),
+            "{alone}"
+        );
     }
 
     #[test]
@@ -209,7 +296,7 @@ mod tests {
         r.failures_in_row = 2;
         r.last_class = Some("server-error".into());
         r.last_error = Some("<script>alert(1)</script> & \"x\"".into());
-        let html = render(&[r], 1_700_000_000_000);
+        let html = render(&[r], None, 1_700_000_000_000);
         assert!(!html.contains("<script>"), "{html}");
         assert!(
             html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp;"),
@@ -235,12 +322,16 @@ mod tests {
         assert_eq!(svg.matches("class=\"failed\"").count(), 1);
         // The longest pull is the tallest bar (HEIGHT - 6).
         assert!(svg.contains("height=\"24\""), "{svg}");
-        assert!(render(&[r], 0).contains("<svg"));
+        assert!(render(&[r], None, 0).contains("<svg"));
     }
 
     #[test]
     fn no_external_assets_and_no_script() {
-        let html = render(&[row("a", RepoState::Ok), row("b", RepoState::Running)], 0);
+        let html = render(
+            &[row("a", RepoState::Ok), row("b", RepoState::Running)],
+            None,
+            0,
+        );
         assert!(!html.contains("<script"));
         assert!(!html.contains("src=") && !html.contains("href="), "{html}");
         assert!(html.contains("http-equiv=\"refresh\""));

@@ -206,10 +206,16 @@ impl crate::server::Control for DaemonView {
                     last_error: store.last_failure_message(&r.name).ok().flatten(),
                     events: store.recent_events(&r.name, 5).unwrap_or_default(),
                     pulls: store.recent_pulls(&r.name, 50).unwrap_or_default(),
+                    replica: row.and_then(|s| s.replica.clone()),
                 }
             })
             .collect();
-        crate::page::render(&repos, store::now_ms())
+        let fleet = self.fleet().map(|f| crate::page::FleetPanel {
+            replica: f.replica,
+            leads: f.leads,
+            replicas: lock(&self.shared.fleet.live).clone(),
+        });
+        crate::page::render(&repos, fleet.as_ref(), store::now_ms())
     }
 
     fn receiver(&self, name: &str) -> Option<Result<crate::server::Receiver, String>> {

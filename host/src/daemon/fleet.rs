@@ -20,6 +20,8 @@ pub(super) struct FleetGauges {
     /// How many leases this replica may hold: the repositories over the
     /// live replicas, rounded up. No limit until the first heartbeat.
     pub(super) fair_share: AtomicU64,
+    /// The replicas alive at the last heartbeat, with theirs (unix ms).
+    pub(super) live: Mutex<Vec<(String, u64)>>,
 }
 
 /// The fair share of `repos` among `live` replicas: rounded up, so the
@@ -119,6 +121,7 @@ fn heartbeat(shared: &Shared) -> Result<(), crate::store::StoreError> {
     gauges
         .replicas
         .store(view.live.len() as u64, Ordering::Relaxed);
+    *lock(&gauges.live) = view.live.clone();
     gauges.fair_share.store(share as u64, Ordering::Relaxed);
     if fleet.replica().mode == FleetMode::Shard {
         let running = lock(&shared.running);
