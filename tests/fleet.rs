@@ -174,6 +174,9 @@ fn three_replicas_share_sixty_repositories_and_each_push_is_pulled_by_one() {
     for d in daemons {
         let (code, log) = d.stop_with_log();
         assert_eq!(code, 0, "{log}");
+        // What it pulled last is written before its leases go.
+        let moved: Vec<&str> = log.lines().filter(|l| l.contains("lease moved")).collect();
+        assert!(moved.is_empty(), "{moved:#?}");
     }
     // Stopping gave every lease back.
     assert_eq!(pg.sql("fleet", "SELECT count(*) FROM leases"), "0");
@@ -426,4 +429,170 @@ fn when_the_leader_is_killed_another_replica_takes_over_housekeeping_and_its_rep
     let (code, log) = b.stop_with_log();
     assert_eq!(code, 0, "{log}");
     assert_eq!(leader(), "", "a replica that stops gives the lead back");
+}
+
+#[test]
+fn replicas_that_all_pull_keep_every_checkout_tell_each_change_once_and_run_fleet_steps_once() {
+    let pg = PostgresServer::start();
+    let url = pg.database("fleet");
+    let root = tempfile::tempdir().unwrap();
+    let http = GitHttpServer::start(root.path());
+    let mut app = Upstream::new(root.path(), "app");
+    let hook = WebhookReceiver::start("hook-secret");
+    let ran = root.path().join("ran");
+    std::fs::create_dir(&ran).unwrap();
+    let mut daemons = Vec::new();
+    for name in ["a", "b", "c"] {
+        let home = root.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join("db-url"), &url).unwrap();
+        std::fs::write(home.join("hook.secret"), "hook-secret\n").unwrap();
+        let port = free_port();
+        // Each step notes who ran it for which revision.
+        let note = |file: &str| {
+            toml::Value::from(vec![
+                "sh",
+                "-c",
+                &format!(
+                    "echo \"$WHO $GITPULSE_NEW\" >> {}",
+                    ran.join(file).display()
+                ),
+            ])
+        };
+        let who = toml::Value::Table(
+            [("WHO".to_string(), toml::Value::from(name))]
+                .into_iter()
+                .collect(),
+        );
+        let repo = Repo::new("app", &http.url("app"), &home.join("c-app"))
+            .set("branch", "main")
+            .step(&[
+                ("name", "purge-cache".into()),
+                ("run", note("fleet")),
+                ("once", "fleet".into()),
+                ("env", who.clone()),
+            ])
+            .step(&[
+                ("name", "reload".into()),
+                ("run", note("replica")),
+                ("env", who),
+            ]);
+        let config = ConfigFile::daemon_on(port)
+            .defaults("schedule", "every 1s jitter 0s")
+            .store("backend", "postgres")
+            .store("url_file", "db-url")
+            .fleet("mode", "replicate")
+            .fleet("replica", name)
+            .notifier(
+                "hook",
+                &[
+                    ("kind", "webhook".into()),
+                    ("url", hook.url("/events").into()),
+                    ("secret_file", "hook.secret".into()),
+                    ("events", vec!["changed"].into()),
+                ],
+            )
+            .repo(repo)
+            .write_in(&home);
+        daemons.push((name, Daemon::start(&config, port, &[]), config));
+    }
+    let logs: Vec<(&str, &Daemon)> = daemons.iter().map(|(n, d, _)| (*n, d)).collect();
+    let every_checkout_at = |sha: &str| {
+        ["a", "b", "c"].iter().all(|n| {
+            let dir = root.path().join(n).join("c-app");
+            dir.join(".git").exists() && checkout_state(&dir).0 == sha
+        })
+    };
+    let first = app.head();
+    wait_for_with_logs(
+        "every replica's clone",
+        Duration::from_secs(30),
+        &logs,
+        || every_checkout_at(&first),
+    );
+    let new = app.commit("pushed");
+    wait_for_with_logs(
+        "every replica at the new commit",
+        Duration::from_secs(30),
+        &logs,
+        || every_checkout_at(&new),
+    );
+    let lines = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(ran.join(file))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    wait_for_with_logs(
+        "the steps of both revisions",
+        Duration::from_secs(30),
+        &logs,
+        || lines("replica").len() == 6 && lines("fleet").len() == 2,
+    );
+
+    // Each replica keeps its own state of its own checkout: its status
+    // says where its checkout is; the shared tables hold none of it.
+    for (name, _, config) in &daemons {
+        let rows = status_rows(config);
+        assert_eq!(
+            rows[0]["state"]["last_commit"],
+            new.as_str(),
+            "{name}: {rows:?}"
+        );
+    }
+    assert_eq!(pg.sql("fleet", "SELECT count(*) FROM public.pulls"), "0");
+    // A change is told once, whoever recorded it first: every replica's
+    // two changes are events, and two messages stand for the six.
+    wait_for_with_logs(
+        "every replica's events",
+        Duration::from_secs(30),
+        &logs,
+        || {
+            pg.sql(
+                "fleet",
+                "SELECT count(*) FROM events WHERE kind = 'changed'",
+            ) == "6"
+        },
+    );
+    assert_eq!(
+        pg.sql(
+            "fleet",
+            "SELECT count(*) FROM outbox WHERE kind = 'changed'"
+        ),
+        "2"
+    );
+    let told = hook.wait_for(2, Duration::from_secs(30));
+    let mut news: Vec<String> = told
+        .iter()
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m.body).ok())
+        .filter_map(|v| v["new"].as_str().map(String::from))
+        .collect();
+    news.sort();
+    let mut expected = vec![first.clone(), new.clone()];
+    expected.sort();
+    assert_eq!(news, expected, "{told:?}");
+    // The fleet step ran once per revision, the replica step on each.
+    let fleet_ran: Vec<String> = lines("fleet");
+    assert!(
+        fleet_ran.iter().any(|l| l.ends_with(&first))
+            && fleet_ran.iter().any(|l| l.ends_with(&new)),
+        "{fleet_ran:?}"
+    );
+    let replica_ran = lines("replica");
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            replica_ran
+                .iter()
+                .filter(|l| l.starts_with(&format!("{name} ")))
+                .count(),
+            2,
+            "{replica_ran:?}"
+        );
+    }
+    drop(logs);
+    for (_, d, _) in daemons {
+        let (code, log) = d.stop_with_log();
+        assert_eq!(code, 0, "{log}");
+    }
 }

@@ -234,6 +234,22 @@ impl<'a> Job<'a> {
             if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
+            if step.once == step::Once::Fleet && !self.first_in_fleet(step, &owed)? {
+                let run = StepRun {
+                    status: "skipped".into(),
+                    exit_code: None,
+                    duration_ms: 0,
+                    output: "runs once for the fleet: another replica ran it".into(),
+                };
+                recorded.extend(self.store.record_step_run(
+                    &repo.name,
+                    &owed,
+                    &run,
+                    Settle::Done,
+                    Vec::new(),
+                )?);
+                continue;
+            }
             let (run, settle, event) =
                 try_owed_step(repo, &self.config.credentials, step, &owed, &self.cancel);
             let outgoing = router.outgoing(event.into_iter().collect(), audience);
@@ -247,6 +263,19 @@ impl<'a> Job<'a> {
             });
         }
         Ok((recorded, owed))
+    }
+
+    /// Whether this replica runs `step` for `owed`'s revision when the step
+    /// runs once for the fleet (always, outside a replicating fleet).
+    fn first_in_fleet(&self, step: &Step, owed: &OwedStep) -> Result<bool, StoreError> {
+        match self.store.fleet() {
+            Some(fleet) => fleet.run_once(
+                &self.repo.name,
+                &step.name,
+                owed.new.as_deref().unwrap_or_default(),
+            ),
+            None => Ok(true),
+        }
     }
 
     /// When the repository's next owed step is due (unix ms), if it owes one.
@@ -1123,7 +1152,7 @@ pub fn record_only(
 }
 
 fn open_store(config: &Config) -> Result<Box<dyn Storage>, StoreError> {
-    crate::store::open(&config.store, &config.daemon.state_dir)
+    crate::store::open(&config.store, &config.daemon.state_dir, &config.fleet)
 }
 
 /// Delivers what is due in `config`'s outbox until nothing is or `wait`

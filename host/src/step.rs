@@ -82,6 +82,21 @@ pub struct Step {
     pub before_publish: bool,
     /// What it finds in its environment besides the basics.
     pub env: StepEnv,
+    /// In a fleet where every replica pulls every repository: whether it
+    /// runs on each replica or once for the fleet.
+    pub once: Once,
+}
+
+/// Where a step runs when several replicas keep the same checkout
+/// (`[fleet] mode = "replicate"`); elsewhere it always runs where it is
+/// owed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Once {
+    /// On every replica (a reload of its own web server).
+    #[default]
+    Replica,
+    /// On one replica for each revision (a migration, a cache purge).
+    Fleet,
 }
 
 /// A step's environment beyond [`BASE_ENV`] and the `GITPULSE_*` variables.
@@ -442,6 +457,7 @@ mod tests {
             timeout,
             before_publish: false,
             env: StepEnv::default(),
+            once: Once::Replica,
         }
     }
 

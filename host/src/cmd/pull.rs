@@ -27,7 +27,7 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     // kept for this run only. A state that will not open does not stop the
     // pull: it is said, and the pull is kept for this run only.
     let store: Box<dyn Storage> = match &notify_config {
-        Some(c) => match store::open(&c.store, &c.daemon.state_dir) {
+        Some(c) => match store::open(&c.store, &c.daemon.state_dir, &c.fleet) {
             Ok(store) => store,
             Err(e) => {
                 eprintln!("error: notifications: {e}; nothing will be sent");

@@ -15,7 +15,7 @@ pub(crate) fn open_state(config_path: &Path) -> Result<(Config, Box<dyn Storage>
             )));
         }
     }
-    let store = store::open(&config.store, &config.daemon.state_dir)?;
+    let store = store::open(&config.store, &config.daemon.state_dir, &config.fleet)?;
     Ok((config, store))
 }
 

@@ -39,11 +39,12 @@ pub(super) fn check_fleet(
     if let Some(mode) = &raw.mode {
         match mode.get_ref().as_str() {
             "shard" => replica.mode = FleetMode::Shard,
+            "replicate" => replica.mode = FleetMode::Replicate,
             other => check.at(
                 mode,
                 "fleet.mode",
                 format!(
-                    "`{other}`: use \"shard\" (each repository pulled by one replica at a time)"
+                    "`{other}`: use \"shard\" (each repository pulled by one replica at a time) or \"replicate\" (every replica pulls every repository; a change is told once)"
                 ),
             ),
         }

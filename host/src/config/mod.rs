@@ -480,6 +480,7 @@ struct RawStep {
     before_publish: Option<Spanned<bool>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
     pass_env: Option<Spanned<Vec<String>>>,
+    once: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

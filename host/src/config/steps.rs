@@ -151,6 +151,21 @@ fn check_step(
         check.at(at, format!("{field}.pass_env"), "variable names must be non-empty, without `=`, and not GITPULSE_* (gitpulse sets those)");
         return None;
     }
+    let once = match &raw.once {
+        None => step::Once::Replica,
+        Some(o) => match o.get_ref().as_str() {
+            "replica" => step::Once::Replica,
+            "fleet" => step::Once::Fleet,
+            other => {
+                check.at(
+                    o,
+                    format!("{field}.once"),
+                    format!("`{other}`: use \"replica\" (on every replica, the default) or \"fleet\" (once for all, with [fleet] mode = \"replicate\")"),
+                );
+                return None;
+            }
+        },
+    };
     Some(Step {
         name,
         program,
@@ -159,6 +174,7 @@ fn check_step(
         timeout,
         before_publish,
         env,
+        once,
     })
 }
 

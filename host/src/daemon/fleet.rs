@@ -132,6 +132,9 @@ fn heartbeat(shared: &Shared) -> Result<(), crate::store::StoreError> {
                 count = back.len(),
                 share, "handing back leases beyond this replica's share"
             );
+            // Pulls of them waiting in the quiet batch are written first:
+            // after the release they would be fenced.
+            shared.quiet.flush(shared.store.as_ref())?;
             fleet.release(&back)?;
         }
         let mut held = view.held.len() - back.len();

@@ -307,9 +307,6 @@ async fn serve(
         // stalled on a silent server only at its attempt's limit.
         let _ = tokio::time::timeout(Duration::from_secs(10), shared.pulls.wait()).await;
     }
-    // Its leases go back once nothing of it runs any more.
-    stop_fleet.cancel();
-    let _ = heartbeats.await;
     // Messages still pending stay in the outbox for the next start.
     stop_sender.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
@@ -320,6 +317,10 @@ async fn serve(
         Err(e) => error!("recording the last quiet pulls: {e}"),
         Ok(Ok(())) => {}
     }
+    // Its leases go back once everything it pulled is written (a write
+    // after would be fenced).
+    stop_fleet.cancel();
+    let _ = heartbeats.await;
     info!(
         pulls = shared.counters.pulls.load(Ordering::Relaxed),
         "gitpulse daemon stopped"

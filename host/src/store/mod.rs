@@ -238,6 +238,9 @@ pub enum FleetMode {
     /// Each repository is pulled by one replica at a time, the one that
     /// holds its lease.
     Shard,
+    /// Every replica pulls every repository into its own checkout and
+    /// keeps its own state of it; a change is told once for the fleet.
+    Replicate,
 }
 
 impl FleetMode {
@@ -246,6 +249,7 @@ impl FleetMode {
         match self {
             FleetMode::Solo => "solo",
             FleetMode::Shard => "shard",
+            FleetMode::Replicate => "replicate",
         }
     }
 }
@@ -320,6 +324,11 @@ pub trait Fleet: Send + Sync {
     /// Whether this replica holds `repo`'s lease, as far as it knows.
     fn holds(&self, repo: &str) -> bool;
 
+    /// Whether this replica runs `step` of `repo` for revision `new` when
+    /// the step runs once for the fleet: the first replica to ask does
+    /// (replicate mode); elsewhere every replica does.
+    fn run_once(&self, repo: &str, step: &str, new: &str) -> Result<bool, StoreError>;
+
     /// Calls `woken` with each repository another replica asked this one
     /// to pull, on a thread of its own, until the store is dropped.
     fn on_wake(&self, woken: Box<dyn Fn(String) + Send>) -> Result<(), StoreError>;
@@ -387,16 +396,18 @@ impl Backend {
     }
 }
 
-/// Opens the state `backend` names (`state_dir` holds SQLite's file).
+/// Opens the state `backend` names (`state_dir` holds SQLite's file), as
+/// `replica` sees it (in a replicating fleet, its own repositories' state).
 pub fn open(
     backend: &Backend,
     state_dir: &std::path::Path,
+    replica: &Replica,
 ) -> Result<Box<dyn Storage>, StoreError> {
     match backend.connect() {
         None => Ok(Box::new(SqliteStore::open(&SqliteStore::path_in(
             state_dir,
         ))?)),
-        Some(how) => Ok(Box::new(PostgresStore::connect(&how?)?)),
+        Some(how) => Ok(Box::new(PostgresStore::connect_for(&how?, Some(replica))?)),
     }
 }
 
@@ -412,7 +423,7 @@ pub fn open_as(
             state_dir,
         ))?)),
         Some(how) => Ok(Box::new(
-            PostgresStore::connect(&how?)?.as_replica(replica.clone()),
+            PostgresStore::connect_for(&how?, Some(replica))?.as_replica(replica.clone()),
         )),
     }
 }

@@ -114,13 +114,14 @@ impl Fleet for PostgresStore {
             for row in &live {
                 let (name, mode): (String, String) = (row.get(0), row.get(1));
                 let ago = now.saturating_sub(unms(row.get(2))) / 1000;
-                let clash = f.replica.mode == FleetMode::Solo || mode == FleetMode::Solo.as_str();
+                // Replicas share only in the same way.
+                let clash = f.replica.mode == FleetMode::Solo || mode != f.replica.mode.as_str();
                 if clash {
                     return Err(StoreError::Setup {
                         target: self.target.clone(),
                         message: format!(
                             "another daemon ({name}, {mode}, heartbeat {ago}s ago) uses this database: \
-                             give every daemon that shares it [fleet] mode = \"shard\" and its own replica name"
+                             give every daemon that shares it the same [fleet] mode (\"shard\" or \"replicate\") and its own replica name"
                         ),
                     });
                 }
@@ -333,6 +334,22 @@ impl Fleet for PostgresStore {
                 message: format!("starting the wake-up listener: {e}"),
             })?;
         Ok(())
+    }
+
+    fn run_once(&self, repo: &str, step: &str, new: &str) -> Result<bool, StoreError> {
+        let Some(f) = self
+            .fleet
+            .as_ref()
+            .filter(|f| f.replica.mode == FleetMode::Replicate)
+        else {
+            return Ok(true);
+        };
+        let first = self.client()?.query_opt(
+            "INSERT INTO fleet_once (repo, step, new, replica, at_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING RETURNING 1",
+            &[&repo, &step, &new, &f.replica.name, &ms(now_ms())],
+        )?;
+        Ok(first.is_some())
     }
 
     fn holds(&self, repo: &str) -> bool {

@@ -112,6 +112,14 @@ impl Server {
         })
     }
 
+    /// Makes the connections look for tables in `schema` first (a
+    /// replicating replica's own, see [`PER_REPLICA`]).
+    fn keep_own_tables_in(&mut self, schema: &str) {
+        let options = self.config.get_options().unwrap_or_default().to_string();
+        self.config
+            .options(&format!("{options} -c search_path={schema},public"));
+    }
+
     /// A new connection, with the client's own error (the pool's way).
     pub(super) fn open(&self) -> Result<::postgres::Client, ::postgres::Error> {
         self.config.connect(self.tls.clone())
@@ -189,7 +197,18 @@ pub fn probe(how: &Connect) -> Result<(String, u32), StoreError> {
 impl PostgresStore {
     /// Connects, checks the schema and brings it to [`PG_SCHEMA_VERSION`].
     pub fn connect(how: &Connect) -> Result<PostgresStore, StoreError> {
-        let server = server(how)?;
+        PostgresStore::connect_for(how, None)
+    }
+
+    /// Like [`PostgresStore::connect`], reading and writing the state of
+    /// `replica` where replicas keep their own (`[fleet] mode =
+    /// "replicate"`: a schema of its own for its repositories' state, see
+    /// [`PER_REPLICA`]).
+    pub fn connect_for(
+        how: &Connect,
+        replica: Option<&Replica>,
+    ) -> Result<PostgresStore, StoreError> {
+        let mut server = server(how)?;
         let target = server.target.clone();
         // The first connection is made here, not by the pool, so that its
         // failure reaches the caller in the server's words; it migrates.
@@ -203,6 +222,10 @@ impl PostgresStore {
             },
             Migration::Sql(e) => StoreError::Postgres(e),
         })?;
+        if let Some(replica) = replica.filter(|r| r.mode == FleetMode::Replicate) {
+            let schema = own_tables(&mut first, &replica.name)?;
+            server.keep_own_tables_in(&schema);
+        }
         drop(first);
         let manager = Manager {
             server: server.clone(),
@@ -245,6 +268,14 @@ impl PostgresStore {
             Some(f) => f.fence(tx, repo),
             None => Ok(()),
         }
+    }
+
+    /// Whether a change is told once for the fleet (replicas that all pull
+    /// the same repositories).
+    fn told_once_for_fleet(&self) -> bool {
+        self.fleet
+            .as_ref()
+            .is_some_and(|f| f.replica.mode == FleetMode::Replicate)
     }
 
     /// The replica that records, for `pulls.replica`.
@@ -375,7 +406,7 @@ impl State for PostgresStore {
                     &[&repo, step, &report.old, &report.new, &report.outcome.as_str()],
                 )?;
             }
-            outbox::insert(tx, outgoing, at)
+            outbox::insert(tx, outgoing, at, self.told_once_for_fleet())
         })
     }
 
@@ -551,7 +582,7 @@ impl Steps for PostgresStore {
                 }
                 Settle::Keep => {}
             }
-            outbox::insert(tx, outgoing, at)
+            outbox::insert(tx, outgoing, at, self.told_once_for_fleet())
         })
     }
 
@@ -773,6 +804,37 @@ fn write_pull(
     Ok(())
 }
 
+/// What each replica of a replicating fleet keeps for itself: the state of
+/// its own checkouts. Events, the outbox, leases and replicas stay shared
+/// (a change is told once for the fleet). Its copies live in a schema of
+/// the replica's own, found first by its connections' `search_path`, so
+/// every statement reads the same whatever the mode. A migration that
+/// changes one of these tables must change the replicas' copies too.
+pub const PER_REPLICA: [&str; 6] = [
+    "repos",
+    "attempts",
+    "pulls",
+    "timings",
+    "steps_owed",
+    "step_runs",
+];
+
+/// The schema of `replica`'s own tables (made if missing, from the shared
+/// tables' shape): a name PostgreSQL takes whatever the replica's.
+fn own_tables(client: &mut ::postgres::Client, replica: &str) -> Result<String, StoreError> {
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(replica.as_bytes()));
+    let schema = format!("gitpulse_replica_{}", &digest[..16]);
+    let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {schema};");
+    for table in PER_REPLICA {
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.{table} (LIKE public.{table} INCLUDING ALL);"
+        ));
+    }
+    client.batch_execute(&sql)?;
+    Ok(schema)
+}
+
 /// Every version of the schema, in order: version N+1 is `MIGRATIONS[N]`.
 /// `gitpulse_schema` records the version a database has; all steps run in
 /// one transaction. Never edit a released step: add one.
@@ -906,6 +968,19 @@ const MIGRATIONS: &[&str] = &[
         role TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
         expires_ms BIGINT NOT NULL
+     );",
+    // 4: replicas that all pull the same repositories tell a change once
+    // (one message per notifier and fleet key) and run a step once for the
+    // fleet when it asks (one row per repository, step and revision).
+    "ALTER TABLE outbox ADD COLUMN fleet_key TEXT;
+     CREATE UNIQUE INDEX outbox_fleet_key ON outbox (notifier, fleet_key) WHERE fleet_key IS NOT NULL;
+     CREATE TABLE fleet_once (
+        repo TEXT NOT NULL,
+        step TEXT NOT NULL,
+        new TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (repo, step, new)
      );",
 ];
 

@@ -10,11 +10,15 @@ use super::super::outbox::*;
 use super::super::{now_ms, Outbox, StoreError, StoredEvent};
 use super::{count, ms, opt_ms, stored_event, uncount, unms, PostgresStore};
 
-/// Inserts events and their messages inside `tx`.
+/// Inserts events and their messages inside `tx`. With `once_for_fleet`
+/// (replicas that all pull the same repositories), a change is one message
+/// for the fleet: the first replica to record it queues it, the others'
+/// identical ones are recognised by their fleet key and dropped.
 pub(super) fn insert(
     tx: &mut Tx<'_>,
     outgoing: Vec<Outgoing>,
     at: u64,
+    once_for_fleet: bool,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let mut stored = Vec::new();
     for Outgoing { event, messages } in outgoing {
@@ -31,6 +35,8 @@ pub(super) fn insert(
             &[&repo, &ms(at), &kind, &payload],
         )?;
         let event = stored_event(&row);
+        let fleet_key =
+            (once_for_fleet && kind == "changed").then(|| format!("{repo}:{kind}:{dedup_key}"));
         for m in messages {
             let since = ms(at.saturating_sub(m.dedup_window_ms));
             if m.dedup_window_ms > 0 {
@@ -51,8 +57,9 @@ pub(super) fn insert(
                 };
             tx.execute(
                 "INSERT INTO outbox (event_id, notifier, kind, repo, subject, body, html, event, dedup_key, digest_key,
-                                     max_attempts, created_ms, next_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                     max_attempts, created_ms, next_at_ms, fleet_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT (notifier, fleet_key) WHERE fleet_key IS NOT NULL DO NOTHING",
                 &[
                     &event.id,
                     &m.notifier,
@@ -67,6 +74,7 @@ pub(super) fn insert(
                     &count(m.max_attempts),
                     &ms(at),
                     &ms(next_at),
+                    &fleet_key,
                 ],
             )?;
         }
@@ -111,7 +119,7 @@ impl Outbox for PostgresStore {
                     Err(e) => return Err(e),
                 }
             }
-            insert(tx, kept, now_ms())
+            insert(tx, kept, now_ms(), self.told_once_for_fleet())
         })
     }
 
@@ -171,7 +179,7 @@ impl Outbox for PostgresStore {
     ) -> Result<OutboxMessage, StoreError> {
         let at = now_ms();
         self.write(|tx| {
-            insert(tx, also, at)?;
+            insert(tx, also, at, self.told_once_for_fleet())?;
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO outbox (event_id, notifier, kind, repo, subject, body, html, event, dedup_key,
