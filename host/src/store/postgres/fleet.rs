@@ -192,6 +192,8 @@ impl Fleet for PostgresStore {
         if let Some(row) = taken {
             f.held().insert(repo.to_string(), row.get(0));
             f.taken.fetch_add(1, Ordering::Relaxed);
+            // Another replica may have written it since this one last did.
+            self.known.forget(repo);
             return Ok(Claim::Mine);
         }
         f.held().remove(repo);

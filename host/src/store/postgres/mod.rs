@@ -20,6 +20,7 @@ use crate::policy::timeout::Learnt;
 use crate::redact::Secret;
 
 mod fleet;
+mod known;
 mod outbox;
 mod session;
 mod tls;
@@ -53,6 +54,8 @@ pub struct PostgresStore {
     server: Server,
     /// This daemon as a replica, when it is one (`as_replica`).
     fleet: Option<fleet::FleetState>,
+    /// Failure streaks and learnt limits as last read or written.
+    known: known::Known,
     /// `user@host:port/db`, for messages (never the password).
     target: String,
 }
@@ -250,6 +253,7 @@ impl PostgresStore {
             pool: Some(pool),
             server,
             fleet: None,
+            known: known::Known::default(),
             target,
         })
     }
@@ -364,11 +368,16 @@ fn uncount(v: i32) -> u32 {
 
 impl State for PostgresStore {
     fn failures_in_row(&self, repo: &str) -> Result<u32, StoreError> {
+        if let Some(failures) = self.known.failures(repo) {
+            return Ok(failures);
+        }
         let row = self.client()?.query_opt(
             "SELECT failures_in_row FROM repos WHERE name = $1",
             &[&repo],
         )?;
-        Ok(row.map(|r| uncount(r.get(0))).unwrap_or(0))
+        let failures = row.map(|r| uncount(r.get(0))).unwrap_or(0);
+        self.known.set_failures(repo, failures);
+        Ok(failures)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -383,7 +392,7 @@ impl State for PostgresStore {
         steps_owed: &[String],
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let at = now_ms();
-        self.write(|tx| {
+        let written = self.write(|tx| {
             // The row stays locked until commit: no other replica records
             // a pull of this repository in between.
             let streak = tx
@@ -407,11 +416,26 @@ impl State for PostgresStore {
                 )?;
             }
             outbox::insert(tx, outgoing, at, self.told_once_for_fleet())
-        })
+        });
+        match &written {
+            Ok(_) => {
+                let failures = match report.outcome.is_success() {
+                    true => 0,
+                    false => previous_failures + 1,
+                };
+                self.known.set_failures(repo, failures);
+                if let Some(learnt) = report.learnt {
+                    self.known.set_learnt(repo, learnt);
+                }
+            }
+            // Another writer moved the streak: read it again.
+            Err(_) => self.known.forget(repo),
+        }
+        written
     }
 
     fn record_quiet_pulls(&self, pulls: &[QuietPull]) -> Result<(), StoreError> {
-        self.write(|tx| {
+        let written = self.write(|tx| {
             for p in pulls {
                 // One pull whose lease moved is left out, not the batch.
                 if let Err(StoreError::Fenced(repo)) = self.fence(tx, &p.repo) {
@@ -429,16 +453,33 @@ impl State for PostgresStore {
                 )?;
             }
             Ok(())
-        })
+        });
+        for p in pulls {
+            match (&written, p.report.outcome.is_success()) {
+                (Ok(()), true) => {
+                    self.known.set_failures(&p.repo, 0);
+                    if let Some(learnt) = p.report.learnt {
+                        self.known.set_learnt(&p.repo, learnt);
+                    }
+                }
+                _ => self.known.forget(&p.repo),
+            }
+        }
+        written
     }
 
     fn learnt(&self, repo: &str) -> Result<Learnt, StoreError> {
+        if let Some(learnt) = self.known.learnt(repo) {
+            return Ok(learnt);
+        }
         let row = self
             .client()?
             .query_opt("SELECT learnt FROM timings WHERE repo = $1", &[&repo])?;
-        Ok(row
+        let learnt: Learnt = row
             .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.known.set_learnt(repo, learnt);
+        Ok(learnt)
     }
 
     fn record_skip(&self, repo: &str) -> Result<(), StoreError> {
