@@ -43,6 +43,60 @@ fn replica_config(root: &Path, url: &str, spec: &ReplicaSpec<'_>) -> (PathBuf, u
     (config.write_in(&home), port)
 }
 
+/// A scratch database and two upstreams, `app` and `lib`, served over HTTP.
+struct TwoRepos {
+    pg: PostgresServer,
+    url: String,
+    http: GitHttpServer,
+    /// Committed to while daemons and closures read the rest.
+    ups: std::cell::RefCell<BTreeMap<&'static str, Upstream>>,
+    root: tempfile::TempDir,
+}
+
+impl TwoRepos {
+    fn new() -> TwoRepos {
+        let pg = PostgresServer::start();
+        let url = pg.database("fleet");
+        let root = tempfile::tempdir().unwrap();
+        let http = GitHttpServer::start(root.path());
+        let ups = std::cell::RefCell::new(
+            ["app", "lib"]
+                .into_iter()
+                .map(|n| (n, Upstream::new(root.path(), n)))
+                .collect(),
+        );
+        TwoRepos {
+            pg,
+            url,
+            http,
+            ups,
+            root,
+        }
+    }
+
+    /// The configs (and ports) of replicas `a` and `b` for both.
+    fn replicas(&self, schedule: &str, lease_ttl: &str) -> [(PathBuf, u16); 2] {
+        let repos: Vec<(String, String)> = ["app", "lib"]
+            .iter()
+            .map(|n| (n.to_string(), self.http.url(n)))
+            .collect();
+        ["a", "b"].map(|name| {
+            let spec = ReplicaSpec {
+                name,
+                repos: &repos,
+                schedule,
+                lease_ttl,
+            };
+            replica_config(self.root.path(), &self.url, &spec)
+        })
+    }
+
+    /// A new commit upstream of `repo`.
+    fn commit(&self, repo: &str, subject: &str) -> String {
+        self.ups.borrow_mut().get_mut(repo).unwrap().commit(subject)
+    }
+}
+
 /// Leases held per replica, from the database.
 fn leases(pg: &PostgresServer) -> BTreeMap<String, usize> {
     pg.sql("fleet", "SELECT owner, count(*) FROM leases GROUP BY owner")
@@ -279,27 +333,10 @@ fn a_paused_replica_loses_its_repositories_and_its_late_result_is_fenced() {
 
 #[test]
 fn a_push_that_lands_on_one_replica_is_pulled_by_the_one_that_holds_the_repository() {
-    let pg = PostgresServer::start();
-    let url = pg.database("fleet");
-    let root = tempfile::tempdir().unwrap();
-    let http = GitHttpServer::start(root.path());
-    let mut ups: BTreeMap<&str, Upstream> = ["app", "lib"]
-        .into_iter()
-        .map(|n| (n, Upstream::new(root.path(), n)))
-        .collect();
-    let repos: Vec<(String, String)> = ["app", "lib"]
-        .iter()
-        .map(|n| (n.to_string(), http.url(n)))
-        .collect();
+    let scene = TwoRepos::new();
     // Pulled at start, then only when pushed.
-    let spec = |name| ReplicaSpec {
-        name,
-        repos: &repos,
-        schedule: "every 1h",
-        lease_ttl: "3s",
-    };
-    let (config_a, port_a) = replica_config(root.path(), &url, &spec("a"));
-    let (config_b, port_b) = replica_config(root.path(), &url, &spec("b"));
+    let [(config_a, port_a), (config_b, port_b)] = scene.replicas("every 1h", "3s");
+    let (pg, http) = (&scene.pg, &scene.http);
     let a = Daemon::start(&config_a, port_a, &[]);
     let b = Daemon::start(&config_b, port_b, &[]);
     // Whoever started first took both, and hands one back to the other,
@@ -319,7 +356,7 @@ fn a_push_that_lands_on_one_replica_is_pulled_by_the_one_that_holds_the_reposito
             ) != "0"
         },
     );
-    let new = ups.get_mut(of_b.as_str()).unwrap().commit("pushed");
+    let new = scene.commit(&of_b, "pushed");
 
     // The push reaches `a`; `b` pulls.
     let sent = Instant::now();
@@ -348,26 +385,9 @@ fn a_push_that_lands_on_one_replica_is_pulled_by_the_one_that_holds_the_reposito
 
 #[test]
 fn when_the_leader_is_killed_another_replica_takes_over_housekeeping_and_its_repositories() {
-    let pg = PostgresServer::start();
-    let url = pg.database("fleet");
-    let root = tempfile::tempdir().unwrap();
-    let http = GitHttpServer::start(root.path());
-    let mut ups: BTreeMap<&str, Upstream> = ["app", "lib"]
-        .into_iter()
-        .map(|n| (n, Upstream::new(root.path(), n)))
-        .collect();
-    let repos: Vec<(String, String)> = ["app", "lib"]
-        .iter()
-        .map(|n| (n.to_string(), http.url(n)))
-        .collect();
-    let spec = |name| ReplicaSpec {
-        name,
-        repos: &repos,
-        schedule: "every 1s jitter 0s",
-        lease_ttl: "2s",
-    };
-    let (config_a, port_a) = replica_config(root.path(), &url, &spec("a"));
-    let (config_b, port_b) = replica_config(root.path(), &url, &spec("b"));
+    let scene = TwoRepos::new();
+    let [(config_a, port_a), (config_b, port_b)] = scene.replicas("every 1s jitter 0s", "2s");
+    let pg = &scene.pg;
     let leader = || {
         pg.sql(
             "fleet",
@@ -404,10 +424,7 @@ fn when_the_leader_is_killed_another_replica_takes_over_housekeeping_and_its_rep
     });
     assert_eq!(b.status()["fleet"]["leader"], true);
     // a's repository goes on being pulled, by b.
-    let new = ups
-        .get_mut(of_a.as_str())
-        .unwrap()
-        .commit("after the leader died");
+    let new = scene.commit(&of_a, "after the leader died");
     wait_for_with_logs(
         "b to pull a's repository",
         Duration::from_secs(30),

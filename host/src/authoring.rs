@@ -2,7 +2,8 @@
 //! replay a failure trace through it.
 //!
 //! The scaffold is self-contained: it vendors this gitpulse's SDK, policy
-//! core and WIT contract, so it builds as is with nothing but crates.io.
+//! core and WIT contract, so it builds as is with nothing but the public
+//! crate registry.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
