@@ -342,7 +342,7 @@ fn a_push_that_lands_on_one_replica_is_pulled_by_the_one_that_holds_the_reposito
     // Whoever started first took both, and hands one back to the other,
     // which takes it up and clones it at once (not an hour later).
     wait_for("one lease each", Duration::from_secs(30), || {
-        let held = leases(&pg);
+        let held = leases(pg);
         held.get("a") == Some(&1) && held.get("b") == Some(&1)
     });
     let of_b = pg.sql("fleet", "SELECT repo FROM leases WHERE owner = 'b'");
@@ -399,7 +399,7 @@ fn when_the_leader_is_killed_another_replica_takes_over_housekeeping_and_its_rep
     let b = Daemon::start(&config_b, port_b, &[]);
     let both = [("a", &a), ("b", &b)];
     wait_for_with_logs("one lease each", Duration::from_secs(30), &both, || {
-        let held = leases(&pg);
+        let held = leases(pg);
         held.get("a") == Some(&1) && held.get("b") == Some(&1)
     });
     let of_a = pg.sql("fleet", "SELECT repo FROM leases WHERE owner = 'a'");

@@ -80,6 +80,8 @@ struct Result {
     /// For PostgreSQL: the server's share of `cpu_pct`, and its
     /// transactions per pull.
     database: Option<(f64, f64)>,
+    /// For a fleet: claims that asked the database, in µs, sorted.
+    claims: Vec<u64>,
 }
 
 /// Where a measured daemon keeps its state.
@@ -230,6 +232,14 @@ fn main() {
         mark(percentile(&lags, 0.99) <= 1000),
         git.as_ref().map_or(f64::NAN, |git| daemon.cpu_pct / git.cpu_pct.max(f64::MIN_POSITIVE)),
     );
+    for r in daemons.iter().filter(|r| !r.claims.is_empty()) {
+        println!(
+            "{}: a claim that asks the database takes p50 {} µs, p99 {} µs (1,000 claims while the fleet ran)",
+            r.name,
+            percentile(&r.claims, 0.5),
+            percentile(&r.claims, 0.99),
+        );
+    }
     for other in &daemons[1..] {
         let per_pull = |r: &Result| r.cpu_pct / r.pulls.max(1) as f64;
         let mut lags = other.lags.clone();
@@ -354,6 +364,13 @@ fn run_daemon(
     let tx = transactions() - start_tx;
     let rss = pids.iter().map(|p| peak_rss_mb(*p)).fold(0.0, f64::max);
     let elapsed = started.elapsed().as_secs_f64();
+    // While the fleet still runs: how long a claim that asks the database
+    // takes (a push or trigger for a repository another replica holds, or
+    // the take-over of an orphan), from a replica that holds nothing.
+    let claims = match (&url, replicas > 1) {
+        (Some(url), true) => claim_latencies(url, repos),
+        _ => Vec::new(),
+    };
     for (pid, mut child) in pids.iter().zip(children) {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -390,7 +407,38 @@ fn run_daemon(
                 tx / pulls.max(1) as f64,
             )
         }),
+        claims,
     }
+}
+
+/// Microseconds each of 1,000 claims took, sorted: asked for now (no
+/// share, so the database is asked) by a replica that joined nothing, for
+/// repositories the fleet holds.
+fn claim_latencies(url: &str, repos: usize) -> Vec<u64> {
+    use gitpulse::store::{FleetMode, Replica, State as _};
+    let store = gitpulse::store::PostgresStore::connect(&gitpulse::store::Connect {
+        url: gitpulse::redact::Secret::new(url),
+        pool_size: 1,
+        connect_timeout: Duration::from_secs(10),
+        ca_file: None,
+    })
+    .unwrap()
+    .as_replica(Replica {
+        name: "bench-probe".into(),
+        mode: FleetMode::Shard,
+        lease_ttl: Duration::from_secs(15),
+    });
+    let fleet = store.fleet().unwrap();
+    let mut took: Vec<u64> = (0..1000)
+        .map(|i| {
+            let repo = format!("r{}", (i * 7919) % repos);
+            let at = Instant::now();
+            fleet.claim(&repo, None).unwrap();
+            at.elapsed().as_micros() as u64
+        })
+        .collect();
+    took.sort_unstable();
+    took
 }
 
 /// The same polling as a shell loop would do it: at each repository's due
@@ -459,5 +507,6 @@ fn run_git_loop(root: &Path, repos: usize, period: u64, secs: u64) -> Result {
         pulls: lags.len(),
         lags,
         database: None,
+        claims: Vec::new(),
     }
 }
