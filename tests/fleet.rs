@@ -156,6 +156,7 @@ fn three_replicas_share_sixty_repositories_and_each_push_is_pulled_by_one() {
     for row in &rows {
         let replica = row["state"]["replica"].as_str().unwrap_or_default();
         assert!(["a", "b", "c"].contains(&replica), "{row}");
+        assert!(row["state"]["replica_since_ms"].as_u64().is_some(), "{row}");
     }
     let table = gitpulse()
         .args(["status", "--config"])

@@ -895,6 +895,12 @@ fn valid_manifest(name: &str) -> Vec<serde_json::Value> {
 fn the_kubernetes_fleet_validates_and_its_config_reaches_its_database() {
     let docs = valid_manifest("gitpulse-fleet.yaml");
     let set = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    assert_eq!(set["metadata"]["name"], "gitpulse");
+    // A database to share, reachable by the name the URL gives.
+    let db = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "gitpulse-db");
+    assert!(db.is_some(), "a Service for the database");
     let pod = &set["spec"]["template"]["spec"];
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],

@@ -258,7 +258,9 @@ pub fn status_table(repos: &[(String, Option<RepoStatus>, bool)]) -> String {
             "{name:<20} {success:<16} {result:<22} {next:<14} {failures:>9}"
         );
         let replica = row.as_ref().and_then(|s| s.replica.as_deref());
+        let since = row.as_ref().and_then(|s| s.replica_since_ms);
         let _ = match (fleet, replica) {
+            (true, Some(r)) if since.is_some() => writeln!(out, "  {r} (since {})", when(since)),
             (true, Some(r)) => writeln!(out, "  {r}"),
             (true, None) => writeln!(out, "  -"),
             (false, _) => writeln!(out),
@@ -354,6 +356,7 @@ mod tests {
             skipped: 0,
             last_pull_ms: None,
             replica: None,
+            replica_since_ms: None,
         }
     }
 
@@ -382,6 +385,16 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].ends_with("REPLICA"), "{table}");
         assert!(lines[1].ends_with("web-2"), "{table}");
+        let since = RepoStatus {
+            replica: Some("web-2".into()),
+            replica_since_ms: Some(1_700_000_000_000),
+            ..sample_status()
+        };
+        let table = status_table(&[("app".into(), Some(since), false)]);
+        assert!(
+            table.lines().nth(1).unwrap_or("").contains("web-2 (since "),
+            "{table}"
+        );
         assert!(lines[2].ends_with('-'), "{table}");
 
         let step = HistoryEntry {

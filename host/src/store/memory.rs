@@ -409,6 +409,7 @@ impl State for MemoryStore {
                     .map(|p| p.at_ms)
                     .max(),
                 replica: None,
+                replica_since_ms: None,
             })
             .collect())
     }

@@ -130,6 +130,9 @@ pub struct RepoStatus {
     /// In a fleet: the replica that holds its lease now (it alone pulls it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
+    /// Since when (unix ms) that replica holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_since_ms: Option<u64>,
 }
 
 /// One pull, as the status page charts it.

@@ -529,8 +529,9 @@ impl State for PostgresStore {
             "SELECT name, last_success_ms, last_result, last_class, last_good_commit, failures_in_row,
                     next_run_ms, skipped,
                     (SELECT MAX(at_ms) FROM pulls WHERE pulls.repo = repos.name),
-                    (SELECT owner FROM leases WHERE leases.repo = repos.name AND expires_ms >= $1)
-             FROM repos ORDER BY name",
+                    l.owner, l.since_ms
+             FROM repos LEFT JOIN leases l ON l.repo = repos.name AND l.expires_ms >= $1
+             ORDER BY name",
             &[&ms(now_ms())],
         )?;
         Ok(rows
@@ -546,6 +547,7 @@ impl State for PostgresStore {
                 skipped: unms(r.get(7)),
                 last_pull_ms: opt_ms(r.get(8)),
                 replica: r.get(9),
+                replica_since_ms: opt_ms(r.get(10)),
             })
             .collect())
     }

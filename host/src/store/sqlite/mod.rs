@@ -247,6 +247,7 @@ impl State for SqliteStore {
                 skipped: r.get::<_, i64>(7)? as u64,
                 last_pull_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
                 replica: None,
+                replica_since_ms: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
