@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ::postgres::fallible_iterator::FallibleIterator;
 
+use super::session::Cached as _;
 use super::Tx;
 
 use super::{ms, said, unms, PostgresStore};

@@ -25,7 +25,7 @@ mod outbox;
 mod session;
 mod tls;
 
-use session::{Manager, Tx};
+use session::{Cached as _, Manager, Tx};
 
 type Pool = r2d2::Pool<Manager>;
 type Client = r2d2::PooledConnection<Manager>;

@@ -4,6 +4,7 @@
 
 use ::postgres::Row;
 
+use super::session::Cached as _;
 use super::Tx;
 
 use super::super::outbox::*;

@@ -58,15 +58,49 @@ fn statement(
     Ok(s)
 }
 
-/// `f` with `sql` prepared on `client` (once per connection).
-fn with<C: GenericClient, T>(
-    client: &mut C,
-    prepared: &mut HashMap<String, Statement>,
-    sql: &str,
-    f: impl FnOnce(&mut C, &Statement) -> Result<T, ::postgres::Error>,
-) -> Result<T, ::postgres::Error> {
-    let s = statement(client, prepared, sql)?;
-    f(client, &s)
+/// Statements by their text, through a connection's prepared ones: what a
+/// pooled connection and a transaction on it both offer.
+pub(crate) trait Cached {
+    /// The client statements run on.
+    type Client: GenericClient;
+
+    /// The client and the connection's prepared statements, apart.
+    fn parts(&mut self) -> (&mut Self::Client, &mut HashMap<String, Statement>);
+
+    /// `f` with `sql` prepared (once per connection).
+    fn with<T>(
+        &mut self,
+        sql: &str,
+        f: impl FnOnce(&mut Self::Client, &Statement) -> Result<T, ::postgres::Error>,
+    ) -> Result<T, ::postgres::Error> {
+        let (client, prepared) = self.parts();
+        let s = statement(client, prepared, sql)?;
+        f(client, &s)
+    }
+
+    /// Runs `sql`; how many rows it changed.
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, ::postgres::Error> {
+        self.with(sql, |c, s| c.execute(s, params))
+    }
+
+    /// The rows of `sql`.
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, ::postgres::Error> {
+        self.with(sql, |c, s| c.query(s, params))
+    }
+
+    /// The row of `sql`, if any.
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, ::postgres::Error> {
+        self.with(sql, |c, s| c.query_opt(s, params))
+    }
+
+    /// The one row of `sql`.
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, ::postgres::Error> {
+        self.with(sql, |c, s| c.query_one(s, params))
+    }
 }
 
 /// A transaction on a pooled connection, using its prepared statements.
@@ -75,51 +109,23 @@ pub(crate) struct Tx<'a> {
     prepared: &'a mut HashMap<String, Statement>,
 }
 
+impl Cached for Conn {
+    type Client = ::postgres::Client;
+
+    fn parts(&mut self) -> (&mut Self::Client, &mut HashMap<String, Statement>) {
+        (&mut self.client, &mut self.prepared)
+    }
+}
+
+impl<'a> Cached for Tx<'a> {
+    type Client = Transaction<'a>;
+
+    fn parts(&mut self) -> (&mut Self::Client, &mut HashMap<String, Statement>) {
+        (&mut self.tx, &mut *self.prepared)
+    }
+}
+
 impl Conn {
-    /// Runs `sql`; how many rows it changed.
-    pub(crate) fn execute(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<u64, ::postgres::Error> {
-        with(&mut self.client, &mut self.prepared, sql, |c, s| {
-            c.execute(s, params)
-        })
-    }
-
-    /// The rows of `sql`.
-    pub(crate) fn query(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<Vec<Row>, ::postgres::Error> {
-        with(&mut self.client, &mut self.prepared, sql, |c, s| {
-            c.query(s, params)
-        })
-    }
-
-    /// The row of `sql`, if any.
-    pub(crate) fn query_opt(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<Option<Row>, ::postgres::Error> {
-        with(&mut self.client, &mut self.prepared, sql, |c, s| {
-            c.query_opt(s, params)
-        })
-    }
-
-    /// The one row of `sql`.
-    pub(crate) fn query_one(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<Row, ::postgres::Error> {
-        with(&mut self.client, &mut self.prepared, sql, |c, s| {
-            c.query_one(s, params)
-        })
-    }
-
     /// Runs statements separated by `;`, unprepared (no parameters).
     pub(crate) fn batch_execute(&mut self, sql: &str) -> Result<(), ::postgres::Error> {
         self.client.batch_execute(sql)
@@ -135,48 +141,6 @@ impl Conn {
 }
 
 impl Tx<'_> {
-    /// Runs `sql`; how many rows it changed.
-    pub(crate) fn execute(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<u64, ::postgres::Error> {
-        with(&mut self.tx, self.prepared, sql, |c, s| {
-            c.execute(s, params)
-        })
-    }
-
-    /// The rows of `sql`.
-    pub(crate) fn query(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<Vec<Row>, ::postgres::Error> {
-        with(&mut self.tx, self.prepared, sql, |c, s| c.query(s, params))
-    }
-
-    /// The row of `sql`, if any.
-    pub(crate) fn query_opt(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<Option<Row>, ::postgres::Error> {
-        with(&mut self.tx, self.prepared, sql, |c, s| {
-            c.query_opt(s, params)
-        })
-    }
-
-    /// The one row of `sql`.
-    pub(crate) fn query_one(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<Row, ::postgres::Error> {
-        with(&mut self.tx, self.prepared, sql, |c, s| {
-            c.query_one(s, params)
-        })
-    }
-
     /// Makes what it did last.
     pub(crate) fn commit(self) -> Result<(), ::postgres::Error> {
         self.tx.commit()
