@@ -97,11 +97,19 @@ pub(super) fn check_store(
         .as_ref()
         .and_then(|n| check.positive(n, "store.pool_size", 64))
         .unwrap_or(8) as u32;
-    let connect_timeout = raw
-        .connect_timeout
-        .as_ref()
-        .and_then(|d| check.duration(d, "store.connect_timeout"))
-        .unwrap_or(Duration::from_secs(10));
+    // Every write waits this long at most for a connection: bounded, so a
+    // typo cannot stall the daemon for days.
+    let connect_timeout = match &raw.connect_timeout {
+        None => Duration::from_secs(10),
+        Some(d) => match check.duration(d, "store.connect_timeout") {
+            Some(t) if (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&t) => t,
+            Some(_) => {
+                check.at(d, "store.connect_timeout", "between 100ms and 10m");
+                Duration::from_secs(10)
+            }
+            None => Duration::from_secs(10),
+        },
+    };
     let ca_file = raw.ca_file.as_ref().map(|file| {
         let path = resolve(file.get_ref());
         check.file_exists(file, "store.ca_file", &path);
@@ -186,6 +194,10 @@ mod tests {
             (
                 "[store]\nbackend = \"postgres\"\nurl_env = \"UNSET\"\n",
                 "UNSET is not set",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl_env = \"A\"\nconnect_timeout = \"30d\"\n",
+                "store.connect_timeout: between 100ms and 10m",
             ),
         ] {
             let said = problems(text, &[("A", "postgres://h/db")]);
