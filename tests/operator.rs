@@ -834,9 +834,26 @@ fn the_container_image_build_file_passes_hadolint() {
     );
     assert!(ok, "{said}");
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains("USER 10001"), "a non-root user");
-    assert!(text.contains("HEALTHCHECK") && text.contains("/healthz"));
-    assert!(text.contains("tini"), "a PID 1 that reaps children");
+    // The runtime is distroless (no shell, no package manager), as the
+    // image's non-root user, with the stripped binary.
+    let runtime = text
+        .lines()
+        .find(|l| l.starts_with("FROM ") && l.ends_with(" AS base"))
+        .unwrap_or_default();
+    assert!(runtime.contains("distroless"), "{runtime}");
+    assert!(text.contains("USER 65532:65532"), "a non-root user");
+    assert!(text.contains("install -D -m 0755 -s "), "a stripped binary");
+    // The release stage takes the archives' binaries; the default builds.
+    assert!(text.contains("FROM base AS release"));
+    assert!(text.contains("dist/linux-${TARGETARCH}/gitpulse"));
+    // The build context is only what the build reads: never target/.
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.dockerignore"))
+            .unwrap();
+    let rules: Vec<&str> = ignore.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(rules.first(), Some(&"*"), "everything left out first");
+    assert!(rules.contains(&"**/target/"), "{ignore}");
+    assert!(!rules.iter().any(|r| r.contains("!target")), "{ignore}");
 }
 
 #[test]
@@ -931,13 +948,67 @@ fn the_kubernetes_fleet_validates_and_its_config_reaches_its_database() {
     );
 }
 
+/// The labels a workload's pods carry.
+fn pod_labels(workload: &serde_json::Value) -> serde_json::Value {
+    workload["spec"]["template"]["metadata"]["labels"].clone()
+}
+
+/// Whether a label selector (`key: value` pairs) picks pods with `labels`.
+fn selects(selector: &serde_json::Value, labels: &serde_json::Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
+}
+
 #[test]
 fn the_kubernetes_sidecar_validates_and_its_config_is_valid() {
     let docs = valid_manifest("gitpulse-sidecar.yaml");
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    let sidecar = &deployment["spec"]["template"]["spec"]["initContainers"][0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let sidecar = &pod["initContainers"][0];
     assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
     assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/readyz");
+    // Pod Security "restricted", as the image's user; a release's tag.
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let image = sidecar["image"].as_str().unwrap();
+    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    assert!(
+        tag.split('.').count() == 3 && tag.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "a pinned release tag, not {image}"
+    );
+    for container in pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([sidecar])
+    {
+        assert_eq!(
+            container["securityContext"]["allowPrivilegeEscalation"], false,
+            "{container}"
+        );
+    }
+    // A Service and a PodMonitor that reach the sidecar's named port on
+    // this Deployment's pods.
+    let labels = &pod_labels(deployment);
+    let port = sidecar["ports"][0]["name"].as_str().unwrap();
+    let service = docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    assert!(selects(&service["spec"]["selector"], labels), "{service}");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port);
+    let monitor = docs.iter().find(|d| d["kind"] == "PodMonitor").unwrap();
+    assert!(
+        selects(&monitor["spec"]["selector"]["matchLabels"], labels),
+        "{monitor}"
+    );
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], port);
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["path"],
+        "/metrics"
+    );
     // The ConfigMap's gitpulse.toml is a config gitpulse accepts.
     let config_map = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -367,3 +367,54 @@ fn serve_cgi(root: &Path, req: Request, stream: &mut TcpStream) {
     let _ = writer.join();
     let _ = child.wait();
 }
+
+/// Serves the files under a root directory over plain HTTP GET (a release
+/// download server's stand-in), and remembers which paths were asked for.
+pub struct FileServer {
+    listener: Listener,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FileServer {
+    /// Serves `root`: `GET /a/b` answers `root/a/b`, 404 for anything else
+    /// (no directory listings, nothing outside `root`).
+    pub fn start(root: &Path) -> FileServer {
+        let root = root.to_path_buf();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let listener = Listener::spawn(move |mut stream| {
+            let Ok(Some(req)) = read_request(&mut stream) else {
+                return;
+            };
+            let path = req.target.split('?').next().unwrap_or("").to_string();
+            seen.lock().unwrap().push(path.clone());
+            let relative = path.trim_start_matches('/');
+            let inside = !relative
+                .split('/')
+                .any(|part| part == ".." || part.is_empty());
+            match std::fs::read(root.join(relative)) {
+                Ok(body) if inside && req.method == "GET" => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
+                    let _ = stream.flush();
+                }
+                _ => respond(&mut stream, 404, &[], "not found\n"),
+            }
+        });
+        FileServer { listener, asked }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listener.addr)
+    }
+
+    /// The paths asked for so far, in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}

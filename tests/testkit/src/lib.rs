@@ -41,7 +41,7 @@ mod webhook;
 pub use config::{table, ConfigFile, Repo};
 pub use daemon::GitDaemon;
 pub use fixture::{git, git_ok, Upstream};
-pub use http::GitHttpServer;
+pub use http::{FileServer, GitHttpServer};
 pub use postgres::{PostgresServer, POSTGRES_PASSWORD};
 pub use proxy::{Fault, FaultProxy, Seen};
 pub use silent::SilentServer;
