@@ -251,9 +251,12 @@ fn the_database_restarted_between_pulls_loses_nothing_and_tells_each_change_once
     pg.stop();
     let during = app.commit("while the database restarts");
     let dir = root.path().join("c-app");
-    wait_for("the checkout to move", Duration::from_secs(30), || {
-        checkout_state(&dir).0 == during
-    });
+    wait_for_with_logs(
+        "the checkout to move",
+        Duration::from_secs(30),
+        &[("daemon", &d)],
+        || checkout_state(&dir).0 == during,
+    );
     wait_for(
         "the daemon to wait for the database",
         Duration::from_secs(30),

@@ -46,13 +46,7 @@ fn config(dir: &Path, url: &str) -> Config {
         "[daemon]\nstate_dir = \"state\"\n\n[notifier.hook]\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"secret\"\n\
          dedup_window = \"0s\"\ndigest_window = \"0s\"\n"
     );
-    gitpulse::config::parse(
-        &dir.join("gitpulse.toml"),
-        &text,
-        &|_| None,
-        gitpulse::config::Scope::Environment,
-    )
-    .unwrap()
+    gitpulse::config::parse(&dir.join("gitpulse.toml"), &text, &|_| None).unwrap()
 }
 
 fn report(i: u64) -> PullReport {

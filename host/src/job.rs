@@ -1191,7 +1191,6 @@ pub fn deliver_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Scope;
     use crate::git::{AttemptError, Change, Synced};
     use crate::plugin::Plugin;
     use crate::store::{History as _, MemoryStore, State as _, Steps as _};
@@ -1217,13 +1216,7 @@ mod tests {
             )
             .repo(repo(app))
             .text();
-        crate::config::parse(
-            &dir.join("gitpulse.toml"),
-            &text,
-            &|_| None,
-            Scope::Structure,
-        )
-        .unwrap()
+        crate::config::parse(&dir.join("gitpulse.toml"), &text, &|_| None).unwrap()
     }
 
     fn no_plugins(name: &str) -> Result<Plugin, LoadError> {

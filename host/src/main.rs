@@ -19,7 +19,7 @@ use gitpulse::cli::{
     OutboxAction, OutboxArgs, PluginCommand, PluginOptions, PullArgs, RoleArg, SimulateArgs,
     StateArgs, StatusArgs, TriggerArgs, ValidateArgs,
 };
-use gitpulse::config::{self, Config, PolicyRef, Problems, Scope};
+use gitpulse::config::{self, Config, PolicyRef, Problems};
 use gitpulse::daemon::DaemonError;
 use gitpulse::events::RepoRef;
 use gitpulse::plugin::{self, KvStore, Plugin, PluginEnv, Told};

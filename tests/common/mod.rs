@@ -210,7 +210,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let token_file = gitpulse::config::load(config, gitpulse::config::Scope::Structure)
+        let token_file = gitpulse::config::load(config)
             .map(|c| c.daemon.api_token_file())
             .unwrap_or_default();
         let mut daemon = Daemon {

@@ -8,7 +8,7 @@ pub(crate) fn daemon(args: &DaemonArgs) -> Result<(), Failure> {
     // The flag, else the config's setting (a config with problems is
     // reported by the daemon itself, in the default format).
     let format = args.log_format.unwrap_or_else(|| {
-        config::load(&args.config, Scope::Structure)
+        config::load(&args.config)
             .map(|c| c.daemon.log_format)
             .unwrap_or_default()
     });

@@ -12,7 +12,7 @@ pub(crate) fn run_pull(args: &PullArgs) -> Result<(), Failure> {
     let notify_config = match &args.notify_config {
         None => None,
         Some(path) => {
-            let config = config::load(path, Scope::Environment).map_err(usage)?;
+            let config = gitpulse::validate::load_environment(path).map_err(usage)?;
             let problems = gitpulse::notify::check_templates(&config);
             if !problems.is_empty() {
                 return Err(usage(Problems(problems)));

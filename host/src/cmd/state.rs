@@ -5,7 +5,7 @@ use crate::*;
 /// The config (its structure only: no secrets needed) and the store it
 /// names.
 pub(crate) fn open_state(config_path: &Path) -> Result<(Config, Box<dyn Storage>), Failure> {
-    let config = config::load(config_path, Scope::Structure).map_err(usage)?;
+    let config = config::load(config_path).map_err(usage)?;
     if config.store == store::Backend::Sqlite {
         let db = SqliteStore::path_in(&config.daemon.state_dir);
         if !db.exists() {
@@ -60,7 +60,7 @@ pub(crate) fn status(args: &StatusArgs) -> Result<(), Failure> {
 
 /// `status --live`: the running daemon's own view, running pulls included.
 pub(crate) fn status_live(args: &StateArgs) -> Result<(), Failure> {
-    let config = config::load(&args.config, Scope::Structure).map_err(usage)?;
+    let config = config::load(&args.config).map_err(usage)?;
     let body = gitpulse::daemon::Client::of(&config.daemon)
         .and_then(|client| client.status())
         .map_err(failed)?;
@@ -111,7 +111,7 @@ pub(crate) fn history(args: &HistoryArgs) -> Result<(), Failure> {
 
 pub(crate) fn trigger(args: &TriggerArgs) -> Result<(), Failure> {
     use gitpulse::daemon::{Client, ClientError};
-    let config = config::load(&args.config, Scope::Structure).map_err(usage)?;
+    let config = config::load(&args.config).map_err(usage)?;
     match Client::of(&config.daemon).and_then(|c| c.trigger(args.repo.as_deref())) {
         Ok(()) => {
             match &args.repo {
@@ -178,8 +178,7 @@ pub(crate) fn outbox(args: &OutboxArgs) -> Result<(), Failure> {
 
 pub(crate) fn notify_test(name: &str, config_path: &Path) -> Result<(), Failure> {
     // Only this notifier's secret matters, and sending reads it.
-    let config = config::load(config_path, Scope::Structure)
-        .map_err(|problems| Failure::Problems(problems, ""))?;
+    let config = config::load(config_path).map_err(|problems| Failure::Problems(problems, ""))?;
     let Some(notifier) = config.notifiers.get(name) else {
         let known: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
         return Err(usage(format!(

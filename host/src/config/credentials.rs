@@ -10,7 +10,6 @@ pub(super) fn check_credential(
     line: usize,
     raw: &RawCredential,
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<OriginCredential> {
     let Some(prefix) = &raw.url_prefix else {
         check.push(
@@ -60,12 +59,12 @@ pub(super) fn check_credential(
             return None;
         }
         [("token_env", var)] => {
-            check.env_set(var, format!("{field}.token_env"), env);
+            check.need_variable(var, format!("{field}.token_env"));
             SecretRef::Env(var.get_ref().clone())
         }
         [(name, file)] => {
             let path = resolve(file.get_ref());
-            check.file_exists(file, format!("{field}.{name}"), &path);
+            check.need_file(file, format!("{field}.{name}"), &path);
             SecretRef::File(path)
         }
         [_, (_, second), ..] => {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ApiToken, Check, DaemonSettings, LogFormat, RawDaemon, Scope};
+use super::{ApiToken, Check, DaemonSettings, LogFormat, RawDaemon};
 
 /// Checks `[daemon]` (`raw`) of a file in `base`, with `env` read for the
 /// overrides and the API token's variable.
@@ -15,7 +15,6 @@ pub(super) fn check_daemon(
     base: &Path,
     resolve: &dyn Fn(&str) -> PathBuf,
     env: &dyn Fn(&str) -> Option<String>,
-    scope: Scope,
 ) -> DaemonSettings {
     let mut daemon = DaemonSettings {
         state_dir: raw
@@ -53,24 +52,14 @@ pub(super) fn check_daemon(
             ),
         }
     }
-    check_api_token(check, raw, &mut daemon, resolve, env);
+    check_api_token(check, raw, &mut daemon, resolve);
     if let Some(dir) = env("GITPULSE_STATE_DIR") {
         daemon.state_dir = PathBuf::from(dir);
     }
     check_listen(check, raw, &mut daemon, env);
-    if let Some(dir) = &daemon.plugin_dir {
-        if scope == Scope::Environment && !dir.is_dir() {
-            let raw_dir = raw
-                .plugin_dir
-                .as_ref()
-                .map(|s| check.line(s.span().start))
-                .unwrap_or(0);
-            check.push(
-                raw_dir,
-                "daemon.plugin_dir",
-                format!("{} is not a directory", dir.display()),
-            );
-        }
+    if let (Some(dir), Some(raw_dir)) = (&daemon.plugin_dir, &raw.plugin_dir) {
+        let line = check.line(raw_dir.span().start);
+        check.need(line, "daemon.plugin_dir", super::Need::Dir(dir.clone()));
     }
     daemon
 }
@@ -143,7 +132,6 @@ fn check_api_token(
     raw: &RawDaemon,
     daemon: &mut DaemonSettings,
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) {
     match (&raw.api_token_env, &raw.api_token_file) {
         (Some(_), Some(file)) => check.at(
@@ -152,12 +140,12 @@ fn check_api_token(
             "use only one of api_token_env and api_token_file",
         ),
         (Some(var), None) => {
-            check.env_set(var, "daemon.api_token_env", env);
+            check.need_variable(var, "daemon.api_token_env");
             daemon.api_token = ApiToken::Env(var.get_ref().clone());
         }
         (None, Some(file)) => {
             let path = resolve(file.get_ref());
-            check.file_exists(file, "daemon.api_token_file", &path);
+            check.need_file(file, "daemon.api_token_file", &path);
             daemon.api_token = ApiToken::File(path);
         }
         (None, None) => {}

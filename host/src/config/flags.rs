@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{repo, Check, Problem, Problems, RawCommon, RawRepo, RepoConfig, Scope};
+use super::{repo, Check, Problem, Problems, RawCommon, RawRepo, RepoConfig};
 
 /// Step keys, as `--step` flags say them.
 const STEP_FLAGS: [(&str, &str); 5] = [
@@ -205,9 +205,9 @@ impl RepoFlags {
         let mut check = Check {
             file: Path::new(""),
             text: &text,
-            scope: Scope::Structure,
             flags: Some(&flags),
             problems: Vec::new(),
+            needs: Vec::new(),
         };
         let around = repo::Around {
             defaults: &RawCommon::default(),
@@ -215,7 +215,6 @@ impl RepoFlags {
             plugin_dir: None,
             notifiers: &BTreeMap::new(),
             resolve: &|p: &str| p.into(),
-            env: &|_| None,
         };
         let spanned = toml::Spanned::new(0..text.len(), raw);
         let checked = repo::check_repo(&mut check, &spanned, &around, &mut Default::default());

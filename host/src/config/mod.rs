@@ -5,9 +5,14 @@
 //! [`load`] turns a file into a [`Config`] that is valid as a whole or not
 //! at all: callers (the daemon at start and on reload, `gitpulse validate`)
 //! either get a complete value to swap in or the full list of [`Problem`]s,
-//! never a half-applied config. This module reads the environment and the
-//! filesystem only to check that what the file names exists; it does not
-//! schedule, pull or load plugins for use.
+//! never a half-applied config. Reading never looks beyond the file (and the
+//! templates it names): what the config needs from the machine — variables
+//! set, secret, key and CA files, the plugin directory — is collected as
+//! [`Need`]s with their lines ([`Config::needs`]) and checked by `validate`
+//! (daemon start, reloads, `gitpulse validate`), so commands that only read
+//! state work without the secrets. The environment is read here only for
+//! the variables that override settings (`GITPULSE_STATE_DIR`, …). It does
+//! not schedule, pull or load plugins for use.
 //!
 //! ```toml
 //! [daemon]
@@ -344,6 +349,10 @@ pub struct Config {
     /// Where each repository is in `repos`: the daemon looks one up for
     /// every pull, and a fleet has thousands.
     by_name: HashMap<String, usize>,
+    /// What this config needs from the machine it runs on (variables,
+    /// files, directories), with where the file states each; `validate`
+    /// checks them.
+    pub needs: Vec<Requirement>,
 }
 
 impl Config {
@@ -354,9 +363,9 @@ impl Config {
         let mut check = Check {
             file: Path::new(""),
             text: "",
-            scope: Scope::Structure,
             flags: None,
             problems: Vec::new(),
+            needs: Vec::new(),
         };
         let resolve = |p: &str| PathBuf::from(p);
         let daemon = daemon::check_daemon(
@@ -365,7 +374,6 @@ impl Config {
             Path::new(""),
             &resolve,
             &|_| None,
-            Scope::Structure,
         );
         Config {
             path: PathBuf::new(),
@@ -379,6 +387,7 @@ impl Config {
             credentials: Vec::new(),
             hook: HookAllowance::default(),
             by_name: HashMap::new(),
+            needs: Vec::new(),
         }
     }
 
@@ -640,17 +649,38 @@ struct RawCredential {
     password_file: Option<Spanned<String>>,
 }
 
-/// How much a load looks at beyond the file itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// The file's structure, types and values only: what commands that read
-    /// state (`status`, `history`, `outbox`, `trigger`) need. Secrets may be
-    /// absent from this shell.
-    Structure,
-    /// Also the environment the config names: token and password variables
-    /// set, token, key and template files present. What `validate`, the
-    /// daemon and reloads check.
-    Environment,
+/// Something a config needs from the machine it runs on. Reading a file
+/// never looks beyond it: the needs are collected with where the file
+/// states them, and `validate` (daemon start, every reload, `gitpulse
+/// validate`) checks them. Commands that only read state (`status`,
+/// `history`, `outbox`, `trigger`) work in a shell without the secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// An environment variable that must be set and not blank (a token, a
+    /// password, a URL).
+    Variable(String),
+    /// A file that must exist: a secret, a key, a template, a CA.
+    File(PathBuf),
+    /// A plugin component `plugin_dir` must hold.
+    Plugin(PathBuf),
+    /// A directory that must exist (`plugin_dir`).
+    Dir(PathBuf),
+    /// The directory a file is written into (a log notifier's `path`).
+    ParentDir(PathBuf),
+}
+
+/// A [`Need`] and where the file states it: a problem's place, should the
+/// need be unmet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// What is needed.
+    pub need: Need,
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line of the value that states the need.
+    pub line: usize,
+    /// The field, worded as a [`Problem`]'s.
+    pub field: String,
 }
 
 /// Collects problems against one file, or against the flags that filled
@@ -658,9 +688,9 @@ pub enum Scope {
 struct Check<'a> {
     file: &'a Path,
     text: &'a str,
-    scope: Scope,
     flags: Option<&'a flags::Flags>,
     problems: Vec<Problem>,
+    needs: Vec<Requirement>,
 }
 
 impl Check<'_> {
@@ -708,41 +738,36 @@ impl Check<'_> {
         }
     }
 
-    /// The environment variable `var` names must be set and not blank.
-    fn env_set(
-        &mut self,
-        var: &Spanned<String>,
-        field: impl Into<String>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) {
+    /// The environment variable `var` names must be set and not blank
+    /// (checked by `validate`); its name is checked here.
+    fn need_variable(&mut self, var: &Spanned<String>, field: impl Into<String>) {
         let field = field.into();
         if let Some(why) = not_a_variable_name(var.get_ref()) {
             // Whatever was pasted here is never shown: it may be the secret.
             self.at(var, field, why);
             return;
         }
-        if self.scope == Scope::Structure {
-            return;
-        }
-        if env(var.get_ref()).is_none_or(|v| v.trim().is_empty()) {
-            let message = format!("environment variable {} is not set or empty", var.get_ref());
-            self.at(var, field, message);
-        }
+        let line = self.line(var.span().start);
+        self.need(line, field, Need::Variable(var.get_ref().clone()));
     }
 
-    /// `path` must be an existing file; a problem is reported at `at`.
-    fn file_exists<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, path: &Path) {
-        if self.scope == Scope::Environment && !path.is_file() {
-            let shown = path
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .filter(|n| looks_like_a_secret(n))
-                .map(|_| {
-                    "this path (it looks like a pasted secret, so it is not shown)".to_string()
-                })
-                .unwrap_or_else(|| path.display().to_string());
-            let message = format!("{shown} does not exist or is not a file");
-            self.at(at, field, message);
+    /// `path` must be an existing file (checked by `validate`); a problem
+    /// is reported at `at`.
+    fn need_file<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, path: &Path) {
+        let line = self.line(at.span().start);
+        self.need(line, field, Need::File(path.to_path_buf()));
+    }
+
+    fn need(&mut self, line: usize, field: impl Into<String>, need: Need) {
+        // Flags name no file line: their needs are checked when the job
+        // starts (a token variable, a key file), as before.
+        if self.flags.is_none() {
+            self.needs.push(Requirement {
+                need,
+                file: self.file.to_path_buf(),
+                line,
+                field: field.into(),
+            });
         }
     }
 
@@ -757,40 +782,75 @@ impl Check<'_> {
     }
 }
 
-/// Reads and checks `path` within `scope`. Relative paths in the file are
-/// relative to the file's directory.
-pub fn load(path: &Path, scope: Scope) -> Result<Config, Problems> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Problems(vec![Problem {
-            file: path.to_path_buf(),
-            line: 0,
-            field: "file".into(),
-            message: e.to_string(),
-        }])
-    })?;
-    parse(path, &text, &|var| std::env::var(var).ok(), scope)
+/// Reads and checks `path`: its structure, types and values. Relative paths
+/// in the file are relative to the file's directory. What the config needs
+/// from the machine is in [`Config::needs`]; `validate` checks it.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    read(path).0
 }
 
-/// Checks `text` as the contents of `path` within `scope`; `env` looks up
-/// environment variables (overrides and token variables).
+/// [`load`], with what the file needs from the machine even when its
+/// structure has problems (so `validate` reports every problem at once).
+pub fn read(path: &Path) -> (Result<Config, Problems>, Vec<Requirement>) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_needing(path, &text, &|var| std::env::var(var).ok()),
+        Err(e) => (
+            Err(Problems(vec![Problem {
+                file: path.to_path_buf(),
+                line: 0,
+                field: "file".into(),
+                message: e.to_string(),
+            }])),
+            Vec::new(),
+        ),
+    }
+}
+
+/// Checks `text` as the contents of `path`; `env` looks up the environment
+/// variables that override settings (`GITPULSE_STATE_DIR`, …).
 pub fn parse(
     path: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
-    scope: Scope,
 ) -> Result<Config, Problems> {
+    parse_needing(path, text, env).0
+}
+
+/// [`parse`], with the needs found whatever the outcome.
+pub fn parse_needing(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Result<Config, Problems>, Vec<Requirement>) {
     let mut check = Check {
         file: path,
         text,
-        scope,
         flags: None,
         problems: Vec::new(),
+        needs: Vec::new(),
     };
+    let result = parse_into(&mut check, path, text, env);
+    let needs = std::mem::take(&mut check.needs);
+    match result {
+        Ok(mut config) => {
+            config.needs = needs.clone();
+            (Ok(config), needs)
+        }
+        Err(problems) => (Err(problems), needs),
+    }
+}
+
+fn parse_into(
+    check: &mut Check<'_>,
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
     // Every unknown key at once, each with the key it was likely meant to
     // be (the parser would stop at the first).
-    if keys::check_keys(text, &mut check) {
+    if keys::check_keys(text, check) {
         check.problems.sort_by_key(|p| p.line);
-        return Err(Problems(check.problems));
+        return Err(Problems(std::mem::take(&mut check.problems)));
     }
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -799,7 +859,7 @@ pub fn parse(
             // The parser quotes the values it refuses; a value may be a
             // secret typed in the wrong place.
             check.push(line, "toml", without_quoted_values(e.message().trim()));
-            return Err(Problems(check.problems));
+            return Err(Problems(std::mem::take(&mut check.problems)));
         }
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -813,16 +873,16 @@ pub fn parse(
     };
 
     let daemon_raw = raw.daemon.map(Spanned::into_inner).unwrap_or_default();
-    let daemon = daemon::check_daemon(&mut check, &daemon_raw, &base, &resolve, env, scope);
-    let plugins = plugin_settings(&mut check, &raw.plugin);
-    let store = store::check_store(&mut check, raw.store.as_ref(), &resolve, env);
+    let daemon = daemon::check_daemon(check, &daemon_raw, &base, &resolve, env);
+    let plugins = plugin_settings(check, &raw.plugin);
+    let store = store::check_store(check, raw.store.as_ref(), &resolve);
     let postgres = store != crate::store::Backend::Sqlite;
-    let fleet = fleet::check_fleet(&mut check, raw.fleet.as_ref(), postgres, env);
+    let fleet = fleet::check_fleet(check, raw.fleet.as_ref(), postgres, env);
 
     // [notifier.NAME]
     let mut notifiers = BTreeMap::new();
     for (name, table) in &raw.notifier {
-        if let Some(n) = notifier::check_notifier(&mut check, name, table, &resolve, env) {
+        if let Some(n) = notifier::check_notifier(check, name, table, &resolve) {
             notifiers.insert(name.clone(), n);
         }
     }
@@ -837,9 +897,8 @@ pub fn parse(
             plugin_dir: daemon.plugin_dir.as_deref(),
             notifiers: &raw.notifier,
             resolve: &resolve,
-            env,
         };
-        let checked = repo::check_repo(&mut check, spanned, &around, &mut seen);
+        let checked = repo::check_repo(check, spanned, &around, &mut seen);
         repos.extend(checked);
     }
 
@@ -847,14 +906,7 @@ pub fn parse(
     let mut receivers: Vec<ReceiverConfig> = Vec::new();
     for spanned in &raw.receiver {
         let line = check.line(spanned.span().start);
-        let found = receiver::check_receiver(
-            &mut check,
-            line,
-            spanned.get_ref(),
-            &repo_names,
-            &resolve,
-            env,
-        );
+        let found = receiver::check_receiver(check, line, spanned.get_ref(), &repo_names, &resolve);
         if let Some(r) = found {
             if let Some(first) = receivers.iter().find(|o| o.name == r.name) {
                 let message = format!("duplicate name (first defined on line {})", first.line);
@@ -868,9 +920,7 @@ pub fn parse(
     let mut credentials: Vec<OriginCredential> = Vec::new();
     for spanned in &raw.credential {
         let line = check.line(spanned.span().start);
-        if let Some(c) =
-            credentials::check_credential(&mut check, line, spanned.get_ref(), &resolve, env)
-        {
+        if let Some(c) = credentials::check_credential(check, line, spanned.get_ref(), &resolve) {
             if credentials.iter().any(|o| o.url_prefix == c.url_prefix) {
                 check.push(
                     line,
@@ -905,7 +955,7 @@ pub fn parse(
 
     if !check.problems.is_empty() {
         check.problems.sort_by_key(|p| p.line);
-        return Err(Problems(check.problems));
+        return Err(Problems(std::mem::take(&mut check.problems)));
     }
     let by_name = repos
         .iter()
@@ -924,6 +974,7 @@ pub fn parse(
         credentials,
         hook,
         by_name,
+        needs: Vec::new(),
     })
 }
 
@@ -1187,7 +1238,6 @@ fn check_auth(
     r: &RawRepo,
     label: &str,
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> AuthRef {
     let given: Vec<&Spanned<String>> = [&r.token_env, &r.token_file, &r.password_file, &r.ssh_key]
         .into_iter()
@@ -1201,12 +1251,12 @@ fn check_auth(
         );
     }
     if let Some(var) = &r.token_env {
-        check.env_set(var, format!("{label}.token_env"), env);
+        check.need_variable(var, format!("{label}.token_env"));
         return AuthRef::TokenEnv(var.get_ref().clone());
     }
     let file = |check: &mut Check, v: &Spanned<String>, field: &str| {
         let path = resolve(v.get_ref());
-        check.file_exists(v, format!("{label}.{field}"), &path);
+        check.need_file(v, format!("{label}.{field}"), &path);
         path
     };
     if let Some(f) = &r.token_file {
@@ -1285,17 +1335,11 @@ fn check_policy(
                 format!("{label}.policy"),
                 format!("plugin `{name}` named but [daemon] has no plugin_dir"),
             ),
-            Some(dir)
-                if check.scope == Scope::Environment
-                    && !dir.join(format!("{name}.wasm")).is_file() =>
-            {
-                check.at(
-                    p,
-                    format!("{label}.policy"),
-                    format!("no plugin {}", dir.join(format!("{name}.wasm")).display()),
-                )
+            Some(dir) => {
+                let line = check.line(p.span().start);
+                let component = dir.join(format!("{name}.wasm"));
+                check.need(line, format!("{label}.policy"), Need::Plugin(component));
             }
-            Some(_) => {}
         }
     }
     let builtin = |n: Option<String>| n.filter(|n| n != "builtin");
@@ -1310,6 +1354,14 @@ fn check_policy(
 mod tests {
     use super::*;
 
+    /// What a test reads: the file alone, or the file and what it needs
+    /// from the machine (as the daemon starts: `validate` checks the needs).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Scope {
+        Structure,
+        Environment,
+    }
+
     fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, Problems> {
         parse_scoped(text, vars, Scope::Environment)
     }
@@ -1319,12 +1371,12 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        parse(
-            Path::new("/etc/gitpulse/gitpulse.toml"),
-            text,
-            &move |k| vars.get(k).cloned(),
-            scope,
-        )
+        let env = move |k: &str| vars.get(k).cloned();
+        let (read, needs) = parse_needing(Path::new("/etc/gitpulse/gitpulse.toml"), text, &env);
+        match scope {
+            Scope::Structure => read,
+            Scope::Environment => crate::validate::with_needs_met(read, &needs, &env),
+        }
     }
 
     #[test]

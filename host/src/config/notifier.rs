@@ -327,7 +327,6 @@ pub(super) fn check_notifier(
     name: &str,
     table: &Spanned<RawNotifier>,
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<NotifierConfig> {
     let line = check.line(table.span().start);
     let r = table.get_ref();
@@ -340,10 +339,8 @@ pub(super) fn check_notifier(
         .and_then(|t| check.duration(t, &format!("{label}.timeout")))
         .unwrap_or(Duration::from_secs(10));
     let channel = match kind {
-        "email" => check_email(check, r, &label, line, timeout, resolve, env).map(Channel::Email),
-        "webhook" => {
-            check_webhook(check, r, &label, line, timeout, resolve, env).map(Channel::Webhook)
-        }
+        "email" => check_email(check, r, &label, line, timeout, resolve).map(Channel::Email),
+        "webhook" => check_webhook(check, r, &label, line, timeout, resolve).map(Channel::Webhook),
         _ => Some(Channel::Log(check_log(check, r, &label, resolve))),
     };
     let filter = check_filter(check, r, &label);
@@ -446,13 +443,12 @@ fn check_log(
     let path = r.path.as_ref().map(|p| (p, resolve(p.get_ref())));
     // A file in a directory that does not exist is never written.
     if let Some((at, file)) = &path {
-        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-        if check.scope == super::Scope::Environment && dir.is_some_and(|d| !d.is_dir()) {
-            let shown = dir.map(|d| d.display().to_string()).unwrap_or_default();
-            check.at(
-                *at,
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let line = check.line(at.span().start);
+            check.need(
+                line,
                 field("path"),
-                format!("the directory {shown} does not exist"),
+                super::Need::ParentDir(dir.to_path_buf()),
             );
         }
     }
@@ -553,7 +549,7 @@ fn check_template_files(
         let raw = t.get_ref();
         let mut file = |p: &Option<String>, part: &str| -> Option<PathBuf> {
             let path = resolve(p.as_ref()?);
-            check.file_exists(t, field(&format!("templates.{key}.{part}")), &path);
+            check.need_file(t, field(&format!("templates.{key}.{part}")), &path);
             Some(path)
         };
         let body = file(&raw.body, "body");
@@ -577,7 +573,6 @@ pub(super) fn check_secret(
     from_file: &Option<Spanned<String>>,
     names: (&str, &str),
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<SecretRef> {
     match (from_env, from_file) {
         (Some(var), Some(_)) => {
@@ -589,12 +584,12 @@ pub(super) fn check_secret(
             None
         }
         (Some(var), None) => {
-            check.env_set(var, format!("{label}.{}", names.0), env);
+            check.need_variable(var, format!("{label}.{}", names.0));
             Some(SecretRef::Env(var.get_ref().clone()))
         }
         (None, Some(file)) => {
             let path = resolve(file.get_ref());
-            check.file_exists(file, format!("{label}.{}", names.1), &path);
+            check.need_file(file, format!("{label}.{}", names.1), &path);
             Some(SecretRef::File(path))
         }
         (None, None) => None,
@@ -608,7 +603,6 @@ fn check_email(
     line: usize,
     timeout: Duration,
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<EmailConfig> {
     let field = |f: &str| format!("{label}.{f}");
     // Every field is checked even when the server is wrong, so one run of
@@ -623,7 +617,6 @@ fn check_email(
         &r.password_file,
         ("password_env", "password_file"),
         resolve,
-        env,
     );
     let username = r.username.as_ref().map(|u| u.get_ref().clone());
     // Without TLS guaranteed, a login would send the password in clear to
@@ -689,7 +682,7 @@ fn check_email(
     }
     let ca_file = r.ca_file.as_ref().map(|f| {
         let path = resolve(f.get_ref());
-        check.file_exists(f, field("ca_file"), &path);
+        check.need_file(f, field("ca_file"), &path);
         path
     });
     let (_, host, port) = server_parts?;
@@ -802,7 +795,6 @@ fn check_webhook(
     line: usize,
     timeout: Duration,
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<WebhookConfig> {
     let field = |f: &str| format!("{label}.{f}");
     let Some(url) = &r.url else {
@@ -870,7 +862,6 @@ fn check_webhook(
         &r.secret_file,
         ("secret_env", "secret_file"),
         resolve,
-        env,
     );
     Some(WebhookConfig {
         url: url.get_ref().clone(),
@@ -893,12 +884,11 @@ mod tests {
     use std::path::Path;
 
     fn parse(text: &str) -> Result<crate::config::Config, crate::config::Problems> {
-        crate::config::parse(
-            Path::new("/etc/gitpulse.toml"),
-            text,
-            &|v| (v == "SECRET").then(|| "s".to_string()),
-            crate::config::Scope::Environment,
-        )
+        // The file and its needs, as the daemon starts.
+        let env = |v: &str| (v == "SECRET").then(|| "s".to_string());
+        let (read, needs) =
+            crate::config::parse_needing(Path::new("/etc/gitpulse.toml"), text, &env);
+        crate::validate::with_needs_met(read, &needs, &env)
     }
 
     #[test]

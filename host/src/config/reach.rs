@@ -134,7 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gitpulse.toml");
         std::fs::write(&path, text).unwrap();
-        super::super::load(&path, super::super::Scope::Structure).unwrap()
+        super::super::load(&path).unwrap()
     }
 
     #[test]

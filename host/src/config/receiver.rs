@@ -90,7 +90,6 @@ pub(super) fn check_receiver(
     r: &RawReceiver,
     repo_names: &[String],
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<ReceiverConfig> {
     let Some(name) = &r.name else {
         check.push(line, "receiver", "missing `name` (the path is /hooks/NAME)");
@@ -138,7 +137,6 @@ pub(super) fn check_receiver(
         &r.secret_file,
         ("secret_env", "secret_file"),
         resolve,
-        env,
     );
     if secret.is_none() && r.secret_env.is_none() && r.secret_file.is_none() {
         check.push(

@@ -24,8 +24,6 @@ pub(super) struct Around<'a> {
     pub notifiers: &'a BTreeMap<String, Spanned<notifier::RawNotifier>>,
     /// Resolves a path as the file means it (relative to the file).
     pub resolve: &'a dyn Fn(&str) -> PathBuf,
-    /// Looks up an environment variable.
-    pub env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 /// Checks one `[[repo]]` against the rest of its file; the repository,
@@ -310,7 +308,7 @@ fn check_credentials(
     url: &str,
     around: &Around<'_>,
 ) -> AuthRef {
-    let auth = check_auth(check, r, label, around.resolve, around.env);
+    let auth = check_auth(check, r, label, around.resolve);
     if let Some(user) = &r.username {
         if let Some(why) = crate::git::bad_username(user.get_ref()) {
             check.at(user, format!("{label}.username"), why);

@@ -24,7 +24,6 @@ pub(super) fn check_store(
     check: &mut Check<'_>,
     raw: Option<&Spanned<RawStore>>,
     resolve: &dyn Fn(&str) -> PathBuf,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Backend {
     let Some(spanned) = raw else {
         return Backend::Sqlite;
@@ -70,12 +69,12 @@ pub(super) fn check_store(
     }
     let url = match (&raw.url_env, &raw.url_file) {
         (Some(var), None) => {
-            check.env_set(var, "store.url_env", env);
+            check.need_variable(var, "store.url_env");
             SecretRef::Env(var.get_ref().clone())
         }
         (None, Some(file)) => {
             let path = resolve(file.get_ref());
-            check.file_exists(file, "store.url_file", &path);
+            check.need_file(file, "store.url_file", &path);
             SecretRef::File(path)
         }
         (Some(_), Some(second)) => {
@@ -112,7 +111,7 @@ pub(super) fn check_store(
     };
     let ca_file = raw.ca_file.as_ref().map(|file| {
         let path = resolve(file.get_ref());
-        check.file_exists(file, "store.ca_file", &path);
+        check.need_file(file, "store.ca_file", &path);
         path
     });
     Backend::Postgres {
@@ -135,12 +134,11 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        super::super::parse(
-            Path::new("/etc/gitpulse/gitpulse.toml"),
-            text,
-            &move |k| vars.get(k).cloned(),
-            Scope::Environment,
-        )
+        // The file and its needs, as the daemon starts.
+        let env = move |k: &str| vars.get(k).cloned();
+        let (read, needs) =
+            super::super::parse_needing(Path::new("/etc/gitpulse/gitpulse.toml"), text, &env);
+        crate::validate::with_needs_met(read, &needs, &env)
     }
 
     /// Every problem of `text`, as `line field: message` lines.

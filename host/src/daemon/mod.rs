@@ -181,8 +181,8 @@ pub struct DaemonOptions {
 /// SIGTERM/SIGINT. Blocks the calling thread.
 pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     limit_malloc_arenas();
-    let config = config::load(&options.config_path, config::Scope::Environment)
-        .map_err(DaemonError::Config)?;
+    let config =
+        crate::validate::load_environment(&options.config_path).map_err(DaemonError::Config)?;
     // Checking the plugins compiles them into the registry the pulls use.
     // (The compile cache stays where the daemon started.)
     let plugins = Registry::new(Some(config.daemon.compile_cache()), Sandbox::default());

@@ -25,7 +25,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{self, Config, HookAllowance, Reach, Scope};
+use crate::config::{self, Config, HookAllowance, Reach};
 
 /// The worktree's config file name.
 pub const WORKTREE_FILE: &str = ".gitpulse.toml";
@@ -129,7 +129,7 @@ pub fn resolve(
     named: Option<PathBuf>,
 ) -> Result<Option<HookConfig>, TrustError> {
     let load = |path: PathBuf, source| -> Result<HookConfig, TrustError> {
-        let config = config::load(&path, Scope::Structure)?;
+        let config = config::load(&path)?;
         Ok(HookConfig {
             path,
             source,
@@ -165,7 +165,7 @@ pub fn resolve(
             source: Source::Worktree,
         };
         let allowance = match user_config().filter(|p| p.is_file()) {
-            Some(p) => config::load(&p, Scope::Structure)?.hook,
+            Some(p) => config::load(&p)?.hook,
             None => HookAllowance::default(),
         };
         let outside = outside_reach(&config.config, top, &allowance);
@@ -277,12 +277,7 @@ fn parse_worktree_file(path: &Path, bytes: &[u8]) -> Result<Config, TrustError> 
         path: path.to_path_buf(),
         source: std::io::Error::other(format!("not UTF-8: {e}")),
     })?;
-    Ok(config::parse(
-        path,
-        text,
-        &|var| std::env::var(var).ok(),
-        Scope::Structure,
-    )?)
+    Ok(config::parse(path, text, &|var| std::env::var(var).ok())?)
 }
 
 fn digest(bytes: &[u8]) -> String {

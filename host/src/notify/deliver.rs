@@ -253,7 +253,6 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Scope;
     use crate::events::{Event, EventKind, Failure, RepoRef};
     use crate::git::FailureClass;
     use crate::notify::{Audience, Router};
@@ -265,13 +264,7 @@ mod tests {
             "[notifier.audit]\nkind = \"log\"\npath = \"{}\"\nretry_base = \"1ms\"\nretry_max = \"1ms\"\n{extra}\n",
             path.display()
         );
-        crate::config::parse(
-            Path::new("/nonexistent/g.toml"),
-            &text,
-            &|_| None,
-            Scope::Structure,
-        )
-        .unwrap()
+        crate::config::parse(Path::new("/nonexistent/g.toml"), &text, &|_| None).unwrap()
     }
 
     fn failed(repo: &str) -> Event {

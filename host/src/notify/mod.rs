@@ -527,17 +527,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Scope;
     use crate::git::FailureClass;
 
     fn config(text: &str) -> Config {
-        crate::config::parse(
-            Path::new("/nonexistent/gitpulse.toml"),
-            text,
-            &|_| None,
-            Scope::Structure,
-        )
-        .unwrap()
+        crate::config::parse(Path::new("/nonexistent/gitpulse.toml"), text, &|_| None).unwrap()
     }
 
     fn no_plugins(name: &str) -> Result<Plugin, LoadError> {
