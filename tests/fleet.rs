@@ -503,15 +503,7 @@ fn replicas_that_all_pull_keep_every_checkout_tell_each_change_once_and_run_flee
             .store("url_file", "db-url")
             .fleet("mode", "replicate")
             .fleet("replica", name)
-            .notifier(
-                "hook",
-                &[
-                    ("kind", "webhook".into()),
-                    ("url", hook.url("/events").into()),
-                    ("secret_file", "hook.secret".into()),
-                    ("events", vec!["changed"].into()),
-                ],
-            )
+            .changed_webhook(&hook.url("/events"), "hook.secret")
             .repo(repo)
             .write_in(&home);
         daemons.push((name, Daemon::start(&config, port, &[]), config));

@@ -221,15 +221,7 @@ fn the_database_restarted_between_pulls_loses_nothing_and_tells_each_change_once
     // that is the job's to wait out.
     let config = on_postgres(root.path(), port, &url)
         .store("connect_timeout", "1s")
-        .notifier(
-            "hook",
-            &[
-                ("kind", "webhook".into()),
-                ("url", hook.url("/events").into()),
-                ("secret_file", "hook.secret".into()),
-                ("events", vec!["changed"].into()),
-            ],
-        )
+        .changed_webhook(&hook.url("/events"), "hook.secret")
         .repo(
             Repo::new("app", &http.url("app"), &root.path().join("c-app"))
                 .set("notifiers", vec!["hook"]),

@@ -112,6 +112,20 @@ impl ConfigFile {
         self.section("notifier", name, settings)
     }
 
+    /// `[notifier.hook]`: a signed webhook to `url` told of `changed`
+    /// events, its secret in `secret_file` (relative to the config file).
+    pub fn changed_webhook(self, url: &str, secret_file: &str) -> ConfigFile {
+        self.notifier(
+            "hook",
+            &[
+                ("kind", "webhook".into()),
+                ("url", url.into()),
+                ("secret_file", secret_file.into()),
+                ("events", vec!["changed"].into()),
+            ],
+        )
+    }
+
     /// A `[[receiver]]` (push webhook) with these settings.
     pub fn receiver(mut self, settings: &[(&str, Value)]) -> ConfigFile {
         self.receivers.push(
